@@ -1,0 +1,32 @@
+//! # celeriac-protocol
+//!
+//! The Celery wire format, with no IO: kombu's JSON (big integers, bare `NaN`, the `__type__`
+//! markers), the virtual-transport envelope, protocol-v2 headers and the `[args, kwargs, embed]`
+//! body (protocol 1 is read too). Decoding is total: any byte string yields a [`TaskMessage`] or a
+//! [`DecodeError`] naming the field at fault, never a panic. Encoding reproduces the bytes Celery
+//! 5.7 writes, so Python clients and workers cannot tell celeriac's messages from their own.
+//!
+//! ```
+//! use celeriac_protocol::{encode_task, Accept, Map, TaskMessage, TaskOptions, Value};
+//!
+//! let now = chrono::Utc::now();
+//! let sent = encode_task("tasks.add", &[Value::Int(2), Value::Int(2)], &Map::new(), &TaskOptions::default(), now)?;
+//! let received = TaskMessage::decode(&sent.payload, &Accept::default())?;
+//! let (a, b): (i64, i64) = Value::List(received.args.clone()).deserialize_into()?;
+//! assert_eq!(a + b, 4);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod de;
+pub mod error;
+pub mod json;
+pub mod message;
+pub mod pyrepr;
+pub mod value;
+
+pub use error::{DecodeError, EncodeError};
+pub use message::{
+    encode_task, Accept, DeliveryInfo, Embed, EncodedTask, Envelope, Expires, ProtocolVersion, TaskHeaders,
+    TaskMessage, TaskOptions, TimeLimit, CONTENT_TYPE_JSON, DEFAULT_QUEUE,
+};
+pub use value::{Map, Value};
