@@ -3,7 +3,7 @@
 #
 #   bash scripts/python-env.sh        # -> prints the venv's python path as the last line
 #
-# Idempotent: the sha256 of compat-tests/requirements.txt (plus the interpreter version) is kept in
+# Idempotent: the sha256 of compat-tests/requirements.txt (plus the venv interpreter's version) is kept in
 # .venv/.celeriac-stamp; when it matches, nothing is done. On a fresh Debian machine without
 # python3-venv / ensurepip, the package is installed with apt-get first.
 set -euo pipefail
@@ -22,14 +22,16 @@ if ! command -v "${python_bin}" >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >&2
 fi
 
-want_stamp="$(
+# Stamp = requirements + the venv interpreter's exact build (an apt upgrade of python3 changes it).
+stamp_for() {
     {
         sha256sum "${requirements}" | cut -d' ' -f1
-        "${python_bin}" -c 'import sys; print(sys.version)'
+        "$1" -c 'import sys; print(sys.version)'
     } | sha256sum | cut -d' ' -f1
-)"
+}
 
-if [[ -x "${venv}/bin/python" && -f "${stamp_file}" && "$(cat "${stamp_file}")" == "${want_stamp}" ]]; then
+if [[ -x "${venv}/bin/python" && -f "${stamp_file}" ]] \
+    && [[ "$(cat "${stamp_file}")" == "$(stamp_for "${venv}/bin/python" 2>/dev/null || true)" ]]; then
     echo "${venv}/bin/python"
     exit 0
 fi
@@ -56,5 +58,5 @@ log "installing ${requirements#"${repo_root}"/}"
 rm -f "${stamp_file}"
 "${venv}/bin/python" -m pip install --disable-pip-version-check -q --upgrade pip >&2
 "${venv}/bin/python" -m pip install --disable-pip-version-check -q -r "${requirements}" >&2
-echo "${want_stamp}" >"${stamp_file}"
+stamp_for "${venv}/bin/python" >"${stamp_file}"
 echo "${venv}/bin/python"

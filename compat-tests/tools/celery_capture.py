@@ -96,31 +96,51 @@ def register_task(app: Celery, name: str, **options: Any) -> Task:
 
 
 class Capture:
-    """Collects envelopes; optionally replaces ``delivery_tag`` with deterministic uuid4-shaped ids.
+    """Collects envelope texts (or streams them to ``on_envelope``).
 
-    The delivery tag is kombu's ``uuid4()`` per publish; golden fixtures use deterministic tags so
-    regenerating them produces small diffs. The shape (a version-4 UUID string) is unchanged.
+    With ``deterministic_tags`` the ``delivery_tag`` (kombu's ``uuid4()`` per publish) is replaced by
+    ``dddddddd-0000-4000-8000-00000000000N`` so regenerated golden fixtures give small diffs; the
+    shape (a version-4 UUID string) is unchanged.
     """
 
-    def __init__(self, deterministic_tags: bool = False) -> None:
+    def __init__(
+        self,
+        deterministic_tags: bool = False,
+        on_envelope: Callable[[str], None] | None = None,
+    ) -> None:
         self.envelopes: list[str] = []
         self.queues: list[str] = []
+        self.count = 0
+        self._on_envelope = on_envelope
         self._tags: Iterator[int] | None = itertools.count(1) if deterministic_tags else None
 
     def __call__(self, queue: str, message: dict[str, Any]) -> None:
         if self._tags is not None:
             n = next(self._tags)
             message["properties"]["delivery_tag"] = str(uuid.UUID(f"dddddddd-0000-4000-8000-{n:012d}"))
-        self.envelopes.append(envelope_text(message))
-        self.queues.append(queue)
+        text = envelope_text(message)
+        self.count += 1
+        if self._on_envelope is not None:
+            self._on_envelope(text)
+        else:
+            self.envelopes.append(text)
+            self.queues.append(queue)
 
 
 @contextmanager
-def capturing(app: Celery, *, deterministic_tags: bool = False) -> Iterator[Capture]:
-    """Context manager: every publish inside goes to the returned :class:`Capture`."""
-    if not app.conf.broker_url or not str(app.conf.broker_url).startswith("memory://"):
+def capturing(
+    app: Celery,
+    *,
+    deterministic_tags: bool = False,
+    on_envelope: Callable[[str], None] | None = None,
+) -> Iterator[Capture]:
+    """Context manager: every publish inside goes to the returned :class:`Capture`.
+
+    With ``on_envelope`` each text is handed to it as soon as it is published (nothing is kept).
+    """
+    if not str(app.conf.broker_url or "").startswith("memory://"):
         raise ValueError("capture needs an app whose broker is memory://")
-    sink = Capture(deterministic_tags=deterministic_tags)
+    sink = Capture(deterministic_tags=deterministic_tags, on_envelope=on_envelope)
     with _lock:
         kombu_memory.Channel._put = _capturing_put  # type: ignore[method-assign]
         _sinks.append(sink)

@@ -1,1 +1,118 @@
-//! placeholder
+//! # celeriac-store
+//!
+//! The PostgreSQL queue behind celeriac, and the only crate that speaks SQL. Methods are named
+//! noun-then-verb by table (`message_claim`, `worker_heartbeat`, …) and are all parameterised.
+//!
+//! Delivery model (see `shared/design.md`):
+//! - A message row is *ready* when it is not leased and its `eta` has passed. [`Store::message_claim`]
+//!   takes up to N ready rows in one statement (`FOR UPDATE SKIP LOCKED`, ordered by priority
+//!   desc, eta, id), bumps `attempt` and sets a lease (`leased_by`, `lease_expires`).
+//! - The holder renews its leases with every heartbeat ([`Store::worker_heartbeat`]); a lease that
+//!   runs out means the worker died, and [`Store::message_rescue`] makes the row ready again,
+//!   marked `redelivered`, or dead-letters it once it has exhausted its redeliveries.
+//! - Completion, retry and dead-lettering are fenced by `(id, attempt, leased_by)`: a worker
+//!   that lost its lease cannot finish or re-schedule a newer attempt.
+//! - Inserts wake listeners with one `NOTIFY celeriac_message` per statement (a statement-level
+//!   trigger); [`Listener`] receives them, polling remains the safety net.
+
+mod error;
+mod listener;
+mod message;
+mod migrate;
+mod stats;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod worker;
+
+use std::{str::FromStr, time::Duration};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+pub use error::{Error, Result};
+pub use listener::{Listener, Wakeup, NOTIFY_CHANNEL};
+pub use message::{ClaimParams, ClaimedMessage, DeadLetterParams, Lease, NewMessage, RescueReport};
+pub use migrate::{migrations_fingerprint, MigrateReport, Migration, MIGRATIONS};
+pub use stats::{DeadLetter, QueueStats};
+use tokio_postgres::NoTls;
+pub use worker::WorkerInfo;
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `postgresql://user:password@host:port/dbname` (libpq URL or key=value form).
+    pub database_url: String,
+    /// Pool size. Default: 8.
+    pub max_connections: usize,
+    /// How long to wait for a connection (to open or to come free). Default: 5 s.
+    pub connect_timeout: Duration,
+}
+
+impl StoreConfig {
+    /// A config with defaults for `database_url`.
+    #[must_use]
+    pub fn new(database_url: impl Into<String>) -> Self {
+        StoreConfig { database_url: database_url.into(), max_connections: 8, connect_timeout: Duration::from_secs(5) }
+    }
+}
+
+/// A handle on the queue tables: a connection pool plus the parsed connection settings.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    pg_config: tokio_postgres::Config,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("pool", &self.pool.status()).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Builds a store. Connections are opened lazily, so this succeeds while the server is down.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the URL does not parse.
+    pub fn new(config: &StoreConfig) -> Result<Store> {
+        let mut pg_config =
+            tokio_postgres::Config::from_str(&config.database_url).map_err(|e| Error::Config(e.to_string()))?;
+        if pg_config.get_application_name().is_none() {
+            pg_config.application_name("celeriac");
+        }
+        pg_config.connect_timeout(config.connect_timeout);
+        let manager =
+            Manager::from_config(pg_config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(config.max_connections.max(1))
+            .wait_timeout(Some(config.connect_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Ok(Store { pool, pg_config })
+    }
+
+    /// Shorthand for [`Store::new`] with [`StoreConfig::new`].
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the URL does not parse.
+    pub fn connect(database_url: &str) -> Result<Store> {
+        Store::new(&StoreConfig::new(database_url))
+    }
+
+    /// Checks that the server answers and the schema is there.
+    ///
+    /// # Errors
+    /// [`Error::SchemaMissing`] when `celeriac migrate` has not run; connection errors.
+    pub async fn check(&self) -> Result<()> {
+        let client = self.pool.get().await?;
+        client.query_one("select count(*) from celeriac.schema_migration", &[]).await.map_err(Error::from_pg)?;
+        Ok(())
+    }
+
+    /// A [`Listener`] for `NOTIFY` wake-ups on its own connection (outside the pool).
+    #[must_use]
+    pub fn listener(&self) -> Listener {
+        Listener::new(self.pg_config.clone())
+    }
+}

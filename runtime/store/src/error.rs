@@ -1,0 +1,62 @@
+//! The store's error type.
+
+use tokio_postgres::error::SqlState;
+
+/// An error talking to PostgreSQL.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database URL could not be parsed.
+    #[error("invalid database URL: {0}")]
+    Config(String),
+    /// No connection could be taken from the pool (the server is down or unreachable).
+    #[error("could not get a database connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// A statement failed.
+    #[error("database error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The `celeriac` schema or one of its tables does not exist.
+    #[error(
+        "the celeriac schema is missing or outdated in this database ({0}); run `celeriac migrate --database-url …`"
+    )]
+    SchemaMissing(String),
+}
+
+impl Error {
+    /// Whether the error came from a lost or refused connection (worth retrying after a pause),
+    /// as opposed to a statement the server rejected.
+    #[must_use]
+    pub fn is_connection(&self) -> bool {
+        match self {
+            Error::Pool(_) => true,
+            Error::Postgres(e) => {
+                e.is_closed()
+                    || e.as_db_error().is_none()
+                    || e.code().is_some_and(|c| {
+                        c.code().starts_with("08")
+                            || *c == SqlState::ADMIN_SHUTDOWN
+                            || *c == SqlState::CRASH_SHUTDOWN
+                            || *c == SqlState::CANNOT_CONNECT_NOW
+                    })
+            }
+            Error::Config(_) | Error::SchemaMissing(_) => false,
+        }
+    }
+
+    /// Turns "relation/schema does not exist" into [`Error::SchemaMissing`].
+    pub(crate) fn from_pg(e: tokio_postgres::Error) -> Self {
+        match e.code() {
+            Some(c)
+                if *c == SqlState::UNDEFINED_TABLE
+                    || *c == SqlState::INVALID_SCHEMA_NAME
+                    || *c == SqlState::UNDEFINED_FUNCTION =>
+            {
+                Error::SchemaMissing(e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned()))
+            }
+            _ => Error::Postgres(e),
+        }
+    }
+}
+
+/// The store's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

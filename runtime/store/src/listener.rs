@@ -1,0 +1,114 @@
+//! LISTEN/NOTIFY wake-ups on a dedicated connection, reconnecting with backoff.
+//!
+//! Notifications are hints: a worker that misses one (the connection dropped, PgBouncer in
+//! transaction mode, a notification of a queue it does not consume) still polls. After each
+//! (re)connect the listener reports a wake-up for every queue, since anything enqueued while it
+//! was disconnected went unannounced.
+
+use std::{future::Future, time::Duration};
+
+use tokio_postgres::{AsyncMessage, NoTls};
+
+/// The channel the insert trigger notifies.
+pub const NOTIFY_CHANNEL: &str = "celeriac_message";
+
+/// A parsed notification payload: which queues got ready messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wakeup {
+    /// Some queue may have work (a reconnect, a rescue, or too many queues to list).
+    Any,
+    /// These queues got ready messages.
+    Queues(Vec<String>),
+}
+
+impl Wakeup {
+    /// Parses a `celeriac_message` payload: `*` or comma-separated queue names.
+    #[must_use]
+    pub fn parse(payload: &str) -> Wakeup {
+        if payload.is_empty() || payload == "*" {
+            Wakeup::Any
+        } else {
+            Wakeup::Queues(payload.split(',').map(str::to_owned).collect())
+        }
+    }
+
+    /// Whether a worker consuming `queues` should look for work.
+    #[must_use]
+    pub fn concerns(&self, queues: &[String]) -> bool {
+        match self {
+            Wakeup::Any => true,
+            Wakeup::Queues(q) => q.iter().any(|name| queues.contains(name)),
+        }
+    }
+}
+
+/// Receives wake-ups from `NOTIFY celeriac_message`. Created by [`crate::Store::listener`].
+#[derive(Debug, Clone)]
+pub struct Listener {
+    config: tokio_postgres::Config,
+    max_backoff: Duration,
+}
+
+impl Listener {
+    pub(crate) fn new(config: tokio_postgres::Config) -> Self {
+        Listener { config, max_backoff: Duration::from_secs(5) }
+    }
+
+    /// Listens until `shutdown` resolves, calling `on_wakeup` for each notification and once
+    /// after every successful (re)connect with [`Wakeup::Any`]. Connection failures are logged
+    /// and retried with exponential backoff (100 ms doubling to 5 s).
+    pub async fn run<F, S>(self, on_wakeup: F, shutdown: S)
+    where
+        F: Fn(Wakeup) + Send + Sync,
+        S: Future<Output = ()>,
+    {
+        tokio::pin!(shutdown);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let session = self.session(&on_wakeup, &mut backoff);
+            tokio::select! {
+                () = &mut shutdown => return,
+                result = session => {
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "notification listener lost its connection");
+                    }
+                }
+            }
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(self.max_backoff);
+        }
+    }
+
+    async fn session<F: Fn(Wakeup)>(&self, on_wakeup: &F, backoff: &mut Duration) -> Result<(), tokio_postgres::Error> {
+        let (client, mut connection) = self.config.connect(NoTls).await?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let driver = tokio::spawn(async move {
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(n))) => {
+                        if tx.send(n.payload().to_owned()).is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(e),
+                    None => return Ok(()),
+                }
+            }
+        });
+        client.batch_execute(&format!("listen {NOTIFY_CHANNEL}")).await?;
+        *backoff = Duration::from_millis(100);
+        on_wakeup(Wakeup::Any);
+        while let Some(payload) = rx.recv().await {
+            on_wakeup(Wakeup::parse(&payload));
+        }
+        drop(client);
+        match driver.await {
+            Ok(Err(e)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+}

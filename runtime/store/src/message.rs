@@ -1,0 +1,368 @@
+//! The `message` table: enqueue, claim, renew, complete, retry, release, dead-letter, rescue.
+
+use celeriac_protocol::EncodedTask;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::{Error, Result, Store};
+
+/// A message to enqueue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMessage {
+    /// Queue name (the routing key).
+    pub queue: String,
+    /// Priority; higher runs first.
+    pub priority: i16,
+    /// Not before; `None` means now.
+    pub eta: Option<DateTime<Utc>>,
+    /// Expiry time, if any.
+    pub expires: Option<DateTime<Utc>>,
+    /// Task name from the headers (`None` if the envelope could not be read).
+    pub task_name: Option<String>,
+    /// Task id from the headers.
+    pub task_id: Option<String>,
+    /// The envelope bytes, stored as they are.
+    pub payload: Vec<u8>,
+}
+
+impl From<EncodedTask> for NewMessage {
+    fn from(t: EncodedTask) -> Self {
+        NewMessage {
+            queue: t.queue,
+            priority: i16::try_from(t.priority).unwrap_or(i16::MAX),
+            eta: t.eta,
+            expires: t.expires,
+            task_name: Some(t.task_name),
+            task_id: Some(t.task_id),
+            payload: t.payload,
+        }
+    }
+}
+
+/// Identifies one claim of one message: completion and retry only act while both still match,
+/// and only for the worker holding the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lease {
+    /// Row id.
+    pub id: i64,
+    /// The attempt this claim was.
+    pub attempt: i32,
+}
+
+/// A claimed message.
+#[derive(Debug, Clone)]
+pub struct ClaimedMessage {
+    /// The lease this claim holds.
+    pub lease: Lease,
+    /// Queue it came from.
+    pub queue: String,
+    /// Priority.
+    pub priority: i16,
+    /// Its eta (the time it became ready).
+    pub eta: DateTime<Utc>,
+    /// Whether an earlier holder's lease ran out (the task may have started before).
+    pub redelivered: bool,
+    /// Times its lease ran out so far.
+    pub redeliveries: i32,
+    /// The envelope bytes.
+    pub payload: Vec<u8>,
+    /// When it was enqueued.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Parameters of [`Store::message_claim`].
+#[derive(Debug, Clone)]
+pub struct ClaimParams<'a> {
+    /// The claiming worker.
+    pub worker_id: Uuid,
+    /// Queues to claim from.
+    pub queues: &'a [String],
+    /// At most this many messages.
+    pub limit: i64,
+    /// Lease length in seconds.
+    pub lease_seconds: f64,
+}
+
+/// One message to move to `dead_letter`.
+#[derive(Debug, Clone)]
+pub struct DeadLetterParams {
+    /// The lease held on it.
+    pub lease: Lease,
+    /// `undecodable`, `content_disallowed`, `not_registered`, `rejected`, …
+    pub reason_code: String,
+    /// Human-readable reason.
+    pub reason: String,
+}
+
+/// What one [`Store::message_rescue`] pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RescueReport {
+    /// Messages made ready again, marked redelivered.
+    pub rescued: u64,
+    /// Messages dead-lettered for exhausting their redeliveries.
+    pub dead_lettered: u64,
+}
+
+const CLAIM_SQL: &str = "
+with picked as (
+    select m.id, m.priority, m.eta
+    from unnest($1::text[]) as q(name)
+    cross join lateral (
+        select id, priority, eta
+        from celeriac.message
+        where queue = q.name and leased_by is null and eta <= now()
+        order by priority desc, eta, id
+        limit $2
+        for update skip locked
+    ) m
+    order by m.priority desc, m.eta, m.id
+    limit $2
+)
+update celeriac.message t
+set leased_by = $3,
+    lease_expires = now() + make_interval(secs => $4),
+    attempt = t.attempt + 1
+from picked
+where t.id = picked.id
+returning t.id, t.attempt, t.queue, t.priority, t.eta, t.redelivered, t.redeliveries, t.payload, t.created_at";
+
+const INSERT_MANY_SQL: &str = "
+insert into celeriac.message (queue, priority, eta, expires, task_name, task_id, payload)
+select q, p, coalesce(e, now()), x, n, i, b
+from unnest($1::text[], $2::int2[], $3::timestamptz[], $4::timestamptz[], $5::text[], $6::text[], $7::bytea[])
+    as u(q, p, e, x, n, i, b)";
+
+const DEAD_LETTER_COLUMNS: &str =
+    "message_id, queue, priority, task_name, task_id, payload, reason_code, reason, attempt, redeliveries, enqueued_at";
+
+impl Store {
+    /// Enqueues one message and returns its row id.
+    ///
+    /// # Errors
+    /// Connection errors; [`Error::SchemaMissing`] before `migrate`.
+    pub async fn message_insert(&self, msg: &NewMessage) -> Result<i64> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "insert into celeriac.message (queue, priority, eta, expires, task_name, task_id, payload)
+                 values ($1, $2, coalesce($3, now()), $4, $5, $6, $7) returning id",
+            )
+            .await
+            .map_err(Error::from_pg)?;
+        let row = client
+            .query_one(
+                &stmt,
+                &[&msg.queue, &msg.priority, &msg.eta, &msg.expires, &msg.task_name, &msg.task_id, &msg.payload],
+            )
+            .await
+            .map_err(Error::from_pg)?;
+        Ok(row.get(0))
+    }
+
+    /// Enqueues many messages with one multi-row statement per chunk of 5,000, all in one
+    /// transaction (all or nothing), waking listeners once per statement.
+    ///
+    /// # Errors
+    /// Connection errors; nothing is enqueued then.
+    pub async fn message_insert_many(&self, msgs: &[NewMessage]) -> Result<u64> {
+        if msgs.is_empty() {
+            return Ok(0);
+        }
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let stmt = tx.prepare_cached(INSERT_MANY_SQL).await.map_err(Error::from_pg)?;
+        let mut total = 0;
+        for chunk in msgs.chunks(5000) {
+            let queues: Vec<&str> = chunk.iter().map(|m| m.queue.as_str()).collect();
+            let priorities: Vec<i16> = chunk.iter().map(|m| m.priority).collect();
+            let etas: Vec<Option<DateTime<Utc>>> = chunk.iter().map(|m| m.eta).collect();
+            let expires: Vec<Option<DateTime<Utc>>> = chunk.iter().map(|m| m.expires).collect();
+            let names: Vec<Option<&str>> = chunk.iter().map(|m| m.task_name.as_deref()).collect();
+            let ids: Vec<Option<&str>> = chunk.iter().map(|m| m.task_id.as_deref()).collect();
+            let payloads: Vec<&[u8]> = chunk.iter().map(|m| m.payload.as_slice()).collect();
+            total += tx
+                .execute(&stmt, &[&queues, &priorities, &etas, &expires, &names, &ids, &payloads])
+                .await
+                .map_err(Error::from_pg)?;
+        }
+        tx.commit().await?;
+        Ok(total)
+    }
+
+    /// Claims up to `limit` ready messages from `queues` in one statement, leasing them to
+    /// `worker_id`. Rows other claimers hold are skipped, never waited for.
+    ///
+    /// # Errors
+    /// Connection errors; on error nothing was claimed, or the claim will expire unseen and
+    /// the rows come back after their lease.
+    pub async fn message_claim(&self, params: &ClaimParams<'_>) -> Result<Vec<ClaimedMessage>> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(CLAIM_SQL).await.map_err(Error::from_pg)?;
+        let rows = client
+            .query(&stmt, &[&params.queues, &params.limit, &params.worker_id, &params.lease_seconds])
+            .await
+            .map_err(Error::from_pg)?;
+        let mut claimed: Vec<ClaimedMessage> = rows
+            .into_iter()
+            .map(|r| ClaimedMessage {
+                lease: Lease { id: r.get(0), attempt: r.get(1) },
+                queue: r.get(2),
+                priority: r.get(3),
+                eta: r.get(4),
+                redelivered: r.get(5),
+                redeliveries: r.get(6),
+                payload: r.get(7),
+                created_at: r.get(8),
+            })
+            .collect();
+        claimed.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.eta.cmp(&b.eta)).then(a.lease.id.cmp(&b.lease.id)));
+        Ok(claimed)
+    }
+
+    /// Deletes finished messages (success or final failure), fenced by lease. Returns how many
+    /// rows were still held by `worker_id` at that attempt.
+    ///
+    /// # Errors
+    /// Connection errors; the caller keeps the batch and tries again.
+    pub async fn message_complete_many(&self, worker_id: Uuid, leases: &[Lease]) -> Result<u64> {
+        if leases.is_empty() {
+            return Ok(0);
+        }
+        let (ids, attempts) = split(leases);
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "delete from celeriac.message m
+                 using unnest($1::int8[], $2::int4[]) as c(id, attempt)
+                 where m.id = c.id and m.attempt = c.attempt and m.leased_by = $3",
+            )
+            .await
+            .map_err(Error::from_pg)?;
+        Ok(client.execute(&stmt, &[&ids, &attempts, &worker_id]).await.map_err(Error::from_pg)?)
+    }
+
+    /// Gives leases back without counting a redelivery (claimed but never started, e.g. at
+    /// shutdown): the rows are ready again at once.
+    ///
+    /// # Errors
+    /// Connection errors; the leases then simply expire.
+    pub async fn message_release_many(&self, worker_id: Uuid, leases: &[Lease]) -> Result<u64> {
+        if leases.is_empty() {
+            return Ok(0);
+        }
+        let (ids, attempts) = split(leases);
+        let client = self.pool.get().await?;
+        let released = client
+            .execute(
+                "update celeriac.message m set leased_by = null, lease_expires = null
+                 from unnest($1::int8[], $2::int4[]) as c(id, attempt)
+                 where m.id = c.id and m.attempt = c.attempt and m.leased_by = $3",
+                &[&ids, &attempts, &worker_id],
+            )
+            .await
+            .map_err(Error::from_pg)?;
+        if released > 0 {
+            client.execute("select pg_notify($1, '*')", &[&crate::NOTIFY_CHANNEL]).await.map_err(Error::from_pg)?;
+        }
+        Ok(released)
+    }
+
+    /// Re-schedules a message for another run (Celery's `Task.retry`): replaces its envelope,
+    /// sets the new `eta` and frees the lease. Returns false if the lease was lost meanwhile.
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn message_retry(
+        &self,
+        worker_id: Uuid,
+        lease: Lease,
+        payload: &[u8],
+        eta: DateTime<Utc>,
+    ) -> Result<bool> {
+        let client = self.pool.get().await?;
+        let n = client
+            .execute(
+                "update celeriac.message
+                 set payload = $4, eta = $5, leased_by = null, lease_expires = null, redelivered = false
+                 where id = $1 and attempt = $2 and leased_by = $3",
+                &[&lease.id, &lease.attempt, &worker_id, &payload, &eta],
+            )
+            .await
+            .map_err(Error::from_pg)?;
+        Ok(n == 1)
+    }
+
+    /// Moves held messages to `dead_letter` with their reasons, in one statement.
+    ///
+    /// # Errors
+    /// Connection errors; the caller keeps the batch and tries again.
+    pub async fn message_dead_letter_many(&self, worker_id: Uuid, items: &[DeadLetterParams]) -> Result<u64> {
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = items.iter().map(|i| i.lease.id).collect();
+        let attempts: Vec<i32> = items.iter().map(|i| i.lease.attempt).collect();
+        let codes: Vec<&str> = items.iter().map(|i| i.reason_code.as_str()).collect();
+        let reasons: Vec<&str> = items.iter().map(|i| i.reason.as_str()).collect();
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "with gone as (
+                 delete from celeriac.message m
+                 using unnest($1::int8[], $2::int4[], $3::text[], $4::text[]) as c(id, attempt, code, reason)
+                 where m.id = c.id and m.attempt = c.attempt and m.leased_by = $5
+                 returning m.*, c.code, c.reason
+             )
+             insert into celeriac.dead_letter ({DEAD_LETTER_COLUMNS})
+             select id, queue, priority, task_name, task_id, payload, code, reason, attempt, redeliveries, created_at from gone"
+        );
+        let stmt = client.prepare_cached(&sql).await.map_err(Error::from_pg)?;
+        Ok(client.execute(&stmt, &[&ids, &attempts, &codes, &reasons, &worker_id]).await.map_err(Error::from_pg)?)
+    }
+
+    /// Frees messages whose lease ran out (their worker stopped heartbeating): each becomes
+    /// ready again with `redelivered = true`, unless it already had `max_redeliveries`
+    /// redeliveries, in which case it moves to `dead_letter` (`redeliveries_exhausted`).
+    /// Safe to run in any number of processes at once.
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn message_rescue(&self, max_redeliveries: i32) -> Result<RescueReport> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "with expired as (
+                 select id from celeriac.message
+                 where leased_by is not null and lease_expires < now()
+                 for update skip locked
+             ), poison as (
+                 delete from celeriac.message m using expired e
+                 where m.id = e.id and m.redeliveries >= $1
+                 returning m.*
+             ), buried as (
+                 insert into celeriac.dead_letter ({DEAD_LETTER_COLUMNS})
+                 select id, queue, priority, task_name, task_id, payload, 'redeliveries_exhausted',
+                        format('lease expired %s times without the task finishing (its worker died each time); limit is %s redeliveries',
+                               redeliveries + 1, $1::int4),
+                        attempt, redeliveries + 1, created_at
+                 from poison
+                 returning 1
+             ), rescued as (
+                 update celeriac.message m
+                 set leased_by = null, lease_expires = null, redelivered = true, redeliveries = m.redeliveries + 1
+                 from expired e
+                 where m.id = e.id and m.redeliveries < $1
+                 returning m.queue
+             ), woken as (
+                 select pg_notify('celeriac_message', '*') from (select 1 from rescued limit 1) r
+             )
+             select (select count(*) from rescued), (select count(*) from buried), (select count(*) from woken)"
+        );
+        let row = client.query_one(&sql, &[&max_redeliveries]).await.map_err(Error::from_pg)?;
+        let rescued: i64 = row.get(0);
+        let dead: i64 = row.get(1);
+        Ok(RescueReport { rescued: rescued.unsigned_abs(), dead_lettered: dead.unsigned_abs() })
+    }
+}
+
+fn split(leases: &[Lease]) -> (Vec<i64>, Vec<i32>) {
+    leases.iter().map(|l| (l.id, l.attempt)).unzip()
+}

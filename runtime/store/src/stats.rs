@@ -1,0 +1,121 @@
+//! Read-only views for operators: queue depths and dead letters.
+
+use chrono::{DateTime, Utc};
+
+use crate::{Error, Result, Store};
+
+/// Counts for one queue.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueueStats {
+    /// Queue name.
+    pub queue: String,
+    /// Not leased, eta passed: would be claimed now.
+    pub ready: i64,
+    /// Not leased, eta in the future (countdown/eta/retry backoff).
+    pub delayed: i64,
+    /// Claimed by a worker (running or prefetched).
+    pub leased: i64,
+    /// In `dead_letter`.
+    pub dead_lettered: i64,
+}
+
+/// A dead-lettered message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Row id in `dead_letter`.
+    pub id: i64,
+    /// Queue it was in.
+    pub queue: String,
+    /// Task name, when known.
+    pub task_name: Option<String>,
+    /// Task id, when known.
+    pub task_id: Option<String>,
+    /// Machine-readable reason.
+    pub reason_code: String,
+    /// Human-readable reason.
+    pub reason: String,
+    /// The original envelope bytes.
+    pub payload: Vec<u8>,
+    /// Claims before it was dead-lettered.
+    pub attempt: i32,
+    /// When.
+    pub failed_at: DateTime<Utc>,
+}
+
+impl Store {
+    /// Per-queue counts of ready, delayed, leased and dead-lettered messages, by queue name.
+    ///
+    /// # Errors
+    /// Connection errors; [`Error::SchemaMissing`] before `migrate`.
+    pub async fn queue_stats(&self) -> Result<Vec<QueueStats>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "with live as (
+                     select queue,
+                            count(*) filter (where leased_by is null and eta <= now()) as ready,
+                            count(*) filter (where leased_by is null and eta > now()) as delayed,
+                            count(*) filter (where leased_by is not null) as leased
+                     from celeriac.message group by queue
+                 ), dead as (
+                     select queue, count(*) as dead from celeriac.dead_letter group by queue
+                 )
+                 select coalesce(l.queue, d.queue), coalesce(l.ready, 0), coalesce(l.delayed, 0),
+                        coalesce(l.leased, 0), coalesce(d.dead, 0)
+                 from live l full join dead d on d.queue = l.queue
+                 order by 1",
+                &[],
+            )
+            .await
+            .map_err(Error::from_pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| QueueStats {
+                queue: r.get(0),
+                ready: r.get(1),
+                delayed: r.get(2),
+                leased: r.get(3),
+                dead_lettered: r.get(4),
+            })
+            .collect())
+    }
+
+    /// The newest `limit` dead letters, newest first.
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn dead_letter_list(&self, limit: i64) -> Result<Vec<DeadLetter>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "select id, queue, task_name, task_id, reason_code, reason, payload, attempt, failed_at
+                 from celeriac.dead_letter order by id desc limit $1",
+                &[&limit],
+            )
+            .await
+            .map_err(Error::from_pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| DeadLetter {
+                id: r.get(0),
+                queue: r.get(1),
+                task_name: r.get(2),
+                task_id: r.get(3),
+                reason_code: r.get(4),
+                reason: r.get(5),
+                payload: r.get(6),
+                attempt: r.get(7),
+                failed_at: r.get(8),
+            })
+            .collect())
+    }
+
+    /// Number of rows in `message` (all states).
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn message_count(&self) -> Result<i64> {
+        let client = self.pool.get().await?;
+        Ok(client.query_one("select count(*) from celeriac.message", &[]).await.map_err(Error::from_pg)?.get(0))
+    }
+}

@@ -1,0 +1,280 @@
+//! Store behaviour against a real PostgreSQL (one database per test).
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use celeriac_protocol::{encode_task, Map, TaskOptions, Value};
+use celeriac_store::{testing::TestDatabase, ClaimParams, DeadLetterParams, Store, Wakeup, WorkerInfo};
+use chrono::Utc;
+use uuid::Uuid;
+
+fn message(queue: &str, priority: i64, countdown: Option<f64>) -> celeriac_store::NewMessage {
+    let opts = TaskOptions { queue: queue.into(), priority: Some(priority), countdown, ..TaskOptions::default() };
+    encode_task("tasks.add", &[Value::Int(1)], &Map::new(), &opts, Utc::now()).unwrap().into()
+}
+
+fn claim(worker: Uuid, queues: &[String], limit: i64) -> ClaimParams<'_> {
+    ClaimParams { worker_id: worker, queues, limit, lease_seconds: 30.0 }
+}
+
+async fn register(store: &Store) -> Uuid {
+    let id = Uuid::new_v4();
+    store
+        .worker_register(&WorkerInfo {
+            id,
+            hostname: "test@host".into(),
+            pid: 1,
+            queues: vec!["celery".into()],
+            concurrency: 1,
+        })
+        .await
+        .unwrap();
+    id
+}
+
+#[tokio::test]
+async fn migrate_is_idempotent_and_concurrent_safe() {
+    let db = TestDatabase::new().await;
+    let store = db.store();
+    // The template is already migrated: nothing left to apply, from several callers at once.
+    let runs = migrate_concurrently(vec![store.clone(), store.clone(), store]).await;
+    for report in runs {
+        let report = report.unwrap();
+        assert!(report.applied.is_empty());
+        assert_eq!(report.current, 1);
+    }
+
+    // A fresh, empty database: concurrent migrations apply each version exactly once.
+    let client = db.client().await;
+    client.batch_execute("drop schema celeriac cascade").await.unwrap();
+    let stores: Vec<Store> = (0..4).map(|_| db.store()).collect();
+    let runs = migrate_concurrently(stores).await;
+    let applied: usize = runs.into_iter().map(|r| r.unwrap().applied.len()).sum();
+    assert_eq!(applied, celeriac_store::MIGRATIONS.len());
+    let n: i64 = client.query_one("select count(*) from celeriac.schema_migration", &[]).await.unwrap().get(0);
+    assert_eq!(n, i64::try_from(celeriac_store::MIGRATIONS.len()).unwrap());
+}
+
+async fn migrate_concurrently(stores: Vec<Store>) -> Vec<celeriac_store::Result<celeriac_store::MigrateReport>> {
+    let handles: Vec<_> = stores.into_iter().map(|s| tokio::spawn(async move { s.migrate().await })).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn missing_schema_is_a_clear_error() {
+    let db = TestDatabase::new().await;
+    db.client().await.batch_execute("drop schema celeriac cascade").await.unwrap();
+    let err = db.store().message_insert(&message("celery", 0, None)).await.unwrap_err();
+    assert!(err.to_string().contains("celeriac migrate"), "{err}");
+    let err = db.store().check().await.unwrap_err();
+    assert!(matches!(err, celeriac_store::Error::SchemaMissing(_)), "{err}");
+}
+
+#[tokio::test]
+async fn claims_in_priority_then_eta_order_and_skips_delayed() {
+    let db = TestDatabase::new().await;
+    let store = db.store();
+    let worker = register(&store).await;
+    let low = store.message_insert(&message("celery", 0, None)).await.unwrap();
+    let high = store.message_insert(&message("celery", 9, None)).await.unwrap();
+    let delayed = store.message_insert(&message("celery", 9, Some(3600.0))).await.unwrap();
+    let other_queue = store.message_insert(&message("other", 5, None)).await.unwrap();
+    let low2 = store.message_insert(&message("celery", 0, None)).await.unwrap();
+
+    let queues = vec!["celery".to_owned()];
+    let got = store.message_claim(&claim(worker, &queues, 10)).await.unwrap();
+    let ids: Vec<i64> = got.iter().map(|m| m.lease.id).collect();
+    assert_eq!(ids, vec![high, low, low2]);
+    assert!(got.iter().all(|m| m.lease.attempt == 1 && !m.redelivered));
+    assert!(!ids.contains(&delayed) && !ids.contains(&other_queue));
+
+    // Nothing left that is ready; the delayed and other-queue rows are counted as such.
+    assert!(store.message_claim(&claim(worker, &queues, 10)).await.unwrap().is_empty());
+    let stats = store.queue_stats().await.unwrap();
+    let celery = stats.iter().find(|s| s.queue == "celery").unwrap();
+    assert_eq!((celery.ready, celery.delayed, celery.leased, celery.dead_lettered), (0, 1, 3, 0));
+    let other = stats.iter().find(|s| s.queue == "other").unwrap();
+    assert_eq!(other.ready, 1);
+
+    // Several queues at once still take the highest priority first.
+    let both = vec!["celery".to_owned(), "other".to_owned()];
+    let got = store.message_claim(&claim(worker, &both, 1)).await.unwrap();
+    assert_eq!(got.iter().map(|m| m.lease.id).collect::<Vec<_>>(), vec![other_queue]);
+}
+
+#[tokio::test]
+async fn concurrent_claimers_never_share_a_message() {
+    let db = TestDatabase::new().await;
+    let store = db.store();
+    let batch: Vec<_> = (0..2000).map(|_| message("celery", 0, None)).collect();
+    assert_eq!(store.message_insert_many(&batch).await.unwrap(), 2000);
+
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let store = db.store();
+        let seen = seen.clone();
+        tasks.push(tokio::spawn(async move {
+            let worker = register(&store).await;
+            let queues = vec!["celery".to_owned()];
+            loop {
+                let got = store.message_claim(&claim(worker, &queues, 7)).await.unwrap();
+                if got.is_empty() {
+                    break;
+                }
+                let leases: Vec<_> = got.iter().map(|m| m.lease).collect();
+                seen.lock().unwrap().extend(leases.iter().map(|l| l.id));
+                assert_eq!(store.message_complete_many(worker, &leases).await.unwrap(), leases.len() as u64);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    let unique: HashSet<_> = seen.iter().collect();
+    assert_eq!(seen.len(), 2000);
+    assert_eq!(unique.len(), 2000);
+    assert_eq!(store.message_count().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn completion_retry_and_dead_letter_are_fenced_by_lease() {
+    let db = TestDatabase::new().await;
+    let store = db.store();
+    let worker = register(&store).await;
+    let zombie = Uuid::new_v4();
+    let queues = vec!["celery".to_owned()];
+    store
+        .message_insert_many(&[message("celery", 0, None), message("celery", 0, None), message("celery", 0, None)])
+        .await
+        .unwrap();
+    let got = store.message_claim(&claim(worker, &queues, 3)).await.unwrap();
+    let (a, b, c) = (got[0].lease, got[1].lease, got[2].lease);
+
+    // Another worker id, or a stale attempt, changes nothing.
+    assert_eq!(store.message_complete_many(zombie, &[a]).await.unwrap(), 0);
+    let stale = celeriac_store::Lease { id: a.id, attempt: a.attempt + 1 };
+    assert_eq!(store.message_complete_many(worker, &[stale]).await.unwrap(), 0);
+    assert_eq!(store.message_complete_many(worker, &[a]).await.unwrap(), 1);
+
+    let eta = Utc::now() + chrono::Duration::seconds(60);
+    assert!(!store.message_retry(zombie, b, b"{}", eta).await.unwrap());
+    assert!(store.message_retry(worker, b, b"{\"new\": 1}", eta).await.unwrap());
+    let stats = store.queue_stats().await.unwrap();
+    assert_eq!(stats[0].delayed, 1);
+
+    let dl = DeadLetterParams {
+        lease: c,
+        reason_code: "not_registered".into(),
+        reason: "NotRegistered('tasks.add')".into(),
+    };
+    assert_eq!(store.message_dead_letter_many(zombie, std::slice::from_ref(&dl)).await.unwrap(), 0);
+    assert_eq!(store.message_dead_letter_many(worker, &[dl]).await.unwrap(), 1);
+    let dead = store.dead_letter_list(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason_code, "not_registered");
+    assert_eq!(dead[0].task_name.as_deref(), Some("tasks.add"));
+    assert!(dead[0].payload.starts_with(b"{\"body\": "));
+    assert_eq!(store.message_count().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn expired_leases_are_rescued_then_dead_lettered() {
+    let db = TestDatabase::new().await;
+    let store = db.store();
+    let worker = register(&store).await;
+    let queues = vec!["celery".to_owned()];
+    store.message_insert(&message("celery", 0, None)).await.unwrap();
+    let expire_all =
+        "update celeriac.message set lease_expires = now() - interval '1 second' where leased_by is not null";
+    let client = db.client().await;
+
+    for round in 1..=2 {
+        let got = store.message_claim(&claim(worker, &queues, 1)).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].redelivered, round > 1);
+        // A live lease is never rescued.
+        assert_eq!(store.message_rescue(2).await.unwrap().rescued, 0);
+        client.batch_execute(expire_all).await.unwrap();
+        let report = store.message_rescue(2).await.unwrap();
+        assert_eq!((report.rescued, report.dead_lettered), (1, 0));
+        // The dead holder cannot complete after the rescue.
+        assert_eq!(store.message_complete_many(worker, &[got[0].lease]).await.unwrap(), 0);
+    }
+    let got = store.message_claim(&claim(worker, &queues, 1)).await.unwrap();
+    assert_eq!(got[0].redeliveries, 2);
+    client.batch_execute(expire_all).await.unwrap();
+    let report = store.message_rescue(2).await.unwrap();
+    assert_eq!((report.rescued, report.dead_lettered), (0, 1));
+    let dead = store.dead_letter_list(10).await.unwrap();
+    assert_eq!(dead[0].reason_code, "redeliveries_exhausted");
+    assert!(dead[0].reason.contains("3 times"), "{}", dead[0].reason);
+    assert_eq!(store.message_count().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn heartbeat_renews_leases_and_release_frees_them() {
+    let db = TestDatabase::new().await;
+    let store = db.store();
+    let worker = register(&store).await;
+    let queues = vec!["celery".to_owned()];
+    store.message_insert_many(&[message("celery", 0, None), message("celery", 0, None)]).await.unwrap();
+    let got = store.message_claim(&ClaimParams { lease_seconds: 0.5, ..claim(worker, &queues, 2) }).await.unwrap();
+    assert_eq!(store.worker_heartbeat(worker, 600.0).await.unwrap(), 2);
+    let client = db.client().await;
+    let far: bool = client
+        .query_one("select bool_and(lease_expires > now() + interval '500 seconds') from celeriac.message", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(far);
+    assert_eq!(store.message_release_many(worker, &[got[0].lease]).await.unwrap(), 1);
+    let again = store.message_claim(&claim(worker, &queues, 2)).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].lease.id, got[0].lease.id);
+    assert!(!again[0].redelivered, "a released message is not a redelivery");
+    store.worker_deregister(worker).await.unwrap();
+    assert_eq!(store.worker_prune(0.0).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn one_notification_per_insert_statement() {
+    let db = TestDatabase::new().await;
+    let store = db.store();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let shutdown = tokio_util_like_token();
+    let listener = store.listener();
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move {
+        listener.run(move |w| drop(tx.send(w)), async move { stop.notified().await }).await;
+    });
+    // First the connect wake-up.
+    assert_eq!(recv(&mut rx).await, Wakeup::Any);
+    let batch: Vec<_> = (0..500).map(|i| message(if i % 2 == 0 { "a" } else { "b" }, 0, None)).collect();
+    store.message_insert_many(&batch).await.unwrap();
+    let Wakeup::Queues(mut queues) = recv(&mut rx).await else { panic!("expected named queues") };
+    queues.sort();
+    assert_eq!(queues, vec!["a".to_owned(), "b".to_owned()]);
+    // A delayed message wakes nobody; a ready one does.
+    store.message_insert(&message("a", 0, Some(3600.0))).await.unwrap();
+    store.message_insert(&message("c", 0, None)).await.unwrap();
+    assert_eq!(recv(&mut rx).await, Wakeup::Queues(vec!["c".into()]));
+    assert!(rx.try_recv().is_err(), "one statement, one notification");
+    shutdown.notify_one();
+    task.await.unwrap();
+}
+
+fn tokio_util_like_token() -> Arc<tokio::sync::Notify> {
+    Arc::new(tokio::sync::Notify::new())
+}
+
+async fn recv(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Wakeup>) -> Wakeup {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("wake-up within 10 s")
+        .expect("listener alive")
+}
