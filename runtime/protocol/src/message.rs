@@ -455,6 +455,16 @@ fn limit(value: Option<&Value>, path: &str) -> Result<Option<f64>, DecodeError> 
     }
 }
 
+impl TaskHeaders {
+    /// Reads the typed view of protocol-v2 headers (without touching the body).
+    ///
+    /// # Errors
+    /// A [`DecodeError`] naming the header at fault.
+    pub fn parse(headers: &Map) -> Result<TaskHeaders, DecodeError> {
+        parse_headers(headers)
+    }
+}
+
 fn parse_headers(h: &Map) -> Result<TaskHeaders, DecodeError> {
     let task = match h.get("task") {
         Some(Value::Str(s)) if !s.is_empty() => s.clone(),

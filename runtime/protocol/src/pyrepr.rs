@@ -19,7 +19,7 @@ pub fn args_repr(args: &[Value], max: usize) -> String {
         if i > 0 {
             out.push_str(", ");
         }
-        write_repr(&mut out, v);
+        write_repr(&mut out, v, 1);
     }
     if args.len() == 1 {
         out.push(',');
@@ -32,7 +32,7 @@ pub fn args_repr(args: &[Value], max: usize) -> String {
 #[must_use]
 pub fn kwargs_repr(kwargs: &Map, max: usize) -> String {
     let mut out = String::new();
-    write_map(&mut out, kwargs);
+    write_map(&mut out, kwargs, 0);
     truncate(out, max)
 }
 
@@ -40,9 +40,12 @@ pub fn kwargs_repr(kwargs: &Map, max: usize) -> String {
 #[must_use]
 pub fn repr(value: &Value) -> String {
     let mut out = String::new();
-    write_repr(&mut out, value);
+    write_repr(&mut out, value, 0);
     out
 }
+
+/// Containers nested this deep are shown as `[...]`/`{...}`, as Celery's `saferepr` does.
+const MAX_LEVELS: usize = 3;
 
 fn truncate(s: String, max: usize) -> String {
     if s.chars().count() <= max {
@@ -75,7 +78,11 @@ fn write_str_repr(out: &mut String, s: &str) {
     out.push(quote);
 }
 
-fn write_map(out: &mut String, map: &Map) {
+fn write_map(out: &mut String, map: &Map, depth: usize) {
+    if depth >= MAX_LEVELS {
+        out.push_str("{...}");
+        return;
+    }
     out.push('{');
     for (i, (k, v)) in map.iter().enumerate() {
         if i > 0 {
@@ -83,12 +90,12 @@ fn write_map(out: &mut String, map: &Map) {
         }
         write_str_repr(out, k);
         out.push_str(": ");
-        write_repr(out, v);
+        write_repr(out, v, depth + 1);
     }
     out.push('}');
 }
 
-fn write_repr(out: &mut String, value: &Value) {
+fn write_repr(out: &mut String, value: &Value, depth: usize) {
     match value {
         Value::Null => out.push_str("None"),
         Value::Bool(true) => out.push_str("True"),
@@ -99,17 +106,18 @@ fn write_repr(out: &mut String, value: &Value) {
         Value::BigInt(s) => out.push_str(s),
         Value::Float(f) => out.push_str(&python_float_repr(*f)),
         Value::Str(s) => write_str_repr(out, s),
+        Value::List(_) if depth >= MAX_LEVELS => out.push_str("[...]"),
         Value::List(items) => {
             out.push('[');
             for (i, v) in items.iter().enumerate() {
                 if i > 0 {
                     out.push_str(", ");
                 }
-                write_repr(out, v);
+                write_repr(out, v, depth + 1);
             }
             out.push(']');
         }
-        Value::Map(map) => write_map(out, map),
+        Value::Map(map) => write_map(out, map, depth),
         Value::DateTime(_) | Value::NaiveDateTime(_) => {
             let _ = write!(out, "datetime.datetime.fromisoformat('{}')", marker_text(value).unwrap_or_default());
         }

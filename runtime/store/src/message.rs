@@ -363,6 +363,20 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Deletes every message of `queue` that no worker holds. Returns how many.
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn message_purge(&self, queue: &str) -> Result<u64> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .execute("delete from celeriac.message where queue = $1 and leased_by is null", &[&queue])
+            .await
+            .map_err(Error::from_pg)?)
+    }
+}
+
 fn split(leases: &[Lease]) -> (Vec<i64>, Vec<i32>) {
     leases.iter().map(|l| (l.id, l.attempt)).unzip()
 }

@@ -1,0 +1,449 @@
+//! The `celeriac` command line. [`main`] is the whole binary; a Rust application with its own
+//! handlers calls it with its own [`Registry`] to get the same CLI.
+
+use std::{io::BufRead as _, process::ExitCode, time::Duration};
+
+use celeriac_protocol::{json, Accept, Expires, Map, TaskOptions, Value};
+use celeriac_store::{NewMessage, Store, StoreConfig};
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Client, Registry, Worker, WorkerConfig};
+
+/// celeriac: Celery-compatible workers on a PostgreSQL queue.
+#[derive(Debug, Parser)]
+#[command(name = "celeriac", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// PostgreSQL URL of the queue database, e.g. postgresql://user@host/db.
+    /// Defaults to $CELERIAC_DATABASE_URL, then $DATABASE_URL.
+    #[arg(long, global = true, value_name = "URL")]
+    pub database_url: Option<String>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or upgrade schema `celeriac` (idempotent; safe to run concurrently).
+    Migrate,
+    /// Consume queues and run the registered handlers (like `celery worker`).
+    Worker(WorkerArgs),
+    /// Enqueue one task, built exactly as Celery 5.7's apply_async builds it; prints its id.
+    Send(SendArgs),
+    /// Enqueue kombu envelopes as they are, one JSON document per line (from a file or `-`).
+    EnqueueEnvelopes(EnvelopeArgs),
+    /// Show the state of queues.
+    Inspect {
+        /// What to show.
+        #[command(subcommand)]
+        what: Inspect,
+    },
+    /// Measure enqueue rate, drain rate and idle pickup latency against the database.
+    Bench(crate::bench::BenchArgs),
+}
+
+/// `celeriac inspect …`
+#[derive(Debug, Subcommand)]
+pub enum Inspect {
+    /// Per queue: ready, delayed (eta in the future), leased and dead-lettered counts.
+    Queues,
+    /// The newest dead-lettered messages with their reasons.
+    DeadLetters {
+        /// How many to show.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+}
+
+/// `celeriac worker` options (named like `celery worker`'s where one exists).
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Comma-separated queues to consume.
+    #[arg(short = 'Q', long, default_value = "celery", value_delimiter = ',')]
+    pub queues: Vec<String>,
+    /// Tasks run at once [default: number of CPUs].
+    #[arg(short = 'c', long)]
+    pub concurrency: Option<usize>,
+    /// Log level: DEBUG, INFO, WARNING, ERROR, CRITICAL.
+    #[arg(short = 'l', long, default_value = "INFO")]
+    pub loglevel: String,
+    /// Worker name; %h = host name, %n = its first label, %d = its domain.
+    #[arg(short = 'n', long, default_value = "celeriac@%h")]
+    pub hostname: String,
+    /// Messages claimed ahead per execution slot.
+    #[arg(long, default_value_t = 4)]
+    pub prefetch_multiplier: usize,
+    /// Seconds a claim lasts without a heartbeat; after that the message runs elsewhere.
+    #[arg(long, default_value_t = 30.0)]
+    pub lease_seconds: f64,
+    /// Seconds between heartbeats (lease renewals); at most half the lease.
+    #[arg(long, default_value_t = 5.0)]
+    pub heartbeat_interval: f64,
+    /// Seconds between polls when no notification arrives.
+    #[arg(long, default_value_t = 1.0)]
+    pub poll_interval: f64,
+    /// Seconds running tasks get to finish after SIGTERM/SIGINT (a second signal stops at once).
+    #[arg(long, default_value_t = 60.0)]
+    pub shutdown_timeout: f64,
+    /// Times a message may lose its worker (lease expiry) before it goes to dead_letter.
+    #[arg(long, default_value_t = 3)]
+    pub max_redeliveries: i32,
+    /// Comma-separated serializers or content types to accept (Celery's accept_content).
+    #[arg(long, default_value = "json", value_delimiter = ',')]
+    pub accept_content: Vec<String>,
+    /// Do not LISTEN for wake-ups (e.g. behind PgBouncer in transaction mode); poll only.
+    #[arg(long)]
+    pub no_listen: bool,
+    /// Also register the example handlers (examples.add, examples.noop, examples.sleep, …).
+    #[arg(long)]
+    pub example_handlers: bool,
+}
+
+/// `celeriac send` options (named like `apply_async`'s).
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Registered task name, e.g. proj.tasks.add.
+    pub task: String,
+    /// Positional arguments as a JSON array.
+    #[arg(long, default_value = "[]")]
+    pub args: String,
+    /// Keyword arguments as a JSON object.
+    #[arg(long, default_value = "{}")]
+    pub kwargs: String,
+    /// Queue (routing key).
+    #[arg(short = 'Q', long, default_value = "celery")]
+    pub queue: String,
+    /// Run no earlier than this many seconds from now.
+    #[arg(long, conflicts_with = "eta")]
+    pub countdown: Option<f64>,
+    /// Run no earlier than this ISO-8601 time (UTC if no offset).
+    #[arg(long)]
+    pub eta: Option<String>,
+    /// Discard the task if not started within this many seconds (or after this ISO-8601 time).
+    #[arg(long)]
+    pub expires: Option<String>,
+    /// Priority 0–255; higher runs first.
+    #[arg(long)]
+    pub priority: Option<i64>,
+    /// Task id [default: a new UUID].
+    #[arg(long)]
+    pub task_id: Option<String>,
+    /// Hard time limit, seconds.
+    #[arg(long)]
+    pub time_limit: Option<f64>,
+    /// Soft time limit, seconds.
+    #[arg(long)]
+    pub soft_time_limit: Option<f64>,
+    /// Ask the worker not to store a result.
+    #[arg(long)]
+    pub ignore_result: bool,
+    /// Extra message headers as a JSON object.
+    #[arg(long)]
+    pub headers: Option<String>,
+    /// Print the envelope JSON instead of enqueueing it.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `celeriac enqueue-envelopes` options.
+#[derive(Debug, Args)]
+pub struct EnvelopeArgs {
+    /// File with one envelope per line, or `-` for standard input.
+    pub file: String,
+    /// Rows per insert statement.
+    #[arg(long, default_value_t = 5000)]
+    pub batch: usize,
+}
+
+/// Runs the CLI with `registry` (plus the example handlers on request) and returns the exit code.
+#[must_use]
+pub fn main(registry: Registry) -> ExitCode {
+    let cli = Cli::parse();
+    let loglevel = match &cli.command {
+        Command::Worker(w) => w.loglevel.clone(),
+        _ => "WARNING".to_owned(),
+    };
+    if let Err(e) = init_logging(&loglevel) {
+        eprintln!("celeriac: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("celeriac: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, registry)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("celeriac: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: &str) -> Result<(), String> {
+    let filter = match level.to_ascii_uppercase().as_str() {
+        "DEBUG" => "debug",
+        "INFO" => "info",
+        "WARNING" | "WARN" => "warn",
+        "ERROR" | "CRITICAL" | "FATAL" => "error",
+        other => return Err(format!("unknown log level {other:?} (use DEBUG, INFO, WARNING, ERROR or CRITICAL)")),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CELERIAC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{filter},tokio_postgres=warn")));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).init();
+    Ok(())
+}
+
+fn database_url(cli: &Cli) -> Result<String, String> {
+    cli.database_url
+        .clone()
+        .or_else(|| std::env::var("CELERIAC_DATABASE_URL").ok().filter(|s| !s.is_empty()))
+        .or_else(|| std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()))
+        .ok_or_else(|| "no database URL: pass --database-url or set CELERIAC_DATABASE_URL (or DATABASE_URL)".to_owned())
+}
+
+fn store(url: &str, connections: usize) -> Result<Store, String> {
+    Store::new(&StoreConfig { max_connections: connections, ..StoreConfig::new(url) }).map_err(|e| e.to_string())
+}
+
+async fn run(cli: Cli, mut registry: Registry) -> Result<(), String> {
+    match &cli.command {
+        Command::Send(args) if args.dry_run => {
+            let message = build_send(args, None)?;
+            println!("{}", String::from_utf8_lossy(&message.payload));
+            return Ok(());
+        }
+        _ => {}
+    }
+    let url = database_url(&cli)?;
+    match cli.command {
+        Command::Migrate => {
+            let report = store(&url, 1)?.migrate().await.map_err(|e| e.to_string())?;
+            if report.applied.is_empty() {
+                println!("schema celeriac is up to date (version {})", report.current);
+            } else {
+                println!("applied migrations {:?}; schema celeriac is at version {}", report.applied, report.current);
+            }
+            Ok(())
+        }
+        Command::Worker(args) => {
+            if args.example_handlers {
+                crate::examples::register(&mut registry);
+            }
+            let config = worker_config(&args)?;
+            let store = store(&url, 6)?;
+            let worker = Worker::new(store, registry, config).map_err(|e| e.to_string())?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(handle_signals(shutdown.clone()));
+            worker.run(shutdown).await.map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        Command::Send(args) => {
+            let store = store(&url, 1)?;
+            let message = build_send(&args, Some(&store))?;
+            store.message_insert(&message).await.map_err(|e| e.to_string())?;
+            println!("{}", message.task_id.unwrap_or_default());
+            Ok(())
+        }
+        Command::EnqueueEnvelopes(args) => enqueue_envelopes(&store(&url, 1)?, &args).await,
+        Command::Inspect { what: Inspect::Queues } => {
+            let stats = store(&url, 1)?.queue_stats().await.map_err(|e| e.to_string())?;
+            println!("{:<24} {:>10} {:>10} {:>10} {:>14}", "queue", "ready", "delayed", "leased", "dead_lettered");
+            for s in stats {
+                println!("{:<24} {:>10} {:>10} {:>10} {:>14}", s.queue, s.ready, s.delayed, s.leased, s.dead_lettered);
+            }
+            Ok(())
+        }
+        Command::Inspect { what: Inspect::DeadLetters { limit } } => {
+            for d in store(&url, 1)?.dead_letter_list(limit).await.map_err(|e| e.to_string())? {
+                println!(
+                    "{} {} queue={} task={} id={} [{}] {}",
+                    d.id,
+                    d.failed_at.to_rfc3339(),
+                    d.queue,
+                    d.task_name.as_deref().unwrap_or("?"),
+                    d.task_id.as_deref().unwrap_or("?"),
+                    d.reason_code,
+                    d.reason
+                );
+            }
+            Ok(())
+        }
+        Command::Bench(args) => crate::bench::run(&url, &args).await,
+    }
+}
+
+fn worker_config(args: &WorkerArgs) -> Result<WorkerConfig, String> {
+    let secs = |name: &str, v: f64| {
+        if v.is_finite() && v > 0.0 {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            Err(format!("--{name} must be a positive number of seconds"))
+        }
+    };
+    let defaults = WorkerConfig::default();
+    let config = WorkerConfig {
+        queues: args.queues.iter().map(|q| q.trim().to_owned()).filter(|q| !q.is_empty()).collect(),
+        concurrency: args.concurrency.unwrap_or(defaults.concurrency),
+        prefetch_multiplier: args.prefetch_multiplier,
+        hostname: expand_hostname(&args.hostname),
+        lease: secs("lease-seconds", args.lease_seconds)?,
+        heartbeat_interval: secs("heartbeat-interval", args.heartbeat_interval)?,
+        poll_interval: secs("poll-interval", args.poll_interval)?,
+        shutdown_timeout: secs("shutdown-timeout", args.shutdown_timeout)?,
+        max_redeliveries: args.max_redeliveries,
+        accept: Accept::new(&args.accept_content),
+        listen: !args.no_listen,
+        ..defaults
+    };
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+/// Expands Celery's `%h`, `%n`, `%d` in a worker name.
+fn expand_hostname(template: &str) -> String {
+    let host = crate::hostname();
+    let (name, domain) = host.split_once('.').unwrap_or((&host, ""));
+    template.replace("%h", &host).replace("%n", name).replace("%d", domain)
+}
+
+async fn handle_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::warn!("worker: Warm shutdown (SIGTERM); a second signal stops at once"),
+        _ = int.recv() => tracing::warn!("worker: Warm shutdown (SIGINT); a second signal stops at once"),
+    }
+    shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::warn!("worker: Cold shutdown; leases of unfinished tasks expire and those messages run again");
+    std::process::exit(1);
+}
+
+fn parse_json(what: &str, text: &str) -> Result<Value, String> {
+    json::from_slice(text.as_bytes()).map_err(|e| format!("--{what}: {e}"))
+}
+
+fn parse_time(what: &str, text: &str) -> Result<DateTime<Utc>, String> {
+    match json::parse_datetime(text) {
+        Some(Value::DateTime(dt)) => Ok(dt.with_timezone(&Utc)),
+        Some(Value::NaiveDateTime(dt)) => Ok(dt.and_utc()),
+        _ => Err(format!("--{what}: not an ISO-8601 time: {text:?}")),
+    }
+}
+
+fn build_send(args: &SendArgs, store: Option<&Store>) -> Result<NewMessage, String> {
+    let Value::List(call_args) = parse_json("args", &args.args)? else {
+        return Err("--args must be a JSON array".into());
+    };
+    let Value::Map(kwargs) = parse_json("kwargs", &args.kwargs)? else {
+        return Err("--kwargs must be a JSON object".into());
+    };
+    let headers = match &args.headers {
+        None => Map::new(),
+        Some(text) => match parse_json("headers", text)? {
+            Value::Map(m) => m,
+            _ => return Err("--headers must be a JSON object".into()),
+        },
+    };
+    let expires = match &args.expires {
+        None => None,
+        Some(text) => Some(match text.parse::<f64>() {
+            Ok(secs) => Expires::After(secs),
+            Err(_) => Expires::At(parse_time("expires", text)?),
+        }),
+    };
+    let options = TaskOptions {
+        task_id: args.task_id.clone(),
+        queue: args.queue.clone(),
+        countdown: args.countdown,
+        eta: args.eta.as_deref().map(|t| parse_time("eta", t)).transpose()?,
+        expires,
+        priority: args.priority,
+        time_limit: args.time_limit,
+        soft_time_limit: args.soft_time_limit,
+        ignore_result: args.ignore_result,
+        headers,
+        ..TaskOptions::default()
+    };
+    let client = match store {
+        Some(s) => Client::new(s.clone()),
+        None => Client::new(Store::connect("postgresql://localhost/unused").map_err(|e| e.to_string())?),
+    };
+    client.build(&args.task, &call_args, &kwargs, &options).map_err(|e| e.to_string())
+}
+
+/// Reads envelopes and enqueues them unchanged; the queue, priority, eta, expiry, task name and
+/// id columns are read from each envelope. A line that is not a readable envelope is still
+/// enqueued (queue from `delivery_info` if readable, else `celery`), so the worker dead-letters
+/// it with its reason instead of it being lost here.
+async fn enqueue_envelopes(store: &Store, args: &EnvelopeArgs) -> Result<(), String> {
+    let reader: Box<dyn std::io::BufRead> = if args.file == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        Box::new(std::io::BufReader::new(std::fs::File::open(&args.file).map_err(|e| format!("{}: {e}", args.file))?))
+    };
+    let mut batch = Vec::with_capacity(args.batch.max(1));
+    let mut total = 0u64;
+    for line in reader.lines() {
+        let line = line.map_err(|e| format!("reading {}: {e}", args.file))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        batch.push(envelope_row(line.into_bytes()));
+        if batch.len() >= args.batch.max(1) {
+            total += store.message_insert_many(&batch).await.map_err(|e| e.to_string())?;
+            batch.clear();
+        }
+    }
+    total += store.message_insert_many(&batch).await.map_err(|e| e.to_string())?;
+    println!("enqueued {total} message(s)");
+    Ok(())
+}
+
+fn envelope_row(payload: Vec<u8>) -> NewMessage {
+    let mut row = NewMessage {
+        queue: "celery".into(),
+        priority: 0,
+        eta: None,
+        expires: None,
+        task_name: None,
+        task_id: None,
+        payload,
+    };
+    if let Ok(env) = celeriac_protocol::Envelope::parse(&row.payload) {
+        if let Some(q) = env
+            .properties
+            .get("delivery_info")
+            .and_then(Value::as_map)
+            .and_then(|d| d.get("routing_key"))
+            .and_then(Value::as_str)
+            .filter(|q| !q.is_empty())
+        {
+            q.clone_into(&mut row.queue);
+        }
+        if let Some(p) = env.properties.get("priority").and_then(Value::as_i64) {
+            row.priority = i16::try_from(p.clamp(0, 255)).unwrap_or(0);
+        }
+        if let Ok(headers) = celeriac_protocol::TaskHeaders::parse(&env.headers) {
+            row.eta = headers.eta;
+            row.expires = headers.expires;
+            row.task_name = Some(headers.task);
+            row.task_id = Some(headers.id);
+        }
+    }
+    row
+}

@@ -1,0 +1,168 @@
+//! The handler registry: task name → Rust handler.
+
+use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc};
+
+use celeriac_protocol::Value;
+use chrono::Utc;
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::task::{Outcome, Request, TaskError};
+
+/// A boxed handler future.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// Something that runs a task. Implemented for closures by [`Registry::register_raw`]; the typed
+/// forms wrap a closure in argument decoding and error mapping.
+pub trait Handler: Send + Sync + 'static {
+    /// Runs one delivery.
+    fn call(&self, request: Request) -> HandlerFuture;
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    fn call(&self, request: Request) -> HandlerFuture {
+        Box::pin(self(request))
+    }
+}
+
+/// Task name → handler. Build one, register handlers, hand it to a [`crate::Worker`].
+///
+/// ```
+/// use celeriac::{Registry, TaskError};
+///
+/// let mut registry = Registry::new();
+/// registry.register("tasks.add", |(a, b): (i64, i64)| async move { Ok::<_, TaskError>(a + b) });
+/// assert!(registry.contains("tasks.add"));
+/// ```
+#[derive(Clone, Default)]
+pub struct Registry {
+    handlers: HashMap<String, Arc<dyn Handler>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<_> = self.handlers.keys().collect();
+        names.sort();
+        f.debug_struct("Registry").field("tasks", &names).finish()
+    }
+}
+
+fn outcome_of<R: Serialize>(result: Result<R, TaskError>, retries: i64) -> Outcome {
+    match result {
+        Ok(value) => match Value::from_serialize(&value) {
+            Ok(v) => Outcome::Success(v),
+            Err(e) => Outcome::failure("EncodeError", format!("the task's return value cannot be serialized: {e}")),
+        },
+        Err(e) => e.into_outcome(retries, Utc::now()),
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    #[must_use]
+    pub fn new() -> Self {
+        Registry::default()
+    }
+
+    /// A registry with Celery's built-in tasks a worker must answer: `celery.ping` → `"pong"`.
+    #[must_use]
+    pub fn with_builtins() -> Self {
+        let mut r = Registry::new();
+        r.register("celery.ping", |_args: Vec<Value>| async { Ok::<_, TaskError>("pong") });
+        r
+    }
+
+    /// Registers a handler taking the positional args as `A` (a tuple, a `Vec`, or any
+    /// `Deserialize` type reading a list). Keyword arguments are refused with a `TypeError`
+    /// failure, as Python would for a function without them. Args that do not fit `A` fail
+    /// the task with `TypeError`.
+    pub fn register<A, R, F, Fut>(&mut self, name: &str, f: F) -> &mut Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, TaskError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let task = name.to_owned();
+        self.register_raw(name, move |req: Request| {
+            let f = f.clone();
+            let task = task.clone();
+            async move {
+                if !req.kwargs().is_empty() {
+                    let names: Vec<&str> = req.kwargs().keys().map(String::as_str).collect();
+                    return Outcome::failure(
+                        "TypeError",
+                        format!("{task}() got unexpected keyword arguments: {}", names.join(", ")),
+                    );
+                }
+                let args: A = match Value::List(req.args().to_vec()).deserialize_into() {
+                    Ok(a) => a,
+                    Err(e) => return Outcome::failure("TypeError", format!("{task}() arguments do not match: {e}")),
+                };
+                outcome_of(f(args).await, req.retries())
+            }
+        })
+    }
+
+    /// Registers a handler taking positional args as `A` and keyword args as `K` (e.g. a
+    /// `#[derive(Deserialize)]` struct with optional fields).
+    pub fn register_with_kwargs<A, K, R, F, Fut>(&mut self, name: &str, f: F) -> &mut Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        K: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(A, K) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, TaskError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let task = name.to_owned();
+        self.register_raw(name, move |req: Request| {
+            let f = f.clone();
+            let task = task.clone();
+            async move {
+                let args: A = match Value::List(req.args().to_vec()).deserialize_into() {
+                    Ok(a) => a,
+                    Err(e) => return Outcome::failure("TypeError", format!("{task}() arguments do not match: {e}")),
+                };
+                let kwargs: K = match Value::Map(req.kwargs().clone()).deserialize_into() {
+                    Ok(k) => k,
+                    Err(e) => {
+                        return Outcome::failure("TypeError", format!("{task}() keyword arguments do not match: {e}"))
+                    }
+                };
+                outcome_of(f(args, kwargs).await, req.retries())
+            }
+        })
+    }
+
+    /// Registers a handler that gets the whole [`Request`] (id, retries, headers, delivery info)
+    /// and returns an [`Outcome`] itself.
+    pub fn register_raw<H: Handler>(&mut self, name: &str, handler: H) -> &mut Self {
+        self.handlers.insert(name.to_owned(), Arc::new(handler));
+        self
+    }
+
+    /// The handler for `name`.
+    #[must_use]
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Handler>> {
+        self.handlers.get(name).cloned()
+    }
+
+    /// Whether `name` has a handler.
+    #[must_use]
+    pub fn contains(&self, name: &str) -> bool {
+        self.handlers.contains_key(name)
+    }
+
+    /// Registered task names, sorted.
+    #[must_use]
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.handlers.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+}

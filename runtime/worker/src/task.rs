@@ -1,0 +1,177 @@
+//! What a handler sees ([`Request`]) and what it returns ([`Outcome`], [`TaskError`]).
+
+use celeriac_protocol::{DeliveryInfo, Map, TaskMessage, Value};
+use celeriac_store::Lease;
+use chrono::{DateTime, Duration, Utc};
+
+/// One delivery of a task message to a handler: the decoded message plus how it was delivered.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The decoded message (headers, args, kwargs, embed, envelope).
+    pub message: TaskMessage,
+    /// The lease this delivery holds.
+    pub lease: Lease,
+    /// Whether an earlier delivery's worker died holding it (the task may have run partly).
+    pub redelivered: bool,
+    /// The worker's `--hostname`.
+    pub hostname: String,
+}
+
+impl Request {
+    /// Task id.
+    #[must_use]
+    pub fn id(&self) -> &str {
+        &self.message.headers.id
+    }
+
+    /// Task name.
+    #[must_use]
+    pub fn task(&self) -> &str {
+        &self.message.headers.task
+    }
+
+    /// How many times the task was retried before this run.
+    #[must_use]
+    pub fn retries(&self) -> i64 {
+        self.message.headers.retries
+    }
+
+    /// Positional arguments.
+    #[must_use]
+    pub fn args(&self) -> &[Value] {
+        &self.message.args
+    }
+
+    /// Keyword arguments.
+    #[must_use]
+    pub fn kwargs(&self) -> &Map {
+        &self.message.kwargs
+    }
+
+    /// All message headers, including user headers.
+    #[must_use]
+    pub fn headers(&self) -> &Map {
+        &self.message.envelope.headers
+    }
+
+    /// Delivery info as Celery's `task.request.delivery_info` shows it.
+    #[must_use]
+    pub fn delivery_info(&self) -> DeliveryInfo {
+        DeliveryInfo { redelivered: self.redelivered, ..self.message.delivery_info.clone() }
+    }
+}
+
+/// How a task run ended. Not an error type: failure is an ordinary outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Returned a value.
+    Success(Value),
+    /// Run again at `eta` (Celery's `Task.retry`): same id, `retries + 1`.
+    Retry {
+        /// When to run again.
+        eta: DateTime<Utc>,
+        /// Why, for the log.
+        reason: String,
+    },
+    /// Failed for good (the exception, in Celery's terms).
+    Failure {
+        /// Exception type name, e.g. `ValueError`, `NotRegistered`, `TimeLimitExceeded`.
+        exc_type: String,
+        /// The message.
+        message: String,
+    },
+    /// Refused: the message goes to `dead_letter` (Celery's `Reject(requeue=False)`, which
+    /// RabbitMQ routes to the dead-letter exchange).
+    Reject {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// A failure with exception type `exc_type`.
+    #[must_use]
+    pub fn failure(exc_type: impl Into<String>, message: impl Into<String>) -> Outcome {
+        Outcome::Failure { exc_type: exc_type.into(), message: message.into() }
+    }
+}
+
+/// The error side of a typed handler: fail, retry or reject.
+///
+/// Any `std::error::Error` converts into [`TaskError::Fail`] with `?`.
+#[derive(Debug)]
+pub enum TaskError {
+    /// Fail with an exception type name and message.
+    Fail {
+        /// Exception type name.
+        exc_type: String,
+        /// Message.
+        message: String,
+    },
+    /// Retry after `countdown` seconds unless the task was already retried `max_retries` times
+    /// (then it fails with `MaxRetriesExceededError`; `None` retries forever).
+    Retry {
+        /// Seconds until the next run.
+        countdown: f64,
+        /// Retry limit; Celery's default is 3.
+        max_retries: Option<i64>,
+        /// Why, for the log.
+        reason: String,
+    },
+    /// Reject the message to `dead_letter`.
+    Reject(String),
+}
+
+impl TaskError {
+    /// A plain failure (`exc_type` = `Error`).
+    #[must_use]
+    pub fn fail(message: impl Into<String>) -> TaskError {
+        TaskError::Fail { exc_type: "Error".into(), message: message.into() }
+    }
+
+    /// Retry after `countdown` seconds, at most Celery's default of 3 times.
+    #[must_use]
+    pub fn retry(countdown: f64, reason: impl Into<String>) -> TaskError {
+        TaskError::Retry { countdown, max_retries: Some(3), reason: reason.into() }
+    }
+
+    /// Turns this error into the outcome for a request that was retried `retries` times.
+    #[must_use]
+    pub fn into_outcome(self, retries: i64, now: DateTime<Utc>) -> Outcome {
+        match self {
+            TaskError::Fail { exc_type, message } => Outcome::Failure { exc_type, message },
+            TaskError::Retry { max_retries: Some(max), reason, .. } if retries >= max => Outcome::failure(
+                "MaxRetriesExceededError",
+                format!("Can't retry task: exceeded max retries ({max}) after {reason}"),
+            ),
+            TaskError::Retry { countdown, reason, .. } => {
+                #[allow(clippy::cast_possible_truncation)]
+                let delay = Duration::milliseconds((countdown.max(0.0) * 1000.0) as i64);
+                Outcome::Retry { eta: now + delay, reason }
+            }
+            TaskError::Reject(reason) => Outcome::Reject { reason },
+        }
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for TaskError {
+    fn from(e: E) -> Self {
+        TaskError::Fail { exc_type: short_type_name::<E>(), message: e.to_string() }
+    }
+}
+
+fn short_type_name<T>() -> String {
+    let full = std::any::type_name::<T>();
+    let base = full.split('<').next().unwrap_or(full);
+    base.rsplit("::").next().unwrap_or(base).to_owned()
+}
+
+impl std::fmt::Display for TaskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TaskError::Fail { exc_type, message } => write!(f, "{exc_type}: {message}"),
+            TaskError::Retry { countdown, reason, .. } => write!(f, "Retry in {countdown}s: {reason}"),
+            TaskError::Reject(reason) => write!(f, "Reject: {reason}"),
+        }
+    }
+}

@@ -1,0 +1,660 @@
+//! The worker: claims messages, runs handlers with a concurrency limit, settles outcomes.
+//!
+//! Shape of a running worker (all tokio tasks in one process):
+//!
+//! ```text
+//!  listener ──wake──┐
+//!                   ▼
+//!  claim loop ── claims ≤ free prefetch slots ──► execute (one task per message)
+//!                                                   │ decode → dispatch → wait for a run slot
+//!                                                   │ → handler (own task: panics are caught)
+//!                                                   ▼
+//!  completer ◄──────────── settle (complete / retry / dead-letter / release)
+//!  heartbeat (renews all held leases)      rescuer (frees expired leases, any worker)
+//! ```
+//!
+//! In-flight messages (claimed, not yet settled) never exceed `concurrency ×
+//! prefetch_multiplier`; ETA tasks stay in the database until due, so nothing is hoarded.
+//! Outcomes are flushed in batches by the completer, and every write is fenced by the lease,
+//! so a worker that lost its lease cannot overwrite a newer delivery.
+//!
+//! Shutdown (the token passed to [`Worker::run`] is cancelled): stop claiming; messages that
+//! were claimed but not started are released at once; running tasks get `shutdown_timeout` to
+//! finish, after which they are abandoned (their leases expire and the messages run again,
+//! marked redelivered); pending outcomes are flushed; the worker row is removed.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use celeriac_protocol::{pyrepr, Accept, TaskMessage};
+use celeriac_store::{ClaimParams, ClaimedMessage, DeadLetterParams, Lease, Store, WorkerInfo};
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use uuid::Uuid;
+
+use crate::{
+    maintenance::{Rescuer, RescuerConfig},
+    registry::Registry,
+    task::{Outcome, Request},
+    Error,
+};
+
+/// Worker settings. Every field has a default (see [`WorkerConfig::default`]).
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Queues to consume. Default: `["celery"]`.
+    pub queues: Vec<String>,
+    /// Tasks run at once. Default: the number of CPUs.
+    pub concurrency: usize,
+    /// Messages claimed per execution slot (Celery's `worker_prefetch_multiplier`). Default: 4.
+    pub prefetch_multiplier: usize,
+    /// Worker name for logs and the `worker` table. Default: `celeriac@<host>`.
+    pub hostname: String,
+    /// How long a claim stays valid without a heartbeat. Default: 30 s.
+    pub lease: Duration,
+    /// How often leases are renewed; must be under half the lease. Default: 5 s.
+    pub heartbeat_interval: Duration,
+    /// How often to look for work when no notification came. Default: 1 s.
+    pub poll_interval: Duration,
+    /// How long running tasks may take to finish after a shutdown request. Default: 60 s.
+    pub shutdown_timeout: Duration,
+    /// Redeliveries after lost leases before a message is dead-lettered. Default: 3.
+    pub max_redeliveries: i32,
+    /// How often this worker runs the rescuer. Default: 5 s.
+    pub rescue_interval: Duration,
+    /// Content types to deserialize. Default: JSON only.
+    pub accept: Accept,
+    /// Use LISTEN/NOTIFY wake-ups (off behind PgBouncer in transaction mode). Default: true.
+    pub listen: bool,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            queues: vec![celeriac_protocol::DEFAULT_QUEUE.to_owned()],
+            concurrency: std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+            prefetch_multiplier: 4,
+            hostname: format!("celeriac@{}", crate::hostname()),
+            lease: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(5),
+            poll_interval: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(60),
+            max_redeliveries: 3,
+            rescue_interval: Duration::from_secs(5),
+            accept: Accept::default(),
+            listen: true,
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Checks the settings for consistency.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the bad setting.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.queues.is_empty() || self.queues.iter().any(String::is_empty) {
+            return bad("at least one queue, and no empty queue names, are required".into());
+        }
+        if self.concurrency == 0 {
+            return bad("concurrency must be at least 1".into());
+        }
+        if self.prefetch_multiplier == 0 {
+            return bad("prefetch multiplier must be at least 1".into());
+        }
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval * 2 > self.lease {
+            return bad(format!(
+                "heartbeat interval ({:?}) must be positive and at most half the lease ({:?})",
+                self.heartbeat_interval, self.lease
+            ));
+        }
+        if self.poll_interval.is_zero() || self.rescue_interval.is_zero() {
+            return bad("poll and rescue intervals must be positive".into());
+        }
+        if self.max_redeliveries < 0 {
+            return bad("max redeliveries must not be negative".into());
+        }
+        Ok(())
+    }
+}
+
+/// Live counters of a worker, readable while it runs.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Messages claimed.
+    pub received: AtomicU64,
+    /// Tasks that returned a value.
+    pub succeeded: AtomicU64,
+    /// Tasks that failed (including unknown names are counted in `dead_lettered` instead).
+    pub failed: AtomicU64,
+    /// Tasks re-scheduled by a retry.
+    pub retried: AtomicU64,
+    /// Messages moved to `dead_letter`.
+    pub dead_lettered: AtomicU64,
+    /// Claimed messages given back unstarted.
+    pub released: AtomicU64,
+    /// Outcomes written to the database.
+    pub settled: AtomicU64,
+}
+
+/// A snapshot of [`WorkerStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WorkerReport {
+    /// Messages claimed.
+    pub received: u64,
+    /// Tasks that returned a value.
+    pub succeeded: u64,
+    /// Tasks that failed.
+    pub failed: u64,
+    /// Tasks re-scheduled.
+    pub retried: u64,
+    /// Messages moved to `dead_letter`.
+    pub dead_lettered: u64,
+    /// Claimed messages given back unstarted.
+    pub released: u64,
+    /// Outcomes written to the database.
+    pub settled: u64,
+}
+
+impl WorkerStats {
+    /// The current values.
+    #[must_use]
+    pub fn snapshot(&self) -> WorkerReport {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        WorkerReport {
+            received: get(&self.received),
+            succeeded: get(&self.succeeded),
+            failed: get(&self.failed),
+            retried: get(&self.retried),
+            dead_lettered: get(&self.dead_lettered),
+            released: get(&self.released),
+            settled: get(&self.settled),
+        }
+    }
+}
+
+/// What the completer writes.
+#[derive(Debug)]
+enum Settle {
+    Complete(Lease),
+    Release(Lease),
+    DeadLetter(DeadLetterParams),
+    Retry { lease: Lease, payload: Vec<u8>, eta: DateTime<Utc> },
+}
+
+/// State shared by the claim loop and the per-message tasks.
+struct Shared {
+    store: Store,
+    registry: Arc<Registry>,
+    config: WorkerConfig,
+    worker_id: Uuid,
+    stats: Arc<WorkerStats>,
+    settle: mpsc::UnboundedSender<Settle>,
+    run_slots: Arc<Semaphore>,
+    /// Cancelled on shutdown: stop claiming, do not start claimed tasks.
+    stopping: CancellationToken,
+    /// Cancelled when the shutdown timeout ran out: abandon running tasks.
+    abandon: CancellationToken,
+}
+
+impl Shared {
+    fn settle(&self, s: Settle) {
+        // The completer outlives every sender; if it is gone the lease simply expires.
+        let _ = self.settle.send(s);
+    }
+}
+
+/// A worker process's runtime. See the module docs.
+pub struct Worker {
+    store: Store,
+    registry: Arc<Registry>,
+    config: WorkerConfig,
+    id: Uuid,
+    stats: Arc<WorkerStats>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("id", &self.id).field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// A worker over `store` running the handlers of `registry`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for inconsistent settings.
+    pub fn new(store: Store, registry: Registry, config: WorkerConfig) -> Result<Worker, Error> {
+        config.validate()?;
+        Ok(Worker { store, registry: Arc::new(registry), config, id: Uuid::new_v4(), stats: Arc::default() })
+    }
+
+    /// This worker's id (what `leased_by` holds).
+    #[must_use]
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// Live counters.
+    #[must_use]
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.stats.clone()
+    }
+
+    /// Runs until `shutdown` is cancelled, then shuts down gracefully (module docs).
+    ///
+    /// # Errors
+    /// Only if the schema is missing at start; database outages while running are logged and
+    /// retried with backoff.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<WorkerReport, Error> {
+        let config = self.config.clone();
+        let info = WorkerInfo {
+            id: self.id,
+            hostname: config.hostname.clone(),
+            pid: i32::try_from(std::process::id()).unwrap_or(0),
+            queues: config.queues.clone(),
+            concurrency: i32::try_from(config.concurrency).unwrap_or(i32::MAX),
+        };
+        self.register(&info, &shutdown).await?;
+        tracing::info!(
+            hostname = %config.hostname, queues = %config.queues.join(","), concurrency = config.concurrency,
+            tasks = %self.registry.names().join(", "), "{} ready.", config.hostname
+        );
+
+        let background = CancellationToken::new();
+        let (settle_tx, settle_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            store: self.store.clone(),
+            registry: self.registry.clone(),
+            config: config.clone(),
+            worker_id: self.id,
+            stats: self.stats.clone(),
+            settle: settle_tx,
+            run_slots: Arc::new(Semaphore::new(config.concurrency)),
+            stopping: shutdown.clone(),
+            abandon: CancellationToken::new(),
+        });
+
+        let give_up_flushing = CancellationToken::new();
+        let completer = tokio::spawn(run_completer(
+            self.store.clone(),
+            self.id,
+            settle_rx,
+            self.stats.clone(),
+            give_up_flushing.clone(),
+        ));
+        let heartbeat = tokio::spawn(run_heartbeat(self.store.clone(), self.id, config.clone(), background.clone()));
+        let rescuer = Rescuer::new(
+            self.store.clone(),
+            RescuerConfig {
+                interval: config.rescue_interval,
+                max_redeliveries: config.max_redeliveries,
+                ..RescuerConfig::default()
+            },
+        );
+        let rescue = tokio::spawn(rescuer.run(background.clone()));
+        let wake = Arc::new(Notify::new());
+        let listener = config.listen.then(|| {
+            let wake = wake.clone();
+            let queues = config.queues.clone();
+            let stop = background.clone();
+            let listener = self.store.listener();
+            tokio::spawn(async move {
+                listener
+                    .run(
+                        move |w| {
+                            if w.concerns(&queues) {
+                                wake.notify_one()
+                            }
+                        },
+                        stop.cancelled_owned(),
+                    )
+                    .await;
+            })
+        });
+
+        let tracker = TaskTracker::new();
+        claim_loop(&shared, &tracker, &wake).await;
+
+        tracing::info!("worker: warm shutdown, waiting for {} running task(s)", tracker.len());
+        tracker.close();
+        if tokio::time::timeout(config.shutdown_timeout, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                "worker: {} task(s) still running after {:?}; abandoning them (their messages run again after the lease)",
+                tracker.len(),
+                config.shutdown_timeout
+            );
+            shared.abandon.cancel();
+            tracker.wait().await;
+        }
+        drop(shared);
+        // Pending outcomes get a bounded time to reach the database.
+        let flush_deadline = tokio::spawn({
+            let give_up = give_up_flushing.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(15)).await;
+                give_up.cancel();
+            }
+        });
+        let _ = completer.await;
+        flush_deadline.abort();
+        background.cancel();
+        let _ = heartbeat.await;
+        let _ = rescue.await;
+        if let Some(l) = listener {
+            let _ = l.await;
+        }
+        if let Err(e) = self.store.worker_deregister(self.id).await {
+            tracing::warn!(error = %e, "worker: could not remove its worker row (it is pruned later)");
+        }
+        let report = self.stats.snapshot();
+        tracing::info!(?report, "worker: stopped");
+        Ok(report)
+    }
+
+    async fn register(&self, info: &WorkerInfo, shutdown: &CancellationToken) -> Result<(), Error> {
+        let mut backoff = Backoff::new();
+        loop {
+            match self.store.worker_register(info).await {
+                Ok(()) => return Ok(()),
+                Err(e @ celeriac_store::Error::SchemaMissing(_)) => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff.peek(), "worker: cannot register with the database");
+                    if !backoff.wait(shutdown).await {
+                        return Err(Error::Config("shut down before the database became reachable".into()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff: 100 ms doubling to 5 s.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff(Duration::from_millis(100))
+    }
+
+    fn peek(&self) -> Duration {
+        self.0
+    }
+
+    fn reset(&mut self) {
+        self.0 = Duration::from_millis(100);
+    }
+
+    /// Sleeps; false if `cancel` fired first.
+    async fn wait(&mut self, cancel: &CancellationToken) -> bool {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        tokio::select! {
+            () = cancel.cancelled() => false,
+            () = tokio::time::sleep(d) => true,
+        }
+    }
+}
+
+async fn claim_loop(shared: &Arc<Shared>, tracker: &TaskTracker, wake: &Notify) {
+    let config = &shared.config;
+    let capacity = config.concurrency * config.prefetch_multiplier;
+    let slots = Arc::new(Semaphore::new(capacity));
+    let mut backoff = Backoff::new();
+    let mut busy = false;
+    let lease_seconds = config.lease.as_secs_f64();
+    loop {
+        // When the queue is busy, claim in batches (at least half the capacity) to save round
+        // trips; when it is idle, claim as soon as one slot is free.
+        let want_at_least = if busy { (capacity / 2).max(1) } else { 1 };
+        let first = tokio::select! {
+            () = shared.stopping.cancelled() => return,
+            p = slots.clone().acquire_many_owned(u32::try_from(want_at_least).unwrap_or(1)) => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let mut permits = first;
+        let extra = slots.available_permits();
+        if extra > 0 {
+            if let Ok(more) = slots.clone().try_acquire_many_owned(u32::try_from(extra).unwrap_or(0)) {
+                permits.merge(more);
+            }
+        }
+        let want = permits.num_permits();
+        let params = ClaimParams {
+            worker_id: shared.worker_id,
+            queues: &config.queues,
+            limit: i64::try_from(want).unwrap_or(i64::MAX),
+            lease_seconds,
+        };
+        let claimed = match shared.store.message_claim(&params).await {
+            Ok(c) => {
+                backoff.reset();
+                c
+            }
+            Err(e) => {
+                drop(permits);
+                tracing::warn!(error = %e, retry_in = ?backoff.peek(), "worker: claim failed; retrying");
+                if !backoff.wait(&shared.stopping).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let got = claimed.len();
+        shared.stats.received.fetch_add(got as u64, Ordering::Relaxed);
+        for message in claimed {
+            let Some(slot) = permits.split(1) else { break };
+            tracker.spawn(execute(shared.clone(), message, slot));
+        }
+        drop(permits);
+        busy = got == want;
+        if !busy {
+            tokio::select! {
+                () = shared.stopping.cancelled() => return,
+                () = wake.notified() => {}
+                () = tokio::time::sleep(config.poll_interval) => {}
+            }
+        }
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}
+
+async fn execute(shared: Arc<Shared>, claimed: ClaimedMessage, _slot: OwnedSemaphorePermit) {
+    let lease = claimed.lease;
+    let message = match TaskMessage::decode(&claimed.payload, &shared.config.accept) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(message_id = lease.id, queue = %claimed.queue, reason = %e, "Can't decode message body; moving it to dead_letter");
+            shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            shared.settle(Settle::DeadLetter(DeadLetterParams {
+                lease,
+                reason_code: e.reason_code().into(),
+                reason: e.to_string(),
+            }));
+            return;
+        }
+    };
+    let name = message.display_name().to_owned();
+    let id = message.headers.id.clone();
+    tracing::info!(redelivered = claimed.redelivered, "Task {name}[{id}] received");
+    let Some(handler) = shared.registry.get(&message.headers.task) else {
+        let task = &message.headers.task;
+        tracing::error!("Received unregistered task of type {task:?}. The message has been moved to dead_letter.");
+        shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        shared.settle(Settle::DeadLetter(DeadLetterParams {
+            lease,
+            reason_code: "not_registered".into(),
+            reason: format!("NotRegistered({})", pyrepr::repr(&celeriac_protocol::Value::Str(task.clone()))),
+        }));
+        return;
+    };
+    if let Some(expires) = message.headers.expires {
+        if expires < Utc::now() {
+            tracing::info!("Discarding revoked task: {name}[{id}] (expired at {expires})");
+            shared.settle(Settle::Complete(lease));
+            return;
+        }
+    }
+    let run_slot = tokio::select! {
+        biased;
+        () = shared.stopping.cancelled() => None,
+        p = shared.run_slots.clone().acquire_owned() => p.ok(),
+    };
+    let Some(run_slot) = run_slot else {
+        shared.stats.released.fetch_add(1, Ordering::Relaxed);
+        shared.settle(Settle::Release(lease));
+        return;
+    };
+    let hard_limit = message.headers.timelimit.hard;
+    let retry_source = message.clone();
+    let request =
+        Request { message, lease, redelivered: claimed.redelivered, hostname: shared.config.hostname.clone() };
+    let started = Instant::now();
+    let future = handler.call(request);
+    let mut join = tokio::spawn(async move {
+        match hard_limit {
+            Some(secs) if secs > 0.0 => tokio::time::timeout(Duration::from_secs_f64(secs), future)
+                .await
+                .unwrap_or_else(|_| Outcome::failure("TimeLimitExceeded", format!("TimeLimitExceeded({secs})"))),
+            _ => future.await,
+        }
+    });
+    let outcome = tokio::select! {
+        r = &mut join => match r {
+            Ok(o) => o,
+            Err(e) if e.is_panic() => Outcome::failure("panic", panic_message(e.into_panic().as_ref())),
+            Err(e) => Outcome::failure("WorkerLostError", e.to_string()),
+        },
+        () = shared.abandon.cancelled() => {
+            join.abort();
+            tracing::warn!("Task {name}[{id}] abandoned at shutdown; it runs again after its lease expires");
+            return;
+        }
+    };
+    drop(run_slot);
+    let runtime = started.elapsed().as_secs_f64();
+    match outcome {
+        Outcome::Success(value) => {
+            tracing::info!("Task {name}[{id}] succeeded in {runtime:.6}s: {}", pyrepr::repr(&value));
+            shared.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+            shared.settle(Settle::Complete(lease));
+        }
+        Outcome::Failure { exc_type, message } => {
+            tracing::error!("Task {name}[{id}] raised unexpected: {exc_type}({})", pyrepr::repr(&message.into()));
+            shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+            shared.settle(Settle::Complete(lease));
+        }
+        Outcome::Retry { eta, reason } => {
+            let delay = (eta - Utc::now()).num_milliseconds().max(0);
+            #[allow(clippy::cast_precision_loss)]
+            let secs = delay as f64 / 1000.0;
+            tracing::info!("Task {name}[{id}] retry: Retry in {secs}s: {reason}");
+            shared.stats.retried.fetch_add(1, Ordering::Relaxed);
+            let next = retry_source.to_retry(eta);
+            shared.settle(Settle::Retry { lease, payload: next.payload, eta });
+        }
+        Outcome::Reject { reason } => {
+            tracing::warn!("Task {name}[{id}] rejected: {reason}; moving it to dead_letter");
+            shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            shared.settle(Settle::DeadLetter(DeadLetterParams { lease, reason_code: "rejected".into(), reason }));
+        }
+    }
+}
+
+async fn run_completer(
+    store: Store,
+    worker_id: Uuid,
+    mut rx: mpsc::UnboundedReceiver<Settle>,
+    stats: Arc<WorkerStats>,
+    give_up: CancellationToken,
+) {
+    let mut batch = Vec::new();
+    loop {
+        if rx.recv_many(&mut batch, 2000).await == 0 {
+            return;
+        }
+        let mut backoff = Backoff::new();
+        loop {
+            match flush(&store, worker_id, &batch).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, pending = batch.len(), retry_in = ?backoff.peek(), "worker: could not record outcomes; retrying");
+                    if !backoff.wait(&give_up).await {
+                        tracing::error!(
+                            pending = batch.len(),
+                            "worker: gave up recording outcomes at shutdown; those messages run again after their lease"
+                        );
+                        return;
+                    }
+                }
+            }
+        }
+        stats.settled.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        batch.clear();
+    }
+}
+
+async fn flush(store: &Store, worker_id: Uuid, batch: &[Settle]) -> Result<(), celeriac_store::Error> {
+    let mut complete = Vec::new();
+    let mut release = Vec::new();
+    let mut dead = Vec::new();
+    for s in batch {
+        match s {
+            Settle::Complete(l) => complete.push(*l),
+            Settle::Release(l) => release.push(*l),
+            Settle::DeadLetter(d) => dead.push(d.clone()),
+            Settle::Retry { lease, payload, eta } => {
+                if !store.message_retry(worker_id, *lease, payload, *eta).await? {
+                    tracing::warn!(message_id = lease.id, "worker: lease lost before the retry was recorded");
+                }
+            }
+        }
+    }
+    // All writes are fenced by the lease, so repeating a partly applied batch is harmless.
+    store.message_complete_many(worker_id, &complete).await?;
+    store.message_dead_letter_many(worker_id, &dead).await?;
+    store.message_release_many(worker_id, &release).await?;
+    Ok(())
+}
+
+async fn run_heartbeat(store: Store, worker_id: Uuid, config: WorkerConfig, stop: CancellationToken) {
+    let lease = config.lease.as_secs_f64();
+    let mut ticker = tokio::time::interval(config.heartbeat_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match store.worker_heartbeat(worker_id, lease).await {
+            Ok(_) if failing => {
+                tracing::info!("worker: database reachable again; leases renewed");
+                failing = false;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "worker: heartbeat failed (leases are not being renewed)");
+                failing = true;
+            }
+        }
+    }
+}
