@@ -197,7 +197,12 @@ fn init_logging(level: &str) -> Result<(), String> {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CELERIAC_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{filter},tokio_postgres=warn")));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
     Ok(())
 }
 
@@ -300,6 +305,8 @@ fn worker_config(args: &WorkerArgs) -> Result<WorkerConfig, String> {
         shutdown_timeout: secs("shutdown-timeout", args.shutdown_timeout)?,
         max_redeliveries: args.max_redeliveries,
         accept: Accept::new(&args.accept_content),
+        // Look for dead workers' leases at least twice per lease period.
+        rescue_interval: defaults.rescue_interval.min(secs("lease-seconds", args.lease_seconds / 2.0)?),
         listen: !args.no_listen,
         ..defaults
     };

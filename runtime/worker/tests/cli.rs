@@ -1,0 +1,229 @@
+//! End-to-end tests of the real `celeriac` binary: send, inspect, migrate, worker crash
+//! recovery (SIGKILL), poison messages and graceful shutdown (SIGTERM).
+
+use std::{
+    future::Future,
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use celeriac_store::testing::TestDatabase;
+
+const BIN: &str = env!("CARGO_BIN_EXE_celeriac");
+
+fn celeriac(db: &TestDatabase, args: &[&str]) -> Output {
+    Command::new(BIN).args(args).env("CELERIAC_DATABASE_URL", &db.url).env_remove("DATABASE_URL").output().unwrap()
+}
+
+fn ok_stdout(out: &Output) -> String {
+    assert!(out.status.success(), "celeriac failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+struct WorkerProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl WorkerProcess {
+    fn start(db: &TestDatabase, extra: &[&str]) -> WorkerProcess {
+        let log = std::env::temp_dir().join(format!("celeriac-worker-{}.log", uuid::Uuid::new_v4().simple()));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .args(["worker", "--example-handlers", "--database-url", &db.url, "--poll-interval", "0.2"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        WorkerProcess { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        } else {
+            eprintln!("worker log kept at {}", self.log.display());
+        }
+    }
+}
+
+async fn wait_for<F, Fut>(secs: u64, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !cond().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {secs} s waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn scalar(db: &TestDatabase, sql: &str) -> i64 {
+    db.client().await.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test]
+async fn send_inspect_and_migrate() {
+    let db = TestDatabase::new().await;
+    assert!(ok_stdout(&celeriac(&db, &["migrate"])).contains("up to date"));
+    let id = ok_stdout(&celeriac(&db, &["send", "examples.add", "--args", "[2, 2]", "--priority", "5"]));
+    assert_eq!(id.trim().len(), 36, "prints the task id: {id:?}");
+    ok_stdout(&celeriac(&db, &["send", "examples.add", "--args", "[1, 1]", "-Q", "hipri", "--countdown", "3600"]));
+    let table = ok_stdout(&celeriac(&db, &["inspect", "queues"]));
+    let line =
+        |q: &str| table.lines().find(|l| l.starts_with(q)).map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>());
+    assert_eq!(line("celery").unwrap(), ["1", "0", "0", "0"], "{table}");
+    assert_eq!(line("hipri").unwrap(), ["0", "1", "0", "0"], "{table}");
+
+    let stored: Vec<u8> = db
+        .client()
+        .await
+        .query_one("select payload from celeriac.message where task_id = $1", &[&id.trim()])
+        .await
+        .unwrap()
+        .get(0);
+    let msg = celeriac_protocol::TaskMessage::decode(&stored, &celeriac_protocol::Accept::default()).unwrap();
+    assert_eq!(msg.headers.task, "examples.add");
+    assert_eq!(msg.delivery_info.priority, Some(5));
+    assert!(msg.headers.origin.unwrap().starts_with("gen"));
+
+    // Bad input is refused with a clear message and nothing is written.
+    let out = celeriac(&db, &["send", "examples.add", "--args", "{\"a\": 1}"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--args must be a JSON array"));
+    let out = celeriac(&db, &["send", "examples.add", "--priority", "300"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("priority"));
+    assert_eq!(scalar(&db, "select count(*) from celeriac.message").await, 2);
+    let out = Command::new(BIN)
+        .args(["inspect", "queues"])
+        .env_remove("CELERIAC_DATABASE_URL")
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no database URL"));
+}
+
+#[tokio::test]
+async fn dry_run_prints_the_envelope() {
+    let out = Command::new(BIN)
+        .args([
+            "send",
+            "proj.add",
+            "--args",
+            "[2, 2]",
+            "--task-id",
+            "aaaaaaaa-0000-0000-0000-000000000001",
+            "--dry-run",
+        ])
+        .output()
+        .unwrap();
+    let text = ok_stdout(&out);
+    let msg =
+        celeriac_protocol::TaskMessage::decode(text.trim().as_bytes(), &celeriac_protocol::Accept::default()).unwrap();
+    assert_eq!(msg.headers.id, "aaaaaaaa-0000-0000-0000-000000000001");
+    assert!(text.contains(r#""body": "W1syLCAyXSwge30sIHsiY2FsbGJhY2tzIjogbnVsbCwgImVycmJhY2tzIjogbnVsbCwgImNoYWluIjogbnVsbCwgImNob3JkIjogbnVsbH1d""#));
+}
+
+#[tokio::test]
+async fn killed_worker_tasks_run_again_elsewhere_marked_redelivered() {
+    let db = TestDatabase::new().await;
+    for _ in 0..4 {
+        ok_stdout(&celeriac(&db, &["send", "examples.sleep", "--args", "[1.5]"]));
+    }
+    let lease = ["--lease-seconds", "2", "--heartbeat-interval", "0.5", "-c", "4"];
+    let mut first = WorkerProcess::start(&db, &lease);
+    wait_for(30, "all four leased by the first worker", || async {
+        scalar(&db, "select count(*) from celeriac.message where leased_by is not null").await == 4
+    })
+    .await;
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    // The killed worker's row stays; its leases run out without heartbeats.
+    let second = WorkerProcess::start(&db, &lease);
+    wait_for(60, "the queue to drain", || async { scalar(&db, "select count(*) from celeriac.message").await == 0 })
+        .await;
+    wait_for(30, "four successes in the log", || async { second.log().matches("succeeded in").count() == 4 }).await;
+    let log = second.log();
+    assert_eq!(log.matches("redelivered=true").count(), 4, "{log}");
+    assert_eq!(scalar(&db, "select count(*) from celeriac.dead_letter").await, 0);
+}
+
+#[tokio::test]
+async fn a_message_that_keeps_killing_workers_is_dead_lettered() {
+    let db = TestDatabase::new().await;
+    let id = ok_stdout(&celeriac(&db, &["send", "examples.sleep", "--args", "[30]"]));
+    let args = ["--lease-seconds", "1", "--heartbeat-interval", "0.25", "--max-redeliveries", "1"];
+    for attempt in 1..=2 {
+        let mut w = WorkerProcess::start(&db, &args);
+        wait_for(30, "the message leased", || async {
+            scalar(
+                &db,
+                &format!("select count(*) from celeriac.message where leased_by is not null and attempt = {attempt}"),
+            )
+            .await
+                == 1
+        })
+        .await;
+        w.child.kill().unwrap();
+        w.child.wait().unwrap();
+    }
+    // A third worker's rescuer buries it instead of running it a third time.
+    let _third = WorkerProcess::start(&db, &args);
+    wait_for(30, "the dead letter", || async { scalar(&db, "select count(*) from celeriac.dead_letter").await == 1 })
+        .await;
+    let row = db
+        .client()
+        .await
+        .query_one("select reason_code, task_id, redeliveries from celeriac.dead_letter", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "redeliveries_exhausted");
+    assert_eq!(row.get::<_, String>(1), id.trim());
+    assert_eq!(row.get::<_, i32>(2), 2);
+    assert_eq!(scalar(&db, "select count(*) from celeriac.message").await, 0);
+    let out = ok_stdout(&celeriac(&db, &["inspect", "dead-letters"]));
+    assert!(out.contains("redeliveries_exhausted"), "{out}");
+}
+
+#[tokio::test]
+async fn sigterm_is_a_warm_shutdown() {
+    let db = TestDatabase::new().await;
+    for _ in 0..6 {
+        ok_stdout(&celeriac(&db, &["send", "examples.sleep", "--args", "[1]"]));
+    }
+    let mut w = WorkerProcess::start(&db, &["-c", "2", "--prefetch-multiplier", "2"]);
+    wait_for(30, "two running", || async { w.log().matches("received").count() >= 2 }).await;
+    w.signal("-TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        let status = w.child.wait().unwrap();
+        (status, w)
+    })
+    .await
+    .unwrap();
+    let (status, w) = status;
+    assert!(status.success(), "exit status {status}\n{}", w.log());
+    let log = w.log();
+    assert!(log.contains("Warm shutdown"), "{log}");
+    let done = log.matches("succeeded in").count();
+    assert!(done >= 2, "running tasks finished: {log}");
+    // Nothing is leased after a warm shutdown; everything not run is ready again.
+    assert_eq!(scalar(&db, "select count(*) from celeriac.message where leased_by is not null").await, 0);
+    assert_eq!(scalar(&db, "select count(*) from celeriac.message").await, 6 - i64::try_from(done).unwrap());
+    assert_eq!(scalar(&db, "select count(*) from celeriac.worker").await, 0);
+}
