@@ -3,15 +3,24 @@
 * ``compat-tests/tools`` is importable (``import kombu_decode``, ``import celery_capture``...).
 * ``fixtures_dir``: the golden Celery 5.7 fixtures (``runtime/protocol/tests/fixtures/celery-5.7``).
 * ``celeriac_bin``: path of the ``celeriac`` binary, from ``CELERIAC_BIN`` or
-  ``<repo>/target/debug/celeriac``; tests using it are skipped while it is not built.
-* ``postgres_url``: from ``CELERIAC_TEST_DATABASE_URL`` (or ``DATABASE_URL``); tests using it are
-  skipped when neither is set.
+  ``<repo>/target/debug/celeriac``. Tests using it FAIL (never skip) while it is not built.
+* ``postgres_url``: an admin URL (``.../postgres``, where ``CREATE DATABASE`` works) from
+  ``CELERIAC_TEST_DATABASE_URL``. Tests using it FAIL (never skip) when it is not set.
+* ``database_url``: a fresh database ``celeriac_py_<uuid hex>`` with celeriac's schema migrated
+  (``celeriac migrate``); dropped after the test, or kept (and its URL printed) if the test failed.
+* ``celeriac_worker``: ``celeriac_worker(queues=..., concurrency=..., extra_args=...)`` starts
+  ``celeriac worker --example-handlers`` on ``database_url`` with its log in ``tmp_path``; every
+  worker still running at teardown gets SIGTERM and must exit 0 within 30 s.
+* ``wait_for(predicate, timeout, what)`` (from ``celeriac_testkit``): poll every 50 ms; tests never
+  synchronise with bare sleeps.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import uuid
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -23,6 +32,31 @@ FIXTURES_DIR = REPO_ROOT / "runtime" / "protocol" / "tests" / "fixtures" / "cele
 
 if str(TOOLS_DIR) not in sys.path:
     sys.path.insert(0, str(TOOLS_DIR))
+
+from celeriac_testkit import (  # noqa: E402 - needs TOOLS_DIR on sys.path
+    Worker,
+    create_database,
+    database_url_for,
+    drop_database,
+    run_celeriac,
+    wait_for,
+)
+
+__all__ = ["wait_for"]
+
+#: Per-phase reports of the running test, so fixtures can tell at teardown whether it failed.
+_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    item.stash.setdefault(_REPORTS, {})[report.when] = report
+    return report
+
+
+def _test_failed(node: pytest.Item) -> bool:
+    return any(report.failed for report in node.stash.get(_REPORTS, {}).values())
 
 
 @pytest.fixture(scope="session")
@@ -39,13 +73,78 @@ def fixtures_dir() -> Path:
 def celeriac_bin() -> Path:
     path = Path(os.environ.get("CELERIAC_BIN") or REPO_ROOT / "target" / "debug" / "celeriac")
     if not path.is_file() or not os.access(path, os.X_OK):
-        pytest.skip(f"celeriac binary not found at {path} (cargo build, or set CELERIAC_BIN)")
+        pytest.fail(
+            f"celeriac binary not found at {path}: run `cargo build -p celeriac` (or set CELERIAC_BIN)",
+            pytrace=False,
+        )
     return path
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
-    url = os.environ.get("CELERIAC_TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    url = os.environ.get("CELERIAC_TEST_DATABASE_URL")
     if not url:
-        pytest.skip("no PostgreSQL: set CELERIAC_TEST_DATABASE_URL")
+        pytest.fail(
+            "CELERIAC_TEST_DATABASE_URL is not set: it must be an admin URL on a PostgreSQL server where "
+            "CREATE DATABASE works, e.g. postgresql://postgres@127.0.0.1:5432/postgres "
+            "(`scripts/pg start DIR` prints one)",
+            pytrace=False,
+        )
     return url
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, postgres_url: str, celeriac_bin: Path) -> Iterator[str]:
+    """A fresh, migrated database for this test only; dropped afterwards unless the test failed."""
+    dbname = f"celeriac_py_{uuid.uuid4().hex}"
+    url = database_url_for(postgres_url, dbname)
+    create_database(postgres_url, dbname)
+    try:
+        run_celeriac(celeriac_bin, "migrate", "--database-url", url)
+        yield url
+    finally:
+        if _test_failed(request.node):
+            print(f"\nkept the database of failed test {request.node.nodeid}: {url}")
+        else:
+            drop_database(postgres_url, dbname)
+
+
+@pytest.fixture
+def celeriac_worker(
+    celeriac_bin: Path, database_url: str, tmp_path: Path
+) -> Iterator[Callable[..., Worker]]:
+    """Factory starting ``celeriac worker --example-handlers`` on this test's database."""
+    workers: list[Worker] = []
+
+    def start(
+        queues: Sequence[str] = ("celery",),
+        concurrency: int = 4,
+        extra_args: Sequence[str] = (),
+    ) -> Worker:
+        n = len(workers) + 1
+        args = [
+            "--example-handlers",
+            "-Q",
+            ",".join(queues),
+            "-c",
+            str(concurrency),
+            "--poll-interval",
+            "0.2",
+            "-n",
+            f"pytest{n}@%h",
+            *extra_args,
+        ]
+        worker = Worker(celeriac_bin, database_url, tmp_path / f"worker{n}.log", args)
+        workers.append(worker)
+        return worker
+
+    yield start
+
+    errors: list[str] = []
+    for worker in workers:
+        try:
+            worker.stop()
+        except AssertionError as exc:
+            errors.append(str(exc))
+    if errors:
+        pytest.fail("\n\n".join(errors), pytrace=False)

@@ -238,7 +238,7 @@ impl Store {
             )
             .await
             .map_err(Error::from_pg)?;
-        Ok(client.execute(&stmt, &[&ids, &attempts, &worker_id]).await.map_err(Error::from_pg)?)
+        client.execute(&stmt, &[&ids, &attempts, &worker_id]).await.map_err(Error::from_pg)
     }
 
     /// Gives leases back without counting a redelivery (claimed but never started, e.g. at
@@ -316,7 +316,7 @@ impl Store {
              select id, queue, priority, task_name, task_id, payload, code, reason, attempt, redeliveries, created_at from gone"
         );
         let stmt = client.prepare_cached(&sql).await.map_err(Error::from_pg)?;
-        Ok(client.execute(&stmt, &[&ids, &attempts, &codes, &reasons, &worker_id]).await.map_err(Error::from_pg)?)
+        client.execute(&stmt, &[&ids, &attempts, &codes, &reasons, &worker_id]).await.map_err(Error::from_pg)
     }
 
     /// Frees messages whose lease ran out (their worker stopped heartbeating): each becomes
@@ -370,10 +370,10 @@ impl Store {
     /// Connection errors.
     pub async fn message_purge(&self, queue: &str) -> Result<u64> {
         let client = self.pool.get().await?;
-        Ok(client
+        client
             .execute("delete from celeriac.message where queue = $1 and leased_by is null", &[&queue])
             .await
-            .map_err(Error::from_pg)?)
+            .map_err(Error::from_pg)
     }
 }
 

@@ -80,9 +80,9 @@ impl Store {
     /// Connection errors.
     pub async fn worker_prune(&self, seconds: f64) -> Result<u64> {
         let client = self.pool.get().await?;
-        Ok(client
+        client
             .execute("delete from celeriac.worker where heartbeat_at < now() - make_interval(secs => $1)", &[&seconds])
             .await
-            .map_err(Error::from_pg)?)
+            .map_err(Error::from_pg)
     }
 }

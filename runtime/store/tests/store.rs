@@ -134,7 +134,7 @@ async fn concurrent_claimers_never_share_a_message() {
     for t in tasks {
         t.await.unwrap();
     }
-    let seen = seen.lock().unwrap();
+    let seen = seen.lock().unwrap().clone();
     let unique: HashSet<_> = seen.iter().collect();
     assert_eq!(seen.len(), 2000);
     assert_eq!(unique.len(), 2000);

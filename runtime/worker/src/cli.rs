@@ -308,7 +308,6 @@ fn worker_config(args: &WorkerArgs) -> Result<WorkerConfig, String> {
         // Look for dead workers' leases at least twice per lease period.
         rescue_interval: defaults.rescue_interval.min(secs("lease-seconds", args.lease_seconds / 2.0)?),
         listen: !args.no_listen,
-        ..defaults
     };
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)

@@ -497,12 +497,13 @@ async fn execute(shared: Arc<Shared>, claimed: ClaimedMessage, _slot: OwnedSemap
     tracing::info!(redelivered = claimed.redelivered, "Task {name}[{id}] received");
     let Some(handler) = shared.registry.get(&message.headers.task) else {
         let task = &message.headers.task;
-        tracing::error!("Received unregistered task of type {task:?}. The message has been moved to dead_letter.");
+        let quoted = pyrepr::repr(&celeriac_protocol::Value::Str(task.clone()));
+        tracing::error!("Received unregistered task of type {quoted}. The message has been moved to dead_letter.");
         shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
         shared.settle(Settle::DeadLetter(DeadLetterParams {
             lease,
             reason_code: "not_registered".into(),
-            reason: format!("NotRegistered({})", pyrepr::repr(&celeriac_protocol::Value::Str(task.clone()))),
+            reason: format!("NotRegistered({quoted})"),
         }));
         return;
     };
