@@ -49,7 +49,9 @@ _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     item.stash.setdefault(_REPORTS, {})[report.when] = report
     return report
@@ -110,9 +112,7 @@ def database_url(request: pytest.FixtureRequest, postgres_url: str, celeriac_bin
 
 
 @pytest.fixture
-def celeriac_worker(
-    celeriac_bin: Path, database_url: str, tmp_path: Path
-) -> Iterator[Callable[..., Worker]]:
+def celeriac_worker(celeriac_bin: Path, database_url: str, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     """Factory starting ``celeriac worker --example-handlers`` on this test's database."""
     workers: list[Worker] = []
 

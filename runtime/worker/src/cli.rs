@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Client, Registry, Worker, WorkerConfig};
+use crate::{Registry, Worker, WorkerConfig};
 
 /// celeriac: Celery-compatible workers on a PostgreSQL queue.
 #[derive(Debug, Parser)]
@@ -221,7 +221,7 @@ fn store(url: &str, connections: usize) -> Result<Store, String> {
 async fn run(cli: Cli, mut registry: Registry) -> Result<(), String> {
     match &cli.command {
         Command::Send(args) if args.dry_run => {
-            let message = build_send(args, None)?;
+            let message = build_send(args)?;
             println!("{}", String::from_utf8_lossy(&message.payload));
             return Ok(());
         }
@@ -252,7 +252,7 @@ async fn run(cli: Cli, mut registry: Registry) -> Result<(), String> {
         }
         Command::Send(args) => {
             let store = store(&url, 1)?;
-            let message = build_send(&args, Some(&store))?;
+            let message = build_send(&args)?;
             store.message_insert(&message).await.map_err(|e| e.to_string())?;
             println!("{}", message.task_id.unwrap_or_default());
             Ok(())
@@ -351,7 +351,7 @@ fn parse_time(what: &str, text: &str) -> Result<DateTime<Utc>, String> {
     }
 }
 
-fn build_send(args: &SendArgs, store: Option<&Store>) -> Result<NewMessage, String> {
+fn build_send(args: &SendArgs) -> Result<NewMessage, String> {
     let Value::List(call_args) = parse_json("args", &args.args)? else {
         return Err("--args must be a JSON array".into());
     };
@@ -385,11 +385,7 @@ fn build_send(args: &SendArgs, store: Option<&Store>) -> Result<NewMessage, Stri
         headers,
         ..TaskOptions::default()
     };
-    let client = match store {
-        Some(s) => Client::new(s.clone()),
-        None => Client::new(Store::connect("postgresql://localhost/unused").map_err(|e| e.to_string())?),
-    };
-    client.build(&args.task, &call_args, &kwargs, &options).map_err(|e| e.to_string())
+    crate::build_message(&args.task, &call_args, &kwargs, &options).map_err(|e| e.to_string())
 }
 
 /// Reads envelopes and enqueues them unchanged; the queue, priority, eta, expiry, task name and

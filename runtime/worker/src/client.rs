@@ -10,26 +10,34 @@ use crate::Error;
 #[derive(Debug, Clone)]
 pub struct Client {
     store: Store,
-    origin: String,
+}
+
+/// Encodes one message as `apply_async` would at this moment, with `origin = gen<pid>@<host>`
+/// unless the options name one; nothing is sent.
+///
+/// # Errors
+/// [`Error::Encode`] for options out of range.
+pub fn build_message(name: &str, args: &[Value], kwargs: &Map, options: &TaskOptions) -> Result<NewMessage, Error> {
+    let mut options = options.clone();
+    if options.origin == TaskOptions::default().origin {
+        options.origin = format!("gen{}@{}", std::process::id(), crate::hostname());
+    }
+    Ok(encode_task(name, args, kwargs, &options, Utc::now())?.into())
 }
 
 impl Client {
     /// A client on `store`; messages carry `origin = gen<pid>@<host>` like Celery's.
     #[must_use]
     pub fn new(store: Store) -> Self {
-        Client { store, origin: format!("gen{}@{}", std::process::id(), crate::hostname()) }
+        Client { store }
     }
 
-    /// Encodes one message without sending it (for inspection or a dry run).
+    /// Encodes one message without sending it (see [`build_message`]).
     ///
     /// # Errors
     /// [`Error::Encode`] for options out of range.
     pub fn build(&self, name: &str, args: &[Value], kwargs: &Map, options: &TaskOptions) -> Result<NewMessage, Error> {
-        let mut options = options.clone();
-        if options.origin == TaskOptions::default().origin {
-            options.origin.clone_from(&self.origin);
-        }
-        Ok(encode_task(name, args, kwargs, &options, Utc::now())?.into())
+        build_message(name, args, kwargs, options)
     }
 
     /// Enqueues one task and returns its id.

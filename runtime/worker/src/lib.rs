@@ -36,7 +36,7 @@ mod worker;
 
 pub use celeriac_protocol as protocol;
 pub use celeriac_store as store;
-pub use client::Client;
+pub use client::{build_message, Client};
 pub use registry::{Handler, HandlerFuture, Registry};
 pub use task::{Outcome, Request, TaskError};
 pub use worker::{Worker, WorkerConfig, WorkerReport, WorkerStats};

@@ -411,9 +411,11 @@ async fn claim_loop(shared: &Arc<Shared>, tracker: &TaskTracker, wake: &Notify) 
     let mut busy = false;
     let lease_seconds = config.lease.as_secs_f64();
     loop {
-        // When the queue is busy, claim in batches (at least half the capacity) to save round
-        // trips; when it is idle, claim as soon as one slot is free.
-        let want_at_least = if busy { (capacity / 2).max(1) } else { 1 };
+        // When the queue is busy, claim in batches to save round trips, but never let execution
+        // slots idle for it: wait for at most the prefetched part of the capacity to free up.
+        // When it is idle, claim as soon as one slot is free.
+        let batch_floor = (capacity / 2).min(capacity - config.concurrency).max(1);
+        let want_at_least = if busy { batch_floor } else { 1 };
         let first = tokio::select! {
             () = shared.stopping.cancelled() => return,
             p = slots.clone().acquire_many_owned(u32::try_from(want_at_least).unwrap_or(1)) => match p {
