@@ -589,8 +589,8 @@ fn parse_v2_body(body: Value) -> Result<(Vec<Value>, Map, Embed), DecodeError> {
 pub enum Expires {
     /// Seconds from the time the message is built.
     After(f64),
-    /// An absolute time.
-    At(DateTime<Utc>),
+    /// An absolute time (written with its own UTC offset, as Python's `isoformat` does).
+    At(DateTime<FixedOffset>),
 }
 
 /// Options of one message, named as `Task.apply_async` names them.
@@ -602,8 +602,9 @@ pub struct TaskOptions {
     pub queue: String,
     /// Run no earlier than this many seconds after the message is built.
     pub countdown: Option<f64>,
-    /// Run no earlier than this time. Exclusive with `countdown`.
-    pub eta: Option<DateTime<Utc>>,
+    /// Run no earlier than this time (written with its own UTC offset). Exclusive with
+    /// `countdown`.
+    pub eta: Option<DateTime<FixedOffset>>,
     /// Discard the task (as revoked) after this.
     pub expires: Option<Expires>,
     /// Message priority, 0–255 (higher runs first, as on RabbitMQ). Celery's virtual transports
@@ -696,11 +697,6 @@ fn duration(seconds: f64) -> Duration {
     Duration::microseconds((seconds * 1e6).round() as i64)
 }
 
-fn iso(dt: DateTime<Utc>) -> Value {
-    let fixed: DateTime<FixedOffset> = dt.fixed_offset();
-    Value::Str(json::python_isoformat(&fixed))
-}
-
 /// Builds the message `Task.apply_async(args, kwargs, **options)` publishes with Celery 5.7
 /// (protocol 2, JSON serializer, virtual-transport envelope), at time `now`.
 ///
@@ -746,12 +742,14 @@ pub fn encode_task(
         return Err(EncodeError::Option { option: "queue", problem: "queue name must not be empty".into() });
     }
     let task_id = opts.task_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let eta = match (opts.countdown, opts.eta) {
-        (Some(c), _) => Some(now + duration(c)),
+    // Celery sets an eta only for a non-zero countdown (`if countdown:`).
+    let eta: Option<DateTime<FixedOffset>> = match (opts.countdown, opts.eta) {
+        (Some(c), _) if c != 0.0 => Some((now + duration(c)).fixed_offset()),
+        (Some(_), _) => None,
         (None, eta) => eta,
     };
-    let expires = match opts.expires {
-        Some(Expires::After(s)) => Some(now + duration(s)),
+    let expires: Option<DateTime<FixedOffset>> = match opts.expires {
+        Some(Expires::After(s)) => Some((now + duration(s)).fixed_offset()),
         Some(Expires::At(t)) => Some(t),
         None => None,
     };
@@ -761,8 +759,8 @@ pub fn encode_task(
     h.insert("task".into(), name.into());
     h.insert("id".into(), task_id.clone().into());
     h.insert("shadow".into(), opts.shadow.clone().map_or(Value::Null, Value::Str));
-    h.insert("eta".into(), eta.map_or(Value::Null, iso));
-    h.insert("expires".into(), expires.map_or(Value::Null, iso));
+    h.insert("eta".into(), eta.map_or(Value::Null, |t| Value::Str(json::python_isoformat(&t))));
+    h.insert("expires".into(), expires.map_or(Value::Null, |t| Value::Str(json::python_isoformat(&t))));
     h.insert("group".into(), Value::Null);
     h.insert("group_index".into(), Value::Null);
     h.insert("retries".into(), Value::Int(opts.retries));
@@ -802,7 +800,7 @@ pub fn encode_task(
     p.insert("reply_to".into(), opts.reply_to.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()).into());
     p.insert("delivery_mode".into(), Value::Int(2));
     if let Some(exp) = expires {
-        let ms = (exp - now).num_milliseconds().max(0);
+        let ms = (exp.with_timezone(&Utc) - now).num_milliseconds().max(0);
         p.insert("expiration".into(), Value::Str(ms.to_string()));
     }
     p.insert("delivery_info".into(), Value::Map(delivery_info));
@@ -824,8 +822,8 @@ pub fn encode_task(
         task_name: name.to_owned(),
         queue: opts.queue.clone(),
         priority,
-        eta,
-        expires,
+        eta: eta.map(|t| t.with_timezone(&Utc)),
+        expires: expires.map(|t| t.with_timezone(&Utc)),
     })
 }
 
@@ -895,7 +893,7 @@ mod tests {
         let bad = [
             TaskOptions { priority: Some(256), ..TaskOptions::default() },
             TaskOptions { countdown: Some(-1.0), ..TaskOptions::default() },
-            TaskOptions { countdown: Some(1.0), eta: Some(now()), ..TaskOptions::default() },
+            TaskOptions { countdown: Some(1.0), eta: Some(now().fixed_offset()), ..TaskOptions::default() },
             TaskOptions { queue: String::new(), ..TaskOptions::default() },
         ];
         for opts in bad {

@@ -192,10 +192,6 @@ fn encode_task_rebuilds_celery_messages_exactly() {
         let mut rebuilt = Envelope::parse(&built.payload).unwrap();
         // Per-delivery random value.
         rebuilt.properties.insert("delivery_tag".into(), original.properties["delivery_tag"].clone());
-        if *name == "special_types_args" {
-            // Python's repr of datetime/UUID/Decimal objects is not reproduced; everything else is.
-            rebuilt.headers.insert("argsrepr".into(), h["argsrepr"].clone());
-        }
         assert_eq!(
             String::from_utf8(rebuilt.to_bytes()).unwrap(),
             String::from_utf8(case.envelope.clone()).unwrap(),

@@ -5,7 +5,7 @@ use std::{io::BufRead as _, process::ExitCode, time::Duration};
 
 use celeriac_protocol::{json, Accept, Expires, Map, TaskOptions, Value};
 use celeriac_store::{NewMessage, Store, StoreConfig};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, FixedOffset};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -343,10 +343,11 @@ fn parse_json(what: &str, text: &str) -> Result<Value, String> {
     json::from_slice(text.as_bytes()).map_err(|e| format!("--{what}: {e}"))
 }
 
-fn parse_time(what: &str, text: &str) -> Result<DateTime<Utc>, String> {
+/// Parses an ISO-8601 time, keeping its offset (UTC when it has none).
+fn parse_time(what: &str, text: &str) -> Result<DateTime<FixedOffset>, String> {
     match json::parse_datetime(text) {
-        Some(Value::DateTime(dt)) => Ok(dt.with_timezone(&Utc)),
-        Some(Value::NaiveDateTime(dt)) => Ok(dt.and_utc()),
+        Some(Value::DateTime(dt)) => Ok(dt),
+        Some(Value::NaiveDateTime(dt)) => Ok(dt.and_utc().fixed_offset()),
         _ => Err(format!("--{what}: not an ISO-8601 time: {text:?}")),
     }
 }
