@@ -29,8 +29,16 @@ create table celeriac.message (
 
 -- Serves exactly the claim query: ready rows of one queue in (priority desc, eta, id) order.
 create index message_claim on celeriac.message (queue, priority desc, eta, id) where leased_by is null;
--- Leased rows only (the in-flight set): lease renewal by worker, and the rescuer's expiry scan.
+-- Leased rows by holder: the rescuer finds a dead worker's messages here. (Heartbeats renew by
+-- row id, so they never walk this index's entries of rows already completed.)
 create index message_leased on celeriac.message (leased_by, lease_expires) where leased_by is not null;
+
+-- Makes the calling statement's transaction commit asynchronously (synchronous_commit=off for
+-- that transaction only), like a RabbitMQ ack. Used in the WHERE clause of every state change
+-- after enqueue (claim, complete, retry, release, dead-letter, rescue, lease renewal): losing
+-- one to a server crash only redelivers a message. Enqueues stay synchronous.
+create function celeriac.relaxed_commit() returns boolean
+language sql volatile as $$ select set_config('synchronous_commit', 'off', true) is not null $$;
 
 -- At most one wake-up per statement, naming the queues that got ready messages.
 create function celeriac.message_notify() returns trigger
@@ -74,13 +82,15 @@ create table celeriac.dead_letter (
 
 create index dead_letter_queue on celeriac.dead_letter (queue, failed_at);
 
--- Live workers. A worker's heartbeat also renews the leases of the messages it holds.
+-- Live workers. A worker's heartbeat also renews the leases of the messages it holds; one whose
+-- heartbeat is older than its lease is dead, and the rescuer frees its messages.
 create table celeriac.worker (
-    id           uuid        primary key,
-    hostname     text        not null,
-    pid          integer     not null,
-    queues       text[]      not null,
-    concurrency  integer     not null,
+    id            uuid        primary key,
+    hostname      text        not null,
+    pid           integer     not null,
+    queues        text[]      not null,
+    concurrency   integer     not null,
+    lease_seconds float8      not null default 30,
     started_at   timestamptz not null default now(),
     heartbeat_at timestamptz not null default now()
 );

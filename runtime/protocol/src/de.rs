@@ -67,6 +67,22 @@ fn map_access(map: &Map) -> Entries<'_> {
     Entries { iter: map.iter(), pending: None }
 }
 
+/// Reads positional args (a list) into `T` without copying them.
+///
+/// # Errors
+/// When the args do not have the shape `T` expects.
+pub fn from_args<T: de::DeserializeOwned>(args: &[Value]) -> Result<T, Error> {
+    T::deserialize(de::value::SeqAccessDeserializer::new(Seq(args.iter())))
+}
+
+/// Reads keyword args (an object) into `T` without copying them.
+///
+/// # Errors
+/// When the kwargs do not have the shape `T` expects.
+pub fn from_kwargs<T: de::DeserializeOwned>(kwargs: &Map) -> Result<T, Error> {
+    T::deserialize(de::value::MapAccessDeserializer::new(map_access(kwargs)))
+}
+
 impl<'de> de::Deserializer<'de> for &'de Value {
     type Error = Error;
 

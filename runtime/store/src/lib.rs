@@ -29,7 +29,7 @@ use std::{str::FromStr, time::Duration};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 pub use error::{Error, Result};
 pub use listener::{Listener, Wakeup, NOTIFY_CHANNEL};
-pub use message::{ClaimParams, ClaimedMessage, DeadLetterParams, Lease, NewMessage, RescueReport};
+pub use message::{ClaimCursor, ClaimParams, ClaimedMessage, DeadLetterParams, Lease, NewMessage, RescueReport};
 pub use migrate::{migrations_fingerprint, MigrateReport, Migration, MIGRATIONS};
 pub use stats::{DeadLetter, QueueStats};
 use tokio_postgres::NoTls;
@@ -83,6 +83,16 @@ impl Store {
         let manager =
             Manager::from_config(pg_config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
+            // Every statement here is written for index access; generic plans skip re-planning
+            // each execution (custom plans of the claim cost more than running it).
+            .post_create(deadpool_postgres::Hook::async_fn(|client, _| {
+                Box::pin(async move {
+                    client
+                        .batch_execute("set plan_cache_mode = force_generic_plan")
+                        .await
+                        .map_err(deadpool_postgres::HookError::Backend)
+                })
+            }))
             .max_size(config.max_connections.max(1))
             .wait_timeout(Some(config.connect_timeout))
             .create_timeout(Some(config.connect_timeout))

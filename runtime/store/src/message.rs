@@ -1,4 +1,10 @@
 //! The `message` table: enqueue, claim, renew, complete, retry, release, dead-letter, rescue.
+//!
+//! Durability: enqueues commit synchronously (an acknowledged enqueue survives a PostgreSQL
+//! crash). Every state change after that (claim, completion, retry, release, dead-letter,
+//! rescue, lease renewal) commits asynchronously via `celeriac.relaxed_commit()`, like a
+//! RabbitMQ ack: a PostgreSQL *crash* (not a restart) can undo the last few hundred
+//! milliseconds of them, which redelivers those messages (at-least-once); nothing is lost.
 
 use celeriac_protocol::EncodedTask;
 use chrono::{DateTime, Utc};
@@ -70,6 +76,25 @@ pub struct ClaimedMessage {
     pub created_at: DateTime<Utc>,
 }
 
+/// A position in a queue's claim order (priority desc, eta, id): the last row claimed there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimCursor {
+    /// Priority of the row.
+    pub priority: i16,
+    /// Its eta.
+    pub eta: DateTime<Utc>,
+    /// Its id.
+    pub id: i64,
+}
+
+impl ClaimCursor {
+    /// Whether `other` comes after `self` in claim order.
+    #[must_use]
+    pub fn is_before(&self, other: &ClaimCursor) -> bool {
+        (std::cmp::Reverse(self.priority), self.eta, self.id) < (std::cmp::Reverse(other.priority), other.eta, other.id)
+    }
+}
+
 /// Parameters of [`Store::message_claim`].
 #[derive(Debug, Clone)]
 pub struct ClaimParams<'a> {
@@ -81,6 +106,10 @@ pub struct ClaimParams<'a> {
     pub limit: i64,
     /// Lease length in seconds.
     pub lease_seconds: f64,
+    /// With one cursor per queue (same order as `queues`), claim only rows after the cursor at
+    /// its priority: cheap on a long queue, but blind to rows before it (higher priority, or
+    /// released and late-committed rows), so callers alternate with full claims.
+    pub after: Option<&'a [ClaimCursor]>,
 }
 
 /// One message to move to `dead_letter`.
@@ -103,9 +132,15 @@ pub struct RescueReport {
     pub dead_lettered: u64,
 }
 
+/// Full claim: the head of each queue's ready rows, in (priority desc, eta, id) order. The
+/// outer `= any(array(…))` keeps the plan an index lookup even as a generic prepared plan.
 const CLAIM_SQL: &str = "
-with picked as (
-    select m.id, m.priority, m.eta
+update celeriac.message t
+set leased_by = $3,
+    lease_expires = now() + make_interval(secs => $4),
+    attempt = t.attempt + 1
+where t.id = any(array(
+    select m.id
     from unnest($1::text[]) as q(name)
     cross join lateral (
         select id, priority, eta
@@ -116,14 +151,32 @@ with picked as (
         for update skip locked
     ) m
     order by m.priority desc, m.eta, m.id
-    limit $2
-)
+    limit $2))
+  and celeriac.relaxed_commit()
+returning t.id, t.attempt, t.queue, t.priority, t.eta, t.redelivered, t.redeliveries, t.payload, t.created_at";
+
+/// Keyset claim: ready rows after a cursor, at the cursor's priority. The index range starts
+/// at the cursor, so it does not walk the entries of rows already claimed (dead until vacuum).
+const CLAIM_AFTER_SQL: &str = "
 update celeriac.message t
 set leased_by = $3,
     lease_expires = now() + make_interval(secs => $4),
     attempt = t.attempt + 1
-from picked
-where t.id = picked.id
+where t.id = any(array(
+    select m.id
+    from unnest($1::text[], $5::int2[], $6::timestamptz[], $7::int8[]) as q(name, priority, eta, id)
+    cross join lateral (
+        select id, priority, eta
+        from celeriac.message
+        where queue = q.name and priority = q.priority and (eta, id) > (q.eta, q.id)
+          and leased_by is null and eta <= now()
+        order by priority desc, eta, id
+        limit $2
+        for update skip locked
+    ) m
+    order by m.priority desc, m.eta, m.id
+    limit $2))
+  and celeriac.relaxed_commit()
 returning t.id, t.attempt, t.queue, t.priority, t.eta, t.redelivered, t.redeliveries, t.payload, t.created_at";
 
 const INSERT_MANY_SQL: &str = "
@@ -197,11 +250,33 @@ impl Store {
     /// the rows come back after their lease.
     pub async fn message_claim(&self, params: &ClaimParams<'_>) -> Result<Vec<ClaimedMessage>> {
         let client = self.pool.get().await?;
-        let stmt = client.prepare_cached(CLAIM_SQL).await.map_err(Error::from_pg)?;
-        let rows = client
-            .query(&stmt, &[&params.queues, &params.limit, &params.worker_id, &params.lease_seconds])
-            .await
-            .map_err(Error::from_pg)?;
+        let rows = match params.after {
+            None => {
+                let stmt = client.prepare_cached(CLAIM_SQL).await.map_err(Error::from_pg)?;
+                client.query(&stmt, &[&params.queues, &params.limit, &params.worker_id, &params.lease_seconds]).await
+            }
+            Some(cursors) => {
+                let priorities: Vec<i16> = cursors.iter().map(|c| c.priority).collect();
+                let etas: Vec<DateTime<Utc>> = cursors.iter().map(|c| c.eta).collect();
+                let ids: Vec<i64> = cursors.iter().map(|c| c.id).collect();
+                let stmt = client.prepare_cached(CLAIM_AFTER_SQL).await.map_err(Error::from_pg)?;
+                client
+                    .query(
+                        &stmt,
+                        &[
+                            &params.queues,
+                            &params.limit,
+                            &params.worker_id,
+                            &params.lease_seconds,
+                            &priorities,
+                            &etas,
+                            &ids,
+                        ],
+                    )
+                    .await
+            }
+        }
+        .map_err(Error::from_pg)?;
         let mut claimed: Vec<ClaimedMessage> = rows
             .into_iter()
             .map(|r| ClaimedMessage {
@@ -234,7 +309,7 @@ impl Store {
             .prepare_cached(
                 "delete from celeriac.message m
                  using unnest($1::int8[], $2::int4[]) as c(id, attempt)
-                 where m.id = c.id and m.attempt = c.attempt and m.leased_by = $3",
+                 where m.id = c.id and m.attempt = c.attempt and m.leased_by = $3 and celeriac.relaxed_commit()",
             )
             .await
             .map_err(Error::from_pg)?;
@@ -256,7 +331,7 @@ impl Store {
             .execute(
                 "update celeriac.message m set leased_by = null, lease_expires = null
                  from unnest($1::int8[], $2::int4[]) as c(id, attempt)
-                 where m.id = c.id and m.attempt = c.attempt and m.leased_by = $3",
+                 where m.id = c.id and m.attempt = c.attempt and m.leased_by = $3 and celeriac.relaxed_commit()",
                 &[&ids, &attempts, &worker_id],
             )
             .await
@@ -284,7 +359,7 @@ impl Store {
             .execute(
                 "update celeriac.message
                  set payload = $4, eta = $5, leased_by = null, lease_expires = null, redelivered = false
-                 where id = $1 and attempt = $2 and leased_by = $3",
+                 where id = $1 and attempt = $2 and leased_by = $3 and celeriac.relaxed_commit()",
                 &[&lease.id, &lease.attempt, &worker_id, &payload, &eta],
             )
             .await
@@ -309,7 +384,7 @@ impl Store {
             "with gone as (
                  delete from celeriac.message m
                  using unnest($1::int8[], $2::int4[], $3::text[], $4::text[]) as c(id, attempt, code, reason)
-                 where m.id = c.id and m.attempt = c.attempt and m.leased_by = $5
+                 where m.id = c.id and m.attempt = c.attempt and m.leased_by = $5 and celeriac.relaxed_commit()
                  returning m.*, c.code, c.reason
              )
              insert into celeriac.dead_letter ({DEAD_LETTER_COLUMNS})
@@ -319,20 +394,35 @@ impl Store {
         client.execute(&stmt, &[&ids, &attempts, &codes, &reasons, &worker_id]).await.map_err(Error::from_pg)
     }
 
-    /// Frees messages whose lease ran out (their worker stopped heartbeating): each becomes
-    /// ready again with `redelivered = true`, unless it already had `max_redeliveries`
+    /// Frees messages whose lease ran out because their worker stopped heartbeating: each
+    /// becomes ready again with `redelivered = true`, unless it already had `max_redeliveries`
     /// redeliveries, in which case it moves to `dead_letter` (`redeliveries_exhausted`).
-    /// Safe to run in any number of processes at once.
+    ///
+    /// A normal pass looks only at the messages of dead workers (heartbeat older than their
+    /// lease; their rows are removed once their messages are freed). A `full_scan` pass looks
+    /// at every expired lease, which also catches leases nobody tracks (a claim whose reply
+    /// was lost); it walks the whole lease index, so run it rarely. Safe to run in any number
+    /// of processes at once (`SKIP LOCKED`).
     ///
     /// # Errors
     /// Connection errors.
-    pub async fn message_rescue(&self, max_redeliveries: i32) -> Result<RescueReport> {
+    pub async fn message_rescue(&self, max_redeliveries: i32, full_scan: bool) -> Result<RescueReport> {
         let client = self.pool.get().await?;
+        let candidates = if full_scan {
+            "select id from celeriac.message
+             where leased_by is not null and lease_expires < now()
+             for update skip locked"
+        } else {
+            "select m.id from celeriac.message m
+             where m.leased_by = any(array(select id from dead)) and m.lease_expires < now()
+             for update of m skip locked"
+        };
         let sql = format!(
-            "with expired as (
-                 select id from celeriac.message
-                 where leased_by is not null and lease_expires < now()
-                 for update skip locked
+            "with dead as (
+                 select id from celeriac.worker
+                 where heartbeat_at < now() - make_interval(secs => lease_seconds)
+             ), expired as (
+                 {candidates}
              ), poison as (
                  delete from celeriac.message m using expired e
                  where m.id = e.id and m.redeliveries >= $1
@@ -349,12 +439,19 @@ impl Store {
                  update celeriac.message m
                  set leased_by = null, lease_expires = null, redelivered = true, redeliveries = m.redeliveries + 1
                  from expired e
-                 where m.id = e.id and m.redeliveries < $1
+                 where m.id = e.id and m.redeliveries < $1 and celeriac.relaxed_commit()
                  returning m.queue
              ), woken as (
                  select pg_notify('celeriac_message', '*') from (select 1 from rescued limit 1) r
+             ), forgotten as (
+                 -- A dead worker whose leases have all run out is gone for good.
+                 delete from celeriac.worker w using dead d
+                 where w.id = d.id
+                   and not exists (select 1 from celeriac.message m where m.leased_by = w.id and m.lease_expires >= now())
+                 returning 1
              )
-             select (select count(*) from rescued), (select count(*) from buried), (select count(*) from woken)"
+             select (select count(*) from rescued), (select count(*) from buried), (select count(*) from woken),
+                    (select count(*) from forgotten)"
         );
         let row = client.query_one(&sql, &[&max_redeliveries]).await.map_err(Error::from_pg)?;
         let rescued: i64 = row.get(0);

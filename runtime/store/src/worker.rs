@@ -2,10 +2,10 @@
 
 use uuid::Uuid;
 
-use crate::{Error, Result, Store};
+use crate::{Error, Lease, Result, Store};
 
 /// A worker process as registered in `celeriac.worker`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WorkerInfo {
     /// Unique id of this worker process; leases name it.
     pub id: Uuid,
@@ -17,6 +17,8 @@ pub struct WorkerInfo {
     pub queues: Vec<String>,
     /// Concurrency.
     pub concurrency: i32,
+    /// Lease length of its claims, in seconds: without a heartbeat for this long it is dead.
+    pub lease_seconds: f64,
 }
 
 impl Store {
@@ -28,35 +30,61 @@ impl Store {
         let client = self.pool.get().await?;
         client
             .execute(
-                "insert into celeriac.worker (id, hostname, pid, queues, concurrency) values ($1, $2, $3, $4, $5)
+                "insert into celeriac.worker (id, hostname, pid, queues, concurrency, lease_seconds)
+                 values ($1, $2, $3, $4, $5, $6)
                  on conflict (id) do update set heartbeat_at = now()",
-                &[&w.id, &w.hostname, &w.pid, &w.queues, &w.concurrency],
+                &[&w.id, &w.hostname, &w.pid, &w.queues, &w.concurrency, &w.lease_seconds],
             )
             .await
             .map_err(Error::from_pg)?;
         Ok(())
     }
 
-    /// Records a heartbeat and extends every lease the worker holds to `now + lease_seconds`,
-    /// in one statement. Returns the number of leases renewed.
+    /// Records a heartbeat of `worker` (re-registering it if its row is gone) and extends the
+    /// given leases to `now + lease_seconds`, in one statement. Leases are renewed by row id and
+    /// fenced by attempt and holder; rows locked at that moment (being completed, retried or
+    /// released by this same worker) are skipped, never waited for. Returns how many leases
+    /// were renewed.
     ///
     /// # Errors
     /// Connection errors.
-    pub async fn worker_heartbeat(&self, id: Uuid, lease_seconds: f64) -> Result<u64> {
+    pub async fn worker_heartbeat(&self, worker: &WorkerInfo, leases: &[Lease]) -> Result<u64> {
+        let (ids, attempts): (Vec<i64>, Vec<i32>) = leases.iter().map(|l| (l.id, l.attempt)).unzip();
         let client = self.pool.get().await?;
-        let row = client
-            .query_one(
+        let stmt = client
+            .prepare_cached(
                 "with beat as (
-                     insert into celeriac.worker (id, hostname, pid, queues, concurrency)
-                     values ($1, '?', 0, '{}', 0)
-                     on conflict (id) do update set heartbeat_at = now()
+                     insert into celeriac.worker (id, hostname, pid, queues, concurrency, lease_seconds)
+                     values ($1, $4, $5, $6, $7, $8)
+                     on conflict (id) do update set heartbeat_at = now(), lease_seconds = excluded.lease_seconds
                  ), renewed as (
-                     update celeriac.message set lease_expires = now() + make_interval(secs => $2)
-                     where leased_by = $1
+                     update celeriac.message set lease_expires = now() + make_interval(secs => $8)
+                     where id = any(array(
+                         select m.id from celeriac.message m
+                         join unnest($2::int8[], $3::int4[]) as l(id, attempt) on m.id = l.id and m.attempt = l.attempt
+                         where m.leased_by = $1
+                         for no key update of m skip locked
+                     ))
+                       and celeriac.relaxed_commit()
                      returning 1
                  )
                  select count(*) from renewed",
-                &[&id, &lease_seconds],
+            )
+            .await
+            .map_err(Error::from_pg)?;
+        let row = client
+            .query_one(
+                &stmt,
+                &[
+                    &worker.id,
+                    &ids,
+                    &attempts,
+                    &worker.hostname,
+                    &worker.pid,
+                    &worker.queues,
+                    &worker.concurrency,
+                    &worker.lease_seconds,
+                ],
             )
             .await
             .map_err(Error::from_pg)?;

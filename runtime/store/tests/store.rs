@@ -13,21 +13,23 @@ fn message(queue: &str, priority: i64, countdown: Option<f64>) -> celeriac_store
 }
 
 fn claim(worker: Uuid, queues: &[String], limit: i64) -> ClaimParams<'_> {
-    ClaimParams { worker_id: worker, queues, limit, lease_seconds: 30.0 }
+    ClaimParams { worker_id: worker, queues, limit, lease_seconds: 30.0, after: None }
+}
+
+fn info(id: Uuid) -> WorkerInfo {
+    WorkerInfo {
+        id,
+        hostname: "test@host".into(),
+        pid: 1,
+        queues: vec!["celery".into()],
+        concurrency: 1,
+        lease_seconds: 30.0,
+    }
 }
 
 async fn register(store: &Store) -> Uuid {
     let id = Uuid::new_v4();
-    store
-        .worker_register(&WorkerInfo {
-            id,
-            hostname: "test@host".into(),
-            pid: 1,
-            queues: vec!["celery".into()],
-            concurrency: 1,
-        })
-        .await
-        .unwrap();
+    store.worker_register(&info(id)).await.unwrap();
     id
 }
 
@@ -198,9 +200,9 @@ async fn expired_leases_are_rescued_then_dead_lettered() {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].redelivered, round > 1);
         // A live lease is never rescued.
-        assert_eq!(store.message_rescue(2).await.unwrap().rescued, 0);
+        assert_eq!(store.message_rescue(2, true).await.unwrap().rescued, 0);
         client.batch_execute(expire_all).await.unwrap();
-        let report = store.message_rescue(2).await.unwrap();
+        let report = store.message_rescue(2, true).await.unwrap();
         assert_eq!((report.rescued, report.dead_lettered), (1, 0));
         // The dead holder cannot complete after the rescue.
         assert_eq!(store.message_complete_many(worker, &[got[0].lease]).await.unwrap(), 0);
@@ -208,7 +210,7 @@ async fn expired_leases_are_rescued_then_dead_lettered() {
     let got = store.message_claim(&claim(worker, &queues, 1)).await.unwrap();
     assert_eq!(got[0].redeliveries, 2);
     client.batch_execute(expire_all).await.unwrap();
-    let report = store.message_rescue(2).await.unwrap();
+    let report = store.message_rescue(2, true).await.unwrap();
     assert_eq!((report.rescued, report.dead_lettered), (0, 1));
     let dead = store.dead_letter_list(10).await.unwrap();
     assert_eq!(dead[0].reason_code, "redeliveries_exhausted");
@@ -224,7 +226,8 @@ async fn heartbeat_renews_leases_and_release_frees_them() {
     let queues = vec!["celery".to_owned()];
     store.message_insert_many(&[message("celery", 0, None), message("celery", 0, None)]).await.unwrap();
     let got = store.message_claim(&ClaimParams { lease_seconds: 0.5, ..claim(worker, &queues, 2) }).await.unwrap();
-    assert_eq!(store.worker_heartbeat(worker, 600.0).await.unwrap(), 2);
+    let held: Vec<_> = got.iter().map(|m| m.lease).collect();
+    assert_eq!(store.worker_heartbeat(&WorkerInfo { lease_seconds: 600.0, ..info(worker) }, &held).await.unwrap(), 2);
     let client = db.client().await;
     let far: bool = client
         .query_one("select bool_and(lease_expires > now() + interval '500 seconds') from celeriac.message", &[])
@@ -277,4 +280,64 @@ async fn recv(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Wakeup>) -> Wakeup {
         .await
         .expect("wake-up within 10 s")
         .expect("listener alive")
+}
+
+#[tokio::test]
+async fn cursor_claims_continue_after_the_cursor_at_its_priority() {
+    let db = TestDatabase::new().await;
+    let store = db.store();
+    let worker = register(&store).await;
+    let queues = vec!["celery".to_owned()];
+    let batch: Vec<_> = (0..6).map(|_| message("celery", 0, None)).collect();
+    store.message_insert_many(&batch).await.unwrap();
+    let first = store.message_claim(&claim(worker, &queues, 2)).await.unwrap();
+    let last = first.last().unwrap();
+    let cursor = [celeriac_store::ClaimCursor { priority: last.priority, eta: last.eta, id: last.lease.id }];
+    // Rows before the cursor (a released one) and of another priority are invisible to it.
+    store.message_release_many(worker, &[first[0].lease]).await.unwrap();
+    store.message_insert(&message("celery", 9, None)).await.unwrap();
+    let after = store.message_claim(&ClaimParams { after: Some(&cursor), ..claim(worker, &queues, 10) }).await.unwrap();
+    assert_eq!(after.len(), 4);
+    assert!(after.iter().all(|m| m.lease.id > last.lease.id && m.priority == 0));
+    // A full claim sees them.
+    let full = store.message_claim(&claim(worker, &queues, 10)).await.unwrap();
+    let ids: Vec<i64> = full.iter().map(|m| m.lease.id).collect();
+    assert_eq!(full.len(), 2);
+    assert_eq!(full[0].priority, 9);
+    assert_eq!(ids[1], first[0].lease.id);
+}
+
+#[tokio::test]
+async fn rescue_frees_dead_workers_and_full_scans_catch_untracked_leases() {
+    let db = TestDatabase::new().await;
+    let store = db.store();
+    let client = db.client().await;
+    let alive = register(&store).await;
+    let dead = register(&store).await;
+    let queues = vec!["celery".to_owned()];
+    store.message_insert_many(&[message("celery", 0, None), message("celery", 0, None)]).await.unwrap();
+    let a = store.message_claim(&ClaimParams { lease_seconds: 0.01, ..claim(alive, &queues, 1) }).await.unwrap();
+    let d = store.message_claim(&ClaimParams { lease_seconds: 0.01, ..claim(dead, &queues, 1) }).await.unwrap();
+    client.batch_execute("update celeriac.message set lease_expires = now() - interval '1 second'").await.unwrap();
+    client
+        .execute("update celeriac.worker set heartbeat_at = now() - interval '1 hour' where id = $1", &[&dead])
+        .await
+        .unwrap();
+    // A normal pass frees only the dead worker's message, and forgets the dead worker.
+    let report = store.message_rescue(3, false).await.unwrap();
+    assert_eq!(report.rescued, 1);
+    let freed: i64 =
+        client.query_one("select id from celeriac.message where leased_by is null", &[]).await.unwrap().get(0);
+    assert_eq!(freed, d[0].lease.id);
+    let workers: i64 = client.query_one("select count(*) from celeriac.worker", &[]).await.unwrap().get(0);
+    assert_eq!(workers, 1);
+    // The live worker's expired lease (one it does not renew) needs a full scan.
+    assert_eq!(store.message_rescue(3, false).await.unwrap().rescued, 0);
+    assert_eq!(store.message_rescue(3, true).await.unwrap().rescued, 1);
+    // Heartbeats renew only the leases they name, fenced by attempt.
+    let again = store.message_claim(&claim(alive, &queues, 2)).await.unwrap();
+    assert_eq!(again.len(), 2);
+    let stale = celeriac_store::Lease { id: a[0].lease.id, attempt: a[0].lease.attempt };
+    let renewed = store.worker_heartbeat(&info(alive), &[stale, again[0].lease, again[1].lease]).await.unwrap();
+    assert_eq!(renewed, 2, "the stale attempt is not renewed");
 }

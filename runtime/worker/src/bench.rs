@@ -118,10 +118,16 @@ pub async fn run(url: &str, args: &BenchArgs) -> Result<(), String> {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let drain = started.elapsed();
+        let claims = stats.claims.load(Ordering::Relaxed).max(1);
+        #[allow(clippy::cast_precision_loss)]
+        let (claim_ms, per_claim) = (
+            stats.claim_micros.load(Ordering::Relaxed) as f64 / claims as f64 / 1000.0,
+            args.tasks as f64 / claims as f64,
+        );
         shutdown.cancel();
         handle.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
         println!(
-            "drain        c={concurrency:<4} {:>8} tasks {:>7.2} s {:>9.0} tasks/s",
+            "drain        c={concurrency:<4} {:>8} tasks {:>7.2} s {:>9.0} tasks/s   ({claims} claims, {per_claim:.1} messages and {claim_ms:.2} ms each)",
             args.tasks,
             drain.as_secs_f64(),
             rate(args.tasks, drain)

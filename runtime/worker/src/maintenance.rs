@@ -14,6 +14,9 @@ pub struct RescuerConfig {
     pub max_redeliveries: i32,
     /// Worker rows without a heartbeat for this long are deleted. Default: 10 minutes.
     pub worker_retention: Duration,
+    /// Every this many passes, look at all expired leases rather than only dead workers'
+    /// (catches leases no worker tracks). Default: 12 (once a minute at the default interval).
+    pub full_scan_every: u32,
 }
 
 impl Default for RescuerConfig {
@@ -22,6 +25,7 @@ impl Default for RescuerConfig {
             interval: Duration::from_secs(5),
             max_redeliveries: 3,
             worker_retention: Duration::from_secs(600),
+            full_scan_every: 12,
         }
     }
 }
@@ -33,21 +37,24 @@ impl Default for RescuerConfig {
 pub struct Rescuer {
     store: Store,
     config: RescuerConfig,
+    passes: u32,
 }
 
 impl Rescuer {
     /// A rescuer over `store`.
     #[must_use]
     pub fn new(store: Store, config: RescuerConfig) -> Self {
-        Rescuer { store, config }
+        Rescuer { store, config, passes: 0 }
     }
 
-    /// One pass.
+    /// One pass; the first and every `full_scan_every`-th pass look at all expired leases.
     ///
     /// # Errors
     /// Database errors.
-    pub async fn run_once(&self) -> Result<RescueReport, celeriac_store::Error> {
-        let report = self.store.message_rescue(self.config.max_redeliveries).await?;
+    pub async fn run_once(&mut self) -> Result<RescueReport, celeriac_store::Error> {
+        let full_scan = self.passes.is_multiple_of(self.config.full_scan_every.max(1));
+        self.passes = self.passes.wrapping_add(1);
+        let report = self.store.message_rescue(self.config.max_redeliveries, full_scan).await?;
         if report.rescued > 0 {
             tracing::warn!(count = report.rescued, "rescuer: redelivering messages whose worker stopped heartbeating");
         }
@@ -63,7 +70,7 @@ impl Rescuer {
     }
 
     /// Runs [`Rescuer::run_once`] every `interval` until `stop` is cancelled; errors are logged.
-    pub async fn run(self, stop: CancellationToken) {
+    pub async fn run(mut self, stop: CancellationToken) {
         let mut ticker = tokio::time::interval(self.config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -99,7 +99,7 @@ impl Registry {
                         format!("{task}() got unexpected keyword arguments: {}", names.join(", ")),
                     );
                 }
-                let args: A = match Value::List(req.args().to_vec()).deserialize_into() {
+                let args: A = match celeriac_protocol::de::from_args(req.args()) {
                     Ok(a) => a,
                     Err(e) => return Outcome::failure("TypeError", format!("{task}() arguments do not match: {e}")),
                 };
@@ -124,11 +124,11 @@ impl Registry {
             let f = f.clone();
             let task = task.clone();
             async move {
-                let args: A = match Value::List(req.args().to_vec()).deserialize_into() {
+                let args: A = match celeriac_protocol::de::from_args(req.args()) {
                     Ok(a) => a,
                     Err(e) => return Outcome::failure("TypeError", format!("{task}() arguments do not match: {e}")),
                 };
-                let kwargs: K = match Value::Map(req.kwargs().clone()).deserialize_into() {
+                let kwargs: K = match celeriac_protocol::de::from_kwargs(req.kwargs()) {
                     Ok(k) => k,
                     Err(e) => {
                         return Outcome::failure("TypeError", format!("{task}() keyword arguments do not match: {e}"))

@@ -1,5 +1,7 @@
 //! What a handler sees ([`Request`]) and what it returns ([`Outcome`], [`TaskError`]).
 
+use std::sync::Arc;
+
 use celeriac_protocol::{DeliveryInfo, Map, TaskMessage, Value};
 use celeriac_store::Lease;
 use chrono::{DateTime, Duration, Utc};
@@ -8,7 +10,7 @@ use chrono::{DateTime, Duration, Utc};
 #[derive(Debug, Clone)]
 pub struct Request {
     /// The decoded message (headers, args, kwargs, embed, envelope).
-    pub message: TaskMessage,
+    pub message: Arc<TaskMessage>,
     /// The lease this delivery holds.
     pub lease: Lease,
     /// Whether an earlier delivery's worker died holding it (the task may have run partly).

@@ -13,8 +13,9 @@
 //!  heartbeat (renews all held leases)      rescuer (frees expired leases, any worker)
 //! ```
 //!
-//! In-flight messages (claimed, not yet settled) never exceed `concurrency ×
-//! prefetch_multiplier`; ETA tasks stay in the database until due, so nothing is hoarded.
+//! Messages claimed but not started never exceed `concurrency × prefetch_multiplier` (Celery's
+//! prefetch count; with the running ones, at most `concurrency × (prefetch_multiplier + 1)` are
+//! held); ETA tasks stay in the database until due, so nothing is hoarded.
 //! Outcomes are flushed in batches by the completer, and every write is fenced by the lease,
 //! so a worker that lost its lease cannot overwrite a newer delivery.
 //!
@@ -24,6 +25,7 @@
 //! marked redelivered); pending outcomes are flushed; the worker row is removed.
 
 use std::{
+    panic::AssertUnwindSafe,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -32,8 +34,9 @@ use std::{
 };
 
 use celeriac_protocol::{pyrepr, Accept, TaskMessage};
-use celeriac_store::{ClaimParams, ClaimedMessage, DeadLetterParams, Lease, Store, WorkerInfo};
+use celeriac_store::{ClaimCursor, ClaimParams, ClaimedMessage, DeadLetterParams, Lease, Store, WorkerInfo};
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt as _;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
@@ -142,6 +145,10 @@ pub struct WorkerStats {
     pub released: AtomicU64,
     /// Outcomes written to the database.
     pub settled: AtomicU64,
+    /// Claim statements issued.
+    pub claims: AtomicU64,
+    /// Time spent in claim statements, in microseconds.
+    pub claim_micros: AtomicU64,
 }
 
 /// A snapshot of [`WorkerStats`].
@@ -189,6 +196,71 @@ enum Settle {
     Retry { lease: Lease, payload: Vec<u8>, eta: DateTime<Utc> },
 }
 
+/// Where the next claim starts. Under load most claims continue from the last row claimed in
+/// each queue (a keyset cursor), which keeps their cost flat however many rows were consumed
+/// before; every [`FULL_CLAIM_EVERY`] claims or [`FULL_CLAIM_INTERVAL`], and whenever a cursor
+/// claim comes back short, a full claim from the head of each queue picks up what a cursor
+/// cannot see: newly arrived higher-priority rows, released or rescued rows, rows whose
+/// producer committed late.
+#[derive(Debug)]
+struct ClaimState {
+    cursors: Vec<Option<ClaimCursor>>,
+    since_full: u32,
+    last_full: Instant,
+    force_full: bool,
+}
+
+/// Cursor claims between two full claims, at most.
+const FULL_CLAIM_EVERY: u32 = 8;
+/// Longest time between two full claims while the queue is busy.
+const FULL_CLAIM_INTERVAL: Duration = Duration::from_millis(100);
+
+impl ClaimState {
+    fn new(queues: usize) -> Self {
+        ClaimState { cursors: vec![None; queues], since_full: 0, last_full: Instant::now(), force_full: true }
+    }
+
+    /// The cursors for the next claim, or `None` for a full claim.
+    fn next(&mut self) -> Option<Vec<ClaimCursor>> {
+        let due =
+            self.force_full || self.since_full >= FULL_CLAIM_EVERY || self.last_full.elapsed() >= FULL_CLAIM_INTERVAL;
+        let cursors: Option<Vec<ClaimCursor>> = self.cursors.iter().copied().collect();
+        match cursors {
+            Some(c) if !due => {
+                self.since_full += 1;
+                Some(c)
+            }
+            _ => {
+                self.force_full = false;
+                self.since_full = 0;
+                self.last_full = Instant::now();
+                None
+            }
+        }
+    }
+
+    /// Advances the cursors past `claimed`.
+    fn advance(&mut self, queues: &[String], claimed: &[ClaimedMessage]) {
+        for m in claimed {
+            let Some(i) = queues.iter().position(|q| *q == m.queue) else { continue };
+            let here = ClaimCursor { priority: m.priority, eta: m.eta, id: m.lease.id };
+            match &mut self.cursors[i] {
+                Some(c) if !c.is_before(&here) => {}
+                slot => *slot = Some(here),
+            }
+        }
+    }
+}
+
+impl Settle {
+    fn lease(&self) -> Lease {
+        match self {
+            Settle::Complete(l) | Settle::Release(l) | Settle::Retry { lease: l, .. } => *l,
+            Settle::DeadLetter(d) => d.lease,
+        }
+    }
+}
+
 /// State shared by the claim loop and the per-message tasks.
 struct Shared {
     store: Store,
@@ -202,6 +274,36 @@ struct Shared {
     stopping: CancellationToken,
     /// Cancelled when the shutdown timeout ran out: abandon running tasks.
     abandon: CancellationToken,
+    /// Keyset cursors of the claim loop.
+    claim_state: std::sync::Mutex<ClaimState>,
+    /// Leases held (claimed and not yet settled in the database); renewed by the heartbeat.
+    held: Arc<Held>,
+}
+
+/// The leases a worker holds, for the heartbeat to renew.
+#[derive(Debug, Default)]
+struct Held(std::sync::Mutex<std::collections::HashMap<i64, i32>>);
+
+impl Held {
+    fn add(&self, leases: impl IntoIterator<Item = Lease>) {
+        if let Ok(mut map) = self.0.lock() {
+            map.extend(leases.into_iter().map(|l| (l.id, l.attempt)));
+        }
+    }
+
+    fn remove(&self, leases: impl IntoIterator<Item = Lease>) {
+        if let Ok(mut map) = self.0.lock() {
+            for l in leases {
+                if map.get(&l.id) == Some(&l.attempt) {
+                    map.remove(&l.id);
+                }
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Vec<Lease> {
+        self.0.lock().map(|map| map.iter().map(|(&id, &attempt)| Lease { id, attempt }).collect()).unwrap_or_default()
+    }
 }
 
 impl Shared {
@@ -261,6 +363,7 @@ impl Worker {
             pid: i32::try_from(std::process::id()).unwrap_or(0),
             queues: config.queues.clone(),
             concurrency: i32::try_from(config.concurrency).unwrap_or(i32::MAX),
+            lease_seconds: config.lease.as_secs_f64(),
         };
         self.register(&info, &shutdown).await?;
         tracing::info!(
@@ -269,6 +372,7 @@ impl Worker {
         );
 
         let background = CancellationToken::new();
+        let held = Arc::new(Held::default());
         let (settle_tx, settle_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             store: self.store.clone(),
@@ -280,6 +384,8 @@ impl Worker {
             run_slots: Arc::new(Semaphore::new(config.concurrency)),
             stopping: shutdown.clone(),
             abandon: CancellationToken::new(),
+            claim_state: std::sync::Mutex::new(ClaimState::new(config.queues.len())),
+            held: held.clone(),
         });
 
         let give_up_flushing = CancellationToken::new();
@@ -288,9 +394,16 @@ impl Worker {
             self.id,
             settle_rx,
             self.stats.clone(),
+            held.clone(),
             give_up_flushing.clone(),
         ));
-        let heartbeat = tokio::spawn(run_heartbeat(self.store.clone(), self.id, config.clone(), background.clone()));
+        let heartbeat = tokio::spawn(run_heartbeat(
+            self.store.clone(),
+            info.clone(),
+            held.clone(),
+            config.heartbeat_interval,
+            background.clone(),
+        ));
         let rescuer = Rescuer::new(
             self.store.clone(),
             RescuerConfig {
@@ -403,70 +516,145 @@ impl Backoff {
     }
 }
 
+/// How a claim statement went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClaimResult {
+    /// Got as many messages as asked: the queue has more.
+    Full,
+    /// Got fewer: the queues are drained for now.
+    Short,
+    /// The statement failed.
+    Failed,
+}
+
+/// At most this many claim statements are in flight at once while the queue is busy, so the
+/// next batch is on its way while the current one runs.
+const CLAIMS_IN_FLIGHT: usize = 2;
+
 async fn claim_loop(shared: &Arc<Shared>, tracker: &TaskTracker, wake: &Notify) {
     let config = &shared.config;
-    let capacity = config.concurrency * config.prefetch_multiplier;
+    // As in Celery (early acks): `concurrency × prefetch_multiplier` messages reserved, plus
+    // the ones running.
+    let capacity = config.concurrency * (config.prefetch_multiplier + 1);
     let slots = Arc::new(Semaphore::new(capacity));
+    let tickets = Arc::new(Semaphore::new(CLAIMS_IN_FLIGHT));
+    let mut pending: Vec<tokio::sync::oneshot::Receiver<ClaimResult>> = Vec::new();
     let mut backoff = Backoff::new();
     let mut busy = false;
-    let lease_seconds = config.lease.as_secs_f64();
+    // When the queue is busy, claim in batches to save round trips, but never let execution
+    // slots idle for it: wait for at most the prefetched part of the capacity to free up.
+    // When it is idle, claim as soon as one slot is free.
+    let batch_floor = (capacity / 2).min(capacity - config.concurrency).max(1);
     loop {
-        // When the queue is busy, claim in batches to save round trips, but never let execution
-        // slots idle for it: wait for at most the prefetched part of the capacity to free up.
-        // When it is idle, claim as soon as one slot is free.
-        let batch_floor = (capacity / 2).min(capacity - config.concurrency).max(1);
+        // Results of pipelined claims decide whether the queue is still busy.
+        pending.retain_mut(|rx| match rx.try_recv() {
+            Ok(result) => {
+                busy &= result == ClaimResult::Full;
+                false
+            }
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => true,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => false,
+        });
+        let ticket = tokio::select! {
+            biased;
+            () = shared.stopping.cancelled() => return,
+            t = tickets.clone().acquire_owned() => match t { Ok(t) => t, Err(_) => return },
+        };
         let want_at_least = if busy { batch_floor } else { 1 };
-        let first = tokio::select! {
+        let mut permits = tokio::select! {
+            biased;
             () = shared.stopping.cancelled() => return,
             p = slots.clone().acquire_many_owned(u32::try_from(want_at_least).unwrap_or(1)) => match p {
                 Ok(p) => p,
                 Err(_) => return,
             },
         };
-        let mut permits = first;
         let extra = slots.available_permits();
         if extra > 0 {
             if let Ok(more) = slots.clone().try_acquire_many_owned(u32::try_from(extra).unwrap_or(0)) {
                 permits.merge(more);
             }
         }
-        let want = permits.num_permits();
-        let params = ClaimParams {
-            worker_id: shared.worker_id,
-            queues: &config.queues,
-            limit: i64::try_from(want).unwrap_or(i64::MAX),
-            lease_seconds,
-        };
-        let claimed = match shared.store.message_claim(&params).await {
-            Ok(c) => {
+        if shared.stopping.is_cancelled() {
+            return;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(claim_batch(shared.clone(), tracker.clone(), permits, ticket, tx));
+        if busy {
+            pending.push(rx);
+            continue;
+        }
+        // Idle or recovering: one claim at a time, and wait before polling an empty queue.
+        match rx.await.unwrap_or(ClaimResult::Failed) {
+            ClaimResult::Full => {
                 backoff.reset();
-                c
+                busy = true;
             }
-            Err(e) => {
-                drop(permits);
-                tracing::warn!(error = %e, retry_in = ?backoff.peek(), "worker: claim failed; retrying");
+            ClaimResult::Short => {
+                backoff.reset();
+                tokio::select! {
+                    () = shared.stopping.cancelled() => return,
+                    () = wake.notified() => {}
+                    () = tokio::time::sleep(config.poll_interval) => {}
+                }
+            }
+            ClaimResult::Failed => {
                 if !backoff.wait(&shared.stopping).await {
                     return;
                 }
-                continue;
-            }
-        };
-        let got = claimed.len();
-        shared.stats.received.fetch_add(got as u64, Ordering::Relaxed);
-        for message in claimed {
-            let Some(slot) = permits.split(1) else { break };
-            tracker.spawn(execute(shared.clone(), message, slot));
-        }
-        drop(permits);
-        busy = got == want;
-        if !busy {
-            tokio::select! {
-                () = shared.stopping.cancelled() => return,
-                () = wake.notified() => {}
-                () = tokio::time::sleep(config.poll_interval) => {}
             }
         }
     }
+}
+
+/// One claim statement for as many messages as `permits` holds; starts an `execute` task per
+/// message, each holding one permit until its outcome is handed to the completer.
+async fn claim_batch(
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    mut permits: OwnedSemaphorePermit,
+    _ticket: OwnedSemaphorePermit,
+    done: tokio::sync::oneshot::Sender<ClaimResult>,
+) {
+    let want = permits.num_permits();
+    let cursors = shared.claim_state.lock().map(|mut s| s.next()).unwrap_or(None);
+    let params = ClaimParams {
+        worker_id: shared.worker_id,
+        queues: &shared.config.queues,
+        limit: i64::try_from(want).unwrap_or(i64::MAX),
+        lease_seconds: shared.config.lease.as_secs_f64(),
+        after: cursors.as_deref(),
+    };
+    let started = Instant::now();
+    let result = shared.store.message_claim(&params).await;
+    shared.stats.claims.fetch_add(1, Ordering::Relaxed);
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    shared.stats.claim_micros.fetch_add(micros, Ordering::Relaxed);
+    let claimed = match result {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "worker: claim failed; retrying with backoff");
+            let _ = done.send(ClaimResult::Failed);
+            return;
+        }
+    };
+    let got = claimed.len();
+    shared.held.add(claimed.iter().map(|m| m.lease));
+    let full_claim = cursors.is_none();
+    if let Ok(mut state) = shared.claim_state.lock() {
+        state.advance(&shared.config.queues, &claimed);
+        // A short cursor claim only means this priority ran dry after the cursor: look at
+        // the whole queue next time.
+        if got < want && !full_claim {
+            state.force_full = true;
+        }
+    }
+    shared.stats.received.fetch_add(got as u64, Ordering::Relaxed);
+    for message in claimed {
+        let Some(slot) = permits.split(1) else { break };
+        tracker.spawn(execute(shared.clone(), message, slot));
+    }
+    let _ = done.send(if got == want || !full_claim { ClaimResult::Full } else { ClaimResult::Short });
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -527,27 +715,30 @@ async fn execute(shared: Arc<Shared>, claimed: ClaimedMessage, _slot: OwnedSemap
         return;
     };
     let hard_limit = message.headers.timelimit.hard;
-    let retry_source = message.clone();
-    let request =
-        Request { message, lease, redelivered: claimed.redelivered, hostname: shared.config.hostname.clone() };
+    let message = Arc::new(message);
+    let request = Request {
+        message: message.clone(),
+        lease,
+        redelivered: claimed.redelivered,
+        hostname: shared.config.hostname.clone(),
+    };
     let started = Instant::now();
-    let future = handler.call(request);
-    let mut join = tokio::spawn(async move {
+    // A panic fails this task only: it is caught here, on the task's own tokio task.
+    let run = AssertUnwindSafe(handler.call(request)).catch_unwind();
+    let limited = async move {
         match hard_limit {
-            Some(secs) if secs > 0.0 => tokio::time::timeout(Duration::from_secs_f64(secs), future)
+            Some(secs) if secs > 0.0 => tokio::time::timeout(Duration::from_secs_f64(secs), run)
                 .await
-                .unwrap_or_else(|_| Outcome::failure("TimeLimitExceeded", format!("TimeLimitExceeded({secs})"))),
-            _ => future.await,
+                .unwrap_or_else(|_| Ok(Outcome::failure("TimeLimitExceeded", format!("TimeLimitExceeded({secs})")))),
+            _ => run.await,
         }
-    });
+    };
     let outcome = tokio::select! {
-        r = &mut join => match r {
+        r = limited => match r {
             Ok(o) => o,
-            Err(e) if e.is_panic() => Outcome::failure("panic", panic_message(e.into_panic().as_ref())),
-            Err(e) => Outcome::failure("WorkerLostError", e.to_string()),
+            Err(panic) => Outcome::failure("panic", panic_message(panic.as_ref())),
         },
         () = shared.abandon.cancelled() => {
-            join.abort();
             tracing::warn!("Task {name}[{id}] abandoned at shutdown; it runs again after its lease expires");
             return;
         }
@@ -571,7 +762,7 @@ async fn execute(shared: Arc<Shared>, claimed: ClaimedMessage, _slot: OwnedSemap
             let secs = delay as f64 / 1000.0;
             tracing::info!("Task {name}[{id}] retry: Retry in {secs}s: {reason}");
             shared.stats.retried.fetch_add(1, Ordering::Relaxed);
-            let next = retry_source.to_retry(eta);
+            let next = message.to_retry(eta);
             shared.settle(Settle::Retry { lease, payload: next.payload, eta });
         }
         Outcome::Reject { reason } => {
@@ -587,6 +778,7 @@ async fn run_completer(
     worker_id: Uuid,
     mut rx: mpsc::UnboundedReceiver<Settle>,
     stats: Arc<WorkerStats>,
+    held: Arc<Held>,
     give_up: CancellationToken,
 ) {
     let mut batch = Vec::new();
@@ -611,6 +803,7 @@ async fn run_completer(
             }
         }
         stats.settled.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        held.remove(batch.iter().map(Settle::lease));
         batch.clear();
     }
 }
@@ -638,9 +831,8 @@ async fn flush(store: &Store, worker_id: Uuid, batch: &[Settle]) -> Result<(), c
     Ok(())
 }
 
-async fn run_heartbeat(store: Store, worker_id: Uuid, config: WorkerConfig, stop: CancellationToken) {
-    let lease = config.lease.as_secs_f64();
-    let mut ticker = tokio::time::interval(config.heartbeat_interval);
+async fn run_heartbeat(store: Store, info: WorkerInfo, held: Arc<Held>, interval: Duration, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
@@ -648,7 +840,7 @@ async fn run_heartbeat(store: Store, worker_id: Uuid, config: WorkerConfig, stop
             () = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        match store.worker_heartbeat(worker_id, lease).await {
+        match store.worker_heartbeat(&info, &held.snapshot()).await {
             Ok(_) if failing => {
                 tracing::info!("worker: database reachable again; leases renewed");
                 failing = false;

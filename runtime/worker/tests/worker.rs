@@ -294,21 +294,22 @@ async fn graceful_shutdown_finishes_running_and_releases_prefetched() {
             Outcome::Success(Value::Null)
         }
     });
-    for _ in 0..5 {
+    for _ in 0..6 {
         send(&store, "tasks.gated", vec![]).await;
     }
+    // One running plus concurrency × prefetch multiplier = 4 reserved, as in Celery; one left.
     let worker = start(&store, registry, WorkerConfig { concurrency: 1, prefetch_multiplier: 4, ..config() });
     let first = tokio::time::timeout(Duration::from_secs(20), started_rx.recv()).await.unwrap().unwrap();
-    wait_for(20, "prefetch", || async { worker.stats.received.load(std::sync::atomic::Ordering::Relaxed) == 4 }).await;
+    wait_for(20, "prefetch", || async { worker.stats.received.load(std::sync::atomic::Ordering::Relaxed) == 5 }).await;
     worker.shutdown.cancel();
     // The running task is allowed to finish; nothing else starts.
     gate.notify_one();
     let report = tokio::time::timeout(Duration::from_secs(30), worker.handle).await.unwrap().unwrap().unwrap();
     assert_eq!(report.succeeded, 1, "{report:?}");
-    assert_eq!(report.released, 3, "{report:?}");
+    assert_eq!(report.released, 4, "{report:?}");
     assert!(started_rx.try_recv().is_err(), "no task started after shutdown");
     let stats = store.queue_stats().await.unwrap();
-    assert_eq!((stats[0].ready, stats[0].leased), (4, 0), "released messages are ready at once");
+    assert_eq!((stats[0].ready, stats[0].leased), (5, 0), "released messages are ready at once");
     let client = db.client().await;
     let remaining: Vec<String> =
         client.query("select task_id from celeriac.message", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
