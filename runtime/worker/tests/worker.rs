@@ -107,6 +107,43 @@ async fn runs_typed_handlers_and_records_outcomes() {
     assert!(store.dead_letter_list(10).await.unwrap().is_empty());
 }
 
+#[derive(Debug, serde::Deserialize)]
+struct Discount {
+    #[serde(default)]
+    discount: f64,
+}
+
+#[tokio::test]
+async fn typed_kwargs_and_refused_kwargs() {
+    let db = TestDatabase::new().await;
+    let store = db.store();
+    let totals = Arc::new(Mutex::new(Vec::new()));
+    let seen = totals.clone();
+    let mut registry = Registry::new();
+    registry.register_with_kwargs("shop.total", move |(prices,): (Vec<f64>,), opts: Discount| {
+        let seen = seen.clone();
+        async move {
+            let total = prices.iter().sum::<f64>() * (1.0 - opts.discount);
+            seen.lock().unwrap().push(total);
+            Ok::<_, TaskError>(total)
+        }
+    });
+    examples::register(&mut registry);
+    let client = Client::new(store.clone());
+    let prices = Value::List(vec![Value::Float(3.0), Value::Int(5)]);
+    let mut kwargs = Map::new();
+    kwargs.insert("discount".into(), Value::Float(0.5));
+    client.send_task("shop.total", std::slice::from_ref(&prices), &kwargs, &TaskOptions::default()).await.unwrap();
+    client.send_task("shop.total", &[prices], &Map::new(), &TaskOptions::default()).await.unwrap();
+    // examples.add takes no keyword arguments: a TypeError failure, like Python's.
+    client.send_task("examples.add", &[Value::Int(1), Value::Int(2)], &kwargs, &TaskOptions::default()).await.unwrap();
+    let worker = start(&store, registry, WorkerConfig { concurrency: 1, ..config() });
+    wait_for(20, "three settled", || async { worker.stats.settled.load(std::sync::atomic::Ordering::Relaxed) >= 3 }).await;
+    let report = worker.stop().await;
+    assert_eq!((report.succeeded, report.failed), (2, 1), "{report:?}");
+    assert_eq!(*totals.lock().unwrap(), vec![4.0, 8.0]);
+}
+
 #[tokio::test]
 async fn bad_messages_are_dead_lettered_and_the_worker_keeps_going() {
     let db = TestDatabase::new().await;
