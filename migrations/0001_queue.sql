@@ -27,6 +27,17 @@ create table celeriac.message (
     constraint message_lease_consistent check ((leased_by is null) = (lease_expires is null))
 );
 
+-- A queue table churns: every message is inserted, updated (claimed) and deleted. Vacuum it
+-- after ~1% of it is dead instead of PostgreSQL's default 20%, without cost-based throttling,
+-- so the claim index sheds the entries of finished messages quickly (autovacuum_naptime, a
+-- server setting, still bounds how often: one minute by default).
+alter table celeriac.message set (
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_insert_scale_factor = 0.01,
+    autovacuum_vacuum_cost_delay = 0
+);
+
 -- Serves exactly the claim query: ready rows of one queue in (priority desc, eta, id) order.
 create index message_claim on celeriac.message (queue, priority desc, eta, id) where leased_by is null;
 -- Leased rows by holder: the rescuer finds a dead worker's messages here. (Heartbeats renew by
