@@ -51,15 +51,16 @@ create index message_leased on celeriac.message (leased_by, lease_expires) where
 create function celeriac.relaxed_commit() returns boolean
 language sql volatile as $$ select set_config('synchronous_commit', 'off', true) is not null $$;
 
--- At most one wake-up per statement, naming the queues that got ready messages.
+-- At most one wake-up per statement, naming the queues that got ready messages as a JSON array
+-- of strings ('*' when that would not fit in a notification's 8000 bytes).
 create function celeriac.message_notify() returns trigger
 language plpgsql as $$
 declare
     queues text;
 begin
-    select string_agg(distinct queue, ',') into queues from inserted where eta <= now();
+    select json_agg(distinct queue)::text into queues from inserted where eta <= now();
     if queues is not null then
-        if length(queues) > 7000 then
+        if octet_length(queues) > 7900 then
             queues := '*';
         end if;
         perform pg_notify('celeriac_message', queues);

@@ -80,6 +80,11 @@ impl Store {
             pg_config.application_name("celeriac");
         }
         pg_config.connect_timeout(config.connect_timeout);
+        // Notice a dead peer (network black hole, failover) in about 30 s instead of the
+        // kernel's two hours, so a stuck statement errors out and is retried.
+        pg_config.keepalives(true).keepalives_idle(Duration::from_secs(15)).keepalives_interval(Duration::from_secs(5));
+        pg_config.keepalives_retries(3);
+        pg_config.tcp_user_timeout(Duration::from_secs(30));
         let manager =
             Manager::from_config(pg_config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)

@@ -22,13 +22,16 @@ pub enum Wakeup {
 }
 
 impl Wakeup {
-    /// Parses a `celeriac_message` payload: `*` or comma-separated queue names.
+    /// Parses a `celeriac_message` payload: `*`, or a JSON array of queue names. Anything
+    /// else counts as [`Wakeup::Any`] (a spurious wake-up only costs one claim).
     #[must_use]
     pub fn parse(payload: &str) -> Wakeup {
-        if payload.is_empty() || payload == "*" {
-            Wakeup::Any
-        } else {
-            Wakeup::Queues(payload.split(',').map(str::to_owned).collect())
+        match celeriac_protocol::json::from_slice(payload.as_bytes()) {
+            Ok(celeriac_protocol::Value::List(items)) => {
+                let names: Option<Vec<String>> = items.iter().map(|v| v.as_str().map(str::to_owned)).collect();
+                names.map_or(Wakeup::Any, Wakeup::Queues)
+            }
+            _ => Wakeup::Any,
         }
     }
 

@@ -6,6 +6,8 @@
 //! RabbitMQ ack: a PostgreSQL *crash* (not a restart) can undo the last few hundred
 //! milliseconds of them, which redelivers those messages (at-least-once); nothing is lost.
 
+use std::borrow::Cow;
+
 use celeriac_protocol::EncodedTask;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -202,11 +204,10 @@ impl Store {
             )
             .await
             .map_err(Error::from_pg)?;
+        let (queue, name, id) =
+            (pg_text(&msg.queue), msg.task_name.as_deref().map(pg_text), msg.task_id.as_deref().map(pg_text));
         let row = client
-            .query_one(
-                &stmt,
-                &[&msg.queue, &msg.priority, &msg.eta, &msg.expires, &msg.task_name, &msg.task_id, &msg.payload],
-            )
+            .query_one(&stmt, &[&queue, &msg.priority, &msg.eta, &msg.expires, &name, &id, &msg.payload])
             .await
             .map_err(Error::from_pg)?;
         Ok(row.get(0))
@@ -226,12 +227,12 @@ impl Store {
         let stmt = tx.prepare_cached(INSERT_MANY_SQL).await.map_err(Error::from_pg)?;
         let mut total = 0;
         for chunk in msgs.chunks(5000) {
-            let queues: Vec<&str> = chunk.iter().map(|m| m.queue.as_str()).collect();
+            let queues: Vec<Cow<'_, str>> = chunk.iter().map(|m| pg_text(&m.queue)).collect();
             let priorities: Vec<i16> = chunk.iter().map(|m| m.priority).collect();
             let etas: Vec<Option<DateTime<Utc>>> = chunk.iter().map(|m| m.eta).collect();
             let expires: Vec<Option<DateTime<Utc>>> = chunk.iter().map(|m| m.expires).collect();
-            let names: Vec<Option<&str>> = chunk.iter().map(|m| m.task_name.as_deref()).collect();
-            let ids: Vec<Option<&str>> = chunk.iter().map(|m| m.task_id.as_deref()).collect();
+            let names: Vec<Option<Cow<'_, str>>> = chunk.iter().map(|m| m.task_name.as_deref().map(pg_text)).collect();
+            let ids: Vec<Option<Cow<'_, str>>> = chunk.iter().map(|m| m.task_id.as_deref().map(pg_text)).collect();
             let payloads: Vec<&[u8]> = chunk.iter().map(|m| m.payload.as_slice()).collect();
             total += tx
                 .execute(&stmt, &[&queues, &priorities, &etas, &expires, &names, &ids, &payloads])
@@ -377,8 +378,8 @@ impl Store {
         }
         let ids: Vec<i64> = items.iter().map(|i| i.lease.id).collect();
         let attempts: Vec<i32> = items.iter().map(|i| i.lease.attempt).collect();
-        let codes: Vec<&str> = items.iter().map(|i| i.reason_code.as_str()).collect();
-        let reasons: Vec<&str> = items.iter().map(|i| i.reason.as_str()).collect();
+        let codes: Vec<Cow<'_, str>> = items.iter().map(|i| pg_text(&i.reason_code)).collect();
+        let reasons: Vec<Cow<'_, str>> = items.iter().map(|i| pg_text(&i.reason)).collect();
         let client = self.pool.get().await?;
         let sql = format!(
             "with gone as (
@@ -394,24 +395,38 @@ impl Store {
         client.execute(&stmt, &[&ids, &attempts, &codes, &reasons, &worker_id]).await.map_err(Error::from_pg)
     }
 
-    /// Frees messages whose lease ran out because their worker stopped heartbeating: each
-    /// becomes ready again with `redelivered = true`, unless it already had `max_redeliveries`
-    /// redeliveries, in which case it moves to `dead_letter` (`redeliveries_exhausted`).
+    /// Frees messages whose worker stopped heartbeating: each becomes ready again with
+    /// `redelivered = true`, unless it already had `max_redeliveries` redeliveries, in which case
+    /// it moves to `dead_letter` (`redeliveries_exhausted`).
     ///
-    /// A normal pass looks only at the messages of dead workers (heartbeat older than their
-    /// lease; their rows are removed once their messages are freed). A `full_scan` pass looks
-    /// at every expired lease, which also catches leases nobody tracks (a claim whose reply
-    /// was lost); it walks the whole lease index, so run it rarely. Safe to run in any number
-    /// of processes at once (`SKIP LOCKED`).
+    /// A worker is dead when its heartbeat is older than its lease. `healthy_seconds` says how
+    /// long the caller's own heartbeats have been succeeding without interruption: only workers
+    /// whose lease is at most that long are judged, so after an outage that every worker went
+    /// through, nobody is declared dead before it had the chance to heartbeat again.
+    ///
+    /// A normal pass looks at dead workers' messages (and removes those workers' rows). A
+    /// `full_scan` pass looks at every expired lease and also frees leases whose holder is gone
+    /// (no worker row) or alive but no longer renewing them (a claim whose reply was lost); it
+    /// walks the whole lease index, so run it rarely. Safe to run in any number of processes at
+    /// once (`SKIP LOCKED`).
     ///
     /// # Errors
     /// Connection errors.
-    pub async fn message_rescue(&self, max_redeliveries: i32, full_scan: bool) -> Result<RescueReport> {
+    pub async fn message_rescue(
+        &self,
+        max_redeliveries: i32,
+        full_scan: bool,
+        healthy_seconds: f64,
+    ) -> Result<RescueReport> {
         let client = self.pool.get().await?;
         let candidates = if full_scan {
-            "select id from celeriac.message
-             where leased_by is not null and lease_expires < now()
-             for update skip locked"
+            "select m.id from celeriac.message m
+             left join celeriac.worker w on w.id = m.leased_by
+             where m.leased_by is not null and m.lease_expires < now()
+               and (w.id is null
+                    or m.lease_expires < w.heartbeat_at
+                    or w.id = any(array(select id from dead)))
+             for update of m skip locked"
         } else {
             "select m.id from celeriac.message m
              where m.leased_by = any(array(select id from dead)) and m.lease_expires < now()
@@ -420,7 +435,7 @@ impl Store {
         let sql = format!(
             "with dead as (
                  select id from celeriac.worker
-                 where heartbeat_at < now() - make_interval(secs => lease_seconds)
+                 where heartbeat_at < now() - make_interval(secs => lease_seconds) and lease_seconds <= $2
              ), expired as (
                  {candidates}
              ), poison as (
@@ -453,7 +468,7 @@ impl Store {
              select (select count(*) from rescued), (select count(*) from buried), (select count(*) from woken),
                     (select count(*) from forgotten)"
         );
-        let row = client.query_one(&sql, &[&max_redeliveries]).await.map_err(Error::from_pg)?;
+        let row = client.query_one(&sql, &[&max_redeliveries, &healthy_seconds]).await.map_err(Error::from_pg)?;
         let rescued: i64 = row.get(0);
         let dead: i64 = row.get(1);
         Ok(RescueReport { rescued: rescued.unsigned_abs(), dead_lettered: dead.unsigned_abs() })
@@ -471,6 +486,16 @@ impl Store {
             .execute("delete from celeriac.message where queue = $1 and leased_by is null", &[&queue])
             .await
             .map_err(Error::from_pg)
+    }
+}
+
+/// PostgreSQL text cannot hold NUL characters; wire-derived strings (queue and task names,
+/// reasons quoting them) get U+FFFD in their place instead of failing the statement.
+fn pg_text(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(s)
     }
 }
 

@@ -200,9 +200,9 @@ async fn expired_leases_are_rescued_then_dead_lettered() {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].redelivered, round > 1);
         // A live lease is never rescued.
-        assert_eq!(store.message_rescue(2, true).await.unwrap().rescued, 0);
+        assert_eq!(store.message_rescue(2, true, f64::MAX).await.unwrap().rescued, 0);
         client.batch_execute(expire_all).await.unwrap();
-        let report = store.message_rescue(2, true).await.unwrap();
+        let report = store.message_rescue(2, true, f64::MAX).await.unwrap();
         assert_eq!((report.rescued, report.dead_lettered), (1, 0));
         // The dead holder cannot complete after the rescue.
         assert_eq!(store.message_complete_many(worker, &[got[0].lease]).await.unwrap(), 0);
@@ -210,7 +210,7 @@ async fn expired_leases_are_rescued_then_dead_lettered() {
     let got = store.message_claim(&claim(worker, &queues, 1)).await.unwrap();
     assert_eq!(got[0].redeliveries, 2);
     client.batch_execute(expire_all).await.unwrap();
-    let report = store.message_rescue(2, true).await.unwrap();
+    let report = store.message_rescue(2, true, f64::MAX).await.unwrap();
     assert_eq!((report.rescued, report.dead_lettered), (0, 1));
     let dead = store.dead_letter_list(10).await.unwrap();
     assert_eq!(dead[0].reason_code, "redeliveries_exhausted");
@@ -264,8 +264,8 @@ async fn one_notification_per_insert_statement() {
     assert_eq!(queues, vec!["a".to_owned(), "b".to_owned()]);
     // A delayed message wakes nobody; a ready one does.
     store.message_insert(&message("a", 0, Some(3600.0))).await.unwrap();
-    store.message_insert(&message("c", 0, None)).await.unwrap();
-    assert_eq!(recv(&mut rx).await, Wakeup::Queues(vec!["c".into()]));
+    store.message_insert(&message("c,d \u{fc}", 0, None)).await.unwrap();
+    assert_eq!(recv(&mut rx).await, Wakeup::Queues(vec!["c,d \u{fc}".into()]));
     assert!(rx.try_recv().is_err(), "one statement, one notification");
     shutdown.notify_one();
     task.await.unwrap();
@@ -323,17 +323,26 @@ async fn rescue_frees_dead_workers_and_full_scans_catch_untracked_leases() {
         .execute("update celeriac.worker set heartbeat_at = now() - interval '1 hour' where id = $1", &[&dead])
         .await
         .unwrap();
+    client
+        .execute("update celeriac.worker set heartbeat_at = now() - interval '2 seconds' where id = $1", &[&alive])
+        .await
+        .unwrap();
+    // A rescuer whose own heartbeats only just recovered judges nobody.
+    assert_eq!(store.message_rescue(3, false, 0.0).await.unwrap().rescued, 0);
+    assert_eq!(store.message_rescue(3, true, 0.0).await.unwrap().rescued, 0);
     // A normal pass frees only the dead worker's message, and forgets the dead worker.
-    let report = store.message_rescue(3, false).await.unwrap();
+    let report = store.message_rescue(3, false, f64::MAX).await.unwrap();
     assert_eq!(report.rescued, 1);
     let freed: i64 =
         client.query_one("select id from celeriac.message where leased_by is null", &[]).await.unwrap().get(0);
     assert_eq!(freed, d[0].lease.id);
     let workers: i64 = client.query_one("select count(*) from celeriac.worker", &[]).await.unwrap().get(0);
     assert_eq!(workers, 1);
-    // The live worker's expired lease (one it does not renew) needs a full scan.
-    assert_eq!(store.message_rescue(3, false).await.unwrap().rescued, 0);
-    assert_eq!(store.message_rescue(3, true).await.unwrap().rescued, 1);
+    // The live worker's expired lease (one it went on heartbeating without renewing) needs a
+    // full scan.
+    client.execute("update celeriac.worker set heartbeat_at = now() where id = $1", &[&alive]).await.unwrap();
+    assert_eq!(store.message_rescue(3, false, f64::MAX).await.unwrap().rescued, 0);
+    assert_eq!(store.message_rescue(3, true, f64::MAX).await.unwrap().rescued, 1);
     // Heartbeats renew only the leases they name, fenced by attempt.
     let again = store.message_claim(&claim(alive, &queues, 2)).await.unwrap();
     assert_eq!(again.len(), 2);

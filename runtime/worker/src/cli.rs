@@ -54,7 +54,7 @@ pub enum Inspect {
     /// The newest dead-lettered messages with their reasons.
     DeadLetters {
         /// How many to show.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..))]
         limit: i64,
     },
 }
@@ -66,17 +66,19 @@ pub struct WorkerArgs {
     #[arg(short = 'Q', long, default_value = "celery", value_delimiter = ',')]
     pub queues: Vec<String>,
     /// Tasks run at once [default: number of CPUs].
-    #[arg(short = 'c', long)]
-    pub concurrency: Option<usize>,
+    #[arg(short = 'c', long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: Option<u32>,
     /// Log level: DEBUG, INFO, WARNING, ERROR, CRITICAL.
     #[arg(short = 'l', long, default_value = "INFO")]
     pub loglevel: String,
     /// Worker name; %h = host name, %n = its first label, %d = its domain.
     #[arg(short = 'n', long, default_value = "celeriac@%h")]
     pub hostname: String,
-    /// Messages claimed ahead per execution slot.
-    #[arg(long, default_value_t = 4)]
-    pub prefetch_multiplier: usize,
+    /// Messages reserved ahead per execution slot, besides the running ones (Celery's
+    /// worker_prefetch_multiplier; 0, Celery's "unlimited", is not supported: ETA tasks wait in
+    /// the database, so there is nothing to gain from it).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub prefetch_multiplier: u32,
     /// Seconds a claim lasts without a heartbeat; after that the message runs elsewhere.
     #[arg(long, default_value_t = 30.0)]
     pub lease_seconds: f64,
@@ -286,18 +288,15 @@ async fn run(cli: Cli, mut registry: Registry) -> Result<(), String> {
 }
 
 fn worker_config(args: &WorkerArgs) -> Result<WorkerConfig, String> {
-    let secs = |name: &str, v: f64| {
-        if v.is_finite() && v > 0.0 {
-            Ok(Duration::from_secs_f64(v))
-        } else {
-            Err(format!("--{name} must be a positive number of seconds"))
-        }
+    let secs = |name: &str, v: f64| match Duration::try_from_secs_f64(v) {
+        Ok(d) if v > 0.0 && d <= Duration::from_secs(365 * 86_400) => Ok(d),
+        _ => Err(format!("--{name} must be a positive number of seconds, at most a year")),
     };
     let defaults = WorkerConfig::default();
     let config = WorkerConfig {
         queues: args.queues.iter().map(|q| q.trim().to_owned()).filter(|q| !q.is_empty()).collect(),
-        concurrency: args.concurrency.unwrap_or(defaults.concurrency),
-        prefetch_multiplier: args.prefetch_multiplier,
+        concurrency: args.concurrency.map_or(defaults.concurrency, |c| c as usize),
+        prefetch_multiplier: args.prefetch_multiplier as usize,
         hostname: expand_hostname(&args.hostname),
         lease: secs("lease-seconds", args.lease_seconds)?,
         heartbeat_interval: secs("heartbeat-interval", args.heartbeat_interval)?,

@@ -1,6 +1,12 @@
 //! Background maintenance that is safe to run in every worker at once.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
 
 use celeriac_store::{RescueReport, Store};
 use tokio_util::sync::CancellationToken;
@@ -30,6 +36,48 @@ impl Default for RescuerConfig {
     }
 }
 
+/// How long a worker's heartbeats have been succeeding without interruption. The heartbeat
+/// loop reports each attempt; the rescuer reads it, so that after a database outage (which
+/// stopped every worker's heartbeats alike) nobody is declared dead before it could heartbeat.
+#[derive(Debug)]
+pub struct HeartbeatHealth {
+    base: Instant,
+    /// Microseconds after `base` since when heartbeats succeed; `u64::MAX` while failing.
+    since: AtomicU64,
+}
+
+impl Default for HeartbeatHealth {
+    fn default() -> Self {
+        HeartbeatHealth { base: Instant::now(), since: AtomicU64::new(u64::MAX) }
+    }
+}
+
+impl HeartbeatHealth {
+    /// Records a heartbeat attempt.
+    pub fn record(&self, ok: bool) {
+        if ok {
+            let now = u64::try_from(self.base.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
+            let _ = self.since.compare_exchange(u64::MAX, now, Ordering::Relaxed, Ordering::Relaxed);
+        } else {
+            self.since.store(u64::MAX, Ordering::Relaxed);
+        }
+    }
+
+    /// Seconds of uninterrupted successful heartbeats (0 while failing or before the first).
+    #[must_use]
+    pub fn healthy_seconds(&self) -> f64 {
+        match self.since.load(Ordering::Relaxed) {
+            u64::MAX => 0.0,
+            since => {
+                let now = u64::try_from(self.base.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
+                #[allow(clippy::cast_precision_loss)]
+                let secs = now.saturating_sub(since) as f64 / 1e6;
+                secs
+            }
+        }
+    }
+}
+
 /// Frees messages whose worker died (lease ran out), marking them redelivered, and dead-letters
 /// those that exhausted their redeliveries. Uses `SKIP LOCKED`, so any number of rescuers may
 /// run at once without doing the same work twice.
@@ -38,13 +86,22 @@ pub struct Rescuer {
     store: Store,
     config: RescuerConfig,
     passes: u32,
+    health: Option<Arc<HeartbeatHealth>>,
 }
 
 impl Rescuer {
     /// A rescuer over `store`.
     #[must_use]
     pub fn new(store: Store, config: RescuerConfig) -> Self {
-        Rescuer { store, config, passes: 0 }
+        Rescuer { store, config, passes: 0, health: None }
+    }
+
+    /// Judges other workers only as far as this process's own heartbeats allow (see
+    /// [`HeartbeatHealth`]). Without it, every worker with a stale heartbeat counts as dead.
+    #[must_use]
+    pub fn with_health(mut self, health: Arc<HeartbeatHealth>) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// One pass; the first and every `full_scan_every`-th pass look at all expired leases.
@@ -54,7 +111,8 @@ impl Rescuer {
     pub async fn run_once(&mut self) -> Result<RescueReport, celeriac_store::Error> {
         let full_scan = self.passes.is_multiple_of(self.config.full_scan_every.max(1));
         self.passes = self.passes.wrapping_add(1);
-        let report = self.store.message_rescue(self.config.max_redeliveries, full_scan).await?;
+        let healthy = self.health.as_ref().map_or(f64::MAX, |h| h.healthy_seconds());
+        let report = self.store.message_rescue(self.config.max_redeliveries, full_scan, healthy).await?;
         if report.rescued > 0 {
             tracing::warn!(count = report.rescued, "rescuer: redelivering messages whose worker stopped heartbeating");
         }

@@ -42,7 +42,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 
 use crate::{
-    maintenance::{Rescuer, RescuerConfig},
+    maintenance::{HeartbeatHealth, Rescuer, RescuerConfig},
     registry::Registry,
     task::{Outcome, Request},
     Error,
@@ -112,7 +112,10 @@ impl WorkerConfig {
         if self.prefetch_multiplier == 0 {
             return bad("prefetch multiplier must be at least 1".into());
         }
-        if self.heartbeat_interval.is_zero() || self.heartbeat_interval * 2 > self.lease {
+        if self.concurrency > 10_000 || self.prefetch_multiplier > 1_000 {
+            return bad("concurrency is limited to 10,000 and the prefetch multiplier to 1,000".into());
+        }
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval.checked_mul(2).is_none_or(|d| d > self.lease) {
             return bad(format!(
                 "heartbeat interval ({:?}) must be positive and at most half the lease ({:?})",
                 self.heartbeat_interval, self.lease
@@ -301,6 +304,10 @@ impl Held {
         }
     }
 
+    fn len(&self) -> usize {
+        self.0.lock().map(|map| map.len()).unwrap_or(0)
+    }
+
     fn snapshot(&self) -> Vec<Lease> {
         self.0.lock().map(|map| map.iter().map(|(&id, &attempt)| Lease { id, attempt }).collect()).unwrap_or_default()
     }
@@ -373,6 +380,7 @@ impl Worker {
 
         let background = CancellationToken::new();
         let held = Arc::new(Held::default());
+        let health = Arc::new(HeartbeatHealth::default());
         let (settle_tx, settle_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             store: self.store.clone(),
@@ -401,6 +409,7 @@ impl Worker {
             self.store.clone(),
             info.clone(),
             held.clone(),
+            health.clone(),
             config.heartbeat_interval,
             background.clone(),
         ));
@@ -456,7 +465,12 @@ impl Worker {
                 give_up.cancel();
             }
         });
-        let _ = completer.await;
+        // A statement stuck on a dead connection is not interrupted by `give_up`; bound the wait.
+        if tokio::time::timeout(Duration::from_secs(20), completer).await.is_err() {
+            tracing::error!(
+                "worker: outcomes could not be recorded before shutdown; those messages run again after their lease"
+            );
+        }
         flush_deadline.abort();
         background.cancel();
         let _ = heartbeat.await;
@@ -464,8 +478,18 @@ impl Worker {
         if let Some(l) = listener {
             let _ = l.await;
         }
-        if let Err(e) = self.store.worker_deregister(self.id).await {
-            tracing::warn!(error = %e, "worker: could not remove its worker row (it is pruned later)");
+        let unsettled = held.len();
+        if unsettled == 0 {
+            if let Err(e) = self.store.worker_deregister(self.id).await {
+                tracing::warn!(error = %e, "worker: could not remove its worker row (the rescuer removes it later)");
+            }
+        } else {
+            // Keep the row: once its heartbeat is a lease old, rescuers see this worker as dead
+            // and redeliver these messages promptly.
+            tracing::warn!(
+                count = unsettled,
+                "worker: stopping with unsettled messages; they run again after their lease"
+            );
         }
         let report = self.stats.snapshot();
         tracing::info!(?report, "worker: stopped");
@@ -667,7 +691,28 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-async fn execute(shared: Arc<Shared>, claimed: ClaimedMessage, _slot: OwnedSemaphorePermit) {
+/// Forgets a lease if `execute` ends without settling it (a bug, or an abandoned task), so the
+/// heartbeat stops renewing it: the lease then expires and the message is redelivered.
+struct Unsettled<'a> {
+    held: &'a Held,
+    lease: Option<Lease>,
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            self.held.remove([lease]);
+        }
+    }
+}
+
+async fn execute(shared: Arc<Shared>, claimed: ClaimedMessage, slot: OwnedSemaphorePermit) {
+    let mut guard = Unsettled { held: &shared.held, lease: Some(claimed.lease) };
+    execute_inner(&shared, claimed, slot).await;
+    guard.lease = None;
+}
+
+async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: OwnedSemaphorePermit) {
     let lease = claimed.lease;
     let message = match TaskMessage::decode(&claimed.payload, &shared.config.accept) {
         Ok(m) => m,
@@ -727,9 +772,13 @@ async fn execute(shared: Arc<Shared>, claimed: ClaimedMessage, _slot: OwnedSemap
     let run = AssertUnwindSafe(handler.call(request)).catch_unwind();
     let limited = async move {
         match hard_limit {
-            Some(secs) if secs > 0.0 => tokio::time::timeout(Duration::from_secs_f64(secs), run)
-                .await
-                .unwrap_or_else(|_| Ok(Outcome::failure("TimeLimitExceeded", format!("TimeLimitExceeded({secs})")))),
+            Some(secs) if secs > 0.0 => match Duration::try_from_secs_f64(secs) {
+                Ok(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
+                    Ok(Outcome::failure("TimeLimitExceeded", format!("TimeLimitExceeded({secs})")))
+                }),
+                // Too large to represent: no limit.
+                Err(_) => run.await,
+            },
             _ => run.await,
         }
     };
@@ -790,6 +839,19 @@ async fn run_completer(
         loop {
             match flush(&store, worker_id, &batch).await {
                 Ok(()) => break,
+                Err(e) if !e.is_connection() => {
+                    // The server refused the batch: write the outcomes one by one and give up on
+                    // those it refuses, so one bad outcome cannot block all others. A dropped
+                    // outcome's lease expires and the message is redelivered (and eventually
+                    // dead-lettered by the rescuer if it keeps failing).
+                    tracing::error!(error = %e, "worker: the database refused a batch of outcomes; recording them one by one");
+                    for item in &batch {
+                        if let Err(e) = flush(&store, worker_id, std::slice::from_ref(item)).await {
+                            tracing::error!(error = %e, message_id = item.lease().id, "worker: dropping an outcome the database refuses; the message will be redelivered");
+                        }
+                    }
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, pending = batch.len(), retry_in = ?backoff.peek(), "worker: could not record outcomes; retrying");
                     if !backoff.wait(&give_up).await {
@@ -831,7 +893,14 @@ async fn flush(store: &Store, worker_id: Uuid, batch: &[Settle]) -> Result<(), c
     Ok(())
 }
 
-async fn run_heartbeat(store: Store, info: WorkerInfo, held: Arc<Held>, interval: Duration, stop: CancellationToken) {
+async fn run_heartbeat(
+    store: Store,
+    info: WorkerInfo,
+    held: Arc<Held>,
+    health: Arc<HeartbeatHealth>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
@@ -840,12 +909,22 @@ async fn run_heartbeat(store: Store, info: WorkerInfo, held: Arc<Held>, interval
             () = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        match store.worker_heartbeat(&info, &held.snapshot()).await {
-            Ok(_) if failing => {
-                tracing::info!("worker: database reachable again; leases renewed");
-                failing = false;
+        let leases = held.snapshot();
+        let result = store.worker_heartbeat(&info, &leases).await;
+        health.record(result.is_ok());
+        match result {
+            Ok(renewed) => {
+                if failing {
+                    tracing::info!("worker: database reachable again; leases renewed");
+                    failing = false;
+                }
+                // Rows being settled right now are skipped, so a short count is normal; a lease
+                // gone for good shows up as a warning on the next beats too.
+                let missing = (leases.len() as u64).saturating_sub(renewed);
+                if missing > 0 {
+                    tracing::debug!(missing, "worker: some held leases were not renewed (being settled, or lost)");
+                }
             }
-            Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "worker: heartbeat failed (leases are not being renewed)");
                 failing = true;

@@ -138,7 +138,8 @@ async fn typed_kwargs_and_refused_kwargs() {
     // examples.add takes no keyword arguments: a TypeError failure, like Python's.
     client.send_task("examples.add", &[Value::Int(1), Value::Int(2)], &kwargs, &TaskOptions::default()).await.unwrap();
     let worker = start(&store, registry, WorkerConfig { concurrency: 1, ..config() });
-    wait_for(20, "three settled", || async { worker.stats.settled.load(std::sync::atomic::Ordering::Relaxed) >= 3 }).await;
+    wait_for(20, "three settled", || async { worker.stats.settled.load(std::sync::atomic::Ordering::Relaxed) >= 3 })
+        .await;
     let report = worker.stop().await;
     assert_eq!((report.succeeded, report.failed), (2, 1), "{report:?}");
     assert_eq!(*totals.lock().unwrap(), vec![4.0, 8.0]);
@@ -175,6 +176,18 @@ async fn bad_messages_are_dead_lettered_and_the_worker_keeps_going() {
             "disallowed",
         ),
         ("envelope-not-json", "\u{0}\u{1}garbage", "envelope"),
+        // A NUL in the task name cannot be stored in a text column; the reason gets U+FFFD.
+        (
+            "nul-in-task-name",
+            r#"{"body": "W1tdLCB7fSwge31d", "content-type": "application/json", "headers": {"task": "x\u0000y", "id": "7"}, "properties": {"body_encoding": "base64"}}"#,
+            "NotRegistered('x\u{FFFD}y')",
+        ),
+        // A time limit too large for a Duration is no limit, not a crash.
+        (
+            "huge-time-limit",
+            r#"{"body": "W1tdLCB7fSwge31d", "content-type": "application/json", "headers": {"task": "examples.reject", "id": "8", "timelimit": [1e300, null]}, "properties": {"body_encoding": "base64"}}"#,
+            "examples.reject() arguments",
+        ),
     ];
     let msgs: Vec<_> = bad.iter().map(|(_, payload, _)| raw("celery", payload)).collect();
     store.message_insert_many(&msgs).await.unwrap();
@@ -183,21 +196,27 @@ async fn bad_messages_are_dead_lettered_and_the_worker_keeps_going() {
     let mut registry = Registry::new();
     examples::register(&mut registry);
     let worker = start(&store, registry, config());
-    wait_for(20, "all settled", || async { worker.stats.settled.load(std::sync::atomic::Ordering::Relaxed) >= 7 })
+    wait_for(20, "all settled", || async { worker.stats.settled.load(std::sync::atomic::Ordering::Relaxed) >= 9 })
         .await;
     let report = worker.stop().await;
     assert_eq!(report.succeeded, 1, "the good message still ran: {report:?}");
-    assert_eq!(report.dead_lettered, 6);
+    // examples.reject() called without its argument fails with a TypeError.
+    assert_eq!(report.failed, 1, "{report:?}");
+    assert_eq!(report.dead_lettered, 7);
 
     let dead = store.dead_letter_list(20).await.unwrap();
-    assert_eq!(dead.len(), 6);
-    for (label, payload, reason) in bad {
+    assert_eq!(dead.len(), 7);
+    for (label, payload, reason) in bad.into_iter().filter(|(label, ..)| *label != "huge-time-limit") {
         let row = dead
             .iter()
             .find(|d| d.payload == payload.as_bytes())
             .unwrap_or_else(|| panic!("{label} not dead-lettered with its bytes"));
         assert!(row.reason.contains(reason), "{label}: reason {:?} lacks {reason:?}", row.reason);
-        let code = if label == "pickle" { "content_disallowed" } else { "undecodable" };
+        let code = match label {
+            "pickle" => "content_disallowed",
+            "nul-in-task-name" => "not_registered",
+            _ => "undecodable",
+        };
         assert_eq!(row.reason_code, code, "{label}");
     }
     assert_eq!(store.message_count().await.unwrap(), 0);
