@@ -584,6 +584,29 @@ fn parse_v2_body(body: Value) -> Result<(Vec<Value>, Map, Embed), DecodeError> {
     Ok((args, kwargs, embed))
 }
 
+/// The protocol-v2 headers Celery 5.7 writes, in its order; user headers follow them.
+pub const V2_HEADERS: &[&str] = &[
+    "lang",
+    "task",
+    "id",
+    "shadow",
+    "eta",
+    "expires",
+    "group",
+    "group_index",
+    "retries",
+    "timelimit",
+    "root_id",
+    "parent_id",
+    "argsrepr",
+    "kwargsrepr",
+    "origin",
+    "ignore_result",
+    "replaced_task_nesting",
+    "stamped_headers",
+    "stamps",
+];
+
 /// When a task expires: after a number of seconds from now, or at a time.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Expires {
@@ -856,6 +879,7 @@ mod tests {
         assert_eq!(env.headers["argsrepr"], Value::Str("(2, 2)".into()));
         assert_eq!(env.properties["expiration"], Value::Str("600000".into()));
         let keys: Vec<_> = env.headers.keys().map(String::as_str).collect();
+        assert_eq!(keys, V2_HEADERS);
         assert_eq!(
             keys,
             [

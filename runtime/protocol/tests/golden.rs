@@ -6,7 +6,8 @@ use std::{fs, path::PathBuf};
 
 use base64::Engine as _;
 use celeriac_protocol::{
-    encode_task, json, Accept, DecodeError, Envelope, ProtocolVersion, TaskMessage, TaskOptions, Value,
+    encode_task, json, message::V2_HEADERS, Accept, DecodeError, Envelope, ProtocolVersion, TaskMessage, TaskOptions,
+    Value,
 };
 use chrono::{DateTime, Utc};
 
@@ -138,28 +139,6 @@ const REBUILT: &[&str] = &[
     "special_types_args",
 ];
 
-const STANDARD_HEADERS: &[&str] = &[
-    "lang",
-    "task",
-    "id",
-    "shadow",
-    "eta",
-    "expires",
-    "group",
-    "group_index",
-    "retries",
-    "timelimit",
-    "root_id",
-    "parent_id",
-    "argsrepr",
-    "kwargsrepr",
-    "origin",
-    "ignore_result",
-    "replaced_task_nesting",
-    "stamped_headers",
-    "stamps",
-];
-
 #[test]
 fn encode_task_rebuilds_celery_messages_exactly() {
     let all = cases();
@@ -170,7 +149,7 @@ fn encode_task_rebuilds_celery_messages_exactly() {
         let h = &original.headers;
         let mut extra = celeriac_protocol::Map::new();
         for (k, v) in h {
-            if !STANDARD_HEADERS.contains(&k.as_str()) {
+            if !V2_HEADERS.contains(&k.as_str()) {
                 extra.insert(k.clone(), v.clone());
             }
         }

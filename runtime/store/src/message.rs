@@ -6,7 +6,7 @@
 //! RabbitMQ ack: a PostgreSQL *crash* (not a restart) can undo the last few hundred
 //! milliseconds of them, which redelivers those messages (at-least-once); nothing is lost.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, sync::LazyLock};
 
 use celeriac_protocol::EncodedTask;
 use chrono::{DateTime, Utc};
@@ -134,52 +134,43 @@ pub struct RescueReport {
     pub dead_lettered: u64,
 }
 
-/// Full claim: the head of each queue's ready rows, in (priority desc, eta, id) order. The
-/// outer `= any(array(…))` keeps the plan an index lookup even as a generic prepared plan.
-const CLAIM_SQL: &str = "
-update celeriac.message t
-set leased_by = $3,
-    lease_expires = now() + make_interval(secs => $4),
-    attempt = t.attempt + 1
-where t.id = any(array(
-    select m.id
-    from unnest($1::text[]) as q(name)
-    cross join lateral (
-        select id, priority, eta
-        from celeriac.message
-        where queue = q.name and leased_by is null and eta <= now()
-        order by priority desc, eta, id
-        limit $2
-        for update skip locked
-    ) m
-    order by m.priority desc, m.eta, m.id
-    limit $2))
-  and celeriac.relaxed_commit()
-returning t.id, t.attempt, t.queue, t.priority, t.eta, t.redelivered, t.redeliveries, t.payload, t.created_at";
+/// The claim statement around its choice of rows: lease them, bump the attempt, return them.
+/// The outer `= any(array(…))` keeps the plan a primary-key lookup even as a generic plan.
+fn claim_sql(queues: &str, condition: &str) -> String {
+    format!(
+        "update celeriac.message t
+         set leased_by = $3,
+             lease_expires = now() + make_interval(secs => $4),
+             attempt = t.attempt + 1
+         where t.id = any(array(
+             select m.id
+             from {queues}
+             cross join lateral (
+                 select id, priority, eta
+                 from celeriac.message
+                 where queue = q.name and leased_by is null and eta <= now() {condition}
+                 order by priority desc, eta, id
+                 limit $2
+                 for update skip locked
+             ) m
+             order by m.priority desc, m.eta, m.id
+             limit $2))
+           and celeriac.relaxed_commit()
+         returning t.id, t.attempt, t.queue, t.priority, t.eta, t.redelivered, t.redeliveries, t.payload, t.created_at"
+    )
+}
+
+/// Full claim: the head of each queue's ready rows, in (priority desc, eta, id) order.
+static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| claim_sql("unnest($1::text[]) as q(name)", ""));
 
 /// Keyset claim: ready rows after a cursor, at the cursor's priority. The index range starts
 /// at the cursor, so it does not walk the entries of rows already claimed (dead until vacuum).
-const CLAIM_AFTER_SQL: &str = "
-update celeriac.message t
-set leased_by = $3,
-    lease_expires = now() + make_interval(secs => $4),
-    attempt = t.attempt + 1
-where t.id = any(array(
-    select m.id
-    from unnest($1::text[], $5::int2[], $6::timestamptz[], $7::int8[]) as q(name, priority, eta, id)
-    cross join lateral (
-        select id, priority, eta
-        from celeriac.message
-        where queue = q.name and priority = q.priority and (eta, id) > (q.eta, q.id)
-          and leased_by is null and eta <= now()
-        order by priority desc, eta, id
-        limit $2
-        for update skip locked
-    ) m
-    order by m.priority desc, m.eta, m.id
-    limit $2))
-  and celeriac.relaxed_commit()
-returning t.id, t.attempt, t.queue, t.priority, t.eta, t.redelivered, t.redeliveries, t.payload, t.created_at";
+static CLAIM_AFTER_SQL: LazyLock<String> = LazyLock::new(|| {
+    claim_sql(
+        "unnest($1::text[], $5::int2[], $6::timestamptz[], $7::int8[]) as q(name, priority, eta, id)",
+        "and priority = q.priority and (eta, id) > (q.eta, q.id)",
+    )
+});
 
 const INSERT_MANY_SQL: &str = "
 insert into celeriac.message (queue, priority, eta, expires, task_name, task_id, payload)
@@ -253,14 +244,14 @@ impl Store {
         let client = self.pool.get().await?;
         let rows = match params.after {
             None => {
-                let stmt = client.prepare_cached(CLAIM_SQL).await.map_err(Error::from_pg)?;
+                let stmt = client.prepare_cached(&CLAIM_SQL).await.map_err(Error::from_pg)?;
                 client.query(&stmt, &[&params.queues, &params.limit, &params.worker_id, &params.lease_seconds]).await
             }
             Some(cursors) => {
                 let priorities: Vec<i16> = cursors.iter().map(|c| c.priority).collect();
                 let etas: Vec<DateTime<Utc>> = cursors.iter().map(|c| c.eta).collect();
                 let ids: Vec<i64> = cursors.iter().map(|c| c.id).collect();
-                let stmt = client.prepare_cached(CLAIM_AFTER_SQL).await.map_err(Error::from_pg)?;
+                let stmt = client.prepare_cached(&CLAIM_AFTER_SQL).await.map_err(Error::from_pg)?;
                 client
                     .query(
                         &stmt,

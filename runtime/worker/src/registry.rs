@@ -60,6 +60,12 @@ fn outcome_of<R: Serialize>(result: Result<R, TaskError>, retries: i64) -> Outco
     }
 }
 
+/// The positional args as `A`, or the `TypeError` failure Python would raise.
+fn typed_args<A: DeserializeOwned>(task: &str, req: &Request) -> Result<A, Outcome> {
+    celeriac_protocol::de::from_args(req.args())
+        .map_err(|e| Outcome::failure("TypeError", format!("{task}() arguments do not match: {e}")))
+}
+
 impl Registry {
     /// An empty registry.
     #[must_use]
@@ -99,9 +105,9 @@ impl Registry {
                         format!("{task}() got unexpected keyword arguments: {}", names.join(", ")),
                     );
                 }
-                let args: A = match celeriac_protocol::de::from_args(req.args()) {
+                let args: A = match typed_args(&task, &req) {
                     Ok(a) => a,
-                    Err(e) => return Outcome::failure("TypeError", format!("{task}() arguments do not match: {e}")),
+                    Err(failure) => return failure,
                 };
                 outcome_of(f(args).await, req.retries())
             }
@@ -124,9 +130,9 @@ impl Registry {
             let f = f.clone();
             let task = task.clone();
             async move {
-                let args: A = match celeriac_protocol::de::from_args(req.args()) {
+                let args: A = match typed_args(&task, &req) {
                     Ok(a) => a,
-                    Err(e) => return Outcome::failure("TypeError", format!("{task}() arguments do not match: {e}")),
+                    Err(failure) => return failure,
                 };
                 let kwargs: K = match celeriac_protocol::de::from_kwargs(req.kwargs()) {
                     Ok(k) => k,

@@ -2,13 +2,14 @@
 //! recovery (SIGKILL), poison messages and graceful shutdown (SIGTERM).
 
 use std::{
-    future::Future,
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
-    time::Duration,
 };
 
 use celeriac_store::testing::TestDatabase;
+use common::wait_for;
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_celeriac");
 
@@ -59,18 +60,6 @@ impl Drop for WorkerProcess {
         } else {
             eprintln!("worker log kept at {}", self.log.display());
         }
-    }
-}
-
-async fn wait_for<F, Fut>(secs: u64, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !cond().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {secs} s waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -3,7 +3,6 @@
 
 use std::{
     collections::HashMap,
-    future::Future,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -11,8 +10,11 @@ use std::{
 use celeriac::{examples, Client, Outcome, Registry, Request, TaskError, Worker, WorkerConfig, WorkerReport};
 use celeriac_protocol::{Map, TaskOptions, Value};
 use celeriac_store::{testing::PgCluster, testing::TestDatabase, NewMessage, Store, StoreConfig};
+use common::wait_for;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+mod common;
 
 fn config() -> WorkerConfig {
     WorkerConfig {
@@ -45,19 +47,6 @@ fn start(store: &Store, registry: Registry, config: WorkerConfig) -> Running {
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(worker.run(shutdown.clone()));
     Running { shutdown, handle, stats }
-}
-
-/// Polls `cond` every 20 ms until it holds, failing the test after `secs` seconds.
-async fn wait_for<F, Fut>(secs: u64, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !cond().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {secs} s waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn send(store: &Store, task: &str, args: Vec<Value>) -> String {
