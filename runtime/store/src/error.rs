@@ -13,8 +13,16 @@ pub enum Error {
     #[error("could not get a database connection: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
     /// A statement failed.
-    #[error("database error: {0}")]
+    #[error("database error: {}", describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
+    /// A migration that was applied to this database differs from the one in this build.
+    #[error("migration {version} ({name}) was changed after it was applied to this database; schema celeriac does not match this build")]
+    MigrationChanged {
+        /// Its version.
+        version: i32,
+        /// Its name.
+        name: String,
+    },
     /// The `celeriac` schema or one of its tables does not exist.
     #[error(
         "the celeriac schema is missing or outdated in this database ({0}); run `celeriac migrate --database-url …`"
@@ -39,7 +47,7 @@ impl Error {
                             || *c == SqlState::CANNOT_CONNECT_NOW
                     })
             }
-            Error::Config(_) | Error::SchemaMissing(_) => false,
+            Error::Config(_) | Error::SchemaMissing(_) | Error::MigrationChanged { .. } => false,
         }
     }
 
@@ -55,6 +63,14 @@ impl Error {
             }
             _ => Error::Postgres(e),
         }
+    }
+}
+
+/// The server's message with its SQLSTATE, or the client-side error.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code()),
+        None => e.to_string(),
     }
 }
 

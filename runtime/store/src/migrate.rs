@@ -17,6 +17,16 @@ pub struct Migration {
 pub const MIGRATIONS: &[Migration] =
     &[Migration { version: 1, name: "queue", sql: include_str!("../../../migrations/0001_queue.sql") }];
 
+/// What the runner itself creates before applying migrations.
+const BOOTSTRAP_SQL: &str = "
+    create schema if not exists celeriac;
+    create table if not exists celeriac.schema_migration (
+        version    integer     primary key,
+        name       text        not null,
+        checksum   text        not null,
+        applied_at timestamptz not null default now()
+    );";
+
 /// A fixed advisory-lock key that serialises concurrent `migrate` runs ("celeriac" in ASCII).
 const MIGRATE_LOCK_KEY: i64 = 0x6365_6c65_7269_6163;
 
@@ -29,17 +39,27 @@ pub struct MigrateReport {
     pub current: i32,
 }
 
-/// A stable hash of all migrations' text (FNV-1a), used to key test templates.
+fn fnv1a(hash: u64, bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(hash, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+impl Migration {
+    /// A stable hash of the migration's text (FNV-1a, hex), recorded when it is applied.
+    #[must_use]
+    pub fn checksum(&self) -> String {
+        format!("{:016x}", fnv1a(FNV_OFFSET, self.sql.bytes()))
+    }
+}
+
+/// A stable hash of the runner's own tables and all migrations' text (FNV-1a), used to key
+/// test templates.
 #[must_use]
 pub fn migrations_fingerprint() -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for m in MIGRATIONS {
-        for byte in m.sql.bytes().chain(m.version.to_le_bytes()) {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    hash
+    MIGRATIONS
+        .iter()
+        .fold(fnv1a(FNV_OFFSET, BOOTSTRAP_SQL.bytes()), |h, m| fnv1a(h, m.sql.bytes().chain(m.version.to_le_bytes())))
 }
 
 impl Store {
@@ -53,31 +73,29 @@ impl Store {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.execute("select pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK_KEY]).await?;
-        tx.batch_execute(
-            "create schema if not exists celeriac;
-             create table if not exists celeriac.schema_migration (
-                 version    integer     primary key,
-                 name       text        not null,
-                 applied_at timestamptz not null default now()
-             );",
-        )
-        .await?;
-        let rows = tx.query("select version from celeriac.schema_migration", &[]).await?;
-        let done: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+        tx.batch_execute(BOOTSTRAP_SQL).await?;
+        let rows = tx.query("select version, checksum from celeriac.schema_migration", &[]).await?;
+        let done: Vec<(i32, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
         let mut report = MigrateReport::default();
         for m in MIGRATIONS {
-            if done.contains(&m.version) {
+            if let Some((_, checksum)) = done.iter().find(|(v, _)| *v == m.version) {
+                if *checksum != m.checksum() {
+                    return Err(Error::MigrationChanged { version: m.version, name: m.name.to_owned() });
+                }
                 continue;
             }
             tx.batch_execute(m.sql).await.map_err(Error::Postgres)?;
-            tx.execute("insert into celeriac.schema_migration (version, name) values ($1, $2)", &[&m.version, &m.name])
-                .await?;
+            tx.execute(
+                "insert into celeriac.schema_migration (version, name, checksum) values ($1, $2, $3)",
+                &[&m.version, &m.name, &m.checksum()],
+            )
+            .await?;
             report.applied.push(m.version);
         }
         tx.commit().await?;
         report.current = MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0);
-        if let Some(max_done) = done.iter().max() {
-            report.current = report.current.max(*max_done);
+        if let Some(max_done) = done.iter().map(|(v, _)| *v).max() {
+            report.current = report.current.max(max_done);
         }
         Ok(report)
     }

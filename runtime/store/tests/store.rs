@@ -66,6 +66,19 @@ async fn migrate_concurrently(stores: Vec<Store>) -> Vec<celeriac_store::Result<
 }
 
 #[tokio::test]
+async fn an_edited_migration_is_refused() {
+    let db = TestDatabase::new().await;
+    db.client()
+        .await
+        .batch_execute("update celeriac.schema_migration set checksum = 'edited' where version = 1")
+        .await
+        .unwrap();
+    let err = db.store().migrate().await.unwrap_err();
+    assert!(matches!(err, celeriac_store::Error::MigrationChanged { version: 1, .. }), "{err}");
+    assert!(err.to_string().contains("was changed after it was applied"), "{err}");
+}
+
+#[tokio::test]
 async fn missing_schema_is_a_clear_error() {
     let db = TestDatabase::new().await;
     db.client().await.batch_execute("drop schema celeriac cascade").await.unwrap();

@@ -501,7 +501,7 @@ impl Worker {
         loop {
             match self.store.worker_register(info).await {
                 Ok(()) => return Ok(()),
-                Err(e @ celeriac_store::Error::SchemaMissing(_)) => return Err(e.into()),
+                Err(e) if !e.is_connection() => return Err(e.into()),
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?backoff.peek(), "worker: cannot register with the database");
                     if !backoff.wait(shutdown).await {
