@@ -31,7 +31,7 @@ pub use error::{Error, Result};
 pub use listener::{Listener, Wakeup, NOTIFY_CHANNEL};
 pub use message::{ClaimCursor, ClaimParams, ClaimedMessage, DeadLetterParams, Lease, NewMessage, RescueReport};
 pub use migrate::{migrations_fingerprint, MigrateReport, Migration, MIGRATIONS};
-pub use stats::{DeadLetter, QueueStats};
+pub use stats::{DeadLetter, DeadLetterFilter, QueueStats};
 use tokio_postgres::NoTls;
 pub use worker::WorkerInfo;
 

@@ -119,3 +119,59 @@ impl Store {
         Ok(client.query_one("select count(*) from celeriac.message", &[]).await.map_err(Error::from_pg)?.get(0))
     }
 }
+
+/// Which dead letters an operation applies to; every given condition must hold. An empty
+/// filter matches every dead letter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadLetterFilter {
+    /// Only these `dead_letter` row ids.
+    pub ids: Option<Vec<i64>>,
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// Only this reason code (`not_registered`, `undecodable`, …).
+    pub reason_code: Option<String>,
+    /// Only this task name.
+    pub task_name: Option<String>,
+}
+
+const DEAD_LETTER_MATCH: &str = "($1::int8[] is null or id = any($1))
+      and ($2::text is null or queue = $2)
+      and ($3::text is null or reason_code = $3)
+      and ($4::text is null or task_name = $4)";
+
+impl Store {
+    /// Moves matching dead letters back into the queue as new, ready messages (original
+    /// envelope, queue, priority and task name/id; attempts and redeliveries start over), in one
+    /// transaction. Returns how many. Waiting workers are woken as by any enqueue.
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn dead_letter_redrive(&self, filter: &DeadLetterFilter) -> Result<u64> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "with moved as (
+                 delete from celeriac.dead_letter where {DEAD_LETTER_MATCH}
+                 returning queue, priority, task_name, task_id, payload
+             )
+             insert into celeriac.message (queue, priority, task_name, task_id, payload)
+             select queue, priority, task_name, task_id, payload from moved"
+        );
+        client
+            .execute(&sql, &[&filter.ids, &filter.queue, &filter.reason_code, &filter.task_name])
+            .await
+            .map_err(Error::from_pg)
+    }
+
+    /// Deletes matching dead letters. Returns how many.
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn dead_letter_purge(&self, filter: &DeadLetterFilter) -> Result<u64> {
+        let client = self.pool.get().await?;
+        let sql = format!("delete from celeriac.dead_letter where {DEAD_LETTER_MATCH}");
+        client
+            .execute(&sql, &[&filter.ids, &filter.queue, &filter.reason_code, &filter.task_name])
+            .await
+            .map_err(Error::from_pg)
+    }
+}

@@ -42,8 +42,60 @@ pub enum Command {
         #[command(subcommand)]
         what: Inspect,
     },
+    /// Put dead-lettered messages back in their queue, or delete them.
+    DeadLetters {
+        /// What to do.
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
     /// Measure enqueue rate, drain rate and idle pickup latency against the database.
     Bench(crate::bench::BenchArgs),
+}
+
+/// `celeriac dead-letters …`
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterAction {
+    /// Move matching dead letters back into their queue as new messages (e.g. after deploying
+    /// the handler of a task that was not registered).
+    Redrive(DeadLetterSelection),
+    /// Delete matching dead letters.
+    Purge(DeadLetterSelection),
+}
+
+/// Which dead letters; give at least one condition, or `--all`.
+#[derive(Debug, Args)]
+pub struct DeadLetterSelection {
+    /// Dead-letter row ids (as `inspect dead-letters` prints them).
+    #[arg(long = "id", value_name = "ID")]
+    pub ids: Vec<i64>,
+    /// Only this queue.
+    #[arg(short = 'Q', long)]
+    pub queue: Option<String>,
+    /// Only this reason code: undecodable, content_disallowed, not_registered, rejected,
+    /// redeliveries_exhausted.
+    #[arg(long)]
+    pub reason_code: Option<String>,
+    /// Only this task name.
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Every dead letter.
+    #[arg(long, conflicts_with_all = ["ids", "queue", "reason_code", "task"])]
+    pub all: bool,
+}
+
+impl DeadLetterSelection {
+    fn filter(&self) -> Result<celeriac_store::DeadLetterFilter, String> {
+        let filter = celeriac_store::DeadLetterFilter {
+            ids: (!self.ids.is_empty()).then(|| self.ids.clone()),
+            queue: self.queue.clone(),
+            reason_code: self.reason_code.clone(),
+            task_name: self.task.clone(),
+        };
+        if filter == celeriac_store::DeadLetterFilter::default() && !self.all {
+            return Err("say which dead letters: --id, -Q/--queue, --reason-code, --task, or --all".into());
+        }
+        Ok(filter)
+    }
 }
 
 /// `celeriac inspect …`
@@ -281,6 +333,16 @@ async fn run(cli: Cli, mut registry: Registry) -> Result<(), String> {
                     d.reason
                 );
             }
+            Ok(())
+        }
+        Command::DeadLetters { action: DeadLetterAction::Redrive(selection) } => {
+            let n = store(&url, 1)?.dead_letter_redrive(&selection.filter()?).await.map_err(|e| e.to_string())?;
+            println!("redrove {n} dead letter(s)");
+            Ok(())
+        }
+        Command::DeadLetters { action: DeadLetterAction::Purge(selection) } => {
+            let n = store(&url, 1)?.dead_letter_purge(&selection.filter()?).await.map_err(|e| e.to_string())?;
+            println!("purged {n} dead letter(s)");
             Ok(())
         }
         Command::Bench(args) => crate::bench::run(&url, &args).await,

@@ -33,7 +33,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use celeriac_protocol::{pyrepr, Accept, TaskMessage};
+use celeriac_protocol::{json, pyrepr, Accept, TaskMessage};
 use celeriac_store::{ClaimCursor, ClaimParams, ClaimedMessage, DeadLetterParams, Lease, Store, WorkerInfo};
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt as _;
@@ -796,7 +796,11 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
     let runtime = started.elapsed().as_secs_f64();
     match outcome {
         Outcome::Success(value) => {
-            tracing::info!("Task {name}[{id}] succeeded in {runtime:.6}s: {}", pyrepr::repr(&value));
+            tracing::info!(
+                "Task {name}[{id}] succeeded in {}s: {}",
+                json::python_float_repr(runtime),
+                pyrepr::repr(&value)
+            );
             shared.stats.succeeded.fetch_add(1, Ordering::Relaxed);
             shared.settle(Settle::Complete(lease));
         }

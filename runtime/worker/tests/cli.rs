@@ -216,3 +216,35 @@ async fn sigterm_is_a_warm_shutdown() {
     assert_eq!(scalar(&db, "select count(*) from celeriac.message").await, 6 - i64::try_from(done).unwrap());
     assert_eq!(scalar(&db, "select count(*) from celeriac.worker").await, 0);
 }
+
+#[tokio::test]
+async fn unregistered_tasks_can_be_redriven_once_a_handler_exists() {
+    let db = TestDatabase::new().await;
+    ok_stdout(&celeriac(&db, &["send", "examples.add", "--args", "[20, 22]"]));
+    ok_stdout(&celeriac(&db, &["send", "examples.nope"]));
+    // A worker without the example handlers dead-letters both as NotRegistered.
+    let mut bare = Command::new(BIN)
+        .args(["worker", "--database-url", &db.url, "--poll-interval", "0.2"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(30, "two dead letters", || async { scalar(&db, "select count(*) from celeriac.dead_letter").await == 2 })
+        .await;
+    bare.kill().unwrap();
+    bare.wait().unwrap();
+
+    let out = celeriac(&db, &["dead-letters", "redrive"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("say which dead letters"), "a filter is required");
+    assert_eq!(
+        ok_stdout(&celeriac(&db, &["dead-letters", "redrive", "--task", "examples.add"])).trim(),
+        "redrove 1 dead letter(s)"
+    );
+    let worker = WorkerProcess::start(&db, &[]);
+    wait_for(30, "the redriven task to run", || async { worker.log().contains("succeeded in") }).await;
+    assert!(worker.log().contains(": 42"), "{}", worker.log());
+    assert_eq!(
+        ok_stdout(&celeriac(&db, &["dead-letters", "purge", "--reason-code", "not_registered"])).trim(),
+        "purged 1 dead letter(s)"
+    );
+    assert_eq!(scalar(&db, "select count(*) from celeriac.dead_letter").await, 0);
+}
