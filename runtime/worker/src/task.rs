@@ -16,7 +16,7 @@ pub struct Request {
     /// Whether an earlier delivery's worker died holding it (the task may have run partly).
     pub redelivered: bool,
     /// The worker's `--hostname`.
-    pub hostname: String,
+    pub hostname: Arc<str>,
 }
 
 impl Request {

@@ -281,6 +281,8 @@ struct Shared {
     claim_state: std::sync::Mutex<ClaimState>,
     /// Leases held (claimed and not yet settled in the database); renewed by the heartbeat.
     held: Arc<Held>,
+    /// `config.hostname`, shared by every request.
+    hostname: Arc<str>,
 }
 
 /// The leases a worker holds, for the heartbeat to renew.
@@ -394,6 +396,7 @@ impl Worker {
             abandon: CancellationToken::new(),
             claim_state: std::sync::Mutex::new(ClaimState::new(config.queues.len())),
             held: held.clone(),
+            hostname: config.hostname.as_str().into(),
         });
 
         let give_up_flushing = CancellationToken::new();
@@ -765,7 +768,7 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
         message: message.clone(),
         lease,
         redelivered: claimed.redelivered,
-        hostname: shared.config.hostname.clone(),
+        hostname: shared.hostname.clone(),
     };
     let started = Instant::now();
     // A panic fails this task only: it is caught here, on the task's own tokio task.
