@@ -880,30 +880,6 @@ mod tests {
         assert_eq!(env.properties["expiration"], Value::Str("600000".into()));
         let keys: Vec<_> = env.headers.keys().map(String::as_str).collect();
         assert_eq!(keys, V2_HEADERS);
-        assert_eq!(
-            keys,
-            [
-                "lang",
-                "task",
-                "id",
-                "shadow",
-                "eta",
-                "expires",
-                "group",
-                "group_index",
-                "retries",
-                "timelimit",
-                "root_id",
-                "parent_id",
-                "argsrepr",
-                "kwargsrepr",
-                "origin",
-                "ignore_result",
-                "replaced_task_nesting",
-                "stamped_headers",
-                "stamps"
-            ]
-        );
         let msg = TaskMessage::decode(&enc.payload, &Accept::default()).unwrap();
         assert_eq!(msg.headers.task, "tasks.add");
         assert_eq!(msg.args, vec![Value::Int(2), Value::Int(2)]);

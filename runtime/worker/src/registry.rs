@@ -60,6 +60,33 @@ fn outcome_of<R: Serialize>(result: Result<R, TaskError>, retries: i64) -> Outco
     }
 }
 
+/// Keyword arguments of a handler that takes none: only an empty object deserializes.
+struct NoKwargs;
+
+impl<'de> serde::Deserialize<'de> for NoKwargs {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = NoKwargs;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("no keyword arguments")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<NoKwargs, M::Error> {
+                let mut names = Vec::new();
+                while let Some((name, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
+                    names.push(name);
+                }
+                if names.is_empty() {
+                    Ok(NoKwargs)
+                } else {
+                    Err(serde::de::Error::custom(format!("got unexpected keyword arguments: {}", names.join(", "))))
+                }
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
 /// The positional args as `A`, or the `TypeError` failure Python would raise.
 fn typed_args<A: DeserializeOwned>(task: &str, req: &Request) -> Result<A, Outcome> {
     celeriac_protocol::de::from_args(req.args())
@@ -93,25 +120,7 @@ impl Registry {
         Fut: Future<Output = Result<R, TaskError>> + Send + 'static,
     {
         let f = Arc::new(f);
-        let task = name.to_owned();
-        self.register_raw(name, move |req: Request| {
-            let f = f.clone();
-            let task = task.clone();
-            async move {
-                if !req.kwargs().is_empty() {
-                    let names: Vec<&str> = req.kwargs().keys().map(String::as_str).collect();
-                    return Outcome::failure(
-                        "TypeError",
-                        format!("{task}() got unexpected keyword arguments: {}", names.join(", ")),
-                    );
-                }
-                let args: A = match typed_args(&task, &req) {
-                    Ok(a) => a,
-                    Err(failure) => return failure,
-                };
-                outcome_of(f(args).await, req.retries())
-            }
-        })
+        self.register_with_kwargs(name, move |args: A, _: NoKwargs| f(args))
     }
 
     /// Registers a handler taking positional args as `A` and keyword args as `K` (e.g. a
