@@ -40,7 +40,7 @@ pub enum DecodeError {
         accepted: String,
     },
     /// The content type is accepted but this process has no decoder for it.
-    #[error("content-type: no decoder for {0:?} in this worker (only application/json is decoded natively)")]
+    #[error("content-type: no decoder for {0:?} in this worker (application/json and application/x-msgpack are decoded natively; pickle needs the embedded Python runtime)")]
     UnsupportedContentType(String),
     /// The body is not valid JSON.
     #[error("body: {0}")]

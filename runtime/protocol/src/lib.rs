@@ -21,6 +21,7 @@ pub mod de;
 pub mod error;
 pub mod json;
 pub mod message;
+pub mod msgpack;
 pub mod pyrepr;
 pub mod value;
 

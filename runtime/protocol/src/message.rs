@@ -26,6 +26,8 @@ use crate::{
 
 /// `application/json`, Celery's default serializer.
 pub const CONTENT_TYPE_JSON: &str = "application/json";
+/// `application/x-msgpack`, kombu's `msgpack` serializer.
+pub const CONTENT_TYPE_MSGPACK: &str = "application/x-msgpack";
 /// The queue Celery publishes to when none is given.
 pub const DEFAULT_QUEUE: &str = "celery";
 /// The largest body celeriac inflates from a compressed message (64 MiB).
@@ -298,11 +300,12 @@ impl TaskMessage {
         if !accept.allows(&content_type) {
             return Err(DecodeError::ContentDisallowed { content_type, accepted: accept.content_types.join(", ") });
         }
-        if content_type != CONTENT_TYPE_JSON {
-            return Err(DecodeError::UnsupportedContentType(content_type));
-        }
-        let raw = envelope.body_bytes()?;
-        let body = json::from_slice(&raw).map_err(DecodeError::BodyJson)?;
+        let body = match content_type.as_str() {
+            CONTENT_TYPE_JSON => json::from_slice(&envelope.body_bytes()?).map_err(DecodeError::BodyJson)?,
+            CONTENT_TYPE_MSGPACK => crate::msgpack::from_slice(&envelope.body_bytes()?)
+                .map_err(|e| DecodeError::field("body", format!("invalid msgpack: {e}")))?,
+            _ => return Err(DecodeError::UnsupportedContentType(content_type)),
+        };
         let delivery_info = delivery_info(&envelope.properties)?;
         if envelope.headers.contains_key("task") {
             let headers = parse_headers(&envelope.headers)?;

@@ -412,3 +412,29 @@ async fn survives_a_postgres_restart_without_losing_or_repeating_work() {
     drop(db);
     drop(cluster);
 }
+
+#[tokio::test]
+async fn msgpack_bodies_run_when_accepted() {
+    let db = TestDatabase::new().await;
+    let store = db.store();
+    // add(2, 2) published by real Celery 5.7 with serializer='msgpack'.
+    let envelope = include_str!("../../protocol/tests/fixtures/celery-5.7/serializer_msgpack.envelope.json");
+    store.message_insert(&raw("celery", envelope)).await.unwrap();
+    let sums = Arc::new(Mutex::new(Vec::new()));
+    let seen = sums.clone();
+    let mut registry = Registry::new();
+    registry.register("tasks.add", move |(a, b): (i64, i64)| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().unwrap().push(a + b);
+            Ok::<_, TaskError>(a + b)
+        }
+    });
+    let accept = celeriac_protocol::Accept::new(["json", "msgpack"]);
+    let worker = start(&store, registry, WorkerConfig { accept, ..config() });
+    wait_for(20, "the msgpack task", || async { worker.stats.settled.load(std::sync::atomic::Ordering::Relaxed) >= 1 })
+        .await;
+    let report = worker.stop().await;
+    assert_eq!(report.succeeded, 1, "{report:?}");
+    assert_eq!(*sums.lock().unwrap(), vec![4]);
+}
