@@ -606,7 +606,7 @@ async fn claim_loop(shared: &Arc<Shared>, tracker: &TaskTracker, wake: &Notify) 
             return;
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(claim_batch(shared.clone(), tracker.clone(), permits, ticket, tx));
+        tracker.spawn(claim_batch(shared.clone(), tracker.clone(), permits, ticket, tx));
         if busy {
             pending.push(rx);
             continue;
