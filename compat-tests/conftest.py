@@ -41,6 +41,7 @@ from celeriac_testkit import (  # noqa: E402 - needs TOOLS_DIR on sys.path
     run_celeriac,
     wait_for,
 )
+from kombu_decode import Decoder  # noqa: E402 - needs TOOLS_DIR on sys.path
 
 __all__ = ["wait_for"]
 
@@ -148,3 +149,11 @@ def celeriac_worker(celeriac_bin: Path, database_url: str, tmp_path: Path) -> It
             errors.append(str(exc))
     if errors:
         pytest.fail("\n\n".join(errors), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def json_decoder() -> Iterator[Decoder]:
+    """Real kombu + Celery worker-side decoding with Celery's default ``accept_content=['json']``."""
+    decoder = Decoder(["json"])
+    yield decoder
+    decoder.close()

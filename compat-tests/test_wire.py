@@ -24,7 +24,6 @@ import os
 import socket
 import subprocess
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -198,13 +197,6 @@ def dry_run(celeriac_bin: Path, case: Case) -> DryRun:
 
 
 @pytest.fixture(scope="module")
-def decoder() -> Iterator[Decoder]:
-    decoder = Decoder(["json"])
-    yield decoder
-    decoder.close()
-
-
-@pytest.fixture(scope="module")
 def celery_task() -> tuple[Celery, Task]:
     app = make_app()
     return app, register_task(app, TASK)
@@ -229,9 +221,9 @@ def assert_clock_value(ours: str, theirs: str, what: str) -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_worker_accepts_dry_run_envelope(case: Case, celeriac_bin: Path, decoder: Decoder) -> None:
+def test_worker_accepts_dry_run_envelope(case: Case, celeriac_bin: Path, json_decoder: Decoder) -> None:
     run = dry_run(celeriac_bin, case)
-    result = decoder.decode(run.text)  # raises on anything a Celery worker would reject
+    result = json_decoder.decode(run.text)  # raises on anything a Celery worker would reject
     request = result["request"]
 
     assert result["ok"] is True
