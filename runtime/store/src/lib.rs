@@ -17,6 +17,7 @@
 
 mod error;
 mod listener;
+pub mod maintenance;
 mod message;
 mod migrate;
 mod stats;
@@ -29,7 +30,10 @@ use std::{str::FromStr, time::Duration};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 pub use error::{Error, Result};
 pub use listener::{Listener, Wakeup, NOTIFY_CHANNEL};
-pub use message::{ClaimCursor, ClaimParams, ClaimedMessage, DeadLetterParams, Lease, NewMessage, RescueReport};
+pub use message::{
+    ClaimCursor, ClaimParams, ClaimedMessage, DeadLetterParams, Lease, NewMessage, RescueReport,
+    MESSAGE_INSERT_DBAPI_SQL,
+};
 pub use migrate::{migrations_fingerprint, MigrateReport, Migration, MIGRATIONS};
 pub use stats::{DeadLetter, DeadLetterFilter, QueueStats};
 use tokio_postgres::NoTls;
@@ -123,6 +127,12 @@ impl Store {
         let client = self.pool.get().await?;
         client.query_one("select count(*) from celeriac.schema_migration", &[]).await.map_err(Error::from_pg)?;
         Ok(())
+    }
+
+    /// Closes the pool: idle connections are dropped, connections in use are dropped when they
+    /// come back, and later calls fail with [`Error::Pool`].
+    pub fn close(&self) {
+        self.pool.close();
     }
 
     /// A [`Listener`] for `NOTIFY` wake-ups on its own connection (outside the pool).

@@ -8,7 +8,7 @@
 
 use std::{borrow::Cow, sync::LazyLock};
 
-use celeriac_protocol::EncodedTask;
+use celeriac_protocol::{EncodedTask, Value};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -44,6 +44,47 @@ impl From<EncodedTask> for NewMessage {
             task_id: Some(t.task_id),
             payload: t.payload,
         }
+    }
+}
+
+impl NewMessage {
+    /// A row for an envelope written by any Celery producer, stored unchanged: the queue,
+    /// priority, eta, expiry, task name and id columns are read from it. An envelope that cannot
+    /// be read is still a row (queue from `delivery_info` if readable, else `celery`), so the
+    /// worker dead-letters it with its reason instead of it being lost at enqueue.
+    #[must_use]
+    pub fn from_envelope(payload: Vec<u8>) -> NewMessage {
+        let mut row = NewMessage {
+            queue: celeriac_protocol::message::DEFAULT_QUEUE.into(),
+            priority: 0,
+            eta: None,
+            expires: None,
+            task_name: None,
+            task_id: None,
+            payload,
+        };
+        if let Ok(env) = celeriac_protocol::Envelope::parse(&row.payload) {
+            if let Some(q) = env
+                .properties
+                .get("delivery_info")
+                .and_then(Value::as_map)
+                .and_then(|d| d.get("routing_key"))
+                .and_then(Value::as_str)
+                .filter(|q| !q.is_empty())
+            {
+                q.clone_into(&mut row.queue);
+            }
+            if let Some(p) = env.properties.get("priority").and_then(Value::as_i64) {
+                row.priority = i16::try_from(p.clamp(0, 255)).unwrap_or(0);
+            }
+            if let Ok(headers) = celeriac_protocol::TaskHeaders::parse(&env.headers) {
+                row.eta = headers.eta;
+                row.expires = headers.expires;
+                row.task_name = Some(headers.task);
+                row.task_id = Some(headers.id);
+            }
+        }
+        row
     }
 }
 
@@ -178,6 +219,15 @@ select q, p, coalesce(e, now()), x, n, i, b
 from unnest($1::text[], $2::int2[], $3::timestamptz[], $4::timestamptz[], $5::text[], $6::text[], $7::bytea[])
     as u(q, p, e, x, n, i, b)";
 
+/// The single-row enqueue for a DB-API driver on the application's own connection (psycopg 3,
+/// psycopg2, SQLAlchemy's `exec_driver_sql`, Django's cursor), so the message commits or rolls
+/// back with the application's transaction. Seven positional `%s` parameters: queue, priority,
+/// eta (ISO 8601 text or NULL for now), expires (ISO 8601 text or NULL), task name, task id,
+/// envelope bytes.
+pub const MESSAGE_INSERT_DBAPI_SQL: &str = "insert into celeriac.message \
+(queue, priority, eta, expires, task_name, task_id, payload) \
+values (%s, %s, coalesce(%s::timestamptz, now()), %s::timestamptz, %s, %s, %s)";
+
 const DEAD_LETTER_COLUMNS: &str =
     "message_id, queue, priority, task_name, task_id, payload, reason_code, reason, attempt, redeliveries, enqueued_at";
 
@@ -308,12 +358,13 @@ impl Store {
         client.execute(&stmt, &[&ids, &attempts, &worker_id]).await.map_err(Error::from_pg)
     }
 
-    /// Gives leases back without counting a redelivery (claimed but never started, e.g. at
-    /// shutdown): the rows are ready again at once.
+    /// Gives leases back without counting a redelivery: the rows are ready again at once.
+    /// `mark_redelivered` is false for messages that were claimed but never started (shutdown)
+    /// and true for a requeue after the task ran (`Reject(requeue=True)`), as AMQP marks them.
     ///
     /// # Errors
     /// Connection errors; the leases then simply expire.
-    pub async fn message_release_many(&self, worker_id: Uuid, leases: &[Lease]) -> Result<u64> {
+    pub async fn message_release_many(&self, worker_id: Uuid, leases: &[Lease], mark_redelivered: bool) -> Result<u64> {
         if leases.is_empty() {
             return Ok(0);
         }
@@ -321,10 +372,11 @@ impl Store {
         let client = self.pool.get().await?;
         let released = client
             .execute(
-                "update celeriac.message m set leased_by = null, lease_expires = null
+                "update celeriac.message m
+                 set leased_by = null, lease_expires = null, redelivered = m.redelivered or $4
                  from unnest($1::int8[], $2::int4[]) as c(id, attempt)
                  where m.id = c.id and m.attempt = c.attempt and m.leased_by = $3 and celeriac.relaxed_commit()",
-                &[&ids, &attempts, &worker_id],
+                &[&ids, &attempts, &worker_id, &mark_redelivered],
             )
             .await
             .map_err(Error::from_pg)?;

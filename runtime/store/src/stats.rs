@@ -118,6 +118,22 @@ impl Store {
         let client = self.pool.get().await?;
         Ok(client.query_one("select count(*) from celeriac.message", &[]).await.map_err(Error::from_pg)?.get(0))
     }
+
+    /// How many messages of `queue` are ready to be claimed now (not leased, eta passed).
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn message_ready_count(&self, queue: &str) -> Result<i64> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "select count(*) from celeriac.message where queue = $1 and leased_by is null and eta <= now()",
+                &[&queue],
+            )
+            .await
+            .map_err(Error::from_pg)?;
+        Ok(row.get(0))
+    }
 }
 
 /// Which dead letters an operation applies to; every given condition must hold. An empty

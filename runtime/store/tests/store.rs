@@ -248,7 +248,7 @@ async fn heartbeat_renews_leases_and_release_frees_them() {
         .unwrap()
         .get(0);
     assert!(far);
-    assert_eq!(store.message_release_many(worker, &[got[0].lease]).await.unwrap(), 1);
+    assert_eq!(store.message_release_many(worker, &[got[0].lease], false).await.unwrap(), 1);
     let again = store.message_claim(&claim(worker, &queues, 2)).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].lease.id, got[0].lease.id);
@@ -307,7 +307,7 @@ async fn cursor_claims_continue_after_the_cursor_at_its_priority() {
     let last = first.last().unwrap();
     let cursor = [celeriac_store::ClaimCursor { priority: last.priority, eta: last.eta, id: last.lease.id }];
     // Rows before the cursor (a released one) and of another priority are invisible to it.
-    store.message_release_many(worker, &[first[0].lease]).await.unwrap();
+    store.message_release_many(worker, &[first[0].lease], false).await.unwrap();
     store.message_insert(&message("celery", 9, None)).await.unwrap();
     let after = store.message_claim(&ClaimParams { after: Some(&cursor), ..claim(worker, &queues, 10) }).await.unwrap();
     assert_eq!(after.len(), 4);

@@ -467,7 +467,7 @@ async fn enqueue_envelopes(store: &Store, args: &EnvelopeArgs) -> Result<(), Str
         if line.trim().is_empty() {
             continue;
         }
-        batch.push(envelope_row(line.into_bytes()));
+        batch.push(NewMessage::from_envelope(line.into_bytes()));
         if batch.len() >= args.batch.max(1) {
             total += store.message_insert_many(&batch).await.map_err(|e| e.to_string())?;
             batch.clear();
@@ -476,38 +476,4 @@ async fn enqueue_envelopes(store: &Store, args: &EnvelopeArgs) -> Result<(), Str
     total += store.message_insert_many(&batch).await.map_err(|e| e.to_string())?;
     println!("enqueued {total} message(s)");
     Ok(())
-}
-
-fn envelope_row(payload: Vec<u8>) -> NewMessage {
-    let mut row = NewMessage {
-        queue: "celery".into(),
-        priority: 0,
-        eta: None,
-        expires: None,
-        task_name: None,
-        task_id: None,
-        payload,
-    };
-    if let Ok(env) = celeriac_protocol::Envelope::parse(&row.payload) {
-        if let Some(q) = env
-            .properties
-            .get("delivery_info")
-            .and_then(Value::as_map)
-            .and_then(|d| d.get("routing_key"))
-            .and_then(Value::as_str)
-            .filter(|q| !q.is_empty())
-        {
-            q.clone_into(&mut row.queue);
-        }
-        if let Some(p) = env.properties.get("priority").and_then(Value::as_i64) {
-            row.priority = i16::try_from(p.clamp(0, 255)).unwrap_or(0);
-        }
-        if let Ok(headers) = celeriac_protocol::TaskHeaders::parse(&env.headers) {
-            row.eta = headers.eta;
-            row.expires = headers.expires;
-            row.task_name = Some(headers.task);
-            row.task_id = Some(headers.id);
-        }
-    }
-    row
 }

@@ -29,13 +29,13 @@ pub mod bench;
 pub mod cli;
 mod client;
 pub mod examples;
-pub mod maintenance;
 mod registry;
 mod task;
 mod worker;
 
 pub use celeriac_protocol as protocol;
 pub use celeriac_store as store;
+pub use celeriac_store::maintenance;
 pub use client::{build_message, Client};
 pub use registry::{Handler, HandlerFuture, Registry};
 pub use task::{Outcome, Request, TaskError};

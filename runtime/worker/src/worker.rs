@@ -896,7 +896,7 @@ async fn flush(store: &Store, worker_id: Uuid, batch: &[Settle]) -> Result<(), c
     // All writes are fenced by the lease, so repeating a partly applied batch is harmless.
     store.message_complete_many(worker_id, &complete).await?;
     store.message_dead_letter_many(worker_id, &dead).await?;
-    store.message_release_many(worker_id, &release).await?;
+    store.message_release_many(worker_id, &release, false).await?;
     Ok(())
 }
 

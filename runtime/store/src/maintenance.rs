@@ -1,4 +1,5 @@
-//! Background maintenance that is safe to run in every worker at once.
+//! Background maintenance that is safe to run in every consumer at once (celeriac workers and
+//! Python Celery workers on the kombu transport): redelivering the messages of dead workers.
 
 use std::{
     sync::{
@@ -8,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use celeriac_store::{RescueReport, Store};
+use crate::{RescueReport, Store};
 use tokio_util::sync::CancellationToken;
 
 /// Settings of the [`Rescuer`].
@@ -108,7 +109,7 @@ impl Rescuer {
     ///
     /// # Errors
     /// Database errors.
-    pub async fn run_once(&mut self) -> Result<RescueReport, celeriac_store::Error> {
+    pub async fn run_once(&mut self) -> crate::Result<RescueReport> {
         let full_scan = self.passes.is_multiple_of(self.config.full_scan_every.max(1));
         self.passes = self.passes.wrapping_add(1);
         let healthy = self.health.as_ref().map_or(f64::MAX, |h| h.healthy_seconds());

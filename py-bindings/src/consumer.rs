@@ -1,0 +1,356 @@
+//! `Consumer`: what the kombu transport needs to let a Python Celery worker consume celeriac's
+//! queue with the same guarantees as a celeriac worker: claims are leases, a background thread
+//! heartbeats them (so a long task is never handed to someone else), acks delete the row
+//! (batched in the background like the Rust worker's completions), requeue and restore free
+//! the lease, and the messages of consumers that died are redelivered by the same rescuer the
+//! Rust worker runs.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    time::Duration,
+};
+
+use celeriac_store::{
+    maintenance::{HeartbeatHealth, Rescuer, RescuerConfig},
+    ClaimParams, DeadLetterParams, Lease, Store, WorkerInfo,
+};
+use pyo3::{
+    exceptions::{PyRuntimeError, PyValueError},
+    prelude::*,
+    types::PyBytes,
+};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    errors::Doing,
+    runtime::{block_on, runtime},
+    store::PyStore,
+};
+
+type Held = Arc<Mutex<HashSet<Lease>>>;
+
+/// A claimed message as Python sees it: `(id, attempt, redelivered, queue, envelope)`.
+type Claimed<'py> = (i64, i32, bool, String, Bound<'py, PyBytes>);
+
+enum Completion {
+    Ack(Lease),
+    Flush(oneshot::Sender<()>),
+}
+
+/// A registered consumer of celeriac's queue (one per kombu channel).
+#[pyclass(name = "Consumer", module = "celeriac._native", frozen)]
+pub struct Consumer {
+    owner: Py<PyStore>,
+    store: Store,
+    pid: u32,
+    info: WorkerInfo,
+    held: Held,
+    completions: mpsc::UnboundedSender<Completion>,
+    wake: Arc<Notify>,
+    queues: Arc<Mutex<Vec<String>>>,
+    stop: CancellationToken,
+    closed: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Consumer {
+    fn same_process(&self) -> PyResult<()> {
+        if std::process::id() == self.pid {
+            Ok(())
+        } else {
+            Err(PyRuntimeError::new_err(
+                "this celeriac Consumer belongs to the process that created it (it was inherited through fork); \
+                 open a new connection in this process",
+            ))
+        }
+    }
+
+    fn release(&self, py: Python<'_>, lease: Lease, mark_redelivered: bool) -> PyResult<bool> {
+        self.same_process()?;
+        let (store, worker) = (self.store.clone(), self.info.id);
+        let released =
+            block_on(py, async move { store.message_release_many(worker, &[lease], mark_redelivered).await })?
+                .map_err(|e| self.owner.get().error(&e, Doing::Other))?;
+        lock(&self.held).remove(&lease);
+        Ok(released == 1)
+    }
+}
+
+#[pymethods]
+impl Consumer {
+    /// Registers a consumer named `hostname` in `celeriac.worker` and starts its heartbeat,
+    /// rescuer, wake-up listener and ack batching on celeriac's I/O thread.
+    #[new]
+    #[pyo3(signature = (store, hostname, *, concurrency=1, lease_seconds=30.0, max_redeliveries=3))]
+    fn new(
+        py: Python<'_>,
+        store: Py<PyStore>,
+        hostname: String,
+        concurrency: i32,
+        lease_seconds: f64,
+        max_redeliveries: i32,
+    ) -> PyResult<Self> {
+        if !(lease_seconds.is_finite() && lease_seconds >= 1.0) {
+            return Err(PyValueError::new_err(format!("lease_seconds must be at least 1, got {lease_seconds}")));
+        }
+        let pg = store.get().store()?;
+        let info = WorkerInfo {
+            id: Uuid::new_v4(),
+            hostname,
+            pid: i32::try_from(std::process::id()).unwrap_or(i32::MAX),
+            queues: Vec::new(),
+            concurrency,
+            lease_seconds,
+        };
+        {
+            let (pg, info) = (pg.clone(), info.clone());
+            block_on(py, async move { pg.worker_register(&info).await })?
+                .map_err(|e| store.get().error(&e, Doing::Other))?;
+        }
+        let held: Held = Arc::default();
+        let wake = Arc::new(Notify::new());
+        let queues: Arc<Mutex<Vec<String>>> = Arc::default();
+        let stop = CancellationToken::new();
+        let health = Arc::new(HeartbeatHealth::default());
+        let (completions, pending) = mpsc::unbounded_channel();
+        let rt = runtime()?;
+        rt.spawn(heartbeat(pg.clone(), info.clone(), held.clone(), health.clone(), stop.clone()));
+        let rescuer = Rescuer::new(pg.clone(), RescuerConfig { max_redeliveries, ..RescuerConfig::default() })
+            .with_health(health);
+        rt.spawn(rescuer.run(stop.clone()));
+        rt.spawn(complete(pg.clone(), info.id, held.clone(), pending, stop.clone()));
+        {
+            let (wake, queues) = (wake.clone(), queues.clone());
+            let listener = pg.listener();
+            let shutdown = stop.clone().cancelled_owned();
+            rt.spawn(async move {
+                listener
+                    .run(
+                        move |wakeup| {
+                            if wakeup.concerns(&lock(&queues)) {
+                                wake.notify_one();
+                            }
+                        },
+                        shutdown,
+                    )
+                    .await;
+            });
+        }
+        Ok(Consumer {
+            owner: store,
+            store: pg,
+            pid: std::process::id(),
+            info,
+            held,
+            completions,
+            wake,
+            queues,
+            stop,
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// This consumer's id (the `leased_by` of its claims).
+    #[getter]
+    fn id(&self) -> String {
+        self.info.id.to_string()
+    }
+
+    /// Claims up to `limit` ready messages from `queues` (priority desc, then eta, then id),
+    /// leased to this consumer. Returns `(id, attempt, redelivered, queue, envelope)` tuples.
+    fn claim<'py>(&self, py: Python<'py>, queues: Vec<String>, limit: i64) -> PyResult<Vec<Claimed<'py>>> {
+        self.same_process()?;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(PyRuntimeError::new_err("this celeriac Consumer is closed"));
+        }
+        {
+            let mut known = lock(&self.queues);
+            if *known != queues {
+                known.clone_from(&queues);
+            }
+        }
+        let (store, worker, lease_seconds) = (self.store.clone(), self.info.id, self.info.lease_seconds);
+        let claimed = block_on(py, async move {
+            store
+                .message_claim(&ClaimParams { worker_id: worker, queues: &queues, limit, lease_seconds, after: None })
+                .await
+        })?
+        .map_err(|e| self.owner.get().error(&e, Doing::Other))?;
+        lock(&self.held).extend(claimed.iter().map(|m| m.lease));
+        Ok(claimed
+            .into_iter()
+            .map(|m| (m.lease.id, m.lease.attempt, m.redelivered, m.queue, PyBytes::new(py, &m.payload)))
+            .collect())
+    }
+
+    /// Acknowledges a finished message: its row is deleted (fenced by the lease) in the next
+    /// background batch, within milliseconds. Returns immediately.
+    fn ack(&self, id: i64, attempt: i32) -> PyResult<()> {
+        self.same_process()?;
+        self.completions
+            .send(Completion::Ack(Lease { id, attempt }))
+            .map_err(|_| PyRuntimeError::new_err("this celeriac Consumer is closed"))
+    }
+
+    /// Waits (at most `timeout` seconds) until every ack sent so far is written. Returns False on
+    /// timeout (the database is unreachable; the acks stay queued and are retried).
+    #[pyo3(signature = (timeout=10.0))]
+    fn flush(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
+        self.same_process()?;
+        let (done, flushed) = oneshot::channel();
+        if self.completions.send(Completion::Flush(done)).is_err() {
+            return Ok(true);
+        }
+        let wait = Duration::from_secs_f64(timeout.max(0.0));
+        block_on(py, async move { tokio::time::timeout(wait, flushed).await.is_ok_and(|r| r.is_ok()) })
+    }
+
+    /// Puts a message back at once, marked redelivered (`basic_reject(requeue=True)`). Returns
+    /// whether this consumer still held it.
+    fn requeue(&self, py: Python<'_>, id: i64, attempt: i32) -> PyResult<bool> {
+        self.release(py, Lease { id, attempt }, true)
+    }
+
+    /// Gives back a message that was delivered but never started (unacked at shutdown), as if
+    /// it had never been claimed. Returns whether this consumer still held it.
+    fn restore(&self, py: Python<'_>, id: i64, attempt: i32) -> PyResult<bool> {
+        self.release(py, Lease { id, attempt }, false)
+    }
+
+    /// Moves a held message to `celeriac.dead_letter` with a reason (`basic_reject` without
+    /// requeue). Returns whether this consumer still held it.
+    fn dead_letter(
+        &self,
+        py: Python<'_>,
+        id: i64,
+        attempt: i32,
+        reason_code: String,
+        reason: String,
+    ) -> PyResult<bool> {
+        self.same_process()?;
+        let lease = Lease { id, attempt };
+        let (store, worker) = (self.store.clone(), self.info.id);
+        let moved = block_on(py, async move {
+            store.message_dead_letter_many(worker, &[DeadLetterParams { lease, reason_code, reason }]).await
+        })?
+        .map_err(|e| self.owner.get().error(&e, Doing::Other))?;
+        lock(&self.held).remove(&lease);
+        Ok(moved == 1)
+    }
+
+    /// Blocks (GIL released) until a new message may be ready in one of the queues last
+    /// claimed from, or `timeout` seconds pass. Returns whether it was woken.
+    fn wait(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
+        self.same_process()?;
+        let (wake, wait) = (self.wake.clone(), Duration::from_secs_f64(timeout.max(0.0)));
+        block_on(py, async move { tokio::time::timeout(wait, wake.notified()).await.is_ok() })
+    }
+
+    /// How many claimed messages this consumer holds (delivered, not yet acked or given back).
+    fn held_count(&self) -> usize {
+        lock(&self.held).len()
+    }
+
+    /// Writes pending acks, gives back every message still held, unregisters and stops the
+    /// background work. Idempotent.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        if self.closed.swap(true, Ordering::AcqRel) || std::process::id() != self.pid {
+            return Ok(());
+        }
+        self.flush(py, 10.0)?;
+        let leases: Vec<Lease> = lock(&self.held).drain().collect();
+        let (store, worker) = (self.store.clone(), self.info.id);
+        let result = block_on(py, async move {
+            if !leases.is_empty() {
+                store.message_release_many(worker, &leases, false).await?;
+            }
+            store.worker_deregister(worker).await
+        });
+        self.stop.cancel();
+        // Unreleased leases expire and are redelivered by a rescuer; nothing is lost.
+        result?.map_err(|e| self.owner.get().error(&e, Doing::Other))
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<celeriac Consumer {} {}>", self.info.hostname, self.info.id)
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Renews the held leases and records liveness, six times per lease (at most every 5 s, like
+/// the Rust worker's default).
+async fn heartbeat(store: Store, info: WorkerInfo, held: Held, health: Arc<HeartbeatHealth>, stop: CancellationToken) {
+    let every = Duration::from_secs_f64((info.lease_seconds / 6.0).clamp(0.25, 5.0));
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let leases: Vec<Lease> = lock(&held).iter().copied().collect();
+        health.record(store.worker_heartbeat(&info, &leases).await.is_ok());
+    }
+}
+
+/// Deletes acked rows in batches; a failed batch is kept and retried, so an ack survives a
+/// database restart. Flush markers are answered once everything before them is written.
+async fn complete(
+    store: Store,
+    worker: Uuid,
+    held: Held,
+    mut pending: mpsc::UnboundedReceiver<Completion>,
+    stop: CancellationToken,
+) {
+    let mut batch: Vec<Lease> = Vec::new();
+    let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+    loop {
+        let first = tokio::select! {
+            () = stop.cancelled() => return,
+            next = pending.recv() => next,
+        };
+        let Some(first) = first else { return };
+        let mut next = Some(first);
+        while let Some(item) = next {
+            match item {
+                Completion::Ack(lease) => batch.push(lease),
+                Completion::Flush(done) => flushes.push(done),
+            }
+            next = if batch.len() < 1000 { pending.try_recv().ok() } else { None };
+        }
+        while !batch.is_empty() {
+            match store.message_complete_many(worker, &batch).await {
+                Ok(_) => {
+                    let mut held = lock(&held);
+                    for lease in &batch {
+                        held.remove(lease);
+                    }
+                    batch.clear();
+                }
+                Err(_) => {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! `celeriac._native`, the extension module of the `celeriac` Python package.
+//!
+//! Conversion only: Python values become celeriac-protocol values and messages are built by
+//! the codec the Rust worker decodes with; every statement runs through celeriac-store. The
+//! Python API (`celeriac.Client`, `celeriac.enqueue`, the kombu transport) lives in
+//! `python/src/celeriac/` and is typed by `_native.pyi`.
+
+mod consumer;
+mod convert;
+mod errors;
+mod message;
+mod runtime;
+mod store;
+
+use pyo3::prelude::*;
+
+/// The module. Its classes: `Store`, `Consumer`, `Message`; its functions: `encode_task`,
+/// `message_from_envelope`; its exceptions: `CeleriacError` and subclasses.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("MESSAGE_INSERT_SQL", celeriac_store::MESSAGE_INSERT_DBAPI_SQL)?;
+    errors::register(m)?;
+    m.add_class::<message::Message>()?;
+    m.add_class::<store::PyStore>()?;
+    m.add_class::<consumer::Consumer>()?;
+    m.add_function(wrap_pyfunction!(message::encode_task, m)?)?;
+    m.add_function(wrap_pyfunction!(message::message_from_envelope, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,238 @@
+//! Encoded messages: built by celeriac-protocol's `encode_task` (the codec the worker decodes
+//! with), or read from an envelope another producer (kombu) wrote.
+
+use celeriac_protocol::{encode_task as protocol_encode, json, Expires, TaskOptions, Value};
+use celeriac_store::NewMessage;
+use chrono::{DateTime, FixedOffset, Utc};
+use pyo3::{
+    prelude::*,
+    types::{PyBytes, PyFloat, PyInt},
+};
+
+use crate::{
+    convert::{self, ConvertError},
+    errors::EncodeError,
+};
+
+/// One message ready to enqueue: the envelope bytes plus the columns the queue table indexes.
+#[pyclass(name = "Message", module = "celeriac._native", frozen)]
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub(crate) row: NewMessage,
+}
+
+/// `(queue, priority, eta, expires, task_name, task_id, payload)`.
+type DbapiParams<'a, 'py> =
+    (&'a str, i16, Option<String>, Option<String>, Option<&'a str>, Option<&'a str>, Bound<'py, PyBytes>);
+
+fn iso(t: Option<DateTime<Utc>>) -> Option<String> {
+    t.map(|t| json::python_isoformat(&t.fixed_offset()))
+}
+
+#[pymethods]
+impl Message {
+    /// The task id (`headers.id`), or None for an envelope that could not be read.
+    #[getter]
+    fn task_id(&self) -> Option<&str> {
+        self.row.task_id.as_deref()
+    }
+
+    /// The task name (`headers.task`), or None for an envelope that could not be read.
+    #[getter]
+    fn task_name(&self) -> Option<&str> {
+        self.row.task_name.as_deref()
+    }
+
+    /// The queue it goes to.
+    #[getter]
+    fn queue(&self) -> &str {
+        &self.row.queue
+    }
+
+    /// Its priority (higher runs first).
+    #[getter]
+    fn priority(&self) -> i16 {
+        self.row.priority
+    }
+
+    /// Not before this time (ISO 8601, UTC), or None for "now".
+    #[getter]
+    fn eta(&self) -> Option<String> {
+        iso(self.row.eta)
+    }
+
+    /// Discarded as revoked after this time (ISO 8601, UTC), or None.
+    #[getter]
+    fn expires(&self) -> Option<String> {
+        iso(self.row.expires)
+    }
+
+    /// The envelope, byte for byte what is stored and what a worker decodes.
+    #[getter]
+    fn payload<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.row.payload)
+    }
+
+    /// The seven parameters of `MESSAGE_INSERT_SQL`, for a DB-API cursor.
+    fn dbapi_params<'py>(&self, py: Python<'py>) -> DbapiParams<'_, 'py> {
+        (
+            &self.row.queue,
+            self.row.priority,
+            self.eta(),
+            self.expires(),
+            self.row.task_name.as_deref(),
+            self.row.task_id.as_deref(),
+            self.payload(py),
+        )
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<Message {} {} queue={:?}>",
+            self.row.task_name.as_deref().unwrap_or("?"),
+            self.row.task_id.as_deref().unwrap_or("?"),
+            self.row.queue
+        )
+    }
+}
+
+fn encode_error(what: &str, e: &ConvertError) -> PyErr {
+    EncodeError::new_err(e.describe(what))
+}
+
+/// A Python exception raised while reading a value (a failing `__json__`, a lone surrogate)
+/// becomes an EncodeError that names it.
+fn wrap(what: &str, e: PyErr, py: Python<'_>) -> PyErr {
+    let err = EncodeError::new_err(format!("{what}: {e}"));
+    err.set_cause(py, Some(e));
+    err
+}
+
+/// Python's datetime as an aware time; naive means UTC (Celery's protocol says so).
+fn aware(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<DateTime<FixedOffset>> {
+    let py = obj.py();
+    match convert::to_value(obj).map_err(|e| wrap(what, e, py))? {
+        Ok(Value::DateTime(t)) => Ok(t),
+        Ok(Value::NaiveDateTime(t)) => Ok(t.and_utc().fixed_offset()),
+        Ok(other) => Err(EncodeError::new_err(format!("{what} must be a datetime, not {}", other.kind()))),
+        Err(e) => Err(encode_error(what, &e)),
+    }
+}
+
+fn seconds(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<f64> {
+    if obj.is_instance_of::<PyInt>() || obj.is_instance_of::<PyFloat>() {
+        obj.extract::<f64>()
+    } else {
+        Err(EncodeError::new_err(format!(
+            "{what} must be a number of seconds, not {}",
+            obj.get_type().name().map_or_else(|_| "?".to_owned(), |n| n.to_string())
+        )))
+    }
+}
+
+/// Encodes one task message exactly as Celery's `apply_async` would (protocol 2, JSON body,
+/// virtual-transport envelope). Raises `EncodeError` for anything it cannot encode; nothing is
+/// sent.
+#[pyfunction]
+#[pyo3(signature = (
+    name, args=None, kwargs=None, *, queue="celery", countdown=None, eta=None, expires=None, priority=None,
+    task_id=None, headers=None, time_limit=None, soft_time_limit=None, ignore_result=false, shadow=None,
+    retries=0, parent_id=None, root_id=None, origin="celeriac", reply_to=None, serializer="json"
+))]
+#[allow(clippy::too_many_arguments)]
+pub fn encode_task(
+    py: Python<'_>,
+    name: &str,
+    args: Option<&Bound<'_, PyAny>>,
+    kwargs: Option<&Bound<'_, PyAny>>,
+    queue: &str,
+    countdown: Option<&Bound<'_, PyAny>>,
+    eta: Option<&Bound<'_, PyAny>>,
+    expires: Option<&Bound<'_, PyAny>>,
+    priority: Option<i64>,
+    task_id: Option<String>,
+    headers: Option<&Bound<'_, PyAny>>,
+    time_limit: Option<&Bound<'_, PyAny>>,
+    soft_time_limit: Option<&Bound<'_, PyAny>>,
+    ignore_result: bool,
+    shadow: Option<String>,
+    retries: i64,
+    parent_id: Option<String>,
+    root_id: Option<String>,
+    origin: &str,
+    reply_to: Option<String>,
+    serializer: &str,
+) -> PyResult<Message> {
+    if serializer != "json" {
+        return Err(EncodeError::new_err(format!(
+            "unknown or unsupported serializer {serializer:?}: celeriac encodes messages with \"json\" \
+             (kombu's JSON, with its datetime/UUID/Decimal/bytes markers)"
+        )));
+    }
+    let args = match args {
+        None => Vec::new(),
+        Some(a) => convert::to_args(a).map_err(|e| wrap("args", e, py))?.map_err(|e| encode_error("args", &e))?,
+    };
+    let kwargs = match kwargs {
+        None => celeriac_protocol::Map::new(),
+        Some(k) => convert::to_map(k).map_err(|e| wrap("kwargs", e, py))?.map_err(|e| encode_error("kwargs", &e))?,
+    };
+    let headers = match headers {
+        None => celeriac_protocol::Map::new(),
+        Some(h) => convert::to_map(h).map_err(|e| wrap("headers", e, py))?.map_err(|e| encode_error("headers", &e))?,
+    };
+    let expires = match expires {
+        None => None,
+        Some(x) if x.is_none() => None,
+        Some(x) if x.is_instance_of::<PyInt>() || x.is_instance_of::<PyFloat>() => {
+            Some(Expires::After(seconds("expires", x)?))
+        }
+        Some(x) => Some(Expires::At(aware("expires", x)?)),
+    };
+    let optional_seconds = |what: &str, v: Option<&Bound<'_, PyAny>>| -> PyResult<Option<f64>> {
+        match v {
+            Some(v) if !v.is_none() => seconds(what, v).map(Some),
+            _ => Ok(None),
+        }
+    };
+    let options = TaskOptions {
+        task_id,
+        queue: queue.to_owned(),
+        countdown: optional_seconds("countdown", countdown)?,
+        eta: match eta {
+            Some(e) if !e.is_none() => Some(aware("eta", e)?),
+            _ => None,
+        },
+        expires,
+        priority,
+        time_limit: optional_seconds("time_limit", time_limit)?,
+        soft_time_limit: optional_seconds("soft_time_limit", soft_time_limit)?,
+        ignore_result,
+        shadow,
+        headers,
+        retries,
+        parent_id,
+        root_id,
+        origin: origin.to_owned(),
+        reply_to,
+    };
+    let encoded =
+        protocol_encode(name, &args, &kwargs, &options, Utc::now()).map_err(|e| EncodeError::new_err(e.to_string()))?;
+    Ok(Message { row: encoded.into() })
+}
+
+/// A message for an envelope another producer wrote (kombu's virtual-transport JSON), stored
+/// unchanged. The queue, priority, eta, expiry, task name and id are read from it; an envelope
+/// that cannot be read is still stored (queue `celery` unless `delivery_info` names one) so the
+/// worker dead-letters it with its reason rather than it being lost here.
+/// `queue`, when given, is where it goes regardless of its `delivery_info` (kombu resolves
+/// exchange bindings before it hands a message to a transport).
+#[pyfunction]
+#[pyo3(signature = (payload, queue=None))]
+pub fn message_from_envelope(payload: &[u8], queue: Option<String>) -> Message {
+    let mut row = NewMessage::from_envelope(payload.to_vec());
+    if let Some(queue) = queue.filter(|q| !q.is_empty()) {
+        row.queue = queue;
+    }
+    Message { row }
+}

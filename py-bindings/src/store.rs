@@ -1,0 +1,122 @@
+//! `Store`: a connection pool to the queue database, usable from any Python thread and safe
+//! across `fork()` (see [`crate::runtime`]).
+
+use std::{
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
+
+use celeriac_store::{NewMessage, Store, StoreConfig};
+use pyo3::{exceptions::PyValueError, prelude::*};
+
+use crate::{
+    errors::{redact, store_error, Doing},
+    message::Message,
+    runtime::block_on,
+};
+
+/// A pool of connections to one PostgreSQL database holding celeriac's schema.
+#[pyclass(name = "Store", module = "celeriac._native", frozen)]
+pub struct PyStore {
+    config: StoreConfig,
+    target: String,
+    /// The pool and the process that built it; a forked child builds its own.
+    pool: Mutex<(u32, Store)>,
+}
+
+impl PyStore {
+    /// This process's pool.
+    ///
+    /// # Errors
+    /// A `ConnectError` for a URL that does not parse.
+    pub fn store(&self) -> PyResult<Store> {
+        let pid = std::process::id();
+        let mut slot = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.0 != pid {
+            let fresh = Store::new(&self.config).map_err(|e| self.error(&e, Doing::Other))?;
+            // The parent's pool: its sockets belong to the parent, its tasks to threads that do
+            // not exist here. Leak it rather than drop it.
+            std::mem::forget(std::mem::replace(&mut *slot, (pid, fresh)));
+        }
+        Ok(slot.1.clone())
+    }
+
+    /// Maps a store error, naming this database.
+    pub fn error(&self, error: &celeriac_store::Error, doing: Doing) -> PyErr {
+        store_error(error, &self.target, doing)
+    }
+}
+
+#[pymethods]
+impl PyStore {
+    /// A pool for `url` (`postgresql://user:password@host:port/db` or libpq `key=value` form).
+    /// Connections open on first use, so this does not fail while the server is down.
+    #[new]
+    #[pyo3(signature = (url, *, max_connections=4, connect_timeout=5.0))]
+    fn new(url: String, max_connections: usize, connect_timeout: f64) -> PyResult<Self> {
+        if !(connect_timeout.is_finite() && connect_timeout > 0.0) {
+            return Err(PyValueError::new_err(format!(
+                "connect_timeout must be a positive number, got {connect_timeout}"
+            )));
+        }
+        let target = redact(&url);
+        let config = StoreConfig {
+            max_connections: max_connections.max(1),
+            connect_timeout: Duration::from_secs_f64(connect_timeout),
+            ..StoreConfig::new(url)
+        };
+        let store = Store::new(&config).map_err(|e| store_error(&e, &target, Doing::Other))?;
+        Ok(PyStore { config, target, pool: Mutex::new((std::process::id(), store)) })
+    }
+
+    /// Creates or upgrades celeriac's schema (idempotent; safe from several processes at once).
+    /// Returns the versions applied now (empty when it was up to date).
+    fn migrate(&self, py: Python<'_>) -> PyResult<Vec<i32>> {
+        let store = self.store()?;
+        let report = block_on(py, async move { store.migrate().await })?.map_err(|e| self.error(&e, Doing::Other))?;
+        Ok(report.applied)
+    }
+
+    /// Checks that the server answers and the schema is there.
+    fn check(&self, py: Python<'_>) -> PyResult<()> {
+        let store = self.store()?;
+        block_on(py, async move { store.check().await })?.map_err(|e| self.error(&e, Doing::Other))
+    }
+
+    /// Enqueues one message (its own transaction, committed durably) and returns its row id.
+    fn insert(&self, py: Python<'_>, message: &Message) -> PyResult<i64> {
+        let store = self.store()?;
+        let row = message.row.clone();
+        block_on(py, async move { store.message_insert(&row).await })?.map_err(|e| self.error(&e, Doing::Enqueue))
+    }
+
+    /// Enqueues many messages in one transaction (all or nothing); returns how many.
+    fn insert_many(&self, py: Python<'_>, messages: Vec<PyRef<'_, Message>>) -> PyResult<u64> {
+        let store = self.store()?;
+        let rows: Vec<NewMessage> = messages.iter().map(|m| m.row.clone()).collect();
+        drop(messages);
+        block_on(py, async move { store.message_insert_many(&rows).await })?.map_err(|e| self.error(&e, Doing::Enqueue))
+    }
+
+    /// Messages of `queue` ready to run now.
+    fn ready_count(&self, py: Python<'_>, queue: String) -> PyResult<i64> {
+        let store = self.store()?;
+        block_on(py, async move { store.message_ready_count(&queue).await })?.map_err(|e| self.error(&e, Doing::Other))
+    }
+
+    /// Deletes every message of `queue` that no worker holds; returns how many.
+    fn purge(&self, py: Python<'_>, queue: String) -> PyResult<u64> {
+        let store = self.store()?;
+        block_on(py, async move { store.message_purge(&queue).await })?.map_err(|e| self.error(&e, Doing::Other))
+    }
+
+    /// Closes the pool's connections. Later calls fail.
+    fn close(&self) -> PyResult<()> {
+        self.store()?.close();
+        Ok(())
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<celeriac Store {}>", self.target)
+    }
+}

@@ -1,0 +1,197 @@
+"""``celeriac.Client``: enqueue Celery tasks into celeriac's PostgreSQL queue."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Optional, Union
+
+from celeriac import _native
+from celeriac._options import encode
+
+#: One item of ``Client.send_many``: an encoded ``Message`` (``Client.build``), a tuple
+#: ``(name, args=(), kwargs=None, options=None)``, or a mapping with ``name`` plus ``args``,
+#: ``kwargs`` and any option of ``send_task``.
+TaskSpec = Union[_native.Message, Sequence[Any], Mapping[str, Any]]
+
+
+class Client:
+    """Sends tasks to a celeriac queue database, building each message exactly as Celery's
+    ``apply_async`` would (protocol 2, JSON), so celeriac workers and Celery workers on the
+    ``celeriac+postgresql://`` transport both run them.
+
+    Thread-safe and fork-safe: one client can serve a whole process, and a forked child opens
+    its own connections.
+
+    Args:
+        url: ``postgresql://user:password@host:port/dbname`` (or libpq ``key=value`` form).
+        max_connections: Connections this client may open at once.
+        connect_timeout: Seconds to wait for a connection before raising ``ConnectError``.
+    """
+
+    def __init__(self, url: str, *, max_connections: int = 4, connect_timeout: float = 5.0):
+        self._store = _native.Store(
+            url, max_connections=max_connections, connect_timeout=connect_timeout
+        )
+
+    def migrate(self) -> list[int]:
+        """Creates or upgrades the ``celeriac`` schema (what ``celeriac migrate`` does).
+
+        Idempotent and safe to run from several processes at once.
+
+        Returns:
+            The migration versions applied by this call (empty when already up to date).
+        """
+        return self._store.migrate()
+
+    def check(self) -> None:
+        """Raises ``ConnectError`` or ``SchemaMissingError`` unless the queue is usable."""
+        self._store.check()
+
+    def build(
+        self,
+        name: str,
+        args: Optional[Sequence[Any]] = (),
+        kwargs: Optional[Mapping[str, Any]] = None,
+        **options: Any,
+    ) -> _native.Message:
+        """Encodes a task without sending it (options as for ``send_task``).
+
+        Raises:
+            EncodeError: a value or option that cannot be encoded.
+        """
+        return encode(name, args, kwargs, options)
+
+    def send_task(
+        self,
+        name: str,
+        args: Optional[Sequence[Any]] = (),
+        kwargs: Optional[Mapping[str, Any]] = None,
+        *,
+        queue: str = "celery",
+        countdown: Optional[float] = None,
+        eta: Optional[datetime] = None,
+        expires: Union[float, datetime, None] = None,
+        priority: Optional[int] = None,
+        task_id: Optional[str] = None,
+        headers: Optional[Mapping[str, Any]] = None,
+        serializer: str = "json",
+        time_limit: Optional[float] = None,
+        soft_time_limit: Optional[float] = None,
+        ignore_result: bool = False,
+        shadow: Optional[str] = None,
+    ) -> str:
+        """Enqueues one task, committed durably before this returns.
+
+        Args:
+            name: The registered task name, e.g. ``"proj.tasks.add"``.
+            args: Positional arguments (list or tuple of JSON-serializable values; datetimes,
+                dates, times, UUIDs, Decimals and bytes travel as kombu's typed markers).
+            kwargs: Keyword arguments (a dict with str keys).
+            queue: Queue (routing key) to put it in.
+            countdown: Run no earlier than this many seconds from now.
+            eta: Run no earlier than this time (naive datetimes are UTC). Not with ``countdown``.
+            expires: Seconds from now, or a datetime, after which the task is discarded as
+                revoked instead of run.
+            priority: 0-255; higher runs first (RabbitMQ's order, not Redis's).
+            task_id: The task id; a new UUID when omitted.
+            headers: Extra message headers, merged as ``apply_async(headers=...)`` does.
+            serializer: Only ``"json"`` (kombu's JSON) is supported.
+            time_limit: Hard time limit in seconds.
+            soft_time_limit: Soft time limit in seconds.
+            ignore_result: Ask the worker not to store a result.
+            shadow: Name shown in logs instead of ``name``.
+
+        Returns:
+            The task id (``AsyncResult(task_id, app=app)`` reads its result).
+
+        Raises:
+            EncodeError: a value or option that cannot be encoded (nothing was written).
+            ConnectError: the database could not be reached.
+            SchemaMissingError: the ``celeriac`` schema is missing; run ``celeriac migrate``.
+            EnqueueError: the insert failed.
+        """
+        message = encode(
+            name,
+            args,
+            kwargs,
+            {
+                "queue": queue,
+                "countdown": countdown,
+                "eta": eta,
+                "expires": expires,
+                "priority": priority,
+                "task_id": task_id,
+                "headers": headers,
+                "serializer": serializer,
+                "time_limit": time_limit,
+                "soft_time_limit": soft_time_limit,
+                "ignore_result": ignore_result,
+                "shadow": shadow,
+            },
+        )
+        self._store.insert(message)
+        return message.task_id or ""
+
+    def send_many(self, tasks: Iterable[TaskSpec]) -> list[str]:
+        """Enqueues many tasks in one transaction (multi-row inserts, one round trip per 5,000
+        messages): all are enqueued or, on error, none.
+
+        Args:
+            tasks: ``Message`` objects from ``build``, ``(name, args, kwargs, options)`` tuples
+                (trailing items optional), or mappings ``{"name": ..., "args": ..., **options}``.
+
+        Returns:
+            The task ids, in order.
+
+        Raises:
+            EncodeError: an item that cannot be encoded (nothing was written).
+            ConnectError, SchemaMissingError, EnqueueError: as for ``send_task``.
+        """
+        messages = [_to_message(i, spec) for i, spec in enumerate(tasks)]
+        if messages:
+            self._store.insert_many(messages)
+        return [m.task_id or "" for m in messages]
+
+    def close(self) -> None:
+        """Closes the client's connections; later calls raise ``ConnectError``."""
+        self._store.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<celeriac.Client {self._store!r}>"
+
+
+def _to_message(index: int, spec: TaskSpec) -> _native.Message:
+    if isinstance(spec, _native.Message):
+        return spec
+    try:
+        if isinstance(spec, Mapping):
+            options = dict(spec)
+            name = options.pop("name")
+            args = options.pop("args", ())
+            kwargs = options.pop("kwargs", None)
+        elif isinstance(spec, (tuple, list)) and 1 <= len(spec) <= 4:
+            name, args, kwargs, options = (*spec, *((), None, None)[len(spec) - 1 :])
+            options = dict(options or {})
+        else:
+            raise _native.EncodeError(
+                "expected a Message, a (name, args, kwargs, options) tuple or a mapping, "
+                f"not {type(spec).__name__}"
+            )
+        return encode(name, args, kwargs, options)
+    except KeyError:
+        raise _native.EncodeError(f"send_many item {index}: a mapping needs a 'name'") from None
+    except _native.EncodeError as exc:
+        raise _native.EncodeError(f"send_many item {index}: {exc}") from exc
