@@ -23,6 +23,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     m.add_class::<message::Message>()?;
     m.add_class::<store::PyStore>()?;
+    m.add_class::<store::InsertStream>()?;
     m.add_class::<consumer::Consumer>()?;
     m.add_function(wrap_pyfunction!(message::encode_task, m)?)?;
     m.add_function(wrap_pyfunction!(message::message_from_envelope, m)?)?;

@@ -6,13 +6,17 @@ use std::{
     time::Duration,
 };
 
-use celeriac_store::{NewMessage, Store, StoreConfig};
-use pyo3::{exceptions::PyValueError, prelude::*};
+use celeriac_store::{InsertBatch, NewMessage, Store, StoreConfig};
+use pyo3::{
+    exceptions::{PyRuntimeError, PyValueError},
+    prelude::*,
+};
+use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
     errors::{redact, store_error, Doing},
     message::Message,
-    runtime::block_on,
+    runtime::{block_on, runtime},
 };
 
 /// A pool of connections to one PostgreSQL database holding celeriac's schema.
@@ -98,6 +102,16 @@ impl PyStore {
         block_on(py, async move { store.message_insert_many(&rows).await })?.map_err(|e| self.error(&e, Doing::Enqueue))
     }
 
+    /// Starts a transaction that inserts the batches given to `InsertStream.add` in the
+    /// background (on celeriac's I/O thread) while the caller prepares the next ones; nothing
+    /// is visible until `commit()`.
+    fn begin_insert(slf: Py<Self>) -> PyResult<InsertStream> {
+        let store = slf.get().store()?;
+        let (sender, batches) = mpsc::unbounded_channel();
+        let task = runtime()?.spawn(async move { store.message_insert_stream(batches).await });
+        Ok(InsertStream { owner: slf, sender: Mutex::new(Some(sender)), task: Mutex::new(Some(task)) })
+    }
+
     /// Messages of `queue` ready to run now.
     fn ready_count(&self, py: Python<'_>, queue: String) -> PyResult<i64> {
         let store = self.store()?;
@@ -118,5 +132,62 @@ impl PyStore {
 
     fn __repr__(&self) -> String {
         format!("<celeriac Store {}>", self.target)
+    }
+}
+
+/// A transaction of inserts written in the background (see `Store.begin_insert`).
+#[pyclass(name = "InsertStream", module = "celeriac._native", frozen)]
+pub struct InsertStream {
+    owner: Py<PyStore>,
+    sender: Mutex<Option<mpsc::UnboundedSender<InsertBatch>>>,
+    task: Mutex<Option<JoinHandle<celeriac_store::Result<u64>>>>,
+}
+
+impl InsertStream {
+    /// Waits for the background insert and maps its outcome.
+    fn finish(&self, py: Python<'_>) -> PyResult<u64> {
+        let task = self.task.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let Some(task) = task else {
+            return Err(PyRuntimeError::new_err("this insert already finished"));
+        };
+        match block_on(py, task)? {
+            Ok(Ok(count)) => Ok(count),
+            Ok(Err(e)) => Err(self.owner.get().error(&e, Doing::Enqueue)),
+            Err(join) => Err(PyRuntimeError::new_err(format!("the insert task failed: {join}"))),
+        }
+    }
+
+    fn send(&self, batch: InsertBatch) -> bool {
+        self.sender.lock().unwrap_or_else(PoisonError::into_inner).as_ref().is_some_and(|s| s.send(batch).is_ok())
+    }
+}
+
+#[pymethods]
+impl InsertStream {
+    /// Queues `messages` for insertion; returns at once. Raises the insert's error if it has
+    /// already failed.
+    fn add(&self, py: Python<'_>, messages: Vec<PyRef<'_, Message>>) -> PyResult<()> {
+        let rows: Vec<NewMessage> = messages.iter().map(|m| m.row.clone()).collect();
+        if self.send(InsertBatch::Rows(rows)) {
+            return Ok(());
+        }
+        self.sender.lock().unwrap_or_else(PoisonError::into_inner).take();
+        match self.finish(py) {
+            Err(e) => Err(e),
+            Ok(_) => Err(PyRuntimeError::new_err("this insert already finished")),
+        }
+    }
+
+    /// Commits everything added (durably) and returns how many messages were enqueued.
+    fn commit(&self, py: Python<'_>) -> PyResult<u64> {
+        self.send(InsertBatch::Commit);
+        self.sender.lock().unwrap_or_else(PoisonError::into_inner).take();
+        self.finish(py)
+    }
+
+    /// Abandons the transaction: nothing added is written. Idempotent.
+    fn abort(&self) {
+        self.sender.lock().unwrap_or_else(PoisonError::into_inner).take();
+        self.task.lock().unwrap_or_else(PoisonError::into_inner).take();
     }
 }

@@ -6,11 +6,11 @@ import os
 import socket
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Optional, TypedDict, Union
+from typing import Any, TypedDict
 
 from celeriac import _native
 
-_hostname: Optional[tuple[int, str]] = None
+_hostname: tuple[int, str] | None = None
 
 
 def origin() -> str:
@@ -26,17 +26,17 @@ class TaskOptions(TypedDict, total=False):
     """Options of one message, named as Celery's ``apply_async`` names them."""
 
     queue: str
-    countdown: Optional[float]
-    eta: Optional[datetime]
-    expires: Union[float, datetime, None]
-    priority: Optional[int]
-    task_id: Optional[str]
-    headers: Optional[Mapping[str, Any]]
+    countdown: float | None
+    eta: datetime | None
+    expires: float | datetime | None
+    priority: int | None
+    task_id: str | None
+    headers: Mapping[str, Any] | None
     serializer: str
-    time_limit: Optional[float]
-    soft_time_limit: Optional[float]
+    time_limit: float | None
+    soft_time_limit: float | None
     ignore_result: bool
-    shadow: Optional[str]
+    shadow: str | None
 
 
 OPTION_NAMES = frozenset(TaskOptions.__annotations__)
@@ -44,14 +44,18 @@ OPTION_NAMES = frozenset(TaskOptions.__annotations__)
 
 def encode(
     name: str,
-    args: Optional[Sequence[Any]],
-    kwargs: Optional[Mapping[str, Any]],
+    args: Sequence[Any] | None,
+    kwargs: Mapping[str, Any] | None,
     options: Mapping[str, Any],
+    reply_to: str | None = None,
 ) -> _native.Message:
-    """Encodes one task with the worker's own codec; raises ``EncodeError`` for bad input."""
+    """Encodes one task with the worker's own codec; raises ``EncodeError`` for bad input.
+
+    ``reply_to`` is the producer's id (Celery writes its app's ``oid``); a new UUID when None.
+    """
     if not isinstance(name, str):
         raise _native.EncodeError(f"task name must be a str, not {type(name).__name__}")
-    unknown = set(options) - OPTION_NAMES
-    if unknown:
-        raise _native.EncodeError(f"unknown option(s): {', '.join(sorted(unknown))}")
-    return _native.encode_task(name, args, kwargs, origin=origin(), **options)
+    if not OPTION_NAMES.issuperset(options):
+        unknown = sorted(set(options) - OPTION_NAMES)
+        raise _native.EncodeError(f"unknown option(s): {', '.join(unknown)}")
+    return _native.encode_task(name, args, kwargs, origin=origin(), reply_to=reply_to, **options)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 from celeriac import _native
 from celeriac._options import encode
@@ -34,6 +35,8 @@ class Client:
         self._store = _native.Store(
             url, max_connections=max_connections, connect_timeout=connect_timeout
         )
+        # The `reply_to` of every message, like a Celery app's `oid`.
+        self._oid = str(uuid.uuid4())
 
     def migrate(self) -> list[int]:
         """Creates or upgrades the ``celeriac`` schema (what ``celeriac migrate`` does).
@@ -52,8 +55,8 @@ class Client:
     def build(
         self,
         name: str,
-        args: Optional[Sequence[Any]] = (),
-        kwargs: Optional[Mapping[str, Any]] = None,
+        args: Sequence[Any] | None = (),
+        kwargs: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> _native.Message:
         """Encodes a task without sending it (options as for ``send_task``).
@@ -61,26 +64,26 @@ class Client:
         Raises:
             EncodeError: a value or option that cannot be encoded.
         """
-        return encode(name, args, kwargs, options)
+        return encode(name, args, kwargs, options, self._oid)
 
     def send_task(
         self,
         name: str,
-        args: Optional[Sequence[Any]] = (),
-        kwargs: Optional[Mapping[str, Any]] = None,
+        args: Sequence[Any] | None = (),
+        kwargs: Mapping[str, Any] | None = None,
         *,
         queue: str = "celery",
-        countdown: Optional[float] = None,
-        eta: Optional[datetime] = None,
-        expires: Union[float, datetime, None] = None,
-        priority: Optional[int] = None,
-        task_id: Optional[str] = None,
-        headers: Optional[Mapping[str, Any]] = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | None = None,
+        priority: int | None = None,
+        task_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
         serializer: str = "json",
-        time_limit: Optional[float] = None,
-        soft_time_limit: Optional[float] = None,
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
         ignore_result: bool = False,
-        shadow: Optional[str] = None,
+        shadow: str | None = None,
     ) -> str:
         """Enqueues one task, committed durably before this returns.
 
@@ -130,6 +133,7 @@ class Client:
                 "ignore_result": ignore_result,
                 "shadow": shadow,
             },
+            self._oid,
         )
         self._store.insert(message)
         return message.task_id or ""
@@ -149,10 +153,29 @@ class Client:
             EncodeError: an item that cannot be encoded (nothing was written).
             ConnectError, SchemaMissingError, EnqueueError: as for ``send_task``.
         """
-        messages = [_to_message(i, spec) for i, spec in enumerate(tasks)]
-        if messages:
-            self._store.insert_many(messages)
-        return [m.task_id or "" for m in messages]
+        ids: list[str] = []
+        stream: _native.InsertStream | None = None
+        batch: list[_native.Message] = []
+        try:
+            for index, spec in enumerate(tasks):
+                message = _to_message(index, spec, self._oid)
+                batch.append(message)
+                ids.append(message.task_id or "")
+                if len(batch) == _STREAM_BATCH:
+                    # Written on celeriac's I/O thread while the next batch is encoded here.
+                    stream = stream or self._store.begin_insert()
+                    stream.add(batch)
+                    batch = []
+            if batch:
+                stream = stream or self._store.begin_insert()
+                stream.add(batch)
+            if stream is not None:
+                stream.commit()
+        except BaseException:
+            if stream is not None:
+                stream.abort()
+            raise
+        return ids
 
     def close(self) -> None:
         """Closes the client's connections; later calls raise ``ConnectError``."""
@@ -163,9 +186,9 @@ class Client:
 
     def __exit__(
         self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
@@ -173,7 +196,12 @@ class Client:
         return f"<celeriac.Client {self._store!r}>"
 
 
-def _to_message(index: int, spec: TaskSpec) -> _native.Message:
+#: Messages per background insert batch in ``send_many``: small enough that encoding and
+#: writing overlap, large enough that each statement carries many rows.
+_STREAM_BATCH = 250
+
+
+def _to_message(index: int, spec: TaskSpec, reply_to: str) -> _native.Message:
     if isinstance(spec, _native.Message):
         return spec
     try:
@@ -190,7 +218,7 @@ def _to_message(index: int, spec: TaskSpec) -> _native.Message:
                 "expected a Message, a (name, args, kwargs, options) tuple or a mapping, "
                 f"not {type(spec).__name__}"
             )
-        return encode(name, args, kwargs, options)
+        return encode(name, args, kwargs, options, reply_to)
     except KeyError:
         raise _native.EncodeError(f"send_many item {index}: a mapping needs a 'name'") from None
     except _native.EncodeError as exc:

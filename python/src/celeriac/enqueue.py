@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from typing import Any
 
 from celeriac import _native
 from celeriac._options import encode
@@ -14,8 +14,8 @@ _SCHEMA_MISSING = {"42P01", "3F000", "42883"}  # undefined table, schema, functi
 def enqueue(
     conn: Any,
     name: str,
-    args: Optional[Sequence[Any]] = (),
-    kwargs: Optional[Mapping[str, Any]] = None,
+    args: Sequence[Any] | None = (),
+    kwargs: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> str:
     """Enqueues a task on the application's own database connection, inside its current
@@ -86,9 +86,9 @@ def _execute(conn: Any, sql: str, params: tuple[Any, ...]) -> None:
     )
 
 
-def _sqlstate(exc: BaseException) -> Optional[str]:
+def _sqlstate(exc: BaseException) -> str | None:
     """The SQLSTATE of a driver error, looking through SQLAlchemy's and Django's wrappers."""
-    seen: Optional[BaseException] = exc
+    seen: BaseException | None = exc
     for _ in range(4):
         if seen is None:
             return None

@@ -31,7 +31,7 @@ import threading
 from collections.abc import Iterable
 from queue import Empty
 from time import monotonic
-from typing import Any, Optional
+from typing import Any
 
 from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
@@ -62,7 +62,7 @@ def _delivery_tag(row_id: int, attempt: int) -> str:
     return f"celeriac:{row_id}:{attempt}"
 
 
-def _lease(delivery_tag: Any) -> Optional[tuple[int, int]]:
+def _lease(delivery_tag: Any) -> tuple[int, int] | None:
     """``(id, attempt)`` of a delivery tag this transport issued, else None."""
     if isinstance(delivery_tag, str) and delivery_tag.startswith("celeriac:"):
         _, row_id, attempt = delivery_tag.split(":")
@@ -78,7 +78,7 @@ class Channel(virtual.Channel):
 
     def __init__(self, connection: Transport, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)
-        self._consumer: Optional[_native.Consumer] = None
+        self._consumer: _native.Consumer | None = None
 
     @property
     def store(self) -> _native.Store:
@@ -105,7 +105,7 @@ class Channel(virtual.Channel):
 
     # --- consuming --------------------------------------------------------------------------
 
-    def _get_many(self, queues: Iterable[str], timeout: Optional[float] = None) -> None:
+    def _get_many(self, queues: Iterable[str], timeout: float | None = None) -> None:
         """Claims as many messages as the prefetch window allows, from all consumed queues at
         once (priority first, then eta, then age), and delivers them."""
         limit = self.qos.can_consume_max_estimate()
@@ -122,7 +122,7 @@ class Channel(virtual.Channel):
             if raw is not None:
                 self.connection._deliver(raw, queue)
 
-    def _get(self, queue: str, timeout: Optional[float] = None) -> dict[str, Any]:
+    def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
         consumer = self.consumer()
         while True:
             rows = consumer.claim([queue], 1)
@@ -141,7 +141,7 @@ class Channel(virtual.Channel):
         redelivered: bool,
         queue: str,
         payload: bytes,
-    ) -> Optional[dict[str, Any]]:
+    ) -> dict[str, Any] | None:
         """The kombu message of a claimed row; an unreadable envelope is dead-lettered."""
         try:
             raw = loads(payload)
@@ -150,7 +150,10 @@ class Channel(virtual.Channel):
                 raise TypeError("properties is not an object")
         except Exception as exc:
             consumer.dead_letter(
-                row_id, attempt, "undecodable", f"not a kombu envelope: {exc.__class__.__name__}: {exc}"
+                row_id,
+                attempt,
+                "undecodable",
+                f"not a kombu envelope: {exc.__class__.__name__}: {exc}",
             )
             return None
         properties["delivery_tag"] = _delivery_tag(row_id, attempt)
@@ -266,7 +269,7 @@ class Transport(virtual.Transport):
         self.store.check()
         return super().establish_connection()
 
-    def drain_events(self, connection: Any, timeout: Optional[float] = None) -> None:
+    def drain_events(self, connection: Any, timeout: float | None = None) -> None:
         deadline = None if timeout is None else monotonic() + timeout
         while True:
             self.capacity_freed.clear()
@@ -287,7 +290,7 @@ class Transport(virtual.Transport):
             else:
                 self.capacity_freed.wait(wait)
 
-    def _waiting_channel(self) -> Optional[Channel]:
+    def _waiting_channel(self) -> Channel | None:
         """A channel that consumes and has room in its prefetch window, if any."""
         for channel in self.channels:
             if channel._consumers and channel.qos.can_consume():

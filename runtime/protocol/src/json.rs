@@ -46,7 +46,13 @@ pub fn from_slice(input: &[u8]) -> Result<Value, JsonError> {
 /// Writes `value` exactly as Python's `json.dumps(value)` (kombu's encoder) would.
 #[must_use]
 pub fn to_vec(value: &Value) -> Vec<u8> {
-    let mut out = String::with_capacity(128);
+    to_vec_with_capacity(value, 128)
+}
+
+/// [`to_vec`] into a buffer of `capacity` bytes to start with.
+#[must_use]
+pub fn to_vec_with_capacity(value: &Value, capacity: usize) -> Vec<u8> {
+    let mut out = String::with_capacity(capacity);
     write_value(&mut out, value);
     out.into_bytes()
 }
@@ -421,7 +427,15 @@ pub fn python_float_repr(f: f64) -> String {
 
 fn write_str(out: &mut String, s: &str) {
     out.push('"');
-    for ch in s.chars() {
+    let mut rest = s;
+    while !rest.is_empty() {
+        // Copy the longest run that needs no escaping in one go.
+        let plain =
+            rest.bytes().position(|b| !matches!(b, b' '..=b'~') || b == b'"' || b == b'\\').unwrap_or(rest.len());
+        out.push_str(&rest[..plain]);
+        rest = &rest[plain..];
+        let Some(ch) = rest.chars().next() else { break };
+        rest = &rest[ch.len_utf8()..];
         match ch {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
@@ -430,7 +444,6 @@ fn write_str(out: &mut String, s: &str) {
             '\t' => out.push_str("\\t"),
             '\u{8}' => out.push_str("\\b"),
             '\u{c}' => out.push_str("\\f"),
-            ' '..='~' => out.push(ch),
             _ => {
                 let mut units = [0u16; 2];
                 for unit in ch.encode_utf16(&mut units) {

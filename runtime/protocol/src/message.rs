@@ -123,16 +123,21 @@ impl Envelope {
     /// Encodes the envelope as kombu's SQL transport does (`json.dumps`).
     #[must_use]
     pub fn to_bytes(&self) -> Vec<u8> {
+        self.clone().into_bytes()
+    }
+
+    /// [`Envelope::to_bytes`], consuming the envelope (no copies of its parts).
+    #[must_use]
+    pub fn into_bytes(self) -> Vec<u8> {
+        let size_hint = self.body.len() + 1024;
         let mut map = Map::with_capacity(5 + self.extra.len());
-        map.insert("body".into(), Value::Str(self.body.clone()));
-        map.insert("content-encoding".into(), Value::Str(self.content_encoding.clone()));
-        map.insert("content-type".into(), Value::Str(self.content_type.clone()));
-        map.insert("headers".into(), Value::Map(self.headers.clone()));
-        map.insert("properties".into(), Value::Map(self.properties.clone()));
-        for (k, v) in &self.extra {
-            map.insert(k.clone(), v.clone());
-        }
-        json::to_vec(&Value::Map(map))
+        map.insert("body".into(), Value::Str(self.body));
+        map.insert("content-encoding".into(), Value::Str(self.content_encoding));
+        map.insert("content-type".into(), Value::Str(self.content_type));
+        map.insert("headers".into(), Value::Map(self.headers));
+        map.insert("properties".into(), Value::Map(self.properties));
+        map.extend(self.extra);
+        json::to_vec_with_capacity(&Value::Map(map), size_hint)
     }
 
     /// The serialized body bytes: base64-decoded when the body encoding says so, then
@@ -843,7 +848,7 @@ pub fn encode_task(
         extra: Map::new(),
     };
     Ok(EncodedTask {
-        payload: envelope.to_bytes(),
+        payload: envelope.into_bytes(),
         task_id,
         task_name: name.to_owned(),
         queue: opts.queue.clone(),

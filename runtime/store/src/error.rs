@@ -28,6 +28,9 @@ pub enum Error {
         "the celeriac schema is missing or outdated in this database ({0}); run `celeriac migrate --database-url …`"
     )]
     SchemaMissing(String),
+    /// A streamed insert ended without a commit; nothing of it was written.
+    #[error("the enqueue was abandoned before it committed; nothing was written")]
+    Aborted,
 }
 
 impl Error {
@@ -47,7 +50,7 @@ impl Error {
                             || *c == SqlState::CANNOT_CONNECT_NOW
                     })
             }
-            Error::Config(_) | Error::SchemaMissing(_) | Error::MigrationChanged { .. } => false,
+            Error::Config(_) | Error::SchemaMissing(_) | Error::MigrationChanged { .. } | Error::Aborted => false,
         }
     }
 

@@ -10,6 +10,7 @@ use std::{borrow::Cow, sync::LazyLock};
 
 use celeriac_protocol::{EncodedTask, Value};
 use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::{Error, Result, Store};
@@ -228,6 +229,30 @@ pub const MESSAGE_INSERT_DBAPI_SQL: &str = "insert into celeriac.message \
 (queue, priority, eta, expires, task_name, task_id, payload) \
 values (%s, %s, coalesce(%s::timestamptz, now()), %s::timestamptz, %s, %s, %s)";
 
+/// One step of [`Store::message_insert_stream`].
+#[derive(Debug)]
+pub enum InsertBatch {
+    /// Messages to insert.
+    Rows(Vec<NewMessage>),
+    /// Commit everything sent so far.
+    Commit,
+}
+
+async fn insert_chunk(
+    tx: &tokio_postgres::Transaction<'_>,
+    stmt: &tokio_postgres::Statement,
+    chunk: &[NewMessage],
+) -> Result<u64> {
+    let queues: Vec<Cow<'_, str>> = chunk.iter().map(|m| pg_text(&m.queue)).collect();
+    let priorities: Vec<i16> = chunk.iter().map(|m| m.priority).collect();
+    let etas: Vec<Option<DateTime<Utc>>> = chunk.iter().map(|m| m.eta).collect();
+    let expires: Vec<Option<DateTime<Utc>>> = chunk.iter().map(|m| m.expires).collect();
+    let names: Vec<Option<Cow<'_, str>>> = chunk.iter().map(|m| m.task_name.as_deref().map(pg_text)).collect();
+    let ids: Vec<Option<Cow<'_, str>>> = chunk.iter().map(|m| m.task_id.as_deref().map(pg_text)).collect();
+    let payloads: Vec<&[u8]> = chunk.iter().map(|m| m.payload.as_slice()).collect();
+    tx.execute(stmt, &[&queues, &priorities, &etas, &expires, &names, &ids, &payloads]).await.map_err(Error::from_pg)
+}
+
 const DEAD_LETTER_COLUMNS: &str =
     "message_id, queue, priority, task_name, task_id, payload, reason_code, reason, attempt, redeliveries, enqueued_at";
 
@@ -268,20 +293,39 @@ impl Store {
         let stmt = tx.prepare_cached(INSERT_MANY_SQL).await.map_err(Error::from_pg)?;
         let mut total = 0;
         for chunk in msgs.chunks(5000) {
-            let queues: Vec<Cow<'_, str>> = chunk.iter().map(|m| pg_text(&m.queue)).collect();
-            let priorities: Vec<i16> = chunk.iter().map(|m| m.priority).collect();
-            let etas: Vec<Option<DateTime<Utc>>> = chunk.iter().map(|m| m.eta).collect();
-            let expires: Vec<Option<DateTime<Utc>>> = chunk.iter().map(|m| m.expires).collect();
-            let names: Vec<Option<Cow<'_, str>>> = chunk.iter().map(|m| m.task_name.as_deref().map(pg_text)).collect();
-            let ids: Vec<Option<Cow<'_, str>>> = chunk.iter().map(|m| m.task_id.as_deref().map(pg_text)).collect();
-            let payloads: Vec<&[u8]> = chunk.iter().map(|m| m.payload.as_slice()).collect();
-            total += tx
-                .execute(&stmt, &[&queues, &priorities, &etas, &expires, &names, &ids, &payloads])
-                .await
-                .map_err(Error::from_pg)?;
+            total += insert_chunk(&tx, &stmt, chunk).await?;
         }
         tx.commit().await?;
         Ok(total)
+    }
+
+    /// Enqueues batches as they arrive, in one transaction that commits when
+    /// [`InsertBatch::Commit`] arrives (and rolls back if the sender goes away first), so a
+    /// producer can encode the next batch while this one is written. Returns how many
+    /// messages were enqueued.
+    ///
+    /// # Errors
+    /// Connection errors, or [`Error::Aborted`] when the sender closed without committing;
+    /// nothing is enqueued then. Batches sent after an error are dropped.
+    pub async fn message_insert_stream(&self, mut batches: mpsc::UnboundedReceiver<InsertBatch>) -> Result<u64> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let stmt = tx.prepare_cached(INSERT_MANY_SQL).await.map_err(Error::from_pg)?;
+        let mut total = 0;
+        while let Some(batch) = batches.recv().await {
+            match batch {
+                InsertBatch::Rows(rows) => {
+                    for chunk in rows.chunks(5000) {
+                        total += insert_chunk(&tx, &stmt, chunk).await?;
+                    }
+                }
+                InsertBatch::Commit => {
+                    tx.commit().await?;
+                    return Ok(total);
+                }
+            }
+        }
+        Err(Error::Aborted)
     }
 
     /// Claims up to `limit` ready messages from `queues` in one statement, leasing them to
