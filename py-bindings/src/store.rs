@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use celeriac_store::{InsertBatch, NewMessage, Store, StoreConfig};
+use celeriac_store::{Durability, InsertBatch, NewMessage, Store, StoreConfig};
 use pyo3::{
     exceptions::{PyRuntimeError, PyValueError},
     prelude::*,
@@ -18,6 +18,14 @@ use crate::{
     message::Message,
     runtime::{block_on, runtime},
 };
+
+fn durability(durable: bool) -> Durability {
+    if durable {
+        Durability::Synchronous
+    } else {
+        Durability::Relaxed
+    }
+}
 
 /// A pool of connections to one PostgreSQL database holding celeriac's schema.
 #[pyclass(name = "Store", module = "celeriac._native", frozen)]
@@ -87,11 +95,14 @@ impl PyStore {
         block_on(py, async move { store.check().await })?.map_err(|e| self.error(&e, Doing::Other))
     }
 
-    /// Enqueues one message (its own transaction, committed durably) and returns its row id.
-    fn insert(&self, py: Python<'_>, message: &Message) -> PyResult<i64> {
+    /// Enqueues one message in its own transaction and returns its row id. `durable=False`
+    /// commits without waiting for the WAL flush (see `Client(durable=...)`).
+    #[pyo3(signature = (message, *, durable=true))]
+    fn insert(&self, py: Python<'_>, message: &Message, durable: bool) -> PyResult<i64> {
         let store = self.store()?;
         let row = message.row.clone();
-        block_on(py, async move { store.message_insert(&row).await })?.map_err(|e| self.error(&e, Doing::Enqueue))
+        block_on(py, async move { store.message_insert_with(&row, durability(durable)).await })?
+            .map_err(|e| self.error(&e, Doing::Enqueue))
     }
 
     /// Enqueues many messages in one transaction (all or nothing); returns how many.
@@ -105,10 +116,11 @@ impl PyStore {
     /// Starts a transaction that inserts the batches given to `InsertStream.add` in the
     /// background (on celeriac's I/O thread) while the caller prepares the next ones; nothing
     /// is visible until `commit()`.
-    fn begin_insert(slf: Py<Self>) -> PyResult<InsertStream> {
+    #[pyo3(signature = (*, durable=true))]
+    fn begin_insert(slf: Py<Self>, durable: bool) -> PyResult<InsertStream> {
         let store = slf.get().store()?;
         let (sender, batches) = mpsc::unbounded_channel();
-        let task = runtime()?.spawn(async move { store.message_insert_stream(batches).await });
+        let task = runtime()?.spawn(async move { store.message_insert_stream(batches, durability(durable)).await });
         Ok(InsertStream { owner: slf, sender: Mutex::new(Some(sender)), task: Mutex::new(Some(task)) })
     }
 

@@ -29,12 +29,26 @@ class Client:
         url: ``postgresql://user:password@host:port/dbname`` (or libpq ``key=value`` form).
         max_connections: Connections this client may open at once.
         connect_timeout: Seconds to wait for a connection before raising ``ConnectError``.
+        durable: When True (the default) ``send_task`` and ``send_many`` return only once the
+            messages are flushed to disk, so they survive a PostgreSQL crash. False commits
+            without waiting for the flush (PostgreSQL's ``synchronous_commit = off``, for these
+            transactions only): several times faster one by one, and a PostgreSQL crash (not a
+            restart) can lose the last ~0.6 s of enqueues, like RabbitMQ publishing without
+            confirms, Celery's default.
     """
 
-    def __init__(self, url: str, *, max_connections: int = 4, connect_timeout: float = 5.0):
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_connections: int = 4,
+        connect_timeout: float = 5.0,
+        durable: bool = True,
+    ):
         self._store = _native.Store(
             url, max_connections=max_connections, connect_timeout=connect_timeout
         )
+        self._durable = durable
         # The `reply_to` of every message, like a Celery app's `oid`.
         self._oid = str(uuid.uuid4())
 
@@ -85,7 +99,7 @@ class Client:
         ignore_result: bool = False,
         shadow: str | None = None,
     ) -> str:
-        """Enqueues one task, committed durably before this returns.
+        """Enqueues one task, committed (durably, unless ``durable=False``) before this returns.
 
         Args:
             name: The registered task name, e.g. ``"proj.tasks.add"``.
@@ -135,7 +149,7 @@ class Client:
             },
             self._oid,
         )
-        self._store.insert(message)
+        self._store.insert(message, durable=self._durable)
         return message.task_id or ""
 
     def send_many(self, tasks: Iterable[TaskSpec]) -> list[str]:
@@ -163,11 +177,11 @@ class Client:
                 ids.append(message.task_id or "")
                 if len(batch) == _STREAM_BATCH:
                     # Written on celeriac's I/O thread while the next batch is encoded here.
-                    stream = stream or self._store.begin_insert()
+                    stream = stream or self._store.begin_insert(durable=self._durable)
                     stream.add(batch)
                     batch = []
             if batch:
-                stream = stream or self._store.begin_insert()
+                stream = stream or self._store.begin_insert(durable=self._durable)
                 stream.add(batch)
             if stream is not None:
                 stream.commit()
