@@ -363,3 +363,60 @@ async fn rescue_frees_dead_workers_and_full_scans_catch_untracked_leases() {
     let renewed = store.worker_heartbeat(&info(alive), &[stale, again[0].lease, again[1].lease]).await.unwrap();
     assert_eq!(renewed, 2, "the stale attempt is not renewed");
 }
+
+#[tokio::test]
+async fn streamed_inserts_commit_together_or_not_at_all() {
+    use celeriac_store::{Durability, InsertBatch};
+
+    let db = TestDatabase::new().await;
+    let store = db.store();
+
+    // Committed: every batch lands, in one transaction (nothing visible before the commit).
+    let (sender, batches) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn({
+        let store = store.clone();
+        async move { store.message_insert_stream(batches, Durability::Synchronous).await }
+    });
+    sender.send(InsertBatch::Rows((0..3).map(|_| message("celery", 0, None)).collect())).unwrap();
+    sender.send(InsertBatch::Rows((0..2).map(|_| message("other", 0, None)).collect())).unwrap();
+    // Once the stream's transaction has run an insert and waits for more, its rows are still
+    // invisible to everyone else.
+    let observer = db.client().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = observer
+            .query_one(
+                "select count(*) from pg_stat_activity where datname = current_database()
+                 and state = 'idle in transaction' and query like '%insert into celeriac.message%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the stream never ran its inserts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.message_count().await.unwrap(), 0, "rows visible before the commit");
+    sender.send(InsertBatch::Commit).unwrap();
+    assert_eq!(task.await.unwrap().unwrap(), 5);
+    assert_eq!(store.message_count().await.unwrap(), 5);
+
+    // Abandoned (the sender goes away without a commit): nothing is written.
+    let (sender, batches) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn({
+        let store = store.clone();
+        async move { store.message_insert_stream(batches, Durability::Relaxed).await }
+    });
+    sender.send(InsertBatch::Rows((0..4).map(|_| message("celery", 0, None)).collect())).unwrap();
+    drop(sender);
+    assert!(matches!(task.await.unwrap(), Err(celeriac_store::Error::Aborted)));
+    assert_eq!(store.message_count().await.unwrap(), 5);
+
+    // A relaxed single insert is an ordinary row.
+    let id = store.message_insert_with(&message("celery", 3, None), Durability::Relaxed).await.unwrap();
+    let got = store.message_claim(&claim(register(&store).await, &["celery".into()], 10)).await.unwrap();
+    assert_eq!(got.first().map(|m| (m.lease.id, m.priority)), Some((id, 3)));
+}
