@@ -8,11 +8,18 @@
   ``CELERIAC_TEST_DATABASE_URL``. Tests using it FAIL (never skip) when it is not set.
 * ``database_url``: a fresh database ``celeriac_py_<uuid hex>`` with celeriac's schema migrated
   (``celeriac migrate``); dropped after the test, or kept (and its URL printed) if the test failed.
+* ``unmigrated_database_url``: a fresh database WITHOUT celeriac's schema; dropped afterwards unless the
+  test failed.
 * ``celeriac_worker``: ``celeriac_worker(queues=..., concurrency=..., extra_args=...)`` starts
   ``celeriac worker --example-handlers`` on ``database_url`` with its log in ``tmp_path``; every
   worker still running at teardown gets SIGTERM and must exit 0 within 30 s.
 * ``wait_for(predicate, timeout, what)`` (from ``celeriac_testkit``): poll every 50 ms; tests never
   synchronise with bare sleeps.
+* ``celery_worker``: ``celery_worker(module, queues=..., concurrency=..., extra_args=...)`` starts a
+  real Python Celery worker (``python -m celery -A module worker -P prefork``, ``tmp_path`` on
+  ``PYTHONPATH``, so tests write their app module there) with its log in ``tmp_path`` and waits
+  until it logs ``ready.``; every worker still running at teardown gets SIGTERM (its main process
+  only) and must exit 0 within 30 s.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from celeriac_testkit import (  # noqa: E402 - needs TOOLS_DIR on sys.path
     run_celeriac,
     wait_for,
 )
+from celery_worker import CeleryWorker  # noqa: E402 - needs TOOLS_DIR on sys.path
 from kombu_decode import Decoder  # noqa: E402 - needs TOOLS_DIR on sys.path
 
 __all__ = ["wait_for"]
@@ -113,6 +121,21 @@ def database_url(request: pytest.FixtureRequest, postgres_url: str, celeriac_bin
 
 
 @pytest.fixture
+def unmigrated_database_url(request: pytest.FixtureRequest, postgres_url: str) -> Iterator[str]:
+    """A fresh database without celeriac's schema (``celeriac migrate`` never ran on it)."""
+    dbname = f"celeriac_py_bare_{uuid.uuid4().hex}"
+    url = database_url_for(postgres_url, dbname)
+    create_database(postgres_url, dbname)
+    try:
+        yield url
+    finally:
+        if _test_failed(request.node):
+            print(f"\nkept the database of failed test {request.node.nodeid}: {url}")
+        else:
+            drop_database(postgres_url, dbname)
+
+
+@pytest.fixture
 def celeriac_worker(celeriac_bin: Path, database_url: str, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     """Factory starting ``celeriac worker --example-handlers`` on this test's database."""
     workers: list[Worker] = []
@@ -157,3 +180,47 @@ def json_decoder() -> Iterator[Decoder]:
     decoder = Decoder(["json"])
     yield decoder
     decoder.close()
+
+
+@pytest.fixture
+def celery_worker(database_url: str, tmp_path: Path) -> Iterator[Callable[..., CeleryWorker]]:
+    """Factory starting a real Python Celery worker on an app module the test wrote into ``tmp_path``.
+
+    ``celery_worker(module, queues=("celery",), concurrency=2, extra_args=(), wait_ready=True)``;
+    the log is ``tmp_path/celeryN.log``. (``database_url`` is requested so the database outlives
+    the workers.)
+    """
+    workers: list[CeleryWorker] = []
+
+    def start(
+        module: str,
+        queues: Sequence[str] = ("celery",),
+        concurrency: int = 2,
+        extra_args: Sequence[str] = (),
+        wait_ready: bool = True,
+    ) -> CeleryWorker:
+        n = len(workers) + 1
+        worker = CeleryWorker(
+            module,
+            tmp_path,
+            tmp_path / f"celery{n}.log",
+            name=f"pytest-celery{n}@%h",
+            queues=queues,
+            concurrency=concurrency,
+            extra_args=extra_args,
+        )
+        workers.append(worker)
+        return worker.wait_ready() if wait_ready else worker
+
+    yield start
+
+    for worker in workers:  # all warm shutdowns at once, then wait for each
+        worker.terminate()
+    errors: list[str] = []
+    for worker in workers:
+        try:
+            worker.stop()
+        except AssertionError as exc:
+            errors.append(str(exc))
+    if errors:
+        pytest.fail("\n\n".join(errors), pytrace=False)

@@ -200,7 +200,10 @@ fn convert(obj: &Bound<'_, PyAny>, types: &Types, depth: usize) -> PyResult<Resu
     }
     if obj.is_instance(types.time.bind(py))? {
         if !obj.getattr("tzinfo")?.is_none() {
-            return Ok(Err(ConvertError::new("a time with a tzinfo cannot be sent (kombu decodes times as naive)")));
+            return Ok(Err(ConvertError::new(
+                "a time with a tzinfo is not supported by celeriac's codec yet; send a datetime, or the time \
+                 without tzinfo",
+            )));
         }
         let text: String = obj.call_method0("isoformat")?.extract()?;
         return Ok(chrono::NaiveTime::parse_from_str(&text, "%H:%M:%S%.f")

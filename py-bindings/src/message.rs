@@ -137,7 +137,8 @@ fn seconds(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<f64> {
 #[pyo3(signature = (
     name, args=None, kwargs=None, *, queue="celery", countdown=None, eta=None, expires=None, priority=None,
     task_id=None, headers=None, time_limit=None, soft_time_limit=None, ignore_result=false, shadow=None,
-    retries=0, parent_id=None, root_id=None, origin="celeriac", reply_to=None, serializer="json"
+    retries=0, parent_id=None, root_id=None, origin="celeriac", reply_to=None, serializer="json",
+    argsrepr=None, kwargsrepr=None
 ))]
 #[allow(clippy::too_many_arguments)]
 pub fn encode_task(
@@ -162,6 +163,8 @@ pub fn encode_task(
     origin: &str,
     reply_to: Option<String>,
     serializer: &str,
+    argsrepr: Option<String>,
+    kwargsrepr: Option<String>,
 ) -> PyResult<Message> {
     if serializer != "json" {
         return Err(EncodeError::new_err(format!(
@@ -215,6 +218,8 @@ pub fn encode_task(
         root_id,
         origin: origin.to_owned(),
         reply_to,
+        argsrepr,
+        kwargsrepr,
     };
     let encoded =
         protocol_encode(name, &args, &kwargs, &options, Utc::now()).map_err(|e| EncodeError::new_err(e.to_string()))?;

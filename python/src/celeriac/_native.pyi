@@ -69,6 +69,8 @@ def encode_task(
     origin: str = "celeriac",
     reply_to: str | None = None,
     serializer: str = "json",
+    argsrepr: str | None = None,
+    kwargsrepr: str | None = None,
 ) -> Message: ...
 def message_from_envelope(payload: bytes, queue: str | None = None) -> Message: ...
 

@@ -58,4 +58,55 @@ def encode(
     if not OPTION_NAMES.issuperset(options):
         unknown = sorted(set(options) - OPTION_NAMES)
         raise _native.EncodeError(f"unknown option(s): {', '.join(unknown)}")
-    return _native.encode_task(name, args, kwargs, origin=origin(), reply_to=reply_to, **options)
+    argsrepr = kwargsrepr = None
+    if not (_plain_args(args) and _plain(kwargs)):
+        saferepr = _celery_saferepr()
+        if saferepr is not None:
+            argsrepr = saferepr(() if args is None else args, REPR_MAX_SIZE)
+            kwargsrepr = saferepr({} if kwargs is None else kwargs, REPR_MAX_SIZE)
+    return _native.encode_task(
+        name,
+        args,
+        kwargs,
+        origin=origin(),
+        reply_to=reply_to,
+        argsrepr=argsrepr,
+        kwargsrepr=kwargsrepr,
+        **options,
+    )
+
+
+#: Celery's ``task_protocol`` 2 ``argsrepr_maxsize`` / ``kwargsrepr_maxsize``.
+REPR_MAX_SIZE = 1024
+_BASIC = (str, int, float, bool, type(None))
+_saferepr: Any = False  # False: not looked up yet; None: Celery is not installed
+
+
+def _celery_saferepr() -> Any:
+    global _saferepr
+    if _saferepr is False:
+        try:
+            from celery.utils.saferepr import saferepr
+        except Exception:  # Celery absent or broken: the codec's own rendering is used
+            saferepr = None
+        _saferepr = saferepr
+    return _saferepr
+
+
+def _plain(value: Any) -> bool:
+    """Whether the codec, which renders ``argsrepr``/``kwargsrepr`` from the JSON form of the
+    value, renders it exactly as Celery's ``saferepr`` of the Python value: only lists, dicts
+    with str keys, and str/int/float/bool/None (no tuples, subclasses or other types)."""
+    kind = type(value)
+    if kind in _BASIC:
+        return True
+    if kind is list:
+        return all(map(_plain, value))
+    if kind is dict:
+        return all(type(k) is str and _plain(v) for k, v in value.items())
+    return False
+
+
+def _plain_args(args: Any) -> bool:
+    """``_plain`` for positional arguments, which the codec renders as a tuple."""
+    return args is None or (type(args) is tuple and all(map(_plain, args)))

@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections import deque
 from collections.abc import Iterable
 from queue import Empty
 from time import monotonic
@@ -88,6 +89,9 @@ class Channel(virtual.Channel):
     def __init__(self, connection: Transport, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)
         self._consumer: _native.Consumer | None = None
+        #: Claimed messages not delivered yet, ``(message, queue)``: still leased to this
+        #: channel's consumer (heartbeated; given back by ``Consumer.close`` if never delivered).
+        self._claimed: deque[tuple[dict[str, Any], str]] = deque()
 
     @property
     def store(self) -> _native.Store:
@@ -116,21 +120,32 @@ class Channel(virtual.Channel):
     # --- consuming --------------------------------------------------------------------------
 
     def _get_many(self, queues: Iterable[str], timeout: float | None = None) -> None:
-        """Claims as many messages as the prefetch window allows, from all consumed queues at
-        once (priority first, then eta, then age), and delivers them."""
-        limit = self.qos.can_consume_max_estimate()
-        if limit is None:
-            limit = UNLIMITED_CLAIM
-        if limit <= 0:
-            raise Empty()
-        consumer = self.consumer()
-        rows = consumer.claim(list(dict.fromkeys(queues)), limit)
-        if not rows:
-            raise Empty()
-        for row_id, attempt, redelivered, queue, payload in rows:
-            raw = self._to_raw(consumer, row_id, attempt, redelivered, queue, payload)
-            if raw is not None:
-                self.connection._deliver(raw, queue)
+        """Delivers one message. When none is left from the last claim, first claims as many as
+        the prefetch window allows, from all consumed queues at once (priority first, then eta,
+        then age).
+
+        One delivery per call, as kombu's own virtual transports do: Celery's prefork worker
+        blocks in the delivery callback until a pool process is free, and checks for a warm
+        shutdown only between calls, so delivering a whole claim at once would run every
+        claimed message before shutting down instead of giving the unstarted ones back.
+        """
+        if not self._claimed:
+            limit = self.qos.can_consume_max_estimate()
+            if limit is None:
+                limit = UNLIMITED_CLAIM
+            if limit <= 0:
+                raise Empty()
+            consumer = self.consumer()
+            for row_id, attempt, redelivered, queue, payload in consumer.claim(
+                list(dict.fromkeys(queues)), limit
+            ):
+                raw = self._to_raw(consumer, row_id, attempt, redelivered, queue, payload)
+                if raw is not None:
+                    self._claimed.append((raw, queue))
+            if not self._claimed:
+                raise Empty()
+        raw, queue = self._claimed.popleft()
+        self.connection._deliver(raw, queue)
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
         consumer = self.consumer()
@@ -173,6 +188,10 @@ class Channel(virtual.Channel):
             delivery_info.setdefault("routing_key", queue)
         if redelivered:
             raw["redelivered"] = True
+            # Where Celery reads it (`Request.delivery_info`, `task.request.delivery_info`,
+            # `worker_deduplicate_successful_tasks`), as kombu's Redis transport marks it.
+            if isinstance(delivery_info, dict):
+                delivery_info["redelivered"] = True
         return raw
 
     def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
@@ -230,6 +249,7 @@ class Channel(virtual.Channel):
         try:
             super().close()
         finally:
+            self._claimed.clear()  # still leased: Consumer.close gives them back
             consumer, self._consumer = self._consumer, None
             if consumer is not None:
                 consumer.close()
@@ -249,6 +269,10 @@ class Transport(virtual.Transport):
 
     connection_errors = (*virtual.Transport.connection_errors, _native.ConnectError)
     channel_errors = (*virtual.Transport.channel_errors, _native.DatabaseError)
+    # Only an unreachable server is worth retrying; a missing schema or a refused statement
+    # will not fix itself (kombu would otherwise retry every channel error).
+    recoverable_connection_errors = (_native.ConnectError,)
+    recoverable_channel_errors = ()
 
     implements = virtual.Transport.implements.extend(
         asynchronous=False,

@@ -661,6 +661,12 @@ pub struct TaskOptions {
     pub origin: String,
     /// `reply_to` property (the app's oid in Celery).
     pub reply_to: Option<String>,
+    /// The `argsrepr` header, when the producer rendered it (Celery's
+    /// `apply_async(argsrepr=…)`, or a binding that knows the caller's Python types); else
+    /// Celery's `saferepr` of `args` as a tuple.
+    pub argsrepr: Option<String>,
+    /// The `kwargsrepr` header, likewise; else Celery's `saferepr` of `kwargs`.
+    pub kwargsrepr: Option<String>,
 }
 
 impl Default for TaskOptions {
@@ -682,6 +688,8 @@ impl Default for TaskOptions {
             root_id: None,
             origin: "celeriac".to_owned(),
             reply_to: None,
+            argsrepr: None,
+            kwargsrepr: None,
         }
     }
 }
@@ -804,8 +812,10 @@ pub fn encode_task(
     );
     h.insert("root_id".into(), opts.root_id.clone().unwrap_or_else(|| task_id.clone()).into());
     h.insert("parent_id".into(), opts.parent_id.clone().map_or(Value::Null, Value::Str));
-    h.insert("argsrepr".into(), args_repr(args, REPR_MAX_SIZE).into());
-    h.insert("kwargsrepr".into(), kwargs_repr(kwargs, REPR_MAX_SIZE).into());
+    let argsrepr = opts.argsrepr.clone().unwrap_or_else(|| args_repr(args, REPR_MAX_SIZE));
+    h.insert("argsrepr".into(), argsrepr.into());
+    let kwargsrepr = opts.kwargsrepr.clone().unwrap_or_else(|| kwargs_repr(kwargs, REPR_MAX_SIZE));
+    h.insert("kwargsrepr".into(), kwargsrepr.into());
     h.insert("origin".into(), opts.origin.clone().into());
     h.insert("ignore_result".into(), opts.ignore_result.into());
     h.insert("replaced_task_nesting".into(), Value::Int(0));

@@ -37,7 +37,7 @@ use celeriac_protocol::{json, pyrepr, Accept, TaskMessage};
 use celeriac_store::{ClaimCursor, ClaimParams, ClaimedMessage, DeadLetterParams, Lease, Store, WorkerInfo};
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt as _;
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 
@@ -273,6 +273,9 @@ struct Shared {
     stats: Arc<WorkerStats>,
     settle: mpsc::UnboundedSender<Settle>,
     run_slots: Arc<Semaphore>,
+    /// Signalled when the last claim issued has started all its messages: the next claim's
+    /// first message waits for it, so messages start in claim order across claims too.
+    last_turn: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
     /// Cancelled on shutdown: stop claiming, do not start claimed tasks.
     stopping: CancellationToken,
     /// Cancelled when the shutdown timeout ran out: abandon running tasks.
@@ -392,6 +395,7 @@ impl Worker {
             stats: self.stats.clone(),
             settle: settle_tx,
             run_slots: Arc::new(Semaphore::new(config.concurrency)),
+            last_turn: std::sync::Mutex::new(None),
             stopping: shutdown.clone(),
             abandon: CancellationToken::new(),
             claim_state: std::sync::Mutex::new(ClaimState::new(config.queues.len())),
@@ -644,6 +648,11 @@ async fn claim_batch(
     done: tokio::sync::oneshot::Sender<ClaimResult>,
 ) {
     let want = permits.num_permits();
+    // This claim's place in the start order is taken now, when it is issued (claims run two at
+    // a time and may answer out of order): its messages start after the previous claim's.
+    let (claim_done, after_this_claim) = oneshot::channel::<()>();
+    let mut previous =
+        shared.last_turn.lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace(after_this_claim);
     let cursors = shared.claim_state.lock().map(|mut s| s.next()).unwrap_or(None);
     let params = ClaimParams {
         worker_id: shared.worker_id,
@@ -661,6 +670,7 @@ async fn claim_batch(
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "worker: claim failed; retrying with backoff");
+            tracker.spawn(pass_turn(previous, claim_done));
             let _ = done.send(ClaimResult::Failed);
             return;
         }
@@ -677,10 +687,16 @@ async fn claim_batch(
         }
     }
     shared.stats.received.fetch_add(got as u64, Ordering::Relaxed);
+    // The claim is sorted (priority desc, eta, id); each message waits for its predecessor (in
+    // this claim or the one before) to take a run slot, or give up, before asking for one, so
+    // they start in claim order.
     for message in claimed {
         let Some(slot) = permits.split(1) else { break };
-        tracker.spawn(execute(shared.clone(), message, slot));
+        let (started, next) = oneshot::channel();
+        let turn = Turn { previous: previous.replace(next), started };
+        tracker.spawn(execute(shared.clone(), message, slot, turn));
     }
+    tracker.spawn(pass_turn(previous, claim_done));
     let _ = done.send(if got == want || !full_claim { ClaimResult::Full } else { ClaimResult::Short });
 }
 
@@ -709,13 +725,30 @@ impl Drop for Unsettled<'_> {
     }
 }
 
-async fn execute(shared: Arc<Shared>, claimed: ClaimedMessage, slot: OwnedSemaphorePermit) {
+/// Lets the next claim's messages start once this claim's last message has started (or this
+/// claim brought none).
+async fn pass_turn(previous: Option<oneshot::Receiver<()>>, claim_done: oneshot::Sender<()>) {
+    if let Some(previous) = previous {
+        let _ = previous.await;
+    }
+    let _ = claim_done.send(());
+}
+
+/// A message's place in its claim's start order: it asks for a run slot once `previous` has
+/// one (or was settled without running), and then lets the next one ask. Dropping it, on any
+/// path, lets the next one go.
+struct Turn {
+    previous: Option<oneshot::Receiver<()>>,
+    started: oneshot::Sender<()>,
+}
+
+async fn execute(shared: Arc<Shared>, claimed: ClaimedMessage, slot: OwnedSemaphorePermit, turn: Turn) {
     let mut guard = Unsettled { held: &shared.held, lease: Some(claimed.lease) };
-    execute_inner(&shared, claimed, slot).await;
+    execute_inner(&shared, claimed, slot, turn).await;
     guard.lease = None;
 }
 
-async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: OwnedSemaphorePermit) {
+async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: OwnedSemaphorePermit, mut turn: Turn) {
     let lease = claimed.lease;
     let message = match TaskMessage::decode(&claimed.payload, &shared.config.accept) {
         Ok(m) => m,
@@ -752,11 +785,16 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
             return;
         }
     }
+    if let Some(previous) = turn.previous.take() {
+        // Err: the previous message was settled without running; either way it is our turn.
+        let _ = previous.await;
+    }
     let run_slot = tokio::select! {
         biased;
         () = shared.stopping.cancelled() => None,
         p = shared.run_slots.clone().acquire_owned() => p.ok(),
     };
+    let _ = turn.started.send(());
     let Some(run_slot) = run_slot else {
         shared.stats.released.fetch_add(1, Ordering::Relaxed);
         shared.settle(Settle::Release(lease));
