@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import uuid
@@ -41,6 +42,7 @@ if str(TOOLS_DIR) not in sys.path:
     sys.path.insert(0, str(TOOLS_DIR))
 
 from celeriac_testkit import (  # noqa: E402 - needs TOOLS_DIR on sys.path
+    LoggedProcess,
     Worker,
     create_database,
     database_url_for,
@@ -104,35 +106,34 @@ def postgres_url() -> str:
     return url
 
 
-@pytest.fixture
-def database_url(request: pytest.FixtureRequest, postgres_url: str, celeriac_bin: Path) -> Iterator[str]:
-    """A fresh, migrated database for this test only; dropped afterwards unless the test failed."""
-    dbname = f"celeriac_py_{uuid.uuid4().hex}"
+@contextlib.contextmanager
+def _scratch_database(request: pytest.FixtureRequest, postgres_url: str, prefix: str) -> Iterator[str]:
+    """A fresh database for this test only; dropped afterwards unless the test failed."""
+    dbname = f"{prefix}_{uuid.uuid4().hex}"
     url = database_url_for(postgres_url, dbname)
     create_database(postgres_url, dbname)
     try:
-        run_celeriac(celeriac_bin, "migrate", "--database-url", url)
         yield url
     finally:
         if _test_failed(request.node):
             print(f"\nkept the database of failed test {request.node.nodeid}: {url}")
         else:
             drop_database(postgres_url, dbname)
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, postgres_url: str, celeriac_bin: Path) -> Iterator[str]:
+    """A fresh, migrated database for this test only; dropped afterwards unless the test failed."""
+    with _scratch_database(request, postgres_url, "celeriac_py") as url:
+        run_celeriac(celeriac_bin, "migrate", "--database-url", url)
+        yield url
 
 
 @pytest.fixture
 def unmigrated_database_url(request: pytest.FixtureRequest, postgres_url: str) -> Iterator[str]:
     """A fresh database without celeriac's schema (``celeriac migrate`` never ran on it)."""
-    dbname = f"celeriac_py_bare_{uuid.uuid4().hex}"
-    url = database_url_for(postgres_url, dbname)
-    create_database(postgres_url, dbname)
-    try:
+    with _scratch_database(request, postgres_url, "celeriac_py_bare") as url:
         yield url
-    finally:
-        if _test_failed(request.node):
-            print(f"\nkept the database of failed test {request.node.nodeid}: {url}")
-        else:
-            drop_database(postgres_url, dbname)
 
 
 @pytest.fixture
@@ -164,6 +165,11 @@ def celeriac_worker(celeriac_bin: Path, database_url: str, tmp_path: Path) -> It
 
     yield start
 
+    _stop_all(workers)
+
+
+def _stop_all(workers: Sequence[LoggedProcess]) -> None:
+    """Stops every worker (each must exit 0 after SIGTERM); fails the test with all their logs."""
     errors: list[str] = []
     for worker in workers:
         try:
@@ -216,11 +222,4 @@ def celery_worker(database_url: str, tmp_path: Path) -> Iterator[Callable[..., C
 
     for worker in workers:  # all warm shutdowns at once, then wait for each
         worker.terminate()
-    errors: list[str] = []
-    for worker in workers:
-        try:
-            worker.stop()
-        except AssertionError as exc:
-            errors.append(str(exc))
-    if errors:
-        pytest.fail("\n\n".join(errors), pytrace=False)
+    _stop_all(workers)

@@ -96,20 +96,19 @@ def run_celeriac(
     return proc.stdout
 
 
-class Worker:
-    """One ``celeriac worker`` process; stdout and stderr go to ``log_path``."""
+class LoggedProcess:
+    """A subprocess whose stdout and stderr go to ``log_path``, stopped with SIGTERM."""
 
     STOP_TIMEOUT = 30.0
+    #: What the process is, for messages.
+    KIND = "process"
 
-    def __init__(self, celeriac_bin: Path, database_url: str, log_path: Path, args: Sequence[str]) -> None:
+    def __init__(self, argv: Sequence[str], log_path: Path, **popen: Any) -> None:
         self.log_path = log_path
-        self.argv = [str(celeriac_bin), "worker", "--database-url", database_url, *args]
+        self.argv = list(argv)
         self._log: IO[bytes] | None = log_path.open("wb")
         self.proc = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+            self.argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, **popen
         )
         self.returncode: int | None = None
 
@@ -122,10 +121,10 @@ class Worker:
     def assert_running(self) -> None:
         code = self.proc.poll()
         if code is not None:
-            raise AssertionError(f"celeriac worker exited early with status {code}; log:\n{self.log()}")
+            raise AssertionError(f"{self.KIND} exited early with status {code}; log:\n{self.log()}")
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-        """:func:`wait_for`, failing at once (with the log) if the worker process has died."""
+        """:func:`wait_for`, failing at once (with the log) if the process has died."""
 
         def alive_and(predicate: Callable[[], Any] = predicate) -> Any:
             self.assert_running()
@@ -134,7 +133,7 @@ class Worker:
         try:
             return wait_for(alive_and, timeout, what)
         except TimeoutError as exc:
-            raise AssertionError(f"{exc}; worker log:\n{self.log()}") from None
+            raise AssertionError(f"{exc}; {self.KIND} log:\n{self.log()}") from None
 
     def stop(self) -> int:
         """SIGTERM (warm shutdown); wait up to 30 s; assert exit status 0. Idempotent."""
@@ -144,17 +143,33 @@ class Worker:
             try:
                 self.returncode = self.proc.wait(timeout=self.STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self._force_kill()
                 self.proc.wait()
                 self._close_log()
                 raise AssertionError(
-                    f"celeriac worker did not stop within {self.STOP_TIMEOUT}s of SIGTERM; log:\n{self.log()}"
+                    f"{self.KIND} did not stop within {self.STOP_TIMEOUT}s of SIGTERM; log:\n{self.log()}"
                 ) from None
+            self._after_exit()
             self._close_log()
-        assert self.returncode == 0, f"celeriac worker exited with status {self.returncode}; log:\n{self.log()}"
+        assert self.returncode == 0, f"{self.KIND} exited with status {self.returncode}; log:\n{self.log()}"
         return self.returncode
+
+    def _force_kill(self) -> None:
+        self.proc.kill()
+
+    def _after_exit(self) -> None:
+        """Clean-up after a clean exit (nothing by default)."""
 
     def _close_log(self) -> None:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+class Worker(LoggedProcess):
+    """One ``celeriac worker`` process; stdout and stderr go to ``log_path``."""
+
+    KIND = "celeriac worker"
+
+    def __init__(self, celeriac_bin: Path, database_url: str, log_path: Path, args: Sequence[str]) -> None:
+        super().__init__([str(celeriac_bin), "worker", "--database-url", database_url, *args], log_path)

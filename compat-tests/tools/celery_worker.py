@@ -16,13 +16,11 @@ import contextlib
 import os
 import re
 import signal
-import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
 
-from celeriac_testkit import wait_for
+from celeriac_testkit import LoggedProcess
 
 __all__ = ["RECEIVED", "SUCCEEDED_PY", "CeleryWorker", "prepare_result_tables", "result_backend_url"]
 
@@ -52,10 +50,10 @@ def prepare_result_tables(database_url: str) -> None:
         engine.dispose()
 
 
-class CeleryWorker:
+class CeleryWorker(LoggedProcess):
     """``python -m celery -A module worker -P prefork`` with ``pythonpath`` on ``PYTHONPATH``."""
 
-    STOP_TIMEOUT = 30.0
+    KIND = "celery worker"
     READY_TIMEOUT = 30.0
 
     def __init__(
@@ -70,8 +68,7 @@ class CeleryWorker:
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
     ) -> None:
-        self.log_path = log_path
-        self.argv = [
+        argv = [
             sys.executable,
             "-m",
             "celery",
@@ -92,24 +89,14 @@ class CeleryWorker:
         environ = dict(os.environ)
         environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(pythonpath), environ.get("PYTHONPATH")) if p)
         environ.update(env or {})
-        self._log: IO[bytes] | None = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+        super().__init__(
+            argv,
+            log_path,
             env=environ,
             cwd=str(pythonpath),
             start_new_session=True,  # its own process group: kill() reaches the pool children too
         )
-        self.returncode: int | None = None
         self.killed = False
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def log_lines(self) -> list[str]:
-        return self.log().splitlines()
 
     def succeeded(self) -> list[tuple[str, str, str]]:
         """(task name, task id, result text) of every ``succeeded in`` line, in log order."""
@@ -123,23 +110,6 @@ class CeleryWorker:
     def received(self) -> list[str]:
         """Task ids of every ``received`` line, in log order."""
         return [m["id"] for m in map(RECEIVED.search, self.log_lines()) if m]
-
-    def assert_running(self) -> None:
-        code = self.proc.poll()
-        if code is not None:
-            raise AssertionError(f"celery worker exited early with status {code}; log:\n{self.log()}")
-
-    def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-        """:func:`wait_for`, failing at once (with the log) if the worker process has died."""
-
-        def alive_and(predicate: Callable[[], Any] = predicate) -> Any:
-            self.assert_running()
-            return predicate()
-
-        try:
-            return wait_for(alive_and, timeout, what)
-        except TimeoutError as exc:
-            raise AssertionError(f"{exc}; celery worker log:\n{self.log()}") from None
 
     def wait_ready(self) -> CeleryWorker:
         self.wait_for(lambda: " ready." in self.log(), self.READY_TIMEOUT, "the celery worker to be ready")
@@ -155,21 +125,13 @@ class CeleryWorker:
         check after :meth:`kill`."""
         if self.killed:
             return self.returncode
-        if self.returncode is None:
-            self.terminate()
-            try:
-                self.returncode = self.proc.wait(timeout=self.STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self._kill_group()
-                self.proc.wait()
-                self._close_log()
-                raise AssertionError(
-                    f"celery worker did not stop within {self.STOP_TIMEOUT}s of SIGTERM; log:\n{self.log()}"
-                ) from None
-            self._kill_group()  # leftovers only: after a clean exit the group is normally empty
-            self._close_log()
-        assert self.returncode == 0, f"celery worker exited with status {self.returncode}; log:\n{self.log()}"
-        return self.returncode
+        return super().stop()
+
+    def _force_kill(self) -> None:
+        self._kill_group()
+
+    def _after_exit(self) -> None:
+        self._kill_group()  # leftovers only: after a clean exit the group is normally empty
 
     def kill(self) -> None:
         """SIGKILL to the whole process group (main process and pool children): a crash."""
@@ -182,8 +144,3 @@ class CeleryWorker:
     def _kill_group(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None

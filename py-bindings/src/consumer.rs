@@ -249,10 +249,21 @@ impl Consumer {
 
     /// Blocks (GIL released) until a new message may be ready in one of the queues last
     /// claimed from, or `timeout` seconds pass. Returns whether it was woken.
+    /// Python signal handlers (Ctrl-C, Celery's SIGTERM handler) run every 100 ms meanwhile.
     fn wait(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
         self.same_process()?;
-        let (wake, wait) = (self.wake.clone(), Duration::from_secs_f64(timeout.max(0.0)));
-        block_on(py, async move { tokio::time::timeout(wait, wake.notified()).await.is_ok() })
+        let deadline = std::time::Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
+        loop {
+            let slice = deadline.saturating_duration_since(std::time::Instant::now()).min(Duration::from_millis(100));
+            let wake = self.wake.clone();
+            if block_on(py, async move { tokio::time::timeout(slice, wake.notified()).await.is_ok() })? {
+                return Ok(true);
+            }
+            py.check_signals()?;
+            if std::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+        }
     }
 
     /// How many claimed messages this consumer holds (delivered, not yet acked or given back).
