@@ -713,6 +713,15 @@ pub struct EncodedTask {
     pub expires: Option<DateTime<Utc>>,
 }
 
+/// `N` random (version 4) UUIDs from one read of the OS's random source.
+fn random_uuids<const N: usize>() -> [uuid::Uuid; N] {
+    let mut bytes = [[0u8; 16]; N];
+    if getrandom::fill(bytes.as_flattened_mut()).is_err() {
+        return std::array::from_fn(|_| uuid::Uuid::new_v4());
+    }
+    bytes.map(|b| uuid::Builder::from_random_bytes(b).into_uuid())
+}
+
 fn number(seconds: f64) -> Value {
     #[allow(clippy::cast_possible_truncation)]
     if seconds.fract() == 0.0 && seconds.abs() < 1e15 {
@@ -780,7 +789,9 @@ pub fn encode_task(
     if opts.queue.is_empty() {
         return Err(EncodeError::Option { option: "queue", problem: "queue name must not be empty".into() });
     }
-    let task_id = opts.task_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    // One system call for every random id of the message (task id, reply_to, delivery tag).
+    let [random_id, random_reply_to, delivery_tag] = random_uuids();
+    let task_id = opts.task_id.clone().unwrap_or_else(|| random_id.to_string());
     // Celery sets an eta only for a non-zero countdown (`if countdown:`).
     let eta: Option<DateTime<FixedOffset>> = match (opts.countdown, opts.eta) {
         (Some(c), _) if c != 0.0 => Some((now + duration(c)).fixed_offset()),
@@ -838,7 +849,7 @@ pub fn encode_task(
     delivery_info.insert("routing_key".into(), opts.queue.clone().into());
     let mut p = Map::with_capacity(8);
     p.insert("correlation_id".into(), task_id.clone().into());
-    p.insert("reply_to".into(), opts.reply_to.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()).into());
+    p.insert("reply_to".into(), opts.reply_to.clone().unwrap_or_else(|| random_reply_to.to_string()).into());
     p.insert("delivery_mode".into(), Value::Int(2));
     if let Some(exp) = expires {
         let ms = (exp.with_timezone(&Utc) - now).num_milliseconds().max(0);
@@ -847,7 +858,7 @@ pub fn encode_task(
     p.insert("delivery_info".into(), Value::Map(delivery_info));
     p.insert("priority".into(), Value::Int(priority));
     p.insert("body_encoding".into(), "base64".into());
-    p.insert("delivery_tag".into(), uuid::Uuid::new_v4().to_string().into());
+    p.insert("delivery_tag".into(), delivery_tag.to_string().into());
 
     let envelope = Envelope {
         body: base64::engine::general_purpose::STANDARD.encode(&body_bytes),
