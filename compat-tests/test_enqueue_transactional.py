@@ -21,6 +21,7 @@ driver error becomes ``EnqueueError`` with the driver's exception as its cause.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -250,6 +251,25 @@ def test_encode_error_runs_no_statement_at_all(bare_database_url: str) -> None:
 def test_not_a_connection_raises_type_error(target: Any) -> None:
     with pytest.raises(TypeError, match=r"celeriac\.enqueue needs"):
         celeriac.enqueue(target, "examples.add", (1, 2))
+
+
+def test_asyncio_connections_are_refused(database_url: str) -> None:
+    """An asyncio driver's methods return coroutines: running them synchronously would silently
+    enqueue nothing, so enqueue refuses them before executing anything."""
+
+    async def attempt() -> int:
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            with pytest.raises(TypeError, match="asyncio connection or cursor"):
+                celeriac.enqueue(conn, "examples.add", (1, 2))
+            with pytest.raises(TypeError, match="asyncio connection or cursor"):
+                celeriac.enqueue(conn.cursor(), "examples.add", (1, 2))
+            await conn.commit()
+            cursor = await conn.execute("select count(*) from celeriac.message")
+            row = await cursor.fetchone()
+            assert row is not None
+            return int(row[0])
+
+    assert asyncio.run(attempt()) == 0
 
 
 def test_driver_error_becomes_enqueue_error(database_url: str) -> None:

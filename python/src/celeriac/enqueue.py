@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -58,6 +59,7 @@ def enqueue(
 
 
 def _execute(conn: Any, sql: str, params: tuple[Any, ...]) -> None:
+    _refuse_async(conn)
     # SQLAlchemy Connection (any DB-API driver with the %s paramstyle: psycopg, psycopg2).
     exec_driver_sql = getattr(conn, "exec_driver_sql", None)
     if callable(exec_driver_sql):
@@ -69,21 +71,39 @@ def _execute(conn: Any, sql: str, params: tuple[Any, ...]) -> None:
         return
     # DB-API connections (psycopg 3, psycopg2) and Django's connection wrapper.
     cursor_factory = getattr(conn, "cursor", None)
-    if callable(cursor_factory):
+    if callable(cursor_factory) and not _is_async(conn):
         cursor = cursor_factory()
         try:
+            _refuse_async(cursor)
             cursor.execute(sql, params)
         finally:
             cursor.close()
         return
     # A DB-API cursor.
     if callable(getattr(conn, "execute", None)) and hasattr(conn, "fetchone"):
+        _refuse_async(conn)
         conn.execute(sql, params)
         return
     raise TypeError(
         "celeriac.enqueue needs a psycopg or psycopg2 connection or cursor, a SQLAlchemy "
         f"Connection or Session, or a Django connection; got {type(conn).__name__}"
     )
+
+
+def _is_async(obj: Any) -> bool:
+    """An asyncio driver object (psycopg's AsyncConnection/AsyncCursor, SQLAlchemy's async
+    wrappers): its methods return coroutines, which would silently never run here."""
+    return any(
+        inspect.iscoroutinefunction(getattr(obj, name, None)) for name in ("execute", "commit")
+    )
+
+
+def _refuse_async(obj: Any) -> None:
+    if _is_async(obj):
+        raise TypeError(
+            "celeriac.enqueue runs the insert synchronously; an asyncio connection or cursor "
+            f"({type(obj).__name__}) is not supported: use a synchronous connection"
+        )
 
 
 def _sqlstate(exc: BaseException) -> str | None:
