@@ -212,7 +212,7 @@ class Client:
 
 #: Messages per background insert batch in ``send_many``: small enough that encoding and
 #: writing overlap, large enough that each statement carries many rows.
-_STREAM_BATCH = 250
+_STREAM_BATCH = 100
 
 
 def _to_message(index: int, spec: TaskSpec, reply_to: str) -> _native.Message:
