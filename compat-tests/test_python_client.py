@@ -660,3 +660,33 @@ def test_wheel_ships_type_information() -> None:
     assert "def encode_task(" in stub.read_text(encoding="utf-8")
     recorded = {str(f) for f in importlib.metadata.files("celeriac") or []}
     assert {"celeriac/py.typed", "celeriac/_native.pyi"} <= recorded, "both are in the wheel's RECORD"
+
+
+def test_send_many_reprs_and_bodies_match_celery(client: celeriac.Client, database_url: str) -> None:
+    """send_many encodes plain (name, args, kwargs) tuples in one native call and everything else
+    one by one; either way the body and argsrepr/kwargsrepr are what Celery would write."""
+    from celery.utils.saferepr import saferepr
+
+    specs: list[Any] = [
+        ("examples.add", (1, 2)),
+        ("examples.add", (1, [2, {"a": 3.5, "b": None}]), {"k": "v", "n": [True, False]}),
+        ("examples.add", [1, 2]),  # a list: Celery renders it as a list
+        ("examples.add", (1, (2, 3))),  # a nested tuple
+        ("examples.add", (2**70,), {"when": datetime(2030, 1, 1, tzinfo=UTC)}),
+        ("examples.add", (), {1: "int key"}),
+        ("examples.noop",),
+        {"name": "examples.add", "args": (4, 5), "queue": "hipri"},
+    ]
+    ids = client.send_many(specs)
+    for task_id, spec in zip(ids, specs, strict=True):
+        if isinstance(spec, dict):
+            args, kwargs = spec["args"], {}
+        else:
+            args = spec[1] if len(spec) > 1 else ()
+            kwargs = spec[2] if len(spec) > 2 else {}
+        envelope = json.loads(payload_of(database_url, task_id))
+        assert envelope["headers"]["argsrepr"] == saferepr(args, 1024), spec
+        assert envelope["headers"]["kwargsrepr"] == saferepr(kwargs, 1024), spec
+        body = kombu_loads(base64.b64decode(envelope["body"]))
+        assert body[0] == kombu_loads(kombu_dumps(list(args))), spec
+        assert body[1] == kombu_loads(kombu_dumps(kwargs)), spec

@@ -251,3 +251,55 @@ fn dict_key(key: &Bound<'_, PyAny>) -> PyResult<Result<String, ConvertError>> {
     }
     Ok(Err(ConvertError::new(format!("keys must be str, int, float, bool or None, not {}", type_name(key)))))
 }
+
+/// The value when it is made only of exact `str`, `int`, `float`, `bool`, `None`, `list` and
+/// `dict` with `str` keys: then the codec's `argsrepr`/`kwargsrepr` equal Celery's `saferepr`
+/// of it. `None` otherwise (the caller takes the general path).
+pub fn plain_value(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Option<Value>> {
+    if depth > MAX_DEPTH {
+        return Ok(None);
+    }
+    if obj.is_none() {
+        return Ok(Some(Value::Null));
+    }
+    if obj.is_exact_instance_of::<PyString>() {
+        return Ok(Some(Value::Str(obj.cast::<PyString>()?.to_cow()?.into_owned())));
+    }
+    if obj.is_exact_instance_of::<PyBool>() {
+        return Ok(Some(Value::Bool(obj.is_truthy()?)));
+    }
+    if obj.is_exact_instance_of::<PyInt>() {
+        return Ok(obj.extract::<i64>().ok().map(Value::Int));
+    }
+    if obj.is_exact_instance_of::<PyFloat>() {
+        return Ok(Some(Value::Float(obj.cast::<PyFloat>()?.value())));
+    }
+    if obj.is_exact_instance_of::<PyList>() {
+        return plain_items(obj, depth).map(|items| items.map(Value::List));
+    }
+    if obj.is_exact_instance_of::<PyDict>() {
+        let dict = obj.cast::<PyDict>()?;
+        let mut map = Map::with_capacity(dict.len());
+        for (key, item) in dict.iter() {
+            if !key.is_exact_instance_of::<PyString>() {
+                return Ok(None);
+            }
+            let Some(value) = plain_value(&item, depth + 1)? else { return Ok(None) };
+            map.insert(key.cast::<PyString>()?.to_cow()?.into_owned(), value);
+        }
+        return Ok(Some(Value::Map(map)));
+    }
+    Ok(None)
+}
+
+/// The items of a list or tuple, each [`plain_value`], or `None`.
+pub fn plain_items(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Option<Vec<Value>>> {
+    let mut items = Vec::with_capacity(obj.len()?);
+    for item in obj.try_iter()? {
+        match plain_value(&item?, depth + 1)? {
+            Some(v) => items.push(v),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(items))
+}

@@ -27,5 +27,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<consumer::Consumer>()?;
     m.add_function(wrap_pyfunction!(message::encode_task, m)?)?;
     m.add_function(wrap_pyfunction!(message::message_from_envelope, m)?)?;
+    m.add_function(wrap_pyfunction!(message::encode_simple, m)?)?;
     Ok(())
 }

@@ -6,7 +6,7 @@ use celeriac_store::NewMessage;
 use chrono::{DateTime, FixedOffset, Utc};
 use pyo3::{
     prelude::*,
-    types::{PyBytes, PyFloat, PyInt},
+    types::{PyBytes, PyFloat, PyInt, PyList, PyString, PyTuple},
 };
 
 use crate::{
@@ -240,4 +240,59 @@ pub fn message_from_envelope(payload: &[u8], queue: Option<String>) -> Message {
         row.queue = queue;
     }
     Message { row }
+}
+
+/// Encodes the simple items of `send_many` in one call: a tuple `(name,)`, `(name, args)` or
+/// `(name, args, kwargs)` whose args is a tuple and whose values are plain (see
+/// `convert::plain_value`), with default options. Returns, per item, its message, or None for
+/// anything else (options, other types, values the general path must check or render), which
+/// the caller encodes one by one with `encode_task`.
+#[pyfunction]
+pub fn encode_simple(
+    items: &Bound<'_, PyList>,
+    origin: &str,
+    reply_to: Option<String>,
+) -> PyResult<Vec<Option<Message>>> {
+    let options = TaskOptions { origin: origin.to_owned(), reply_to, ..TaskOptions::default() };
+    let now = Utc::now();
+    let mut out = Vec::with_capacity(items.len());
+    for item in items.iter() {
+        out.push(simple(&item)?.and_then(|(name, args, kwargs)| {
+            protocol_encode(&name, &args, &kwargs, &options, now).ok().map(|e| Message { row: e.into() })
+        }));
+    }
+    Ok(out)
+}
+
+type Simple = (String, Vec<Value>, celeriac_protocol::Map);
+
+fn simple(item: &Bound<'_, PyAny>) -> PyResult<Option<Simple>> {
+    if !item.is_exact_instance_of::<PyTuple>() {
+        return Ok(None);
+    }
+    let item = item.cast::<PyTuple>()?;
+    if item.is_empty() || item.len() > 3 {
+        return Ok(None);
+    }
+    let name = item.get_item(0)?;
+    if !name.is_exact_instance_of::<PyString>() {
+        return Ok(None);
+    }
+    let args = match item.get_item(1) {
+        Err(_) => Vec::new(),
+        Ok(a) if a.is_exact_instance_of::<PyTuple>() => match convert::plain_items(&a, 0)? {
+            Some(items) => items,
+            None => return Ok(None),
+        },
+        Ok(_) => return Ok(None),
+    };
+    let kwargs = match item.get_item(2) {
+        Err(_) => celeriac_protocol::Map::new(),
+        Ok(k) if k.is_none() => celeriac_protocol::Map::new(),
+        Ok(k) => match convert::plain_value(&k, 0)? {
+            Some(Value::Map(map)) => map,
+            _ => return Ok(None),
+        },
+    };
+    Ok(Some((name.cast::<PyString>()?.to_cow()?.into_owned(), args, kwargs)))
 }

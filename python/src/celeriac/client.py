@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import Any, Union
 
 from celeriac import _native
-from celeriac._options import encode
+from celeriac._options import encode, origin
 
 #: One item of ``Client.send_many``: an encoded ``Message`` (``Client.build``), a tuple
 #: ``(name, args=(), kwargs=None, options=None)``, or a mapping with ``name`` plus ``args``,
@@ -169,20 +169,18 @@ class Client:
         """
         ids: list[str] = []
         stream: _native.InsertStream | None = None
-        batch: list[_native.Message] = []
+        pending: list[TaskSpec] = []
+        written = 0
         try:
-            for index, spec in enumerate(tasks):
-                message = _to_message(index, spec, self._oid)
-                batch.append(message)
-                ids.append(message.task_id or "")
-                if len(batch) == _STREAM_BATCH:
+            for spec in tasks:
+                pending.append(spec)
+                if len(pending) == _STREAM_BATCH:
                     # Written on celeriac's I/O thread while the next batch is encoded here.
-                    stream = stream or self._store.begin_insert(durable=self._durable)
-                    stream.add(batch)
-                    batch = []
-            if batch:
-                stream = stream or self._store.begin_insert(durable=self._durable)
-                stream.add(batch)
+                    stream = self._write(stream, written, pending, ids)
+                    written += len(pending)
+                    pending = []
+            if pending:
+                stream = self._write(stream, written, pending, ids)
             if stream is not None:
                 stream.commit()
         except BaseException:
@@ -190,6 +188,26 @@ class Client:
                 stream.abort()
             raise
         return ids
+
+    def _write(
+        self,
+        stream: _native.InsertStream | None,
+        first_index: int,
+        specs: list[TaskSpec],
+        ids: list[str],
+    ) -> _native.InsertStream:
+        """Encodes one batch of ``send_many`` and hands it to the (new) insert stream."""
+        # Plain (name, args, kwargs) tuples are encoded in one native call; the rest, and any
+        # item it declines, one by one (with the full checks and error messages).
+        simple = _native.encode_simple(specs, origin(), self._oid)
+        batch = [
+            message if message is not None else _to_message(first_index + i, spec, self._oid)
+            for i, (message, spec) in enumerate(zip(simple, specs))
+        ]
+        ids.extend(message.task_id or "" for message in batch)
+        stream = stream or self._store.begin_insert(durable=self._durable)
+        stream.add(batch)
+        return stream
 
     def close(self) -> None:
         """Closes the client's connections; later calls raise ``ConnectError``."""
