@@ -153,8 +153,9 @@ class Client:
         return message.task_id or ""
 
     def send_many(self, tasks: Iterable[TaskSpec]) -> list[str]:
-        """Enqueues many tasks in one transaction (multi-row inserts, one round trip per 5,000
-        messages): all are enqueued or, on error, none.
+        """Enqueues many tasks in one transaction: all are enqueued or, on error, none. Batches
+        of 100 are written (one multi-row insert each) on celeriac's I/O thread while the next
+        batch is encoded; it returns after the commit (durable unless ``durable=False``).
 
         Args:
             tasks: ``Message`` objects from ``build``, ``(name, args, kwargs, options)`` tuples
