@@ -833,7 +833,6 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
             return;
         }
     };
-    drop(run_slot);
     let runtime = started.elapsed().as_secs_f64();
     match outcome {
         Outcome::Success(value) => {
@@ -865,6 +864,8 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
             shared.settle(Settle::DeadLetter(DeadLetterParams { lease, reason_code: "rejected".into(), reason }));
         }
     }
+    // Only now may the next task start: its log lines follow this task's outcome.
+    drop(run_slot);
 }
 
 async fn run_completer(
