@@ -266,11 +266,6 @@ impl Consumer {
         }
     }
 
-    /// How many claimed messages this consumer holds (delivered, not yet acked or given back).
-    fn held_count(&self) -> usize {
-        lock(&self.held).len()
-    }
-
     /// Writes pending acks, gives back every message still held, unregisters and stops the
     /// background work. Idempotent.
     fn close(&self, py: Python<'_>) -> PyResult<()> {

@@ -6,7 +6,8 @@ use celeriac_store::NewMessage;
 use chrono::{DateTime, FixedOffset, Utc};
 use pyo3::{
     prelude::*,
-    types::{PyBytes, PyFloat, PyInt, PyList, PyString, PyTuple},
+    sync::PyOnceLock,
+    types::{PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple},
 };
 
 use crate::{
@@ -137,8 +138,7 @@ fn seconds(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<f64> {
 #[pyo3(signature = (
     name, args=None, kwargs=None, *, queue="celery", countdown=None, eta=None, expires=None, priority=None,
     task_id=None, headers=None, time_limit=None, soft_time_limit=None, ignore_result=false, shadow=None,
-    retries=0, parent_id=None, root_id=None, origin="celeriac", reply_to=None, serializer="json",
-    argsrepr=None, kwargsrepr=None
+    retries=0, parent_id=None, root_id=None, origin="celeriac", reply_to=None, serializer="json"
 ))]
 #[allow(clippy::too_many_arguments)]
 pub fn encode_task(
@@ -163,8 +163,6 @@ pub fn encode_task(
     origin: &str,
     reply_to: Option<String>,
     serializer: &str,
-    argsrepr: Option<String>,
-    kwargsrepr: Option<String>,
 ) -> PyResult<Message> {
     if serializer != "json" {
         return Err(EncodeError::new_err(format!(
@@ -172,14 +170,8 @@ pub fn encode_task(
              (kombu's JSON, with its datetime/UUID/Decimal/bytes markers)"
         )));
     }
-    let args = match args {
-        None => Vec::new(),
-        Some(a) => convert::to_args(a).map_err(|e| wrap("args", e, py))?.map_err(|e| encode_error("args", &e))?,
-    };
-    let kwargs = match kwargs {
-        None => celeriac_protocol::Map::new(),
-        Some(k) => convert::to_map(k).map_err(|e| wrap("kwargs", e, py))?.map_err(|e| encode_error("kwargs", &e))?,
-    };
+    let Call { args, kwargs, reprs } = call(py, args, kwargs)?;
+    let (argsrepr, kwargsrepr) = reprs.unzip();
     let headers = match headers {
         None => celeriac_protocol::Map::new(),
         Some(h) => convert::to_map(h).map_err(|e| wrap("headers", e, py))?.map_err(|e| encode_error("headers", &e))?,
@@ -278,21 +270,86 @@ fn simple(item: &Bound<'_, PyAny>) -> PyResult<Option<Simple>> {
     if !name.is_exact_instance_of::<PyString>() {
         return Ok(None);
     }
-    let args = match item.get_item(1) {
-        Err(_) => Vec::new(),
-        Ok(a) if a.is_exact_instance_of::<PyTuple>() => match convert::plain_items(&a, 0)? {
+    let Some((args, kwargs)) = plain_call(item.get_item(1).ok().as_ref(), item.get_item(2).ok().as_ref())? else {
+        return Ok(None);
+    };
+    Ok(Some((name.cast::<PyString>()?.to_cow()?.into_owned(), args, kwargs)))
+}
+
+/// A task's arguments as the codec takes them, plus `(argsrepr, kwargsrepr)` when the codec's
+/// own rendering (from the JSON values) would differ from Celery's.
+struct Call {
+    args: Vec<Value>,
+    kwargs: celeriac_protocol::Map,
+    reprs: Option<(String, String)>,
+}
+
+/// Converts `args` and `kwargs`. Plain ones (see [`plain_call`]) the codec renders exactly as
+/// Celery's `saferepr`; for any other, the codec cannot tell a tuple from a list or `1` from
+/// `"1"` as a key, so the reprs come from Celery's `saferepr` when Celery is installed.
+fn call(py: Python<'_>, args: Option<&Bound<'_, PyAny>>, kwargs: Option<&Bound<'_, PyAny>>) -> PyResult<Call> {
+    if let Some((args, kwargs)) = plain_call(args, kwargs)? {
+        return Ok(Call { args, kwargs, reprs: None });
+    }
+    let converted_args = match args {
+        None => Vec::new(),
+        Some(a) => convert::to_args(a).map_err(|e| wrap("args", e, py))?.map_err(|e| encode_error("args", &e))?,
+    };
+    let converted_kwargs = match kwargs {
+        None => celeriac_protocol::Map::new(),
+        Some(k) => convert::to_map(k).map_err(|e| wrap("kwargs", e, py))?.map_err(|e| encode_error("kwargs", &e))?,
+    };
+    let reprs = match celery_saferepr(py) {
+        Some(saferepr) => {
+            let empty_args = PyTuple::empty(py).into_any();
+            let empty_kwargs = PyDict::new(py).into_any();
+            let render = |value: Option<&Bound<'_, PyAny>>, empty: &Bound<'_, PyAny>| -> PyResult<String> {
+                let value = value.filter(|v| !v.is_none()).unwrap_or(empty);
+                saferepr.bind(py).call1((value, REPR_MAX_SIZE))?.extract()
+            };
+            Some((render(args, &empty_args)?, render(kwargs, &empty_kwargs)?))
+        }
+        None => None,
+    };
+    Ok(Call { args: converted_args, kwargs: converted_kwargs, reprs })
+}
+
+/// `(args, kwargs)` when args is None or an exact tuple and both are made only of plain values
+/// (`convert::plain_value`); `None` otherwise.
+fn plain_call(
+    args: Option<&Bound<'_, PyAny>>,
+    kwargs: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Option<(Vec<Value>, celeriac_protocol::Map)>> {
+    let args = match args {
+        None => Vec::new(),
+        Some(a) if a.is_none() => Vec::new(),
+        Some(a) if a.is_exact_instance_of::<PyTuple>() => match convert::plain_items(a, 0)? {
             Some(items) => items,
             None => return Ok(None),
         },
-        Ok(_) => return Ok(None),
+        Some(_) => return Ok(None),
     };
-    let kwargs = match item.get_item(2) {
-        Err(_) => celeriac_protocol::Map::new(),
-        Ok(k) if k.is_none() => celeriac_protocol::Map::new(),
-        Ok(k) => match convert::plain_value(&k, 0)? {
+    let kwargs = match kwargs {
+        None => celeriac_protocol::Map::new(),
+        Some(k) if k.is_none() => celeriac_protocol::Map::new(),
+        Some(k) => match convert::plain_value(k, 0)? {
             Some(Value::Map(map)) => map,
             _ => return Ok(None),
         },
     };
-    Ok(Some((name.cast::<PyString>()?.to_cow()?.into_owned(), args, kwargs)))
+    Ok(Some((args, kwargs)))
+}
+
+/// Celery's task protocol 2 `argsrepr_maxsize` / `kwargsrepr_maxsize`.
+const REPR_MAX_SIZE: usize = 1024;
+
+static SAFEREPR: PyOnceLock<Option<Py<PyAny>>> = PyOnceLock::new();
+
+/// `celery.utils.saferepr.saferepr`, or None when Celery cannot be imported.
+fn celery_saferepr(py: Python<'_>) -> Option<&Py<PyAny>> {
+    SAFEREPR
+        .get_or_init(py, || {
+            py.import("celery.utils.saferepr").and_then(|m| m.getattr("saferepr")).ok().map(Bound::unbind)
+        })
+        .as_ref()
 }

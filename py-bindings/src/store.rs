@@ -105,14 +105,6 @@ impl PyStore {
             .map_err(|e| self.error(&e, Doing::Enqueue))
     }
 
-    /// Enqueues many messages in one transaction (all or nothing); returns how many.
-    fn insert_many(&self, py: Python<'_>, messages: Vec<PyRef<'_, Message>>) -> PyResult<u64> {
-        let store = self.store()?;
-        let rows: Vec<NewMessage> = messages.iter().map(|m| m.row.clone()).collect();
-        drop(messages);
-        block_on(py, async move { store.message_insert_many(&rows).await })?.map_err(|e| self.error(&e, Doing::Enqueue))
-    }
-
     /// Starts a transaction that inserts the batches given to `InsertStream.add` in the
     /// background (on celeriac's I/O thread) while the caller prepares the next ones; nothing
     /// is visible until `commit()`.
