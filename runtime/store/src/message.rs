@@ -463,6 +463,35 @@ impl Store {
         Ok(released)
     }
 
+    /// Puts leased messages back in their queue to run again, marked redelivered, and counts
+    /// the redelivery (`redeliveries + 1`): a handler that requeues (Celery's
+    /// `Reject(requeue=True)`, `reject_on_worker_lost`) uses up redeliveries as a lost lease
+    /// does. Fenced by the lease; returns how many rows were requeued.
+    ///
+    /// # Errors
+    /// Connection errors; the leases then simply expire.
+    pub async fn message_requeue_many(&self, worker_id: Uuid, leases: &[Lease]) -> Result<u64> {
+        if leases.is_empty() {
+            return Ok(0);
+        }
+        let (ids, attempts) = split(leases);
+        let client = self.pool.get().await?;
+        let requeued = client
+            .execute(
+                "update celeriac.message m
+                 set leased_by = null, lease_expires = null, redelivered = true, redeliveries = m.redeliveries + 1
+                 from unnest($1::int8[], $2::int4[]) as c(id, attempt)
+                 where m.id = c.id and m.attempt = c.attempt and m.leased_by = $3 and celeriac.relaxed_commit()",
+                &[&ids, &attempts, &worker_id],
+            )
+            .await
+            .map_err(Error::from_pg)?;
+        if requeued > 0 {
+            client.execute("select pg_notify($1, '*')", &[&crate::NOTIFY_CHANNEL]).await.map_err(Error::from_pg)?;
+        }
+        Ok(requeued)
+    }
+
     /// Re-schedules a message for another run (Celery's `Task.retry`): replaces its envelope,
     /// sets the new `eta` and frees the lease. Returns false if the lease was lost meanwhile.
     ///

@@ -20,6 +20,12 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "URL")]
     pub database_url: Option<String>,
 
+    /// The Celery app whose tasks the worker runs, as `celery -A` takes it: `proj`,
+    /// `proj.celery` or `proj.celery:app` (imported from the current directory, PYTHONPATH and
+    /// the virtualenv). Its tasks run in embedded Python; Rust handlers of the same name win.
+    #[arg(short = 'A', long, global = true, value_name = "APP")]
+    pub app: Option<String>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -50,6 +56,10 @@ pub enum Command {
     },
     /// Measure enqueue rate, drain rate and idle pickup latency against the database.
     Bench(crate::bench::BenchArgs),
+    /// A pool child of `celeriac worker -A` (started by the worker, not by hand).
+    #[cfg(feature = "python")]
+    #[command(hide = true)]
+    PoolChild(crate::python::child::ChildArgs),
 }
 
 /// `celeriac dead-letters …`
@@ -155,6 +165,34 @@ pub struct WorkerArgs {
     /// Also register the example handlers (examples.add, examples.noop, examples.sleep, …).
     #[arg(long)]
     pub example_handlers: bool,
+    /// Pool for the app's Python tasks (with -A): prefork (-c child processes), threads (one
+    /// process, -c threads) or solo (one process, one task at a time).
+    #[cfg(feature = "python")]
+    #[arg(short = 'P', long, value_enum, default_value = "prefork")]
+    pub pool: crate::python::PoolKind,
+    /// Change to this directory before loading the app.
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<std::path::PathBuf>,
+    /// Python interpreter whose environment the pool embeds [default: $CELERIAC_PYTHON, else
+    /// $VIRTUAL_ENV/bin/python, else python3 on PATH].
+    #[arg(long, env = "CELERIAC_PYTHON", value_name = "PATH")]
+    pub python: Option<String>,
+    /// Replace a prefork child after it ran this many tasks [default: the app's
+    /// worker_max_tasks_per_child].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_tasks_per_child: Option<u64>,
+    /// Replace a prefork child after a task that left its resident memory above this many KiB
+    /// [default: the app's worker_max_memory_per_child].
+    #[arg(long, value_name = "KIB", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_memory_per_child: Option<u64>,
+    /// Hard time limit in seconds for Python tasks that set none: the child running the task
+    /// is killed and replaced, and the task fails with TimeLimitExceeded.
+    #[arg(long, value_name = "SECONDS")]
+    pub time_limit: Option<f64>,
+    /// Soft time limit in seconds for Python tasks that set none: SoftTimeLimitExceeded is
+    /// raised inside the task.
+    #[arg(long, value_name = "SECONDS")]
+    pub soft_time_limit: Option<f64>,
 }
 
 /// `celeriac send` options (named like `apply_async`'s).
@@ -217,6 +255,10 @@ pub struct EnvelopeArgs {
 #[must_use]
 pub fn main(registry: Registry) -> ExitCode {
     let cli = Cli::parse();
+    #[cfg(feature = "python")]
+    if let Command::PoolChild(args) = &cli.command {
+        return crate::python::child::main(args);
+    }
     let loglevel = match &cli.command {
         Command::Worker(w) => w.loglevel.clone(),
         _ => "WARNING".to_owned(),
@@ -296,14 +338,34 @@ async fn run(cli: Cli, mut registry: Registry) -> Result<(), String> {
             if args.example_handlers {
                 crate::examples::register(&mut registry);
             }
-            let config = worker_config(&args)?;
-            let store = store(&url, 6)?;
-            let worker = Worker::new(store, registry, config).map_err(|e| e.to_string())?;
+            if let Some(dir) = &args.workdir {
+                std::env::set_current_dir(dir).map_err(|e| format!("--workdir {}: {e}", dir.display()))?;
+            }
+            let mut config = worker_config(&args)?;
             let shutdown = CancellationToken::new();
             tokio::spawn(handle_signals(shutdown.clone()));
-            worker.run(shutdown).await.map_err(|e| e.to_string())?;
-            Ok(())
+            let pool = match &cli.app {
+                Some(app) => Some(start_python_pool(app, &args, &url, &mut config, &mut registry).await?),
+                None => None,
+            };
+            let store = store(&url, 6)?;
+            let worker = Worker::new(store, registry, config.clone()).map_err(|e| e.to_string());
+            let result = match worker {
+                Ok(worker) => {
+                    if let Some(pool) = &pool {
+                        pool.announce_ready().await;
+                    }
+                    worker.run(shutdown).await.map(drop).map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e),
+            };
+            if let Some(pool) = pool {
+                pool.shutdown(config.shutdown_timeout.min(Duration::from_secs(10))).await;
+            }
+            result
         }
+        #[cfg(feature = "python")]
+        Command::PoolChild(_) => Ok(()),
         Command::Send(args) => {
             let store = store(&url, 1)?;
             let message = build_send(&args)?;
@@ -346,6 +408,71 @@ async fn run(cli: Cli, mut registry: Registry) -> Result<(), String> {
             Ok(())
         }
         Command::Bench(args) => crate::bench::run(&url, &args).await,
+    }
+}
+
+/// Starts the Python pool for `-A app` and registers the app's tasks; adjusts `config` to the
+/// pool (solo runs one task at a time; the app's `worker_concurrency` applies without `-c`).
+#[cfg(feature = "python")]
+async fn start_python_pool(
+    app: &str,
+    args: &WorkerArgs,
+    url: &str,
+    config: &mut WorkerConfig,
+    registry: &mut Registry,
+) -> Result<crate::python::PythonPool, String> {
+    use crate::python::{interp, PoolConfig, PoolKind, PythonPool};
+    let interpreter = interp::probe(&interp::choose(args.python.as_deref()))?;
+    let limit = |name: &str, v: Option<f64>| match v {
+        Some(s) if !(s.is_finite() && s > 0.0) => Err(format!("--{name} must be a positive number of seconds")),
+        other => Ok(other),
+    };
+    let pool_config = PoolConfig {
+        kind: args.pool,
+        concurrency: if args.pool == PoolKind::Solo { 1 } else { config.concurrency },
+        app: app.to_owned(),
+        hostname: config.hostname.clone(),
+        loglevel: args.loglevel.clone(),
+        database_url: url.to_owned(),
+        interpreter,
+        max_tasks_per_child: args.max_tasks_per_child,
+        max_memory_per_child_kib: args.max_memory_per_child,
+        time_limit: limit("time-limit", args.time_limit)?,
+        soft_time_limit: limit("soft-time-limit", args.soft_time_limit)?,
+    };
+    let pool = PythonPool::start(pool_config).await?;
+    let hello = pool.hello();
+    let names = pool.register_tasks(registry);
+    tracing::info!(
+        app = %hello.app, pool = ?args.pool, python = %hello.python, celery = %hello.celery,
+        "app loaded; Python tasks: {}", names.join(", ")
+    );
+    config.concurrency = pool.concurrency();
+    Ok(pool)
+}
+
+/// Without embedded Python there is no pool; `-A` is refused.
+#[cfg(not(feature = "python"))]
+async fn start_python_pool(
+    _app: &str,
+    _args: &WorkerArgs,
+    _url: &str,
+    _config: &mut WorkerConfig,
+    _registry: &mut Registry,
+) -> Result<NoPool, String> {
+    Err("-A needs embedded Python: this celeriac was built without the `python` feature".into())
+}
+
+#[cfg(not(feature = "python"))]
+enum NoPool {}
+
+#[cfg(not(feature = "python"))]
+impl NoPool {
+    async fn announce_ready(&self) {
+        match *self {}
+    }
+    async fn shutdown(&self, _grace: Duration) {
+        match *self {}
     }
 }
 

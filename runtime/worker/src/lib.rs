@@ -29,6 +29,8 @@ pub mod bench;
 pub mod cli;
 mod client;
 pub mod examples;
+#[cfg(feature = "python")]
+pub mod python;
 mod registry;
 mod task;
 mod worker;

@@ -16,6 +16,13 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 pub trait Handler: Send + Sync + 'static {
     /// Runs one delivery.
     fn call(&self, request: Request) -> HandlerFuture;
+
+    /// Whether the handler applies expiry and time limits itself and logs its own outcome
+    /// (embedded Python tasks, which run through Celery's worker code). If false (the default),
+    /// the worker discards expired messages, enforces the hard time limit and logs outcomes.
+    fn manages_execution(&self) -> bool {
+        false
+    }
 }
 
 impl<F, Fut> Handler for F

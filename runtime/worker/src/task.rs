@@ -17,6 +17,10 @@ pub struct Request {
     pub redelivered: bool,
     /// The worker's `--hostname`.
     pub hostname: Arc<str>,
+    /// The queue it was claimed from.
+    pub queue: Arc<str>,
+    /// The stored envelope, exactly as claimed (what an embedded Python task decodes itself).
+    pub payload: Arc<[u8]>,
 }
 
 impl Request {
@@ -86,6 +90,21 @@ pub enum Outcome {
     /// RabbitMQ routes to the dead-letter exchange).
     Reject {
         /// Why.
+        reason: String,
+    },
+    /// Celery's own code already handled the outcome (stored the result, published retries and
+    /// callbacks, logged it) and acknowledged the message: the worker only deletes the row.
+    /// `state` is the task's state (`SUCCESS`, `FAILURE`, `RETRY`, `IGNORED`, `REVOKED`, …),
+    /// for the counters.
+    Handled {
+        /// What became of the task.
+        state: String,
+    },
+    /// Put the message back in its queue, marked redelivered, to run again (Celery's
+    /// `Reject(requeue=True)`, or `reject_on_worker_lost`). Each requeue counts as a redelivery:
+    /// past `--max-redeliveries` the message goes to `dead_letter` instead.
+    Requeue {
+        /// Why, for the log.
         reason: String,
     },
 }

@@ -195,6 +195,8 @@ impl WorkerStats {
 enum Settle {
     Complete(Lease),
     Release(Lease),
+    /// Back to the queue to run again, counted as a redelivery.
+    Requeue(Lease),
     DeadLetter(DeadLetterParams),
     Retry { lease: Lease, payload: Vec<u8>, eta: DateTime<Utc> },
 }
@@ -258,7 +260,7 @@ impl ClaimState {
 impl Settle {
     fn lease(&self) -> Lease {
         match self {
-            Settle::Complete(l) | Settle::Release(l) | Settle::Retry { lease: l, .. } => *l,
+            Settle::Complete(l) | Settle::Release(l) | Settle::Requeue(l) | Settle::Retry { lease: l, .. } => *l,
             Settle::DeadLetter(d) => d.lease,
         }
     }
@@ -766,6 +768,7 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
     let name = message.display_name().to_owned();
     let id = message.headers.id.clone();
     tracing::info!(redelivered = claimed.redelivered, "Task {name}[{id}] received");
+    let redeliveries = claimed.redeliveries;
     let Some(handler) = shared.registry.get(&message.headers.task) else {
         let task = &message.headers.task;
         let quoted = pyrepr::repr(&celeriac_protocol::Value::Str(task.clone()));
@@ -778,7 +781,8 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
         }));
         return;
     };
-    if let Some(expires) = message.headers.expires {
+    let managed = handler.manages_execution();
+    if let Some(expires) = message.headers.expires.filter(|_| !managed) {
         if expires < Utc::now() {
             tracing::info!("Discarding revoked task: {name}[{id}] (expired at {expires})");
             shared.settle(Settle::Complete(lease));
@@ -800,13 +804,15 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
         shared.settle(Settle::Release(lease));
         return;
     };
-    let hard_limit = message.headers.timelimit.hard;
+    let hard_limit = message.headers.timelimit.hard.filter(|_| !managed);
     let message = Arc::new(message);
     let request = Request {
         message: message.clone(),
         lease,
         redelivered: claimed.redelivered,
         hostname: shared.hostname.clone(),
+        queue: claimed.queue.as_str().into(),
+        payload: claimed.payload.into(),
     };
     let started = Instant::now();
     // A panic fails this task only: it is caught here, on the task's own tokio task.
@@ -862,6 +868,38 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
             tracing::warn!("Task {name}[{id}] rejected: {reason}; moving it to dead_letter");
             shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
             shared.settle(Settle::DeadLetter(DeadLetterParams { lease, reason_code: "rejected".into(), reason }));
+        }
+        Outcome::Handled { state } => {
+            let counter = match state.as_str() {
+                "SUCCESS" => Some(&shared.stats.succeeded),
+                "FAILURE" => Some(&shared.stats.failed),
+                "RETRY" => Some(&shared.stats.retried),
+                _ => None,
+            };
+            if let Some(counter) = counter {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            shared.settle(Settle::Complete(lease));
+        }
+        Outcome::Requeue { reason } if redeliveries >= shared.config.max_redeliveries => {
+            tracing::error!(
+                "Task {name}[{id}] was requeued ({reason}) after {redeliveries} redeliveries; limit reached, moving it to dead_letter"
+            );
+            shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            shared.settle(Settle::DeadLetter(DeadLetterParams {
+                lease,
+                reason_code: "redeliveries_exhausted".into(),
+                reason: format!(
+                    "requeued {} times ({reason}); limit is {} redeliveries",
+                    redeliveries + 1,
+                    shared.config.max_redeliveries
+                ),
+            }));
+        }
+        Outcome::Requeue { reason } => {
+            tracing::warn!("Task {name}[{id}] requeued: {reason}");
+            shared.stats.released.fetch_add(1, Ordering::Relaxed);
+            shared.settle(Settle::Requeue(lease));
         }
     }
     // Only now may the next task start: its log lines follow this task's outcome.
@@ -919,11 +957,13 @@ async fn run_completer(
 async fn flush(store: &Store, worker_id: Uuid, batch: &[Settle]) -> Result<(), celeriac_store::Error> {
     let mut complete = Vec::new();
     let mut release = Vec::new();
+    let mut requeue = Vec::new();
     let mut dead = Vec::new();
     for s in batch {
         match s {
             Settle::Complete(l) => complete.push(*l),
             Settle::Release(l) => release.push(*l),
+            Settle::Requeue(l) => requeue.push(*l),
             Settle::DeadLetter(d) => dead.push(d.clone()),
             Settle::Retry { lease, payload, eta } => {
                 if !store.message_retry(worker_id, *lease, payload, *eta).await? {
@@ -936,6 +976,7 @@ async fn flush(store: &Store, worker_id: Uuid, batch: &[Settle]) -> Result<(), c
     store.message_complete_many(worker_id, &complete).await?;
     store.message_dead_letter_many(worker_id, &dead).await?;
     store.message_release_many(worker_id, &release, false).await?;
+    store.message_requeue_many(worker_id, &requeue).await?;
     Ok(())
 }
 

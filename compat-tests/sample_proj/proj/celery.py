@@ -1,0 +1,22 @@
+"""The sample app. Its settings come from the environment, so the tests can point it at a
+throwaway database: ``PROJ_RESULT_BACKEND`` (a ``db+postgresql+psycopg://`` URL) and
+``PROJ_SIGNAL_LOG`` (a file that signal receivers append to)."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+app = Celery(
+    "proj",
+    # Whatever the app says, celeriac's pool children publish to the worker's database.
+    broker=os.environ.get("PROJ_BROKER_URL", "amqp://guest@localhost//"),
+    backend=os.environ.get("PROJ_RESULT_BACKEND", "cache+memory://"),
+    include=["proj.tasks"],
+)
+app.conf.update(
+    result_extended=True,
+    task_track_started=False,
+    broker_connection_retry_on_startup=False,
+)

@@ -1,0 +1,424 @@
+"""The Python half of ``celeriac worker -A proj``: runs inside each pool child.
+
+The ``celeriac`` binary starts its pool children as ``celeriac pool-child``, a process that
+embeds CPython and calls this module. It loads the Celery app the way ``celery -A`` does and
+runs every message through Celery's own worker code, split the way a Celery prefork worker
+splits it:
+
+- the child half, ``celery.app.trace.fast_trace_task`` (signals, ``Task`` hooks, result
+  storage, retries, links and chains);
+- the half Celery's MainProcess runs, the ``Request`` callbacks (``on_accepted``,
+  ``on_success``, ``on_failure``, ``on_timeout``, ``revoked``), with the message's ack and
+  reject replaced by a recorder. The Rust side applies the recorded decision to the row.
+
+Not a public API: the binary and this module change together (``PROTOCOL``).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import resource
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+#: Bumped whenever the calls between the binary and this module change.
+PROTOCOL = 1
+
+#: Decisions returned to the binary (what Celery's ack/reject would have done to the message).
+ACK = "ack"
+REJECT = "reject"
+REQUEUE = "requeue"
+NONE = "none"
+
+_state: _ChildState | None = None
+
+
+class _ChildState:
+    """What ``init`` set up: the app, its tasks and the worker's identity."""
+
+    def __init__(self, app: Any, hostname: str, pool: str, index: int) -> None:
+        from celery.app.trace import fast_trace_task
+        from celery.worker import state as worker_state
+
+        self.app = app
+        self.hostname = hostname
+        self.pool = pool
+        self.index = index
+        self.pid = os.getpid()
+        self.fast_trace_task = fast_trace_task
+        self.revoked_tasks = worker_state.revoked
+        self.accept = _prepare_accept(app)
+        self.request_classes: dict[str, Any] = {}
+        # Set while a task runs on this process's main thread: the soft time limit signal
+        # raises only then (a late signal for a finished task is ignored).
+        self.running = False
+
+
+def _prepare_accept(app: Any) -> set[str]:
+    from kombu.serialization import prepare_accept_content
+
+    return prepare_accept_content(app.conf.accept_content)
+
+
+class _WorkerStub:
+    """What worker signals get as ``sender`` (Celery sends its ``WorkController``)."""
+
+    def __init__(self, app: Any, hostname: str, pool: str, concurrency: int, loglevel: int) -> None:
+        self.app = app
+        self.hostname = hostname
+        self.concurrency = concurrency
+        self.pool_cls = pool
+        self.loglevel = loglevel
+        self.pid = os.getpid()
+
+    def __repr__(self) -> str:
+        return f"<celeriac worker: {self.hostname} (pool={self.pool_cls})>"
+
+
+class AppLoadError(Exception):
+    """The ``-A`` spec could not be turned into a Celery app (Celery's three messages)."""
+
+
+def load_app(spec: str) -> Any:
+    """Imports the app named by ``spec`` exactly as ``celery -A spec`` does.
+
+    Raises:
+        AppLoadError: with the text Celery's command line prints.
+    """
+    import traceback
+
+    from celery import Celery
+    from celery.app.utils import find_app
+
+    try:
+        app = find_app(spec)
+    except ModuleNotFoundError as e:
+        if e.name != spec:
+            raise AppLoadError(
+                "Unable to load celery application.\n"
+                f"While trying to load the module {spec} the following error occurred:\n"
+                f"{traceback.format_exc()}"
+            ) from e
+        raise AppLoadError(
+            f"Unable to load celery application.\nThe module {e.name} was not found."
+        ) from e
+    except AttributeError as e:
+        raise AppLoadError(
+            f"Unable to load celery application.\n{str(e.args[0]).capitalize()}"
+        ) from e
+    except Exception as e:
+        raise AppLoadError(
+            "Unable to load celery application.\n"
+            f"While trying to load the module {spec} the following error occurred:\n"
+            f"{traceback.format_exc()}"
+        ) from e
+    if not isinstance(app, Celery):
+        raise AppLoadError(
+            f"Unable to load celery application.\n{spec!r} is a {type(app).__name__}, "
+            "not a Celery application."
+        )
+    return app
+
+
+def _limit(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if f > 0 else None
+
+
+def init(
+    spec: str,
+    hostname: str,
+    loglevel: str,
+    pool: str,
+    index: int,
+    concurrency: int,
+) -> dict[str, Any]:
+    """Sets this child up as Celery's ``process_initializer`` sets up a pool child.
+
+    Returns the hello the binary reads: versions, the app's tasks with their limits, and the
+    app settings the worker uses as defaults.
+    """
+    global _state
+    import multiprocessing
+
+    import celery
+    from celery import signals
+    from celery.app import trace
+    from celery.utils.log import mlevel
+    from celery.worker import state as worker_state
+
+    import celeriac
+
+    if pool == "prefork":
+        multiprocessing.current_process().name = f"ForkPoolWorker-{index + 1}"
+    app = load_app(spec)
+    level = mlevel(loglevel)
+    stub = _WorkerStub(app, hostname, pool, concurrency, level)
+    app.loader.init_worker()
+    signals.worker_init.send(sender=stub)
+    app.loader.init_worker_process()
+    conf = app.conf
+    app.log.setup(
+        level,
+        None,
+        bool(conf.worker_redirect_stdouts),
+        str(conf.worker_redirect_stdouts_level),
+        hostname=hostname,
+    )
+    trace.setup_worker_optimizations(app, hostname)
+    for name, task in app.tasks.items():
+        task.__trace__ = trace.build_tracer(name, task, app.loader, hostname, app=app)
+    worker_state.reset_state()
+    _state = _ChildState(app, hostname, pool, index)
+    if pool != "threads":
+        signal.signal(signal.SIGUSR1, _soft_time_limit_handler)
+    signals.worker_process_init.send(sender=None)
+    tasks = {}
+    for name, task in app.tasks.items():
+        tasks[name] = {
+            "soft_time_limit": _limit(task.soft_time_limit),
+            "time_limit": _limit(task.time_limit),
+            "acks_late": bool(task.acks_late),
+        }
+    return {
+        "protocol": PROTOCOL,
+        "pid": os.getpid(),
+        "python": ".".join(map(str, sys.version_info[:3])),
+        "executable": sys.executable,
+        "prefix": sys.prefix,
+        "celery": celery.__version__,
+        "celeriac": celeriac.__version__,
+        "app": str(app.main or spec),
+        "tasks": tasks,
+        "config": {
+            "accept_content": list(conf.accept_content or ()),
+            "task_default_queue": conf.task_default_queue,
+            "worker_concurrency": conf.worker_concurrency,
+            "worker_prefetch_multiplier": conf.worker_prefetch_multiplier,
+            "task_time_limit": _limit(conf.task_time_limit),
+            "task_soft_time_limit": _limit(conf.task_soft_time_limit),
+            "worker_max_tasks_per_child": conf.worker_max_tasks_per_child,
+            "worker_max_memory_per_child": conf.worker_max_memory_per_child,
+        },
+    }
+
+
+def _soft_time_limit_handler(signum: int, frame: Any) -> None:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    if _state is not None and _state.running:
+        raise SoftTimeLimitExceeded()
+
+
+def _child() -> _ChildState:
+    if _state is None:
+        raise RuntimeError("celeriac._worker.init() has not run in this process")
+    return _state
+
+
+class _Recorder:
+    """Stands in for the message's ack/reject: remembers the first decision."""
+
+    __slots__ = ("decision",)
+
+    def __init__(self) -> None:
+        self.decision = NONE
+
+    def ack(self, logger: Any, errors: Any) -> None:
+        if self.decision == NONE:
+            self.decision = ACK
+
+    def reject(self, logger: Any, errors: Any, requeue: bool = False) -> None:
+        if self.decision == NONE:
+            self.decision = REQUEUE if requeue else REJECT
+
+
+class _Undecodable(Exception):
+    pass
+
+
+def _request(envelope: bytes, queue: str, redelivered: bool, recorder: _Recorder) -> Any:
+    """The ``Request`` Celery's consumer would build for this stored envelope."""
+    from celery.utils.imports import symbol_by_name
+    from celery.worker.strategy import hybrid_to_proto2, proto1_to_proto2
+    from kombu.message import Message
+    from kombu.utils.json import loads
+
+    st = _child()
+    try:
+        payload = loads(envelope)
+        properties = payload["properties"]
+        body = payload.get("body")
+        if body and properties.get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        delivery_info = dict(properties.get("delivery_info") or {})
+    except Exception as exc:
+        raise _Undecodable(f"unreadable envelope: {exc!r}") from exc
+    delivery_info.setdefault("routing_key", queue)
+    delivery_info["redelivered"] = redelivered
+    message = Message(
+        body=body,
+        content_type=payload.get("content-type"),
+        content_encoding=payload.get("content-encoding"),
+        headers=payload.get("headers"),
+        properties=properties,
+        delivery_info=delivery_info,
+        postencode="utf-8",
+        accept=st.accept,
+    )
+    if message.errors:
+        raise _Undecodable(f"cannot decompress the body: {message.errors[0][1]!r}")
+    headers = message.headers
+    try:
+        if "task" in headers:
+            decoded_body, decoded, utc = message.decode(), True, st.app.uses_utc_timezone()
+        elif "args" in message.payload:
+            decoded_body, headers, decoded, utc = hybrid_to_proto2(message, message.payload)
+        else:
+            decoded_body, headers, decoded, utc = proto1_to_proto2(message, message.payload)
+    except Exception as exc:
+        raise _Undecodable(f"cannot decode the body: {exc!r}") from exc
+    name = headers.get("task")
+    task = st.app.tasks.get(name)
+    if task is None:
+        raise _Undecodable(f"NotRegistered({name!r})")
+    cls = st.request_classes.get(name)
+    if cls is None:
+        cls = st.request_classes[name] = symbol_by_name(task.Request)
+    return cls(
+        message,
+        on_ack=recorder.ack,
+        on_reject=recorder.reject,
+        app=st.app,
+        hostname=st.hostname,
+        task=task,
+        body=decoded_body,
+        headers=headers,
+        decoded=decoded,
+        utc=utc,
+    )
+
+
+def run(envelope: bytes, queue: str, redelivered: bool) -> tuple[str, str, str]:
+    """Runs one delivery as a Celery worker would; returns ``(decision, state, detail)``.
+
+    ``state`` is what became of the task (``SUCCESS``, ``FAILURE``, ``RETRY``, ``REJECTED``,
+    ``IGNORED``, ``REVOKED``); ``detail`` is a reason for a ``reject`` decision. Raises
+    ``SystemExit`` when the task asked the process to exit.
+    """
+    from billiard.einfo import ExceptionInfo
+    from celery.exceptions import Ignore, Reject, Retry
+
+    st = _child()
+    recorder = _Recorder()
+    try:
+        req = _request(envelope, queue, redelivered, recorder)
+    except _Undecodable as exc:
+        return REJECT, "UNDECODABLE", str(exc)
+    if (req.expires or req.id in st.revoked_tasks) and req.revoked():
+        return recorder.decision, "REVOKED", ""
+    req.on_accepted(st.pid, time.monotonic())
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        st.running = True
+    try:
+        try:
+            failed, retval, runtime = st.fast_trace_task(
+                req.type,
+                req.id,
+                req.request_dict,
+                req.body,
+                req.content_type,
+                req.content_encoding,
+            )
+        finally:
+            if main:
+                st.running = False
+    except BaseException:  # as billiard's worker: the error callback gets it
+        einfo = ExceptionInfo()
+        exc = einfo.exception
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            raise
+        req.on_failure(einfo)
+        return recorder.decision, _state_of(exc, Reject, Ignore, Retry), ""
+    if failed:
+        exc = retval.exception
+        exc = getattr(exc, "exc", exc)
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            raise exc
+        req.on_success((failed, retval, runtime))
+        return recorder.decision, _state_of(exc, Reject, Ignore, Retry), ""
+    req.on_success((failed, retval, runtime))
+    return recorder.decision, "SUCCESS", ""
+
+
+def _state_of(exc: BaseException, reject: type, ignore: type, retry: type) -> str:
+    if isinstance(exc, retry):
+        return "RETRY"
+    if isinstance(exc, reject):
+        return "REJECTED"
+    if isinstance(exc, ignore):
+        return "IGNORED"
+    return "FAILURE"
+
+
+def post_mortem(
+    envelope: bytes, queue: str, redelivered: bool, cause: str, detail: str, hard_limit: float
+) -> tuple[str, str, str]:
+    """Settles a delivery whose child died: ``cause`` is ``lost`` (the process exited, ``detail``
+    says how) or ``timeout`` (killed at the hard time limit ``hard_limit``).
+
+    Runs Celery's MainProcess handling: ``WorkerLostError`` through ``on_failure`` (which
+    covers ``acks_late``, ``reject_on_worker_lost`` and ``retry_on_worker_lost``), or
+    ``on_timeout(soft=False)`` for a hard time limit.
+    """
+    from billiard.einfo import ExceptionInfo
+    from billiard.exceptions import WorkerLostError
+
+    st = _child()
+    recorder = _Recorder()
+    try:
+        req = _request(envelope, queue, redelivered, recorder)
+    except _Undecodable as exc:
+        return REJECT, "UNDECODABLE", str(exc)
+    req.on_accepted(st.pid, time.monotonic())
+    if cause == "timeout":
+        req.on_timeout(False, hard_limit)
+        return recorder.decision, "FAILURE", ""
+    try:
+        raise WorkerLostError(f"Worker exited prematurely: {detail}.")
+    except WorkerLostError:
+        einfo = ExceptionInfo()
+    req.on_failure(einfo)
+    return recorder.decision, "FAILURE", ""
+
+
+def max_rss_kib() -> int:
+    """Peak resident set size of this process in KiB (what billiard compares with
+    ``worker_max_memory_per_child``)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def ready() -> None:
+    """Sends ``worker_ready`` (the binary calls it in one child, once every child is up)."""
+    from celery import signals
+
+    st = _child()
+    signals.worker_ready.send(sender=_WorkerStub(st.app, st.hostname, st.pool, 0, 0))
+
+
+def shutdown(exitcode: int, announce_worker: bool) -> None:
+    """Sends ``worker_process_shutdown`` and, in one child, ``worker_shutdown``."""
+    from celery import signals
+
+    st = _child()
+    signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=exitcode)
+    if announce_worker:
+        signals.worker_shutdown.send(sender=_WorkerStub(st.app, st.hostname, st.pool, 0, 0))

@@ -1,0 +1,322 @@
+//! `celeriac pool-child`: one pool child process. It embeds CPython, imports the app once
+//! through `celeriac._worker.init`, then runs the jobs its worker sends over the socket that is
+//! its standard input. No tokio here: one reader thread, and the task thread(s).
+//!
+//! - prefork and solo: tasks run on the main thread (the thread that initialized Python), so the
+//!   soft time limit signal handler runs in the task;
+//! - threads: `threads` threads, each attached to Python for its whole life (per-task attach
+//!   would drop every `threading.local`, such as Celery's per-thread result backend).
+
+use std::{
+    io::{BufReader, BufWriter, Write as _},
+    os::{fd::AsFd as _, unix::net::UnixStream},
+    process::ExitCode,
+    sync::{mpsc, Arc, Mutex},
+};
+
+use pyo3::{
+    exceptions::PySystemExit,
+    prelude::*,
+    types::{PyBytes, PyList},
+};
+
+use super::{
+    frame::{self, FromChild, ToChild},
+    sys,
+};
+
+/// Exit code of a child whose app failed to load.
+pub const EXIT_INIT_FAILED: u8 = 3;
+
+/// What the worker passes on the command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChildArgs {
+    /// Position of this child in the pool (0-based).
+    #[arg(long)]
+    pub index: usize,
+    /// prefork, threads or solo.
+    #[arg(long)]
+    pub pool: String,
+    /// Task threads (the threads pool); 1 otherwise.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// The worker's name.
+    #[arg(long)]
+    pub hostname: String,
+    /// The app, as given to `-A`.
+    #[arg(long)]
+    pub app: String,
+    /// Log level name.
+    #[arg(long)]
+    pub loglevel: String,
+}
+
+type Writer = Arc<Mutex<BufWriter<UnixStream>>>;
+
+fn send(writer: &Writer, msg: &FromChild) {
+    let mut w = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // A write error means the worker is gone; the death signal ends this process.
+    let _ = frame::write_sync(&mut *w, msg, b"").and_then(|()| w.flush());
+}
+
+enum Work {
+    Job(ToChild, Vec<u8>),
+    Ready,
+}
+
+/// Runs the child; returns its exit code.
+#[must_use]
+pub fn main(args: &ChildArgs) -> ExitCode {
+    let parent = std::env::var("CELERIAC_PARENT_PID").ok().and_then(|p| p.parse().ok());
+    match sys::die_with_parent(parent) {
+        Ok(true) => {}
+        Ok(false) => return ExitCode::FAILURE,
+        Err(e) => eprintln!("celeriac pool-child: cannot arrange to exit with the worker: {e}"),
+    }
+    sys::ignore_stop_signals();
+    let socket = match std::io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => UnixStream::from(fd),
+        Err(e) => {
+            eprintln!("celeriac pool-child: no channel to the worker on standard input: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = sys::stdin_to_dev_null() {
+        eprintln!("celeriac pool-child: {e}");
+    }
+    let reader = match socket.try_clone() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("celeriac pool-child: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let writer: Writer = Arc::new(Mutex::new(BufWriter::new(socket)));
+
+    Python::initialize();
+    let worker = match Python::attach(|py| init(py, args)) {
+        Ok((module, hello)) => {
+            send(&writer, &FromChild::Hello { hello });
+            module
+        }
+        Err(message) => {
+            send(&writer, &FromChild::InitError { message });
+            return ExitCode::from(EXIT_INIT_FAILED);
+        }
+    };
+
+    let (tx, rx) = mpsc::channel::<Work>();
+    let announce = Arc::new(Mutex::new(None::<bool>));
+    {
+        let announce = announce.clone();
+        std::thread::Builder::new()
+            .name("celeriac-reader".into())
+            .spawn(move || read_loop(reader, &tx, &announce))
+            .map_or_else(|e| eprintln!("celeriac pool-child: cannot start its reader: {e}"), drop);
+    }
+    let rx = Arc::new(Mutex::new(rx));
+    let code = if args.pool == "threads" {
+        let handles: Vec<_> = (0..args.threads.max(1))
+            .filter_map(|i| {
+                let (rx, writer, worker) = (rx.clone(), writer.clone(), Python::attach(|py| worker.clone_ref(py)));
+                std::thread::Builder::new()
+                    .name(format!("celeriac-task-{i}"))
+                    .spawn(move || Python::attach(|py| task_loop(py, &worker, &rx, &writer)))
+                    .ok()
+            })
+            .collect();
+        Python::attach(|py| {
+            py.detach(|| {
+                handles.into_iter().map(|h| h.join().unwrap_or(None)).find_map(|c| c)
+            })
+        })
+    } else {
+        Python::attach(|py| task_loop(py, &worker, &rx, &writer))
+    };
+    if let Some(code) = code {
+        // A task raised SystemExit: leave as billiard's child would; the worker treats the
+        // task as lost and replaces this process.
+        let _ = writer.lock().map(|mut w| w.flush());
+        return ExitCode::from(code);
+    }
+    let announce_worker = announce.lock().ok().and_then(|a| *a);
+    if let Some(announce_worker) = announce_worker {
+        Python::attach(|py| {
+            if let Err(e) = worker.bind(py).call_method1("shutdown", (0, announce_worker)) {
+                e.print(py);
+            }
+        });
+    }
+    ExitCode::SUCCESS
+}
+
+/// Imports `celeriac._worker` and runs `init`; returns the module and the hello, or the message
+/// for the user.
+fn init(py: Python<'_>, args: &ChildArgs) -> Result<(Py<PyModule>, serde_json::Value), String> {
+    let described = |e: PyErr| -> String {
+        let is_load_error = py
+            .import("celeriac._worker")
+            .and_then(|m| m.getattr("AppLoadError"))
+            .is_ok_and(|cls| e.get_type(py).is(&cls));
+        if is_load_error {
+            e.value(py).str().map_or_else(|_| e.to_string(), |s| s.to_string())
+        } else {
+            let tb = e.traceback(py).and_then(|tb| tb.format().ok()).unwrap_or_default();
+            format!("{tb}{e}")
+        }
+    };
+    let setup = || -> PyResult<()> {
+        let os = py.import("os")?;
+        let environ = os.getattr("environ")?;
+        // Children of tasks get the worker's environment back (see python::interp).
+        let _ = environ.call_method1("pop", ("PYTHONEXECUTABLE", py.None()));
+        if let Ok(inherited) = std::env::var("CELERIAC_INHERITED_LD_LIBRARY_PATH") {
+            if inherited.is_empty() {
+                let _ = environ.call_method1("pop", ("LD_LIBRARY_PATH", py.None()));
+            } else {
+                environ.set_item("LD_LIBRARY_PATH", inherited)?;
+            }
+        }
+        let sys = py.import("sys")?;
+        let argv = PyList::new(py, ["celeriac", "worker", "-A", args.app.as_str()])?;
+        sys.setattr("argv", argv)?;
+        Ok(())
+    };
+    setup().map_err(described)?;
+    if let Ok(expected) = std::env::var("CELERIAC_EXPECT_PYTHON") {
+        let found: PyResult<String> = py
+            .eval(c"'%d.%d.%d:%s' % (__import__('sys').version_info[:3] + (__import__('sys').prefix,))", None, None)
+            .and_then(|v| v.extract());
+        match found {
+            Ok(found) if found == expected => {}
+            Ok(found) => {
+                return Err(format!(
+                    "the embedded Python is {found}, not the probed {expected}: the interpreter's library \
+                     and standard library do not match (check --python and LD_LIBRARY_PATH)"
+                ))
+            }
+            Err(e) => return Err(described(e)),
+        }
+    }
+    let module = py.import("celeriac._worker").map_err(|e| {
+        format!(
+            "cannot import celeriac._worker from {}: {} (install the celeriac package, version {}, into this \
+             environment)",
+            std::env::var("PYTHONEXECUTABLE").unwrap_or_else(|_| "the embedded Python".into()),
+            e,
+            env!("CARGO_PKG_VERSION")
+        )
+    })?;
+    let protocol: i64 = module.getattr("PROTOCOL").and_then(|p| p.extract()).map_err(described)?;
+    if protocol != PROTOCOL {
+        return Err(format!(
+            "the installed celeriac Python package speaks worker protocol {protocol}, this binary {PROTOCOL}: install \
+             celeriac {} into the environment",
+            env!("CARGO_PKG_VERSION")
+        ));
+    }
+    let concurrency = if args.pool == "threads" { args.threads } else { 1 };
+    let hello = module
+        .call_method1(
+            "init",
+            (args.app.as_str(), args.hostname.as_str(), args.loglevel.as_str(), args.pool.as_str(), args.index, concurrency),
+        )
+        .map_err(described)?;
+    let text: String = py
+        .import("json")
+        .and_then(|json| json.call_method1("dumps", (hello,)))
+        .and_then(|t| t.extract())
+        .map_err(described)?;
+    let hello = serde_json::from_str(&text).map_err(|e| format!("unreadable hello from celeriac._worker: {e}"))?;
+    Ok((module.unbind(), hello))
+}
+
+/// The worker protocol this binary speaks (`celeriac._worker.PROTOCOL`).
+pub const PROTOCOL: i64 = 1;
+
+fn read_loop(mut reader: UnixStream, tx: &mpsc::Sender<Work>, announce: &Mutex<Option<bool>>) {
+    let mut reader = BufReader::new(&mut reader);
+    loop {
+        match frame::read_sync::<ToChild>(&mut reader) {
+            Ok(Some((ToChild::Shutdown { announce_worker }, _))) => {
+                if let Ok(mut a) = announce.lock() {
+                    *a = Some(announce_worker);
+                }
+                return;
+            }
+            Ok(Some((ToChild::Ready, _))) => {
+                let _ = tx.send(Work::Ready);
+            }
+            Ok(Some((job, envelope))) => {
+                let _ = tx.send(Work::Job(job, envelope));
+            }
+            // The worker is gone (or sent garbage): stop taking work; the death signal or the
+            // closed channel ends the process.
+            Ok(None) => return,
+            Err(e) => {
+                eprintln!("celeriac pool-child: bad frame from the worker: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// Runs jobs until the channel closes; `Some(code)` if a task asked the process to exit.
+fn task_loop(py: Python<'_>, worker: &Py<PyModule>, rx: &Mutex<mpsc::Receiver<Work>>, writer: &Writer) -> Option<u8> {
+    let worker = worker.bind(py);
+    loop {
+        let work = py.detach(|| rx.lock().ok().and_then(|rx| rx.recv().ok()));
+        let Some(work) = work else { return None };
+        // A soft-limit signal meant for an earlier task runs its handler now, while no task runs.
+        if let Err(e) = py.check_signals() {
+            e.print(py);
+        }
+        let (seq, result) = match work {
+            Work::Ready => {
+                if let Err(e) = worker.call_method0("ready") {
+                    e.print(py);
+                }
+                continue;
+            }
+            Work::Job(ToChild::Job { seq, queue, redelivered }, envelope) => {
+                (seq, worker.call_method1("run", (PyBytes::new(py, &envelope), queue, redelivered)))
+            }
+            Work::Job(ToChild::PostMortem { seq, queue, redelivered, cause, detail, hard_limit }, envelope) => (
+                seq,
+                worker.call_method1(
+                    "post_mortem",
+                    (PyBytes::new(py, &envelope), queue, redelivered, cause, detail, hard_limit),
+                ),
+            ),
+            Work::Job(..) => continue,
+        };
+        let reply = match result.and_then(|r| r.extract::<(String, String, String)>()) {
+            Ok((decision, state, detail)) => {
+                FromChild::Result { seq, decision, state, detail, max_rss_kib: sys::max_rss_kib() }
+            }
+            Err(e) if e.is_instance_of::<PySystemExit>(py) => return Some(exit_code(py, &e)),
+            Err(e) => {
+                // celeriac's or Celery's own code failed (not the task: its exceptions are
+                // Celery's outcomes). Keep the message, with the reason, in dead_letter.
+                e.print(py);
+                FromChild::Result {
+                    seq,
+                    decision: "reject".into(),
+                    state: "INTERNAL_ERROR".into(),
+                    detail: format!("celeriac could not run the task through Celery: {e}"),
+                    max_rss_kib: sys::max_rss_kib(),
+                }
+            }
+        };
+        send(writer, &reply);
+    }
+}
+
+fn exit_code(py: Python<'_>, e: &PyErr) -> u8 {
+    let code = e.value(py).getattr("code").ok();
+    match code {
+        Some(c) if c.is_none() => 0,
+        Some(c) => c.extract::<i64>().map_or(1, |n| u8::try_from(n.rem_euclid(256)).unwrap_or(1)),
+        None => 1,
+    }
+}

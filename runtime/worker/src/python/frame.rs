@@ -1,0 +1,192 @@
+//! Frames between the worker and its pool children, over a Unix socket pair.
+//!
+//! A frame is a `u32` little-endian length of what follows, a `u32` little-endian length of the
+//! JSON metadata, the metadata (one [`ToChild`] or [`FromChild`]), then raw bytes (the stored
+//! envelope of a job, exactly as claimed).
+
+use std::io::{self, Read, Write};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// Largest frame accepted (a stored envelope is bounded by the database's `bytea`, 1 GiB).
+const MAX_FRAME: usize = 1 << 30;
+
+/// Worker → child.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ToChild {
+    /// Run this delivery (the envelope follows as raw bytes).
+    Job {
+        /// Matches the [`FromChild::Result`].
+        seq: u64,
+        /// The queue it was claimed from.
+        queue: String,
+        /// Whether an earlier delivery was lost.
+        redelivered: bool,
+    },
+    /// Settle a delivery whose child died (`cause` = `lost` or `timeout`); envelope follows.
+    PostMortem {
+        /// Matches the [`FromChild::Result`].
+        seq: u64,
+        /// The queue it was claimed from.
+        queue: String,
+        /// Whether an earlier delivery was lost.
+        redelivered: bool,
+        /// `lost` or `timeout`.
+        cause: String,
+        /// How the process ended, e.g. `signal 11 (SIGSEGV)`.
+        detail: String,
+        /// The hard time limit that was exceeded (for `timeout`).
+        hard_limit: f64,
+    },
+    /// All children are up: send `worker_ready`.
+    Ready,
+    /// Finish, send the shutdown signals (`worker_shutdown` too if `announce_worker`), exit.
+    Shutdown {
+        /// Whether this child sends the worker-level `worker_shutdown`.
+        announce_worker: bool,
+    },
+}
+
+/// Child → worker.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FromChild {
+    /// The app is loaded; what `celeriac._worker.init` returned.
+    Hello {
+        /// The hello document.
+        hello: serde_json::Value,
+    },
+    /// The app could not be loaded; the child exits.
+    InitError {
+        /// What to tell the user.
+        message: String,
+    },
+    /// A job or post-mortem finished.
+    Result {
+        /// The job's sequence number.
+        seq: u64,
+        /// `ack`, `reject`, `requeue` or `none`.
+        decision: String,
+        /// `SUCCESS`, `FAILURE`, `RETRY`, `REJECTED`, `IGNORED`, `REVOKED`, `UNDECODABLE`.
+        state: String,
+        /// Why, for a `reject`.
+        detail: String,
+        /// The child's peak RSS in KiB after the job.
+        max_rss_kib: u64,
+    },
+}
+
+fn encode<M: Serialize>(meta: &M, raw: &[u8]) -> io::Result<Vec<u8>> {
+    let meta = serde_json::to_vec(meta).map_err(io::Error::other)?;
+    let len = 4 + meta.len() + raw.len();
+    let too_big = || io::Error::new(io::ErrorKind::InvalidInput, "frame too large");
+    if len > MAX_FRAME {
+        return Err(too_big());
+    }
+    let mut buf = Vec::with_capacity(4 + len);
+    buf.extend_from_slice(&u32::try_from(len).map_err(|_| too_big())?.to_le_bytes());
+    buf.extend_from_slice(&u32::try_from(meta.len()).map_err(|_| too_big())?.to_le_bytes());
+    buf.extend_from_slice(&meta);
+    buf.extend_from_slice(raw);
+    Ok(buf)
+}
+
+fn decode<M: DeserializeOwned>(mut body: Vec<u8>) -> io::Result<(M, Vec<u8>)> {
+    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_owned());
+    let meta_len = body.get(..4).ok_or_else(|| bad("short frame"))?;
+    let meta_len = u32::from_le_bytes(meta_len.try_into().map_err(|_| bad("short frame"))?) as usize;
+    let end = 4usize.checked_add(meta_len).filter(|&e| e <= body.len()).ok_or_else(|| bad("bad metadata length"))?;
+    let meta = serde_json::from_slice(&body[4..end]).map_err(|e| bad(&format!("bad frame metadata: {e}")))?;
+    let raw = body.split_off(end);
+    Ok((meta, raw))
+}
+
+fn check_len(len: u32) -> io::Result<usize> {
+    let len = len as usize;
+    if !(4..=MAX_FRAME).contains(&len) {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad frame length {len}")));
+    }
+    Ok(len)
+}
+
+/// Writes one frame (blocking).
+///
+/// # Errors
+/// I/O errors of the socket.
+pub fn write_sync<M: Serialize>(w: &mut impl Write, meta: &M, raw: &[u8]) -> io::Result<()> {
+    w.write_all(&encode(meta, raw)?)
+}
+
+/// Reads one frame (blocking); `None` at a clean end of stream.
+///
+/// # Errors
+/// I/O errors, or a malformed frame.
+pub fn read_sync<M: DeserializeOwned>(r: &mut impl Read) -> io::Result<Option<(M, Vec<u8>)>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut body = vec![0u8; check_len(u32::from_le_bytes(len))?];
+    r.read_exact(&mut body)?;
+    decode(body).map(Some)
+}
+
+/// Writes one frame.
+///
+/// # Errors
+/// I/O errors of the socket.
+pub async fn write<M: Serialize>(
+    w: &mut (impl tokio::io::AsyncWrite + Unpin),
+    meta: &M,
+    raw: &[u8],
+) -> io::Result<()> {
+    w.write_all(&encode(meta, raw)?).await
+}
+
+/// Reads one frame; `None` at a clean end of stream.
+///
+/// # Errors
+/// I/O errors, or a malformed frame.
+pub async fn read<M: DeserializeOwned>(r: &mut (impl tokio::io::AsyncRead + Unpin)) -> io::Result<Option<(M, Vec<u8>)>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut body = vec![0u8; check_len(u32::from_le_bytes(len))?];
+    r.read_exact(&mut body).await?;
+    decode(body).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_reject_garbage() {
+        let job = ToChild::Job { seq: 7, queue: "celery".into(), redelivered: true };
+        let mut buf = Vec::new();
+        write_sync(&mut buf, &job, b"{\"body\": 1}").unwrap();
+        write_sync(&mut buf, &ToChild::Ready, b"").unwrap();
+        let mut r = io::Cursor::new(buf.clone());
+        let (meta, raw): (ToChild, _) = read_sync(&mut r).unwrap().unwrap();
+        assert_eq!(meta, job);
+        assert_eq!(raw, b"{\"body\": 1}");
+        let (meta, raw): (ToChild, _) = read_sync(&mut r).unwrap().unwrap();
+        assert_eq!(meta, ToChild::Ready);
+        assert!(raw.is_empty());
+        assert!(read_sync::<ToChild>(&mut r).unwrap().is_none());
+
+        // Truncated, oversized and nonsense frames are errors, not panics.
+        assert!(read_sync::<ToChild>(&mut io::Cursor::new(&buf[..10])).is_err());
+        assert!(read_sync::<ToChild>(&mut io::Cursor::new(u32::MAX.to_le_bytes())).is_err());
+        let mut nonsense = 8u32.to_le_bytes().to_vec();
+        nonsense.extend_from_slice(&[0xff; 8]);
+        assert!(read_sync::<ToChild>(&mut io::Cursor::new(nonsense)).is_err());
+    }
+}

@@ -1,0 +1,695 @@
+//! The parent side of the Python pool: starts `celeriac pool-child` processes, hands them jobs,
+//! enforces time limits, replaces children that die or reach their recycling limits, and runs
+//! the post-mortem of a task whose child died.
+//!
+//! A child takes one job per task thread at a time (prefork and solo: one). Free task threads
+//! wait in one queue of slots; a job takes the first free slot, so jobs go to children in the
+//! order their run slots were granted.
+
+use std::{
+    collections::HashMap,
+    os::{fd::OwnedFd, unix::process::ExitStatusExt as _},
+    process::Stdio,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use serde::Deserialize;
+use tokio::{
+    net::unix::OwnedWriteHalf,
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    frame::{self, FromChild, ToChild},
+    interp::{self, Interpreter},
+    sys,
+};
+use crate::{
+    registry::{Handler, HandlerFuture},
+    task::{Outcome, Request},
+    Registry,
+};
+
+/// Celery's worker pools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PoolKind {
+    /// `-c N` child processes, one task each at a time (the default, as in Celery).
+    Prefork,
+    /// One child process running `-c N` tasks on threads (I/O-bound tasks).
+    Threads,
+    /// One child process running one task at a time.
+    Solo,
+}
+
+impl PoolKind {
+    fn name(self) -> &'static str {
+        match self {
+            PoolKind::Prefork => "prefork",
+            PoolKind::Threads => "threads",
+            PoolKind::Solo => "solo",
+        }
+    }
+
+    /// Whether time limits can be enforced (the task runs on a child's main thread, which can
+    /// be signalled, and the child can be killed alone).
+    fn enforces_limits(self) -> bool {
+        self != PoolKind::Threads
+    }
+}
+
+/// How to run the pool.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Which pool.
+    pub kind: PoolKind,
+    /// Tasks at once: children (prefork) or threads (threads); solo runs one.
+    pub concurrency: usize,
+    /// The `-A` spec.
+    pub app: String,
+    /// The worker's name (Celery's `hostname`).
+    pub hostname: String,
+    /// Log level name for the children.
+    pub loglevel: String,
+    /// The queue database; children publish to it (`celeriac+<url>` as the broker).
+    pub database_url: String,
+    /// The interpreter the children embed.
+    pub interpreter: Interpreter,
+    /// Replace a prefork child after this many tasks.
+    pub max_tasks_per_child: Option<u64>,
+    /// Replace a prefork child once its peak RSS exceeds this many KiB (after a task).
+    pub max_memory_per_child_kib: Option<u64>,
+    /// Hard time limit for tasks that set none (seconds).
+    pub time_limit: Option<f64>,
+    /// Soft time limit for tasks that set none (seconds).
+    pub soft_time_limit: Option<f64>,
+}
+
+/// A task's limits and ack mode, from the hello.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TaskInfo {
+    /// Task attribute `soft_time_limit` (or the app's `task_soft_time_limit`).
+    pub soft_time_limit: Option<f64>,
+    /// Task attribute `time_limit` (or the app's `task_time_limit`).
+    pub time_limit: Option<f64>,
+    /// `acks_late`.
+    #[serde(default)]
+    pub acks_late: bool,
+}
+
+/// App settings the worker uses where no command-line flag was given.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AppConfig {
+    /// `accept_content`.
+    #[serde(default)]
+    pub accept_content: Vec<String>,
+    /// `task_default_queue`.
+    pub task_default_queue: Option<String>,
+    /// `worker_concurrency`.
+    pub worker_concurrency: Option<u64>,
+    /// `worker_prefetch_multiplier`.
+    pub worker_prefetch_multiplier: Option<u64>,
+    /// `worker_max_tasks_per_child`.
+    pub worker_max_tasks_per_child: Option<u64>,
+    /// `worker_max_memory_per_child` (KiB).
+    pub worker_max_memory_per_child: Option<u64>,
+}
+
+/// What a child reported once it had loaded the app.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Hello {
+    /// The child's pid.
+    pub pid: u32,
+    /// Python version.
+    pub python: String,
+    /// `sys.executable`.
+    pub executable: String,
+    /// Celery version.
+    pub celery: String,
+    /// The app's name.
+    pub app: String,
+    /// The app's tasks.
+    pub tasks: HashMap<String, TaskInfo>,
+    /// App settings.
+    pub config: AppConfig,
+}
+
+/// A reply to a job.
+#[derive(Debug)]
+enum Reply {
+    Done { decision: String, state: String, detail: String, max_rss_kib: u64 },
+    /// The child died with the job; `detail` is how it ended.
+    Lost { detail: String, killed_for_timeout: bool },
+}
+
+struct Child {
+    index: usize,
+    pid: u32,
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    jobs_done: AtomicU64,
+    /// Being replaced: takes no new jobs; its exit is expected.
+    retiring: AtomicBool,
+    killed_for_timeout: AtomicBool,
+    gone: CancellationToken,
+}
+
+impl Child {
+    fn usable(&self) -> bool {
+        !self.gone.is_cancelled() && !self.retiring.load(Ordering::Relaxed)
+    }
+
+    fn name(&self, kind: PoolKind) -> String {
+        match kind {
+            PoolKind::Prefork => format!("ForkPoolWorker-{}", self.index + 1),
+            PoolKind::Threads => "ThreadPool".into(),
+            PoolKind::Solo => "SoloPool".into(),
+        }
+    }
+
+    async fn send(&self, msg: &ToChild, raw: &[u8]) -> std::io::Result<()> {
+        let mut w = self.writer.lock().await;
+        frame::write(&mut *w, msg, raw).await
+    }
+}
+
+struct Inner {
+    config: PoolConfig,
+    tasks: HashMap<String, TaskInfo>,
+    children: Mutex<Vec<Option<Arc<Child>>>>,
+    idle_tx: mpsc::UnboundedSender<Arc<Child>>,
+    idle_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Arc<Child>>>,
+    respawn: mpsc::UnboundedSender<usize>,
+    seq: AtomicU64,
+    stopping: CancellationToken,
+}
+
+/// A running pool of Python children. Cheap to clone.
+#[derive(Clone)]
+pub struct PythonPool {
+    inner: Arc<Inner>,
+    hello: Arc<Hello>,
+}
+
+impl std::fmt::Debug for PythonPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PythonPool").field("kind", &self.inner.config.kind).finish_non_exhaustive()
+    }
+}
+
+/// billiard's `human_status`.
+fn human_status(status: std::process::ExitStatus) -> String {
+    if let Some(sig) = status.signal() {
+        let name = match sig {
+            libc::SIGKILL => "SIGKILL",
+            libc::SIGSEGV => "SIGSEGV",
+            libc::SIGABRT => "SIGABRT",
+            libc::SIGBUS => "SIGBUS",
+            libc::SIGFPE => "SIGFPE",
+            libc::SIGILL => "SIGILL",
+            libc::SIGTERM => "SIGTERM",
+            libc::SIGINT => "SIGINT",
+            libc::SIGHUP => "SIGHUP",
+            libc::SIGUSR1 => "SIGUSR1",
+            _ => "",
+        };
+        if name.is_empty() {
+            format!("signal {sig}")
+        } else {
+            format!("signal {sig} ({name})")
+        }
+    } else {
+        format!("exitcode {}", status.code().unwrap_or(-1))
+    }
+}
+
+impl PythonPool {
+    /// Starts the children and waits until each has imported the app.
+    ///
+    /// # Errors
+    /// The first child's load error (Celery's messages for a bad `-A`), or a start failure.
+    pub async fn start(config: PoolConfig) -> Result<PythonPool, String> {
+        let children = match config.kind {
+            PoolKind::Prefork => config.concurrency.max(1),
+            PoolKind::Threads | PoolKind::Solo => 1,
+        };
+        let (idle_tx, idle_rx) = mpsc::unbounded_channel();
+        let (respawn_tx, respawn_rx) = mpsc::unbounded_channel();
+        let mut inner = Inner {
+            config,
+            tasks: HashMap::new(),
+            children: Mutex::new(vec![None; children]),
+            idle_tx,
+            idle_rx: tokio::sync::Mutex::new(idle_rx),
+            respawn: respawn_tx,
+            seq: AtomicU64::new(1),
+            stopping: CancellationToken::new(),
+        };
+        // The first child alone: a bad -A fails once, with one message.
+        let (first, hello) = spawn(&inner, 0).await?;
+        let hello: Hello =
+            serde_json::from_value(hello).map_err(|e| format!("unreadable hello from the pool child: {e}"))?;
+        inner.tasks.clone_from(&hello.tasks);
+        let inner = Arc::new(inner);
+        let mut started = vec![first];
+        let rest = futures_util::future::join_all((1..children).map(|i| spawn(&inner, i))).await;
+        for r in rest {
+            match r {
+                Ok((child, _)) => started.push(child),
+                Err(e) => {
+                    for (child, _) in &started {
+                        let _ = sys::kill_group(child.pid);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        for (child, reader) in started {
+            inner.adopt(child, reader);
+        }
+        tokio::spawn(supervise(inner.clone(), respawn_rx));
+        if !inner.config.kind.enforces_limits()
+            && (inner.config.time_limit.is_some()
+                || inner.config.soft_time_limit.is_some()
+                || inner.tasks.values().any(|t| t.time_limit.is_some() || t.soft_time_limit.is_some()))
+        {
+            tracing::warn!(
+                "The threads pool does not enforce time limits (as in Celery): tasks' soft and hard limits are ignored"
+            );
+        }
+        Ok(PythonPool { inner, hello: Arc::new(hello) })
+    }
+
+    /// Tasks the pool runs at once.
+    #[must_use]
+    pub fn concurrency(&self) -> usize {
+        match self.inner.config.kind {
+            PoolKind::Solo => 1,
+            PoolKind::Prefork | PoolKind::Threads => self.inner.config.concurrency.max(1),
+        }
+    }
+
+    /// What the first child reported.
+    #[must_use]
+    pub fn hello(&self) -> &Hello {
+        &self.hello
+    }
+
+    /// Registers a handler for every task of the app that `registry` has no Rust handler for
+    /// (Rust handlers win). Returns the names registered.
+    pub fn register_tasks(&self, registry: &mut Registry) -> Vec<String> {
+        let mut names: Vec<String> = self.inner.tasks.keys().filter(|n| !registry.contains(n)).cloned().collect();
+        names.sort();
+        for name in &names {
+            registry.register_raw(name, PythonHandler { inner: self.inner.clone() });
+        }
+        names
+    }
+
+    /// Sends `worker_ready` (from the first child).
+    pub async fn announce_ready(&self) {
+        let first = self.inner.children.lock().ok().and_then(|c| c.first().cloned().flatten());
+        if let Some(child) = first {
+            let _ = child.send(&ToChild::Ready, b"").await;
+        }
+    }
+
+    /// Stops the children: each finishes what it runs (up to `grace`), sends its shutdown
+    /// signals and exits; what is left after `grace` is killed.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.stopping.cancel();
+        let children: Vec<Arc<Child>> =
+            self.inner.children.lock().map(|c| c.iter().flatten().cloned().collect()).unwrap_or_default();
+        for child in &children {
+            let _ = child.send(&ToChild::Shutdown { announce_worker: child.index == 0 }, b"").await;
+        }
+        let all_gone = futures_util::future::join_all(children.iter().map(|c| c.gone.cancelled()));
+        if tokio::time::timeout(grace, all_gone).await.is_err() {
+            for child in children.iter().filter(|c| !c.gone.is_cancelled()) {
+                tracing::warn!(pid = child.pid, "pool: child did not exit in time; killing it");
+                let _ = sys::kill_group(child.pid);
+            }
+        }
+    }
+}
+
+/// Starts child `index` and waits for its hello. Returns the child and its frame reader.
+async fn spawn(
+    inner: &Inner,
+    index: usize,
+) -> Result<((Arc<Child>, ChildReader), serde_json::Value), String> {
+    let config = &inner.config;
+    let (ours, theirs) =
+        std::os::unix::net::UnixStream::pair().map_err(|e| format!("cannot create a socket pair: {e}"))?;
+    let broker = format!("celeriac+{}", config.database_url);
+    let threads = if config.kind == PoolKind::Threads { config.concurrency.max(1) } else { 1 };
+    let mut cmd = tokio::process::Command::new("/proc/self/exe");
+    cmd.arg0("celeriac")
+        .arg("pool-child")
+        .args(["--index", &index.to_string(), "--pool", config.kind.name(), "--threads", &threads.to_string()])
+        .args(["--hostname", &config.hostname, "--app", &config.app, "--loglevel", &config.loglevel])
+        .envs(interp::child_env(&config.interpreter))
+        .env("CELERIAC_PARENT_PID", std::process::id().to_string())
+        .env("CELERY_BROKER_URL", &broker)
+        .env("CELERY_BROKER_READ_URL", &broker)
+        .env("CELERY_BROKER_WRITE_URL", &broker)
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .process_group(0)
+        .kill_on_drop(false);
+    let mut process = cmd.spawn().map_err(|e| format!("cannot start a pool child: {e}"))?;
+    drop(cmd);
+    let pid = process.id().unwrap_or(0);
+    ours.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let stream = tokio::net::UnixStream::from_std(ours).map_err(|e| e.to_string())?;
+    let (mut read, write) = stream.into_split();
+    let hello = match frame::read::<FromChild>(&mut read).await {
+        Ok(Some((FromChild::Hello { hello }, _))) => hello,
+        Ok(Some((FromChild::InitError { message }, _))) => {
+            let _ = process.wait().await;
+            return Err(message);
+        }
+        other => {
+            let _ = sys::kill_group(pid);
+            let status = process.wait().await.map(human_status).unwrap_or_else(|e| e.to_string());
+            let why = match other {
+                Err(e) => e.to_string(),
+                _ => "no hello".into(),
+            };
+            return Err(format!("the pool child exited while loading the app ({status}; {why})"));
+        }
+    };
+    let child = Arc::new(Child {
+        index,
+        pid,
+        writer: tokio::sync::Mutex::new(write),
+        pending: Mutex::new(HashMap::new()),
+        jobs_done: AtomicU64::new(0),
+        retiring: AtomicBool::new(false),
+        killed_for_timeout: AtomicBool::new(false),
+        gone: CancellationToken::new(),
+    });
+    Ok(((child, ChildReader { read, process }), hello))
+}
+
+struct ChildReader {
+    read: tokio::net::unix::OwnedReadHalf,
+    process: tokio::process::Child,
+}
+
+impl Inner {
+    /// Puts a started child in service: its slots become free and its reader runs.
+    fn adopt(self: &Arc<Self>, child: Arc<Child>, reader: ChildReader) {
+        if let Ok(mut children) = self.children.lock() {
+            if let Some(slot) = children.get_mut(child.index) {
+                *slot = Some(child.clone());
+            }
+        }
+        let threads = if self.config.kind == PoolKind::Threads { self.config.concurrency.max(1) } else { 1 };
+        for _ in 0..threads {
+            let _ = self.idle_tx.send(child.clone());
+        }
+        tokio::spawn(read_replies(self.clone(), child, reader));
+    }
+
+    /// A free slot of a live child, waiting for one if all are busy (or being replaced).
+    async fn checkout(&self) -> Option<Arc<Child>> {
+        let mut idle = self.idle_rx.lock().await;
+        loop {
+            let child = idle.recv().await?;
+            if child.usable() {
+                return Some(child);
+            }
+        }
+    }
+
+    fn checkin(&self, child: Arc<Child>) {
+        if child.usable() {
+            let _ = self.idle_tx.send(child);
+        }
+    }
+
+    /// Sends a job to a free child and waits for its reply, enforcing the time limits.
+    async fn dispatch(
+        &self,
+        msg: ToChild,
+        seq: u64,
+        raw: &[u8],
+        limits: Limits,
+        what: &str,
+    ) -> (Option<Arc<Child>>, Reply) {
+        loop {
+            let Some(child) = self.checkout().await else {
+                // The pool is gone (only at exit): as if the child had died.
+                return (None, Reply::Lost { detail: "the pool was shut down".into(), killed_for_timeout: false });
+            };
+            let (tx, rx) = oneshot::channel();
+            if let Ok(mut pending) = child.pending.lock() {
+                pending.insert(seq, tx);
+            }
+            if child.gone.is_cancelled() {
+                // Died between checkout and registration: its reader already failed its jobs.
+                if let Ok(mut pending) = child.pending.lock() {
+                    pending.remove(&seq);
+                }
+                continue;
+            }
+            // A failed write means the child died; its reader fails this job as lost.
+            let _ = child.send(&msg, raw).await;
+            let reply = self.await_reply(&child, rx, limits, what).await;
+            return (Some(child), reply);
+        }
+    }
+
+    async fn await_reply(&self, child: &Child, rx: oneshot::Receiver<Reply>, limits: Limits, what: &str) -> Reply {
+        let started = Instant::now();
+        let enforce = self.config.kind.enforces_limits();
+        let mut soft = limits.soft.filter(|_| enforce).and_then(|s| Duration::try_from_secs_f64(s).ok());
+        let hard = limits.hard.filter(|_| enforce).and_then(|s| Duration::try_from_secs_f64(s).ok());
+        let mut hard_fired = false;
+        tokio::pin!(rx);
+        loop {
+            let deadline = match (soft, hard) {
+                (Some(s), _) => Some((started + s, true)),
+                (None, Some(h)) if !hard_fired => Some((started + h, false)),
+                _ => None,
+            };
+            tokio::select! {
+                reply = &mut rx => {
+                    return reply.unwrap_or(Reply::Lost { detail: "the reply was lost".into(), killed_for_timeout: false });
+                }
+                () = async { tokio::time::sleep_until(deadline.map_or(started, |d| d.0)).await }, if deadline.is_some() => {
+                    if deadline.is_some_and(|d| d.1) {
+                        soft = None;
+                        let secs = limits.soft.unwrap_or_default();
+                        tracing::warn!("Soft time limit ({}s) exceeded for {what}", celeriac_protocol::json::python_float_repr(secs));
+                        if let Err(e) = sys::signal_main_thread(child.pid, sys::SOFT_LIMIT_SIGNAL) {
+                            tracing::debug!(error = %e, pid = child.pid, "pool: soft limit signal not delivered");
+                        }
+                    } else {
+                        hard_fired = true;
+                        let secs = limits.hard.unwrap_or_default();
+                        tracing::warn!(pid = child.pid, "Hard time limit ({}s) exceeded for {what}: killing the child", celeriac_protocol::json::python_float_repr(secs));
+                        child.killed_for_timeout.store(true, Ordering::Relaxed);
+                        if let Err(e) = sys::kill_group(child.pid) {
+                            tracing::debug!(error = %e, pid = child.pid, "pool: kill failed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a job: count it, and replace the child if it reached a recycling limit.
+    fn after_job(&self, child: Arc<Child>, max_rss_kib: u64) {
+        let done = child.jobs_done.fetch_add(1, Ordering::Relaxed) + 1;
+        let config = &self.config;
+        if config.kind == PoolKind::Prefork {
+            let by_tasks = config.max_tasks_per_child.is_some_and(|max| done >= max);
+            let by_memory = config.max_memory_per_child_kib.is_some_and(|max| max_rss_kib > max);
+            if (by_tasks || by_memory) && !child.retiring.swap(true, Ordering::Relaxed) {
+                if by_memory {
+                    tracing::warn!(
+                        "child process {} exceeded the memory limit ({max_rss_kib}KiB > {}KiB); replacing it",
+                        child.pid,
+                        config.max_memory_per_child_kib.unwrap_or_default()
+                    );
+                } else {
+                    tracing::info!("child process {} ran {done} tasks (max tasks per child); replacing it", child.pid);
+                }
+                let _ = self.respawn.send(child.index);
+                let retired = child.clone();
+                tokio::spawn(async move {
+                    let _ = retired.send(&ToChild::Shutdown { announce_worker: false }, b"").await;
+                });
+            }
+        }
+        self.checkin(child);
+    }
+
+    fn limits(&self, request: &Request) -> Limits {
+        let task = self.tasks.get(request.task());
+        let header = &request.message.headers.timelimit;
+        let pick = |header: Option<f64>, task: Option<f64>, flag: Option<f64>| {
+            header.filter(|s| *s > 0.0).or(task).or(flag).filter(|s| *s > 0.0)
+        };
+        Limits {
+            hard: pick(header.hard, task.and_then(|t| t.time_limit), self.config.time_limit),
+            soft: pick(header.soft, task.and_then(|t| t.soft_time_limit), self.config.soft_time_limit),
+        }
+    }
+
+    async fn run(&self, request: Request) -> Outcome {
+        let what = format!("{}[{}]", request.message.display_name(), request.id());
+        let limits = self.limits(&request);
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let job = ToChild::Job { seq, queue: request.queue.to_string(), redelivered: request.redelivered };
+        let (child, reply) = self.dispatch(job, seq, &request.payload, limits, &what).await;
+        let (cause, detail) = match reply {
+            Reply::Done { decision, state, detail, max_rss_kib } => {
+                if let Some(child) = child {
+                    self.after_job(child, max_rss_kib);
+                }
+                return outcome(&decision, &state, detail);
+            }
+            Reply::Lost { killed_for_timeout: true, detail } => ("timeout", detail),
+            Reply::Lost { detail, .. } => ("lost", detail),
+        };
+        // The child died with the task: settle it as Celery's MainProcess would, in a live child.
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let post_mortem = ToChild::PostMortem {
+            seq,
+            queue: request.queue.to_string(),
+            redelivered: request.redelivered,
+            cause: cause.into(),
+            detail: detail.clone(),
+            hard_limit: limits.hard.unwrap_or_default(),
+        };
+        let (child, reply) =
+            self.dispatch(post_mortem, seq, &request.payload, Limits::default(), &format!("post-mortem of {what}")).await;
+        match reply {
+            Reply::Done { decision, state, detail, max_rss_kib } => {
+                if let Some(child) = child {
+                    self.after_job(child, max_rss_kib);
+                }
+                outcome(&decision, &state, detail)
+            }
+            Reply::Lost { detail: again, .. } => Outcome::Requeue {
+                reason: format!("its child process exited ({detail}), and so did the one settling it ({again})"),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Limits {
+    soft: Option<f64>,
+    hard: Option<f64>,
+}
+
+fn outcome(decision: &str, state: &str, detail: String) -> Outcome {
+    match decision {
+        "ack" => Outcome::Handled { state: state.to_owned() },
+        "reject" => Outcome::Reject {
+            reason: if detail.is_empty() { format!("rejected by the task (Reject(requeue=False); {state})") } else { detail },
+        },
+        "requeue" => Outcome::Requeue { reason: format!("rejected with requeue ({state})") },
+        _ => Outcome::Requeue { reason: format!("neither acknowledged nor rejected ({state})") },
+    }
+}
+
+/// Reads a child's replies until it exits; then fails its jobs as lost and asks for a
+/// replacement.
+async fn read_replies(inner: Arc<Inner>, child: Arc<Child>, mut reader: ChildReader) {
+    loop {
+        match frame::read::<FromChild>(&mut reader.read).await {
+            Ok(Some((FromChild::Result { seq, decision, state, detail, max_rss_kib }, _))) => {
+                let tx = child.pending.lock().ok().and_then(|mut p| p.remove(&seq));
+                if let Some(tx) = tx {
+                    let _ = tx.send(Reply::Done { decision, state, detail, max_rss_kib });
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) => {
+                tracing::error!(pid = child.pid, error = %e, "pool: unreadable reply from a child; killing it");
+                let _ = sys::kill_group(child.pid);
+                break;
+            }
+        }
+    }
+    let status = reader.process.wait().await;
+    child.gone.cancel();
+    let detail = status.map(human_status).unwrap_or_else(|e| format!("unknown status ({e})"));
+    let expected = child.retiring.load(Ordering::Relaxed) || inner.stopping.is_cancelled();
+    let pending: Vec<_> = child.pending.lock().map(|mut p| p.drain().collect()).unwrap_or_default();
+    if !expected || !pending.is_empty() {
+        tracing::error!("Process '{}' pid:{} exited with '{detail}'", child.name(inner.config.kind), child.pid);
+    }
+    let killed_for_timeout = child.killed_for_timeout.load(Ordering::Relaxed);
+    for (_, tx) in pending {
+        let _ = tx.send(Reply::Lost { detail: detail.clone(), killed_for_timeout });
+    }
+    if !expected {
+        let _ = inner.respawn.send(child.index);
+    }
+}
+
+/// Replaces children: on request (death or recycling), start a new child for that index,
+/// retrying with backoff while the app fails to load.
+async fn supervise(inner: Arc<Inner>, mut respawn: mpsc::UnboundedReceiver<usize>) {
+    loop {
+        let index = tokio::select! {
+            () = inner.stopping.cancelled() => return,
+            i = respawn.recv() => match i { Some(i) => i, None => return },
+        };
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(500);
+            loop {
+                if inner.stopping.is_cancelled() {
+                    return;
+                }
+                match spawn(&inner, index).await {
+                    Ok(((child, reader), _)) => {
+                        if inner.stopping.is_cancelled() {
+                            let _ = child.send(&ToChild::Shutdown { announce_worker: false }, b"").await;
+                        }
+                        inner.adopt(child, reader);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(retry_in = ?backoff, "pool: cannot start a replacement child: {e}");
+                        tokio::select! {
+                            () = inner.stopping.cancelled() => return,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Runs a Python task of the app in the pool.
+struct PythonHandler {
+    inner: Arc<Inner>,
+}
+
+impl Handler for PythonHandler {
+    fn call(&self, request: Request) -> HandlerFuture {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.run(request).await })
+    }
+
+    fn manages_execution(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,77 @@
+//! The few system calls the pool needs that the standard library does not offer. This is the
+//! only module of the crate that uses `unsafe`; each call is a plain libc call on integers.
+#![allow(unsafe_code)]
+
+use std::io;
+
+/// Asks the kernel to SIGKILL this process when the thread that started it exits (the worker's
+/// supervisor), and returns whether that parent is still `expected_parent` (if it died before
+/// the call, the signal will never come).
+pub fn die_with_parent(expected_parent: Option<u32>) -> io::Result<bool> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no memory.
+    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: getppid has no arguments and cannot fail.
+    let parent = unsafe { libc::getppid() };
+    Ok(expected_parent.is_none_or(|p| i64::from(parent) == i64::from(p)))
+}
+
+/// Makes SIGINT and SIGTERM ignored: a pool child is stopped by its parent, not by the terminal
+/// or a service manager signalling the whole group.
+pub fn ignore_stop_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: installing SIG_IGN for a valid signal number has no memory effects.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
+}
+
+/// Points file descriptor 0 at `/dev/null` (after the channel to the parent was taken off it).
+pub fn stdin_to_dev_null() -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let null = std::fs::File::open("/dev/null")?;
+    // SAFETY: dup2 on two valid descriptors; fd 0 is replaced atomically.
+    if unsafe { libc::dup2(null.as_raw_fd(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sends `signal` to the thread `pid` of process `pid` (a process's main thread has its pid as
+/// thread id): the soft time limit must reach the thread that runs the task.
+pub fn signal_main_thread(pid: u32, signal: i32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: tgkill takes integers; a stale pid at worst signals nothing (ESRCH).
+    let rc = unsafe { libc::syscall(libc::SYS_tgkill, pid, pid, signal) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// SIGKILLs the process group `pgid` (a pool child and whatever its task started).
+pub fn kill_group(pgid: u32) -> io::Result<()> {
+    let pgid = libc::pid_t::try_from(pgid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: killpg takes integers.
+    if unsafe { libc::killpg(pgid, libc::SIGKILL) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Peak resident set size of this process in KiB (`ru_maxrss`, what billiard compares with
+/// `max_memory_per_child`).
+#[must_use]
+pub fn max_rss_kib() -> u64 {
+    // SAFETY: getrusage writes into the zeroed struct we own.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_SELF is valid.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0;
+    }
+    u64::try_from(usage.ru_maxrss).unwrap_or(0)
+}
+
+/// SIGUSR1, the soft time limit signal (as billiard uses).
+pub const SOFT_LIMIT_SIGNAL: i32 = libc::SIGUSR1;
