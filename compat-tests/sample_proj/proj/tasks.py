@@ -107,9 +107,7 @@ class HookedTask(Task):
     def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         record("on_retry", task_id=task_id, exc=type(exc).__name__)
 
-    def after_return(
-        self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
-    ) -> None:
+    def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         record("after_return", task_id=task_id, status=status)
 
 
@@ -237,9 +235,24 @@ def logs(word: str) -> str:
     return word
 
 
-@app.task(serializer="pickle")
-def pickled(x: Any) -> Any:
-    return x
+@app.task
+def meet(directory: str, name: str, n: int, timeout: float) -> int:
+    """Waits until ``n`` tasks have arrived in ``directory``: succeeds only if they run at once."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, name), "w"):
+        pass
+    deadline = time.monotonic() + timeout
+    while len(os.listdir(directory)) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(os.listdir(directory))} of {n} tasks ran at once")
+        time.sleep(0.01)
+    return os.getpid()
+
+
+@app.task(name="examples.add")
+def python_examples_add(x: int, y: int) -> str:
+    """Same name as a Rust example handler: with ``--example-handlers`` the Rust one runs."""
+    return "python"
 
 
 # --- signals ----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ Not a public API: the binary and this module change together (``PROTOCOL``).
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import resource
 import signal
@@ -172,6 +173,7 @@ def init(
         str(conf.worker_redirect_stdouts_level),
         hostname=hostname,
     )
+    _tag_task_log_lines(app)
     trace.setup_worker_optimizations(app, hostname)
     for name, task in app.tasks.items():
         task.__trace__ = trace.build_tracer(name, task, app.loader, hostname, app=app)
@@ -208,6 +210,39 @@ def init(
             "worker_max_memory_per_child": conf.worker_max_memory_per_child,
         },
     }
+
+
+class _TaskAwareFormatter(logging.Formatter):
+    """Formats a record with ``worker_task_log_format`` while a task runs (so ``logging`` calls
+    and redirected ``print`` output carry the task's name and id), else as before."""
+
+    def __init__(self, outside: logging.Formatter, inside: logging.Formatter) -> None:
+        super().__init__()
+        self.outside = outside
+        self.inside = inside
+
+    def format(self, record: logging.LogRecord) -> str:
+        from celery._state import get_current_task
+
+        task = get_current_task()
+        if task is not None and getattr(task.request, "id", None):
+            return self.inside.format(record)
+        return self.outside.format(record)
+
+
+def _tag_task_log_lines(app: Any) -> None:
+    """Where Celery set up the root logger itself (no ``setup_logging`` receivers, root logger
+    hijacked), lines logged during a task get the task's name and id."""
+    from celery import signals
+    from celery.app.log import TaskFormatter
+
+    if signals.setup_logging.receivers or not app.conf.worker_hijack_root_logger:
+        return
+    for handler in logging.getLogger().handlers:
+        outside = handler.formatter or logging.Formatter()
+        use_color = bool(getattr(outside, "use_color", False))
+        inside = TaskFormatter(app.conf.worker_task_log_format, use_color=use_color)
+        handler.setFormatter(_TaskAwareFormatter(outside, inside))
 
 
 def _soft_time_limit_handler(signum: int, frame: Any) -> None:

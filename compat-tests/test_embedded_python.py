@@ -1,0 +1,472 @@
+"""``celeriac worker -A proj``: a real Celery project's tasks, run by the real binary's embedded
+Python, observed through Celery's own ``AsyncResult`` (``db+postgresql+psycopg://`` backend),
+signal receivers writing to a log file, and child PIDs.
+
+The sample project is ``compat-tests/sample_proj/proj``; the client app here only publishes
+(through the celeriac kombu transport) and reads results.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from celery import Celery, chain, chord, group
+from celery.result import AsyncResult
+
+from tools.celeriac_testkit import LoggedProcess, wait_for
+
+SAMPLE_PROJ = Path(__file__).resolve().parent / "sample_proj"
+RESULT_TIMEOUT = 30
+
+
+@dataclass
+class Proj:
+    """The client side of one test: publishes to, and reads results from, the test database."""
+
+    app: Celery
+    database_url: str
+    signal_log: Path
+    env: dict[str, str]
+
+    def send(self, name: str, *args: Any, **options: Any) -> AsyncResult:
+        return self.app.send_task(f"proj.tasks.{name}", args=args, **options)
+
+    def get(self, result: AsyncResult, timeout: float = RESULT_TIMEOUT) -> Any:
+        return result.get(timeout=timeout, propagate=False, interval=0.05)
+
+    def events(self, event: str | None = None) -> list[dict[str, Any]]:
+        if not self.signal_log.exists():
+            return []
+        lines = [json.loads(line) for line in self.signal_log.read_text().splitlines() if line]
+        return [e for e in lines if event is None or e["event"] == event]
+
+    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def dead_letters(self) -> list[tuple[str, str, str]]:
+        return [
+            (r[0], r[1], r[2])
+            for r in self.query("select task_id, reason_code, reason from celeriac.dead_letter order by id")
+        ]
+
+
+@pytest.fixture
+def proj(database_url: str, tmp_path: Path) -> Iterator[Proj]:
+    backend = "db+" + database_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    app = Celery("proj-client", broker=f"celeriac+{database_url}", backend=backend)
+    app.conf.update(result_extended=True, broker_connection_retry_on_startup=False)
+    # Create the result tables before any pool child does (their create_all would race).
+    app.backend.ResultSession().close()
+    signal_log = tmp_path / "signals.jsonl"
+    env = {
+        **os.environ,
+        "PROJ_RESULT_BACKEND": backend,
+        "PROJ_SIGNAL_LOG": str(signal_log),
+        "VIRTUAL_ENV": sys.prefix,
+    }
+    env.pop("CELERIAC_PYTHON", None)
+    yield Proj(app, database_url, signal_log, env)
+    app.close()
+    app.backend.ResultSession().get_bind().dispose()
+
+
+class ProjWorker(LoggedProcess):
+    KIND = "celeriac worker -A"
+
+
+@pytest.fixture
+def proj_worker(celeriac_bin: Path, proj: Proj, tmp_path: Path) -> Iterator[Callable[..., ProjWorker]]:
+    """Factory: ``celeriac worker -A proj`` in the sample project, started and ready."""
+    workers: list[ProjWorker] = []
+
+    def start(
+        pool: str = "prefork",
+        concurrency: int = 2,
+        extra_args: Sequence[str] = (),
+        app: str = "proj",
+        app_first: bool = False,
+    ) -> ProjWorker:
+        n = len(workers) + 1
+        common = ["--database-url", proj.database_url]
+        head = ["-A", app, "worker"] if app_first else ["worker", "-A", app]
+        argv = [str(celeriac_bin), *head]
+        argv += [*common, "-P", pool, "-c", str(concurrency), "--poll-interval", "0.2", "-n", f"proj{n}@%h"]
+        argv += [*extra_args]
+        worker = ProjWorker(argv, tmp_path / f"proj-worker{n}.log", cwd=SAMPLE_PROJ, env=proj.env)
+        workers.append(worker)
+        worker.wait_for(lambda: "ready." in worker.log(), 60, "the worker to load the app")
+        return worker
+
+    yield start
+    errors = []
+    for w in workers:
+        try:
+            w.stop()
+        except AssertionError as exc:
+            errors.append(str(exc))
+    if errors:
+        pytest.fail("\n\n".join(errors), pytrace=False)
+
+
+def child_pids(worker: LoggedProcess) -> set[int]:
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(worker.proc.pid)], capture_output=True, text=True, check=False
+    )
+    return {int(p) for p in out.stdout.split()}
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "app_first"),
+    [("proj", False), ("proj.celery", False), ("proj.celery:app", False), ("proj", True)],
+)
+def test_app_is_found_the_way_celery_finds_it(
+    proj: Proj, proj_worker: Callable[..., ProjWorker], spec: str, app_first: bool
+) -> None:
+    proj_worker(pool="solo", app=spec, app_first=app_first)
+    assert proj.get(proj.send("add", 2, 3)) == 5
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("nosuchmodule", "The module nosuchmodule was not found."),
+        ("proj.celery:nope", "Unable to load celery application.\nThe module proj.celery:nope was not found."),
+        ("proj.tasks.add", "is a PromiseProxy, not a Celery application"),
+    ],
+)
+def test_bad_app_spec_fails_with_celerys_message(celeriac_bin: Path, proj: Proj, spec: str, expected: str) -> None:
+    out = subprocess.run(
+        [str(celeriac_bin), "worker", "-A", spec, "--database-url", proj.database_url, "-P", "solo"],
+        cwd=SAMPLE_PROJ,
+        env=proj.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 1, out.stderr
+    assert expected in out.stderr, out.stderr
+
+
+def test_rust_handlers_take_precedence(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
+    worker = proj_worker(pool="solo", extra_args=["--example-handlers"])
+    task_id = proj.app.send_task("examples.add", args=(2, 2)).id
+    worker.wait_for(lambda: f"Task examples.add[{task_id}] succeeded" in worker.log(), 30, "the Rust handler")
+    assert f"examples.add[{task_id}] succeeded in" in worker.log()
+    assert "python" not in [line.rsplit(": ", 1)[-1] for line in worker.log_lines() if task_id in line]
+
+
+# --- task semantics (prefork) -----------------------------------------------------------------
+
+
+def test_results_request_context_and_signals(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
+    worker = proj_worker()
+    ok = proj.send("add", 2, 3)
+    bad = proj.send("fail", "boom")
+    info = proj.send(
+        "request_info", 1, "two", kwargs={"k": 3}, headers={"custom_header": "hdr"}, time_limit=30, soft_time_limit=20
+    )
+    assert proj.get(ok) == 5
+    assert ok.state == "SUCCESS"
+    proj.get(bad)
+    assert bad.state == "FAILURE"
+    assert isinstance(bad.result, ValueError)
+    assert str(bad.result) == "boom"
+    req = proj.get(info)
+    assert req["id"] == info.id
+    assert req["root_id"] == info.id
+    assert req["parent_id"] is None
+    assert req["args"] == [1, "two"]
+    assert req["kwargs"] == {"k": 3}
+    assert req["delivery_info"]["routing_key"] == "celery"
+    assert req["delivery_info"]["redelivered"] is False
+    assert req["hostname"].startswith("proj1@")
+    assert req["timelimit"] == [30, 20]
+    assert req["custom_header"] == "hdr"
+    assert req["is_eager"] is False
+    assert req["pid"] in child_pids(worker)
+    # Signals: per task, in Celery's order; per child, worker_process_init; once, worker_ready.
+    for r, outcome in ((ok, "task_success"), (bad, "task_failure")):
+        events = [e["event"] for e in proj.events() if e.get("task_id") == r.id]
+        assert events == ["signal:task_prerun", f"signal:{outcome}", "signal:task_postrun"], events
+    inits = {e["pid"] for e in proj.events("signal:worker_process_init")}
+    assert inits == child_pids(worker)
+    assert len(proj.events("signal:worker_ready")) == 1
+    worker.stop()
+    assert len(proj.events("signal:worker_shutdown")) == 1
+    assert {e["pid"] for e in proj.events("signal:worker_process_shutdown")} == inits
+
+
+def test_retry_autoretry_progress_and_hooks(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
+    proj_worker()
+    retried = proj.send("retry_until", 2)
+    forever = proj.send("retry_forever")
+    auto = proj.send("autoretry")
+    progress = proj.send("progress", 3)
+    hooked_ok, hooked_fail, hooked_retry = (proj.send("hooked", m) for m in ("ok", "fail", "retry"))
+
+    assert proj.get(retried) == {"retries": 2, "id": retried.id}
+    assert [e["retries"] for e in proj.events("retry_until")] == [0, 1, 2]
+    assert {e["task_id"] for e in proj.events("retry_until")} == {retried.id}
+    assert [e["event"] for e in proj.events() if e.get("task_id") == retried.id].count("signal:task_retry") == 2
+
+    proj.get(forever)
+    assert forever.state == "FAILURE"
+    assert type(forever.result).__name__ == "MaxRetriesExceededError"
+
+    proj.get(auto)
+    assert auto.state == "FAILURE"
+    assert isinstance(auto.result, KeyError)
+    runs = proj.events("autoretry")
+    assert [e["retries"] for e in runs] == [0, 1, 2]
+    # retry_backoff=1, no jitter: countdowns 1 s then 2 s.
+    gaps = [b["at"] - a["at"] for a, b in itertools.pairwise(runs)]
+    assert gaps[0] >= 0.95, gaps
+    assert gaps[1] >= 1.95, gaps
+
+    assert proj.get(progress) == 3
+    meta = proj.query("select status from celery_taskmeta where task_id = %s", progress.id)
+    assert meta == [("SUCCESS",)]
+
+    assert proj.get(hooked_ok) == "ok"
+    proj.get(hooked_fail)
+    assert proj.get(hooked_retry) == "retry"
+    hooks = {
+        r.id: [e["event"] for e in proj.events() if e.get("task_id") == r.id and not e["event"].startswith("signal")]
+        for r in (hooked_ok, hooked_fail, hooked_retry)
+    }
+    assert hooks[hooked_ok.id] == ["before_start", "on_success", "after_return"]
+    assert hooks[hooked_fail.id] == ["before_start", "on_failure", "after_return"]
+    # Celery's tracer calls after_return for a final state only, not after a retry.
+    assert hooks[hooked_retry.id] == [
+        "before_start",
+        "on_retry",
+        "before_start",
+        "on_success",
+        "after_return",
+    ]
+
+
+def test_progress_state_is_visible_while_running(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
+    proj_worker(pool="solo")
+    r = proj.send("progress", 2)
+    assert proj.get(r) == 2
+    # The last update_state before SUCCESS was PROGRESS with Celery's meta.
+    assert r.state == "SUCCESS"
+
+
+def test_subtasks_chains_groups_and_chords(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
+    proj_worker()
+    fan = proj.send("fan_out", 3)
+    ids = proj.get(fan)
+    assert [proj.get(AsyncResult(i, app=proj.app)) for i in ids[:3]] == [0, 2, 4]
+    assert proj.get(AsyncResult(ids[3], app=proj.app)) == 12  # chain add(1, 1) | add(10)
+
+    sig = proj.app.signature
+    c = chain(sig("proj.tasks.add", (1, 2)), sig("proj.tasks.add", (3,)), sig("proj.tasks.add", (4,))).apply_async()
+    assert proj.get(c) == 10
+    g = group(sig("proj.tasks.add", (i, i)) for i in range(4)).apply_async()
+    assert g.get(timeout=RESULT_TIMEOUT, interval=0.05) == [0, 2, 4, 6]
+    ch = chord([sig("proj.tasks.add", (i, 1)) for i in range(3)], sig("proj.tasks.pid", ()).set(immutable=True))
+    r = ch.apply_async()
+    assert isinstance(proj.get(r), int)
+
+
+def test_reject_ignore_and_expiry(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
+    proj_worker(extra_args=["--max-redeliveries", "2"])
+    early = proj.send("reject_it", False)
+    late = proj.send("reject_late", False)
+    late_requeue = proj.send("reject_late", True)
+    ignored = proj.send("ignore_it")
+    not_acked = proj.send("fail_late_no_ack")
+    expired = proj.send("add", 1, 1, expires=-1)
+
+    proj.get(early)
+    assert early.state == "FAILURE"  # acked at accept; FAILURE stored (Celery #4222)
+    proj.get(late)
+    assert late.state == "FAILURE"
+
+    def dead(task_id: str) -> list[tuple[str, str, str]]:
+        return [d for d in proj.dead_letters() if d[0] == task_id]
+
+    wait_for(lambda: dead(late.id), 30, "the late Reject in dead_letter")
+    assert dead(late.id)[0][1] == "rejected"
+    # Reject(requeue=True): back in the queue, counted; past --max-redeliveries, dead-lettered.
+    wait_for(lambda: dead(late_requeue.id), 30, "the requeued task to exhaust its redeliveries")
+    assert dead(late_requeue.id)[0][1] == "redeliveries_exhausted"
+    assert late_requeue.state == "PENDING"
+    # Ignore: acked, nothing stored.
+    wait_for(lambda: any(e.get("task_id") == ignored.id for e in proj.events("signal:task_postrun")), 30, "ignore")
+    assert ignored.state == "PENDING"
+    # acks_late + acks_on_failure_or_timeout=False: FAILURE stored, message rejected to dead_letter.
+    proj.get(not_acked)
+    assert not_acked.state == "FAILURE"
+    wait_for(lambda: dead(not_acked.id), 30, "the failed late task in dead_letter")
+    # Expired before it was taken: REVOKED, as Celery marks it.
+    proj.get(expired)
+    assert expired.state == "REVOKED"
+    assert [e for e in proj.events("signal:task_revoked")]
+    assert early.id not in {d[0] for d in proj.dead_letters()}
+    assert ignored.id not in {d[0] for d in proj.dead_letters()}
+
+
+# --- pools ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", ["segfault", "exit_now"])
+def test_crashed_child_fails_the_task_and_is_replaced(
+    proj: Proj, proj_worker: Callable[..., ProjWorker], task: str
+) -> None:
+    worker = proj_worker(concurrency=1)
+    before = child_pids(worker)
+    args = (3,) if task == "exit_now" else ()
+    r = proj.send(task, *args)
+    proj.get(r)
+    assert r.state == "FAILURE"
+    assert type(r.result).__name__ == "WorkerLostError"
+    expected = "signal 11 (SIGSEGV)" if task == "segfault" else "exitcode 3"
+    assert f"Worker exited prematurely: {expected}" in str(r.result)
+    after = worker.wait_for(lambda: child_pids(worker) - before, 30, "a replacement child")
+    assert proj.get(proj.send("pid")) in after
+    assert "exited with" in worker.log()
+
+
+def test_worker_lost_with_reject_on_worker_lost_requeues_up_to_the_cap(
+    proj: Proj, proj_worker: Callable[..., ProjWorker]
+) -> None:
+    proj_worker(concurrency=1, extra_args=["--max-redeliveries", "1"])
+    r = proj.send("exit_late", 1)
+    wait_for(lambda: [d for d in proj.dead_letters() if d[0] == r.id], 60, "the requeued task to hit the cap")
+    assert len(proj.events("exit_late")) == 2  # first run + one redelivery
+    assert [d[1] for d in proj.dead_letters() if d[0] == r.id] == ["redeliveries_exhausted"]
+
+
+def test_max_tasks_and_max_memory_per_child_recycle(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
+    worker = proj_worker(concurrency=1, extra_args=["--max-tasks-per-child", "2"])
+    pids = [proj.get(proj.send("pid")) for _ in range(4)]
+    assert pids[0] == pids[1], pids
+    assert pids[2] == pids[3], pids
+    assert pids[1] != pids[2], pids
+    worker.stop()
+
+    worker = proj_worker(concurrency=1, extra_args=["--max-memory-per-child", "150000"])
+    first = proj.get(proj.send("leak", 200))
+    second = proj.get(proj.send("pid"))
+    assert first != second
+    assert "exceeded the memory limit" in worker.log()
+
+
+def test_threads_pool_runs_tasks_concurrently_in_one_process(
+    proj: Proj, proj_worker: Callable[..., ProjWorker], tmp_path: Path
+) -> None:
+    worker = proj_worker(pool="threads", concurrency=3)
+    assert len(child_pids(worker)) == 1
+    meet_dir = str(tmp_path / "meet")
+    rs = [proj.send("meet", meet_dir, f"t{i}", 3, 20) for i in range(3)]
+    pids = {proj.get(r) for r in rs}
+    assert all(r.state == "SUCCESS" for r in rs), [r.result for r in rs]
+    assert pids == child_pids(worker)
+    infos = [proj.get(proj.send("request_info")) for _ in range(2)]
+    assert all(i["thread"] != "MainThread" for i in infos)
+
+
+def test_solo_pool_runs_one_task_at_a_time(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
+    worker = proj_worker(pool="solo", concurrency=4)
+    assert len(child_pids(worker)) == 1
+    assert "concurrency=1" in worker.log()
+    assert proj.get(proj.send("add", 40, 2)) == 42
+
+
+# --- time limits ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pool", ["prefork", "solo"])
+def test_soft_and_hard_time_limits(proj: Proj, proj_worker: Callable[..., ProjWorker], pool: str) -> None:
+    worker = proj_worker(pool=pool, concurrency=1, extra_args=["--soft-time-limit", "0.5"])
+    soft = proj.send("soft", 10)
+    assert proj.get(soft) == "soft limit caught"
+    assert "Soft time limit (0.5s) exceeded for proj.tasks.soft" in worker.log()
+    # --soft-time-limit applies to a task without its own limit; the header beats it.
+    from_flag = proj.send("sleep", 10)
+    proj.get(from_flag)
+    assert type(from_flag.result).__name__ == "SoftTimeLimitExceeded"
+    from_header = proj.send("sleep", 1.5, soft_time_limit=5)
+    assert proj.get(from_header) == 1.5
+
+    before = child_pids(worker)
+    hard = proj.send("hard", 10)
+    proj.get(hard)
+    assert hard.state == "FAILURE"
+    assert type(hard.result).__name__ == "TimeLimitExceeded"
+    assert "Hard time limit (0.5s) exceeded for proj.tasks.hard" in worker.log()
+    assert len([e for e in proj.events("signal:task_failure") if e["task_id"] == hard.id]) == 1
+    after = worker.wait_for(lambda: child_pids(worker) - before, 30, "a replacement child")
+    assert proj.get(proj.send("pid")) in after
+
+
+def test_threads_pool_warns_that_it_does_not_enforce_limits(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
+    worker = proj_worker(pool="threads", concurrency=2, extra_args=["--time-limit", "1"])
+    assert "does not enforce time limits" in worker.log()
+    assert proj.get(proj.send("add", 1, 2)) == 3
+
+
+# --- logging and shutdown ---------------------------------------------------------------------
+
+
+def test_task_logging_carries_task_name_and_id(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
+    worker = proj_worker(concurrency=1)
+    r = proj.send("logs", "celeriac")
+    assert proj.get(r) == "celeriac"
+    tag = f"proj.tasks.logs[{r.id}]"
+    worker.wait_for(lambda: "print says celeriac" in worker.log(), 10, "the print line")
+    lines = worker.log_lines()
+    for text in ("task logger says celeriac", "plain logger says celeriac", "print says celeriac"):
+        matching = [line for line in lines if text in line]
+        assert matching, text
+        assert all(tag in line for line in matching), (text, matching)
+
+
+def test_warm_shutdown_lets_the_running_task_finish(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
+    worker = proj_worker(concurrency=1)
+    r = proj.send("sleep", 1.0)
+    wait_for(lambda: any(e.get("task_id") == r.id for e in proj.events("signal:task_prerun")), 30, "the task")
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.stop() == 0
+    assert proj.get(r) == 1.0
+    assert proj.query("select count(*) from celeriac.message") == [(0,)]
+
+
+def test_killed_worker_takes_its_children_and_the_task_runs_again(
+    proj: Proj, proj_worker: Callable[..., ProjWorker]
+) -> None:
+    worker = proj_worker(concurrency=1, extra_args=["--lease-seconds", "2", "--heartbeat-interval", "0.5"])
+    children = child_pids(worker)
+    r = proj.send("sleep", 30)
+    wait_for(lambda: any(e.get("task_id") == r.id for e in proj.events("signal:task_prerun")), 30, "the task")
+    worker.proc.kill()
+    worker.proc.wait()
+    worker.returncode = 0  # killed on purpose
+
+    def gone() -> bool:
+        return all(not Path(f"/proc/{p}").exists() for p in children)
+
+    wait_for(gone, 10, "the pool children to die with their worker")
+    second = proj_worker(concurrency=1, extra_args=["--soft-time-limit", "1"])
+    proj.get(r, timeout=60)
+    assert type(r.result).__name__ == "SoftTimeLimitExceeded"  # ran again, in the new worker
+    assert second.proc.poll() is None
