@@ -347,10 +347,107 @@ def run(envelope: bytes, queue: str, redelivered: bool) -> tuple[str, str, str]:
     ``state`` is what became of the task (``SUCCESS``, ``FAILURE``, ``RETRY``, ``REJECTED``,
     ``IGNORED``, ``REVOKED``); ``detail`` is a reason for a ``reject`` decision. Raises
     ``SystemExit`` when the task asked the process to exit.
+
+    The common case, a protocol-2 message that has not expired, goes straight to
+    ``fast_trace_task`` with the request dict Celery's ``Request`` would build; the ``Request``
+    itself (and its callbacks) is only built when the outcome needs it: a task that did not
+    succeed, or any other message.
     """
+    st = _child()
+    try:
+        payload = _json_loads(envelope)
+        headers = payload["headers"]
+        properties = payload["properties"]
+        name = headers["task"]
+        task_id = headers["id"]
+    except Exception:
+        return _run_with_request(envelope, queue, redelivered)
+    if (
+        headers.get("expires")
+        or headers.get("compression")
+        or name not in st.app.tasks
+        or task_id in st.revoked_tasks
+    ):
+        return _run_with_request(envelope, queue, redelivered)
+    body = payload.get("body")
+    if body and properties.get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    delivery_info = properties.get("delivery_info") or {}
+    request = dict(headers)
+    request["properties"] = properties
+    request["reply_to"] = properties.get("reply_to")
+    request["correlation_id"] = properties.get("correlation_id")
+    request["hostname"] = st.hostname
+    request["delivery_info"] = {
+        "exchange": delivery_info.get("exchange"),
+        "routing_key": delivery_info.get("routing_key", queue),
+        "priority": properties.get("priority"),
+        "redelivered": redelivered,
+    }
+    time_accepted = time.monotonic()
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        st.running = True
+    try:
+        content_type = payload.get("content-type")
+        encoding = payload.get("content-encoding")
+        result = st.fast_trace_task(name, task_id, request, body, content_type, encoding)
+    except BaseException as exc:
+        if main:
+            st.running = False
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            raise
+        return _settle_error(envelope, queue, redelivered, time_accepted)
+    if main:
+        st.running = False
+    if not result[0]:
+        return ACK, "SUCCESS", ""
+    return _settle_failure(envelope, queue, redelivered, time_accepted, result)
+
+
+def _json_loads(data: bytes) -> Any:
+    from kombu.utils.json import loads
+
+    return loads(data)
+
+
+def _settle_failure(
+    envelope: bytes, queue: str, redelivered: bool, time_accepted: float, result: Any
+) -> tuple[str, str, str]:
+    """What Celery's MainProcess does with ``(1, ExceptionInfo, runtime)`` from the pool."""
+    from celery.exceptions import Ignore, Reject, Retry
+
+    st = _child()
+    recorder = _Recorder()
+    req = _request(envelope, queue, redelivered, recorder)
+    req.on_accepted(st.pid, time_accepted)
+    exc = result[1].exception
+    exc = getattr(exc, "exc", exc)
+    if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+        raise exc
+    req.on_success(result)
+    return recorder.decision, _state_of(exc, Reject, Ignore, Retry), ""
+
+
+def _settle_error(
+    envelope: bytes, queue: str, redelivered: bool, time_accepted: float
+) -> tuple[str, str, str]:
+    """An exception escaped the tracer: billiard hands it to the error callback."""
     from billiard.einfo import ExceptionInfo
     from celery.exceptions import Ignore, Reject, Retry
 
+    einfo = ExceptionInfo()
+    st = _child()
+    recorder = _Recorder()
+    req = _request(envelope, queue, redelivered, recorder)
+    req.on_accepted(st.pid, time_accepted)
+    req.on_failure(einfo)
+    return recorder.decision, _state_of(einfo.exception, Reject, Ignore, Retry), ""
+
+
+def _run_with_request(envelope: bytes, queue: str, redelivered: bool) -> tuple[str, str, str]:
+    """The general path: Celery's ``Request`` first (protocol 1 and hybrid messages, expiry,
+    compression, unknown tasks), then the tracer and the callbacks."""
     st = _child()
     recorder = _Recorder()
     try:
@@ -359,39 +456,27 @@ def run(envelope: bytes, queue: str, redelivered: bool) -> tuple[str, str, str]:
         return REJECT, "UNDECODABLE", str(exc)
     if (req.expires or req.id in st.revoked_tasks) and req.revoked():
         return recorder.decision, "REVOKED", ""
-    req.on_accepted(st.pid, time.monotonic())
+    time_accepted = time.monotonic()
     main = threading.current_thread() is threading.main_thread()
     if main:
         st.running = True
     try:
-        try:
-            failed, retval, runtime = st.fast_trace_task(
-                req.type,
-                req.id,
-                req.request_dict,
-                req.body,
-                req.content_type,
-                req.content_encoding,
-            )
-        finally:
-            if main:
-                st.running = False
-    except BaseException:  # as billiard's worker: the error callback gets it
-        einfo = ExceptionInfo()
-        exc = einfo.exception
+        result = st.fast_trace_task(
+            req.type, req.id, req.request_dict, req.body, req.content_type, req.content_encoding
+        )
+    except BaseException as exc:
+        if main:
+            st.running = False
         if isinstance(exc, (SystemExit, KeyboardInterrupt)):
             raise
-        req.on_failure(einfo)
-        return recorder.decision, _state_of(exc, Reject, Ignore, Retry), ""
-    if failed:
-        exc = retval.exception
-        exc = getattr(exc, "exc", exc)
-        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
-            raise exc
-        req.on_success((failed, retval, runtime))
-        return recorder.decision, _state_of(exc, Reject, Ignore, Retry), ""
-    req.on_success((failed, retval, runtime))
-    return recorder.decision, "SUCCESS", ""
+        return _settle_error(envelope, queue, redelivered, time_accepted)
+    if main:
+        st.running = False
+    if not result[0]:
+        req.on_accepted(st.pid, time_accepted)
+        req.on_success(result)
+        return recorder.decision, "SUCCESS", ""
+    return _settle_failure(envelope, queue, redelivered, time_accepted, result)
 
 
 def _state_of(exc: BaseException, reject: type, ignore: type, retry: type) -> str:

@@ -448,6 +448,7 @@ async fn start_python_pool(
         "app loaded; Python tasks: {}", names.join(", ")
     );
     config.concurrency = pool.concurrency();
+    config.pipeline = pool.pipeline();
     Ok(pool)
 }
 
@@ -496,6 +497,7 @@ fn worker_config(args: &WorkerArgs) -> Result<WorkerConfig, String> {
         // Look for dead workers' leases at least twice per lease period.
         rescue_interval: defaults.rescue_interval.min(secs("lease-seconds", args.lease_seconds / 2.0)?),
         listen: !args.no_listen,
+        pipeline: 0,
     };
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)

@@ -75,6 +75,11 @@ pub struct WorkerConfig {
     pub accept: Accept,
     /// Use LISTEN/NOTIFY wake-ups (off behind PgBouncer in transaction mode). Default: true.
     pub listen: bool,
+    /// Handler calls started beyond `concurrency`, at most `concurrency`, for handlers that
+    /// queue their work in a pool which itself runs `concurrency` at a time (the embedded
+    /// Python pool keeps one task queued behind the running one in each child). They come out
+    /// of the prefetched messages, not on top of them. Default: 0.
+    pub pipeline: usize,
 }
 
 impl Default for WorkerConfig {
@@ -92,6 +97,7 @@ impl Default for WorkerConfig {
             rescue_interval: Duration::from_secs(5),
             accept: Accept::default(),
             listen: true,
+            pipeline: 0,
         }
     }
 }
@@ -123,6 +129,9 @@ impl WorkerConfig {
         }
         if self.poll_interval.is_zero() || self.rescue_interval.is_zero() {
             return bad("poll and rescue intervals must be positive".into());
+        }
+        if self.pipeline > self.concurrency {
+            return bad("pipeline must not exceed concurrency".into());
         }
         if self.max_redeliveries < 0 {
             return bad("max redeliveries must not be negative".into());
@@ -198,7 +207,11 @@ enum Settle {
     /// Back to the queue to run again, counted as a redelivery.
     Requeue(Lease),
     DeadLetter(DeadLetterParams),
-    Retry { lease: Lease, payload: Vec<u8>, eta: DateTime<Utc> },
+    Retry {
+        lease: Lease,
+        payload: Vec<u8>,
+        eta: DateTime<Utc>,
+    },
 }
 
 /// Where the next claim starts. Under load most claims continue from the last row claimed in
@@ -396,7 +409,7 @@ impl Worker {
             worker_id: self.id,
             stats: self.stats.clone(),
             settle: settle_tx,
-            run_slots: Arc::new(Semaphore::new(config.concurrency)),
+            run_slots: Arc::new(Semaphore::new(config.concurrency + config.pipeline)),
             last_turn: std::sync::Mutex::new(None),
             stopping: shutdown.clone(),
             abandon: CancellationToken::new(),

@@ -105,33 +105,40 @@ pub fn main(args: &ChildArgs) -> ExitCode {
         }
     };
 
-    let (tx, rx) = mpsc::channel::<Work>();
     let announce = Arc::new(Mutex::new(None::<bool>));
-    {
-        let announce = announce.clone();
-        std::thread::Builder::new()
-            .name("celeriac-reader".into())
-            .spawn(move || read_loop(reader, &tx, &announce))
-            .map_or_else(|e| eprintln!("celeriac pool-child: cannot start its reader: {e}"), drop);
-    }
-    let rx = Arc::new(Mutex::new(rx));
     let code = if args.pool == "threads" {
+        // Several task threads share the jobs: one reader thread hands them out.
+        let (tx, rx) = mpsc::channel::<Work>();
+        {
+            let announce = announce.clone();
+            std::thread::Builder::new()
+                .name("celeriac-reader".into())
+                .spawn(move || {
+                    let mut reader = BufReader::new(reader);
+                    while let Some(work) = next_work(&mut reader, &announce) {
+                        if tx.send(work).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .map_or_else(|e| eprintln!("celeriac pool-child: cannot start its reader: {e}"), drop);
+        }
+        let source = Arc::new(Source::Channel(Mutex::new(rx)));
         let handles: Vec<_> = (0..args.threads.max(1))
             .filter_map(|i| {
-                let (rx, writer, worker) = (rx.clone(), writer.clone(), Python::attach(|py| worker.clone_ref(py)));
+                let (source, writer, worker) =
+                    (source.clone(), writer.clone(), Python::attach(|py| worker.clone_ref(py)));
                 std::thread::Builder::new()
                     .name(format!("celeriac-task-{i}"))
-                    .spawn(move || Python::attach(|py| task_loop(py, &worker, &rx, &writer)))
+                    .spawn(move || Python::attach(|py| task_loop(py, &worker, &source, &writer)))
                     .ok()
             })
             .collect();
-        Python::attach(|py| {
-            py.detach(|| {
-                handles.into_iter().map(|h| h.join().unwrap_or(None)).find_map(|c| c)
-            })
-        })
+        Python::attach(|py| py.detach(|| handles.into_iter().map(|h| h.join().unwrap_or(None)).find_map(|c| c)))
     } else {
-        Python::attach(|py| task_loop(py, &worker, &rx, &writer))
+        // One task thread, the main one: it reads its jobs itself (no hand-off per job).
+        let source = Source::Socket(Mutex::new(BufReader::new(reader)), announce.clone());
+        Python::attach(|py| task_loop(py, &worker, &source, &writer))
     };
     if let Some(code) = code {
         // A task raised SystemExit: leave as billiard's child would; the worker treats the
@@ -219,7 +226,14 @@ fn init(py: Python<'_>, args: &ChildArgs) -> Result<(Py<PyModule>, serde_json::V
     let hello = module
         .call_method1(
             "init",
-            (args.app.as_str(), args.hostname.as_str(), args.loglevel.as_str(), args.pool.as_str(), args.index, concurrency),
+            (
+                args.app.as_str(),
+                args.hostname.as_str(),
+                args.loglevel.as_str(),
+                args.pool.as_str(),
+                args.index,
+                concurrency,
+            ),
         )
         .map_err(described)?;
     let text: String = py
@@ -234,39 +248,50 @@ fn init(py: Python<'_>, args: &ChildArgs) -> Result<(Py<PyModule>, serde_json::V
 /// The worker protocol this binary speaks (`celeriac._worker.PROTOCOL`).
 pub const PROTOCOL: i64 = 1;
 
-fn read_loop(mut reader: UnixStream, tx: &mpsc::Sender<Work>, announce: &Mutex<Option<bool>>) {
-    let mut reader = BufReader::new(&mut reader);
-    loop {
-        match frame::read_sync::<ToChild>(&mut reader) {
-            Ok(Some((ToChild::Shutdown { announce_worker }, _))) => {
-                if let Ok(mut a) = announce.lock() {
-                    *a = Some(announce_worker);
-                }
-                return;
-            }
-            Ok(Some((ToChild::Ready, _))) => {
-                let _ = tx.send(Work::Ready);
-            }
-            Ok(Some((job, envelope))) => {
-                let _ = tx.send(Work::Job(job, envelope));
-            }
-            // The worker is gone (or sent garbage): stop taking work; the death signal or the
-            // closed channel ends the process.
-            Ok(None) => return,
-            Err(e) => {
-                eprintln!("celeriac pool-child: bad frame from the worker: {e}");
-                return;
-            }
+/// Where a task thread gets its next job.
+enum Source {
+    /// Straight from the socket (the only task thread); remembers the `Shutdown` frame.
+    Socket(Mutex<BufReader<UnixStream>>, Arc<Mutex<Option<bool>>>),
+    /// From the reader thread (the threads pool).
+    Channel(Mutex<mpsc::Receiver<Work>>),
+}
+
+impl Source {
+    /// The next job; `None` once the worker said to shut down, or is gone.
+    fn next(&self) -> Option<Work> {
+        match self {
+            Source::Socket(reader, announce) => next_work(&mut *reader.lock().ok()?, announce),
+            Source::Channel(rx) => rx.lock().ok()?.recv().ok(),
         }
     }
 }
 
-/// Runs jobs until the channel closes; `Some(code)` if a task asked the process to exit.
-fn task_loop(py: Python<'_>, worker: &Py<PyModule>, rx: &Mutex<mpsc::Receiver<Work>>, writer: &Writer) -> Option<u8> {
+/// Reads frames until one is work; `None` at `Shutdown` (recorded in `announce`), at the end of
+/// the stream (the worker is gone; the death signal ends the process) or at a bad frame.
+fn next_work(reader: &mut BufReader<UnixStream>, announce: &Mutex<Option<bool>>) -> Option<Work> {
+    match frame::read_sync::<ToChild>(reader) {
+        Ok(Some((ToChild::Shutdown { announce_worker }, _))) => {
+            if let Ok(mut a) = announce.lock() {
+                *a = Some(announce_worker);
+            }
+            None
+        }
+        Ok(Some((ToChild::Ready, _))) => Some(Work::Ready),
+        Ok(Some((job, envelope))) => Some(Work::Job(job, envelope)),
+        Ok(None) => None,
+        Err(e) => {
+            eprintln!("celeriac pool-child: bad frame from the worker: {e}");
+            None
+        }
+    }
+}
+
+/// Runs jobs until there are no more; `Some(code)` if a task asked the process to exit.
+fn task_loop(py: Python<'_>, worker: &Py<PyModule>, source: &Source, writer: &Writer) -> Option<u8> {
     let worker = worker.bind(py);
     loop {
-        let work = py.detach(|| rx.lock().ok().and_then(|rx| rx.recv().ok()));
-        let Some(work) = work else { return None };
+        let work = py.detach(|| source.next());
+        let work = work?;
         // A soft-limit signal meant for an earlier task runs its handler now, while no task runs.
         if let Err(e) = py.check_signals() {
             e.print(py);

@@ -139,11 +139,7 @@ pub fn read_sync<M: DeserializeOwned>(r: &mut impl Read) -> io::Result<Option<(M
 ///
 /// # Errors
 /// I/O errors of the socket.
-pub async fn write<M: Serialize>(
-    w: &mut (impl tokio::io::AsyncWrite + Unpin),
-    meta: &M,
-    raw: &[u8],
-) -> io::Result<()> {
+pub async fn write<M: Serialize>(w: &mut (impl tokio::io::AsyncWrite + Unpin), meta: &M, raw: &[u8]) -> io::Result<()> {
     w.write_all(&encode(meta, raw)?).await
 }
 
@@ -151,7 +147,9 @@ pub async fn write<M: Serialize>(
 ///
 /// # Errors
 /// I/O errors, or a malformed frame.
-pub async fn read<M: DeserializeOwned>(r: &mut (impl tokio::io::AsyncRead + Unpin)) -> io::Result<Option<(M, Vec<u8>)>> {
+pub async fn read<M: DeserializeOwned>(
+    r: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> io::Result<Option<(M, Vec<u8>)>> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}

@@ -70,10 +70,9 @@ pub fn choose(explicit: Option<&str>) -> String {
 /// # Errors
 /// A message for the user: not found, not runnable, or the wrong version.
 pub fn probe(python: &str) -> Result<Interpreter, String> {
-    let out = Command::new(python)
-        .args(["-I", "-c", PROBE])
-        .output()
-        .map_err(|e| format!("cannot run the Python interpreter {python:?}: {e} (use --python or activate a virtualenv)"))?;
+    let out = Command::new(python).args(["-I", "-c", PROBE]).output().map_err(|e| {
+        format!("cannot run the Python interpreter {python:?}: {e} (use --python or activate a virtualenv)")
+    })?;
     if !out.status.success() {
         return Err(format!(
             "the Python interpreter {python:?} failed ({}): {}",

@@ -142,9 +142,19 @@ pub struct Hello {
 /// A reply to a job.
 #[derive(Debug)]
 enum Reply {
-    Done { decision: String, state: String, detail: String, max_rss_kib: u64 },
+    Done {
+        decision: String,
+        state: String,
+        detail: String,
+        max_rss_kib: u64,
+    },
     /// The child died with the job; `detail` is how it ended.
-    Lost { detail: String, killed_for_timeout: bool },
+    Lost {
+        detail: String,
+        killed_for_timeout: bool,
+    },
+    /// The child died before it started the job (it was queued behind the one that was lost).
+    NotStarted,
 }
 
 struct Child {
@@ -153,6 +163,9 @@ struct Child {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
     jobs_done: AtomicU64,
+    /// Jobs sent and not answered, in the order they were written (a child with one task
+    /// thread runs them in that order).
+    sent: Mutex<std::collections::VecDeque<u64>>,
     /// Being replaced: takes no new jobs; its exit is expected.
     retiring: AtomicBool,
     killed_for_timeout: AtomicBool,
@@ -176,14 +189,24 @@ impl Child {
         let mut w = self.writer.lock().await;
         frame::write(&mut *w, msg, raw).await
     }
+
+    /// Sends a job, recording its place in the child's queue.
+    async fn send_job(&self, seq: u64, msg: &ToChild, raw: &[u8]) -> std::io::Result<()> {
+        let mut w = self.writer.lock().await;
+        if let Ok(mut sent) = self.sent.lock() {
+            sent.push_back(seq);
+        }
+        frame::write(&mut *w, msg, raw).await
+    }
 }
 
 struct Inner {
     config: PoolConfig,
     tasks: HashMap<String, TaskInfo>,
-    children: Mutex<Vec<Option<Arc<Child>>>>,
-    idle_tx: mpsc::UnboundedSender<Arc<Child>>,
-    idle_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Arc<Child>>>,
+    /// The children in service, with their load (see [`Inner::take`]).
+    children: Mutex<Vec<Option<Slot>>>,
+    /// Signalled whenever a child takes a job less, or joins.
+    freed: tokio::sync::Notify,
     respawn: mpsc::UnboundedSender<usize>,
     seq: AtomicU64,
     stopping: CancellationToken,
@@ -238,14 +261,12 @@ impl PythonPool {
             PoolKind::Prefork => config.concurrency.max(1),
             PoolKind::Threads | PoolKind::Solo => 1,
         };
-        let (idle_tx, idle_rx) = mpsc::unbounded_channel();
         let (respawn_tx, respawn_rx) = mpsc::unbounded_channel();
         let mut inner = Inner {
             config,
             tasks: HashMap::new(),
-            children: Mutex::new(vec![None; children]),
-            idle_tx,
-            idle_rx: tokio::sync::Mutex::new(idle_rx),
+            children: Mutex::new((0..children).map(|_| None).collect()),
+            freed: tokio::sync::Notify::new(),
             respawn: respawn_tx,
             seq: AtomicU64::new(1),
             stopping: CancellationToken::new(),
@@ -294,6 +315,16 @@ impl PythonPool {
         }
     }
 
+    /// Tasks queued in children beyond [`PythonPool::concurrency`]: one per prefork or solo
+    /// child (see `Inner::take`).
+    #[must_use]
+    pub fn pipeline(&self) -> usize {
+        match self.inner.config.kind {
+            PoolKind::Threads => 0,
+            PoolKind::Prefork | PoolKind::Solo => self.concurrency(),
+        }
+    }
+
     /// What the first child reported.
     #[must_use]
     pub fn hello(&self) -> &Hello {
@@ -313,7 +344,8 @@ impl PythonPool {
 
     /// Sends `worker_ready` (from the first child).
     pub async fn announce_ready(&self) {
-        let first = self.inner.children.lock().ok().and_then(|c| c.first().cloned().flatten());
+        let first =
+            self.inner.children.lock().ok().and_then(|c| c.first().and_then(|s| s.as_ref().map(|s| s.child.clone())));
         if let Some(child) = first {
             let _ = child.send(&ToChild::Ready, b"").await;
         }
@@ -323,8 +355,12 @@ impl PythonPool {
     /// signals and exits; what is left after `grace` is killed.
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.stopping.cancel();
-        let children: Vec<Arc<Child>> =
-            self.inner.children.lock().map(|c| c.iter().flatten().cloned().collect()).unwrap_or_default();
+        let children: Vec<Arc<Child>> = self
+            .inner
+            .children
+            .lock()
+            .map(|c| c.iter().flatten().map(|s| s.child.clone()).collect())
+            .unwrap_or_default();
         for child in &children {
             let _ = child.send(&ToChild::Shutdown { announce_worker: child.index == 0 }, b"").await;
         }
@@ -339,10 +375,7 @@ impl PythonPool {
 }
 
 /// Starts child `index` and waits for its hello. Returns the child and its frame reader.
-async fn spawn(
-    inner: &Inner,
-    index: usize,
-) -> Result<((Arc<Child>, ChildReader), serde_json::Value), String> {
+async fn spawn(inner: &Inner, index: usize) -> Result<((Arc<Child>, ChildReader), serde_json::Value), String> {
     let config = &inner.config;
     let (ours, theirs) =
         std::os::unix::net::UnixStream::pair().map_err(|e| format!("cannot create a socket pair: {e}"))?;
@@ -391,64 +424,101 @@ async fn spawn(
         writer: tokio::sync::Mutex::new(write),
         pending: Mutex::new(HashMap::new()),
         jobs_done: AtomicU64::new(0),
+        sent: Mutex::default(),
         retiring: AtomicBool::new(false),
         killed_for_timeout: AtomicBool::new(false),
         gone: CancellationToken::new(),
     });
-    Ok(((child, ChildReader { read, process }), hello))
+    Ok(((child, ChildReader { read: tokio::io::BufReader::new(read), process }), hello))
 }
 
 struct ChildReader {
-    read: tokio::net::unix::OwnedReadHalf,
+    read: tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
     process: tokio::process::Child,
 }
 
+/// A child in service and the jobs it holds.
+struct Slot {
+    child: Arc<Child>,
+    /// Jobs sent and not answered.
+    outstanding: usize,
+    /// Whether one of them has a time limit (it then runs alone: see [`Inner::take`]).
+    limited: bool,
+}
+
 impl Inner {
-    /// Puts a started child in service: its slots become free and its reader runs.
+    /// Puts a started child in service: it can take jobs, and its reader runs.
     fn adopt(self: &Arc<Self>, child: Arc<Child>, reader: ChildReader) {
         if let Ok(mut children) = self.children.lock() {
             if let Some(slot) = children.get_mut(child.index) {
-                *slot = Some(child.clone());
+                *slot = Some(Slot { child: child.clone(), outstanding: 0, limited: false });
             }
         }
-        let threads = if self.config.kind == PoolKind::Threads { self.config.concurrency.max(1) } else { 1 };
-        for _ in 0..threads {
-            let _ = self.idle_tx.send(child.clone());
-        }
+        self.freed.notify_waiters();
         tokio::spawn(read_replies(self.clone(), child, reader));
     }
 
-    /// A free slot of a live child, waiting for one if all are busy (or being replaced).
-    async fn checkout(&self) -> Option<Arc<Child>> {
-        let mut idle = self.idle_rx.lock().await;
-        loop {
-            let child = idle.recv().await?;
-            if child.usable() {
-                return Some(child);
+    /// How many jobs a child may hold. The threads pool: one per thread. prefork and solo: the
+    /// running job plus one queued behind it, so the child goes from one task to the next
+    /// without waiting for the worker; but a job with a time limit runs alone (its timers start
+    /// when it is sent, and a hard limit kills the whole child).
+    fn take(&self, limited: bool) -> Option<Arc<Child>> {
+        let mut children = self.children.lock().ok()?;
+        let threads = self.config.concurrency.max(1);
+        let max_tasks = self.config.max_tasks_per_child;
+        let kind = self.config.kind;
+        let best = children
+            .iter_mut()
+            .flatten()
+            .filter(|s| s.child.usable())
+            .filter(|s| match kind {
+                PoolKind::Threads => s.outstanding < threads,
+                PoolKind::Prefork | PoolKind::Solo => {
+                    let room = max_tasks
+                        .is_none_or(|max| s.child.jobs_done.load(Ordering::Relaxed) + (s.outstanding as u64) < max);
+                    room && (s.outstanding == 0 || (s.outstanding == 1 && !s.limited && !limited))
+                }
+            })
+            .min_by_key(|s| s.outstanding)?;
+        best.outstanding += 1;
+        best.limited |= limited;
+        Some(best.child.clone())
+    }
+
+    /// A child answered (or lost) a job it took with [`Inner::take`].
+    fn release(&self, child: &Arc<Child>, limited: bool) {
+        if let Ok(mut children) = self.children.lock() {
+            if let Some(Some(slot)) = children.get_mut(child.index) {
+                if Arc::ptr_eq(&slot.child, child) {
+                    slot.outstanding = slot.outstanding.saturating_sub(1);
+                    if limited {
+                        slot.limited = false;
+                    }
+                }
             }
         }
+        self.freed.notify_waiters();
     }
 
-    fn checkin(&self, child: Arc<Child>) {
-        if child.usable() {
-            let _ = self.idle_tx.send(child);
+    /// A child that can take the job, waiting until one can.
+    async fn checkout(&self, limited: bool) -> Arc<Child> {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(child) = self.take(limited) {
+                return child;
+            }
+            freed.await;
         }
     }
 
-    /// Sends a job to a free child and waits for its reply, enforcing the time limits.
-    async fn dispatch(
-        &self,
-        msg: ToChild,
-        seq: u64,
-        raw: &[u8],
-        limits: Limits,
-        what: &str,
-    ) -> (Option<Arc<Child>>, Reply) {
+    /// Sends a job to a child and waits for its reply, enforcing the time limits. A job the
+    /// child had not started when it died is sent again (to another child).
+    async fn dispatch(&self, msg: ToChild, seq: u64, raw: &[u8], limits: Limits, what: &str) -> (Arc<Child>, Reply) {
+        let limited = self.config.kind.enforces_limits() && (limits.soft.is_some() || limits.hard.is_some());
         loop {
-            let Some(child) = self.checkout().await else {
-                // The pool is gone (only at exit): as if the child had died.
-                return (None, Reply::Lost { detail: "the pool was shut down".into(), killed_for_timeout: false });
-            };
+            let child = self.checkout(limited).await;
             let (tx, rx) = oneshot::channel();
             if let Ok(mut pending) = child.pending.lock() {
                 pending.insert(seq, tx);
@@ -458,12 +528,17 @@ impl Inner {
                 if let Ok(mut pending) = child.pending.lock() {
                     pending.remove(&seq);
                 }
+                self.release(&child, limited);
                 continue;
             }
-            // A failed write means the child died; its reader fails this job as lost.
-            let _ = child.send(&msg, raw).await;
+            // A failed write means the child died; its reader then answers this job.
+            let _ = child.send_job(seq, &msg, raw).await;
             let reply = self.await_reply(&child, rx, limits, what).await;
-            return (Some(child), reply);
+            self.release(&child, limited);
+            if matches!(reply, Reply::NotStarted) {
+                continue;
+            }
+            return (child, reply);
         }
     }
 
@@ -507,7 +582,7 @@ impl Inner {
     }
 
     /// After a job: count it, and replace the child if it reached a recycling limit.
-    fn after_job(&self, child: Arc<Child>, max_rss_kib: u64) {
+    fn after_job(&self, child: &Arc<Child>, max_rss_kib: u64) {
         let done = child.jobs_done.fetch_add(1, Ordering::Relaxed) + 1;
         let config = &self.config;
         if config.kind == PoolKind::Prefork {
@@ -530,7 +605,6 @@ impl Inner {
                 });
             }
         }
-        self.checkin(child);
     }
 
     fn limits(&self, request: &Request) -> Limits {
@@ -553,13 +627,12 @@ impl Inner {
         let (child, reply) = self.dispatch(job, seq, &request.payload, limits, &what).await;
         let (cause, detail) = match reply {
             Reply::Done { decision, state, detail, max_rss_kib } => {
-                if let Some(child) = child {
-                    self.after_job(child, max_rss_kib);
-                }
+                self.after_job(&child, max_rss_kib);
                 return outcome(&decision, &state, detail);
             }
             Reply::Lost { killed_for_timeout: true, detail } => ("timeout", detail),
             Reply::Lost { detail, .. } => ("lost", detail),
+            Reply::NotStarted => ("lost", "not started".into()),
         };
         // The child died with the task: settle it as Celery's MainProcess would, in a live child.
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
@@ -571,15 +644,15 @@ impl Inner {
             detail: detail.clone(),
             hard_limit: limits.hard.unwrap_or_default(),
         };
-        let (child, reply) =
-            self.dispatch(post_mortem, seq, &request.payload, Limits::default(), &format!("post-mortem of {what}")).await;
+        let (child, reply) = self
+            .dispatch(post_mortem, seq, &request.payload, Limits::default(), &format!("post-mortem of {what}"))
+            .await;
         match reply {
             Reply::Done { decision, state, detail, max_rss_kib } => {
-                if let Some(child) = child {
-                    self.after_job(child, max_rss_kib);
-                }
+                self.after_job(&child, max_rss_kib);
                 outcome(&decision, &state, detail)
             }
+            Reply::NotStarted => Outcome::Requeue { reason: "its child process exited".into() },
             Reply::Lost { detail: again, .. } => Outcome::Requeue {
                 reason: format!("its child process exited ({detail}), and so did the one settling it ({again})"),
             },
@@ -597,7 +670,11 @@ fn outcome(decision: &str, state: &str, detail: String) -> Outcome {
     match decision {
         "ack" => Outcome::Handled { state: state.to_owned() },
         "reject" => Outcome::Reject {
-            reason: if detail.is_empty() { format!("rejected by the task (Reject(requeue=False); {state})") } else { detail },
+            reason: if detail.is_empty() {
+                format!("rejected by the task (Reject(requeue=False); {state})")
+            } else {
+                detail
+            },
         },
         "requeue" => Outcome::Requeue { reason: format!("rejected with requeue ({state})") },
         _ => Outcome::Requeue { reason: format!("neither acknowledged nor rejected ({state})") },
@@ -610,6 +687,11 @@ async fn read_replies(inner: Arc<Inner>, child: Arc<Child>, mut reader: ChildRea
     loop {
         match frame::read::<FromChild>(&mut reader.read).await {
             Ok(Some((FromChild::Result { seq, decision, state, detail, max_rss_kib }, _))) => {
+                if let Ok(mut sent) = child.sent.lock() {
+                    if let Some(at) = sent.iter().position(|s| *s == seq) {
+                        sent.remove(at);
+                    }
+                }
                 let tx = child.pending.lock().ok().and_then(|mut p| p.remove(&seq));
                 if let Some(tx) = tx {
                     let _ = tx.send(Reply::Done { decision, state, detail, max_rss_kib });
@@ -633,8 +715,18 @@ async fn read_replies(inner: Arc<Inner>, child: Arc<Child>, mut reader: ChildRea
         tracing::error!("Process '{}' pid:{} exited with '{detail}'", child.name(inner.config.kind), child.pid);
     }
     let killed_for_timeout = child.killed_for_timeout.load(Ordering::Relaxed);
-    for (_, tx) in pending {
-        let _ = tx.send(Reply::Lost { detail: detail.clone(), killed_for_timeout });
+    // With one task thread, jobs run in the order they were sent: the first unanswered one
+    // was running, the others had not started. With several threads, any may have started.
+    let running = match inner.config.kind {
+        PoolKind::Threads => None,
+        PoolKind::Prefork | PoolKind::Solo => child.sent.lock().ok().and_then(|s| s.front().copied()),
+    };
+    for (seq, tx) in pending {
+        let reply = match running {
+            Some(first) if seq != first => Reply::NotStarted,
+            _ => Reply::Lost { detail: detail.clone(), killed_for_timeout },
+        };
+        let _ = tx.send(reply);
     }
     if !expected {
         let _ = inner.respawn.send(child.index);
