@@ -336,7 +336,11 @@ def test_crashed_child_fails_the_task_and_is_replaced(
     before = child_pids(worker)
     args = (3,) if task == "exit_now" else ()
     r = proj.send(task, *args)
+    # Sent right behind it, so queued in the same child: it was not started when the child
+    # died, and runs in another one instead of failing.
+    behind = proj.send("add", 2, 3)
     proj.get(r)
+    assert proj.get(behind) == 5
     assert r.state == "FAILURE"
     assert type(r.result).__name__ == "WorkerLostError"
     expected = "signal 11 (SIGSEGV)" if task == "segfault" else "exitcode 3"

@@ -3,7 +3,8 @@
 celeriac's queue, ``celeriac+postgresql://`` + ``$CELERIAC_DATABASE_URL``, with Celery's database
 result backend on the same database.
 
-- As a worker app: ``celery -A demo_app worker -Q py`` runs ``demo.word_count`` (Python).
+- As a worker app: ``celeriac worker -A demo_app -Q py`` (or ``celery -A demo_app worker -Q py``)
+  runs ``demo.word_count`` (Python).
 - As a producer: ``demo_app.py produce --count N`` publishes N ``examples.add`` messages for the
   Rust worker, half through Celery itself (``app.send_task``, some with a countdown) and half with
   ``celeriac.Client.send_many``; then it calls ``demo.word_count.delay(...)`` a few times and

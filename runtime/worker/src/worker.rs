@@ -919,6 +919,11 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
     drop(run_slot);
 }
 
+/// Below this many outcomes, the completer waits [`COMPLETER_GATHER`] for more before writing.
+const COMPLETER_GATHER_BELOW: usize = 32;
+/// How long the completer gathers outcomes before writing a small batch.
+const COMPLETER_GATHER: Duration = Duration::from_millis(2);
+
 async fn run_completer(
     store: Store,
     worker_id: Uuid,
@@ -931,6 +936,18 @@ async fn run_completer(
     loop {
         if rx.recv_many(&mut batch, 2000).await == 0 {
             return;
+        }
+        // Under load outcomes arrive one by one; gathering them for a moment turns many
+        // one-row statements into a few larger ones. The rows stay leased meanwhile, so this
+        // delays only their deletion, not any task.
+        if batch.len() < COMPLETER_GATHER_BELOW {
+            tokio::time::sleep(COMPLETER_GATHER).await;
+            while batch.len() < 2000 {
+                match rx.try_recv() {
+                    Ok(s) => batch.push(s),
+                    Err(_) => break,
+                }
+            }
         }
         let mut backoff = Backoff::new();
         loop {
