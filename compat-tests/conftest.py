@@ -42,12 +42,12 @@ if str(TOOLS_DIR) not in sys.path:
     sys.path.insert(0, str(TOOLS_DIR))
 
 from celeriac_testkit import (  # noqa: E402 - needs TOOLS_DIR on sys.path
-    LoggedProcess,
     Worker,
     create_database,
     database_url_for,
     drop_database,
     run_celeriac,
+    stop_all,
     wait_for,
 )
 from celery_worker import CeleryWorker  # noqa: E402 - needs TOOLS_DIR on sys.path
@@ -165,19 +165,7 @@ def celeriac_worker(celeriac_bin: Path, database_url: str, tmp_path: Path) -> It
 
     yield start
 
-    _stop_all(workers)
-
-
-def _stop_all(workers: Sequence[LoggedProcess]) -> None:
-    """Stops every worker (each must exit 0 after SIGTERM); fails the test with all their logs."""
-    errors: list[str] = []
-    for worker in workers:
-        try:
-            worker.stop()
-        except AssertionError as exc:
-            errors.append(str(exc))
-    if errors:
-        pytest.fail("\n\n".join(errors), pytrace=False)
+    stop_all(workers)
 
 
 @pytest.fixture(scope="session")
@@ -222,4 +210,4 @@ def celery_worker(database_url: str, tmp_path: Path) -> Iterator[Callable[..., C
 
     for worker in workers:  # all warm shutdowns at once, then wait for each
         worker.terminate()
-    _stop_all(workers)
+    stop_all(workers)

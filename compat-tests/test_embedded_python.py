@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -24,7 +23,7 @@ import pytest
 from celery import Celery, chain, chord, group
 from celery.result import AsyncResult
 
-from tools.celeriac_testkit import LoggedProcess, wait_for
+from tools.celeriac_testkit import LoggedProcess, stop_all, wait_for
 
 SAMPLE_PROJ = Path(__file__).resolve().parent / "sample_proj"
 RESULT_TIMEOUT = 30
@@ -110,14 +109,7 @@ def proj_worker(celeriac_bin: Path, proj: Proj, tmp_path: Path) -> Iterator[Call
         return worker
 
     yield start
-    errors = []
-    for w in workers:
-        try:
-            w.stop()
-        except AssertionError as exc:
-            errors.append(str(exc))
-    if errors:
-        pytest.fail("\n\n".join(errors), pytrace=False)
+    stop_all(workers)
 
 
 def child_pids(worker: LoggedProcess) -> set[int]:
@@ -449,8 +441,7 @@ def test_warm_shutdown_lets_the_running_task_finish(proj: Proj, proj_worker: Cal
     worker = proj_worker(concurrency=1)
     r = proj.send("sleep", 1.0)
     wait_for(lambda: any(e.get("task_id") == r.id for e in proj.events("signal:task_prerun")), 30, "the task")
-    worker.proc.send_signal(signal.SIGTERM)
-    assert worker.stop() == 0
+    assert worker.stop() == 0  # one SIGTERM: a warm shutdown
     assert proj.get(r) == 1.0
     assert proj.query("select count(*) from celeriac.message") == [(0,)]
 
@@ -462,9 +453,7 @@ def test_killed_worker_takes_its_children_and_the_task_runs_again(
     children = child_pids(worker)
     r = proj.send("sleep", 30)
     wait_for(lambda: any(e.get("task_id") == r.id for e in proj.events("signal:task_prerun")), 30, "the task")
-    worker.proc.kill()
-    worker.proc.wait()
-    worker.returncode = 0  # killed on purpose
+    worker.kill()
 
     def gone() -> bool:
         return all(not Path(f"/proc/{p}").exists() for p in children)

@@ -5,6 +5,7 @@
   admin URL (one where ``CREATE DATABASE`` works).
 * :class:`Worker`: a running ``celeriac worker`` whose output goes to a log file; stopped with SIGTERM.
 * :func:`run_celeriac`: run one ``celeriac`` command and return its stdout (raising with its stderr).
+* :func:`stop_all`: stop processes at the end of a test, failing it with all their logs.
 * :data:`SUCCEEDED`: regex for the ``Task name[id] succeeded in 0.000012s: result`` log lines.
 """
 
@@ -20,6 +21,7 @@ from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+import pytest
 from psycopg import sql
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "database_url_for",
     "drop_database",
     "run_celeriac",
+    "stop_all",
     "wait_for",
 ]
 
@@ -111,6 +114,8 @@ class LoggedProcess:
             self.argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, **popen
         )
         self.returncode: int | None = None
+        #: The exit status :meth:`stop` accepts (a process killed on purpose has another).
+        self.expected_returncode = 0
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
@@ -151,8 +156,16 @@ class LoggedProcess:
                 ) from None
             self._after_exit()
             self._close_log()
-        assert self.returncode == 0, f"{self.KIND} exited with status {self.returncode}; log:\n{self.log()}"
+        assert self.returncode == self.expected_returncode, (
+            f"{self.KIND} exited with status {self.returncode}; log:\n{self.log()}"
+        )
         return self.returncode
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; :meth:`stop` then accepts that exit status."""
+        self.proc.kill()
+        self.returncode = self.expected_returncode = self.proc.wait()
+        self._close_log()
 
     def _force_kill(self) -> None:
         self.proc.kill()
@@ -173,3 +186,15 @@ class Worker(LoggedProcess):
 
     def __init__(self, celeriac_bin: Path, database_url: str, log_path: Path, args: Sequence[str]) -> None:
         super().__init__([str(celeriac_bin), "worker", "--database-url", database_url, *args], log_path)
+
+
+def stop_all(processes: Sequence[LoggedProcess]) -> None:
+    """Stops every process (each must exit 0 after SIGTERM); fails the test with all their logs."""
+    errors: list[str] = []
+    for process in processes:
+        try:
+            process.stop()
+        except AssertionError as exc:
+            errors.append(str(exc))
+    if errors:
+        pytest.fail("\n\n".join(errors), pytrace=False)

@@ -384,25 +384,40 @@ def run(envelope: bytes, queue: str, redelivered: bool) -> tuple[str, str, str]:
         "priority": properties.get("priority"),
         "redelivered": redelivered,
     }
+    content_type = payload.get("content-type")
+    encoding = payload.get("content-encoding")
+    trace_args = (name, task_id, request, body, content_type, encoding)
+    settled, result, time_accepted = _trace(envelope, queue, redelivered, trace_args)
+    if settled is not None:
+        return settled
+    if not result[0]:
+        return ACK, "SUCCESS", ""
+    return _settle_failure(envelope, queue, redelivered, time_accepted, result)
+
+
+def _trace(
+    envelope: bytes, queue: str, redelivered: bool, trace_args: tuple[Any, ...]
+) -> tuple[tuple[str, str, str] | None, Any, float]:
+    """Runs ``fast_trace_task(*trace_args)`` with the soft time limit armed. Returns
+    ``(settled, result, time_accepted)``: ``settled`` is the outcome if an exception escaped the
+    tracer (billiard hands it to the error callback), else ``None``. ``SystemExit`` and
+    ``KeyboardInterrupt`` propagate: the process exits, as a billiard child does."""
+    st = _child()
     time_accepted = time.monotonic()
     main = threading.current_thread() is threading.main_thread()
     if main:
         st.running = True
     try:
-        content_type = payload.get("content-type")
-        encoding = payload.get("content-encoding")
-        result = st.fast_trace_task(name, task_id, request, body, content_type, encoding)
+        result = st.fast_trace_task(*trace_args)
     except BaseException as exc:
         if main:
             st.running = False
         if isinstance(exc, (SystemExit, KeyboardInterrupt)):
             raise
-        return _settle_error(envelope, queue, redelivered, time_accepted)
+        return _settle_error(envelope, queue, redelivered, time_accepted), None, time_accepted
     if main:
         st.running = False
-    if not result[0]:
-        return ACK, "SUCCESS", ""
-    return _settle_failure(envelope, queue, redelivered, time_accepted, result)
+    return None, result, time_accepted
 
 
 def _json_loads(data: bytes) -> Any:
@@ -456,22 +471,17 @@ def _run_with_request(envelope: bytes, queue: str, redelivered: bool) -> tuple[s
         return REJECT, "UNDECODABLE", str(exc)
     if (req.expires or req.id in st.revoked_tasks) and req.revoked():
         return recorder.decision, "REVOKED", ""
-    time_accepted = time.monotonic()
-    main = threading.current_thread() is threading.main_thread()
-    if main:
-        st.running = True
-    try:
-        result = st.fast_trace_task(
-            req.type, req.id, req.request_dict, req.body, req.content_type, req.content_encoding
-        )
-    except BaseException as exc:
-        if main:
-            st.running = False
-        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
-            raise
-        return _settle_error(envelope, queue, redelivered, time_accepted)
-    if main:
-        st.running = False
+    trace_args = (
+        req.type,
+        req.id,
+        req.request_dict,
+        req.body,
+        req.content_type,
+        req.content_encoding,
+    )
+    settled, result, time_accepted = _trace(envelope, queue, redelivered, trace_args)
+    if settled is not None:
+        return settled
     if not result[0]:
         req.on_accepted(st.pid, time_accepted)
         req.on_success(result)
