@@ -412,7 +412,7 @@ async fn run(cli: Cli, mut registry: Registry) -> Result<(), String> {
 }
 
 /// Starts the Python pool for `-A app` and registers the app's tasks; adjusts `config` to the
-/// pool (solo runs one task at a time; the app's `worker_concurrency` applies without `-c`).
+/// pool (solo runs one task at a time; prefork and solo children hold one queued task each).
 #[cfg(feature = "python")]
 async fn start_python_pool(
     app: &str,

@@ -276,6 +276,12 @@ impl PythonPool {
         let hello: Hello =
             serde_json::from_value(hello).map_err(|e| format!("unreadable hello from the pool child: {e}"))?;
         inner.tasks.clone_from(&hello.tasks);
+        // As in Celery, the app's settings apply where no flag was given.
+        let app = &hello.config;
+        inner.config.max_tasks_per_child =
+            inner.config.max_tasks_per_child.or(app.worker_max_tasks_per_child.filter(|n| *n > 0));
+        inner.config.max_memory_per_child_kib =
+            inner.config.max_memory_per_child_kib.or(app.worker_max_memory_per_child.filter(|n| *n > 0));
         let inner = Arc::new(inner);
         let mut started = vec![first];
         let rest = futures_util::future::join_all((1..children).map(|i| spawn(&inner, i))).await;
