@@ -92,18 +92,22 @@ def proj_worker(celeriac_bin: Path, proj: Proj, tmp_path: Path) -> Iterator[Call
 
     def start(
         pool: str = "prefork",
-        concurrency: int = 2,
+        concurrency: int | None = 2,
         extra_args: Sequence[str] = (),
         app: str = "proj",
         app_first: bool = False,
+        env: dict[str, str] | None = None,
     ) -> ProjWorker:
         n = len(workers) + 1
         common = ["--database-url", proj.database_url]
         head = ["-A", app, "worker"] if app_first else ["worker", "-A", app]
         argv = [str(celeriac_bin), *head]
-        argv += [*common, "-P", pool, "-c", str(concurrency), "--poll-interval", "0.2", "-n", f"proj{n}@%h"]
+        argv += [*common, "-P", pool, "--poll-interval", "0.2", "-n", f"proj{n}@%h"]
+        if concurrency is not None:
+            argv += ["-c", str(concurrency)]
         argv += [*extra_args]
-        worker = ProjWorker(argv, tmp_path / f"proj-worker{n}.log", cwd=SAMPLE_PROJ, env=proj.env)
+        worker_env = {**proj.env, **(env or {})}
+        worker = ProjWorker(argv, tmp_path / f"proj-worker{n}.log", cwd=SAMPLE_PROJ, env=worker_env)
         workers.append(worker)
         worker.wait_for(lambda: "ready." in worker.log(), 60, "the worker to load the app")
         return worker
@@ -153,6 +157,17 @@ def test_bad_app_spec_fails_with_celerys_message(celeriac_bin: Path, proj: Proj,
     )
     assert out.returncode == 1, out.stderr
     assert expected in out.stderr, out.stderr
+
+
+def test_app_settings_apply_without_flags(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
+    # No -Q and no -c: like celery worker, consume the app's queues with its worker_concurrency.
+    worker = proj_worker(concurrency=None, env={"PROJ_DEFAULT_QUEUE": "proj_q", "PROJ_CONCURRENCY": "3"})
+    assert len(child_pids(worker)) == 3
+    assert "queues=proj_q" in worker.log()
+    assert proj.get(proj.send("add", 20, 22, queue="proj_q")) == 42
+    # ... and publishes to it: the app's own subtasks go to its default queue.
+    ids = proj.get(proj.send("fan_out", 1, queue="proj_q"))
+    assert proj.get(AsyncResult(ids[0], app=proj.app)) == 0
 
 
 def test_rust_handlers_take_precedence(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:

@@ -1,6 +1,7 @@
 """The sample app. Its settings come from the environment, so the tests can point it at a
 throwaway database: ``PROJ_RESULT_BACKEND`` (a ``db+postgresql+psycopg://`` URL) and
-``PROJ_SIGNAL_LOG`` (a file that signal receivers append to)."""
+``PROJ_SIGNAL_LOG`` (a file that signal receivers append to); ``PROJ_DEFAULT_QUEUE`` and
+``PROJ_CONCURRENCY`` set ``task_default_queue`` and ``worker_concurrency``."""
 
 from __future__ import annotations
 
@@ -19,4 +20,7 @@ app.conf.update(
     result_extended=True,
     task_track_started=False,
     broker_connection_retry_on_startup=False,
+    task_default_queue=os.environ.get("PROJ_DEFAULT_QUEUE", "celery"),
 )
+if os.environ.get("PROJ_CONCURRENCY"):
+    app.conf.worker_concurrency = int(os.environ["PROJ_CONCURRENCY"])

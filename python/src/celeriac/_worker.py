@@ -202,6 +202,7 @@ def init(
         "config": {
             "accept_content": list(conf.accept_content or ()),
             "task_default_queue": conf.task_default_queue,
+            "queues": list(app.amqp.queues.keys()),
             "worker_concurrency": conf.worker_concurrency,
             "worker_prefetch_multiplier": conf.worker_prefetch_multiplier,
             "task_time_limit": _limit(conf.task_time_limit),

@@ -124,10 +124,12 @@ pub enum Inspect {
 /// `celeriac worker` options (named like `celery worker`'s where one exists).
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// Comma-separated queues to consume.
-    #[arg(short = 'Q', long, default_value = "celery", value_delimiter = ',')]
-    pub queues: Vec<String>,
-    /// Tasks run at once [default: number of CPUs].
+    /// Comma-separated queues to consume [default: celery; with -A, the app's queues
+    /// (task_queues, else task_default_queue), as celery worker consumes].
+    #[arg(short = 'Q', long, value_delimiter = ',')]
+    pub queues: Option<Vec<String>>,
+    /// Tasks run at once [default: number of CPUs; with -A -P prefork, the app's
+    /// worker_concurrency if set].
     #[arg(short = 'c', long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub concurrency: Option<u32>,
     /// Log level: DEBUG, INFO, WARNING, ERROR, CRITICAL.
@@ -138,9 +140,10 @@ pub struct WorkerArgs {
     pub hostname: String,
     /// Messages reserved ahead per execution slot, besides the running ones (Celery's
     /// worker_prefetch_multiplier; 0, Celery's "unlimited", is not supported: ETA tasks wait in
-    /// the database, so there is nothing to gain from it).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1_000))]
-    pub prefetch_multiplier: u32,
+    /// the database, so there is nothing to gain from it) [default: 4; with -A, the app's
+    /// worker_prefetch_multiplier].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub prefetch_multiplier: Option<u32>,
     /// Seconds a claim lasts without a heartbeat; after that the message runs elsewhere.
     #[arg(long, default_value_t = 30.0)]
     pub lease_seconds: f64,
@@ -430,6 +433,7 @@ async fn start_python_pool(
     let pool_config = PoolConfig {
         kind: args.pool,
         concurrency: if args.pool == PoolKind::Solo { 1 } else { config.concurrency },
+        concurrency_from_app: args.concurrency.is_none(),
         app: app.to_owned(),
         hostname: config.hostname.clone(),
         loglevel: args.loglevel.clone(),
@@ -449,6 +453,15 @@ async fn start_python_pool(
     );
     config.concurrency = pool.concurrency();
     config.pipeline = pool.pipeline();
+    // As `celery worker` does, consume the app's queues and use its prefetch setting unless
+    // told otherwise.
+    if args.queues.is_none() && !hello.config.queues.is_empty() {
+        config.queues.clone_from(&hello.config.queues);
+    }
+    if let Some(p) = hello.config.worker_prefetch_multiplier.filter(|p| *p > 0 && args.prefetch_multiplier.is_none()) {
+        config.prefetch_multiplier = usize::try_from(p).unwrap_or(4).min(1_000);
+    }
+    config.validate().map_err(|e| e.to_string())?;
     Ok(pool)
 }
 
@@ -484,9 +497,12 @@ fn worker_config(args: &WorkerArgs) -> Result<WorkerConfig, String> {
     };
     let defaults = WorkerConfig::default();
     let config = WorkerConfig {
-        queues: args.queues.iter().map(|q| q.trim().to_owned()).filter(|q| !q.is_empty()).collect(),
+        queues: match &args.queues {
+            Some(queues) => queues.iter().map(|q| q.trim().to_owned()).filter(|q| !q.is_empty()).collect(),
+            None => defaults.queues.clone(),
+        },
         concurrency: args.concurrency.map_or(defaults.concurrency, |c| c as usize),
-        prefetch_multiplier: args.prefetch_multiplier as usize,
+        prefetch_multiplier: args.prefetch_multiplier.map_or(defaults.prefetch_multiplier, |p| p as usize),
         hostname: expand_hostname(&args.hostname),
         lease: secs("lease-seconds", args.lease_seconds)?,
         heartbeat_interval: secs("heartbeat-interval", args.heartbeat_interval)?,

@@ -70,6 +70,9 @@ pub struct PoolConfig {
     pub kind: PoolKind,
     /// Tasks at once: children (prefork) or threads (threads); solo runs one.
     pub concurrency: usize,
+    /// Whether the app's `worker_concurrency`, if set, replaces `concurrency` (prefork: `-c`
+    /// was not given).
+    pub concurrency_from_app: bool,
     /// The `-A` spec.
     pub app: String,
     /// The worker's name (Celery's `hostname`).
@@ -110,6 +113,9 @@ pub struct AppConfig {
     pub accept_content: Vec<String>,
     /// `task_default_queue`.
     pub task_default_queue: Option<String>,
+    /// The queues a Celery worker of the app consumes by default (`app.amqp.queues`).
+    #[serde(default)]
+    pub queues: Vec<String>,
     /// `worker_concurrency`.
     pub worker_concurrency: Option<u64>,
     /// `worker_prefetch_multiplier`.
@@ -257,7 +263,7 @@ impl PythonPool {
     /// # Errors
     /// The first child's load error (Celery's messages for a bad `-A`), or a start failure.
     pub async fn start(config: PoolConfig) -> Result<PythonPool, String> {
-        let children = match config.kind {
+        let mut children = match config.kind {
             PoolKind::Prefork => config.concurrency.max(1),
             PoolKind::Threads | PoolKind::Solo => 1,
         };
@@ -278,6 +284,15 @@ impl PythonPool {
         inner.tasks.clone_from(&hello.tasks);
         // As in Celery, the app's settings apply where no flag was given.
         let app = &hello.config;
+        if let Some(n) = app.worker_concurrency.filter(|n| (1..=10_000).contains(n)) {
+            if inner.config.kind == PoolKind::Prefork && inner.config.concurrency_from_app {
+                children = usize::try_from(n).unwrap_or(children);
+                inner.config.concurrency = children;
+                if let Ok(mut slots) = inner.children.lock() {
+                    slots.resize_with(children, || None);
+                }
+            }
+        }
         inner.config.max_tasks_per_child =
             inner.config.max_tasks_per_child.or(app.worker_max_tasks_per_child.filter(|n| *n > 0));
         inner.config.max_memory_per_child_kib =
