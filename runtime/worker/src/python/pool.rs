@@ -571,10 +571,12 @@ impl Inner {
         let mut hard_fired = false;
         tokio::pin!(rx);
         loop {
-            let deadline = match (soft, hard) {
-                (Some(s), _) => Some((started + s, true)),
-                (None, Some(h)) if !hard_fired => Some((started + h, false)),
-                _ => None,
+            // The earlier of the limits still to fire (`true`: the soft one).
+            let soft_at = soft.map(|s| (started + s, true));
+            let hard_at = hard.filter(|_| !hard_fired).map(|h| (started + h, false));
+            let deadline = match (soft_at, hard_at) {
+                (Some(s), Some(h)) => Some(if s.0 <= h.0 { s } else { h }),
+                (s, h) => s.or(h),
             };
             tokio::select! {
                 reply = &mut rx => {
@@ -590,6 +592,7 @@ impl Inner {
                         }
                     } else {
                         hard_fired = true;
+                        soft = None;
                         let secs = limits.hard.unwrap_or_default();
                         tracing::warn!(pid = child.pid, "Hard time limit ({}s) exceeded for {what}: killing the child", celeriac_protocol::json::python_float_repr(secs));
                         child.killed_for_timeout.store(true, Ordering::Relaxed);
