@@ -170,6 +170,20 @@ def test_app_settings_apply_without_flags(proj: Proj, proj_worker: Callable[...,
     assert proj.get(AsyncResult(ids[0], app=proj.app)) == 0
 
 
+def test_pickle_bodies_reach_python_when_the_app_accepts_them(
+    proj: Proj, proj_worker: Callable[..., ProjWorker]
+) -> None:
+    accepting = proj_worker(pool="solo", env={"PROJ_ACCEPT": "json,pickle"})
+    # A tuple stays a tuple only in a pickle body (JSON turns it into a list).
+    r = proj.app.send_task("proj.tasks.describe", args=((3, 1, 2),), serializer="pickle")
+    assert proj.get(r) == "tuple:[1, 2, 3]"
+    accepting.stop()
+    proj_worker(pool="solo")  # the app's default accept_content: JSON only, as in Celery
+    refused = proj.app.send_task("proj.tasks.describe", args=((1,),), serializer="pickle")
+    wait_for(lambda: [d for d in proj.dead_letters() if d[0] == refused.id], 30, "the refused pickle message")
+    assert [d[1] for d in proj.dead_letters() if d[0] == refused.id] == ["content_disallowed"]
+
+
 def test_rust_handlers_take_precedence(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
     worker = proj_worker(pool="solo", extra_args=["--example-handlers"])
     task_id = proj.app.send_task("examples.add", args=(2, 2)).id

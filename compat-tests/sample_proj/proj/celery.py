@@ -1,7 +1,8 @@
 """The sample app. Its settings come from the environment, so the tests can point it at a
 throwaway database: ``PROJ_RESULT_BACKEND`` (a ``db+postgresql+psycopg://`` URL) and
 ``PROJ_SIGNAL_LOG`` (a file that signal receivers append to); ``PROJ_DEFAULT_QUEUE`` and
-``PROJ_CONCURRENCY`` set ``task_default_queue`` and ``worker_concurrency``."""
+``PROJ_CONCURRENCY`` set ``task_default_queue`` and ``worker_concurrency``, ``PROJ_ACCEPT``
+(comma-separated) ``accept_content``."""
 
 from __future__ import annotations
 
@@ -22,5 +23,7 @@ app.conf.update(
     broker_connection_retry_on_startup=False,
     task_default_queue=os.environ.get("PROJ_DEFAULT_QUEUE", "celery"),
 )
+if os.environ.get("PROJ_ACCEPT"):
+    app.conf.accept_content = os.environ["PROJ_ACCEPT"].split(",")
 if os.environ.get("PROJ_CONCURRENCY"):
     app.conf.worker_concurrency = int(os.environ["PROJ_CONCURRENCY"])

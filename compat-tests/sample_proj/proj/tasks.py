@@ -249,6 +249,12 @@ def meet(directory: str, name: str, n: int, timeout: float) -> int:
     return os.getpid()
 
 
+@app.task
+def describe(value: Any) -> str:
+    """Says what arrived: a tuple only survives a pickle body."""
+    return f"{type(value).__name__}:{sorted(value)!r}"
+
+
 @app.task(name="examples.add")
 def python_examples_add(x: int, y: int) -> str:
     """Same name as a Rust example handler: with ``--example-handlers`` the Rust one runs."""

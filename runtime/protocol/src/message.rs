@@ -363,6 +363,36 @@ impl TaskMessage {
         }
     }
 
+    /// Decodes the envelope and the protocol-2 headers of a stored message, enforcing
+    /// `accept`, without decoding the body: `args`, `kwargs` and `embed` are left empty. For
+    /// handlers that decode the body themselves (embedded Python tasks, whose bodies may be
+    /// pickle or YAML, which celeriac does not decode). Protocol-1 messages, whose task name is
+    /// in the body, are refused with the error [`TaskMessage::decode`] gives.
+    ///
+    /// # Errors
+    /// A [`DecodeError`] naming the field at fault; never panics on any input.
+    pub fn decode_head(payload: &[u8], accept: &Accept) -> Result<TaskMessage, DecodeError> {
+        let envelope = Envelope::parse(payload)?;
+        let content_type = envelope.content_type.clone();
+        if !accept.allows(&content_type) {
+            return Err(DecodeError::ContentDisallowed { content_type, accepted: accept.content_types.join(", ") });
+        }
+        if !envelope.headers.contains_key("task") {
+            return Err(DecodeError::UnsupportedContentType(content_type));
+        }
+        let delivery_info = delivery_info(&envelope.properties)?;
+        let headers = parse_headers(&envelope.headers)?;
+        Ok(TaskMessage {
+            envelope,
+            protocol: ProtocolVersion::V2,
+            headers,
+            args: Vec::new(),
+            kwargs: Map::new(),
+            embed: Embed::default(),
+            delivery_info,
+        })
+    }
+
     /// The name to show in logs: `shadow` if set, else the task name.
     #[must_use]
     pub fn display_name(&self) -> &str {
@@ -945,6 +975,30 @@ mod tests {
         assert_eq!(again.headers.parent_id.as_deref(), Some(msg.headers.id.as_str()));
         assert_eq!(again.envelope.headers["x-custom"], Value::Str("v".into()));
         assert_eq!(again.envelope.body, msg.envelope.body);
+    }
+
+    #[test]
+    fn decode_head_reads_headers_of_bodies_it_does_not_decode() {
+        let pickle =
+            br#"{"body": "gAROLg==", "content-type": "application/x-python-serialize", "content-encoding": "binary",
+            "headers": {"task": "proj.tasks.t", "id": "abc", "retries": 2},
+            "properties": {"body_encoding": "base64", "delivery_info": {"exchange": "", "routing_key": "q"}}}"#;
+        let accept = Accept::new(["json", "pickle"]);
+        assert!(matches!(TaskMessage::decode(pickle, &accept), Err(DecodeError::UnsupportedContentType(_))));
+        let head = TaskMessage::decode_head(pickle, &accept).unwrap();
+        assert_eq!(
+            (head.headers.task.as_str(), head.headers.id.as_str(), head.headers.retries),
+            ("proj.tasks.t", "abc", 2)
+        );
+        assert!(head.args.is_empty() && head.kwargs.is_empty());
+        // The accept list still applies, and a protocol-1 message (task name in the body) is refused.
+        assert!(matches!(
+            TaskMessage::decode_head(pickle, &Accept::default()),
+            Err(DecodeError::ContentDisallowed { .. })
+        ));
+        let v1 = br#"{"body": "gAROLg==", "content-type": "application/x-python-serialize", "headers": {},
+            "properties": {"body_encoding": "base64"}}"#;
+        assert!(TaskMessage::decode_head(v1, &accept).is_err());
     }
 
     #[test]

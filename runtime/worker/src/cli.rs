@@ -159,9 +159,11 @@ pub struct WorkerArgs {
     /// Times a message may lose its worker (lease expiry) before it goes to dead_letter.
     #[arg(long, default_value_t = 3)]
     pub max_redeliveries: i32,
-    /// Comma-separated serializers or content types to accept (Celery's accept_content).
-    #[arg(long, default_value = "json", value_delimiter = ',')]
-    pub accept_content: Vec<String>,
+    /// Comma-separated serializers or content types to accept (Celery's accept_content)
+    /// [default: json; with -A, the app's accept_content]. Rust handlers need JSON or msgpack
+    /// bodies; Python tasks take any serializer the app accepts (pickle, yaml, …).
+    #[arg(long, value_delimiter = ',')]
+    pub accept_content: Option<Vec<String>>,
     /// Do not LISTEN for wake-ups (e.g. behind PgBouncer in transaction mode); poll only.
     #[arg(long)]
     pub no_listen: bool,
@@ -461,6 +463,9 @@ async fn start_python_pool(
     if let Some(p) = hello.config.worker_prefetch_multiplier.filter(|p| *p > 0 && args.prefetch_multiplier.is_none()) {
         config.prefetch_multiplier = usize::try_from(p).unwrap_or(4).min(1_000);
     }
+    if args.accept_content.is_none() && !hello.config.accept_content.is_empty() {
+        config.accept = celeriac_protocol::Accept::new(&hello.config.accept_content);
+    }
     config.validate().map_err(|e| e.to_string())?;
     Ok(pool)
 }
@@ -509,7 +514,7 @@ fn worker_config(args: &WorkerArgs) -> Result<WorkerConfig, String> {
         poll_interval: secs("poll-interval", args.poll_interval)?,
         shutdown_timeout: secs("shutdown-timeout", args.shutdown_timeout)?,
         max_redeliveries: args.max_redeliveries,
-        accept: Accept::new(&args.accept_content),
+        accept: args.accept_content.as_ref().map_or_else(Accept::default, Accept::new),
         // Look for dead workers' leases at least twice per lease period.
         rescue_interval: defaults.rescue_interval.min(secs("lease-seconds", args.lease_seconds / 2.0)?),
         listen: !args.no_listen,

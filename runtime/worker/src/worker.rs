@@ -33,7 +33,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use celeriac_protocol::{json, pyrepr, Accept, TaskMessage};
+use celeriac_protocol::{json, pyrepr, Accept, DecodeError, TaskMessage};
 use celeriac_store::{ClaimCursor, ClaimParams, ClaimedMessage, DeadLetterParams, Lease, Store, WorkerInfo};
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt as _;
@@ -765,7 +765,16 @@ async fn execute(shared: Arc<Shared>, claimed: ClaimedMessage, slot: OwnedSemaph
 
 async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: OwnedSemaphorePermit, mut turn: Turn) {
     let lease = claimed.lease;
-    let message = match TaskMessage::decode(&claimed.payload, &shared.config.accept) {
+    let decoded = TaskMessage::decode(&claimed.payload, &shared.config.accept).or_else(|e| match e {
+        // A body celeriac does not decode (pickle, YAML) is fine for a handler that decodes it
+        // itself (embedded Python); anything else keeps the error.
+        DecodeError::UnsupportedContentType(_) => TaskMessage::decode_head(&claimed.payload, &shared.config.accept)
+            .ok()
+            .filter(|m| shared.registry.get(&m.headers.task).is_some_and(|h| h.manages_execution()))
+            .ok_or(e),
+        e => Err(e),
+    });
+    let message = match decoded {
         Ok(m) => m,
         Err(e) => {
             tracing::error!(message_id = lease.id, queue = %claimed.queue, reason = %e, "Can't decode message body; moving it to dead_letter");
