@@ -36,7 +36,8 @@ pub struct Cli {
 pub enum Command {
     /// Create or upgrade schema `celeriac` (idempotent; safe to run concurrently).
     Migrate,
-    /// Consume queues and run the registered handlers (like `celery worker`).
+    /// Consume queues and run the registered Rust handlers and, with -A, a Celery app's Python
+    /// tasks (like `celery worker`).
     Worker(WorkerArgs),
     /// Enqueue one task, built exactly as Celery 5.7's apply_async builds it; prints its id.
     Send(SendArgs),
