@@ -215,7 +215,8 @@ def init(
 
 class _TaskAwareFormatter(logging.Formatter):
     """Formats a record with ``worker_task_log_format`` while a task runs (so ``logging`` calls
-    and redirected ``print`` output carry the task's name and id), else as before."""
+    and redirected ``print`` output carry the task's name and id), else as before. Celery's own
+    loggers keep their format, as in a Celery worker."""
 
     def __init__(self, outside: logging.Formatter, inside: logging.Formatter) -> None:
         super().__init__()
@@ -225,6 +226,11 @@ class _TaskAwareFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         from celery._state import get_current_task
 
+        # Celery's own lines ("Task x[id] succeeded in ...") name the task already; redirected
+        # print output is the task's.
+        own = record.name == "celery" or record.name.startswith("celery.")
+        if own and record.name != "celery.redirected":
+            return self.outside.format(record)
         task = get_current_task()
         if task is not None and getattr(task.request, "id", None):
             return self.inside.format(record)
