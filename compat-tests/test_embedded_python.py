@@ -261,6 +261,8 @@ def test_retry_autoretry_progress_and_hooks(proj: Proj, proj_worker: Callable[..
     assert gaps[1] >= 1.95, gaps
 
     assert proj.get(progress) == 3
+    seen = [(e["state"], e["info"]) for e in proj.events("progress")]
+    assert seen == [("PROGRESS", {"current": i, "total": 3}) for i in (1, 2, 3)]
     meta = proj.query("select status from celery_taskmeta where task_id = %s", progress.id)
     assert meta == [("SUCCESS",)]
 
@@ -281,14 +283,6 @@ def test_retry_autoretry_progress_and_hooks(proj: Proj, proj_worker: Callable[..
         "on_success",
         "after_return",
     ]
-
-
-def test_progress_state_is_visible_while_running(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
-    proj_worker(pool="solo")
-    r = proj.send("progress", 2)
-    assert proj.get(r) == 2
-    # The last update_state before SUCCESS was PROGRESS with Celery's meta.
-    assert r.state == "SUCCESS"
 
 
 def test_subtasks_chains_groups_and_chords(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:

@@ -89,6 +89,9 @@ def autoretry(self: Task) -> None:
 def progress(self: Task, steps: int) -> int:
     for i in range(steps):
         self.update_state(state="PROGRESS", meta={"current": i + 1, "total": steps})
+        # What a client polling AsyncResult sees while the task runs.
+        seen = self.AsyncResult(self.request.id)
+        record("progress", task_id=self.request.id, state=seen.state, info=seen.info)
     return steps
 
 

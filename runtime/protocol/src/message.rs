@@ -120,6 +120,22 @@ impl Envelope {
         Ok(Envelope { body, content_type, content_encoding, headers, properties, extra: map })
     }
 
+    /// [`Envelope::parse`], then refuses a content type `accept` does not allow (Celery's
+    /// `ContentDisallowed`).
+    ///
+    /// # Errors
+    /// As [`Envelope::parse`], or [`DecodeError::ContentDisallowed`].
+    pub fn parse_accepted(payload: &[u8], accept: &Accept) -> Result<Envelope, DecodeError> {
+        let envelope = Envelope::parse(payload)?;
+        if !accept.allows(&envelope.content_type) {
+            return Err(DecodeError::ContentDisallowed {
+                content_type: envelope.content_type,
+                accepted: accept.content_types.join(", "),
+            });
+        }
+        Ok(envelope)
+    }
+
     /// Encodes the envelope as kombu's SQL transport does (`json.dumps`).
     #[must_use]
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -300,11 +316,8 @@ impl TaskMessage {
     /// # Errors
     /// A [`DecodeError`] naming the field at fault; never panics on any input.
     pub fn decode(payload: &[u8], accept: &Accept) -> Result<TaskMessage, DecodeError> {
-        let envelope = Envelope::parse(payload)?;
+        let envelope = Envelope::parse_accepted(payload, accept)?;
         let content_type = envelope.content_type.clone();
-        if !accept.allows(&content_type) {
-            return Err(DecodeError::ContentDisallowed { content_type, accepted: accept.content_types.join(", ") });
-        }
         let body = match content_type.as_str() {
             CONTENT_TYPE_JSON => json::from_slice(&envelope.body_bytes()?).map_err(DecodeError::BodyJson)?,
             CONTENT_TYPE_MSGPACK => crate::msgpack::from_slice(&envelope.body_bytes()?)
@@ -372,13 +385,9 @@ impl TaskMessage {
     /// # Errors
     /// A [`DecodeError`] naming the field at fault; never panics on any input.
     pub fn decode_head(payload: &[u8], accept: &Accept) -> Result<TaskMessage, DecodeError> {
-        let envelope = Envelope::parse(payload)?;
-        let content_type = envelope.content_type.clone();
-        if !accept.allows(&content_type) {
-            return Err(DecodeError::ContentDisallowed { content_type, accepted: accept.content_types.join(", ") });
-        }
+        let envelope = Envelope::parse_accepted(payload, accept)?;
         if !envelope.headers.contains_key("task") {
-            return Err(DecodeError::UnsupportedContentType(content_type));
+            return Err(DecodeError::UnsupportedContentType(envelope.content_type));
         }
         let delivery_info = delivery_info(&envelope.properties)?;
         let headers = parse_headers(&envelope.headers)?;

@@ -442,25 +442,7 @@ impl Store {
     /// # Errors
     /// Connection errors; the leases then simply expire.
     pub async fn message_release_many(&self, worker_id: Uuid, leases: &[Lease], mark_redelivered: bool) -> Result<u64> {
-        if leases.is_empty() {
-            return Ok(0);
-        }
-        let (ids, attempts) = split(leases);
-        let client = self.pool.get().await?;
-        let released = client
-            .execute(
-                "update celeriac.message m
-                 set leased_by = null, lease_expires = null, redelivered = m.redelivered or $4
-                 from unnest($1::int8[], $2::int4[]) as c(id, attempt)
-                 where m.id = c.id and m.attempt = c.attempt and m.leased_by = $3 and celeriac.relaxed_commit()",
-                &[&ids, &attempts, &worker_id, &mark_redelivered],
-            )
-            .await
-            .map_err(Error::from_pg)?;
-        if released > 0 {
-            client.execute("select pg_notify($1, '*')", &[&crate::NOTIFY_CHANNEL]).await.map_err(Error::from_pg)?;
-        }
-        Ok(released)
+        self.release(worker_id, leases, mark_redelivered, 0).await
     }
 
     /// Puts leased messages back in their queue to run again, marked redelivered, and counts
@@ -471,25 +453,32 @@ impl Store {
     /// # Errors
     /// Connection errors; the leases then simply expire.
     pub async fn message_requeue_many(&self, worker_id: Uuid, leases: &[Lease]) -> Result<u64> {
+        self.release(worker_id, leases, true, 1).await
+    }
+
+    /// Frees leases (fenced), marking the rows redelivered if asked and adding `count` to
+    /// their redeliveries; wakes listening workers if any row was freed.
+    async fn release(&self, worker_id: Uuid, leases: &[Lease], mark_redelivered: bool, count: i32) -> Result<u64> {
         if leases.is_empty() {
             return Ok(0);
         }
         let (ids, attempts) = split(leases);
         let client = self.pool.get().await?;
-        let requeued = client
+        let released = client
             .execute(
                 "update celeriac.message m
-                 set leased_by = null, lease_expires = null, redelivered = true, redeliveries = m.redeliveries + 1
+                 set leased_by = null, lease_expires = null, redelivered = m.redelivered or $4,
+                     redeliveries = m.redeliveries + $5
                  from unnest($1::int8[], $2::int4[]) as c(id, attempt)
                  where m.id = c.id and m.attempt = c.attempt and m.leased_by = $3 and celeriac.relaxed_commit()",
-                &[&ids, &attempts, &worker_id],
+                &[&ids, &attempts, &worker_id, &mark_redelivered, &count],
             )
             .await
             .map_err(Error::from_pg)?;
-        if requeued > 0 {
+        if released > 0 {
             client.execute("select pg_notify($1, '*')", &[&crate::NOTIFY_CHANNEL]).await.map_err(Error::from_pg)?;
         }
-        Ok(requeued)
+        Ok(released)
     }
 
     /// Re-schedules a message for another run (Celery's `Task.retry`): replaces its envelope,
