@@ -32,7 +32,7 @@ pub use error::{Error, Result};
 pub use listener::{Listener, Wakeup, NOTIFY_CHANNEL};
 pub use message::{
     ClaimCursor, ClaimParams, ClaimedMessage, DeadLetterParams, Durability, InsertBatch, Lease, NewMessage,
-    RescueReport, MESSAGE_INSERT_DBAPI_SQL,
+    RequeueReport, RescueReport, MESSAGE_INSERT_DBAPI_SQL,
 };
 pub use migrate::{migrations_fingerprint, MigrateReport, Migration, MIGRATIONS};
 pub use stats::{DeadLetter, DeadLetterFilter, QueueStats};

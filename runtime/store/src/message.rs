@@ -154,6 +154,11 @@ pub struct ClaimParams<'a> {
     /// its priority: cheap on a long queue, but blind to rows before it (higher priority, or
     /// released and late-committed rows), so callers alternate with full claims.
     pub after: Option<&'a [ClaimCursor]>,
+    /// At most this many of the claimed rows may be suspects: messages that came back after a
+    /// lost lease or a requeue (`redeliveries > 0`). A consumer passes 1 while it holds no
+    /// suspect and 0 while it does, so a message that kills its worker is never claimed
+    /// together with another suspect (see `migrations/0002_claim_suspects.sql`).
+    pub suspects: i64,
 }
 
 /// One message to move to `dead_letter`.
@@ -176,26 +181,51 @@ pub struct RescueReport {
     pub dead_lettered: u64,
 }
 
+/// What [`Store::message_requeue_many`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RequeueReport {
+    /// Ids of the messages put back in their queue.
+    pub requeued: Vec<i64>,
+    /// Ids of the messages moved to `dead_letter` (`redeliveries_exhausted`).
+    pub dead_lettered: Vec<i64>,
+}
+
 /// The claim statement around its choice of rows: lease them, bump the attempt, return them.
-/// The outer `= any(array(…))` keeps the plan a primary-key lookup even as a generic plan.
-fn claim_sql(queues: &str, condition: &str) -> String {
+/// Fresh rows (`redeliveries = 0`) come from each queue's head, or after its cursor
+/// (`condition`); at most `$<suspects>` suspects (rows that came back after a lost lease, see
+/// `migrations/0002_claim_suspects.sql`) come from the head of all queues together. The outer
+/// `= any(array(…))` keeps the plan a primary-key lookup even as a generic plan.
+fn claim_sql(queues: &str, condition: &str, suspects: u8) -> String {
     format!(
         "update celeriac.message t
          set leased_by = $3,
              lease_expires = now() + make_interval(secs => $4),
              attempt = t.attempt + 1
          where t.id = any(array(
-             select m.id
-             from {queues}
-             cross join lateral (
-                 select id, priority, eta
-                 from celeriac.message
-                 where queue = q.name and leased_by is null and eta <= now() {condition}
-                 order by priority desc, eta, id
-                 limit $2
-                 for update skip locked
-             ) m
-             order by m.priority desc, m.eta, m.id
+             select c.id
+             from (
+                 select m.id, m.priority, m.eta
+                 from {queues}
+                 cross join lateral (
+                     select id, priority, eta
+                     from celeriac.message
+                     where queue = q.name and leased_by is null and redeliveries = 0 and eta <= now() {condition}
+                     order by priority desc, eta, id
+                     limit $2
+                     for update skip locked
+                 ) m
+                 union all
+                 select s.id, s.priority, s.eta
+                 from (
+                     select id, priority, eta
+                     from celeriac.message
+                     where queue = any($1::text[]) and leased_by is null and redeliveries > 0 and eta <= now()
+                     order by priority desc, eta, id
+                     limit ${suspects}
+                     for update skip locked
+                 ) s
+             ) c
+             order by c.priority desc, c.eta, c.id
              limit $2))
            and celeriac.relaxed_commit()
          returning t.id, t.attempt, t.queue, t.priority, t.eta, t.redelivered, t.redeliveries, t.payload, t.created_at"
@@ -203,7 +233,7 @@ fn claim_sql(queues: &str, condition: &str) -> String {
 }
 
 /// Full claim: the head of each queue's ready rows, in (priority desc, eta, id) order.
-static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| claim_sql("unnest($1::text[]) as q(name)", ""));
+static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| claim_sql("unnest($1::text[]) as q(name)", "", 5));
 
 /// Keyset claim: ready rows after a cursor, at the cursor's priority. The index range starts
 /// at the cursor, so it does not walk the entries of rows already claimed (dead until vacuum).
@@ -211,6 +241,7 @@ static CLAIM_AFTER_SQL: LazyLock<String> = LazyLock::new(|| {
     claim_sql(
         "unnest($1::text[], $5::int2[], $6::timestamptz[], $7::int8[]) as q(name, priority, eta, id)",
         "and priority = q.priority and (eta, id) > (q.eta, q.id)",
+        8,
     )
 });
 
@@ -372,7 +403,12 @@ impl Store {
         let rows = match params.after {
             None => {
                 let stmt = client.prepare_cached(&CLAIM_SQL).await.map_err(Error::from_pg)?;
-                client.query(&stmt, &[&params.queues, &params.limit, &params.worker_id, &params.lease_seconds]).await
+                client
+                    .query(
+                        &stmt,
+                        &[&params.queues, &params.limit, &params.worker_id, &params.lease_seconds, &params.suspects],
+                    )
+                    .await
             }
             Some(cursors) => {
                 let priorities: Vec<i16> = cursors.iter().map(|c| c.priority).collect();
@@ -390,6 +426,7 @@ impl Store {
                             &priorities,
                             &etas,
                             &ids,
+                            &params.suspects,
                         ],
                     )
                     .await
@@ -413,14 +450,15 @@ impl Store {
         Ok(claimed)
     }
 
-    /// Deletes finished messages (success or final failure), fenced by lease. Returns how many
-    /// rows were still held by `worker_id` at that attempt.
+    /// Deletes finished messages (success or final failure), fenced by lease. Returns the ids of
+    /// the rows deleted: those still held by `worker_id` at that attempt. A lease missing from
+    /// the answer was lost (the message is, or will be, delivered again).
     ///
     /// # Errors
     /// Connection errors; the caller keeps the batch and tries again.
-    pub async fn message_complete_many(&self, worker_id: Uuid, leases: &[Lease]) -> Result<u64> {
+    pub async fn message_complete_many(&self, worker_id: Uuid, leases: &[Lease]) -> Result<Vec<i64>> {
         if leases.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let (ids, attempts) = split(leases);
         let client = self.pool.get().await?;
@@ -428,57 +466,108 @@ impl Store {
             .prepare_cached(
                 "delete from celeriac.message m
                  using unnest($1::int8[], $2::int4[]) as c(id, attempt)
-                 where m.id = c.id and m.attempt = c.attempt and m.leased_by = $3 and celeriac.relaxed_commit()",
+                 where m.id = c.id and m.attempt = c.attempt and m.leased_by = $3 and celeriac.relaxed_commit()
+                 returning m.id",
             )
             .await
             .map_err(Error::from_pg)?;
-        client.execute(&stmt, &[&ids, &attempts, &worker_id]).await.map_err(Error::from_pg)
+        let rows = client.query(&stmt, &[&ids, &attempts, &worker_id]).await.map_err(Error::from_pg)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// Gives leases back without counting a redelivery: the rows are ready again at once.
-    /// `mark_redelivered` is false for messages that were claimed but never started (shutdown)
-    /// and true for a requeue after the task ran (`Reject(requeue=True)`), as AMQP marks them.
+    /// `mark_redelivered` is false for messages that were claimed but never started (shutdown,
+    /// a lease that ran out before the task started). Returns the ids of the rows freed (those
+    /// still held at that attempt).
     ///
     /// # Errors
     /// Connection errors; the leases then simply expire.
-    pub async fn message_release_many(&self, worker_id: Uuid, leases: &[Lease], mark_redelivered: bool) -> Result<u64> {
-        self.release(worker_id, leases, mark_redelivered, 0).await
-    }
-
-    /// Puts leased messages back in their queue to run again, marked redelivered, and counts
-    /// the redelivery (`redeliveries + 1`): a handler that requeues (Celery's
-    /// `Reject(requeue=True)`, `reject_on_worker_lost`) uses up redeliveries as a lost lease
-    /// does. Fenced by the lease; returns how many rows were requeued.
-    ///
-    /// # Errors
-    /// Connection errors; the leases then simply expire.
-    pub async fn message_requeue_many(&self, worker_id: Uuid, leases: &[Lease]) -> Result<u64> {
-        self.release(worker_id, leases, true, 1).await
-    }
-
-    /// Frees leases (fenced), marking the rows redelivered if asked and adding `count` to
-    /// their redeliveries; wakes listening workers if any row was freed.
-    async fn release(&self, worker_id: Uuid, leases: &[Lease], mark_redelivered: bool, count: i32) -> Result<u64> {
+    pub async fn message_release_many(
+        &self,
+        worker_id: Uuid,
+        leases: &[Lease],
+        mark_redelivered: bool,
+    ) -> Result<Vec<i64>> {
         if leases.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let (ids, attempts) = split(leases);
         let client = self.pool.get().await?;
-        let released = client
-            .execute(
+        let stmt = client
+            .prepare_cached(
                 "update celeriac.message m
-                 set leased_by = null, lease_expires = null, redelivered = m.redelivered or $4,
-                     redeliveries = m.redeliveries + $5
+                 set leased_by = null, lease_expires = null, redelivered = m.redelivered or $4
                  from unnest($1::int8[], $2::int4[]) as c(id, attempt)
-                 where m.id = c.id and m.attempt = c.attempt and m.leased_by = $3 and celeriac.relaxed_commit()",
-                &[&ids, &attempts, &worker_id, &mark_redelivered, &count],
+                 where m.id = c.id and m.attempt = c.attempt and m.leased_by = $3 and celeriac.relaxed_commit()
+                 returning m.id",
             )
             .await
             .map_err(Error::from_pg)?;
-        if released > 0 {
+        let released: Vec<i64> = client
+            .query(&stmt, &[&ids, &attempts, &worker_id, &mark_redelivered])
+            .await
+            .map_err(Error::from_pg)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !released.is_empty() {
             client.execute("select pg_notify($1, '*')", &[&crate::NOTIFY_CHANNEL]).await.map_err(Error::from_pg)?;
         }
         Ok(released)
+    }
+
+    /// Puts leased messages back in their queue to run again after they ran (Celery's
+    /// `Reject(requeue=True)`, `reject_on_worker_lost`), marked redelivered, counting the
+    /// redelivery (`redeliveries + 1`) as a lost lease does: a message already requeued or
+    /// rescued `max_redeliveries` times moves to `dead_letter` (`redeliveries_exhausted`)
+    /// instead, so a task that always requeues itself cannot loop forever. Fenced by the lease.
+    ///
+    /// # Errors
+    /// Connection errors; the leases then simply expire.
+    pub async fn message_requeue_many(
+        &self,
+        worker_id: Uuid,
+        leases: &[Lease],
+        max_redeliveries: i32,
+    ) -> Result<RequeueReport> {
+        if leases.is_empty() {
+            return Ok(RequeueReport::default());
+        }
+        let (ids, attempts) = split(leases);
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "with held as (
+                 select m.id from celeriac.message m
+                 join unnest($1::int8[], $2::int4[]) as c(id, attempt) on m.id = c.id and m.attempt = c.attempt
+                 where m.leased_by = $3
+                 for update of m
+             ), poison as (
+                 delete from celeriac.message m using held h
+                 where m.id = h.id and m.redeliveries >= $4 and celeriac.relaxed_commit()
+                 returning m.*
+             ), buried as (
+                 insert into celeriac.dead_letter ({DEAD_LETTER_COLUMNS})
+                 select id, queue, priority, task_name, task_id, payload, 'redeliveries_exhausted',
+                        format('requeued %s times (rejected with requeue, or its worker was lost); limit is %s redeliveries',
+                               redeliveries + 1, $4::int4),
+                        attempt, redeliveries + 1, created_at
+                 from poison
+                 returning message_id
+             ), requeued as (
+                 update celeriac.message m
+                 set leased_by = null, lease_expires = null, redelivered = true, redeliveries = m.redeliveries + 1
+                 from held h
+                 where m.id = h.id and m.redeliveries < $4 and celeriac.relaxed_commit()
+                 returning m.id
+             ), woken as (
+                 select pg_notify('celeriac_message', '*') from (select 1 from requeued limit 1) r
+             )
+             select array(select id from requeued), array(select message_id from buried), (select count(*) from woken)"
+        );
+        let stmt = client.prepare_cached(&sql).await.map_err(Error::from_pg)?;
+        let row =
+            client.query_one(&stmt, &[&ids, &attempts, &worker_id, &max_redeliveries]).await.map_err(Error::from_pg)?;
+        Ok(RequeueReport { requeued: row.get(0), dead_lettered: row.get(1) })
     }
 
     /// Re-schedules a message for another run (Celery's `Task.retry`): replaces its envelope,
@@ -506,13 +595,14 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Moves held messages to `dead_letter` with their reasons, in one statement.
+    /// Moves held messages to `dead_letter` with their reasons, in one statement. Returns the
+    /// ids of the messages moved (those still held at that attempt).
     ///
     /// # Errors
     /// Connection errors; the caller keeps the batch and tries again.
-    pub async fn message_dead_letter_many(&self, worker_id: Uuid, items: &[DeadLetterParams]) -> Result<u64> {
+    pub async fn message_dead_letter_many(&self, worker_id: Uuid, items: &[DeadLetterParams]) -> Result<Vec<i64>> {
         if items.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let ids: Vec<i64> = items.iter().map(|i| i.lease.id).collect();
         let attempts: Vec<i32> = items.iter().map(|i| i.lease.attempt).collect();
@@ -527,10 +617,13 @@ impl Store {
                  returning m.*, c.code, c.reason
              )
              insert into celeriac.dead_letter ({DEAD_LETTER_COLUMNS})
-             select id, queue, priority, task_name, task_id, payload, code, reason, attempt, redeliveries, created_at from gone"
+             select id, queue, priority, task_name, task_id, payload, code, reason, attempt, redeliveries, created_at from gone
+             returning message_id"
         );
         let stmt = client.prepare_cached(&sql).await.map_err(Error::from_pg)?;
-        client.execute(&stmt, &[&ids, &attempts, &codes, &reasons, &worker_id]).await.map_err(Error::from_pg)
+        let rows =
+            client.query(&stmt, &[&ids, &attempts, &codes, &reasons, &worker_id]).await.map_err(Error::from_pg)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// Frees messages whose worker stopped heartbeating: each becomes ready again with

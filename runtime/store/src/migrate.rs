@@ -14,8 +14,10 @@ pub struct Migration {
 }
 
 /// All migrations, in order. The files in `migrations/` are the only source of the schema.
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "queue", sql: include_str!("../../../migrations/0001_queue.sql") }];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "queue", sql: include_str!("../../../migrations/0001_queue.sql") },
+    Migration { version: 2, name: "claim_suspects", sql: include_str!("../../../migrations/0002_claim_suspects.sql") },
+];
 
 /// What the runner itself creates before applying migrations.
 const BOOTSTRAP_SQL: &str = "

@@ -43,12 +43,12 @@ impl Store {
     /// Records a heartbeat of `worker` (re-registering it if its row is gone) and extends the
     /// given leases to `now + lease_seconds`, in one statement. Leases are renewed by row id and
     /// fenced by attempt and holder; rows locked at that moment (being completed, retried or
-    /// released by this same worker) are skipped, never waited for. Returns how many leases
-    /// were renewed.
+    /// released by this same worker) are skipped, never waited for. Returns the ids of the
+    /// messages whose lease was renewed.
     ///
     /// # Errors
     /// Connection errors.
-    pub async fn worker_heartbeat(&self, worker: &WorkerInfo, leases: &[Lease]) -> Result<u64> {
+    pub async fn worker_heartbeat(&self, worker: &WorkerInfo, leases: &[Lease]) -> Result<Vec<i64>> {
         let (ids, attempts): (Vec<i64>, Vec<i32>) = leases.iter().map(|l| (l.id, l.attempt)).unzip();
         let client = self.pool.get().await?;
         let stmt = client
@@ -66,9 +66,9 @@ impl Store {
                          for no key update of m skip locked
                      ))
                        and celeriac.relaxed_commit()
-                     returning 1
+                     returning id
                  )
-                 select count(*) from renewed",
+                 select array(select id from renewed)",
             )
             .await
             .map_err(Error::from_pg)?;
@@ -88,8 +88,7 @@ impl Store {
             )
             .await
             .map_err(Error::from_pg)?;
-        let n: i64 = row.get(0);
-        Ok(n.unsigned_abs())
+        Ok(row.get(0))
     }
 
     /// Removes a worker's row (graceful shutdown).

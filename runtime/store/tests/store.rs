@@ -13,7 +13,7 @@ fn message(queue: &str, priority: i64, countdown: Option<f64>) -> celeriac_store
 }
 
 fn claim(worker: Uuid, queues: &[String], limit: i64) -> ClaimParams<'_> {
-    ClaimParams { worker_id: worker, queues, limit, lease_seconds: 30.0, after: None }
+    ClaimParams { worker_id: worker, queues, limit, lease_seconds: 30.0, after: None, suspects: limit }
 }
 
 fn info(id: Uuid) -> WorkerInfo {
@@ -42,7 +42,7 @@ async fn migrate_is_idempotent_and_concurrent_safe() {
     for report in runs {
         let report = report.unwrap();
         assert!(report.applied.is_empty());
-        assert_eq!(report.current, 1);
+        assert_eq!(report.current, celeriac_store::MIGRATIONS.last().unwrap().version);
     }
 
     // A fresh, empty database: concurrent migrations apply each version exactly once.
@@ -142,7 +142,7 @@ async fn concurrent_claimers_never_share_a_message() {
                 }
                 let leases: Vec<_> = got.iter().map(|m| m.lease).collect();
                 seen.lock().unwrap().extend(leases.iter().map(|l| l.id));
-                assert_eq!(store.message_complete_many(worker, &leases).await.unwrap(), leases.len() as u64);
+                assert_eq!(store.message_complete_many(worker, &leases).await.unwrap().len(), leases.len());
             }
         }));
     }
@@ -171,10 +171,10 @@ async fn completion_retry_and_dead_letter_are_fenced_by_lease() {
     let (a, b, c) = (got[0].lease, got[1].lease, got[2].lease);
 
     // Another worker id, or a stale attempt, changes nothing.
-    assert_eq!(store.message_complete_many(zombie, &[a]).await.unwrap(), 0);
+    assert_eq!(store.message_complete_many(zombie, &[a]).await.unwrap().len(), 0);
     let stale = celeriac_store::Lease { id: a.id, attempt: a.attempt + 1 };
-    assert_eq!(store.message_complete_many(worker, &[stale]).await.unwrap(), 0);
-    assert_eq!(store.message_complete_many(worker, &[a]).await.unwrap(), 1);
+    assert_eq!(store.message_complete_many(worker, &[stale]).await.unwrap().len(), 0);
+    assert_eq!(store.message_complete_many(worker, &[a]).await.unwrap().len(), 1);
 
     let eta = Utc::now() + chrono::Duration::seconds(60);
     assert!(!store.message_retry(zombie, b, b"{}", eta).await.unwrap());
@@ -187,8 +187,8 @@ async fn completion_retry_and_dead_letter_are_fenced_by_lease() {
         reason_code: "not_registered".into(),
         reason: "NotRegistered('tasks.add')".into(),
     };
-    assert_eq!(store.message_dead_letter_many(zombie, std::slice::from_ref(&dl)).await.unwrap(), 0);
-    assert_eq!(store.message_dead_letter_many(worker, &[dl]).await.unwrap(), 1);
+    assert_eq!(store.message_dead_letter_many(zombie, std::slice::from_ref(&dl)).await.unwrap().len(), 0);
+    assert_eq!(store.message_dead_letter_many(worker, &[dl]).await.unwrap().len(), 1);
     let dead = store.dead_letter_list(10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].reason_code, "not_registered");
@@ -218,7 +218,7 @@ async fn expired_leases_are_rescued_then_dead_lettered() {
         let report = store.message_rescue(2, true, f64::MAX).await.unwrap();
         assert_eq!((report.rescued, report.dead_lettered), (1, 0));
         // The dead holder cannot complete after the rescue.
-        assert_eq!(store.message_complete_many(worker, &[got[0].lease]).await.unwrap(), 0);
+        assert_eq!(store.message_complete_many(worker, &[got[0].lease]).await.unwrap().len(), 0);
     }
     let got = store.message_claim(&claim(worker, &queues, 1)).await.unwrap();
     assert_eq!(got[0].redeliveries, 2);
@@ -240,7 +240,10 @@ async fn heartbeat_renews_leases_and_release_frees_them() {
     store.message_insert_many(&[message("celery", 0, None), message("celery", 0, None)]).await.unwrap();
     let got = store.message_claim(&ClaimParams { lease_seconds: 0.5, ..claim(worker, &queues, 2) }).await.unwrap();
     let held: Vec<_> = got.iter().map(|m| m.lease).collect();
-    assert_eq!(store.worker_heartbeat(&WorkerInfo { lease_seconds: 600.0, ..info(worker) }, &held).await.unwrap(), 2);
+    assert_eq!(
+        store.worker_heartbeat(&WorkerInfo { lease_seconds: 600.0, ..info(worker) }, &held).await.unwrap().len(),
+        2
+    );
     let client = db.client().await;
     let far: bool = client
         .query_one("select bool_and(lease_expires > now() + interval '500 seconds') from celeriac.message", &[])
@@ -248,7 +251,7 @@ async fn heartbeat_renews_leases_and_release_frees_them() {
         .unwrap()
         .get(0);
     assert!(far);
-    assert_eq!(store.message_release_many(worker, &[got[0].lease], false).await.unwrap(), 1);
+    assert_eq!(store.message_release_many(worker, &[got[0].lease], false).await.unwrap().len(), 1);
     let again = store.message_claim(&claim(worker, &queues, 2)).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].lease.id, got[0].lease.id);
@@ -361,7 +364,7 @@ async fn rescue_frees_dead_workers_and_full_scans_catch_untracked_leases() {
     assert_eq!(again.len(), 2);
     let stale = celeriac_store::Lease { id: a[0].lease.id, attempt: a[0].lease.attempt };
     let renewed = store.worker_heartbeat(&info(alive), &[stale, again[0].lease, again[1].lease]).await.unwrap();
-    assert_eq!(renewed, 2, "the stale attempt is not renewed");
+    assert_eq!(renewed.len(), 2, "the stale attempt is not renewed");
 }
 
 #[tokio::test]
@@ -419,4 +422,85 @@ async fn streamed_inserts_commit_together_or_not_at_all() {
     let id = store.message_insert_with(&message("celery", 3, None), Durability::Relaxed).await.unwrap();
     let got = store.message_claim(&claim(register(&store).await, &["celery".into()], 10)).await.unwrap();
     assert_eq!(got.first().map(|m| (m.lease.id, m.priority)), Some((id, 3)));
+}
+
+/// A message that kills every worker that runs it (here: whoever claims it "dies" before
+/// settling anything) must not take the messages claimed beside it to `redeliveries_exhausted`.
+#[tokio::test]
+async fn innocent_neighbours_of_a_poison_message_are_not_dead_lettered_with_it() {
+    let db = TestDatabase::new().await;
+    let store = db.store();
+    let client = db.client().await;
+    let queues = vec!["celery".to_owned()];
+    let max_redeliveries = 3;
+    let batch: Vec<_> = (0..5).map(|_| message("celery", 0, None)).collect();
+    store.message_insert_many(&batch).await.unwrap();
+    let row = client.query_one("select id, task_id from celeriac.message order by id limit 1", &[]).await.unwrap();
+    let (poison, poison_task): (i64, String) = (row.get(0), row.get(1));
+    let mut completed = 0;
+    for _round in 0..20 {
+        let worker = register(&store).await;
+        // Suspects allowed as a worker holding none would ask.
+        let got = store.message_claim(&ClaimParams { suspects: 1, ..claim(worker, &queues, 10) }).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        let suspects = got.iter().filter(|m| m.redeliveries > 0).count();
+        assert!(suspects <= 1, "a claim took {suspects} suspects");
+        if got.iter().any(|m| m.lease.id == poison) {
+            // The worker dies with everything it holds.
+            client
+                .execute(
+                    "update celeriac.worker set heartbeat_at = now() - interval '1 hour' where id = $1",
+                    &[&worker],
+                )
+                .await
+                .unwrap();
+            client
+                .execute(
+                    "update celeriac.message set lease_expires = now() - interval '1 second' where leased_by = $1",
+                    &[&worker],
+                )
+                .await
+                .unwrap();
+            store.message_rescue(max_redeliveries, false, f64::MAX).await.unwrap();
+        } else {
+            let leases: Vec<_> = got.iter().map(|m| m.lease).collect();
+            completed += store.message_complete_many(worker, &leases).await.unwrap().len();
+        }
+    }
+    let dead = store.dead_letter_list(10).await.unwrap();
+    let dead_tasks: Vec<Option<&str>> = dead.iter().map(|d| d.task_id.as_deref()).collect();
+    assert_eq!(dead_tasks, vec![Some(poison_task.as_str())], "only the poison message is dead-lettered");
+    assert_eq!(completed, 4, "its neighbours all ran");
+    assert_eq!(store.message_count().await.unwrap(), 0);
+}
+
+/// Requeues count as redeliveries: a message requeued `max_redeliveries` times is
+/// dead-lettered on the next requeue instead of looping forever.
+#[tokio::test]
+async fn requeues_are_counted_and_end_in_dead_letter() {
+    let db = TestDatabase::new().await;
+    let store = db.store();
+    let worker = register(&store).await;
+    let queues = vec!["celery".to_owned()];
+    store.message_insert(&message("celery", 0, None)).await.unwrap();
+    for round in 0..3 {
+        let got = store.message_claim(&claim(worker, &queues, 1)).await.unwrap();
+        assert_eq!(got.len(), 1, "round {round}");
+        assert_eq!(got[0].redeliveries, round);
+        let report = store.message_requeue_many(worker, &[got[0].lease], 3).await.unwrap();
+        assert_eq!((report.requeued.len(), report.dead_lettered.len()), (1, 0));
+        // Fenced: the same lease cannot be requeued twice.
+        let again = store.message_requeue_many(worker, &[got[0].lease], 3).await.unwrap();
+        assert_eq!(again, celeriac_store::RequeueReport::default());
+    }
+    let got = store.message_claim(&claim(worker, &queues, 1)).await.unwrap();
+    assert!(got[0].redelivered);
+    let report = store.message_requeue_many(worker, &[got[0].lease], 3).await.unwrap();
+    assert_eq!(report.dead_lettered, vec![got[0].lease.id]);
+    let dead = store.dead_letter_list(10).await.unwrap();
+    assert_eq!(dead[0].reason_code, "redeliveries_exhausted");
+    assert!(dead[0].reason.contains("requeued 4 times"), "{}", dead[0].reason);
+    assert_eq!(store.message_count().await.unwrap(), 0);
 }

@@ -299,29 +299,55 @@ struct Shared {
     claim_state: std::sync::Mutex<ClaimState>,
     /// Leases held (claimed and not yet settled in the database); renewed by the heartbeat.
     held: Arc<Held>,
+    /// One permit: whether this worker may claim a suspect now.
+    suspect_slot: Arc<Semaphore>,
+    /// Wakes the claim loop (notifications, a suspect settled).
+    wake: Arc<Notify>,
     /// `config.hostname`, shared by every request.
     hostname: Arc<str>,
 }
 
-/// The leases a worker holds, for the heartbeat to renew.
+/// The leases a worker holds, for the heartbeat to renew, each with the time by which it has
+/// surely run out unless renewed: the claim or renewal statement was sent before the server
+/// computed `now() + lease`, so this local deadline is never later than the row's.
 #[derive(Debug, Default)]
-struct Held(std::sync::Mutex<std::collections::HashMap<i64, i32>>);
+struct Held(std::sync::Mutex<std::collections::HashMap<i64, (i32, Instant)>>);
 
 impl Held {
-    fn add(&self, leases: impl IntoIterator<Item = Lease>) {
+    fn add(&self, leases: impl IntoIterator<Item = Lease>, valid_until: Instant) {
         if let Ok(mut map) = self.0.lock() {
-            map.extend(leases.into_iter().map(|l| (l.id, l.attempt)));
+            map.extend(leases.into_iter().map(|l| (l.id, (l.attempt, valid_until))));
         }
     }
 
     fn remove(&self, leases: impl IntoIterator<Item = Lease>) {
         if let Ok(mut map) = self.0.lock() {
             for l in leases {
-                if map.get(&l.id) == Some(&l.attempt) {
+                if map.get(&l.id).is_some_and(|(attempt, _)| *attempt == l.attempt) {
                     map.remove(&l.id);
                 }
             }
         }
+    }
+
+    /// Records that a heartbeat sent at `sent` renewed the leases of `ids`.
+    fn renewed(&self, ids: &[i64], valid_until: Instant) {
+        if let Ok(mut map) = self.0.lock() {
+            for id in ids {
+                if let Some((_, until)) = map.get_mut(id) {
+                    *until = valid_until.max(*until);
+                }
+            }
+        }
+    }
+
+    /// Whether `lease` may have run out (another worker may have it by now).
+    fn expired(&self, lease: Lease) -> bool {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|map| map.get(&lease.id).copied())
+            .is_some_and(|(attempt, until)| attempt == lease.attempt && until <= Instant::now())
     }
 
     fn len(&self) -> usize {
@@ -329,7 +355,24 @@ impl Held {
     }
 
     fn snapshot(&self) -> Vec<Lease> {
-        self.0.lock().map(|map| map.iter().map(|(&id, &attempt)| Lease { id, attempt }).collect()).unwrap_or_default()
+        self.0
+            .lock()
+            .map(|map| map.iter().map(|(&id, &(attempt, _))| Lease { id, attempt }).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The one suspect a worker may hold (a message that came back after a lost lease or a requeue;
+/// see `migrations/0002_claim_suspects.sql`): taken by the claim that brought it, held until its
+/// outcome is handed to the completer, then the claim loop is woken to take the next.
+struct SuspectPermit {
+    _permit: OwnedSemaphorePermit,
+    wake: Arc<Notify>,
+}
+
+impl Drop for SuspectPermit {
+    fn drop(&mut self) {
+        self.wake.notify_one();
     }
 }
 
@@ -401,6 +444,7 @@ impl Worker {
         let background = CancellationToken::new();
         let held = Arc::new(Held::default());
         let health = Arc::new(HeartbeatHealth::default());
+        let wake = Arc::new(Notify::new());
         let (settle_tx, settle_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             store: self.store.clone(),
@@ -415,6 +459,8 @@ impl Worker {
             abandon: CancellationToken::new(),
             claim_state: std::sync::Mutex::new(ClaimState::new(config.queues.len())),
             held: held.clone(),
+            suspect_slot: Arc::new(Semaphore::new(1)),
+            wake: wake.clone(),
             hostname: config.hostname.as_str().into(),
         });
 
@@ -425,6 +471,7 @@ impl Worker {
             settle_rx,
             self.stats.clone(),
             held.clone(),
+            config.max_redeliveries,
             give_up_flushing.clone(),
         ));
         let heartbeat = tokio::spawn(run_heartbeat(
@@ -435,6 +482,8 @@ impl Worker {
             config.heartbeat_interval,
             background.clone(),
         ));
+        // Judges other workers only as far as this worker's own heartbeats allow: after an
+        // outage longer than the lease, nobody's leases are freed before they could be renewed.
         let rescuer = Rescuer::new(
             self.store.clone(),
             RescuerConfig {
@@ -442,9 +491,9 @@ impl Worker {
                 max_redeliveries: config.max_redeliveries,
                 ..RescuerConfig::default()
             },
-        );
+        )
+        .with_health(health.clone());
         let rescue = tokio::spawn(rescuer.run(background.clone()));
-        let wake = Arc::new(Notify::new());
         let listener = config.listen.then(|| {
             let wake = wake.clone();
             let queues = config.queues.clone();
@@ -465,7 +514,7 @@ impl Worker {
         });
 
         let tracker = TaskTracker::new();
-        claim_loop(&shared, &tracker, &wake).await;
+        claim_loop(&shared, &tracker).await;
 
         tracing::info!("worker: warm shutdown, waiting for {} running task(s)", tracker.len());
         tracker.close();
@@ -577,7 +626,7 @@ enum ClaimResult {
 /// next batch is on its way while the current one runs.
 const CLAIMS_IN_FLIGHT: usize = 2;
 
-async fn claim_loop(shared: &Arc<Shared>, tracker: &TaskTracker, wake: &Notify) {
+async fn claim_loop(shared: &Arc<Shared>, tracker: &TaskTracker) {
     let config = &shared.config;
     // As in Celery (early acks): `concurrency × prefetch_multiplier` messages reserved, plus
     // the ones running.
@@ -640,7 +689,7 @@ async fn claim_loop(shared: &Arc<Shared>, tracker: &TaskTracker, wake: &Notify) 
                 backoff.reset();
                 tokio::select! {
                     () = shared.stopping.cancelled() => return,
-                    () = wake.notified() => {}
+                    () = shared.wake.notified() => {}
                     () = tokio::time::sleep(config.poll_interval) => {}
                 }
             }
@@ -669,12 +718,14 @@ async fn claim_batch(
     let mut previous =
         shared.last_turn.lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace(after_this_claim);
     let cursors = shared.claim_state.lock().map(|mut s| s.next()).unwrap_or(None);
+    let mut suspect = shared.suspect_slot.clone().try_acquire_owned().ok();
     let params = ClaimParams {
         worker_id: shared.worker_id,
         queues: &shared.config.queues,
         limit: i64::try_from(want).unwrap_or(i64::MAX),
         lease_seconds: shared.config.lease.as_secs_f64(),
         after: cursors.as_deref(),
+        suspects: i64::from(suspect.is_some()),
     };
     let started = Instant::now();
     let result = shared.store.message_claim(&params).await;
@@ -691,7 +742,7 @@ async fn claim_batch(
         }
     };
     let got = claimed.len();
-    shared.held.add(claimed.iter().map(|m| m.lease));
+    shared.held.add(claimed.iter().map(|m| m.lease), started + shared.config.lease);
     let full_claim = cursors.is_none();
     if let Ok(mut state) = shared.claim_state.lock() {
         state.advance(&shared.config.queues, &claimed);
@@ -709,7 +760,12 @@ async fn claim_batch(
         let Some(slot) = permits.split(1) else { break };
         let (started, next) = oneshot::channel();
         let turn = Turn { previous: previous.replace(next), started };
-        tracker.spawn(execute(shared.clone(), message, slot, turn));
+        let suspect = if message.redeliveries > 0 {
+            suspect.take().map(|permit| SuspectPermit { _permit: permit, wake: shared.wake.clone() })
+        } else {
+            None
+        };
+        tracker.spawn(execute(shared.clone(), message, slot, turn, suspect));
     }
     tracker.spawn(pass_turn(previous, claim_done));
     let _ = done.send(if got == want || !full_claim { ClaimResult::Full } else { ClaimResult::Short });
@@ -757,33 +813,46 @@ struct Turn {
     started: oneshot::Sender<()>,
 }
 
-async fn execute(shared: Arc<Shared>, claimed: ClaimedMessage, slot: OwnedSemaphorePermit, turn: Turn) {
+async fn execute(
+    shared: Arc<Shared>,
+    claimed: ClaimedMessage,
+    slot: OwnedSemaphorePermit,
+    turn: Turn,
+    suspect: Option<SuspectPermit>,
+) {
     let mut guard = Unsettled { held: &shared.held, lease: Some(claimed.lease) };
     execute_inner(&shared, claimed, slot, turn).await;
     guard.lease = None;
+    drop(suspect);
+}
+
+/// Moves a message to `dead_letter` because it cannot be decoded.
+fn dead_letter_undecodable(shared: &Shared, claimed: &ClaimedMessage, e: &DecodeError) {
+    let lease = claimed.lease;
+    tracing::error!(message_id = lease.id, queue = %claimed.queue, reason = %e, "Can't decode message body; moving it to dead_letter");
+    shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    shared.settle(Settle::DeadLetter(DeadLetterParams {
+        lease,
+        reason_code: e.reason_code().into(),
+        reason: e.to_string(),
+    }));
 }
 
 async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: OwnedSemaphorePermit, mut turn: Turn) {
     let lease = claimed.lease;
-    let decoded = TaskMessage::decode(&claimed.payload, &shared.config.accept).or_else(|e| match e {
-        // A body celeriac does not decode (pickle, YAML) is fine for a handler that decodes it
-        // itself (embedded Python); anything else keeps the error.
-        DecodeError::UnsupportedContentType(_) => TaskMessage::decode_head(&claimed.payload, &shared.config.accept)
-            .ok()
-            .filter(|m| shared.registry.get(&m.headers.task).is_some_and(|h| h.manages_execution()))
-            .ok_or(e),
-        e => Err(e),
-    });
-    let message = match decoded {
+    let accept = &shared.config.accept;
+    // Only the envelope and headers now: the body, which may decode to far more than its
+    // bytes, is decoded when the task is about to run, so prefetched messages stay small.
+    // (Protocol 1 keeps its headers in the body: decoded whole here.)
+    let head = match TaskMessage::decode_head(&claimed.payload, accept) {
+        Ok(m) => Ok((m, false)),
+        Err(DecodeError::UnsupportedContentType(_)) => TaskMessage::decode(&claimed.payload, accept).map(|m| (m, true)),
+        Err(e) => Err(e),
+    };
+    let (message, body_decoded) = match head {
         Ok(m) => m,
         Err(e) => {
-            tracing::error!(message_id = lease.id, queue = %claimed.queue, reason = %e, "Can't decode message body; moving it to dead_letter");
-            shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-            shared.settle(Settle::DeadLetter(DeadLetterParams {
-                lease,
-                reason_code: e.reason_code().into(),
-                reason: e.to_string(),
-            }));
+            dead_letter_undecodable(shared, &claimed, &e);
             return;
         }
     };
@@ -825,6 +894,31 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
         shared.stats.released.fetch_add(1, Ordering::Relaxed);
         shared.settle(Settle::Release(lease));
         return;
+    };
+    if shared.held.expired(lease) {
+        // The heartbeat could not renew it (the database was unreachable): another worker may
+        // run it already. Give it back (a no-op if it is no longer ours) instead of starting it.
+        tracing::warn!(
+            message_id = lease.id,
+            "Task {name}[{id}] not started: its lease ran out before it could start (is the database reachable?)"
+        );
+        shared.stats.released.fetch_add(1, Ordering::Relaxed);
+        shared.settle(Settle::Release(lease));
+        return;
+    }
+    let message = if body_decoded {
+        message
+    } else {
+        match TaskMessage::decode(&claimed.payload, accept) {
+            Ok(full) => full,
+            // A body celeriac does not decode (pickle, YAML) is fine for a handler that decodes
+            // it itself (embedded Python).
+            Err(DecodeError::UnsupportedContentType(_)) if managed => message,
+            Err(e) => {
+                dead_letter_undecodable(shared, &claimed, &e);
+                return;
+            }
+        }
     };
     let hard_limit = message.headers.timelimit.hard.filter(|_| !managed);
     let message = Arc::new(message);
@@ -939,6 +1033,7 @@ async fn run_completer(
     mut rx: mpsc::UnboundedReceiver<Settle>,
     stats: Arc<WorkerStats>,
     held: Arc<Held>,
+    max_redeliveries: i32,
     give_up: CancellationToken,
 ) {
     let mut batch = Vec::new();
@@ -959,8 +1054,9 @@ async fn run_completer(
             }
         }
         let mut backoff = Backoff::new();
+        let mut progress = FlushProgress::default();
         loop {
-            match flush(&store, worker_id, &batch).await {
+            match flush(&store, worker_id, max_redeliveries, &batch, &mut progress).await {
                 Ok(()) => break,
                 Err(e) if !e.is_connection() => {
                     // The server refused the batch: write the outcomes one by one and give up on
@@ -969,7 +1065,9 @@ async fn run_completer(
                     // dead-lettered by the rescuer if it keeps failing).
                     tracing::error!(error = %e, "worker: the database refused a batch of outcomes; recording them one by one");
                     for item in &batch {
-                        if let Err(e) = flush(&store, worker_id, std::slice::from_ref(item)).await {
+                        let mut progress = FlushProgress::default();
+                        let one = std::slice::from_ref(item);
+                        if let Err(e) = flush(&store, worker_id, max_redeliveries, one, &mut progress).await {
                             tracing::error!(error = %e, message_id = item.lease().id, "worker: dropping an outcome the database refuses; the message will be redelivered");
                         }
                     }
@@ -993,30 +1091,92 @@ async fn run_completer(
     }
 }
 
-async fn flush(store: &Store, worker_id: Uuid, batch: &[Settle]) -> Result<(), celeriac_store::Error> {
+/// Which kinds of a batch's outcomes are written already (a batch that failed half-way is
+/// retried from there, so each lease's answer is read once).
+#[derive(Debug, Default)]
+struct FlushProgress {
+    retries: bool,
+    complete: bool,
+    dead: bool,
+    release: bool,
+    requeue: bool,
+}
+
+/// Logs the outcomes the database refused because their lease was lost meanwhile (another
+/// worker has the message, or will: it runs again). `done` holds the ids written.
+fn log_refused(what: &str, asked: &[Lease], done: &[i64]) {
+    if done.len() < asked.len() {
+        let refused: Vec<i64> = asked.iter().map(|l| l.id).filter(|id| !done.contains(id)).collect();
+        tracing::warn!(
+            ?refused,
+            "worker: {what} refused for {} message(s): their lease was lost (the database was unreachable for longer \
+             than the lease, or the worker stalled); they are delivered again",
+            refused.len()
+        );
+    }
+}
+
+async fn flush(
+    store: &Store,
+    worker_id: Uuid,
+    max_redeliveries: i32,
+    batch: &[Settle],
+    progress: &mut FlushProgress,
+) -> Result<(), celeriac_store::Error> {
     let mut complete = Vec::new();
     let mut release = Vec::new();
     let mut requeue = Vec::new();
     let mut dead = Vec::new();
+    let mut retries = Vec::new();
     for s in batch {
         match s {
             Settle::Complete(l) => complete.push(*l),
             Settle::Release(l) => release.push(*l),
             Settle::Requeue(l) => requeue.push(*l),
             Settle::DeadLetter(d) => dead.push(d.clone()),
-            Settle::Retry { lease, payload, eta } => {
-                if !store.message_retry(worker_id, *lease, payload, *eta).await? {
-                    tracing::warn!(message_id = lease.id, "worker: lease lost before the retry was recorded");
-                }
-            }
+            Settle::Retry { lease, payload, eta } => retries.push((*lease, payload, *eta)),
         }
     }
-    // All writes are fenced by the lease, so repeating a partly applied batch is harmless.
-    store.message_complete_many(worker_id, &complete).await?;
-    store.message_dead_letter_many(worker_id, &dead).await?;
-    store.message_release_many(worker_id, &release, false).await?;
-    store.message_requeue_many(worker_id, &requeue).await?;
+    if !progress.retries {
+        for (lease, payload, eta) in retries {
+            if !store.message_retry(worker_id, lease, payload, eta).await? {
+                log_refused("a retry was", &[lease], &[]);
+            }
+        }
+        progress.retries = true;
+    }
+    if !progress.complete {
+        let done = store.message_complete_many(worker_id, &complete).await?;
+        log_refused("completion was", &complete, &done);
+        progress.complete = true;
+    }
+    if !progress.dead {
+        let done = store.message_dead_letter_many(worker_id, &dead).await?;
+        log_refused("moving to dead_letter was", &dead.iter().map(|d| d.lease).collect::<Vec<_>>(), &done);
+        progress.dead = true;
+    }
+    if !progress.release {
+        // Not logged: a lease given back unstarted may have run out already on purpose.
+        store.message_release_many(worker_id, &release, false).await?;
+        progress.release = true;
+    }
+    if !progress.requeue {
+        let report = store.message_requeue_many(worker_id, &requeue, max_redeliveries).await?;
+        for id in &report.dead_lettered {
+            tracing::error!(
+                message_id = id,
+                "worker: a requeued message exhausted its redeliveries; moved to dead_letter"
+            );
+        }
+        let done: Vec<i64> = report.requeued.iter().chain(&report.dead_lettered).copied().collect();
+        log_refused("requeue was", &requeue, &done);
+        progress.requeue = true;
+    }
     Ok(())
+}
+
+fn info_lease(info: &WorkerInfo) -> Duration {
+    Duration::try_from_secs_f64(info.lease_seconds).unwrap_or(Duration::ZERO)
 }
 
 async fn run_heartbeat(
@@ -1036,10 +1196,13 @@ async fn run_heartbeat(
             _ = ticker.tick() => {}
         }
         let leases = held.snapshot();
+        let sent = Instant::now();
         let result = store.worker_heartbeat(&info, &leases).await;
         health.record(result.is_ok());
         match result {
             Ok(renewed) => {
+                held.renewed(&renewed, sent + info_lease(&info));
+                let renewed = renewed.len() as u64;
                 if failing {
                     tracing::info!("worker: database reachable again; leases renewed");
                     failing = false;

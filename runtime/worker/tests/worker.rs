@@ -413,6 +413,66 @@ async fn survives_a_postgres_restart_without_losing_or_repeating_work() {
     drop(cluster);
 }
 
+/// A database outage longer than the lease stops every worker's heartbeats alike: when the
+/// server is back, no worker may treat the others (or itself) as dead and run their tasks again.
+#[tokio::test]
+async fn an_outage_longer_than_the_lease_runs_nothing_twice() {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start_private).await.unwrap().unwrap();
+    let db = TestDatabase::on_server(&cluster.url("postgres")).await;
+    let store =
+        Store::new(&StoreConfig { connect_timeout: Duration::from_secs(1), ..StoreConfig::new(&db.url) }).unwrap();
+    let runs: Arc<Mutex<HashMap<i64, u32>>> = Arc::default();
+    let registry = || {
+        let seen = runs.clone();
+        let mut registry = Registry::new();
+        registry.register("tasks.slow", move |(i,): (i64,)| {
+            let seen = seen.clone();
+            async move {
+                *seen.lock().unwrap().entry(i).or_default() += 1;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok::<_, TaskError>(i)
+            }
+        });
+        registry
+    };
+    let messages: Vec<NewMessage> = (0..8)
+        .map(|i| {
+            Client::new(store.clone())
+                .build("tasks.slow", &[Value::Int(i)], &Map::new(), &TaskOptions::default())
+                .unwrap()
+        })
+        .collect();
+    store.message_insert_many(&messages).await.unwrap();
+    let lease = Duration::from_secs(2);
+    let short = WorkerConfig {
+        concurrency: 2,
+        prefetch_multiplier: 1,
+        lease,
+        heartbeat_interval: Duration::from_millis(400),
+        rescue_interval: Duration::from_millis(300),
+        ..config()
+    };
+    let a = start(&store, registry(), short.clone());
+    let b = start(&store, registry(), short);
+    wait_for(30, "four tasks running", || async { runs.lock().unwrap().len() >= 4 }).await;
+
+    cluster.stop().unwrap();
+    // The outage itself (the fault being injected): longer than the lease.
+    tokio::time::sleep(lease * 2).await;
+    cluster.start_again().unwrap();
+
+    wait_for(90, "all 8 run", || async { runs.lock().unwrap().len() == 8 }).await;
+    wait_for(90, "queue empty", || async { store.message_count().await.is_ok_and(|n| n == 0) }).await;
+    assert!(!a.handle.is_finished() && !b.handle.is_finished(), "no worker exited");
+    let (ra, rb) = (a.stop().await, b.stop().await);
+    let runs = runs.lock().unwrap();
+    let repeated: Vec<_> = runs.iter().filter(|(_, &c)| c != 1).collect();
+    assert!(repeated.is_empty(), "tasks ran more than once after the outage: {repeated:?}");
+    assert_eq!(ra.succeeded + rb.succeeded, 8);
+    drop(db);
+    drop(cluster);
+}
+
 #[tokio::test]
 async fn msgpack_bodies_run_when_accepted() {
     let db = TestDatabase::new().await;
