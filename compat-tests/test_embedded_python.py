@@ -390,6 +390,53 @@ def test_max_tasks_and_max_memory_per_child_recycle(proj: Proj, proj_worker: Cal
     assert "exceeded the memory limit" in worker.log()
 
 
+def test_recycled_children_never_lose_a_job_handed_to_them(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
+    # Every task retires its child; jobs keep arriving while children shut down and are replaced.
+    proj_worker(concurrency=2, extra_args=["--max-tasks-per-child", "1"])
+    rs = [proj.send("add", i, i) for i in range(40)]
+    values = [proj.get(r, timeout=120) for r in rs]
+    assert [r.state for r in rs] == ["SUCCESS"] * 40, [r.result for r in rs if r.state != "SUCCESS"]
+    assert values == [2 * i for i in range(40)]
+
+
+def test_jobs_do_not_wait_behind_a_long_task_while_another_child_frees_up(
+    proj: Proj, proj_worker: Callable[..., ProjWorker]
+) -> None:
+    proj_worker(concurrency=2)
+    long = proj.send("hold", 30)
+    short = proj.send("hold", 1)
+    wait_for(lambda: len(proj.events("hold")) == 2, 30, "both children to be busy")
+    # Both children are busy; neither add may be queued behind the 30 s task.
+    adds = [proj.send("add", 1, 1), proj.send("add", 2, 2)]
+    assert [proj.get(r) for r in adds] == [2, 4]
+    assert proj.get(short) == 1
+    assert not long.ready(), "the adds ran only after the long task"
+
+
+def test_a_time_limit_too_large_to_represent_is_no_limit(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
+    # timelimit = [1e19, None] on the wire: more seconds than an instant can hold.
+    worker = proj_worker(concurrency=1)
+    rs = [proj.send("add", i, 1, time_limit=1e19, soft_time_limit=1e19) for i in range(3)]
+    assert [proj.get(r) for r in rs] == [1, 2, 3]
+    assert proj.get(proj.send("add", 20, 22)) == 42, "the worker stalled"
+    assert "panic" not in worker.log()
+
+
+@pytest.mark.parametrize("pool", ["threads", "solo"])
+def test_system_exit_in_a_threads_or_solo_task_fails_it_and_the_pool_goes_on(
+    proj: Proj, proj_worker: Callable[..., ProjWorker], pool: str
+) -> None:
+    worker = proj_worker(pool=pool, concurrency=2)
+    before = child_pids(worker)
+    r = proj.send("system_exit", 3)
+    proj.get(r)
+    assert r.state == "FAILURE"
+    assert type(r.result).__name__ == "WorkerLostError"
+    assert str(r.result) == "SystemExit(3)"
+    assert proj.get(proj.send("add", 1, 2)) == 3
+    assert child_pids(worker) == before, "as in Celery, the pool process goes on"
+
+
 def test_threads_pool_runs_tasks_concurrently_in_one_process(
     proj: Proj, proj_worker: Callable[..., ProjWorker], tmp_path: Path
 ) -> None:

@@ -117,6 +117,12 @@ def reject(self, token, requeue):
     return f"ok after {{runs}} runs"
 
 
+@app.task(name="pyapp.always_requeue", shared=False, bind=True, acks_late=True)
+def always_requeue(self, token):
+    effect(f"requeue {{token}}")
+    raise Reject("again, forever", requeue=True)
+
+
 # Stands in for a task that is running when its worker dies (the Rust worker's examples.add is quick).
 @app.task(name="examples.add", shared=False, acks_late=True)
 def hanging_add(a, b):
@@ -516,6 +522,22 @@ def test_reject_and_undecodable_are_dead_lettered(
     worker.wait_for(lambda: len(worker.succeeded()) == 2, RESULT_TIMEOUT, "the next task to run")
     assert worker.succeeded()[1] == ("pyapp.add", task_id, "5"), "the worker kept running"
     wait_for_empty(database_url, "the ack to delete the row")
+
+
+def test_requeues_count_as_redeliveries_up_to_the_cap(
+    database_url: str, tmp_path: Path, celery_worker: Callable[..., CeleryWorker]
+) -> None:
+    # A task that always asks to be requeued (as a task that always kills its child with
+    # reject_on_worker_lost does) runs 1 + max_redeliveries times, then is dead-lettered.
+    module, effects = write_app(tmp_path, database_url, conf={"broker_transport_options": {"max_redeliveries": 2}})
+    with celeriac.Client(database_url) as client:
+        task_id = client.send_task("pyapp.always_requeue", ("loop",))
+    worker = celery_worker(module, concurrency=1)
+    worker.wait_for(lambda: message_count(database_url) == 0, RESULT_TIMEOUT, "the requeues to end")
+    dead = rows(database_url, "select task_id, reason_code, reason from celeriac.dead_letter")
+    assert [(d[0], d[1]) for d in dead] == [(task_id, "redeliveries_exhausted")], dead
+    assert "requeued 3 times" in dead[0][2]
+    assert effects_of(effects) == ["requeue loop"] * 3
 
 
 def test_warm_shutdown_gives_back_unstarted_messages(

@@ -6,7 +6,7 @@
 //! Rust worker runs.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, PoisonError,
@@ -33,7 +33,8 @@ use crate::{
     store::PyStore,
 };
 
-type Held = Arc<Mutex<HashSet<Lease>>>;
+/// Leases held, each with whether it is a suspect (claimed after a lost lease or a requeue).
+type Held = Arc<Mutex<HashMap<Lease, bool>>>;
 
 /// A claimed message as Python sees it: `(id, attempt, redelivered, queue, envelope)`.
 type Claimed<'py> = (i64, i32, bool, String, Bound<'py, PyBytes>);
@@ -50,7 +51,10 @@ pub struct Consumer {
     store: Store,
     pid: u32,
     info: WorkerInfo,
+    max_redeliveries: i32,
     held: Held,
+    /// Acks sent to the background writer and not yet written: never given back on close.
+    acked: Arc<Mutex<HashSet<Lease>>>,
     completions: mpsc::UnboundedSender<Completion>,
     wake: Arc<Notify>,
     queues: Arc<Mutex<Vec<String>>>,
@@ -81,7 +85,7 @@ impl Consumer {
             block_on(py, async move { store.message_release_many(worker, &[lease], mark_redelivered).await })?
                 .map_err(|e| self.owner.get().error(&e, Doing::Other))?;
         lock(&self.held).remove(&lease);
-        Ok(released == 1)
+        Ok(released.len() == 1)
     }
 }
 
@@ -117,6 +121,7 @@ impl Consumer {
                 .map_err(|e| store.get().error(&e, Doing::Other))?;
         }
         let held: Held = Arc::default();
+        let acked: Arc<Mutex<HashSet<Lease>>> = Arc::default();
         let wake = Arc::new(Notify::new());
         let queues: Arc<Mutex<Vec<String>>> = Arc::default();
         let stop = CancellationToken::new();
@@ -127,7 +132,7 @@ impl Consumer {
         let rescuer = Rescuer::new(pg.clone(), RescuerConfig { max_redeliveries, ..RescuerConfig::default() })
             .with_health(health);
         rt.spawn(rescuer.run(stop.clone()));
-        rt.spawn(complete(pg.clone(), info.id, held.clone(), pending, stop.clone()));
+        rt.spawn(complete(pg.clone(), info.id, held.clone(), acked.clone(), pending, stop.clone()));
         {
             let (wake, queues) = (wake.clone(), queues.clone());
             let listener = pg.listener();
@@ -150,7 +155,9 @@ impl Consumer {
             store: pg,
             pid: std::process::id(),
             info,
+            max_redeliveries,
             held,
+            acked,
             completions,
             wake,
             queues,
@@ -179,13 +186,15 @@ impl Consumer {
             }
         }
         let (store, worker, lease_seconds) = (self.store.clone(), self.info.id, self.info.lease_seconds);
+        // At most one suspect held at a time (see `ClaimParams::suspects`).
+        let suspects = i64::from(!lock(&self.held).values().any(|suspect| *suspect));
         let claimed = block_on(py, async move {
-            store
-                .message_claim(&ClaimParams { worker_id: worker, queues: &queues, limit, lease_seconds, after: None })
-                .await
+            let params =
+                ClaimParams { worker_id: worker, queues: &queues, limit, lease_seconds, after: None, suspects };
+            store.message_claim(&params).await
         })?
         .map_err(|e| self.owner.get().error(&e, Doing::Other))?;
-        lock(&self.held).extend(claimed.iter().map(|m| m.lease));
+        lock(&self.held).extend(claimed.iter().map(|m| (m.lease, m.redeliveries > 0)));
         Ok(claimed
             .into_iter()
             .map(|m| (m.lease.id, m.lease.attempt, m.redelivered, m.queue, PyBytes::new(py, &m.payload)))
@@ -196,28 +205,44 @@ impl Consumer {
     /// background batch, within milliseconds. Returns immediately.
     fn ack(&self, id: i64, attempt: i32) -> PyResult<()> {
         self.same_process()?;
-        self.completions
-            .send(Completion::Ack(Lease { id, attempt }))
-            .map_err(|_| PyRuntimeError::new_err("this celeriac Consumer is closed"))
+        let lease = Lease { id, attempt };
+        lock(&self.acked).insert(lease);
+        self.completions.send(Completion::Ack(lease)).map_err(|_| {
+            lock(&self.acked).remove(&lease);
+            PyRuntimeError::new_err("this celeriac Consumer is closed")
+        })
     }
 
-    /// Waits (at most `timeout` seconds) until every ack sent so far is written. Returns False on
-    /// timeout (the database is unreachable; the acks stay queued and are retried).
-    #[pyo3(signature = (timeout=10.0))]
-    fn flush(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
+    /// Waits (at most `timeout` seconds; `None` or infinity: no limit) until every ack sent so
+    /// far is written. Returns False on timeout (the database is unreachable; the acks stay
+    /// queued and are retried).
+    #[pyo3(signature = (timeout=Some(10.0)))]
+    fn flush(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
         self.same_process()?;
+        let wait = timeout_duration(timeout)?;
         let (done, flushed) = oneshot::channel();
         if self.completions.send(Completion::Flush(done)).is_err() {
             return Ok(true);
         }
-        let wait = Duration::from_secs_f64(timeout.max(0.0));
-        block_on(py, async move { tokio::time::timeout(wait, flushed).await.is_ok_and(|r| r.is_ok()) })
+        block_on(py, async move {
+            match wait {
+                Some(wait) => tokio::time::timeout(wait, flushed).await.is_ok_and(|r| r.is_ok()),
+                None => flushed.await.is_ok(),
+            }
+        })
     }
 
-    /// Puts a message back at once, marked redelivered (`basic_reject(requeue=True)`). Returns
-    /// whether this consumer still held it.
+    /// Puts a message back at once, marked redelivered (`basic_reject(requeue=True)`), counting
+    /// a redelivery: one requeued more than `max_redeliveries` times moves to `dead_letter`
+    /// (`redeliveries_exhausted`) instead. Returns whether this consumer still held it.
     fn requeue(&self, py: Python<'_>, id: i64, attempt: i32) -> PyResult<bool> {
-        self.release(py, Lease { id, attempt }, true)
+        self.same_process()?;
+        let lease = Lease { id, attempt };
+        let (store, worker, max) = (self.store.clone(), self.info.id, self.max_redeliveries);
+        let report = block_on(py, async move { store.message_requeue_many(worker, &[lease], max).await })?
+            .map_err(|e| self.owner.get().error(&e, Doing::Other))?;
+        lock(&self.held).remove(&lease);
+        Ok(report.requeued.len() + report.dead_lettered.len() == 1)
     }
 
     /// Gives back a message that was delivered but never started (unacked at shutdown), as if
@@ -244,23 +269,26 @@ impl Consumer {
         })?
         .map_err(|e| self.owner.get().error(&e, Doing::Other))?;
         lock(&self.held).remove(&lease);
-        Ok(moved == 1)
+        Ok(moved.len() == 1)
     }
 
     /// Blocks (GIL released) until a new message may be ready in one of the queues last
     /// claimed from, or `timeout` seconds pass. Returns whether it was woken.
     /// Python signal handlers (Ctrl-C, Celery's SIGTERM handler) run every 100 ms meanwhile.
-    fn wait(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
         self.same_process()?;
-        let deadline = std::time::Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
+        // No deadline for `None`, infinity, or a timeout too long to represent.
+        let deadline = timeout_duration(timeout)?.and_then(|t| std::time::Instant::now().checked_add(t));
         loop {
-            let slice = deadline.saturating_duration_since(std::time::Instant::now()).min(Duration::from_millis(100));
+            let slice = deadline
+                .map_or(Duration::MAX, |d| d.saturating_duration_since(std::time::Instant::now()))
+                .min(Duration::from_millis(100));
             let wake = self.wake.clone();
             if block_on(py, async move { tokio::time::timeout(slice, wake.notified()).await.is_ok() })? {
                 return Ok(true);
             }
             py.check_signals()?;
-            if std::time::Instant::now() >= deadline {
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
                 return Ok(false);
             }
         }
@@ -272,8 +300,11 @@ impl Consumer {
         if self.closed.swap(true, Ordering::AcqRel) || std::process::id() != self.pid {
             return Ok(());
         }
-        self.flush(py, 10.0)?;
-        let leases: Vec<Lease> = lock(&self.held).drain().collect();
+        self.flush(py, Some(10.0))?;
+        // A message whose ack is still unwritten (the flush timed out) is not given back: it ran.
+        // If the ack never lands, its lease expires and it is delivered again (at least once).
+        let acked = lock(&self.acked).clone();
+        let leases: Vec<Lease> = lock(&self.held).drain().map(|(l, _)| l).filter(|l| !acked.contains(l)).collect();
         let (store, worker) = (self.store.clone(), self.info.id);
         let result = block_on(py, async move {
             if !leases.is_empty() {
@@ -288,6 +319,16 @@ impl Consumer {
 
     fn __repr__(&self) -> String {
         format!("<celeriac Consumer {} {}>", self.info.hostname, self.info.id)
+    }
+}
+
+/// A Python timeout in seconds: `None` or infinity mean no limit; negative means none left.
+fn timeout_duration(timeout: Option<f64>) -> PyResult<Option<Duration>> {
+    match timeout {
+        None => Ok(None),
+        Some(t) if t.is_nan() => Err(PyValueError::new_err("timeout must be a number, not NaN")),
+        Some(t) if t <= 0.0 => Ok(Some(Duration::ZERO)),
+        Some(t) => Ok(Duration::try_from_secs_f64(t).ok()),
     }
 }
 
@@ -308,7 +349,7 @@ async fn heartbeat(store: Store, info: WorkerInfo, held: Held, health: Arc<Heart
             () = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let leases: Vec<Lease> = lock(&held).iter().copied().collect();
+        let leases: Vec<Lease> = lock(&held).keys().copied().collect();
         health.record(store.worker_heartbeat(&info, &leases).await.is_ok());
     }
 }
@@ -319,6 +360,7 @@ async fn complete(
     store: Store,
     worker: Uuid,
     held: Held,
+    acked: Arc<Mutex<HashSet<Lease>>>,
     mut pending: mpsc::UnboundedReceiver<Completion>,
     stop: CancellationToken,
 ) {
@@ -341,9 +383,13 @@ async fn complete(
         while !batch.is_empty() {
             match store.message_complete_many(worker, &batch).await {
                 Ok(_) => {
+                    // An ack whose lease was lost is refused by the fence: that message is
+                    // delivered again (at least once).
                     let mut held = lock(&held);
+                    let mut acked = lock(&acked);
                     for lease in &batch {
                         held.remove(lease);
+                        acked.remove(lease);
                     }
                     batch.clear();
                 }

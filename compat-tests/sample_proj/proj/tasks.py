@@ -7,6 +7,7 @@ import ctypes
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -206,6 +207,18 @@ def segfault() -> None:
 @app.task
 def exit_now(code: int) -> None:
     os._exit(code)
+
+
+@app.task
+def system_exit(code: int) -> None:
+    sys.exit(code)
+
+
+@app.task
+def hold(seconds: float) -> float:
+    record("hold", pid=os.getpid(), seconds=seconds)
+    time.sleep(seconds)
+    return seconds
 
 
 @app.task(acks_late=True, reject_on_worker_lost=True)

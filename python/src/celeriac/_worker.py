@@ -510,7 +510,8 @@ def post_mortem(
     envelope: bytes, queue: str, redelivered: bool, cause: str, detail: str, hard_limit: float
 ) -> tuple[str, str, str]:
     """Settles a delivery whose child died: ``cause`` is ``lost`` (the process exited, ``detail``
-    says how) or ``timeout`` (killed at the hard time limit ``hard_limit``).
+    says how) or ``timeout`` (killed at the hard time limit ``hard_limit``); or, in a threads or
+    solo pool, whose task raised ``SystemExit`` (``cause`` ``in_process``, ``detail`` its repr).
 
     Runs Celery's MainProcess handling: ``WorkerLostError`` through ``on_failure`` (which
     covers ``acks_late``, ``reject_on_worker_lost`` and ``retry_on_worker_lost``), or
@@ -529,8 +530,11 @@ def post_mortem(
     if cause == "timeout":
         req.on_timeout(False, hard_limit)
         return recorder.decision, "FAILURE", ""
+    # ``in_process``: a threads or solo pool task raised SystemExit; Celery's ``apply_target``
+    # turns it into ``WorkerLostError(repr(exc))`` and the pool goes on.
+    message = detail if cause == "in_process" else f"Worker exited prematurely: {detail}."
     try:
-        raise WorkerLostError(f"Worker exited prematurely: {detail}.")
+        raise WorkerLostError(message)
     except WorkerLostError:
         einfo = ExceptionInfo()
     req.on_failure(einfo)

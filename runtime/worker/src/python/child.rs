@@ -130,7 +130,7 @@ pub fn main(args: &ChildArgs) -> ExitCode {
                     (source.clone(), writer.clone(), Python::attach(|py| worker.clone_ref(py)));
                 std::thread::Builder::new()
                     .name(format!("celeriac-task-{i}"))
-                    .spawn(move || Python::attach(|py| task_loop(py, &worker, &source, &writer)))
+                    .spawn(move || Python::attach(|py| task_loop(py, &worker, &source, &writer, true)))
                     .ok()
             })
             .collect();
@@ -138,7 +138,7 @@ pub fn main(args: &ChildArgs) -> ExitCode {
     } else {
         // One task thread, the main one: it reads its jobs itself (no hand-off per job).
         let source = Source::Socket(Mutex::new(BufReader::new(reader)), announce.clone());
-        Python::attach(|py| task_loop(py, &worker, &source, &writer))
+        Python::attach(|py| task_loop(py, &worker, &source, &writer, args.pool == "solo"))
     };
     if let Some(code) = code {
         // A task raised SystemExit: leave as billiard's child would; the worker treats the
@@ -287,7 +287,13 @@ fn next_work(reader: &mut BufReader<UnixStream>, announce: &Mutex<Option<bool>>)
 }
 
 /// Runs jobs until there are no more; `Some(code)` if a task asked the process to exit.
-fn task_loop(py: Python<'_>, worker: &Py<PyModule>, source: &Source, writer: &Writer) -> Option<u8> {
+fn task_loop(
+    py: Python<'_>,
+    worker: &Py<PyModule>,
+    source: &Source,
+    writer: &Writer,
+    in_process_exit: bool,
+) -> Option<u8> {
     let worker = worker.bind(py);
     loop {
         let work = py.detach(|| source.next());
@@ -304,7 +310,18 @@ fn task_loop(py: Python<'_>, worker: &Py<PyModule>, source: &Source, writer: &Wr
                 continue;
             }
             Work::Job(ToChild::Job { seq, queue, redelivered }, envelope) => {
-                (seq, worker.call_method1("run", (PyBytes::new(py, &envelope), queue, redelivered)))
+                let result = worker.call_method1("run", (PyBytes::new(py, &envelope), queue.as_str(), redelivered));
+                match result {
+                    // As Celery's threads and solo pools do (`apply_target`), a task's SystemExit
+                    // fails that task with WorkerLostError and the pool goes on; a prefork child
+                    // exits, as billiard's does.
+                    Err(e) if in_process_exit && e.is_instance_of::<PySystemExit>(py) => {
+                        let detail = e.value(py).repr().map_or_else(|_| "SystemExit()".to_owned(), |r| r.to_string());
+                        let args = (PyBytes::new(py, &envelope), queue, redelivered, "in_process", detail, 0.0);
+                        (seq, worker.call_method1("post_mortem", args))
+                    }
+                    result => (seq, result),
+                }
             }
             Work::Job(ToChild::PostMortem { seq, queue, redelivered, cause, detail, hard_limit }, envelope) => (
                 seq,

@@ -2,9 +2,11 @@
 //! enforces time limits, replaces children that die or reach their recycling limits, and runs
 //! the post-mortem of a task whose child died.
 //!
-//! A child takes one job per task thread at a time (prefork and solo: one). Free task threads
-//! wait in one queue of slots; a job takes the first free slot, so jobs go to children in the
-//! order their run slots were granted.
+//! A job goes to an idle child if there is one. Otherwise (prefork and solo) it may queue behind
+//! the job a child is running, so the child goes from one task to the next without waiting for
+//! the worker, but only behind a job that started moments ago ([`QUEUE_BEHIND_AT_MOST`]): a job
+//! never waits behind a long task while another child could take it. The threads pool runs one
+//! job per thread.
 
 use std::{
     collections::HashMap,
@@ -163,6 +165,9 @@ enum Reply {
     NotStarted,
 }
 
+/// A job queues behind the one a child runs only if that one started less than this long ago.
+const QUEUE_BEHIND_AT_MOST: Duration = Duration::from_millis(20);
+
 struct Child {
     index: usize,
     pid: u32,
@@ -172,15 +177,51 @@ struct Child {
     /// Jobs sent and not answered, in the order they were written (a child with one task
     /// thread runs them in that order).
     sent: Mutex<std::collections::VecDeque<u64>>,
-    /// Being replaced: takes no new jobs; its exit is expected.
-    retiring: AtomicBool,
+    /// The jobs it holds, and whether it is being replaced (see [`Inner::take`]).
+    load: Mutex<Load>,
     killed_for_timeout: AtomicBool,
     gone: CancellationToken,
 }
 
+/// What a child holds. Taking a job and retiring the child both happen under this lock, so a
+/// retiring child's shutdown frame is written only once no job is on its way to it.
+#[derive(Debug, Default)]
+struct Load {
+    /// Jobs taken with [`Inner::take`] and not yet answered.
+    outstanding: usize,
+    /// Whether one of them has a time limit (it then runs alone).
+    limited: bool,
+    /// When the job it runs now started (prefork and solo).
+    busy_since: Option<Instant>,
+    /// Being replaced: takes no new jobs; its exit is expected.
+    retiring: bool,
+    /// Its shutdown frame is on its way.
+    shutdown_sent: bool,
+}
+
 impl Child {
-    fn usable(&self) -> bool {
-        !self.gone.is_cancelled() && !self.retiring.load(Ordering::Relaxed)
+    fn load(&self) -> std::sync::MutexGuard<'_, Load> {
+        self.load.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn retiring(&self) -> bool {
+        self.load().retiring
+    }
+
+    /// Sends the shutdown frame (once) if the child is retiring and holds no job.
+    fn shut_down_if_idle(self: &Arc<Self>) {
+        let now = {
+            let mut load = self.load();
+            let now = load.retiring && load.outstanding == 0 && !load.shutdown_sent;
+            load.shutdown_sent |= now;
+            now
+        };
+        if now {
+            let child = self.clone();
+            tokio::spawn(async move {
+                let _ = child.send(&ToChild::Shutdown { announce_worker: false }, b"").await;
+            });
+        }
     }
 
     fn name(&self, kind: PoolKind) -> String {
@@ -209,8 +250,8 @@ impl Child {
 struct Inner {
     config: PoolConfig,
     tasks: HashMap<String, TaskInfo>,
-    /// The children in service, with their load (see [`Inner::take`]).
-    children: Mutex<Vec<Option<Slot>>>,
+    /// The children in service (see [`Inner::take`]).
+    children: Mutex<Vec<Option<Arc<Child>>>>,
     /// Signalled whenever a child takes a job less, or joins.
     freed: tokio::sync::Notify,
     respawn: mpsc::UnboundedSender<usize>,
@@ -365,8 +406,7 @@ impl PythonPool {
 
     /// Sends `worker_ready` (from the first child).
     pub async fn announce_ready(&self) {
-        let first =
-            self.inner.children.lock().ok().and_then(|c| c.first().and_then(|s| s.as_ref().map(|s| s.child.clone())));
+        let first = self.inner.children.lock().ok().and_then(|c| c.first().cloned().flatten());
         if let Some(child) = first {
             let _ = child.send(&ToChild::Ready, b"").await;
         }
@@ -376,12 +416,8 @@ impl PythonPool {
     /// signals and exits; what is left after `grace` is killed.
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.stopping.cancel();
-        let children: Vec<Arc<Child>> = self
-            .inner
-            .children
-            .lock()
-            .map(|c| c.iter().flatten().map(|s| s.child.clone()).collect())
-            .unwrap_or_default();
+        let children: Vec<Arc<Child>> =
+            self.inner.children.lock().map(|c| c.iter().flatten().cloned().collect()).unwrap_or_default();
         for child in &children {
             let _ = child.send(&ToChild::Shutdown { announce_worker: child.index == 0 }, b"").await;
         }
@@ -446,7 +482,7 @@ async fn spawn(inner: &Inner, index: usize) -> Result<((Arc<Child>, ChildReader)
         pending: Mutex::new(HashMap::new()),
         jobs_done: AtomicU64::new(0),
         sent: Mutex::default(),
-        retiring: AtomicBool::new(false),
+        load: Mutex::default(),
         killed_for_timeout: AtomicBool::new(false),
         gone: CancellationToken::new(),
     });
@@ -458,13 +494,18 @@ struct ChildReader {
     process: tokio::process::Child,
 }
 
-/// A child in service and the jobs it holds.
-struct Slot {
+/// A job taken from a child with [`Inner::take`]; dropping it, on any path (a panic included),
+/// gives the child's capacity back.
+struct Taken<'a> {
+    inner: &'a Inner,
     child: Arc<Child>,
-    /// Jobs sent and not answered.
-    outstanding: usize,
-    /// Whether one of them has a time limit (it then runs alone: see [`Inner::take`]).
     limited: bool,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        self.inner.release(&self.child, self.limited);
+    }
 }
 
 impl Inner {
@@ -472,65 +513,84 @@ impl Inner {
     fn adopt(self: &Arc<Self>, child: Arc<Child>, reader: ChildReader) {
         if let Ok(mut children) = self.children.lock() {
             if let Some(slot) = children.get_mut(child.index) {
-                *slot = Some(Slot { child: child.clone(), outstanding: 0, limited: false });
+                *slot = Some(child.clone());
             }
         }
         self.freed.notify_waiters();
         tokio::spawn(read_replies(self.clone(), child, reader));
     }
 
-    /// How many jobs a child may hold. The threads pool: one per thread. prefork and solo: the
-    /// running job plus one queued behind it, so the child goes from one task to the next
-    /// without waiting for the worker; but a job with a time limit runs alone (its timers start
-    /// when it is sent, and a hard limit kills the whole child).
+    /// A child for a job, if one can take it now: an idle child first (the threads pool: the
+    /// child with the fewest jobs, one per thread). prefork and solo may also queue one job
+    /// behind the running one, so the child goes from one task to the next without waiting for
+    /// the worker, but only behind a job that started less than [`QUEUE_BEHIND_AT_MOST`] ago,
+    /// and neither a job with a time limit nor one behind it (its timers start when it is sent,
+    /// and a hard limit kills the whole child).
     fn take(&self, limited: bool) -> Option<Arc<Child>> {
-        let mut children = self.children.lock().ok()?;
+        let children = self.children.lock().ok()?;
         let threads = self.config.concurrency.max(1);
         let max_tasks = self.config.max_tasks_per_child;
         let kind = self.config.kind;
-        let best = children
-            .iter_mut()
-            .flatten()
-            .filter(|s| s.child.usable())
-            .filter(|s| match kind {
-                PoolKind::Threads => s.outstanding < threads,
-                PoolKind::Prefork | PoolKind::Solo => {
-                    let room = max_tasks
-                        .is_none_or(|max| s.child.jobs_done.load(Ordering::Relaxed) + (s.outstanding as u64) < max);
-                    room && (s.outstanding == 0 || (s.outstanding == 1 && !s.limited && !limited))
-                }
-            })
-            .min_by_key(|s| s.outstanding)?;
-        best.outstanding += 1;
-        best.limited |= limited;
-        Some(best.child.clone())
+        let now = Instant::now();
+        let mut best: Option<(&Arc<Child>, std::sync::MutexGuard<'_, Load>)> = None;
+        for child in children.iter().flatten().filter(|c| !c.gone.is_cancelled()) {
+            let load = child.load();
+            let eligible = !load.retiring
+                && match kind {
+                    PoolKind::Threads => load.outstanding < threads,
+                    PoolKind::Prefork | PoolKind::Solo => {
+                        let done = child.jobs_done.load(Ordering::Relaxed);
+                        let room = max_tasks.is_none_or(|max| done + (load.outstanding as u64) < max);
+                        let queue_behind = load.outstanding == 1
+                            && !load.limited
+                            && !limited
+                            && load.busy_since.is_some_and(|t| now.saturating_duration_since(t) < QUEUE_BEHIND_AT_MOST);
+                        room && (load.outstanding == 0 || queue_behind)
+                    }
+                };
+            if eligible && best.as_ref().is_none_or(|(_, b)| load.outstanding < b.outstanding) {
+                best = Some((child, load));
+            }
+        }
+        let (child, mut load) = best?;
+        if load.outstanding == 0 {
+            load.busy_since = Some(now);
+        }
+        load.outstanding += 1;
+        load.limited |= limited;
+        Some(child.clone())
     }
 
     /// A child answered (or lost) a job it took with [`Inner::take`].
     fn release(&self, child: &Arc<Child>, limited: bool) {
-        if let Ok(mut children) = self.children.lock() {
-            if let Some(Some(slot)) = children.get_mut(child.index) {
-                if Arc::ptr_eq(&slot.child, child) {
-                    slot.outstanding = slot.outstanding.saturating_sub(1);
-                    if limited {
-                        slot.limited = false;
-                    }
-                }
+        {
+            let mut load = child.load();
+            load.outstanding = load.outstanding.saturating_sub(1);
+            if limited {
+                load.limited = false;
             }
+            // The job queued behind the answered one starts now.
+            load.busy_since = (load.outstanding > 0).then(Instant::now);
         }
+        child.shut_down_if_idle();
         self.freed.notify_waiters();
     }
 
-    /// A child that can take the job, waiting until one can.
-    async fn checkout(&self, limited: bool) -> Arc<Child> {
+    /// A child that can take the job, waiting until one can. A job queued behind another is
+    /// not taken later than [`QUEUE_BEHIND_AT_MOST`] after that one started, so this also
+    /// wakes up then.
+    async fn checkout(&self, limited: bool) -> Taken<'_> {
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
             if let Some(child) = self.take(limited) {
-                return child;
+                return Taken { inner: self, child, limited };
             }
-            freed.await;
+            tokio::select! {
+                () = freed => {}
+                () = tokio::time::sleep(QUEUE_BEHIND_AT_MOST) => {}
+            }
         }
     }
 
@@ -539,7 +599,8 @@ impl Inner {
     async fn dispatch(&self, msg: ToChild, seq: u64, raw: &[u8], limits: Limits, what: &str) -> (Arc<Child>, Reply) {
         let limited = self.config.kind.enforces_limits() && (limits.soft.is_some() || limits.hard.is_some());
         loop {
-            let child = self.checkout(limited).await;
+            let taken = self.checkout(limited).await;
+            let child = taken.child.clone();
             let (tx, rx) = oneshot::channel();
             if let Ok(mut pending) = child.pending.lock() {
                 pending.insert(seq, tx);
@@ -549,13 +610,12 @@ impl Inner {
                 if let Ok(mut pending) = child.pending.lock() {
                     pending.remove(&seq);
                 }
-                self.release(&child, limited);
                 continue;
             }
             // A failed write means the child died; its reader then answers this job.
             let _ = child.send_job(seq, &msg, raw).await;
             let reply = self.await_reply(&child, rx, limits, what).await;
-            self.release(&child, limited);
+            drop(taken);
             if matches!(reply, Reply::NotStarted) {
                 continue;
             }
@@ -571,9 +631,10 @@ impl Inner {
         let mut hard_fired = false;
         tokio::pin!(rx);
         loop {
-            // The earlier of the limits still to fire (`true`: the soft one).
-            let soft_at = soft.map(|s| (started + s, true));
-            let hard_at = hard.filter(|_| !hard_fired).map(|h| (started + h, false));
+            // The earlier of the limits still to fire (`true`: the soft one). A limit too far
+            // away to represent as an instant never fires.
+            let soft_at = soft.and_then(|s| started.checked_add(s)).map(|at| (at, true));
+            let hard_at = hard.filter(|_| !hard_fired).and_then(|h| started.checked_add(h)).map(|at| (at, false));
             let deadline = match (soft_at, hard_at) {
                 (Some(s), Some(h)) => Some(if s.0 <= h.0 { s } else { h }),
                 (s, h) => s.or(h),
@@ -612,7 +673,13 @@ impl Inner {
         if config.kind == PoolKind::Prefork {
             let by_tasks = config.max_tasks_per_child.is_some_and(|max| done >= max);
             let by_memory = config.max_memory_per_child_kib.is_some_and(|max| max_rss_kib > max);
-            if (by_tasks || by_memory) && !child.retiring.swap(true, Ordering::Relaxed) {
+            let retire = {
+                let mut load = child.load();
+                let retire = (by_tasks || by_memory) && !load.retiring;
+                load.retiring |= retire;
+                retire
+            };
+            if retire {
                 if by_memory {
                     tracing::warn!(
                         "child process {} exceeded the memory limit ({max_rss_kib}KiB > {}KiB); replacing it",
@@ -623,10 +690,8 @@ impl Inner {
                     tracing::info!("child process {} ran {done} tasks (max tasks per child); replacing it", child.pid);
                 }
                 let _ = self.respawn.send(child.index);
-                let retired = child.clone();
-                tokio::spawn(async move {
-                    let _ = retired.send(&ToChild::Shutdown { announce_worker: false }, b"").await;
-                });
+                // Its shutdown frame goes once it holds no job (now, or when the last is answered).
+                child.shut_down_if_idle();
             }
         }
     }
@@ -733,7 +798,7 @@ async fn read_replies(inner: Arc<Inner>, child: Arc<Child>, mut reader: ChildRea
     let status = reader.process.wait().await;
     child.gone.cancel();
     let detail = status.map(human_status).unwrap_or_else(|e| format!("unknown status ({e})"));
-    let expected = child.retiring.load(Ordering::Relaxed) || inner.stopping.is_cancelled();
+    let expected = child.retiring() || inner.stopping.is_cancelled();
     let pending: Vec<_> = child.pending.lock().map(|mut p| p.drain().collect()).unwrap_or_default();
     if !expected || !pending.is_empty() {
         tracing::error!("Process '{}' pid:{} exited with '{detail}'", child.name(inner.config.kind), child.pid);
