@@ -26,9 +26,18 @@ pub enum DecodeError {
     /// The body names a compression celeriac cannot undo.
     #[error("headers.compression: unsupported compression {0:?} (supported: application/x-gzip, gzip, zlib)")]
     UnsupportedCompression(String),
-    /// The compressed body is corrupt or inflates beyond the size limit.
+    /// The compressed body is corrupt.
     #[error("body: decompression failed: {0}")]
     Decompress(String),
+    /// The message is beyond the decoder's [`crate::Limits`]: a body that inflates beyond
+    /// `max_inflated_body`, or an envelope or body whose values exceed `max_decoded_size`.
+    #[error("{part}: too large: {problem}")]
+    TooLarge {
+        /// `envelope` or `body`.
+        part: &'static str,
+        /// Which limit, and its value.
+        problem: String,
+    },
     /// The content type is not in the worker's accept list (Celery's `ContentDisallowed`).
     #[error(
         "content-type: refusing to deserialize disallowed content of type {content_type:?} (accepted: {accepted})"
@@ -57,6 +66,7 @@ impl DecodeError {
     pub fn reason_code(&self) -> &'static str {
         match self {
             DecodeError::ContentDisallowed { .. } | DecodeError::UnsupportedContentType(_) => "content_disallowed",
+            DecodeError::TooLarge { .. } => "too_large",
             _ => "undecodable",
         }
     }

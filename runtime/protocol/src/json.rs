@@ -2,7 +2,8 @@
 //!
 //! Reading is lenient the way `json.loads` is: integers of any size, bare `NaN`, `Infinity` and
 //! `-Infinity`, and kombu's `{"__type__", "__value__"}` markers turned into typed [`Value`]s. It
-//! never panics: nesting is bounded and every error carries the byte offset.
+//! never panics: nesting is bounded, the decoded size is bounded by a [`Budget`] (64 MiB by
+//! default), and every error carries the byte offset.
 //!
 //! Writing matches `json.dumps` with its defaults (`ensure_ascii=True`, separators `", "` and
 //! `": "`, `repr()` floats, bare `NaN`), which is what Celery puts on the wire, so a body that
@@ -13,7 +14,10 @@ use std::fmt::Write as _;
 use base64::Engine as _;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 
-use crate::value::{Map, Value};
+use crate::{
+    limits::Budget,
+    value::{Map, Value},
+};
 
 /// The deepest nesting accepted on input; deeper documents are rejected, never overflow the stack.
 pub const MAX_DEPTH: usize = 512;
@@ -28,12 +32,22 @@ pub struct JsonError {
     pub message: String,
 }
 
-/// Reads one JSON document (kombu flavour) from `input`.
+/// Reads one JSON document (kombu flavour) from `input`, within the default [`Budget`].
 ///
 /// # Errors
-/// [`JsonError`] for malformed input, trailing data, or nesting deeper than [`MAX_DEPTH`].
+/// [`JsonError`] for malformed input, trailing data, nesting deeper than [`MAX_DEPTH`], or a
+/// document that decodes to more than [`crate::limits::DEFAULT_MAX_DECODED_SIZE`] bytes.
 pub fn from_slice(input: &[u8]) -> Result<Value, JsonError> {
-    let mut reader = Reader { input, pos: 0 };
+    from_slice_with_budget(input, &mut Budget::default())
+}
+
+/// Reads one JSON document (kombu flavour) from `input`, charging what it builds to `budget`.
+///
+/// # Errors
+/// As [`from_slice`]; when the document is abandoned because it crossed the budget's limit,
+/// [`Budget::exceeded`] is true afterwards.
+pub fn from_slice_with_budget(input: &[u8], budget: &mut Budget) -> Result<Value, JsonError> {
+    let mut reader = Reader { input, pos: 0, budget };
     reader.skip_ws();
     let value = reader.value(0)?;
     reader.skip_ws();
@@ -65,14 +79,24 @@ pub fn to_string(value: &Value) -> String {
     out
 }
 
-struct Reader<'a> {
+struct Reader<'a, 'b> {
     input: &'a [u8],
     pos: usize,
+    budget: &'b mut Budget,
 }
 
-impl Reader<'_> {
+impl Reader<'_, '_> {
     fn error(&self, message: impl Into<String>) -> JsonError {
         JsonError { offset: self.pos, message: message.into() }
+    }
+
+    /// Charges `bytes` to the budget; an error once it is exhausted.
+    fn charge(&mut self, bytes: usize) -> Result<(), JsonError> {
+        if self.budget.charge(bytes) {
+            Ok(())
+        } else {
+            Err(self.error(format!("decoded size exceeds the limit of {} bytes", self.budget.limit())))
+        }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -98,6 +122,7 @@ impl Reader<'_> {
         if depth > MAX_DEPTH {
             return Err(self.error(format!("nesting deeper than {MAX_DEPTH} levels")));
         }
+        self.charge(Budget::NODE)?;
         match self.peek() {
             None => Err(self.error("unexpected end of input")),
             Some(b'{') => self.object(depth),
@@ -128,6 +153,7 @@ impl Reader<'_> {
                 return Err(self.error("expected a string key"));
             }
             let key = self.string()?;
+            self.charge(Budget::ENTRY)?;
             self.skip_ws();
             if self.peek() != Some(b':') {
                 return Err(self.error("expected ':' after an object key"));
@@ -219,6 +245,7 @@ impl Reader<'_> {
         } else if let Ok(i) = text.parse::<i64>() {
             Ok(Value::Int(i))
         } else {
+            self.charge(text.len())?;
             Ok(Value::BigInt(text.to_owned()))
         }
     }
@@ -266,6 +293,7 @@ impl Reader<'_> {
                 other => out.push(other),
             }
         }
+        self.charge(out.len())?;
         String::from_utf8(out).map_err(|_| self.error("string is not valid UTF-8"))
     }
 

@@ -3,7 +3,8 @@
 //! The Celery wire format, with no IO: kombu's JSON (big integers, bare `NaN`, the `__type__`
 //! markers), the virtual-transport envelope, protocol-v2 headers and the `[args, kwargs, embed]`
 //! body (protocol 1 is read too). Decoding is total: any byte string yields a [`TaskMessage`] or a
-//! [`DecodeError`] naming the field at fault, never a panic. Encoding reproduces the bytes Celery
+//! [`DecodeError`] naming the field at fault, never a panic, and bounded: [`Limits`] caps the
+//! inflated body and the size of the decoded values. Encoding reproduces the bytes Celery
 //! 5.7 writes, so Python clients and workers cannot tell celeriac's messages from their own.
 //!
 //! ```
@@ -20,12 +21,14 @@
 pub mod de;
 pub mod error;
 pub mod json;
+pub mod limits;
 pub mod message;
 pub mod msgpack;
 pub mod pyrepr;
 pub mod value;
 
 pub use error::{DecodeError, EncodeError};
+pub use limits::{Budget, Limits};
 pub use message::{
     encode_task, Accept, DeliveryInfo, Embed, EncodedTask, Envelope, Expires, ProtocolVersion, TaskHeaders,
     TaskMessage, TaskOptions, TimeLimit, CONTENT_TYPE_JSON, DEFAULT_QUEUE,

@@ -20,6 +20,7 @@ use chrono::{DateTime, Duration, FixedOffset, Utc};
 use crate::{
     error::{DecodeError, EncodeError},
     json,
+    limits::{Budget, Limits},
     pyrepr::{args_repr, kwargs_repr, REPR_MAX_SIZE},
     value::{Map, Value},
 };
@@ -30,8 +31,9 @@ pub const CONTENT_TYPE_JSON: &str = "application/json";
 pub const CONTENT_TYPE_MSGPACK: &str = "application/x-msgpack";
 /// The queue Celery publishes to when none is given.
 pub const DEFAULT_QUEUE: &str = "celery";
-/// The largest body celeriac inflates from a compressed message (64 MiB).
-pub const MAX_INFLATED_BODY: u64 = 64 * 1024 * 1024;
+/// The largest body celeriac inflates from a compressed message by default (64 MiB; see
+/// [`Limits::max_inflated_body`]).
+pub const MAX_INFLATED_BODY: u64 = crate::limits::DEFAULT_MAX_INFLATED_BODY;
 
 /// The content types a worker deserializes (Celery's `accept_content`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,12 +99,27 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// Parses envelope JSON.
+    /// Parses envelope JSON, within the default [`Limits`].
     ///
     /// # Errors
     /// When the bytes are not a JSON object or a required key has the wrong type.
     pub fn parse(payload: &[u8]) -> Result<Envelope, DecodeError> {
-        let value = json::from_slice(payload).map_err(DecodeError::EnvelopeJson)?;
+        Envelope::parse_with_limits(payload, &Limits::default())
+    }
+
+    /// Parses envelope JSON whose decoded values take at most `limits.max_decoded_size` bytes.
+    ///
+    /// # Errors
+    /// As [`Envelope::parse`], or [`DecodeError::TooLarge`].
+    pub fn parse_with_limits(payload: &[u8], limits: &Limits) -> Result<Envelope, DecodeError> {
+        let mut budget = Budget::new(limits.max_decoded_size);
+        let value = json::from_slice_with_budget(payload, &mut budget).map_err(|e| {
+            if budget.exceeded() {
+                DecodeError::TooLarge { part: "envelope", problem: e.message }
+            } else {
+                DecodeError::EnvelopeJson(e)
+            }
+        })?;
         let Value::Map(mut map) = value else {
             return Err(DecodeError::field("envelope", format!("expected a JSON object, found {}", value.kind())));
         };
@@ -126,7 +143,11 @@ impl Envelope {
     /// # Errors
     /// As [`Envelope::parse`], or [`DecodeError::ContentDisallowed`].
     pub fn parse_accepted(payload: &[u8], accept: &Accept) -> Result<Envelope, DecodeError> {
-        let envelope = Envelope::parse(payload)?;
+        Envelope::parse_accepted_with_limits(payload, accept, &Limits::default())
+    }
+
+    fn parse_accepted_with_limits(payload: &[u8], accept: &Accept, limits: &Limits) -> Result<Envelope, DecodeError> {
+        let envelope = Envelope::parse_with_limits(payload, limits)?;
         if !accept.allows(&envelope.content_type) {
             return Err(DecodeError::ContentDisallowed {
                 content_type: envelope.content_type,
@@ -157,11 +178,20 @@ impl Envelope {
     }
 
     /// The serialized body bytes: base64-decoded when the body encoding says so, then
-    /// decompressed per `headers.compression`.
+    /// decompressed per `headers.compression` (at most [`MAX_INFLATED_BODY`] bytes).
     ///
     /// # Errors
-    /// Bad base64, an unknown compression, or a corrupt or oversized compressed stream.
+    /// Bad base64, an unknown compression, a corrupt compressed stream, or
+    /// [`DecodeError::TooLarge`] for one that inflates beyond the limit.
     pub fn body_bytes(&self) -> Result<Vec<u8>, DecodeError> {
+        self.body_bytes_with_limits(&Limits::default())
+    }
+
+    /// [`Envelope::body_bytes`], inflating at most `limits.max_inflated_body` bytes.
+    ///
+    /// # Errors
+    /// As [`Envelope::body_bytes`].
+    pub fn body_bytes_with_limits(&self, limits: &Limits) -> Result<Vec<u8>, DecodeError> {
         let encoding = self.properties.get("body_encoding").and_then(Value::as_str);
         let raw = match encoding {
             Some("base64") => base64::engine::general_purpose::STANDARD
@@ -171,10 +201,39 @@ impl Envelope {
         };
         match self.headers.get("compression") {
             None | Some(Value::Null) => Ok(raw),
-            Some(Value::Str(c)) => decompress(c, &raw),
+            Some(Value::Str(c)) => decompress(c, &raw, limits.max_inflated_body),
             Some(other) => {
                 Err(DecodeError::field("headers.compression", format!("expected a string, found {}", other.kind())))
             }
+        }
+    }
+
+    /// The deserialized body, for the content types celeriac decodes natively (JSON with
+    /// kombu's markers, msgpack), within `limits`: the inflated size of a compressed body and
+    /// the decoded size of the value tree are both bounded. Does not check the accept list.
+    ///
+    /// # Errors
+    /// As [`Envelope::body_bytes_with_limits`]; [`DecodeError::BodyJson`] or a `body` field
+    /// error for a malformed body; [`DecodeError::TooLarge`];
+    /// [`DecodeError::UnsupportedContentType`] for other content types.
+    pub fn decode_body(&self, limits: &Limits) -> Result<Value, DecodeError> {
+        let too_large = |problem: String| DecodeError::TooLarge { part: "body", problem };
+        let mut budget = Budget::new(limits.max_decoded_size);
+        match self.content_type.as_str() {
+            CONTENT_TYPE_JSON => json::from_slice_with_budget(&self.body_bytes_with_limits(limits)?, &mut budget)
+                .map_err(|e| if budget.exceeded() { too_large(e.message) } else { DecodeError::BodyJson(e) }),
+            CONTENT_TYPE_MSGPACK => {
+                crate::msgpack::from_slice_with_budget(&self.body_bytes_with_limits(limits)?, &mut budget).map_err(
+                    |e| {
+                        if budget.exceeded() {
+                            too_large(e)
+                        } else {
+                            DecodeError::field("body", format!("invalid msgpack: {e}"))
+                        }
+                    },
+                )
+            }
+            _ => Err(DecodeError::UnsupportedContentType(self.content_type.clone())),
         }
     }
 }
@@ -195,16 +254,19 @@ fn take_map(map: &mut Map, key: &str) -> Result<Map, DecodeError> {
     }
 }
 
-fn decompress(compression: &str, raw: &[u8]) -> Result<Vec<u8>, DecodeError> {
+fn decompress(compression: &str, raw: &[u8], max_inflated: u64) -> Result<Vec<u8>, DecodeError> {
     match compression {
         "application/x-gzip" | "gzip" | "zlib" => {
             let mut out = Vec::new();
             flate2::read::ZlibDecoder::new(raw)
-                .take(MAX_INFLATED_BODY + 1)
+                .take(max_inflated.saturating_add(1))
                 .read_to_end(&mut out)
                 .map_err(|e| DecodeError::Decompress(e.to_string()))?;
-            if out.len() as u64 > MAX_INFLATED_BODY {
-                return Err(DecodeError::Decompress(format!("inflates beyond {MAX_INFLATED_BODY} bytes")));
+            if out.len() as u64 > max_inflated {
+                return Err(DecodeError::TooLarge {
+                    part: "body",
+                    problem: format!("inflates beyond the limit of {max_inflated} bytes"),
+                });
             }
             Ok(out)
         }
@@ -311,19 +373,24 @@ pub struct TaskMessage {
 }
 
 impl TaskMessage {
-    /// Decodes a stored envelope into a task, enforcing `accept`.
+    /// Decodes a stored envelope into a task, enforcing `accept`, within the default
+    /// [`Limits`].
     ///
     /// # Errors
     /// A [`DecodeError`] naming the field at fault; never panics on any input.
     pub fn decode(payload: &[u8], accept: &Accept) -> Result<TaskMessage, DecodeError> {
-        let envelope = Envelope::parse_accepted(payload, accept)?;
-        let content_type = envelope.content_type.clone();
-        let body = match content_type.as_str() {
-            CONTENT_TYPE_JSON => json::from_slice(&envelope.body_bytes()?).map_err(DecodeError::BodyJson)?,
-            CONTENT_TYPE_MSGPACK => crate::msgpack::from_slice(&envelope.body_bytes()?)
-                .map_err(|e| DecodeError::field("body", format!("invalid msgpack: {e}")))?,
-            _ => return Err(DecodeError::UnsupportedContentType(content_type)),
-        };
+        TaskMessage::decode_with_limits(payload, accept, &Limits::default())
+    }
+
+    /// [`TaskMessage::decode`] within `limits`: the envelope and the body each decode to at
+    /// most `limits.max_decoded_size` bytes of values, and a compressed body inflates to at
+    /// most `limits.max_inflated_body` bytes.
+    ///
+    /// # Errors
+    /// As [`TaskMessage::decode`]; [`DecodeError::TooLarge`] beyond the limits.
+    pub fn decode_with_limits(payload: &[u8], accept: &Accept, limits: &Limits) -> Result<TaskMessage, DecodeError> {
+        let envelope = Envelope::parse_accepted_with_limits(payload, accept, limits)?;
+        let body = envelope.decode_body(limits)?;
         let delivery_info = delivery_info(&envelope.properties)?;
         if envelope.headers.contains_key("task") {
             let headers = parse_headers(&envelope.headers)?;
@@ -348,16 +415,17 @@ impl TaskMessage {
                 ));
             }
             let headers = parse_headers(&merged)?;
-            let args = match merged.get("args") {
+            // The merged dict is dropped below: its parts move out, they are not copied.
+            let args = match merged.swap_remove("args") {
                 None | Some(Value::Null) => Vec::new(),
-                Some(Value::List(l)) => l.clone(),
+                Some(Value::List(l)) => l,
                 Some(other) => {
                     return Err(DecodeError::field("body.args", format!("expected a list, found {}", other.kind())))
                 }
             };
-            let kwargs = match merged.get("kwargs") {
+            let kwargs = match merged.swap_remove("kwargs") {
                 None | Some(Value::Null) => Map::new(),
-                Some(Value::Map(m)) => m.clone(),
+                Some(Value::Map(m)) => m,
                 Some(other) => {
                     return Err(DecodeError::field(
                         "body.kwargs",
@@ -365,7 +433,7 @@ impl TaskMessage {
                     ))
                 }
             };
-            let get = |k: &str| merged.get(k).cloned().unwrap_or(Value::Null);
+            let mut get = |k: &str| merged.swap_remove(k).unwrap_or(Value::Null);
             let embed = Embed {
                 callbacks: get("callbacks"),
                 errbacks: get("errbacks"),
@@ -385,7 +453,20 @@ impl TaskMessage {
     /// # Errors
     /// A [`DecodeError`] naming the field at fault; never panics on any input.
     pub fn decode_head(payload: &[u8], accept: &Accept) -> Result<TaskMessage, DecodeError> {
-        let envelope = Envelope::parse_accepted(payload, accept)?;
+        TaskMessage::decode_head_with_limits(payload, accept, &Limits::default())
+    }
+
+    /// [`TaskMessage::decode_head`] within `limits` (the envelope decodes to at most
+    /// `limits.max_decoded_size` bytes of values).
+    ///
+    /// # Errors
+    /// As [`TaskMessage::decode_head`]; [`DecodeError::TooLarge`] beyond the limits.
+    pub fn decode_head_with_limits(
+        payload: &[u8],
+        accept: &Accept,
+        limits: &Limits,
+    ) -> Result<TaskMessage, DecodeError> {
+        let envelope = Envelope::parse_accepted_with_limits(payload, accept, limits)?;
         if !envelope.headers.contains_key("task") {
             return Err(DecodeError::UnsupportedContentType(envelope.content_type));
         }
@@ -620,8 +701,8 @@ fn parse_v2_body(body: Value) -> Result<(Vec<Value>, Map, Embed), DecodeError> {
     };
     let embed = match embed_value {
         Value::Null => Embed::default(),
-        Value::Map(m) => {
-            let get = |k: &str| m.get(k).cloned().unwrap_or(Value::Null);
+        Value::Map(mut m) => {
+            let mut get = |k: &str| m.swap_remove(k).unwrap_or(Value::Null);
             Embed { callbacks: get("callbacks"), errbacks: get("errbacks"), chain: get("chain"), chord: get("chord") }
         }
         other => {

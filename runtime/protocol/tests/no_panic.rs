@@ -131,3 +131,41 @@ fn swapped_field_types_never_panic() {
         }
     }
 }
+
+#[test]
+fn deepest_accepted_nesting_fits_a_default_thread_stack() {
+    // Rust and tokio threads get 2 MiB of stack; the deepest documents either decoder accepts,
+    // in a full message decode (envelope, then body), and their drop, must fit in it even
+    // unoptimized. One level deeper is an error, never an overflow.
+    let depth = json::MAX_DEPTH;
+    let run = move || {
+        let accept = Accept::new(["json", "msgpack"]);
+        let lists = format!("[{}1{}, {{}}, {{}}]", "[".repeat(depth - 1), "]".repeat(depth - 1));
+        let maps = format!("[[{}1{}], {{}}, {{}}]", "{\"a\": ".repeat(depth - 2), "}".repeat(depth - 2));
+        let msgpack_lists: Vec<u8> =
+            [0x93].into_iter().chain(std::iter::repeat_n(0x91, depth - 1)).chain([0x01, 0x80, 0x80]).collect();
+        let msgpack_maps: Vec<u8> = [0x93, 0x91]
+            .into_iter()
+            .chain(std::iter::repeat_n([0x81, 0xa1, b'a'], depth - 2).flatten())
+            .chain([0x01, 0x80, 0x80])
+            .collect();
+        for (body, content_type) in [
+            (lists.as_bytes(), "application/json"),
+            (maps.as_bytes(), "application/json"),
+            (&msgpack_lists[..], "application/x-msgpack"),
+            (&msgpack_maps[..], "application/x-msgpack"),
+        ] {
+            let payload = format!(
+                r#"{{"body": "{}", "content-type": "{content_type}", "headers": {{"task": "t", "id": "1"}}, "properties": {{"body_encoding": "base64"}}}}"#,
+                base64::engine::general_purpose::STANDARD.encode(body)
+            );
+            let msg = TaskMessage::decode(payload.as_bytes(), &accept);
+            assert!(msg.is_ok(), "{content_type}: {msg:?}");
+        }
+        let too_deep = format!("{}1{}", "[".repeat(depth + 1), "]".repeat(depth + 1));
+        assert!(json::from_slice(too_deep.as_bytes()).is_err());
+        let too_deep: Vec<u8> = std::iter::repeat_n(0x91, depth + 1).chain([0x01]).collect();
+        assert!(celeriac_protocol::msgpack::from_slice(&too_deep).is_err());
+    };
+    std::thread::Builder::new().stack_size(2 << 20).spawn(run).unwrap().join().unwrap();
+}
