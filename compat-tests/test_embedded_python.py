@@ -97,6 +97,7 @@ def proj_worker(celeriac_bin: Path, proj: Proj, tmp_path: Path) -> Iterator[Call
         app: str = "proj",
         app_first: bool = False,
         env: dict[str, str] | None = None,
+        base_env: dict[str, str] | None = None,
     ) -> ProjWorker:
         n = len(workers) + 1
         common = ["--database-url", proj.database_url]
@@ -106,7 +107,7 @@ def proj_worker(celeriac_bin: Path, proj: Proj, tmp_path: Path) -> Iterator[Call
         if concurrency is not None:
             argv += ["-c", str(concurrency)]
         argv += [*extra_args]
-        worker_env = {**proj.env, **(env or {})}
+        worker_env = {**(proj.env if base_env is None else base_env), **(env or {})}
         worker = ProjWorker(argv, tmp_path / f"proj-worker{n}.log", cwd=SAMPLE_PROJ, env=worker_env)
         workers.append(worker)
         worker.wait_for(lambda: "ready." in worker.log(), 60, "the worker to load the app")
@@ -420,6 +421,27 @@ def test_a_time_limit_too_large_to_represent_is_no_limit(proj: Proj, proj_worker
     assert [proj.get(r) for r in rs] == [1, 2, 3]
     assert proj.get(proj.send("add", 20, 22)) == 42, "the worker stalled"
     assert "panic" not in worker.log()
+
+
+def test_the_database_password_stays_out_of_tasks_environments(
+    proj: Proj, proj_worker: Callable[..., ProjWorker]
+) -> None:
+    password = psycopg.conninfo.conninfo_to_dict(proj.database_url).get("password")
+    if not password:
+        pytest.skip("the test server's URL has no password")
+    # The worker's environment: the app's own result backend URL (which has the password), and
+    # none of the test run's variables.
+    app_setting = "PROJ_RESULT_BACKEND"
+    env = {k: v for k, v in proj.env.items() if password not in v or k == app_setting}
+    proj_worker(concurrency=1, base_env=env)
+    envs = proj.get(proj.send("environments"))
+    for where in ("task", "subprocess"):
+        environment = json.loads(envs[where])
+        assert environment["CELERY_BROKER_URL"].startswith("celeriac+postgresql://")
+        leaked = sorted(k for k, v in environment.items() if password in v and k != app_setting)
+        assert leaked == [], f"the password is in the {where}'s environment: {leaked}"
+    # Publishing from tasks still reaches the database with the password.
+    assert len(proj.get(proj.send("fan_out", 2))) == 3
 
 
 @pytest.mark.parametrize("pool", ["threads", "solo"])

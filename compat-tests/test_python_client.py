@@ -534,8 +534,11 @@ def test_unknown_option_raises(client: celeriac.Client, database_url: str) -> No
     [
         "postgresql://celeriac:hunter2-s3cret@127.0.0.1:1/queue",
         "host=127.0.0.1 port=1 user=celeriac password=hunter2-s3cret dbname=queue",
+        "host=127.0.0.1 port=1 user=celeriac password='hunter2 s3cret' dbname=queue",
+        "postgresql://celeriac:hunter2%2Fs3%3Fcret@127.0.0.1:1/queue",
+        "postgresql://celeriac@127.0.0.1:1/queue?password=hunter2-s3cret",
     ],
-    ids=["url", "key-value"],
+    ids=["url", "key-value", "key-value-quoted", "url-slash-question", "url-query-password"],
 )
 def test_unreachable_database_raises_connect_error_with_password_masked(url: str) -> None:
     with celeriac.Client(url, connect_timeout=1) as unreachable:

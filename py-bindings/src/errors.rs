@@ -67,21 +67,7 @@ pub fn store_error(error: &celeriac_store::Error, target: &str, doing: Doing) ->
     }
 }
 
-/// The URL with its password masked, for messages.
+/// The URL without its password (or any other option), for messages.
 pub fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        // key=value form: mask a password=… pair.
-        return url
-            .split_whitespace()
-            .map(|kv| if kv.starts_with("password=") { "password=***" } else { kv })
-            .collect::<Vec<_>>()
-            .join(" ");
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_owned() };
-    match rest[..at].find(':') {
-        Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &rest[..colon], &rest[at..]),
-        None => url.to_owned(),
-    }
+    celeriac_store::redact_url(url)
 }

@@ -28,5 +28,13 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(message::encode_task, m)?)?;
     m.add_function(wrap_pyfunction!(message::message_from_envelope, m)?)?;
     m.add_function(wrap_pyfunction!(message::encode_simple, m)?)?;
+    m.add_function(wrap_pyfunction!(redact_url, m)?)?;
     Ok(())
+}
+
+/// The connection string as it may be shown or put in an environment: user, hosts, ports and
+/// database, never the password (nor any other option).
+#[pyfunction]
+fn redact_url(url: &str) -> String {
+    celeriac_store::redact_url(url)
 }

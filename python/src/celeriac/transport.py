@@ -61,6 +61,18 @@ def _store(url: str, max_connections: int, connect_timeout: float) -> _native.St
         return store
 
 
+#: Full connection strings, by the password-less form that stands for them in a broker URL.
+_registered_urls: dict[str, str] = {}
+
+
+def register_url(url: str) -> None:
+    """Lets ``celeriac+<url without its password>`` connect with ``url``'s password.
+
+    celeriac's pool children get the broker URL in their environment without the password (every
+    process a task starts inherits that environment) and the full URL through this call."""
+    _registered_urls[_native.redact_url(url)] = url
+
+
 def _flag(value: Any) -> bool:
     """A boolean transport option, also from URL query text (``durable=false``)."""
     if isinstance(value, str):
@@ -284,6 +296,7 @@ class Transport(virtual.Transport):
         super().__init__(client, **kwargs)
         options = client.transport_options
         url = client.hostname or ""
+        url = _registered_urls.get(url, url)
         if "://" not in url and "=" not in url:
             raise _native.ConnectError(
                 "celeriac transport needs a database URL: celeriac+postgresql://user@host/dbname"

@@ -23,6 +23,8 @@ mod migrate;
 mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(test)]
+mod tests;
 mod worker;
 
 use std::{str::FromStr, time::Duration};
@@ -72,14 +74,74 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// TLS to PostgreSQL is not implemented: a URL that requires it is refused with this message
+/// rather than failing obscurely at the first connection.
+const NO_TLS: &str = "TLS connections to PostgreSQL are not supported yet; connect over a local socket, a private \
+                      network or a tunnel, with sslmode=disable (or no sslmode)";
+
+/// Parses a libpq URL or key=value string, refusing settings celeriac cannot honour.
+fn parse_url(url: &str) -> Result<tokio_postgres::Config> {
+    for mode in ["verify-ca", "verify-full"] {
+        if url.contains(&format!("sslmode={mode}")) || url.contains(&format!("sslmode='{mode}'")) {
+            return Err(Error::Config(format!("sslmode={mode}: {NO_TLS}")));
+        }
+    }
+    let config = tokio_postgres::Config::from_str(url)
+        .map_err(|e| Error::Config(format!("cannot read the database URL {}: {e}", redact_url(url))))?;
+    match config.get_ssl_mode() {
+        tokio_postgres::config::SslMode::Require => Err(Error::Config(format!("sslmode=require: {NO_TLS}"))),
+        // Also libpq's default: plaintext when the server offers no TLS. Said once, when asked
+        // for explicitly.
+        tokio_postgres::config::SslMode::Prefer if url.contains("sslmode=prefer") => {
+            tracing::warn!("sslmode=prefer: celeriac does not support TLS yet; connecting without encryption");
+            Ok(config)
+        }
+        _ => Ok(config),
+    }
+}
+
+/// The connection string as it may be shown: user, hosts, ports and database, never the password
+/// (nor any other option). A string that does not parse is not shown at all.
+#[must_use]
+pub fn redact_url(url: &str) -> String {
+    let Ok(config) = tokio_postgres::Config::from_str(url) else {
+        return "(a connection string that does not parse)".to_owned();
+    };
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let name = match host {
+                tokio_postgres::config::Host::Tcp(h) if h.contains(':') => format!("[{h}]"),
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string().replace('/', "%2F"),
+            };
+            match config.get_ports().get(i).or(config.get_ports().first()) {
+                Some(port) => format!("{name}:{port}"),
+                None => name,
+            }
+        })
+        .collect();
+    let user = config.get_user().map(|u| format!("{u}@")).unwrap_or_default();
+    let db = config.get_dbname().unwrap_or_default();
+    format!("postgresql://{user}{}/{db}", hosts.join(","))
+}
+
+/// Whether the connection string carries a password.
+#[must_use]
+pub fn url_has_password(url: &str) -> bool {
+    tokio_postgres::Config::from_str(url).is_ok_and(|c| c.get_password().is_some())
+}
+
 impl Store {
     /// Builds a store. Connections are opened lazily, so this succeeds while the server is down.
     ///
     /// # Errors
-    /// [`Error::Config`] when the URL does not parse.
+    /// [`Error::Config`] when the URL does not parse, or asks for TLS (not supported yet:
+    /// `sslmode=require`, `verify-ca`, `verify-full` are refused; `prefer` connects without).
     pub fn new(config: &StoreConfig) -> Result<Store> {
-        let mut pg_config =
-            tokio_postgres::Config::from_str(&config.database_url).map_err(|e| Error::Config(e.to_string()))?;
+        let mut pg_config = parse_url(&config.database_url)?;
         if pg_config.get_application_name().is_none() {
             pg_config.application_name("celeriac");
         }

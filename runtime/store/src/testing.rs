@@ -18,6 +18,11 @@
 //!
 //! [`PgCluster::start_private`] starts a cluster of the test's own, for tests that restart or
 //! stop the server.
+//!
+//! Access to the clusters started here: TCP on 127.0.0.1 with a random password
+//! (scram-sha-256, kept in `<dir>/password`, mode 600), the Unix socket in the data directory
+//! (the server's owner only). A cluster directory must be new or belong to us (or to the
+//! server's user) and be writable by nobody else, so that another local user cannot prepare it.
 
 use std::{
     fs::{self, File},
@@ -42,6 +47,7 @@ pub struct PgCluster {
     port: u16,
     owner: Option<(u32, u32)>,
     private: bool,
+    password: String,
 }
 
 fn bin_dir() -> io::Result<PathBuf> {
@@ -130,23 +136,58 @@ impl PgCluster {
     }
 
     fn prepare(dir: &Path, private: bool) -> io::Result<PgCluster> {
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
         let owner = server_owner()?;
-        fs::create_dir_all(dir)?;
+        if let Some(parent) = dir.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        match fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let meta = fs::symlink_metadata(dir)?;
+                let me = fs::metadata("/proc/self")?.uid();
+                let ours = meta.uid() == me || owner.is_some_and(|(uid, _)| uid == meta.uid());
+                if !meta.is_dir() || !ours || meta.permissions().mode() & 0o022 != 0 {
+                    return Err(io::Error::other(format!(
+                        "refusing {}: a test cluster directory must belong to us (or to the server's user) and be \
+                         writable by nobody else",
+                        dir.display()
+                    )));
+                }
+            }
+            Err(e) => return Err(e),
+        }
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
         }
-        Ok(PgCluster { dir: dir.to_path_buf(), bin: bin_dir()?, port: 0, owner, private })
+        let password = fs::read_to_string(dir.join("password")).map(|p| p.trim().to_owned()).unwrap_or_default();
+        Ok(PgCluster { dir: dir.to_path_buf(), bin: bin_dir()?, port: 0, owner, private, password })
     }
 
     fn init_and_start(&mut self) -> io::Result<()> {
-        if !self.data_dir().join("PG_VERSION").exists() {
+        if !self.data_dir().join("PG_VERSION").exists() || self.password.is_empty() {
             let _ = fs::remove_dir_all(self.data_dir());
             let data = self.data_dir();
+            self.password = uuid::Uuid::new_v4().simple().to_string();
+            let password_file = self.dir.join("password");
+            {
+                use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+                let _ = fs::remove_file(&password_file);
+                let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&password_file)?;
+                file.write_all(self.password.as_bytes())?;
+            }
+            // initdb reads it as the server's user.
+            if let Some((uid, gid)) = self.owner {
+                std::os::unix::fs::chown(&password_file, Some(uid), Some(gid))?;
+            }
+            let pwfile = format!("--pwfile={}", password_file.display());
             self.run(
                 self.command("initdb").arg("-D").arg(&data).args([
                     "-U",
                     "postgres",
-                    "--auth=trust",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    &pwfile,
                     "--no-sync",
                     "-E",
                     "UTF8",
@@ -234,7 +275,7 @@ impl PgCluster {
     /// URL of database `db` on this cluster.
     #[must_use]
     pub fn url(&self, db: &str) -> String {
-        format!("postgresql://postgres@127.0.0.1:{}/{db}", self.port)
+        format!("postgresql://postgres:{}@127.0.0.1:{}/{db}", self.password, self.port)
     }
 
     /// Stops the server (fast shutdown: connections are closed).

@@ -64,9 +64,17 @@ enum Work {
     Ready,
 }
 
+/// The environment variable that hands a child the broker's full URL (with its password). The
+/// child removes it from its environment before anything else runs, and registers the URL with
+/// the transport in-process (`celeriac.transport.register_url`), so that the password reaches
+/// neither the task's `os.environ` nor any process a task starts.
+pub const BROKER_SECRET_ENV: &str = "CELERIAC_BROKER_URL_SECRET";
+
 /// Runs the child; returns its exit code.
 #[must_use]
 pub fn main(args: &ChildArgs) -> ExitCode {
+    let broker_secret = std::env::var(BROKER_SECRET_ENV).ok();
+    std::env::remove_var(BROKER_SECRET_ENV);
     let parent = std::env::var("CELERIAC_PARENT_PID").ok().and_then(|p| p.parse().ok());
     match sys::die_with_parent(parent) {
         Ok(true) => {}
@@ -94,6 +102,14 @@ pub fn main(args: &ChildArgs) -> ExitCode {
     let writer: Writer = Arc::new(Mutex::new(BufWriter::new(socket)));
 
     Python::initialize();
+    if let Some(secret) = broker_secret {
+        let registered = Python::attach(|py| {
+            py.import("celeriac.transport").and_then(|t| t.call_method1("register_url", (secret,))).map(drop)
+        });
+        if let Err(e) = registered {
+            eprintln!("celeriac pool-child: cannot hand the broker URL to the transport: {e}");
+        }
+    }
     let worker = match Python::attach(|py| init(py, args)) {
         Ok((module, hello)) => {
             send(&writer, &FromChild::Hello { hello });

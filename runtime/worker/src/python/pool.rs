@@ -436,7 +436,14 @@ async fn spawn(inner: &Inner, index: usize) -> Result<((Arc<Child>, ChildReader)
     let config = &inner.config;
     let (ours, theirs) =
         std::os::unix::net::UnixStream::pair().map_err(|e| format!("cannot create a socket pair: {e}"))?;
-    let broker = format!("celeriac+{}", config.database_url);
+    // What a task publishes goes to the worker's database. The URL in the environment (which
+    // every process a task starts inherits) carries no password; the child takes the full one
+    // out of its environment at start (`celeriac pool-child`) and keeps it in-process.
+    let (broker, secret) = if celeriac_store::url_has_password(&config.database_url) {
+        (format!("celeriac+{}", celeriac_store::redact_url(&config.database_url)), Some(&config.database_url))
+    } else {
+        (format!("celeriac+{}", config.database_url), None)
+    };
     let threads = if config.kind == PoolKind::Threads { config.concurrency.max(1) } else { 1 };
     let mut cmd = tokio::process::Command::new("/proc/self/exe");
     cmd.arg0("celeriac")
@@ -448,6 +455,9 @@ async fn spawn(inner: &Inner, index: usize) -> Result<((Arc<Child>, ChildReader)
         .env("CELERY_BROKER_URL", &broker)
         .env("CELERY_BROKER_READ_URL", &broker)
         .env("CELERY_BROKER_WRITE_URL", &broker)
+        .envs(secret.map(|url| (super::child::BROKER_SECRET_ENV, url)))
+        // The worker's own setting (the app's DATABASE_URL, if any, is the app's business).
+        .env_remove("CELERIAC_DATABASE_URL")
         .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
