@@ -473,6 +473,90 @@ async fn an_outage_longer_than_the_lease_runs_nothing_twice() {
     drop(cluster);
 }
 
+/// A prefetched message whose lease ran out while it waited (here: another worker took it over)
+/// is not started: its lease is no longer this worker's to use.
+#[tokio::test]
+async fn prefetched_messages_whose_lease_ran_out_are_not_started() {
+    let db = TestDatabase::new().await;
+    let store = db.store();
+    let client = db.client().await;
+    let runs: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let mut registry = Registry::new();
+    {
+        let (runs, gate) = (runs.clone(), gate.clone());
+        registry.register("tasks.step", move |(i,): (i64,)| {
+            let (runs, gate) = (runs.clone(), gate.clone());
+            async move {
+                runs.lock().unwrap().push(i);
+                if i == 0 {
+                    gate.notified().await;
+                }
+                Ok::<_, TaskError>(i)
+            }
+        });
+    }
+    let messages: Vec<NewMessage> = (0..3)
+        .map(|i| {
+            Client::new(store.clone())
+                .build("tasks.step", &[Value::Int(i)], &Map::new(), &TaskOptions::default())
+                .unwrap()
+        })
+        .collect();
+    store.message_insert_many(&messages).await.unwrap();
+    let lease = Duration::from_secs(2);
+    let worker = start(
+        &store,
+        registry,
+        WorkerConfig {
+            concurrency: 1,
+            prefetch_multiplier: 2,
+            lease,
+            heartbeat_interval: Duration::from_millis(300),
+            ..config()
+        },
+    );
+    wait_for(30, "the first task to run", || async { runs.lock().unwrap().len() == 1 }).await;
+    wait_for(30, "the other two to be prefetched", || async {
+        let n: i64 = client
+            .query_one("select count(*) from celeriac.message where leased_by is not null", &[])
+            .await
+            .unwrap()
+            .get(0);
+        n == 3
+    })
+    .await;
+    // Another worker takes the two waiting messages over (as a rescuer would after this worker
+    // was cut off from the database), so this worker's heartbeats stop renewing them.
+    let taken: i64 = client
+        .query_one(
+            "with t as (
+                 update celeriac.message set leased_by = gen_random_uuid(), attempt = attempt + 1,
+                        lease_expires = now() + interval '1 hour'
+                 where id in (select id from celeriac.message order by id offset 1) returning 1
+             ) select count(*) from t",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(taken, 2);
+    let since: chrono::DateTime<chrono::Utc> = client.query_one("select now()", &[]).await.unwrap().get(0);
+    // By the time a heartbeat is more than a lease later, their leases have surely run out here.
+    wait_for(30, "a heartbeat a lease later", || async {
+        let beat: chrono::DateTime<chrono::Utc> =
+            client.query_one("select max(heartbeat_at) from celeriac.worker", &[]).await.unwrap().get(0);
+        beat > since + chrono::Duration::from_std(lease).unwrap()
+    })
+    .await;
+    gate.notify_one();
+    wait_for(30, "the first task to be settled", || async { store.message_count().await.is_ok_and(|n| n == 2) }).await;
+    let report = worker.stop().await;
+    assert_eq!(*runs.lock().unwrap(), vec![0], "the taken-over messages did not run here");
+    assert_eq!(report.succeeded, 1);
+    assert_eq!(report.released, 2);
+}
+
 #[tokio::test]
 async fn msgpack_bodies_run_when_accepted() {
     let db = TestDatabase::new().await;
