@@ -7,6 +7,7 @@ import math
 import threading
 
 import celeriac
+import psycopg
 import pytest
 from celeriac import _native
 
