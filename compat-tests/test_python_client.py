@@ -508,8 +508,22 @@ def test_unknown_serializer_raises(client: celeriac.Client, database_url: str, s
         ({"eta": "2030-01-01T00:00:00"}, "eta"),
         ({"expires": "soon"}, "expires"),
         ({"time_limit": "30"}, "time_limit"),
+        ({"countdown": 1e300}, "countdown"),
+        ({"countdown": 1e12}, "year 9999"),
+        ({"expires": 1e300}, "expires"),
     ],
-    ids=["countdown-and-eta", "priority-negative", "priority-256", "countdown-str", "eta-str", "expires-str", "tl-str"],
+    ids=[
+        "countdown-and-eta",
+        "priority-negative",
+        "priority-256",
+        "countdown-str",
+        "eta-str",
+        "expires-str",
+        "tl-str",
+        "countdown-huge",
+        "countdown-past-9999",
+        "expires-huge",
+    ],
 )
 def test_bad_options_raise_encode_error(
     client: celeriac.Client, database_url: str, options: dict[str, Any], match: str

@@ -860,9 +860,22 @@ fn check_seconds(option: &'static str, v: Option<f64>) -> Result<(), EncodeError
     }
 }
 
-fn duration(seconds: f64) -> Duration {
+/// `now` plus `seconds` (a finite number), as Celery computes `now + timedelta(seconds=…)`: an
+/// error where Python's would overflow (beyond `datetime.max`, the year 9999), never a panic.
+fn seconds_from(now: DateTime<Utc>, option: &'static str, seconds: f64) -> Result<DateTime<Utc>, EncodeError> {
+    const PYTHON_MAX_SECONDS: f64 = 253_402_300_800.0; // 10000-01-01T00:00:00Z
+    let too_far = || EncodeError::Option {
+        option,
+        problem: format!("{seconds} seconds from now is out of range (beyond the year 9999, Python's datetime.max)"),
+    };
+    if seconds.abs() >= PYTHON_MAX_SECONDS {
+        return Err(too_far());
+    }
     #[allow(clippy::cast_possible_truncation)]
-    Duration::microseconds((seconds * 1e6).round() as i64)
+    let delta = Duration::microseconds((seconds * 1e6).round() as i64);
+    now.checked_add_signed(delta)
+        .filter(|t| t.timestamp() < 253_402_300_800 && t.timestamp() > -62_135_596_800)
+        .ok_or_else(too_far)
 }
 
 /// Builds the message `Task.apply_async(args, kwargs, **options)` publishes with Celery 5.7
@@ -914,12 +927,12 @@ pub fn encode_task(
     let task_id = opts.task_id.clone().unwrap_or_else(|| random_id.to_string());
     // Celery sets an eta only for a non-zero countdown (`if countdown:`).
     let eta: Option<DateTime<FixedOffset>> = match (opts.countdown, opts.eta) {
-        (Some(c), _) if c != 0.0 => Some((now + duration(c)).fixed_offset()),
+        (Some(c), _) if c != 0.0 => Some(seconds_from(now, "countdown", c)?.fixed_offset()),
         (Some(_), _) => None,
         (None, eta) => eta,
     };
     let expires: Option<DateTime<FixedOffset>> = match opts.expires {
-        Some(Expires::After(s)) => Some((now + duration(s)).fixed_offset()),
+        Some(Expires::After(s)) => Some(seconds_from(now, "expires", s)?.fixed_offset()),
         Some(Expires::At(t)) => Some(t),
         None => None,
     };
@@ -1042,6 +1055,10 @@ mod tests {
         let bad = [
             TaskOptions { priority: Some(256), ..TaskOptions::default() },
             TaskOptions { countdown: Some(-1.0), ..TaskOptions::default() },
+            TaskOptions { countdown: Some(1e300), ..TaskOptions::default() },
+            TaskOptions { countdown: Some(1e12), ..TaskOptions::default() },
+            TaskOptions { expires: Some(Expires::After(1e300)), ..TaskOptions::default() },
+            TaskOptions { expires: Some(Expires::After(-1e19)), ..TaskOptions::default() },
             TaskOptions { countdown: Some(1.0), eta: Some(now().fixed_offset()), ..TaskOptions::default() },
             TaskOptions { queue: String::new(), ..TaskOptions::default() },
         ];
