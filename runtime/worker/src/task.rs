@@ -165,10 +165,21 @@ impl TaskError {
                 "MaxRetriesExceededError",
                 format!("Can't retry task: exceeded max retries ({max}) after {reason}"),
             ),
+            TaskError::Retry { countdown, .. } if countdown.is_nan() => {
+                Outcome::failure("ValueError", "cannot convert float NaN to integer")
+            }
             TaskError::Retry { countdown, reason, .. } => {
+                // As Celery's `now + timedelta(seconds=countdown)`: an OverflowError past the year
+                // 9999, never a panic.
+                const YEAR_10000: i64 = 253_402_300_800;
                 #[allow(clippy::cast_possible_truncation)]
-                let delay = Duration::milliseconds((countdown.max(0.0) * 1000.0) as i64);
-                Outcome::Retry { eta: now + delay, reason }
+                let eta = Duration::try_milliseconds((countdown.max(0.0).min(1e15) * 1000.0) as i64)
+                    .and_then(|delay| now.checked_add_signed(delay))
+                    .filter(|eta| eta.timestamp() < YEAR_10000);
+                match eta {
+                    Some(eta) => Outcome::Retry { eta, reason },
+                    None => Outcome::failure("OverflowError", "date value out of range"),
+                }
             }
             TaskError::Reject(reason) => Outcome::Reject { reason },
         }
@@ -193,6 +204,25 @@ impl std::fmt::Display for TaskError {
             TaskError::Fail { exc_type, message } => write!(f, "{exc_type}: {message}"),
             TaskError::Retry { countdown, reason, .. } => write!(f, "Retry in {countdown}s: {reason}"),
             TaskError::Reject(reason) => write!(f, "Reject: {reason}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_countdowns_never_overflow() {
+        let now = Utc::now();
+        let outcome = TaskError::retry(2.0, "again").into_outcome(0, now);
+        assert!(matches!(outcome, Outcome::Retry { eta, .. } if eta == now + Duration::seconds(2)));
+        for (countdown, exc) in [(1e300, "OverflowError"), (f64::INFINITY, "OverflowError"), (f64::NAN, "ValueError")] {
+            let outcome = TaskError::retry(countdown, "again").into_outcome(0, now);
+            assert!(
+                matches!(&outcome, Outcome::Failure { exc_type, .. } if exc_type == exc),
+                "{countdown}: {outcome:?}"
+            );
         }
     }
 }
