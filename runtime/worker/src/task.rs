@@ -173,7 +173,7 @@ impl TaskError {
                 // 9999, never a panic.
                 const YEAR_10000: i64 = 253_402_300_800;
                 #[allow(clippy::cast_possible_truncation)]
-                let eta = Duration::try_milliseconds((countdown.max(0.0).min(1e15) * 1000.0) as i64)
+                let eta = Duration::try_milliseconds((countdown.clamp(0.0, 1e15) * 1000.0) as i64)
                     .and_then(|delay| now.checked_add_signed(delay))
                     .filter(|eta| eta.timestamp() < YEAR_10000);
                 match eta {
