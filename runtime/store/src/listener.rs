@@ -115,3 +115,43 @@ impl Listener {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the `wakeup` fuzz target checks for one payload (fuzz/fuzz_targets/wakeup.rs).
+    fn check(payload: &str) -> Wakeup {
+        let wakeup = Wakeup::parse(payload);
+        if let Wakeup::Queues(queues) = &wakeup {
+            assert!(queues.iter().map(String::len).sum::<usize>() <= payload.len(), "names longer than the payload");
+            assert!(wakeup.concerns(queues) || queues.is_empty());
+        }
+        wakeup
+    }
+
+    #[test]
+    fn parses_queue_lists_and_treats_anything_else_as_any() {
+        assert_eq!(check("*"), Wakeup::Any);
+        assert_eq!(check(r#"["a", "b\u00fc"]"#), Wakeup::Queues(vec!["a".into(), "b\u{fc}".into()]));
+        assert_eq!(check("[]"), Wakeup::Queues(Vec::new()));
+        for other in ["", "[1]", r#"["a", null]"#, "{}", "[", "\"a\"", &"[".repeat(10_000)] {
+            assert_eq!(check(other), Wakeup::Any, "{other:?}");
+        }
+        assert!(!check(r#"["a"]"#).concerns(&["b".into()]));
+    }
+
+    #[test]
+    fn wakeup_parse_replays_the_fuzz_corpus() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/wakeup");
+        let mut count = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let data = std::fs::read(entry.unwrap().path()).unwrap();
+            if let Ok(payload) = std::str::from_utf8(&data) {
+                check(payload);
+            }
+            count += 1;
+        }
+        assert!(count >= 3, "the corpus in {} has {count} inputs", dir.display());
+    }
+}

@@ -11,6 +11,10 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Largest frame accepted (a stored envelope is bounded by the database's `bytea`, 1 GiB).
 const MAX_FRAME: usize = 1 << 30;
+/// What a reader sets aside for a frame before its bytes arrive: the length prefix is not
+/// trusted for allocation (four bytes claiming 1 GiB must not allocate 1 GiB), so larger frames
+/// grow their buffer as they are read.
+const PREALLOC: usize = 64 * 1024;
 
 /// Worker → child.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -111,6 +115,19 @@ fn check_len(len: u32) -> io::Result<usize> {
     Ok(len)
 }
 
+/// The frame body's buffer, and the error for one that ended early.
+fn body_buffer(len: usize) -> Vec<u8> {
+    Vec::with_capacity(len.min(PREALLOC))
+}
+
+fn check_complete(body: &[u8], len: usize) -> io::Result<()> {
+    if body.len() == len {
+        Ok(())
+    } else {
+        Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("frame of {len} bytes ends after {}", body.len())))
+    }
+}
+
 /// Writes one frame (blocking).
 ///
 /// # Errors
@@ -130,8 +147,10 @@ pub fn read_sync<M: DeserializeOwned>(r: &mut impl Read) -> io::Result<Option<(M
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let mut body = vec![0u8; check_len(u32::from_le_bytes(len))?];
-    r.read_exact(&mut body)?;
+    let len = check_len(u32::from_le_bytes(len))?;
+    let mut body = body_buffer(len);
+    r.take(len as u64).read_to_end(&mut body)?;
+    check_complete(&body, len)?;
     decode(body).map(Some)
 }
 
@@ -156,8 +175,10 @@ pub async fn read<M: DeserializeOwned>(
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let mut body = vec![0u8; check_len(u32::from_le_bytes(len))?];
-    r.read_exact(&mut body).await?;
+    let len = check_len(u32::from_le_bytes(len))?;
+    let mut body = body_buffer(len);
+    r.take(len as u64).read_to_end(&mut body).await?;
+    check_complete(&body, len)?;
     decode(body).map(Some)
 }
 
@@ -186,5 +207,64 @@ mod tests {
         let mut nonsense = 8u32.to_le_bytes().to_vec();
         nonsense.extend_from_slice(&[0xff; 8]);
         assert!(read_sync::<ToChild>(&mut io::Cursor::new(nonsense)).is_err());
+    }
+
+    /// Hands out at most `left` bytes (then end of stream), and fails the test if asked to fill
+    /// a buffer larger than 1 MiB: what a frame reader allocates up front.
+    struct Stingy {
+        left: usize,
+    }
+
+    impl Read for Stingy {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            assert!(buf.len() <= 1 << 20, "asked to fill {} bytes", buf.len());
+            let n = buf.len().min(self.left);
+            buf[..n].fill(b' ');
+            self.left -= n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_length_prefix_is_not_trusted_for_allocation() {
+        // Four bytes claiming a 1 GiB frame, then 100 bytes: an early end, not a 1 GiB buffer.
+        let mut r = io::Read::chain(io::Cursor::new(((1u32 << 30) - 2).to_le_bytes()), Stingy { left: 100 });
+        let err = read_sync::<ToChild>(&mut r).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+        // A real frame larger than the up-front buffer still reads whole.
+        let raw = vec![7u8; 3 * PREALLOC + 5];
+        let mut buf = Vec::new();
+        write_sync(&mut buf, &ToChild::Ready, &raw).unwrap();
+        let (meta, got): (ToChild, _) = read_sync(&mut io::Cursor::new(&buf)).unwrap().unwrap();
+        assert_eq!((meta, got), (ToChild::Ready, raw.clone()));
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (meta, got): (ToChild, _) = rt.block_on(read(&mut &buf[..])).unwrap().unwrap();
+        assert_eq!((meta, got), (ToChild::Ready, raw));
+        let err = rt.block_on(read::<ToChild>(&mut &buf[..buf.len() - 1])).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+    }
+
+    /// What the `frame` fuzz target does with one input (fuzz/fuzz_targets/frame.rs).
+    fn read_all<M: Serialize + DeserializeOwned>(data: &[u8]) {
+        let mut r = io::Cursor::new(data);
+        while let Ok(Some((meta, raw))) = read_sync::<M>(&mut r) {
+            let mut buf = Vec::new();
+            write_sync(&mut buf, &meta, &raw).expect("a frame that was read can be written");
+            let again = read_sync::<M>(&mut io::Cursor::new(buf));
+            assert!(matches!(again, Ok(Some((_, ref raw_again))) if *raw_again == raw), "a written frame reads back");
+        }
+    }
+
+    #[test]
+    fn frames_replay_the_fuzz_corpus() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/frame");
+        let mut count = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let data = std::fs::read(entry.unwrap().path()).unwrap();
+            read_all::<ToChild>(&data);
+            read_all::<FromChild>(&data);
+            count += 1;
+        }
+        assert!(count >= 3, "the corpus in {} has {count} inputs", dir.display());
     }
 }
