@@ -483,6 +483,25 @@ impl TaskMessage {
         })
     }
 
+    /// Decodes the body of a message read by [`TaskMessage::decode_head`] into `args`, `kwargs`
+    /// and `embed`, from the envelope already parsed, within `limits`: `decode_head` when the
+    /// message is claimed, `decode_body` when it is about to run, and the envelope is parsed
+    /// once. The result equals [`TaskMessage::decode_with_limits`] of the same payload. On an
+    /// error the message is left as it was.
+    ///
+    /// # Errors
+    /// As [`Envelope::decode_body`] (`UnsupportedContentType` for pickle or YAML bodies), or a
+    /// body that is not `[args, kwargs, embed]`.
+    pub fn decode_body(&mut self, limits: &Limits) -> Result<(), DecodeError> {
+        if self.protocol != ProtocolVersion::V2 {
+            // Protocol 1 bodies are decoded whole by `decode`; nothing is left to read.
+            return Ok(());
+        }
+        let (args, kwargs, embed) = parse_v2_body(self.envelope.decode_body(limits)?)?;
+        (self.args, self.kwargs, self.embed) = (args, kwargs, embed);
+        Ok(())
+    }
+
     /// The name to show in logs: `shadow` if set, else the task name.
     #[must_use]
     pub fn display_name(&self) -> &str {
@@ -1098,6 +1117,19 @@ mod tests {
             ("proj.tasks.t", "abc", 2)
         );
         assert!(head.args.is_empty() && head.kwargs.is_empty());
+        // Its body is left to the handler: decode_body refuses it and leaves the message as it was.
+        let mut later = head.clone();
+        assert!(matches!(later.decode_body(&Limits::default()), Err(DecodeError::UnsupportedContentType(_))));
+        assert_eq!(later, head);
+        // A JSON body decodes later, within the limits given then.
+        let json = br#"{"body": "W1sxLCAyXSwge30sIHt9XQ==", "headers": {"task": "t", "id": "1"},
+            "properties": {"body_encoding": "base64"}}"#;
+        let mut head = TaskMessage::decode_head(json, &accept).unwrap();
+        let tiny = Limits { max_decoded_size: 100, ..Limits::default() };
+        assert!(matches!(head.decode_body(&tiny), Err(DecodeError::TooLarge { part: "body", .. })));
+        assert!(head.args.is_empty());
+        head.decode_body(&Limits::default()).unwrap();
+        assert_eq!(head.args, [Value::Int(1), Value::Int(2)]);
         // The accept list still applies, and a protocol-1 message (task name in the body) is refused.
         assert!(matches!(
             TaskMessage::decode_head(pickle, &Accept::default()),
