@@ -219,17 +219,30 @@ impl Consumer {
     #[pyo3(signature = (timeout=Some(10.0)))]
     fn flush(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
         self.same_process()?;
-        let wait = timeout_duration(timeout)?;
+        let deadline = timeout_duration(timeout)?.and_then(|t| std::time::Instant::now().checked_add(t));
         let (done, flushed) = oneshot::channel();
         if self.completions.send(Completion::Flush(done)).is_err() {
             return Ok(true);
         }
-        block_on(py, async move {
-            match wait {
-                Some(wait) => tokio::time::timeout(wait, flushed).await.is_ok_and(|r| r.is_ok()),
-                None => flushed.await.is_ok(),
+        let flushed = Arc::new(tokio::sync::Mutex::new(flushed));
+        // In slices, so Python signal handlers (Ctrl-C) run meanwhile.
+        loop {
+            let slice = deadline
+                .map_or(Duration::MAX, |d| d.saturating_duration_since(std::time::Instant::now()))
+                .min(Duration::from_millis(100));
+            let flushed = flushed.clone();
+            let answer = block_on(py, async move {
+                let mut rx = flushed.lock().await;
+                tokio::time::timeout(slice, &mut *rx).await.ok().map(|r| r.is_ok())
+            })?;
+            if let Some(written) = answer {
+                return Ok(written);
             }
-        })
+            py.check_signals()?;
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Ok(false);
+            }
+        }
     }
 
     /// Puts a message back at once, marked redelivered (`basic_reject(requeue=True)`), counting
@@ -294,8 +307,9 @@ impl Consumer {
         }
     }
 
-    /// Writes pending acks, gives back every message still held, unregisters and stops the
-    /// background work. Idempotent.
+    /// Writes pending acks (waiting up to 10 s), gives back every message still held whose ack is
+    /// not pending, unregisters (unless acks could not be written: the row then lets rescuers
+    /// redeliver those messages after the lease) and stops the background work. Idempotent.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         if self.closed.swap(true, Ordering::AcqRel) || std::process::id() != self.pid {
             return Ok(());
@@ -310,7 +324,12 @@ impl Consumer {
             if !leases.is_empty() {
                 store.message_release_many(worker, &leases, false).await?;
             }
-            store.worker_deregister(worker).await
+            // With acks unwritten, the row stays: once its heartbeat is a lease old, rescuers
+            // treat this consumer as dead and deliver those messages again promptly.
+            if acked.is_empty() {
+                store.worker_deregister(worker).await?;
+            }
+            Ok::<_, celeriac_store::Error>(())
         });
         self.stop.cancel();
         // Unreleased leases expire and are redelivered by a rescuer; nothing is lost.

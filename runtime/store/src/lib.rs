@@ -34,7 +34,7 @@ pub use error::{Error, Result};
 pub use listener::{Listener, Wakeup, NOTIFY_CHANNEL};
 pub use message::{
     ClaimCursor, ClaimParams, ClaimedMessage, DeadLetterParams, Durability, InsertBatch, Lease, NewMessage,
-    RequeueReport, RescueReport, MESSAGE_INSERT_DBAPI_SQL,
+    RequeueReport, RescueReport, MESSAGE_INSERT_DBAPI_SQL, ORPHAN_AFTER_HEALTHY_SECONDS,
 };
 pub use migrate::{migrations_fingerprint, MigrateReport, Migration, MIGRATIONS};
 pub use stats::{DeadLetter, DeadLetterFilter, QueueStats};

@@ -124,7 +124,13 @@ impl Rescuer {
                 "rescuer: moved messages that keep killing their workers to dead_letter"
             );
         }
-        self.store.worker_prune(self.config.worker_retention.as_secs_f64()).await?;
+        // Pruning is judged like death: only by a rescuer whose own heartbeats have succeeded
+        // for the whole retention, or a database outage longer than it would delete every live
+        // worker's row (and their leases would then look orphaned).
+        let retention = self.config.worker_retention.as_secs_f64();
+        if healthy >= retention {
+            self.store.worker_prune(retention).await?;
+        }
         Ok(report)
     }
 

@@ -181,6 +181,10 @@ pub struct RescueReport {
     pub dead_lettered: u64,
 }
 
+/// How long a rescuer's heartbeats must have been succeeding before it frees leases whose
+/// holder has no `worker` row (see [`Store::message_rescue`]): the default worker retention.
+pub const ORPHAN_AFTER_HEALTHY_SECONDS: f64 = 600.0;
+
 /// What [`Store::message_requeue_many`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RequeueReport {
@@ -217,12 +221,18 @@ fn claim_sql(queues: &str, condition: &str, suspects: u8) -> String {
                  union all
                  select s.id, s.priority, s.eta
                  from (
-                     select id, priority, eta
-                     from celeriac.message
-                     where queue = any($1::text[]) and leased_by is null and redeliveries > 0 and eta <= now()
-                     order by priority desc, eta, id
+                     select x.id, x.priority, x.eta
+                     from unnest($1::text[]) as sq(name)
+                     cross join lateral (
+                         select id, priority, eta
+                         from celeriac.message
+                         where queue = sq.name and leased_by is null and redeliveries > 0 and eta <= now()
+                         order by priority desc, eta, id
+                         limit ${suspects}
+                         for update skip locked
+                     ) x
+                     order by x.priority desc, x.eta, x.id
                      limit ${suspects}
-                     for update skip locked
                  ) s
              ) c
              order by c.priority desc, c.eta, c.id
@@ -571,7 +581,8 @@ impl Store {
     }
 
     /// Re-schedules a message for another run (Celery's `Task.retry`): replaces its envelope,
-    /// sets the new `eta` and frees the lease. Returns false if the lease was lost meanwhile.
+    /// sets the new `eta` and frees the lease. The retry is a new message in Celery's terms: its
+    /// redeliveries start over. Returns false if the lease was lost meanwhile.
     ///
     /// # Errors
     /// Connection errors.
@@ -586,7 +597,8 @@ impl Store {
         let n = client
             .execute(
                 "update celeriac.message
-                 set payload = $4, eta = $5, leased_by = null, lease_expires = null, redelivered = false
+                 set payload = $4, eta = $5, leased_by = null, lease_expires = null, redelivered = false,
+                     redeliveries = 0
                  where id = $1 and attempt = $2 and leased_by = $3 and celeriac.relaxed_commit()",
                 &[&lease.id, &lease.attempt, &worker_id, &payload, &eta],
             )
@@ -637,7 +649,9 @@ impl Store {
     ///
     /// A normal pass looks at dead workers' messages (and removes those workers' rows). A
     /// `full_scan` pass looks at every expired lease and also frees leases whose holder is gone
-    /// (no worker row) or alive but no longer renewing them (a claim whose reply was lost); it
+    /// (no worker row, judged only when `healthy_seconds` is at least
+    /// [`ORPHAN_AFTER_HEALTHY_SECONDS`]) or alive but no longer renewing them (a claim whose
+    /// reply was lost); it
     /// walks the whole lease index, so run it rarely. Safe to run in any number of processes at
     /// once (`SKIP LOCKED`).
     ///
@@ -654,7 +668,7 @@ impl Store {
             "select m.id from celeriac.message m
              left join celeriac.worker w on w.id = m.leased_by
              where m.leased_by is not null and m.lease_expires < now()
-               and (w.id is null
+               and ((w.id is null and $3)
                     or m.lease_expires < w.heartbeat_at
                     or w.id = any(array(select id from dead)))
              for update of m skip locked"
@@ -699,7 +713,16 @@ impl Store {
              select (select count(*) from rescued), (select count(*) from buried), (select count(*) from woken),
                     (select count(*) from forgotten)"
         );
-        let row = client.query_one(&sql, &[&max_redeliveries, &healthy_seconds]).await.map_err(Error::from_pg)?;
+        // A lease whose holder has no row: the holder re-registers with its next heartbeat if it
+        // is alive, so such a lease is only judged by a rescuer healthy for longer than any
+        // worker's row is kept without a heartbeat (rows are pruned after that).
+        let judge_orphans = healthy_seconds >= ORPHAN_AFTER_HEALTHY_SECONDS;
+        let row = if full_scan {
+            client.query_one(&sql, &[&max_redeliveries, &healthy_seconds, &judge_orphans]).await
+        } else {
+            client.query_one(&sql, &[&max_redeliveries, &healthy_seconds]).await
+        }
+        .map_err(Error::from_pg)?;
         let rescued: i64 = row.get(0);
         let dead: i64 = row.get(1);
         Ok(RescueReport { rescued: rescued.unsigned_abs(), dead_lettered: dead.unsigned_abs() })

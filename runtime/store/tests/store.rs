@@ -504,3 +504,22 @@ async fn requeues_are_counted_and_end_in_dead_letter() {
     assert!(dead[0].reason.contains("requeued 4 times"), "{}", dead[0].reason);
     assert_eq!(store.message_count().await.unwrap(), 0);
 }
+
+/// After an outage longer than the worker retention every row is stale; a lease whose holder's
+/// row is gone is only judged by a rescuer healthy for longer than that retention (by then a
+/// live holder has re-registered with its heartbeat).
+#[tokio::test]
+async fn orphaned_leases_wait_for_a_long_healthy_rescuer() {
+    let db = TestDatabase::new().await;
+    let store = db.store();
+    let client = db.client().await;
+    let holder = register(&store).await;
+    let queues = vec!["celery".to_owned()];
+    store.message_insert(&message("celery", 0, None)).await.unwrap();
+    store.message_claim(&claim(holder, &queues, 1)).await.unwrap();
+    client.batch_execute("update celeriac.message set lease_expires = now() - interval '1 second'").await.unwrap();
+    client.execute("delete from celeriac.worker where id = $1", &[&holder]).await.unwrap();
+    let recovering = celeriac_store::ORPHAN_AFTER_HEALTHY_SECONDS - 1.0;
+    assert_eq!(store.message_rescue(3, true, recovering).await.unwrap().rescued, 0);
+    assert_eq!(store.message_rescue(3, true, f64::MAX).await.unwrap().rescued, 1);
+}

@@ -40,7 +40,7 @@ pub use celeriac_store as store;
 pub use celeriac_store::maintenance;
 pub use client::{build_message, Client};
 pub use registry::{Handler, HandlerFuture, Registry};
-pub use task::{Outcome, Request, TaskError};
+pub use task::{LeaseCheck, Outcome, Request, TaskError};
 pub use worker::{Worker, WorkerConfig, WorkerReport, WorkerStats};
 
 /// Errors of the worker runtime.

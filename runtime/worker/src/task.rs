@@ -21,6 +21,40 @@ pub struct Request {
     pub queue: Arc<str>,
     /// The stored envelope, exactly as claimed (what an embedded Python task decodes itself).
     pub payload: Arc<[u8]>,
+    /// Whether this delivery's lease may have run out since: a handler that queues the task
+    /// before running it (the Python pool) checks it before the task starts, and answers
+    /// [`Outcome::NotStarted`] if so.
+    pub lease_check: LeaseCheck,
+}
+
+/// Tells whether a delivery's lease may have run out (the worker could not renew it, so another
+/// worker may run the message now). Cheap to clone and to call.
+#[derive(Clone)]
+pub struct LeaseCheck(Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl LeaseCheck {
+    /// A check that calls `expired`.
+    pub fn new(expired: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        LeaseCheck(Arc::new(expired))
+    }
+
+    /// A lease that never runs out (a request made outside a worker, e.g. in a test).
+    #[must_use]
+    pub fn never() -> Self {
+        LeaseCheck::new(|| false)
+    }
+
+    /// Whether the lease may have run out.
+    #[must_use]
+    pub fn expired(&self) -> bool {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for LeaseCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LeaseCheck").field(&self.expired()).finish()
+    }
 }
 
 impl Request {
@@ -100,6 +134,9 @@ pub enum Outcome {
         /// What became of the task.
         state: String,
     },
+    /// Not started: the lease ran out before the task could start (see [`Request::lease_check`]). The
+    /// message is given back without counting a redelivery (a no-op if another worker has it).
+    NotStarted,
     /// Put the message back in its queue, marked redelivered, to run again (Celery's
     /// `Reject(requeue=True)`, or `reject_on_worker_lost`). Each requeue counts as a redelivery:
     /// past `--max-redeliveries` the message goes to `dead_letter` instead.

@@ -44,7 +44,7 @@ use uuid::Uuid;
 use crate::{
     maintenance::{HeartbeatHealth, Rescuer, RescuerConfig},
     registry::Registry,
-    task::{Outcome, Request},
+    task::{LeaseCheck, Outcome, Request},
     Error,
 };
 
@@ -259,7 +259,8 @@ impl ClaimState {
 
     /// Advances the cursors past `claimed`.
     fn advance(&mut self, queues: &[String], claimed: &[ClaimedMessage]) {
-        for m in claimed {
+        // Suspects come from their own index, not from the cursor's range.
+        for m in claimed.iter().filter(|m| m.redeliveries == 0) {
             let Some(i) = queues.iter().position(|q| *q == m.queue) else { continue };
             let here = ClaimCursor { priority: m.priority, eta: m.eta, id: m.lease.id };
             match &mut self.cursors[i] {
@@ -906,14 +907,13 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
         shared.settle(Settle::Release(lease));
         return;
     }
-    let message = if body_decoded {
+    // A handler that decodes the body itself (embedded Python, which reads the stored envelope
+    // as Celery would) gets the headers only.
+    let message = if body_decoded || managed {
         message
     } else {
         match TaskMessage::decode(&claimed.payload, accept) {
             Ok(full) => full,
-            // A body celeriac does not decode (pickle, YAML) is fine for a handler that decodes
-            // it itself (embedded Python).
-            Err(DecodeError::UnsupportedContentType(_)) if managed => message,
             Err(e) => {
                 dead_letter_undecodable(shared, &claimed, &e);
                 return;
@@ -929,6 +929,10 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
         hostname: shared.hostname.clone(),
         queue: claimed.queue.as_str().into(),
         payload: claimed.payload.into(),
+        lease_check: {
+            let held = shared.held.clone();
+            LeaseCheck::new(move || held.expired(lease))
+        },
     };
     let started = Instant::now();
     // A panic fails this task only: it is caught here, on the task's own tokio task.
@@ -996,6 +1000,14 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
                 counter.fetch_add(1, Ordering::Relaxed);
             }
             shared.settle(Settle::Complete(lease));
+        }
+        Outcome::NotStarted => {
+            tracing::warn!(
+                message_id = lease.id,
+                "Task {name}[{id}] not started: its lease ran out before it could start (is the database reachable?)"
+            );
+            shared.stats.released.fetch_add(1, Ordering::Relaxed);
+            shared.settle(Settle::Release(lease));
         }
         Outcome::Requeue { reason } if redeliveries >= shared.config.max_redeliveries => {
             tracing::error!(
@@ -1065,7 +1077,8 @@ async fn run_completer(
                     // dead-lettered by the rescuer if it keeps failing).
                     tracing::error!(error = %e, "worker: the database refused a batch of outcomes; recording them one by one");
                     for item in &batch {
-                        let mut progress = FlushProgress::default();
+                        // What the batch wrote already stays written.
+                        let mut progress = progress.clone();
                         let one = std::slice::from_ref(item);
                         if let Err(e) = flush(&store, worker_id, max_redeliveries, one, &mut progress).await {
                             tracing::error!(error = %e, message_id = item.lease().id, "worker: dropping an outcome the database refuses; the message will be redelivered");
@@ -1093,7 +1106,7 @@ async fn run_completer(
 
 /// Which kinds of a batch's outcomes are written already (a batch that failed half-way is
 /// retried from there, so each lease's answer is read once).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct FlushProgress {
     retries: bool,
     complete: bool,

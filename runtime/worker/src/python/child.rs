@@ -64,17 +64,16 @@ enum Work {
     Ready,
 }
 
-/// The environment variable that hands a child the broker's full URL (with its password). The
-/// child removes it from its environment before anything else runs, and registers the URL with
-/// the transport in-process (`celeriac.transport.register_url`), so that the password reaches
-/// neither the task's `os.environ` nor any process a task starts.
-pub const BROKER_SECRET_ENV: &str = "CELERIAC_BROKER_URL_SECRET";
+/// Set (to `1`) in a child's environment when its first frame is [`ToChild::BrokerUrl`]: the
+/// broker's full URL, with the password that `CELERY_BROKER_URL` leaves out. The child registers
+/// it with the transport in-process (`celeriac.transport.register_url`), so the password reaches
+/// neither a task's `os.environ` nor any process a task starts.
+pub const BROKER_URL_FRAME_ENV: &str = "CELERIAC_BROKER_URL_FRAME";
 
 /// Runs the child; returns its exit code.
 #[must_use]
 pub fn main(args: &ChildArgs) -> ExitCode {
-    let broker_secret = std::env::var(BROKER_SECRET_ENV).ok();
-    std::env::remove_var(BROKER_SECRET_ENV);
+    let expects_broker_url = std::env::var_os(BROKER_URL_FRAME_ENV).is_some();
     let parent = std::env::var("CELERIAC_PARENT_PID").ok().and_then(|p| p.parse().ok());
     match sys::die_with_parent(parent) {
         Ok(true) => {}
@@ -99,6 +98,17 @@ pub fn main(args: &ChildArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut broker_secret = None;
+    if expects_broker_url {
+        // Unbuffered: nothing after this frame may be read ahead of the task loop's reader.
+        match frame::read_sync::<ToChild>(&mut &socket) {
+            Ok(Some((ToChild::BrokerUrl { url }, _))) => broker_secret = Some(url),
+            other => {
+                eprintln!("celeriac pool-child: expected the broker URL from the worker first, got {other:?}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let writer: Writer = Arc::new(Mutex::new(BufWriter::new(socket)));
 
     Python::initialize();
@@ -146,7 +156,17 @@ pub fn main(args: &ChildArgs) -> ExitCode {
                     (source.clone(), writer.clone(), Python::attach(|py| worker.clone_ref(py)));
                 std::thread::Builder::new()
                     .name(format!("celeriac-task-{i}"))
-                    .spawn(move || Python::attach(|py| task_loop(py, &worker, &source, &writer, true)))
+                    .spawn(move || {
+                        let code = Python::attach(|py| task_loop(py, &worker, &source, &writer, true));
+                        if let Some(code) = code {
+                            // The process exits (Celery's WorkerShutdown/WorkerTerminate, or
+                            // SystemExit in the post-mortem): the other task threads go with it
+                            // rather than keep it alive without this thread.
+                            let _ = writer.lock().map(|mut w| w.flush());
+                            std::process::exit(i32::from(code));
+                        }
+                        code
+                    })
                     .ok()
             })
             .collect();
@@ -331,7 +351,7 @@ fn task_loop(
                     // As Celery's threads and solo pools do (`apply_target`), a task's SystemExit
                     // fails that task with WorkerLostError and the pool goes on; a prefork child
                     // exits, as billiard's does.
-                    Err(e) if in_process_exit && e.is_instance_of::<PySystemExit>(py) => {
+                    Err(e) if in_process_exit && is_task_exit(py, &e) => {
                         let detail = e.value(py).repr().map_or_else(|_| "SystemExit()".to_owned(), |r| r.to_string());
                         let args = (PyBytes::new(py, &envelope), queue, redelivered, "in_process", detail, 0.0);
                         (seq, worker.call_method1("post_mortem", args))
@@ -368,6 +388,22 @@ fn task_loop(
         };
         send(writer, &reply);
     }
+}
+
+/// Whether a task's exception ends only that task in a threads or solo pool, as Celery's
+/// `apply_target` decides: a `BaseException` that is not an `Exception` (`SystemExit`,
+/// `KeyboardInterrupt`, …), except Celery's `WorkerShutdown` and `WorkerTerminate`, which stop
+/// the process.
+fn is_task_exit(py: Python<'_>, e: &PyErr) -> bool {
+    if e.is_instance_of::<pyo3::exceptions::PyException>(py) {
+        return false;
+    }
+    let stops_worker = py.import("celery.exceptions").is_ok_and(|m| {
+        ["WorkerShutdown", "WorkerTerminate"]
+            .iter()
+            .any(|name| m.getattr(*name).is_ok_and(|cls| e.value(py).is_instance(&cls).unwrap_or(false)))
+    });
+    !stops_worker
 }
 
 fn exit_code(py: Python<'_>, e: &PyErr) -> u8 {

@@ -44,6 +44,13 @@ pub enum ToChild {
         /// The hard time limit that was exceeded (for `timeout`).
         hard_limit: f64,
     },
+    /// The broker's full URL, password included: the first frame a child reads when its
+    /// environment says one comes (`CELERIAC_BROKER_URL_FRAME=1`), before it loads the app, so the
+    /// password never sits in an environment (which `/proc/<pid>/environ` shows for good).
+    BrokerUrl {
+        /// The connection string.
+        url: String,
+    },
     /// All children are up: send `worker_ready`.
     Ready,
     /// Finish, send the shutdown signals (`worker_shutdown` too if `announce_worker`), exit.

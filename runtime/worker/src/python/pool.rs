@@ -34,7 +34,7 @@ use super::{
 };
 use crate::{
     registry::{Handler, HandlerFuture},
-    task::{Outcome, Request},
+    task::{LeaseCheck, Outcome, Request},
     Registry,
 };
 
@@ -437,8 +437,8 @@ async fn spawn(inner: &Inner, index: usize) -> Result<((Arc<Child>, ChildReader)
     let (ours, theirs) =
         std::os::unix::net::UnixStream::pair().map_err(|e| format!("cannot create a socket pair: {e}"))?;
     // What a task publishes goes to the worker's database. The URL in the environment (which
-    // every process a task starts inherits) carries no password; the child takes the full one
-    // out of its environment at start (`celeriac pool-child`) and keeps it in-process.
+    // every process a task starts inherits) carries no password; the full one reaches the child
+    // as its first frame (`ToChild::BrokerUrl`) and stays in-process.
     let (broker, secret) = if celeriac_store::url_has_password(&config.database_url) {
         (format!("celeriac+{}", celeriac_store::redact_url(&config.database_url)), Some(&config.database_url))
     } else {
@@ -455,7 +455,7 @@ async fn spawn(inner: &Inner, index: usize) -> Result<((Arc<Child>, ChildReader)
         .env("CELERY_BROKER_URL", &broker)
         .env("CELERY_BROKER_READ_URL", &broker)
         .env("CELERY_BROKER_WRITE_URL", &broker)
-        .envs(secret.map(|url| (super::child::BROKER_SECRET_ENV, url)))
+        .envs(secret.map(|_| (super::child::BROKER_URL_FRAME_ENV, "1")))
         // The worker's own setting (the app's DATABASE_URL, if any, is the app's business).
         .env_remove("CELERIAC_DATABASE_URL")
         .stdin(Stdio::from(OwnedFd::from(theirs)))
@@ -468,7 +468,11 @@ async fn spawn(inner: &Inner, index: usize) -> Result<((Arc<Child>, ChildReader)
     let pid = process.id().unwrap_or(0);
     ours.set_nonblocking(true).map_err(|e| e.to_string())?;
     let stream = tokio::net::UnixStream::from_std(ours).map_err(|e| e.to_string())?;
-    let (mut read, write) = stream.into_split();
+    let (mut read, mut write) = stream.into_split();
+    if let Some(url) = secret {
+        // A failed write means the child is gone: reading its hello reports why.
+        let _ = frame::write(&mut write, &ToChild::BrokerUrl { url: url.clone() }, b"").await;
+    }
     let hello = match frame::read::<FromChild>(&mut read).await {
         Ok(Some((FromChild::Hello { hello }, _))) => hello,
         Ok(Some((FromChild::InitError { message }, _))) => {
@@ -605,11 +609,23 @@ impl Inner {
     }
 
     /// Sends a job to a child and waits for its reply, enforcing the time limits. A job the
-    /// child had not started when it died is sent again (to another child).
-    async fn dispatch(&self, msg: ToChild, seq: u64, raw: &[u8], limits: Limits, what: &str) -> (Arc<Child>, Reply) {
+    /// child had not started when it died is sent again (to another child). `None` if `lease`
+    /// ran out while the job waited for a child: it was not sent.
+    async fn dispatch(
+        &self,
+        msg: ToChild,
+        seq: u64,
+        raw: &[u8],
+        limits: Limits,
+        what: &str,
+        lease: Option<&LeaseCheck>,
+    ) -> Option<(Arc<Child>, Reply)> {
         let limited = self.config.kind.enforces_limits() && (limits.soft.is_some() || limits.hard.is_some());
         loop {
             let taken = self.checkout(limited).await;
+            if lease.is_some_and(LeaseCheck::expired) {
+                return None;
+            }
             let child = taken.child.clone();
             let (tx, rx) = oneshot::channel();
             if let Ok(mut pending) = child.pending.lock() {
@@ -625,11 +641,16 @@ impl Inner {
             // A failed write means the child died; its reader then answers this job.
             let _ = child.send_job(seq, &msg, raw).await;
             let reply = self.await_reply(&child, rx, limits, what).await;
+            if let Reply::Done { max_rss_kib, .. } = &reply {
+                // Counted (and the child retired if it reached a limit) before its capacity is
+                // given back, so no job is handed to a child past its limit.
+                self.after_job(&child, *max_rss_kib);
+            }
             drop(taken);
             if matches!(reply, Reply::NotStarted) {
                 continue;
             }
-            return (child, reply);
+            return Some((child, reply));
         }
     }
 
@@ -723,12 +744,13 @@ impl Inner {
         let limits = self.limits(&request);
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let job = ToChild::Job { seq, queue: request.queue.to_string(), redelivered: request.redelivered };
-        let (child, reply) = self.dispatch(job, seq, &request.payload, limits, &what).await;
+        let Some((_, reply)) =
+            self.dispatch(job, seq, &request.payload, limits, &what, Some(&request.lease_check)).await
+        else {
+            return Outcome::NotStarted;
+        };
         let (cause, detail) = match reply {
-            Reply::Done { decision, state, detail, max_rss_kib } => {
-                self.after_job(&child, max_rss_kib);
-                return outcome(&decision, &state, detail);
-            }
+            Reply::Done { decision, state, detail, .. } => return outcome(&decision, &state, detail),
             Reply::Lost { killed_for_timeout: true, detail } => ("timeout", detail),
             Reply::Lost { detail, .. } => ("lost", detail),
             Reply::NotStarted => ("lost", "not started".into()),
@@ -743,14 +765,12 @@ impl Inner {
             detail: detail.clone(),
             hard_limit: limits.hard.unwrap_or_default(),
         };
-        let (child, reply) = self
-            .dispatch(post_mortem, seq, &request.payload, Limits::default(), &format!("post-mortem of {what}"))
+        let settled = self
+            .dispatch(post_mortem, seq, &request.payload, Limits::default(), &format!("post-mortem of {what}"), None)
             .await;
+        let Some((_, reply)) = settled else { return Outcome::Requeue { reason: "its child process exited".into() } };
         match reply {
-            Reply::Done { decision, state, detail, max_rss_kib } => {
-                self.after_job(&child, max_rss_kib);
-                outcome(&decision, &state, detail)
-            }
+            Reply::Done { decision, state, detail, .. } => outcome(&decision, &state, detail),
             Reply::NotStarted => Outcome::Requeue { reason: "its child process exited".into() },
             Reply::Lost { detail: again, .. } => Outcome::Requeue {
                 reason: format!("its child process exited ({detail}), and so did the one settling it ({again})"),
