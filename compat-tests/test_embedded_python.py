@@ -435,7 +435,7 @@ def test_the_database_password_stays_out_of_tasks_environments(
     env = {k: v for k, v in proj.env.items() if password not in v or k == app_setting}
     proj_worker(concurrency=1, base_env=env)
     envs = proj.get(proj.send("environments"))
-    for where in ("task", "subprocess"):
+    for where in ("task", "at_exec", "subprocess"):
         environment = json.loads(envs[where])
         assert environment["CELERY_BROKER_URL"].startswith("celeriac+postgresql://")
         leaked = sorted(k for k, v in environment.items() if password in v and k != app_setting)

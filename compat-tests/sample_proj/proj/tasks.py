@@ -220,7 +220,9 @@ def environments() -> dict[str, str]:
     """This process's environment and that of a process it starts, as text."""
     script = "import json, os; print(json.dumps(dict(os.environ)))"
     started = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    return {"task": json.dumps(dict(os.environ)), "subprocess": started.stdout}
+    with open("/proc/self/environ", "rb") as f:  # the environment as it was at exec
+        at_exec = dict(kv.split("=", 1) for kv in f.read().decode(errors="replace").split("\0") if "=" in kv)
+    return {"task": json.dumps(dict(os.environ)), "at_exec": json.dumps(at_exec), "subprocess": started.stdout}
 
 
 @app.task
