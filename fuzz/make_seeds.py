@@ -22,12 +22,12 @@ FUZZ = pathlib.Path(__file__).resolve().parent
 GOLDEN = FUZZ.parent / "runtime/protocol/tests/fixtures/celery-5.7"
 
 
-def put(target, data):
+def put(target, data, name=None):
     if isinstance(data, str):
         data = data.encode()
     d = FUZZ / "corpus" / target
     d.mkdir(parents=True, exist_ok=True)
-    (d / hashlib.sha1(data).hexdigest()).write_bytes(data)
+    (d / (name or hashlib.sha1(data).hexdigest())).write_bytes(data)
 
 
 def frame(meta, raw=b""):
@@ -67,5 +67,22 @@ put("frame", frame({"kind": "post_mortem", "seq": 2, "queue": "q", "redelivered"
 put("frame", frame({"kind": "hello", "hello": {"pid": 1, "tasks": ["a"], "x": None}})
     + frame({"kind": "result", "seq": 1, "decision": "ack", "state": "SUCCESS", "detail": "", "max_rss_kib": 1024})
     + frame({"kind": "init_error", "message": "boom"}))
+# Decompression bombs (issue 9: a ~65 KB zlib body decoded to gigabytes of values), smaller:
+# 16 MiB of `0,` (8 M values) in ~16 KB, 8 M msgpack nils in ~8 KB; refused as too_large.
+json_bomb = zlib.compress(b"[[" + b"0," * (8 << 20) + b"0], {}, {}]", 9)
+msgpack_bomb = zlib.compress(b"\x93\xdd" + (8 << 20).to_bytes(4, "big") + b"\xc0" * (8 << 20) + b"\x80\x80", 9)
+for name, bomb, content_type in [("json", json_bomb, "application/json"),
+                                 ("msgpack", msgpack_bomb, "application/x-msgpack")]:
+    put("envelope", json.dumps({
+        "body": base64.b64encode(bomb).decode(), "content-encoding": "binary", "content-type": content_type,
+        "headers": {"lang": "py", "task": "bomb", "id": "1", "compression": "application/x-gzip"},
+        "properties": {"body_encoding": "base64", "delivery_info": {"exchange": "", "routing_key": "celery"}},
+    }), f"regression-zlib-{name}-bomb")
+# The same under the zlib_body target's small limits: the inflate limit (64 KiB), then the
+# value budget (inflate up to 32 MiB, values up to 64 KiB).
+put("zlib_body", b"\x00\x06\x0f" + json_bomb[:4096], "regression-zlib-json-bomb-inflate-limit")
+put("zlib_body", b"\x02\x0f\x06" + b"[[" + b"0," * 2000 + b"0], {}, {}]", "regression-json-value-budget")
+put("zlib_body", b"\x03\x0f\x06" + b"\x93\xdd\x00\x01\x00\x00" + b"\xc0" * 4000, "regression-msgpack-value-budget")
+
 for payload in ["*", '["celery"]', '["celery", "hipri", "q\\u00e9"]', "[]", '[1, "a"]']:
     put("wakeup", payload)
