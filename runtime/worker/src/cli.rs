@@ -82,8 +82,8 @@ pub struct DeadLetterSelection {
     /// Only this queue.
     #[arg(short = 'Q', long)]
     pub queue: Option<String>,
-    /// Only this reason code: undecodable, content_disallowed, not_registered, rejected,
-    /// redeliveries_exhausted.
+    /// Only this reason code: undecodable, too_large, content_disallowed, not_registered,
+    /// rejected, redeliveries_exhausted.
     #[arg(long)]
     pub reason_code: Option<String>,
     /// Only this task name.
