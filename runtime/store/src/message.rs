@@ -545,25 +545,18 @@ impl Store {
         }
         let (ids, attempts) = split(leases);
         let client = self.pool.get().await?;
+        let bury = bury_exhausted_sql(
+            "held",
+            "$4",
+            "requeued %s times (rejected with requeue, or its worker was lost); limit is %s redeliveries",
+        );
         let sql = format!(
             "with held as (
                  select m.id from celeriac.message m
                  join unnest($1::int8[], $2::int4[]) as c(id, attempt) on m.id = c.id and m.attempt = c.attempt
                  where m.leased_by = $3
                  for update of m
-             ), poison as (
-                 delete from celeriac.message m using held h
-                 where m.id = h.id and m.redeliveries >= $4 and celeriac.relaxed_commit()
-                 returning m.*
-             ), buried as (
-                 insert into celeriac.dead_letter ({DEAD_LETTER_COLUMNS})
-                 select id, queue, priority, task_name, task_id, payload, 'redeliveries_exhausted',
-                        format('requeued %s times (rejected with requeue, or its worker was lost); limit is %s redeliveries',
-                               redeliveries + 1, $4::int4),
-                        attempt, redeliveries + 1, created_at
-                 from poison
-                 returning message_id
-             ), requeued as (
+             ), {bury}, requeued as (
                  update celeriac.message m
                  set leased_by = null, lease_expires = null, redelivered = true, redeliveries = m.redeliveries + 1
                  from held h
@@ -677,25 +670,18 @@ impl Store {
              where m.leased_by = any(array(select id from dead)) and m.lease_expires < now()
              for update of m skip locked"
         };
+        let bury = bury_exhausted_sql(
+            "expired",
+            "$1",
+            "lease expired %s times without the task finishing (its worker died each time); limit is %s redeliveries",
+        );
         let sql = format!(
             "with dead as (
                  select id from celeriac.worker
                  where heartbeat_at < now() - make_interval(secs => lease_seconds) and lease_seconds <= $2
              ), expired as (
                  {candidates}
-             ), poison as (
-                 delete from celeriac.message m using expired e
-                 where m.id = e.id and m.redeliveries >= $1
-                 returning m.*
-             ), buried as (
-                 insert into celeriac.dead_letter ({DEAD_LETTER_COLUMNS})
-                 select id, queue, priority, task_name, task_id, payload, 'redeliveries_exhausted',
-                        format('lease expired %s times without the task finishing (its worker died each time); limit is %s redeliveries',
-                               redeliveries + 1, $1::int4),
-                        attempt, redeliveries + 1, created_at
-                 from poison
-                 returning 1
-             ), rescued as (
+             ), {bury}, rescued as (
                  update celeriac.message m
                  set leased_by = null, lease_expires = null, redelivered = true, redeliveries = m.redeliveries + 1
                  from expired e
@@ -751,6 +737,27 @@ fn pg_text(s: &str) -> Cow<'_, str> {
     } else {
         Cow::Borrowed(s)
     }
+}
+
+/// The `poison` and `buried` CTEs shared by rescue and requeue: of the rows `source` names (a
+/// CTE with an `id` column), those with at least `max` (a parameter) redeliveries move to
+/// `dead_letter` as `redeliveries_exhausted`, with `reason` formatted from the redeliveries
+/// and the limit. `buried` returns the moved messages' ids.
+fn bury_exhausted_sql(source: &str, max: &str, reason: &str) -> String {
+    format!(
+        "poison as (
+             delete from celeriac.message m using {source} s
+             where m.id = s.id and m.redeliveries >= {max} and celeriac.relaxed_commit()
+             returning m.*
+         ), buried as (
+             insert into celeriac.dead_letter ({DEAD_LETTER_COLUMNS})
+             select id, queue, priority, task_name, task_id, payload, 'redeliveries_exhausted',
+                    format('{reason}', redeliveries + 1, {max}::int4),
+                    attempt, redeliveries + 1, created_at
+             from poison
+             returning message_id
+         )"
+    )
 }
 
 fn split(leases: &[Lease]) -> (Vec<i64>, Vec<i32>) {
