@@ -8,7 +8,9 @@ workers on them -- ``chaos_worker`` (the ``celeriac`` CLI plus a Rust ``chaos.re
 embedded Python, prefork) and ``celery -A chaos_app worker`` (Celery 5.7 on the
 ``celeriac+postgresql://`` kombu transport) -- injects faults, waits for the queue to drain, stops
 the workers with SIGTERM (each must exit 0) and compares what was enqueued with the side-effect
-ledger every run writes (``chaos_ledger``, one row per run, in its own transaction):
+ledger every run writes (``chaos_ledger``, one row per run, in its own transaction). Leases are
+4 s with heartbeats every second (``--lease-seconds``/``--heartbeat-interval``, the transport's
+``lease_seconds``), and ``--max-redeliveries`` is 50 so that repeated kills do not dead-letter.
 
 * **lost**: an enqueued task with no ledger row (dead-lettered tasks are listed separately and
   fail the scenario too: none is expected);
@@ -24,11 +26,14 @@ zombie completion the fence did not refuse, and on a timeout.
 
 Scenarios (``--list``):
 
-* ``kill-rust``, ``kill-python``, ``kill-mixed``: workers SIGKILLed at random moments while
-  draining, and restarted (Rust handlers; ``celeriac worker -A``; a mixed fleet of both plus
-  ``celery worker`` processes on the same queue). Leases of 4 s, heartbeats every second.
-* ``pg-restart-fast``, ``pg-restart-immediate``: ``pg_ctl -m fast|immediate restart`` (same port)
-  twice while a mixed fleet drains; ``pg-terminate``: a random backend of the workers
+* ``kill-rust``, ``kill-python``, ``kill-mixed``: workers SIGKILLed at random moments (every
+  0.5-2 s; short mode 4 kills, long mode until the queue is empty) while draining, each restarted
+  at once: three ``chaos_worker -c 4``; two ``celeriac worker -A chaos_app -c 2``; one of each
+  plus two ``celery worker -c 2`` on the same queue. A celeriac worker is killed alone (its pool
+  children must die with it, checked), a Celery worker with its process group.
+* ``pg-restart-fast``, ``pg-restart-immediate``: ``pg_ctl -m fast|immediate restart`` (same port;
+  short mode once, long mode three times) while two ``chaos_worker``, one ``celeriac worker -A``
+  and one ``celery worker`` drain; ``pg-terminate``: a random backend of theirs
   (``application_name = 'celeriac'``) is killed with ``pg_terminate_backend`` every 0.1-0.5 s.
   No worker is restarted: all must stay alive.
 * ``outage``: the server is stopped for longer than the lease (10 s with a 4 s lease; long mode
@@ -154,6 +159,8 @@ class Mode:
     #: Task sleeps are chosen so that a fleet would drain in about this long without faults.
     drain_target: float
     drain_timeout: float
+    #: Longest wait of a run expected to fail (old PgBouncer): enough to show what happens.
+    xfail_timeout: float
     pgbouncer: tuple[str, ...]
     zombies: tuple[str, ...]
 
@@ -175,6 +182,7 @@ SHORT = Mode(
     restarts=1,
     drain_target=5.0,
     drain_timeout=120.0,
+    xfail_timeout=10.0,
     pgbouncer=("kill-mixed",),
     zombies=("rust",),
 )
@@ -195,6 +203,7 @@ LONG = Mode(
     restarts=3,
     drain_target=60.0,
     drain_timeout=1800.0,
+    xfail_timeout=60.0,
     pgbouncer=("*",),
     zombies=("rust", "python", "celery"),
 )
@@ -750,6 +759,8 @@ class Run:
     ) -> None:
         """Re-checks ``until`` every 50 ms (running ``tick``, the fault injector, meanwhile) and
         the workers' health; records a failure and raises ScenarioFailure on timeout."""
+        if self.result.expected_failure:
+            timeout = min(timeout, self.mode.xfail_timeout)
         deadline = time.monotonic() + timeout
         while True:
             self.check_procs()
@@ -767,13 +778,14 @@ class Run:
         self.drive(lambda: all(p.ready() or p.fate for p in targets), timeout, "the workers to be ready")
 
     def drain(self, tick: Callable[[], None] | None = None) -> None:
-        # A run expected to fail (old PgBouncer) need not wait long to show it.
-        timeout = 10.0 if self.result.expected_failure else self.mode.drain_timeout
-        self.drive(self.drained, timeout, "the queue to drain", tick)
+        self.drive(self.drained, self.mode.drain_timeout, "the queue to drain", tick)
 
     def shutdown(self) -> None:
-        """SIGTERM to every live worker (a paused one is resumed first); each must exit 0."""
+        """SIGTERM to every live worker (a paused one is resumed first); each must exit 0. A worker
+        started a moment ago (the last kill's replacement) is given time to start first."""
         self.check_procs()
+        with contextlib.suppress(ScenarioFailure):
+            self.drive(lambda: all(p.ready() or p.paused for p in self.live()), 60, "the workers to start")
         live = self.live()
         for proc in live:
             if proc.paused:
@@ -1301,6 +1313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     suite = Suite(mode, workdir, celeriac_bin, chaos_bin)
     suite.keep = args.keep
     results: list[Result] = []
+    interrupted = False
     started = time.monotonic()
     print(f"chaos: {mode.name} mode, seed {args.seed}, work directory {workdir}", flush=True)
     try:
@@ -1320,6 +1333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f" (explained {result.explained}: {dict(result.reasons)}), {result.seconds:.1f} s: {verdict}",
                     flush=True,
                 )
+    except (KeyboardInterrupt, SystemExit) as exc:
+        interrupted = True
+        print(f"chaos: interrupted ({exc!r}); the results so far follow", flush=True)
     finally:
         suite.close()
     elapsed = time.monotonic() - started
@@ -1342,13 +1358,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\nchaos: {len(results)} run(s) in {elapsed:.0f} s; {len(hard)} failed"
         + (f", {len(failed) - len(hard)} expected failure(s)" if len(failed) > len(hard) else "")
     )
-    if hard or args.keep or failed:
+    if hard or args.keep or failed or interrupted:
         print(f"chaos: logs kept in {workdir}")
-        if not args.keep:
+        if hard or args.keep:
+            print(f"chaos: the failed runs' databases: scripts/pg start {workdir / 'pg'} (then database chaos_*)")
+        else:
             shutil.rmtree(workdir / "pg", ignore_errors=True)
     else:
         shutil.rmtree(workdir, ignore_errors=True)
-    return 1 if hard else 0
+    return 130 if interrupted else 1 if hard else 0
 
 
 if __name__ == "__main__":
