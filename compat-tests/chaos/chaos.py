@@ -1358,7 +1358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\nchaos: {len(results)} run(s) in {elapsed:.0f} s; {len(hard)} failed"
         + (f", {len(failed) - len(hard)} expected failure(s)" if len(failed) > len(hard) else "")
     )
-    if hard or args.keep or failed or interrupted:
+    if hard or args.keep or interrupted:
         print(f"chaos: logs kept in {workdir}")
         if hard or args.keep:
             print(f"chaos: the failed runs' databases: scripts/pg start {workdir / 'pg'} (then database chaos_*)")
