@@ -912,17 +912,35 @@ def describe(runs: list[LedgerRun]) -> str:
 
 
 def scenario_kill(run: Run, fleet: Sequence[str]) -> None:
-    """Workers SIGKILLed at random moments while draining, each restarted at once."""
+    """Workers SIGKILLed at random moments while draining, each restarted at once.
+
+    Rescue needs a worker that has heartbeated for a whole lease (the rescuer's health guard), so
+    kills pause while nothing is being recorded for ``2 * lease + 2`` seconds: without that, a
+    fleet killed faster than it lives never rescues anything (a livelock of the suite, not of
+    celeriac). A worker that exits on its own (already a failure) is replaced as well."""
     procs = [run.start(kind) for kind in fleet]
     run.wait_ready(procs)
     run.enqueue(run.sleeps(run.tasks, run.slots()))
     mode = run.mode
     next_kill = time.monotonic() + random.uniform(*mode.kill_gap)
     kills = 0
+    recorded, progress_at, checked_at = 0, time.monotonic(), 0.0
+    replaced: set[str] = set()
 
     def tick() -> None:
-        nonlocal next_kill, kills
-        if kills >= mode.max_kills or time.monotonic() < next_kill:
+        nonlocal next_kill, kills, recorded, progress_at, checked_at
+        now = time.monotonic()
+        if now - checked_at >= 0.5:
+            checked_at = now
+            count = run.recorded()
+            if count is not None and count > recorded:
+                recorded, progress_at = count, now
+        for proc in run.procs:
+            if proc.fate == "exited" and proc.label not in replaced:
+                replaced.add(proc.label)
+                run.start(proc.kind, proc.slot)
+        stalled = now - progress_at > 2 * run.lease + 2
+        if kills >= mode.max_kills or now < next_kill or stalled:
             return
         candidates = [p for p in run.live() if p.ready()]
         if not candidates:
