@@ -1379,7 +1379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hard or args.keep or interrupted:
         print(f"chaos: logs kept in {workdir}")
         if hard or args.keep:
-            print(f"chaos: the failed runs' databases: scripts/pg start {workdir / 'pg'} (then database chaos_*)")
+            which = "every run's database" if args.keep else "the failed runs' databases"
+            print(f"chaos: {which}: scripts/pg start {workdir / 'pg'} (databases chaos_<scenario>_<round>)")
         else:
             shutil.rmtree(workdir / "pg", ignore_errors=True)
     else:
