@@ -829,6 +829,17 @@ async fn execute(
     drop(suspect);
 }
 
+/// Gives back a message whose lease ran out before its task started, instead of starting it (a
+/// no-op in the database if another worker has it by now).
+fn give_back_unstarted(shared: &Shared, lease: Lease, name: &str, id: &str) {
+    tracing::warn!(
+        message_id = lease.id,
+        "Task {name}[{id}] not started: its lease ran out before it could start (is the database reachable?)"
+    );
+    shared.stats.released.fetch_add(1, Ordering::Relaxed);
+    shared.settle(Settle::Release(lease));
+}
+
 /// Moves a message to `dead_letter` because it cannot be decoded.
 fn dead_letter_undecodable(shared: &Shared, claimed: &ClaimedMessage, e: &DecodeError) {
     let lease = claimed.lease;
@@ -900,13 +911,8 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
     };
     if shared.held.expired(lease) {
         // The heartbeat could not renew it (the database was unreachable): another worker may
-        // run it already. Give it back (a no-op if it is no longer ours) instead of starting it.
-        tracing::warn!(
-            message_id = lease.id,
-            "Task {name}[{id}] not started: its lease ran out before it could start (is the database reachable?)"
-        );
-        shared.stats.released.fetch_add(1, Ordering::Relaxed);
-        shared.settle(Settle::Release(lease));
+        // run it already.
+        give_back_unstarted(shared, lease, &name, &id);
         return;
     }
     // A handler that decodes the body itself (embedded Python, which reads the stored envelope
@@ -1000,14 +1006,7 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
             }
             shared.settle(Settle::Complete(lease));
         }
-        Outcome::NotStarted => {
-            tracing::warn!(
-                message_id = lease.id,
-                "Task {name}[{id}] not started: its lease ran out before it could start (is the database reachable?)"
-            );
-            shared.stats.released.fetch_add(1, Ordering::Relaxed);
-            shared.settle(Settle::Release(lease));
-        }
+        Outcome::NotStarted => give_back_unstarted(shared, lease, &name, &id),
         Outcome::Requeue { reason } if redeliveries >= shared.config.max_redeliveries => {
             tracing::error!(
                 "Task {name}[{id}] was requeued ({reason}) after {redeliveries} redeliveries; limit reached, moving it to dead_letter"
