@@ -6,7 +6,7 @@
 //! Rust worker runs.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, PoisonError,
@@ -33,8 +33,17 @@ use crate::{
     store::PyStore,
 };
 
-/// Leases held, each with whether it is a suspect (claimed after a lost lease or a requeue).
-type Held = Arc<Mutex<HashMap<Lease, bool>>>;
+/// Leases held, until their outcome is written.
+type Held = Arc<Mutex<HashMap<Lease, Holding>>>;
+
+/// What is known of a held lease.
+#[derive(Debug, Clone, Copy, Default)]
+struct Holding {
+    /// Claimed after a lost lease or a requeue (see `ClaimParams::suspects`).
+    suspect: bool,
+    /// Acked, and the ack not written yet: never given back on close.
+    acked: bool,
+}
 
 /// A claimed message as Python sees it: `(id, attempt, redelivered, queue, envelope)`.
 type Claimed<'py> = (i64, i32, bool, String, Bound<'py, PyBytes>);
@@ -53,8 +62,6 @@ pub struct Consumer {
     info: WorkerInfo,
     max_redeliveries: i32,
     held: Held,
-    /// Acks sent to the background writer and not yet written: never given back on close.
-    acked: Arc<Mutex<HashSet<Lease>>>,
     completions: mpsc::UnboundedSender<Completion>,
     wake: Arc<Notify>,
     queues: Arc<Mutex<Vec<String>>>,
@@ -121,7 +128,6 @@ impl Consumer {
                 .map_err(|e| store.get().error(&e, Doing::Other))?;
         }
         let held: Held = Arc::default();
-        let acked: Arc<Mutex<HashSet<Lease>>> = Arc::default();
         let wake = Arc::new(Notify::new());
         let queues: Arc<Mutex<Vec<String>>> = Arc::default();
         let stop = CancellationToken::new();
@@ -132,7 +138,7 @@ impl Consumer {
         let rescuer = Rescuer::new(pg.clone(), RescuerConfig { max_redeliveries, ..RescuerConfig::default() })
             .with_health(health);
         rt.spawn(rescuer.run(stop.clone()));
-        rt.spawn(complete(pg.clone(), info.id, held.clone(), acked.clone(), pending, stop.clone()));
+        rt.spawn(complete(pg.clone(), info.id, held.clone(), pending, stop.clone()));
         {
             let (wake, queues) = (wake.clone(), queues.clone());
             let listener = pg.listener();
@@ -157,7 +163,6 @@ impl Consumer {
             info,
             max_redeliveries,
             held,
-            acked,
             completions,
             wake,
             queues,
@@ -187,14 +192,15 @@ impl Consumer {
         }
         let (store, worker, lease_seconds) = (self.store.clone(), self.info.id, self.info.lease_seconds);
         // At most one suspect held at a time (see `ClaimParams::suspects`).
-        let suspects = i64::from(!lock(&self.held).values().any(|suspect| *suspect));
+        let suspects = i64::from(!lock(&self.held).values().any(|h| h.suspect));
         let claimed = block_on(py, async move {
             let params =
                 ClaimParams { worker_id: worker, queues: &queues, limit, lease_seconds, after: None, suspects };
             store.message_claim(&params).await
         })?
         .map_err(|e| self.owner.get().error(&e, Doing::Other))?;
-        lock(&self.held).extend(claimed.iter().map(|m| (m.lease, m.redeliveries > 0)));
+        lock(&self.held)
+            .extend(claimed.iter().map(|m| (m.lease, Holding { suspect: m.redeliveries > 0, acked: false })));
         Ok(claimed
             .into_iter()
             .map(|m| (m.lease.id, m.lease.attempt, m.redelivered, m.queue, PyBytes::new(py, &m.payload)))
@@ -206,11 +212,13 @@ impl Consumer {
     fn ack(&self, id: i64, attempt: i32) -> PyResult<()> {
         self.same_process()?;
         let lease = Lease { id, attempt };
-        lock(&self.acked).insert(lease);
-        self.completions.send(Completion::Ack(lease)).map_err(|_| {
-            lock(&self.acked).remove(&lease);
-            PyRuntimeError::new_err("this celeriac Consumer is closed")
-        })
+        self.completions
+            .send(Completion::Ack(lease))
+            .map_err(|_| PyRuntimeError::new_err("this celeriac Consumer is closed"))?;
+        if let Some(holding) = lock(&self.held).get_mut(&lease) {
+            holding.acked = true;
+        }
+        Ok(())
     }
 
     /// Waits (at most `timeout` seconds; `None` or infinity: no limit) until every ack sent so
@@ -219,30 +227,19 @@ impl Consumer {
     #[pyo3(signature = (timeout=Some(10.0)))]
     fn flush(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
         self.same_process()?;
-        let deadline = timeout_duration(timeout)?.and_then(|t| std::time::Instant::now().checked_add(t));
         let (done, flushed) = oneshot::channel();
         if self.completions.send(Completion::Flush(done)).is_err() {
             return Ok(true);
         }
         let flushed = Arc::new(tokio::sync::Mutex::new(flushed));
-        // In slices, so Python signal handlers (Ctrl-C) run meanwhile.
-        loop {
-            let slice = deadline
-                .map_or(Duration::MAX, |d| d.saturating_duration_since(std::time::Instant::now()))
-                .min(Duration::from_millis(100));
+        let written = wait_interruptibly(py, timeout, move |slice| {
             let flushed = flushed.clone();
-            let answer = block_on(py, async move {
+            async move {
                 let mut rx = flushed.lock().await;
                 tokio::time::timeout(slice, &mut *rx).await.ok().map(|r| r.is_ok())
-            })?;
-            if let Some(written) = answer {
-                return Ok(written);
             }
-            py.check_signals()?;
-            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-                return Ok(false);
-            }
-        }
+        })?;
+        Ok(written.unwrap_or(false))
     }
 
     /// Puts a message back at once, marked redelivered (`basic_reject(requeue=True)`), counting
@@ -290,21 +287,12 @@ impl Consumer {
     /// Python signal handlers (Ctrl-C, Celery's SIGTERM handler) run every 100 ms meanwhile.
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
         self.same_process()?;
-        // No deadline for `None`, infinity, or a timeout too long to represent.
-        let deadline = timeout_duration(timeout)?.and_then(|t| std::time::Instant::now().checked_add(t));
-        loop {
-            let slice = deadline
-                .map_or(Duration::MAX, |d| d.saturating_duration_since(std::time::Instant::now()))
-                .min(Duration::from_millis(100));
-            let wake = self.wake.clone();
-            if block_on(py, async move { tokio::time::timeout(slice, wake.notified()).await.is_ok() })? {
-                return Ok(true);
-            }
-            py.check_signals()?;
-            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-                return Ok(false);
-            }
-        }
+        let wake = self.wake.clone();
+        let woken = wait_interruptibly(py, timeout, move |slice| {
+            let wake = wake.clone();
+            async move { tokio::time::timeout(slice, wake.notified()).await.ok() }
+        })?;
+        Ok(woken.is_some())
     }
 
     /// Writes pending acks (waiting up to 10 s), gives back every message still held whose ack is
@@ -317,8 +305,9 @@ impl Consumer {
         self.flush(py, Some(10.0))?;
         // A message whose ack is still unwritten (the flush timed out) is not given back: it ran.
         // If the ack never lands, its lease expires and it is delivered again (at least once).
-        let acked = lock(&self.acked).clone();
-        let leases: Vec<Lease> = lock(&self.held).drain().map(|(l, _)| l).filter(|l| !acked.contains(l)).collect();
+        let held: Vec<(Lease, Holding)> = lock(&self.held).drain().collect();
+        let acks_unwritten = held.iter().any(|(_, h)| h.acked);
+        let leases: Vec<Lease> = held.into_iter().filter(|(_, h)| !h.acked).map(|(l, _)| l).collect();
         let (store, worker) = (self.store.clone(), self.info.id);
         let result = block_on(py, async move {
             if !leases.is_empty() {
@@ -326,7 +315,7 @@ impl Consumer {
             }
             // With acks unwritten, the row stays: once its heartbeat is a lease old, rescuers
             // treat this consumer as dead and deliver those messages again promptly.
-            if acked.is_empty() {
+            if !acks_unwritten {
                 store.worker_deregister(worker).await?;
             }
             Ok::<_, celeriac_store::Error>(())
@@ -338,6 +327,30 @@ impl Consumer {
 
     fn __repr__(&self) -> String {
         format!("<celeriac Consumer {} {}>", self.info.hostname, self.info.id)
+    }
+}
+
+/// Runs `attempt` with slices of at most 100 ms of `timeout` (seconds; `None`, infinity or a
+/// timeout too long to represent: no limit) until it gives an answer, letting Python signal
+/// handlers (Ctrl-C, Celery's SIGTERM handler) run between slices. `None` when time ran out.
+fn wait_interruptibly<T, F, Fut>(py: Python<'_>, timeout: Option<f64>, mut attempt: F) -> PyResult<Option<T>>
+where
+    F: FnMut(Duration) -> Fut,
+    Fut: std::future::Future<Output = Option<T>> + Send,
+    T: Send,
+{
+    let deadline = timeout_duration(timeout)?.and_then(|t| std::time::Instant::now().checked_add(t));
+    loop {
+        let slice = deadline
+            .map_or(Duration::MAX, |d| d.saturating_duration_since(std::time::Instant::now()))
+            .min(Duration::from_millis(100));
+        if let Some(answer) = block_on(py, attempt(slice))? {
+            return Ok(Some(answer));
+        }
+        py.check_signals()?;
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Ok(None);
+        }
     }
 }
 
@@ -379,7 +392,6 @@ async fn complete(
     store: Store,
     worker: Uuid,
     held: Held,
-    acked: Arc<Mutex<HashSet<Lease>>>,
     mut pending: mpsc::UnboundedReceiver<Completion>,
     stop: CancellationToken,
 ) {
@@ -405,10 +417,8 @@ async fn complete(
                     // An ack whose lease was lost is refused by the fence: that message is
                     // delivered again (at least once).
                     let mut held = lock(&held);
-                    let mut acked = lock(&acked);
                     for lease in &batch {
                         held.remove(lease);
-                        acked.remove(lease);
                     }
                     batch.clear();
                 }

@@ -98,17 +98,15 @@ pub fn main(args: &ChildArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut broker_secret = None;
-    if expects_broker_url {
-        // Unbuffered: nothing after this frame may be read ahead of the task loop's reader.
-        match frame::read_sync::<ToChild>(&mut &socket) {
-            Ok(Some((ToChild::BrokerUrl { url }, _))) => broker_secret = Some(url),
-            other => {
-                eprintln!("celeriac pool-child: expected the broker URL from the worker first, got {other:?}");
-                return ExitCode::FAILURE;
-            }
+    // Unbuffered: nothing after this frame may be read ahead of the task loop's reader.
+    let broker_secret = match expects_broker_url.then(|| frame::read_sync::<ToChild>(&mut &socket)) {
+        None => None,
+        Some(Ok(Some((ToChild::BrokerUrl { url }, _)))) => Some(url),
+        Some(other) => {
+            eprintln!("celeriac pool-child: expected the broker URL from the worker first, got {other:?}");
+            return ExitCode::FAILURE;
         }
-    }
+    };
     let writer: Writer = Arc::new(Mutex::new(BufWriter::new(socket)));
 
     Python::initialize();
