@@ -24,6 +24,9 @@ Consuming, with a real Python Celery worker (``celery_worker`` fixture, prefork 
   (``undecodable``, original bytes) and the worker keeps running other tasks.
 * ``test_warm_shutdown_gives_back_unstarted_messages``: SIGTERM with tasks running and more claimed:
   every message ran exactly once or is back unleased; a second worker runs the rest, once each.
+* ``test_lost_database_keeps_running_tasks``: the database refuses connections while an ``acks_late``
+  task runs: claims fail and are retried, the kombu connection is not reset, the task keeps its
+  message and runs once; its ack deletes the row once the database is back.
 * ``test_crash_redelivers_after_the_lease``: SIGKILL of the worker's process group: the rows stay leased,
   the Rust worker's rescuer frees them after the 2 s lease, they run marked ``redelivered``.
 """
@@ -470,6 +473,42 @@ def test_long_task_holds_a_renewed_lease(
     worker.wait_for(lambda: message_count(database_url) == 0, RESULT_TIMEOUT, "the ack to delete the row")
     assert effects_of(effects) == ["start long", "done long"], "ran once"
     assert [name for name, _, _ in worker.succeeded()] == ["pyapp.slow_late"]
+
+
+def test_lost_database_keeps_running_tasks(
+    database_url: str, tmp_path: Path, celery_worker: Callable[..., CeleryWorker]
+) -> None:
+    # The database refuses every connection for a while (its backends killed, connections not
+    # allowed) while an acks_late task runs: the worker's claims fail meanwhile, but the kombu
+    # connection is not reset, so the running task keeps its message (kombu's restore_unacked
+    # would give it back and it would run twice), and its ack lands once the database is back.
+    module, effects = write_app(tmp_path, database_url, conf={"broker_transport_options": {"lease_seconds": 2}})
+    worker = celery_worker(module, concurrency=1)
+    with celeriac.Client(database_url) as client:
+        task_id = client.send_task("pyapp.slow_late", ("cut", 5.0))
+    worker.wait_for(lambda: "start cut" in effects_of(effects), RESULT_TIMEOUT, "the task to start")
+    dbname = rows(database_url, "select current_database()")[0][0]
+    admin_url = psycopg.conninfo.make_conninfo(database_url, dbname="postgres")
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'alter database "{dbname}" with allow_connections false')  # type: ignore[arg-type]
+        try:
+            admin.execute("select pg_terminate_backend(pid) from pg_stat_activity where datname = %s", (dbname,))
+            worker.wait_for(
+                lambda: "cannot claim, the database is unreachable" in worker.log(),
+                RESULT_TIMEOUT,
+                "a claim to fail",
+            )
+        finally:
+            admin.execute(f'alter database "{dbname}" with allow_connections true')  # type: ignore[arg-type]
+    worker.wait_for(lambda: "done cut" in effects_of(effects), RESULT_TIMEOUT, "the task to finish")
+    worker.wait_for(lambda: message_count(database_url) == 0, RESULT_TIMEOUT, "the ack to delete the row")
+    assert effects_of(effects) == ["start cut", "done cut"], "ran once, though its lease ran out meanwhile"
+    assert [task for _, task, _ in worker.succeeded()] == [task_id]
+    log = worker.log()
+    assert "the database answers again" in log
+    assert "Connection to broker lost" not in log, log
+    assert "Traceback" not in log, log
+    assert worker.proc.poll() is None, "the worker keeps running"
 
 
 #: Rows no kombu consumer can read: not JSON, not an object, properties not an object, not UTF-8.

@@ -48,12 +48,10 @@ Scenarios (``--list``):
   stale run must still be in the queue. Runs the zombie started before SIGCONT are explained;
   anything it starts afterwards is an ordinary run.
 * ``...+pgbouncer``: the same scenario with the workers connected through PgBouncer in
-  transaction mode (``pool_mode = transaction``, ``max_prepared_statements = 200`` where the
-  installed PgBouncer supports it, ``--no-listen``); the ledger still writes to PostgreSQL
-  directly. Short mode runs ``kill-mixed+pgbouncer``; long mode runs every scenario behind it.
-  The worker needs PgBouncer >= 1.21 (prepared statements in transaction mode): with an older
-  one the PgBouncer scenarios still run and report what happens, but count as expected failures
-  (XFAIL), which do not change the exit status unless ``--strict``.
+  transaction mode (``pool_mode = transaction``, no ``max_prepared_statements``: any PgBouncer
+  version) with ``?pooler=transaction`` on their URL, so they use no session state (unnamed
+  statements, no LISTEN); the ledger still writes to PostgreSQL directly. Short mode runs
+  ``kill-mixed+pgbouncer``; long mode runs every scenario behind it.
 
 Modes: ``--short`` (the default; ``CHAOS_MODE=short``) runs each scenario once with a few hundred
 tasks in about three minutes; ``--long`` (``CHAOS_MODE=long``) runs 20 rounds of 10,000 tasks for
@@ -110,8 +108,6 @@ CRASH_WINDOW = (5.0, 1.0)
 MAX_REDELIVERIES = 50
 #: Worker application_name (celeriac's default) whose backends pg-terminate kills.
 WORKER_APPLICATION_NAME = "celeriac"
-#: Oldest PgBouncer with prepared statements in transaction mode (max_prepared_statements).
-PGBOUNCER_MIN = (1, 21)
 
 LEDGER_DDL = """
 create table chaos_ledger (
@@ -159,8 +155,6 @@ class Mode:
     #: Task sleeps are chosen so that a fleet would drain in about this long without faults.
     drain_target: float
     drain_timeout: float
-    #: Longest wait of a run expected to fail (old PgBouncer): enough to show what happens.
-    xfail_timeout: float
     pgbouncer: tuple[str, ...]
     zombies: tuple[str, ...]
 
@@ -182,7 +176,6 @@ SHORT = Mode(
     restarts=1,
     drain_target=4.0,
     drain_timeout=120.0,
-    xfail_timeout=10.0,
     pgbouncer=("kill-mixed",),
     zombies=("rust",),
 )
@@ -203,7 +196,6 @@ LONG = Mode(
     restarts=3,
     drain_target=60.0,
     drain_timeout=1800.0,
-    xfail_timeout=60.0,
     pgbouncer=("*",),
     zombies=("rust", "python", "celery"),
 )
@@ -432,7 +424,6 @@ class PgBouncer:
         if not Path(binary).exists():
             raise RuntimeError("pgbouncer is not installed (scripts/chaos installs Debian's package)")
         self.version = pgbouncer_version(binary)
-        self.prepared = self.version >= PGBOUNCER_MIN
         self.dir = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -458,8 +449,6 @@ class PgBouncer:
             f"logfile = {directory / 'pgbouncer.log'}",
             f"pidfile = {directory / 'pgbouncer.pid'}",
         ]
-        if self.prepared:
-            lines.append("max_prepared_statements = 200")
         (directory / "pgbouncer.ini").write_text("\n".join(lines) + "\n")
         quoted = (password or "").replace('"', '""')
         (directory / "userlist.txt").write_text(f'"{user}" "{quoted}"\n')
@@ -584,7 +573,6 @@ class Result:
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     reasons: Counter[str] = field(default_factory=Counter)
-    expected_failure: str | None = None
     workdir: Path | None = None
 
     @property
@@ -641,13 +629,8 @@ class Run:
 
     def setup(self) -> None:
         if self.pgbouncer:
-            bouncer = self.suite.bouncer()
-            self.worker_url = url_with(bouncer.url, dbname=self.dbname)
-            if not bouncer.prepared:
-                self.result.expected_failure = (
-                    f"PgBouncer {bouncer.version_text} < 1.21 cannot keep the worker's prepared statements "
-                    "in transaction mode (no max_prepared_statements)"
-                )
+            # celeriac's own option: unnamed statements only, no LISTEN (workers poll).
+            self.worker_url = url_with(self.suite.bouncer().url, dbname=self.dbname) + "?pooler=transaction"
         with psycopg.connect(self.suite.cluster.url, autocommit=True) as conn:
             conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(self.dbname)))
             conn.execute(sql.SQL("create database {}").format(sql.Identifier(self.dbname)))
@@ -759,8 +742,6 @@ class Run:
     ) -> None:
         """Re-checks ``until`` every 50 ms (running ``tick``, the fault injector, meanwhile) and
         the workers' health; records a failure and raises ScenarioFailure on timeout."""
-        if self.result.expected_failure:
-            timeout = min(timeout, self.mode.xfail_timeout)
         deadline = time.monotonic() + timeout
         while True:
             self.check_procs()
@@ -1176,8 +1157,6 @@ class Suite:
             "--shutdown-timeout",
             "30",
         ]
-        if run.pgbouncer:
-            common.append("--no-listen")
         if kind == "rust":
             return [str(self.chaos_bin), *common], env, CHAOS_DIR
         if kind == "python":
@@ -1261,7 +1240,7 @@ def table(results: list[Result]) -> str:
         for r in rs:
             faults.update(r.faults)
         failed = any(r.failed for r in rs)
-        verdict = "PASS" if not failed else ("XFAIL" if all(r.expected_failure for r in rs if r.failed) else "FAIL")
+        verdict = "FAIL" if failed else "PASS"
         rows.append((
             name,
             str(len(rs)),
@@ -1294,7 +1273,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, help="tasks per scenario (default: the mode's)")
     parser.add_argument("--seed", type=int, help="random seed (default: random, printed)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory and its cluster")
-    parser.add_argument("--strict", action="store_true", help="expected failures (XFAIL) fail the run too")
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     args = parser.parse_args(argv)
     mode = {"short": SHORT, "long": LONG}[args.mode or os.environ.get("CHAOS_MODE") or "short"]
@@ -1344,7 +1322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for round_no in range(1, rounds + 1):
                 result = suite.run(scenario, round_no, tasks, pgbouncer=pgbouncer)
                 results.append(result)
-                verdict = "ok" if not result.failed else ("XFAIL" if result.expected_failure else "FAILED")
+                verdict = "FAILED" if result.failed else "ok"
                 print(
                     f"chaos: {result.scenario} round {round_no}/{rounds}: {result.tasks} tasks, lost {result.lost},"
                     f" stuck {result.stuck}, dead {result.dead}, duplicates {result.duplicates}"
@@ -1365,27 +1343,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if r.failed or r.notes:
             title = f"{r.scenario} round {r.round}"
             if r.failed:
-                title += " XFAIL: " + r.expected_failure if r.expected_failure else " FAILED"
+                title += " FAILED"
             print(f"\n== {title} (logs: {r.workdir})")
             for failure in r.failures:
                 print("  - " + failure.replace("\n", "\n    "))
             for note in r.notes:
                 print("  * " + note)
-    hard = [r for r in failed if args.strict or not r.expected_failure]
-    print(
-        f"\nchaos: {len(results)} run(s) in {elapsed:.0f} s; {len(hard)} failed"
-        + (f", {len(failed) - len(hard)} expected failure(s)" if len(failed) > len(hard) else "")
-    )
-    if hard or args.keep or interrupted:
+    print(f"\nchaos: {len(results)} run(s) in {elapsed:.0f} s; {len(failed)} failed")
+    if failed or args.keep or interrupted:
         print(f"chaos: logs kept in {workdir}")
-        if hard or args.keep:
+        if failed or args.keep:
             which = "every run's database" if args.keep else "the failed runs' databases"
             print(f"chaos: {which}: scripts/pg start {workdir / 'pg'} (databases chaos_<scenario>_<round>)")
         else:
             shutil.rmtree(workdir / "pg", ignore_errors=True)
     else:
         shutil.rmtree(workdir, ignore_errors=True)
-    return 130 if interrupted else 1 if hard else 0
+    return 130 if interrupted else 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,12 @@ both consume it. A Python Celery worker gets celeriac's delivery guarantees:
   redelivered, marked ``redelivered``, by whichever worker runs the rescuer.
 - New messages wake consumers through LISTEN/NOTIFY; ``polling_interval`` (default 1 s) is
   the safety net and bounds how late an ETA task can start.
+- Losing the database (a restart, a killed backend, an outage) does not reset the kombu
+  connection: claims fail, the transport logs it and polls again, and the tasks still running
+  keep their messages. Their leases are renewed again as soon as the database answers and their
+  acks are written then, so they do not run a second time. (A broker connection lost by Celery
+  on RabbitMQ redelivers every unacked message instead.) ``?pooler=transaction`` on the URL
+  works behind PgBouncer in transaction mode (no prepared statements, no LISTEN: polling).
 
 Like kombu's SQLAlchemy transport it has no fanout exchange, so remote control (``inspect``,
 ``revoke`` broadcasts) and events do not cross processes.
@@ -27,6 +33,7 @@ flushed to disk; False is faster and, like RabbitMQ without publisher confirms, 
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -43,6 +50,8 @@ from celeriac import _native
 
 #: Claim at most this many messages at once when the channel has no prefetch limit.
 UNLIMITED_CLAIM = 100
+
+logger = logging.getLogger(__name__)
 
 _stores: dict[tuple[str, int, float], _native.Store] = {}
 _stores_lock = threading.Lock()
@@ -104,6 +113,8 @@ class Channel(virtual.Channel):
         #: Claimed messages not delivered yet, ``(message, queue)``: still leased to this
         #: channel's consumer (heartbeated; given back by ``Consumer.close`` if never delivered).
         self._claimed: deque[tuple[dict[str, Any], str]] = deque()
+        #: Since when claims fail because the database cannot be reached (None: they succeed).
+        self._unreachable_since: float | None = None
 
     @property
     def store(self) -> _native.Store:
@@ -148,9 +159,8 @@ class Channel(virtual.Channel):
             if limit <= 0:
                 raise Empty()
             consumer = self.consumer()
-            for row_id, attempt, redelivered, queue, payload in consumer.claim(
-                list(dict.fromkeys(queues)), limit
-            ):
+            rows = self._claim(consumer, list(dict.fromkeys(queues)), limit)
+            for row_id, attempt, redelivered, queue, payload in rows:
                 raw = self._to_raw(consumer, row_id, attempt, redelivered, queue, payload)
                 if raw is not None:
                     self._claimed.append((raw, queue))
@@ -158,6 +168,32 @@ class Channel(virtual.Channel):
                 raise Empty()
         raw, queue = self._claimed.popleft()
         self.connection._deliver(raw, queue)
+
+    def _claim(
+        self, consumer: _native.Consumer, queues: list[str], limit: int
+    ) -> list[tuple[int, int, bool, str, bytes]]:
+        """Claims for delivery; while the database cannot be reached, nothing (the caller
+        polls again) rather than a connection error: kombu would close the channel, and its
+        ``restore_unacked`` would give back the messages of the tasks still running, which then
+        run twice while their own acks are lost."""
+        try:
+            rows = consumer.claim(queues, limit)
+        except _native.ConnectError as exc:
+            if self._unreachable_since is None:
+                self._unreachable_since = monotonic()
+                logger.warning(
+                    "celeriac: cannot claim, the database is unreachable (%s); polling until it "
+                    "answers; running tasks keep their messages",
+                    exc,
+                )
+            return []
+        if self._unreachable_since is not None:
+            logger.warning(
+                "celeriac: the database answers again after %.1f s; claiming",
+                monotonic() - self._unreachable_since,
+            )
+            self._unreachable_since = None
+        return rows
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
         consumer = self.consumer()
@@ -211,7 +247,8 @@ class Channel(virtual.Channel):
         if lease is not None and self._consumer is not None:
             self._consumer.ack(*lease)
         super().basic_ack(delivery_tag, multiple=multiple)
-        self.connection.capacity_freed.set()
+        if self.connection is not None:  # None once the channel is closed
+            self.connection.capacity_freed.set()
 
     def basic_reject(self, delivery_tag: Any, requeue: bool = False) -> None:
         lease = _lease(delivery_tag)
@@ -225,7 +262,8 @@ class Channel(virtual.Channel):
                 *lease, "rejected", "rejected by a kombu consumer (basic_reject, requeue=False)"
             )
         self.qos.reject(delivery_tag, requeue=False)
-        self.connection.capacity_freed.set()
+        if self.connection is not None:
+            self.connection.capacity_freed.set()
 
     def _restore(self, message: Any) -> None:
         """Gives an unacked message back (warm shutdown, ``basic_recover``): the same row is

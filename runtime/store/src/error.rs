@@ -10,7 +10,7 @@ pub enum Error {
     #[error("invalid database URL: {0}")]
     Config(String),
     /// No connection could be taken from the pool (the server is down or unreachable).
-    #[error("could not get a database connection: {0}")]
+    #[error("could not get a database connection: {}", describe_pool(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
     /// A statement failed.
     #[error("database error: {}", describe(.0))]
@@ -31,6 +31,9 @@ pub enum Error {
     /// A streamed insert ended without a commit; nothing of it was written.
     #[error("the enqueue was abandoned before it committed; nothing was written")]
     Aborted,
+    /// A statement that returns one row returned another number of rows.
+    #[error("a statement expected to return one row returned {0}")]
+    UnexpectedRows(usize),
 }
 
 impl Error {
@@ -50,7 +53,11 @@ impl Error {
                             || *c == SqlState::CANNOT_CONNECT_NOW
                     })
             }
-            Error::Config(_) | Error::SchemaMissing(_) | Error::MigrationChanged { .. } | Error::Aborted => false,
+            Error::Config(_)
+            | Error::SchemaMissing(_)
+            | Error::MigrationChanged { .. }
+            | Error::Aborted
+            | Error::UnexpectedRows(_) => false,
         }
     }
 
@@ -66,6 +73,16 @@ impl Error {
             }
             _ => Error::Postgres(e),
         }
+    }
+}
+
+/// The pool's error, with the server's reason when a new connection was refused (deadpool's
+/// own message stops at "db error").
+fn describe_pool(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(pg) => describe(pg),
+        deadpool_postgres::PoolError::PostCreateHook(deadpool_postgres::HookError::Backend(pg)) => describe(pg),
+        other => other.to_string(),
     }
 }
 

@@ -20,6 +20,7 @@ mod listener;
 pub mod maintenance;
 mod message;
 mod migrate;
+mod sql;
 mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -37,6 +38,8 @@ pub use message::{
     RequeueReport, RescueReport, MESSAGE_INSERT_DBAPI_SQL, ORPHAN_AFTER_HEALTHY_SECONDS,
 };
 pub use migrate::{migrations_fingerprint, MigrateReport, Migration, MIGRATIONS};
+pub use sql::Pooler;
+use sql::Session;
 pub use stats::{DeadLetter, DeadLetterFilter, QueueStats};
 use tokio_postgres::NoTls;
 pub use worker::WorkerInfo;
@@ -44,7 +47,9 @@ pub use worker::WorkerInfo;
 /// How to reach the database.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// `postgresql://user:password@host:port/dbname` (libpq URL or key=value form).
+    /// `postgresql://user:password@host:port/dbname` (libpq URL or key=value form), plus
+    /// celeriac's own `pooler=transaction` option for a transaction-mode pooler such as
+    /// PgBouncer (see [`Pooler`]).
     pub database_url: String,
     /// Pool size. Default: 8.
     pub max_connections: usize,
@@ -66,6 +71,7 @@ impl StoreConfig {
 pub struct Store {
     pool: Pool,
     pg_config: tokio_postgres::Config,
+    pooler: Pooler,
 }
 
 impl std::fmt::Debug for Store {
@@ -79,8 +85,11 @@ impl std::fmt::Debug for Store {
 const NO_TLS: &str = "TLS connections to PostgreSQL are not supported yet; connect over a local socket, a private \
                       network or a tunnel, with sslmode=disable (or no sslmode)";
 
-/// Parses a libpq URL or key=value string, refusing settings celeriac cannot honour.
-fn parse_url(url: &str) -> Result<tokio_postgres::Config> {
+/// Parses a libpq URL or key=value string with celeriac's `pooler` option, refusing settings
+/// celeriac cannot honour.
+fn parse_url(url: &str) -> Result<(tokio_postgres::Config, Pooler)> {
+    let (url, pooler) = sql::take_pooler_option(url)?;
+    let url = url.as_str();
     for mode in ["verify-ca", "verify-full"] {
         if url.contains(&format!("sslmode={mode}")) || url.contains(&format!("sslmode='{mode}'")) {
             return Err(Error::Config(format!("sslmode={mode}: {NO_TLS}")));
@@ -94,9 +103,9 @@ fn parse_url(url: &str) -> Result<tokio_postgres::Config> {
         // for explicitly.
         tokio_postgres::config::SslMode::Prefer if url.contains("sslmode=prefer") => {
             tracing::warn!("sslmode=prefer: celeriac does not support TLS yet; connecting without encryption");
-            Ok(config)
+            Ok((config, pooler))
         }
-        _ => Ok(config),
+        _ => Ok((config, pooler)),
     }
 }
 
@@ -104,7 +113,9 @@ fn parse_url(url: &str) -> Result<tokio_postgres::Config> {
 /// (nor any other option). A string that does not parse is not shown at all.
 #[must_use]
 pub fn redact_url(url: &str) -> String {
-    let Ok(config) = tokio_postgres::Config::from_str(url) else {
+    let Ok((config, pooler)) =
+        sql::take_pooler_option(url).and_then(|(url, pooler)| Ok((tokio_postgres::Config::from_str(&url)?, pooler)))
+    else {
         return "(a connection string that does not parse)".to_owned();
     };
     let hosts: Vec<String> = config
@@ -125,13 +136,15 @@ pub fn redact_url(url: &str) -> String {
         .collect();
     let user = config.get_user().map(|u| format!("{u}@")).unwrap_or_default();
     let db = config.get_dbname().unwrap_or_default();
-    format!("postgresql://{user}{}/{db}", hosts.join(","))
+    let pooler = if pooler == Pooler::Transaction { "?pooler=transaction" } else { "" };
+    format!("postgresql://{user}{}/{db}{pooler}", hosts.join(","))
 }
 
 /// Whether the connection string carries a password.
 #[must_use]
 pub fn url_has_password(url: &str) -> bool {
-    tokio_postgres::Config::from_str(url).is_ok_and(|c| c.get_password().is_some())
+    sql::take_pooler_option(url)
+        .is_ok_and(|(url, _)| tokio_postgres::Config::from_str(&url).is_ok_and(|c| c.get_password().is_some()))
 }
 
 impl Store {
@@ -141,7 +154,7 @@ impl Store {
     /// [`Error::Config`] when the URL does not parse, or asks for TLS (not supported yet:
     /// `sslmode=require`, `verify-ca`, `verify-full` are refused; `prefer` connects without).
     pub fn new(config: &StoreConfig) -> Result<Store> {
-        let mut pg_config = parse_url(&config.database_url)?;
+        let (mut pg_config, pooler) = parse_url(&config.database_url)?;
         if pg_config.get_application_name().is_none() {
             pg_config.application_name("celeriac");
         }
@@ -153,24 +166,29 @@ impl Store {
         pg_config.tcp_user_timeout(Duration::from_secs(30));
         let manager =
             Manager::from_config(pg_config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager)
+        let mut pool = Pool::builder(manager);
+        if pooler == Pooler::Session {
             // Every statement here is written for index access; generic plans skip re-planning
-            // each execution (custom plans of the claim cost more than running it).
-            .post_create(deadpool_postgres::Hook::async_fn(|client, _| {
+            // each execution (custom plans of the claim cost more than running it). Not behind
+            // a transaction-mode pooler, where a `SET` would stick to whichever server session
+            // ran it, and statements are unnamed (planned each time) anyway.
+            pool = pool.post_create(deadpool_postgres::Hook::async_fn(|client, _| {
                 Box::pin(async move {
                     client
                         .batch_execute("set plan_cache_mode = force_generic_plan")
                         .await
                         .map_err(deadpool_postgres::HookError::Backend)
                 })
-            }))
+            }));
+        }
+        let pool = pool
             .max_size(config.max_connections.max(1))
             .wait_timeout(Some(config.connect_timeout))
             .create_timeout(Some(config.connect_timeout))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| Error::Config(e.to_string()))?;
-        Ok(Store { pool, pg_config })
+        Ok(Store { pool, pg_config, pooler })
     }
 
     /// Shorthand for [`Store::new`] with [`StoreConfig::new`].
@@ -187,7 +205,7 @@ impl Store {
     /// [`Error::SchemaMissing`] when `celeriac migrate` has not run; connection errors.
     pub async fn check(&self) -> Result<()> {
         let client = self.pool.get().await?;
-        client.query_one("select count(*) from celeriac.schema_migration", &[]).await.map_err(Error::from_pg)?;
+        client.row(self.pooler, "select count(*) from celeriac.schema_migration", &[]).await?;
         Ok(())
     }
 
@@ -197,9 +215,35 @@ impl Store {
         self.pool.close();
     }
 
-    /// A [`Listener`] for `NOTIFY` wake-ups on its own connection (outside the pool).
+    /// A [`Listener`] for `NOTIFY` wake-ups on its own connection (outside the pool). Behind a
+    /// transaction-mode pooler, where `LISTEN` cannot work, it only waits for shutdown (and
+    /// says so once): consumers find work by polling.
     #[must_use]
     pub fn listener(&self) -> Listener {
-        Listener::new(self.pg_config.clone())
+        Listener::new(self.pg_config.clone(), self.pooler == Pooler::Session)
+    }
+
+    /// How many named prepared statements the session of a pooled connection holds (with
+    /// `max_connections = 1`, the session every statement ran on): the session state a
+    /// transaction-mode pooler would break. Asked with the simple protocol, which prepares
+    /// nothing itself.
+    ///
+    /// # Errors
+    /// Connection errors.
+    #[cfg(feature = "testing")]
+    pub async fn testing_prepared_statements(&self) -> Result<i64> {
+        let client = self.pool.get().await?;
+        let rows = client.simple_query("select count(*) from pg_prepared_statements").await?;
+        let count = rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).and_then(|v| v.parse().ok()),
+            _ => None,
+        });
+        count.ok_or(Error::UnexpectedRows(0))
+    }
+
+    /// What the connection string says sits between celeriac and PostgreSQL.
+    #[must_use]
+    pub fn pooler(&self) -> Pooler {
+        self.pooler
     }
 }

@@ -50,21 +50,28 @@ impl Wakeup {
 pub struct Listener {
     config: tokio_postgres::Config,
     max_backoff: Duration,
+    /// False behind a transaction-mode pooler, where `LISTEN` cannot work.
+    enabled: bool,
 }
 
 impl Listener {
-    pub(crate) fn new(config: tokio_postgres::Config) -> Self {
-        Listener { config, max_backoff: Duration::from_secs(5) }
+    pub(crate) fn new(config: tokio_postgres::Config, enabled: bool) -> Self {
+        Listener { config, max_backoff: Duration::from_secs(5), enabled }
     }
 
     /// Listens until `shutdown` resolves, calling `on_wakeup` for each notification and once
     /// after every successful (re)connect with [`Wakeup::Any`]. Connection failures are logged
-    /// and retried with exponential backoff (100 ms doubling to 5 s).
+    /// and retried with exponential backoff (100 ms doubling to 5 s). Behind a transaction-mode
+    /// pooler ([`crate::Pooler::Transaction`]) it only waits for `shutdown`.
     pub async fn run<F, S>(self, on_wakeup: F, shutdown: S)
     where
         F: Fn(Wakeup) + Send + Sync,
         S: Future<Output = ()>,
     {
+        if !self.enabled {
+            tracing::info!("pooler=transaction: no LISTEN through a transaction-mode pooler; finding work by polling");
+            return shutdown.await;
+        }
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(100);
         loop {

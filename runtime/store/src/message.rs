@@ -11,9 +11,13 @@ use std::{borrow::Cow, sync::LazyLock};
 use celeriac_protocol::{EncodedTask, Value};
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
+use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use crate::{Error, Result, Store};
+use crate::{
+    sql::{Param, Pooler, Session},
+    Error, Result, Store,
+};
 
 /// A message to enqueue.
 #[derive(Debug, Clone, PartialEq)]
@@ -299,11 +303,7 @@ pub enum InsertBatch {
     Commit,
 }
 
-async fn insert_chunk(
-    tx: &tokio_postgres::Transaction<'_>,
-    stmt: &tokio_postgres::Statement,
-    chunk: &[NewMessage],
-) -> Result<u64> {
+async fn insert_chunk(tx: &deadpool_postgres::Transaction<'_>, pooler: Pooler, chunk: &[NewMessage]) -> Result<u64> {
     let queues: Vec<Cow<'_, str>> = chunk.iter().map(|m| pg_text(&m.queue)).collect();
     let priorities: Vec<i16> = chunk.iter().map(|m| m.priority).collect();
     let etas: Vec<Option<DateTime<Utc>>> = chunk.iter().map(|m| m.eta).collect();
@@ -311,7 +311,16 @@ async fn insert_chunk(
     let names: Vec<Option<Cow<'_, str>>> = chunk.iter().map(|m| m.task_name.as_deref().map(pg_text)).collect();
     let ids: Vec<Option<Cow<'_, str>>> = chunk.iter().map(|m| m.task_id.as_deref().map(pg_text)).collect();
     let payloads: Vec<&[u8]> = chunk.iter().map(|m| m.payload.as_slice()).collect();
-    tx.execute(stmt, &[&queues, &priorities, &etas, &expires, &names, &ids, &payloads]).await.map_err(Error::from_pg)
+    let params = [
+        (&queues as _, Type::TEXT_ARRAY),
+        (&priorities as _, Type::INT2_ARRAY),
+        (&etas as _, Type::TIMESTAMPTZ_ARRAY),
+        (&expires as _, Type::TIMESTAMPTZ_ARRAY),
+        (&names as _, Type::TEXT_ARRAY),
+        (&ids as _, Type::TEXT_ARRAY),
+        (&payloads as _, Type::BYTEA_ARRAY),
+    ];
+    tx.touch(pooler, INSERT_MANY_SQL, &params).await
 }
 
 const DEAD_LETTER_COLUMNS: &str =
@@ -336,14 +345,18 @@ impl Store {
             Durability::Synchronous => INSERT_ONE_SQL,
             Durability::Relaxed => INSERT_ONE_RELAXED_SQL,
         };
-        let stmt = client.prepare_cached(sql).await.map_err(Error::from_pg)?;
         let (queue, name, id) =
             (pg_text(&msg.queue), msg.task_name.as_deref().map(pg_text), msg.task_id.as_deref().map(pg_text));
-        let row = client
-            .query_one(&stmt, &[&queue, &msg.priority, &msg.eta, &msg.expires, &name, &id, &msg.payload])
-            .await
-            .map_err(Error::from_pg)?;
-        Ok(row.get(0))
+        let params = [
+            (&queue as _, Type::TEXT),
+            (&msg.priority as _, Type::INT2),
+            (&msg.eta as _, Type::TIMESTAMPTZ),
+            (&msg.expires as _, Type::TIMESTAMPTZ),
+            (&name as _, Type::TEXT),
+            (&id as _, Type::TEXT),
+            (&msg.payload as _, Type::BYTEA),
+        ];
+        Ok(client.row(self.pooler, sql, &params).await?.get(0))
     }
 
     /// Enqueues many messages with one multi-row statement per chunk of 5,000, all in one
@@ -357,10 +370,9 @@ impl Store {
         }
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let stmt = tx.prepare_cached(INSERT_MANY_SQL).await.map_err(Error::from_pg)?;
         let mut total = 0;
         for chunk in msgs.chunks(5000) {
-            total += insert_chunk(&tx, &stmt, chunk).await?;
+            total += insert_chunk(&tx, self.pooler, chunk).await?;
         }
         tx.commit().await?;
         Ok(total)
@@ -384,13 +396,12 @@ impl Store {
         if durability == Durability::Relaxed {
             tx.batch_execute("set local synchronous_commit = off").await.map_err(Error::from_pg)?;
         }
-        let stmt = tx.prepare_cached(INSERT_MANY_SQL).await.map_err(Error::from_pg)?;
         let mut total = 0;
         while let Some(batch) = batches.recv().await {
             match batch {
                 InsertBatch::Rows(rows) => {
                     for chunk in rows.chunks(5000) {
-                        total += insert_chunk(&tx, &stmt, chunk).await?;
+                        total += insert_chunk(&tx, self.pooler, chunk).await?;
                     }
                 }
                 InsertBatch::Commit => {
@@ -410,39 +421,30 @@ impl Store {
     /// the rows come back after their lease.
     pub async fn message_claim(&self, params: &ClaimParams<'_>) -> Result<Vec<ClaimedMessage>> {
         let client = self.pool.get().await?;
+        let common = [
+            (&params.queues as _, Type::TEXT_ARRAY),
+            (&params.limit as _, Type::INT8),
+            (&params.worker_id as _, Type::UUID),
+            (&params.lease_seconds as _, Type::FLOAT8),
+        ];
         let rows = match params.after {
             None => {
-                let stmt = client.prepare_cached(&CLAIM_SQL).await.map_err(Error::from_pg)?;
-                client
-                    .query(
-                        &stmt,
-                        &[&params.queues, &params.limit, &params.worker_id, &params.lease_seconds, &params.suspects],
-                    )
-                    .await
+                let suspects = [(&params.suspects as _, Type::INT8)];
+                client.rows(self.pooler, &CLAIM_SQL, &[&common[..], &suspects].concat()).await?
             }
             Some(cursors) => {
                 let priorities: Vec<i16> = cursors.iter().map(|c| c.priority).collect();
                 let etas: Vec<DateTime<Utc>> = cursors.iter().map(|c| c.eta).collect();
                 let ids: Vec<i64> = cursors.iter().map(|c| c.id).collect();
-                let stmt = client.prepare_cached(&CLAIM_AFTER_SQL).await.map_err(Error::from_pg)?;
-                client
-                    .query(
-                        &stmt,
-                        &[
-                            &params.queues,
-                            &params.limit,
-                            &params.worker_id,
-                            &params.lease_seconds,
-                            &priorities,
-                            &etas,
-                            &ids,
-                            &params.suspects,
-                        ],
-                    )
-                    .await
+                let after = [
+                    (&priorities as _, Type::INT2_ARRAY),
+                    (&etas as _, Type::TIMESTAMPTZ_ARRAY),
+                    (&ids as _, Type::INT8_ARRAY),
+                    (&params.suspects as _, Type::INT8),
+                ];
+                client.rows(self.pooler, &CLAIM_AFTER_SQL, &[&common[..], &after].concat()).await?
             }
-        }
-        .map_err(Error::from_pg)?;
+        };
         let mut claimed: Vec<ClaimedMessage> = rows
             .into_iter()
             .map(|r| ClaimedMessage {
@@ -472,16 +474,16 @@ impl Store {
         }
         let (ids, attempts) = split(leases);
         let client = self.pool.get().await?;
-        let stmt = client
-            .prepare_cached(
+        let rows = client
+            .rows(
+                self.pooler,
                 "delete from celeriac.message m
                  using unnest($1::int8[], $2::int4[]) as c(id, attempt)
                  where m.id = c.id and m.attempt = c.attempt and m.leased_by = $3 and celeriac.relaxed_commit()
                  returning m.id",
+                &lease_params(&ids, &attempts, &worker_id),
             )
-            .await
-            .map_err(Error::from_pg)?;
-        let rows = client.query(&stmt, &[&ids, &attempts, &worker_id]).await.map_err(Error::from_pg)?;
+            .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
@@ -503,25 +505,23 @@ impl Store {
         }
         let (ids, attempts) = split(leases);
         let client = self.pool.get().await?;
-        let stmt = client
-            .prepare_cached(
+        let params = [&lease_params(&ids, &attempts, &worker_id)[..], &[(&mark_redelivered as _, Type::BOOL)]].concat();
+        let released: Vec<i64> = client
+            .rows(
+                self.pooler,
                 "update celeriac.message m
                  set leased_by = null, lease_expires = null, redelivered = m.redelivered or $4
                  from unnest($1::int8[], $2::int4[]) as c(id, attempt)
                  where m.id = c.id and m.attempt = c.attempt and m.leased_by = $3 and celeriac.relaxed_commit()
                  returning m.id",
+                &params,
             )
-            .await
-            .map_err(Error::from_pg)?;
-        let released: Vec<i64> = client
-            .query(&stmt, &[&ids, &attempts, &worker_id, &mark_redelivered])
-            .await
-            .map_err(Error::from_pg)?
+            .await?
             .iter()
             .map(|r| r.get(0))
             .collect();
         if !released.is_empty() {
-            client.execute("select pg_notify($1, '*')", &[&crate::NOTIFY_CHANNEL]).await.map_err(Error::from_pg)?;
+            client.rows(self.pooler, "select pg_notify($1, '*')", &[(&crate::NOTIFY_CHANNEL, Type::TEXT)]).await?;
         }
         Ok(released)
     }
@@ -567,9 +567,8 @@ impl Store {
              )
              select array(select id from requeued), array(select message_id from buried), (select count(*) from woken)"
         );
-        let stmt = client.prepare_cached(&sql).await.map_err(Error::from_pg)?;
-        let row =
-            client.query_one(&stmt, &[&ids, &attempts, &worker_id, &max_redeliveries]).await.map_err(Error::from_pg)?;
+        let params = [&lease_params(&ids, &attempts, &worker_id)[..], &[(&max_redeliveries as _, Type::INT4)]].concat();
+        let row = client.row(self.pooler, &sql, &params).await?;
         Ok(RequeueReport { requeued: row.get(0), dead_lettered: row.get(1) })
     }
 
@@ -588,15 +587,21 @@ impl Store {
     ) -> Result<bool> {
         let client = self.pool.get().await?;
         let n = client
-            .execute(
+            .touch(
+                self.pooler,
                 "update celeriac.message
                  set payload = $4, eta = $5, leased_by = null, lease_expires = null, redelivered = false,
                      redeliveries = 0
                  where id = $1 and attempt = $2 and leased_by = $3 and celeriac.relaxed_commit()",
-                &[&lease.id, &lease.attempt, &worker_id, &payload, &eta],
+                &[
+                    (&lease.id, Type::INT8),
+                    (&lease.attempt, Type::INT4),
+                    (&worker_id, Type::UUID),
+                    (&payload, Type::BYTEA),
+                    (&eta, Type::TIMESTAMPTZ),
+                ],
             )
-            .await
-            .map_err(Error::from_pg)?;
+            .await?;
         Ok(n == 1)
     }
 
@@ -625,9 +630,14 @@ impl Store {
              select id, queue, priority, task_name, task_id, payload, code, reason, attempt, redeliveries, created_at from gone
              returning message_id"
         );
-        let stmt = client.prepare_cached(&sql).await.map_err(Error::from_pg)?;
-        let rows =
-            client.query(&stmt, &[&ids, &attempts, &codes, &reasons, &worker_id]).await.map_err(Error::from_pg)?;
+        let params = [
+            (&ids as _, Type::INT8_ARRAY),
+            (&attempts as _, Type::INT4_ARRAY),
+            (&codes as _, Type::TEXT_ARRAY),
+            (&reasons as _, Type::TEXT_ARRAY),
+            (&worker_id as _, Type::UUID),
+        ];
+        let rows = client.rows(self.pooler, &sql, &params).await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
@@ -703,12 +713,12 @@ impl Store {
         // is alive, so such a lease is only judged by a rescuer healthy for longer than any
         // worker's row is kept without a heartbeat (rows are pruned after that).
         let judge_orphans = healthy_seconds >= ORPHAN_AFTER_HEALTHY_SECONDS;
-        let row = if full_scan {
-            client.query_one(&sql, &[&max_redeliveries, &healthy_seconds, &judge_orphans]).await
-        } else {
-            client.query_one(&sql, &[&max_redeliveries, &healthy_seconds]).await
-        }
-        .map_err(Error::from_pg)?;
+        let params = [
+            (&max_redeliveries as _, Type::INT4),
+            (&healthy_seconds as _, Type::FLOAT8),
+            (&judge_orphans as _, Type::BOOL),
+        ];
+        let row = client.row(self.pooler, &sql, &params[..if full_scan { 3 } else { 2 }]).await?;
         let rescued: i64 = row.get(0);
         let dead: i64 = row.get(1);
         Ok(RescueReport { rescued: rescued.unsigned_abs(), dead_lettered: dead.unsigned_abs() })
@@ -723,9 +733,12 @@ impl Store {
     pub async fn message_purge(&self, queue: &str) -> Result<u64> {
         let client = self.pool.get().await?;
         client
-            .execute("delete from celeriac.message where queue = $1 and leased_by is null", &[&queue])
+            .touch(
+                self.pooler,
+                "delete from celeriac.message where queue = $1 and leased_by is null",
+                &[(&queue, Type::TEXT)],
+            )
             .await
-            .map_err(Error::from_pg)
     }
 }
 
@@ -762,4 +775,9 @@ fn bury_exhausted_sql(source: &str, max: &str, reason: &str) -> String {
 
 fn split(leases: &[Lease]) -> (Vec<i64>, Vec<i32>) {
     leases.iter().map(|l| (l.id, l.attempt)).unzip()
+}
+
+/// `$1` ids, `$2` attempts, `$3` the holder: the lease fence of every settling statement.
+fn lease_params<'a>(ids: &'a Vec<i64>, attempts: &'a Vec<i32>, worker_id: &'a Uuid) -> [Param<'a>; 3] {
+    [(ids, Type::INT8_ARRAY), (attempts, Type::INT4_ARRAY), (worker_id, Type::UUID)]
 }

@@ -1,6 +1,8 @@
 //! Schema migrations: the numbered files in `migrations/`, applied in order, each recorded.
 
-use crate::{Error, Result, Store};
+use tokio_postgres::types::Type;
+
+use crate::{sql::Session, Error, Result, Store};
 
 /// One migration file, compiled into the binary.
 #[derive(Debug, Clone, Copy)]
@@ -74,9 +76,9 @@ impl Store {
     pub async fn migrate(&self) -> Result<MigrateReport> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        tx.execute("select pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK_KEY]).await?;
+        tx.rows(self.pooler, "select pg_advisory_xact_lock($1)", &[(&MIGRATE_LOCK_KEY, Type::INT8)]).await?;
         tx.batch_execute(BOOTSTRAP_SQL).await?;
-        let rows = tx.query("select version, checksum from celeriac.schema_migration", &[]).await?;
+        let rows = tx.rows(self.pooler, "select version, checksum from celeriac.schema_migration", &[]).await?;
         let done: Vec<(i32, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
         let mut report = MigrateReport::default();
         for m in MIGRATIONS {
@@ -87,9 +89,10 @@ impl Store {
                 continue;
             }
             tx.batch_execute(m.sql).await.map_err(Error::Postgres)?;
-            tx.execute(
+            tx.touch(
+                self.pooler,
                 "insert into celeriac.schema_migration (version, name, checksum) values ($1, $2, $3)",
-                &[&m.version, &m.name, &m.checksum()],
+                &[(&m.version, Type::INT4), (&m.name, Type::TEXT), (&m.checksum(), Type::TEXT)],
             )
             .await?;
             report.applied.push(m.version);

@@ -2,7 +2,9 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::{Error, Result, Store};
+use tokio_postgres::types::Type;
+
+use crate::{sql::Session, Result, Store};
 
 /// Counts for one queue.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -50,7 +52,8 @@ impl Store {
     pub async fn queue_stats(&self) -> Result<Vec<QueueStats>> {
         let client = self.pool.get().await?;
         let rows = client
-            .query(
+            .rows(
+                self.pooler,
                 "with live as (
                      select queue,
                             count(*) filter (where leased_by is null and eta <= now()) as ready,
@@ -66,8 +69,7 @@ impl Store {
                  order by 1",
                 &[],
             )
-            .await
-            .map_err(Error::from_pg)?;
+            .await?;
         Ok(rows
             .iter()
             .map(|r| QueueStats {
@@ -87,13 +89,13 @@ impl Store {
     pub async fn dead_letter_list(&self, limit: i64) -> Result<Vec<DeadLetter>> {
         let client = self.pool.get().await?;
         let rows = client
-            .query(
+            .rows(
+                self.pooler,
                 "select id, queue, task_name, task_id, reason_code, reason, payload, attempt, failed_at
                  from celeriac.dead_letter order by id desc limit $1",
-                &[&limit],
+                &[(&limit, Type::INT8)],
             )
-            .await
-            .map_err(Error::from_pg)?;
+            .await?;
         Ok(rows
             .iter()
             .map(|r| DeadLetter {
@@ -116,7 +118,7 @@ impl Store {
     /// Connection errors.
     pub async fn message_count(&self) -> Result<i64> {
         let client = self.pool.get().await?;
-        Ok(client.query_one("select count(*) from celeriac.message", &[]).await.map_err(Error::from_pg)?.get(0))
+        Ok(client.row(self.pooler, "select count(*) from celeriac.message", &[]).await?.get(0))
     }
 
     /// How many messages of `queue` are ready to be claimed now (not leased, eta passed).
@@ -126,12 +128,12 @@ impl Store {
     pub async fn message_ready_count(&self, queue: &str) -> Result<i64> {
         let client = self.pool.get().await?;
         let row = client
-            .query_one(
+            .row(
+                self.pooler,
                 "select count(*) from celeriac.message where queue = $1 and leased_by is null and eta <= now()",
-                &[&queue],
+                &[(&queue, Type::TEXT)],
             )
-            .await
-            .map_err(Error::from_pg)?;
+            .await?;
         Ok(row.get(0))
     }
 }
@@ -148,6 +150,18 @@ pub struct DeadLetterFilter {
     pub reason_code: Option<String>,
     /// Only this task name.
     pub task_name: Option<String>,
+}
+
+impl DeadLetterFilter {
+    /// The parameters of [`DEAD_LETTER_MATCH`].
+    fn params(&self) -> [crate::sql::Param<'_>; 4] {
+        [
+            (&self.ids, Type::INT8_ARRAY),
+            (&self.queue, Type::TEXT),
+            (&self.reason_code, Type::TEXT),
+            (&self.task_name, Type::TEXT),
+        ]
+    }
 }
 
 const DEAD_LETTER_MATCH: &str = "($1::int8[] is null or id = any($1))
@@ -172,10 +186,7 @@ impl Store {
              insert into celeriac.message (queue, priority, task_name, task_id, payload)
              select queue, priority, task_name, task_id, payload from moved"
         );
-        client
-            .execute(&sql, &[&filter.ids, &filter.queue, &filter.reason_code, &filter.task_name])
-            .await
-            .map_err(Error::from_pg)
+        client.touch(self.pooler, &sql, &filter.params()).await
     }
 
     /// Deletes matching dead letters. Returns how many.
@@ -185,9 +196,6 @@ impl Store {
     pub async fn dead_letter_purge(&self, filter: &DeadLetterFilter) -> Result<u64> {
         let client = self.pool.get().await?;
         let sql = format!("delete from celeriac.dead_letter where {DEAD_LETTER_MATCH}");
-        client
-            .execute(&sql, &[&filter.ids, &filter.queue, &filter.reason_code, &filter.task_name])
-            .await
-            .map_err(Error::from_pg)
+        client.touch(self.pooler, &sql, &filter.params()).await
     }
 }

@@ -1,8 +1,9 @@
 //! The `worker` table: registration and heartbeats (which also renew leases).
 
+use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use crate::{Error, Lease, Result, Store};
+use crate::{sql::Session, Lease, Result, Store};
 
 /// A worker process as registered in `celeriac.worker`.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,14 +30,21 @@ impl Store {
     pub async fn worker_register(&self, w: &WorkerInfo) -> Result<()> {
         let client = self.pool.get().await?;
         client
-            .execute(
+            .touch(
+                self.pooler,
                 "insert into celeriac.worker (id, hostname, pid, queues, concurrency, lease_seconds)
                  values ($1, $2, $3, $4, $5, $6)
                  on conflict (id) do update set heartbeat_at = now()",
-                &[&w.id, &w.hostname, &w.pid, &w.queues, &w.concurrency, &w.lease_seconds],
+                &[
+                    (&w.id, Type::UUID),
+                    (&w.hostname, Type::TEXT),
+                    (&w.pid, Type::INT4),
+                    (&w.queues, Type::TEXT_ARRAY),
+                    (&w.concurrency, Type::INT4),
+                    (&w.lease_seconds, Type::FLOAT8),
+                ],
             )
-            .await
-            .map_err(Error::from_pg)?;
+            .await?;
         Ok(())
     }
 
@@ -51,8 +59,9 @@ impl Store {
     pub async fn worker_heartbeat(&self, worker: &WorkerInfo, leases: &[Lease]) -> Result<Vec<i64>> {
         let (ids, attempts): (Vec<i64>, Vec<i32>) = leases.iter().map(|l| (l.id, l.attempt)).unzip();
         let client = self.pool.get().await?;
-        let stmt = client
-            .prepare_cached(
+        let row = client
+            .row(
+                self.pooler,
                 "with beat as (
                      insert into celeriac.worker (id, hostname, pid, queues, concurrency, lease_seconds)
                      values ($1, $4, $5, $6, $7, $8)
@@ -69,25 +78,18 @@ impl Store {
                      returning id
                  )
                  select array(select id from renewed)",
-            )
-            .await
-            .map_err(Error::from_pg)?;
-        let row = client
-            .query_one(
-                &stmt,
                 &[
-                    &worker.id,
-                    &ids,
-                    &attempts,
-                    &worker.hostname,
-                    &worker.pid,
-                    &worker.queues,
-                    &worker.concurrency,
-                    &worker.lease_seconds,
+                    (&worker.id, Type::UUID),
+                    (&ids, Type::INT8_ARRAY),
+                    (&attempts, Type::INT4_ARRAY),
+                    (&worker.hostname, Type::TEXT),
+                    (&worker.pid, Type::INT4),
+                    (&worker.queues, Type::TEXT_ARRAY),
+                    (&worker.concurrency, Type::INT4),
+                    (&worker.lease_seconds, Type::FLOAT8),
                 ],
             )
-            .await
-            .map_err(Error::from_pg)?;
+            .await?;
         Ok(row.get(0))
     }
 
@@ -97,7 +99,7 @@ impl Store {
     /// Connection errors.
     pub async fn worker_deregister(&self, id: Uuid) -> Result<()> {
         let client = self.pool.get().await?;
-        client.execute("delete from celeriac.worker where id = $1", &[&id]).await.map_err(Error::from_pg)?;
+        client.touch(self.pooler, "delete from celeriac.worker where id = $1", &[(&id, Type::UUID)]).await?;
         Ok(())
     }
 
@@ -108,8 +110,11 @@ impl Store {
     pub async fn worker_prune(&self, seconds: f64) -> Result<u64> {
         let client = self.pool.get().await?;
         client
-            .execute("delete from celeriac.worker where heartbeat_at < now() - make_interval(secs => $1)", &[&seconds])
+            .touch(
+                self.pooler,
+                "delete from celeriac.worker where heartbeat_at < now() - make_interval(secs => $1)",
+                &[(&seconds, Type::FLOAT8)],
+            )
             .await
-            .map_err(Error::from_pg)
     }
 }

@@ -523,3 +523,92 @@ async fn orphaned_leases_wait_for_a_long_healthy_rescuer() {
     assert_eq!(store.message_rescue(3, true, recovering).await.unwrap().rescued, 0);
     assert_eq!(store.message_rescue(3, true, f64::MAX).await.unwrap().rescued, 1);
 }
+
+/// Behind a transaction-mode pooler (`?pooler=transaction`) no statement may leave session
+/// state: every operation runs, on a single pooled session, and that session holds no prepared
+/// statement afterwards (the same operations without the option leave several, which shows the
+/// check can fail), and the listener never sends `LISTEN`.
+#[tokio::test]
+async fn pooler_transaction_leaves_no_session_state() {
+    let db = TestDatabase::new().await;
+    // Transaction first: the session run's LISTEN backend may linger a moment after it stops.
+    for (option, pooler) in
+        [("?pooler=transaction", celeriac_store::Pooler::Transaction), ("", celeriac_store::Pooler::Session)]
+    {
+        let config = celeriac_store::StoreConfig {
+            max_connections: 1,
+            ..celeriac_store::StoreConfig::new(format!("{}{option}", db.url))
+        };
+        let store = Store::new(&config).unwrap();
+        assert_eq!(store.pooler(), pooler);
+        assert!(!celeriac_store::redact_url(&config.database_url).contains("password"));
+        assert_eq!(
+            celeriac_store::redact_url(&config.database_url).ends_with("?pooler=transaction"),
+            !option.is_empty()
+        );
+
+        store.migrate().await.unwrap();
+        store.check().await.unwrap();
+        let worker = register(&store).await;
+        store.message_insert(&message("pooled", 0, None)).await.unwrap();
+        store
+            .message_insert_many(&[message("pooled", 1, None), message("pooled", 2, None), message("pooled", 3, None)])
+            .await
+            .unwrap();
+        let queues = vec!["pooled".to_owned()];
+        let claimed = store.message_claim(&claim(worker, &queues, 4)).await.unwrap();
+        assert_eq!(claimed.len(), 4);
+        let cursor = [celeriac_store::ClaimCursor { priority: 0, eta: Utc::now(), id: 0 }];
+        let after = ClaimParams { after: Some(&cursor), ..claim(worker, &queues, 1) };
+        assert!(store.message_claim(&after).await.unwrap().is_empty());
+        let leases: Vec<_> = claimed.iter().map(|m| m.lease).collect();
+        assert_eq!(store.worker_heartbeat(&info(worker), &leases).await.unwrap().len(), 4);
+        assert_eq!(store.message_complete_many(worker, &leases[..1]).await.unwrap().len(), 1);
+        assert_eq!(store.message_release_many(worker, &leases[1..2], false).await.unwrap().len(), 1);
+        assert_eq!(store.message_requeue_many(worker, &leases[2..3], 5).await.unwrap().requeued.len(), 1);
+        let dl = DeadLetterParams { lease: leases[3], reason_code: "rejected".into(), reason: "test".into() };
+        assert_eq!(store.message_dead_letter_many(worker, &[dl]).await.unwrap().len(), 1);
+        let again = store.message_claim(&claim(worker, &queues, 1)).await.unwrap();
+        assert!(store.message_retry(worker, again[0].lease, &again[0].payload, Utc::now()).await.unwrap());
+        store.message_rescue(5, true, f64::MAX).await.unwrap();
+        store.message_rescue(5, false, 0.0).await.unwrap();
+        assert_eq!(store.queue_stats().await.unwrap().iter().map(|q| q.dead_lettered).sum::<i64>(), 1);
+        assert_eq!(store.dead_letter_list(10).await.unwrap().len(), 1);
+        assert_eq!(store.dead_letter_redrive(&celeriac_store::DeadLetterFilter::default()).await.unwrap(), 1);
+        assert_eq!(store.message_ready_count("pooled").await.unwrap(), 3);
+        assert!(store.message_count().await.unwrap() >= 3);
+        assert_eq!(store.message_purge("pooled").await.unwrap(), 3);
+        assert_eq!(store.dead_letter_purge(&celeriac_store::DeadLetterFilter::default()).await.unwrap(), 0);
+        store.worker_prune(3600.0).await.unwrap();
+        store.worker_deregister(worker).await.unwrap();
+
+        let prepared = store.testing_prepared_statements().await.unwrap();
+        match pooler {
+            celeriac_store::Pooler::Session => assert!(prepared > 5, "only {prepared} statements cached"),
+            celeriac_store::Pooler::Transaction => assert_eq!(prepared, 0, "a statement was prepared by name"),
+        }
+
+        // The listener: with the option it never connects, so no session runs LISTEN.
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let listening = {
+            let stop = stop.clone();
+            tokio::spawn(store.listener().run(move |w| drop(tx.send(w)), async move { stop.notified().await }))
+        };
+        if pooler == celeriac_store::Pooler::Session {
+            assert_eq!(recv(&mut rx).await, Wakeup::Any);
+        }
+        let client = db.client().await;
+        let listens: i64 = client
+            .query_one(
+                "select count(*) from pg_stat_activity where datname = current_database() and query ilike 'listen %'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(listens, i64::from(pooler == celeriac_store::Pooler::Session));
+        stop.notify_one();
+        listening.await.unwrap();
+    }
+}

@@ -15,7 +15,8 @@ use crate::{Registry, Worker, WorkerConfig};
 #[derive(Debug, Parser)]
 #[command(name = "celeriac", version, about, max_term_width = 100)]
 pub struct Cli {
-    /// PostgreSQL URL of the queue database, e.g. postgresql://user@host/db.
+    /// PostgreSQL URL of the queue database, e.g. postgresql://user@host/db; add
+    /// ?pooler=transaction behind PgBouncer in transaction mode.
     /// Defaults to $CELERIAC_DATABASE_URL, then $DATABASE_URL.
     #[arg(long, global = true, value_name = "URL")]
     pub database_url: Option<String>,
@@ -165,7 +166,7 @@ pub struct WorkerArgs {
     /// bodies; Python tasks take any serializer the app accepts (pickle, yaml, …).
     #[arg(long, value_delimiter = ',')]
     pub accept_content: Option<Vec<String>>,
-    /// Do not LISTEN for wake-ups (e.g. behind PgBouncer in transaction mode); poll only.
+    /// Do not LISTEN for wake-ups; poll only (implied by `?pooler=transaction` on the URL).
     #[arg(long)]
     pub no_listen: bool,
     /// Also register the example handlers (examples.add, examples.noop, examples.sleep, …).
