@@ -6,24 +6,23 @@
 //! Rust worker runs.
 
 use std::{
-    collections::HashMap,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, PoisonError,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use celeriac_store::{
-    maintenance::{HeartbeatHealth, Rescuer, RescuerConfig},
-    ClaimParams, DeadLetterParams, Lease, Store, WorkerInfo,
+    maintenance::RescuerConfig, ClaimParams, DeadLetterParams, Lease, LeaseSession, LeaseSessionConfig, SettledNow,
+    Settlement, Store, WorkerInfo,
 };
 use pyo3::{
     exceptions::{PyRuntimeError, PyValueError},
     prelude::*,
     types::PyBytes,
 };
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -33,25 +32,8 @@ use crate::{
     store::PyStore,
 };
 
-/// Leases held, until their outcome is written.
-type Held = Arc<Mutex<HashMap<Lease, Holding>>>;
-
-/// What is known of a held lease.
-#[derive(Debug, Clone, Copy, Default)]
-struct Holding {
-    /// Claimed after a lost lease or a requeue (see `ClaimParams::suspects`).
-    suspect: bool,
-    /// Acked, and the ack not written yet: never given back on close.
-    acked: bool,
-}
-
 /// A claimed message as Python sees it: `(id, attempt, redelivered, queue, envelope)`.
 type Claimed<'py> = (i64, i32, bool, String, Bound<'py, PyBytes>);
-
-enum Completion {
-    Ack(Lease),
-    Flush(oneshot::Sender<()>),
-}
 
 /// A registered consumer of celeriac's queue (one per kombu channel).
 #[pyclass(name = "Consumer", module = "celeriac._native", frozen)]
@@ -60,11 +42,12 @@ pub struct Consumer {
     store: Store,
     pid: u32,
     info: WorkerInfo,
-    max_redeliveries: i32,
-    held: Held,
-    completions: mpsc::UnboundedSender<Completion>,
+    /// Held leases, their heartbeat, the ack completer and the rescuer: the same machinery as
+    /// the Rust worker's.
+    session: Arc<LeaseSession>,
     wake: Arc<Notify>,
     queues: Arc<Mutex<Vec<String>>>,
+    /// Stops the wake-up listener.
     stop: CancellationToken,
     closed: AtomicBool,
 }
@@ -85,14 +68,17 @@ impl Consumer {
         }
     }
 
-    fn release(&self, py: Python<'_>, lease: Lease, mark_redelivered: bool) -> PyResult<bool> {
+    /// Writes `settlement` now (or, with the database unreachable, hands it to the completer,
+    /// which writes it once it can). Returns whether this consumer still held the lease (true
+    /// when queued: it is written if so).
+    fn settle_now(&self, py: Python<'_>, settlement: Settlement) -> PyResult<bool> {
         self.same_process()?;
-        let (store, worker) = (self.store.clone(), self.info.id);
-        let released =
-            block_on(py, async move { store.message_release_many(worker, &[lease], mark_redelivered).await })?
-                .map_err(|e| self.owner.get().error(&e, Doing::Other))?;
-        lock(&self.held).remove(&lease);
-        Ok(released.len() == 1)
+        let session = self.session.clone();
+        match block_on(py, async move { session.settle_now(settlement).await })? {
+            Ok(SettledNow::Written { held }) => Ok(held),
+            Ok(SettledNow::Queued) => Ok(true),
+            Err(e) => Err(self.owner.get().error(&e, Doing::Other)),
+        }
     }
 }
 
@@ -127,18 +113,20 @@ impl Consumer {
             block_on(py, async move { pg.worker_register(&info).await })?
                 .map_err(|e| store.get().error(&e, Doing::Other))?;
         }
-        let held: Held = Arc::default();
         let wake = Arc::new(Notify::new());
         let queues: Arc<Mutex<Vec<String>>> = Arc::default();
         let stop = CancellationToken::new();
-        let health = Arc::new(HeartbeatHealth::default());
-        let (completions, pending) = mpsc::unbounded_channel();
         let rt = runtime()?;
-        rt.spawn(heartbeat(pg.clone(), info.clone(), held.clone(), health.clone(), stop.clone()));
-        let rescuer = Rescuer::new(pg.clone(), RescuerConfig { max_redeliveries, ..RescuerConfig::default() })
-            .with_health(health);
-        rt.spawn(rescuer.run(stop.clone()));
-        rt.spawn(complete(pg.clone(), info.id, held.clone(), pending, stop.clone()));
+        let session = {
+            let _in_runtime = rt.enter();
+            let config = LeaseSessionConfig {
+                // Six beats per lease, at most every 5 s (the Rust worker's default).
+                heartbeat_interval: Duration::from_secs_f64((lease_seconds / 6.0).clamp(0.25, 5.0)),
+                max_redeliveries,
+                rescuer: Some(RescuerConfig::default()),
+            };
+            LeaseSession::start(pg.clone(), info.clone(), &config, None)
+        };
         {
             let (wake, queues) = (wake.clone(), queues.clone());
             let listener = pg.listener();
@@ -161,9 +149,7 @@ impl Consumer {
             store: pg,
             pid: std::process::id(),
             info,
-            max_redeliveries,
-            held,
-            completions,
+            session,
             wake,
             queues,
             stop,
@@ -192,15 +178,15 @@ impl Consumer {
         }
         let (store, worker, lease_seconds) = (self.store.clone(), self.info.id, self.info.lease_seconds);
         // At most one suspect held at a time (see `ClaimParams::suspects`).
-        let suspects = i64::from(!lock(&self.held).values().any(|h| h.suspect));
+        let suspects = i64::from(!self.session.holds_suspect());
+        let sent = Instant::now();
         let claimed = block_on(py, async move {
             let params =
                 ClaimParams { worker_id: worker, queues: &queues, limit, lease_seconds, after: None, suspects };
             store.message_claim(&params).await
         })?
         .map_err(|e| self.owner.get().error(&e, Doing::Other))?;
-        lock(&self.held)
-            .extend(claimed.iter().map(|m| (m.lease, Holding { suspect: m.redeliveries > 0, acked: false })));
+        self.session.hold(&claimed, sent);
         Ok(claimed
             .into_iter()
             .map(|m| (m.lease.id, m.lease.attempt, m.redelivered, m.queue, PyBytes::new(py, &m.payload)))
@@ -211,14 +197,11 @@ impl Consumer {
     /// background batch, within milliseconds. Returns immediately.
     fn ack(&self, id: i64, attempt: i32) -> PyResult<()> {
         self.same_process()?;
-        let lease = Lease { id, attempt };
-        self.completions
-            .send(Completion::Ack(lease))
-            .map_err(|_| PyRuntimeError::new_err("this celeriac Consumer is closed"))?;
-        if let Some(holding) = lock(&self.held).get_mut(&lease) {
-            holding.acked = true;
+        if self.session.settle(Settlement::Complete(Lease { id, attempt })) {
+            Ok(())
+        } else {
+            Err(PyRuntimeError::new_err("this celeriac Consumer is closed"))
         }
-        Ok(())
     }
 
     /// Waits (at most `timeout` seconds; `None` or infinity: no limit) until every ack sent so
@@ -227,11 +210,7 @@ impl Consumer {
     #[pyo3(signature = (timeout=Some(10.0)))]
     fn flush(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
         self.same_process()?;
-        let (done, flushed) = oneshot::channel();
-        if self.completions.send(Completion::Flush(done)).is_err() {
-            return Ok(true);
-        }
-        let flushed = Arc::new(tokio::sync::Mutex::new(flushed));
+        let flushed = Arc::new(tokio::sync::Mutex::new(self.session.flush()));
         let written = wait_interruptibly(py, timeout, move |slice| {
             let flushed = flushed.clone();
             async move {
@@ -245,24 +224,24 @@ impl Consumer {
     /// Puts a message back at once, marked redelivered (`basic_reject(requeue=True)`), counting
     /// a redelivery: one requeued more than `max_redeliveries` times moves to `dead_letter`
     /// (`redeliveries_exhausted`) instead. Returns whether this consumer still held it.
+    /// With the database unreachable it returns True at once and the write is retried in the
+    /// background (fenced by the lease, like an ack).
     fn requeue(&self, py: Python<'_>, id: i64, attempt: i32) -> PyResult<bool> {
-        self.same_process()?;
-        let lease = Lease { id, attempt };
-        let (store, worker, max) = (self.store.clone(), self.info.id, self.max_redeliveries);
-        let report = block_on(py, async move { store.message_requeue_many(worker, &[lease], max).await })?
-            .map_err(|e| self.owner.get().error(&e, Doing::Other))?;
-        lock(&self.held).remove(&lease);
-        Ok(report.requeued.len() + report.dead_lettered.len() == 1)
+        self.settle_now(py, Settlement::Requeue(Lease { id, attempt }))
     }
 
     /// Gives back a message that was delivered but never started (unacked at shutdown), as if
     /// it had never been claimed. Returns whether this consumer still held it.
+    /// With the database unreachable it returns True at once and the write is retried in the
+    /// background (fenced by the lease, like an ack).
     fn restore(&self, py: Python<'_>, id: i64, attempt: i32) -> PyResult<bool> {
-        self.release(py, Lease { id, attempt }, false)
+        self.settle_now(py, Settlement::Release(Lease { id, attempt }))
     }
 
     /// Moves a held message to `celeriac.dead_letter` with a reason (`basic_reject` without
     /// requeue). Returns whether this consumer still held it.
+    /// With the database unreachable it returns True at once and the write is retried in the
+    /// background (fenced by the lease, like an ack).
     fn dead_letter(
         &self,
         py: Python<'_>,
@@ -271,15 +250,8 @@ impl Consumer {
         reason_code: String,
         reason: String,
     ) -> PyResult<bool> {
-        self.same_process()?;
         let lease = Lease { id, attempt };
-        let (store, worker) = (self.store.clone(), self.info.id);
-        let moved = block_on(py, async move {
-            store.message_dead_letter_many(worker, &[DeadLetterParams { lease, reason_code, reason }]).await
-        })?
-        .map_err(|e| self.owner.get().error(&e, Doing::Other))?;
-        lock(&self.held).remove(&lease);
-        Ok(moved.len() == 1)
+        self.settle_now(py, Settlement::DeadLetter(DeadLetterParams { lease, reason_code, reason }))
     }
 
     /// Blocks (GIL released) until a new message may be ready in one of the queues last
@@ -304,25 +276,17 @@ impl Consumer {
         }
         self.flush(py, Some(10.0))?;
         // A message whose ack is still unwritten (the flush timed out) is not given back: it ran.
-        // If the ack never lands, its lease expires and it is delivered again (at least once).
-        let held: Vec<(Lease, Holding)> = lock(&self.held).drain().collect();
-        let acks_unwritten = held.iter().any(|(_, h)| h.acked);
-        let leases: Vec<Lease> = held.into_iter().filter(|(_, h)| !h.acked).map(|(l, _)| l).collect();
-        let (store, worker) = (self.store.clone(), self.info.id);
+        // If the ack never lands, its lease expires and it is delivered again (at least once),
+        // and the worker row stays, so rescuers treat this consumer as dead promptly.
+        let session = self.session.clone();
         let result = block_on(py, async move {
-            if !leases.is_empty() {
-                store.message_release_many(worker, &leases, false).await?;
-            }
-            // With acks unwritten, the row stays: once its heartbeat is a lease old, rescuers
-            // treat this consumer as dead and deliver those messages again promptly.
-            if !acks_unwritten {
-                store.worker_deregister(worker).await?;
-            }
-            Ok::<_, celeriac_store::Error>(())
+            let given_back = session.give_back_idle().await;
+            session.close(Duration::ZERO).await;
+            given_back
         });
         self.stop.cancel();
-        // Unreleased leases expire and are redelivered by a rescuer; nothing is lost.
-        result?.map_err(|e| self.owner.get().error(&e, Doing::Other))
+        // Leases not given back expire and are redelivered by a rescuer; nothing is lost.
+        result?.map(drop).map_err(|e| self.owner.get().error(&e, Doing::Other))
     }
 
     fn __repr__(&self) -> String {
@@ -367,71 +331,5 @@ fn timeout_duration(timeout: Option<f64>) -> PyResult<Option<Duration>> {
 impl Drop for Consumer {
     fn drop(&mut self) {
         self.stop.cancel();
-    }
-}
-
-/// Renews the held leases and records liveness, six times per lease (at most every 5 s, like
-/// the Rust worker's default).
-async fn heartbeat(store: Store, info: WorkerInfo, held: Held, health: Arc<HeartbeatHealth>, stop: CancellationToken) {
-    let every = Duration::from_secs_f64((info.lease_seconds / 6.0).clamp(0.25, 5.0));
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let leases: Vec<Lease> = lock(&held).keys().copied().collect();
-        health.record(store.worker_heartbeat(&info, &leases).await.is_ok());
-    }
-}
-
-/// Deletes acked rows in batches; a failed batch is kept and retried, so an ack survives a
-/// database restart. Flush markers are answered once everything before them is written.
-async fn complete(
-    store: Store,
-    worker: Uuid,
-    held: Held,
-    mut pending: mpsc::UnboundedReceiver<Completion>,
-    stop: CancellationToken,
-) {
-    let mut batch: Vec<Lease> = Vec::new();
-    let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
-    loop {
-        let first = tokio::select! {
-            () = stop.cancelled() => return,
-            next = pending.recv() => next,
-        };
-        let Some(first) = first else { return };
-        let mut next = Some(first);
-        while let Some(item) = next {
-            match item {
-                Completion::Ack(lease) => batch.push(lease),
-                Completion::Flush(done) => flushes.push(done),
-            }
-            next = if batch.len() < 1000 { pending.try_recv().ok() } else { None };
-        }
-        while !batch.is_empty() {
-            match store.message_complete_many(worker, &batch).await {
-                Ok(_) => {
-                    // An ack whose lease was lost is refused by the fence: that message is
-                    // delivered again (at least once).
-                    let mut held = lock(&held);
-                    for lease in &batch {
-                        held.remove(lease);
-                    }
-                    batch.clear();
-                }
-                Err(_) => {
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    }
-                }
-            }
-        }
-        for done in flushes.drain(..) {
-            let _ = done.send(());
-        }
     }
 }

@@ -15,7 +15,9 @@
 //! - Inserts wake listeners with one `NOTIFY celeriac_message` per statement (a statement-level
 //!   trigger); [`Listener`] receives them, polling remains the safety net.
 
+mod backoff;
 mod error;
+mod lease_session;
 mod listener;
 pub mod maintenance;
 mod message;
@@ -30,8 +32,10 @@ mod worker;
 
 use std::{str::FromStr, time::Duration};
 
+pub use backoff::Backoff;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 pub use error::{Error, Result};
+pub use lease_session::{LeaseSession, LeaseSessionConfig, SettledHook, SettledNow, Settlement};
 pub use listener::{Listener, Wakeup, NOTIFY_CHANNEL};
 pub use message::{
     ClaimCursor, ClaimParams, ClaimedMessage, DeadLetterParams, Durability, InsertBatch, Lease, NewMessage,

@@ -166,7 +166,7 @@ pub struct ClaimParams<'a> {
 }
 
 /// One message to move to `dead_letter`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetterParams {
     /// The lease held on it.
     pub lease: Lease,

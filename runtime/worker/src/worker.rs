@@ -34,15 +34,18 @@ use std::{
 };
 
 use celeriac_protocol::{json, pyrepr, Accept, DecodeError, Limits, TaskMessage};
-use celeriac_store::{ClaimCursor, ClaimParams, ClaimedMessage, DeadLetterParams, Lease, Store, WorkerInfo};
-use chrono::{DateTime, Utc};
+use celeriac_store::{
+    Backoff, ClaimCursor, ClaimParams, ClaimedMessage, DeadLetterParams, Lease, LeaseSession, LeaseSessionConfig,
+    SettledHook, Settlement, Store, WorkerInfo,
+};
+use chrono::Utc;
 use futures_util::FutureExt as _;
-use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 
 use crate::{
-    maintenance::{HeartbeatHealth, Rescuer, RescuerConfig},
+    maintenance::RescuerConfig,
     registry::Registry,
     task::{LeaseCheck, Outcome, Request},
     Error,
@@ -199,21 +202,6 @@ impl WorkerStats {
     }
 }
 
-/// What the completer writes.
-#[derive(Debug)]
-enum Settle {
-    Complete(Lease),
-    Release(Lease),
-    /// Back to the queue to run again, counted as a redelivery.
-    Requeue(Lease),
-    DeadLetter(DeadLetterParams),
-    Retry {
-        lease: Lease,
-        payload: Vec<u8>,
-        eta: DateTime<Utc>,
-    },
-}
-
 /// Where the next claim starts. Under load most claims continue from the last row claimed in
 /// each queue (a keyset cursor), which keeps their cost flat however many rows were consumed
 /// before; every [`FULL_CLAIM_EVERY`] claims or [`FULL_CLAIM_INTERVAL`], and whenever a cursor
@@ -271,15 +259,6 @@ impl ClaimState {
     }
 }
 
-impl Settle {
-    fn lease(&self) -> Lease {
-        match self {
-            Settle::Complete(l) | Settle::Release(l) | Settle::Requeue(l) | Settle::Retry { lease: l, .. } => *l,
-            Settle::DeadLetter(d) => d.lease,
-        }
-    }
-}
-
 /// State shared by the claim loop and the per-message tasks.
 struct Shared {
     store: Store,
@@ -287,7 +266,8 @@ struct Shared {
     config: WorkerConfig,
     worker_id: Uuid,
     stats: Arc<WorkerStats>,
-    settle: mpsc::UnboundedSender<Settle>,
+    /// Held leases, their renewal and the completer.
+    session: Arc<LeaseSession>,
     run_slots: Arc<Semaphore>,
     /// Signalled when the last claim issued has started all its messages: the next claim's
     /// first message waits for it, so messages start in claim order across claims too.
@@ -298,69 +278,12 @@ struct Shared {
     abandon: CancellationToken,
     /// Keyset cursors of the claim loop.
     claim_state: std::sync::Mutex<ClaimState>,
-    /// Leases held (claimed and not yet settled in the database); renewed by the heartbeat.
-    held: Arc<Held>,
     /// One permit: whether this worker may claim a suspect now.
     suspect_slot: Arc<Semaphore>,
     /// Wakes the claim loop (notifications, a suspect settled).
     wake: Arc<Notify>,
     /// `config.hostname`, shared by every request.
     hostname: Arc<str>,
-}
-
-/// The leases a worker holds, for the heartbeat to renew, each with the time by which it has
-/// surely run out unless renewed: the claim or renewal statement was sent before the server
-/// computed `now() + lease`, so this local deadline is never later than the row's.
-#[derive(Debug, Default)]
-struct Held(std::sync::Mutex<std::collections::HashMap<i64, (i32, Instant)>>);
-
-impl Held {
-    fn add(&self, leases: impl IntoIterator<Item = Lease>, valid_until: Instant) {
-        if let Ok(mut map) = self.0.lock() {
-            map.extend(leases.into_iter().map(|l| (l.id, (l.attempt, valid_until))));
-        }
-    }
-
-    fn remove(&self, leases: impl IntoIterator<Item = Lease>) {
-        if let Ok(mut map) = self.0.lock() {
-            for l in leases {
-                if map.get(&l.id).is_some_and(|(attempt, _)| *attempt == l.attempt) {
-                    map.remove(&l.id);
-                }
-            }
-        }
-    }
-
-    /// Records that a heartbeat sent at `sent` renewed the leases of `ids`.
-    fn renewed(&self, ids: &[i64], valid_until: Instant) {
-        if let Ok(mut map) = self.0.lock() {
-            for id in ids {
-                if let Some((_, until)) = map.get_mut(id) {
-                    *until = valid_until.max(*until);
-                }
-            }
-        }
-    }
-
-    /// Whether `lease` may have run out (another worker may have it by now).
-    fn expired(&self, lease: Lease) -> bool {
-        self.0
-            .lock()
-            .ok()
-            .and_then(|map| map.get(&lease.id).copied())
-            .is_some_and(|(attempt, until)| attempt == lease.attempt && until <= Instant::now())
-    }
-
-    fn len(&self) -> usize {
-        self.0.lock().map(|map| map.len()).unwrap_or(0)
-    }
-
-    fn snapshot(&self) -> Vec<Lease> {
-        self.0
-            .lock()
-            .map(|map| map.iter().map(|(&id, &(attempt, _))| Lease { id, attempt }).collect())
-            .unwrap_or_default()
-    }
 }
 
 /// The one suspect a worker may hold (a message that came back after a lost lease or a requeue;
@@ -374,13 +297,6 @@ struct SuspectPermit {
 impl Drop for SuspectPermit {
     fn drop(&mut self) {
         self.wake.notify_one();
-    }
-}
-
-impl Shared {
-    fn settle(&self, s: Settle) {
-        // The completer outlives every sender; if it is gone the lease simply expires.
-        let _ = self.settle.send(s);
     }
 }
 
@@ -443,58 +359,40 @@ impl Worker {
         );
 
         let background = CancellationToken::new();
-        let held = Arc::new(Held::default());
-        let health = Arc::new(HeartbeatHealth::default());
         let wake = Arc::new(Notify::new());
-        let (settle_tx, settle_rx) = mpsc::unbounded_channel();
+        let settled: SettledHook = {
+            let stats = self.stats.clone();
+            Arc::new(move |batch: &[Settlement]| {
+                stats.settled.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            })
+        };
+        let session = LeaseSession::start(
+            self.store.clone(),
+            info,
+            &LeaseSessionConfig {
+                heartbeat_interval: config.heartbeat_interval,
+                max_redeliveries: config.max_redeliveries,
+                rescuer: Some(RescuerConfig { interval: config.rescue_interval, ..RescuerConfig::default() }),
+            },
+            Some(settled),
+        );
         let shared = Arc::new(Shared {
             store: self.store.clone(),
             registry: self.registry.clone(),
             config: config.clone(),
             worker_id: self.id,
             stats: self.stats.clone(),
-            settle: settle_tx,
+            session: session.clone(),
             run_slots: Arc::new(Semaphore::new(config.concurrency + config.pipeline)),
             last_turn: std::sync::Mutex::new(None),
             stopping: shutdown.clone(),
             abandon: CancellationToken::new(),
             claim_state: std::sync::Mutex::new(ClaimState::new(config.queues.len())),
-            held: held.clone(),
             suspect_slot: Arc::new(Semaphore::new(1)),
             wake: wake.clone(),
             hostname: config.hostname.as_str().into(),
         });
 
-        let give_up_flushing = CancellationToken::new();
-        let completer = tokio::spawn(run_completer(
-            self.store.clone(),
-            self.id,
-            settle_rx,
-            self.stats.clone(),
-            held.clone(),
-            config.max_redeliveries,
-            give_up_flushing.clone(),
-        ));
-        let heartbeat = tokio::spawn(run_heartbeat(
-            self.store.clone(),
-            info.clone(),
-            held.clone(),
-            health.clone(),
-            config.heartbeat_interval,
-            background.clone(),
-        ));
-        // Judges other workers only as far as this worker's own heartbeats allow: after an
-        // outage longer than the lease, nobody's leases are freed before they could be renewed.
-        let rescuer = Rescuer::new(
-            self.store.clone(),
-            RescuerConfig {
-                interval: config.rescue_interval,
-                max_redeliveries: config.max_redeliveries,
-                ..RescuerConfig::default()
-            },
-        )
-        .with_health(health.clone());
-        let rescue = tokio::spawn(rescuer.run(background.clone()));
         let listener = config.listen.then(|| {
             let wake = wake.clone();
             let queues = config.queues.clone();
@@ -529,39 +427,12 @@ impl Worker {
             tracker.wait().await;
         }
         drop(shared);
-        // Pending outcomes get a bounded time to reach the database.
-        let flush_deadline = tokio::spawn({
-            let give_up = give_up_flushing.clone();
-            async move {
-                tokio::time::sleep(Duration::from_secs(15)).await;
-                give_up.cancel();
-            }
-        });
-        // A statement stuck on a dead connection is not interrupted by `give_up`; bound the wait.
-        if tokio::time::timeout(Duration::from_secs(20), completer).await.is_err() {
-            tracing::error!(
-                "worker: outcomes could not be recorded before shutdown; those messages run again after their lease"
-            );
-        }
-        flush_deadline.abort();
+        // Pending outcomes get a bounded time to reach the database; the worker row stays if
+        // some could not (rescuers then deliver those messages again after the lease).
+        session.close(Duration::from_secs(15)).await;
         background.cancel();
-        let _ = heartbeat.await;
-        let _ = rescue.await;
         if let Some(l) = listener {
             let _ = l.await;
-        }
-        let unsettled = held.len();
-        if unsettled == 0 {
-            if let Err(e) = self.store.worker_deregister(self.id).await {
-                tracing::warn!(error = %e, "worker: could not remove its worker row (the rescuer removes it later)");
-            }
-        } else {
-            // Keep the row: once its heartbeat is a lease old, rescuers see this worker as dead
-            // and redeliver these messages promptly.
-            tracing::warn!(
-                count = unsettled,
-                "worker: stopping with unsettled messages; they run again after their lease"
-            );
         }
         let report = self.stats.snapshot();
         tracing::info!(?report, "worker: stopped");
@@ -581,33 +452,6 @@ impl Worker {
                     }
                 }
             }
-        }
-    }
-}
-
-/// Exponential backoff: 100 ms doubling to 5 s.
-struct Backoff(Duration);
-
-impl Backoff {
-    fn new() -> Self {
-        Backoff(Duration::from_millis(100))
-    }
-
-    fn peek(&self) -> Duration {
-        self.0
-    }
-
-    fn reset(&mut self) {
-        self.0 = Duration::from_millis(100);
-    }
-
-    /// Sleeps; false if `cancel` fired first.
-    async fn wait(&mut self, cancel: &CancellationToken) -> bool {
-        let d = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(5));
-        tokio::select! {
-            () = cancel.cancelled() => false,
-            () = tokio::time::sleep(d) => true,
         }
     }
 }
@@ -745,7 +589,7 @@ async fn claim_batch(
         }
     };
     let got = claimed.len();
-    shared.held.add(claimed.iter().map(|m| m.lease), started + shared.config.lease);
+    shared.session.hold(&claimed, started);
     let full_claim = cursors.is_none();
     if let Ok(mut state) = shared.claim_state.lock() {
         state.advance(&shared.config.queues, &claimed);
@@ -787,14 +631,14 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// Forgets a lease if `execute` ends without settling it (a bug, or an abandoned task), so the
 /// heartbeat stops renewing it: the lease then expires and the message is redelivered.
 struct Unsettled<'a> {
-    held: &'a Held,
+    session: &'a LeaseSession,
     lease: Option<Lease>,
 }
 
 impl Drop for Unsettled<'_> {
     fn drop(&mut self) {
         if let Some(lease) = self.lease.take() {
-            self.held.remove([lease]);
+            self.session.forget(lease);
         }
     }
 }
@@ -823,7 +667,7 @@ async fn execute(
     turn: Turn,
     suspect: Option<SuspectPermit>,
 ) {
-    let mut guard = Unsettled { held: &shared.held, lease: Some(claimed.lease) };
+    let mut guard = Unsettled { session: &shared.session, lease: Some(claimed.lease) };
     execute_inner(&shared, claimed, slot, turn).await;
     guard.lease = None;
     drop(suspect);
@@ -837,7 +681,7 @@ fn give_back_unstarted(shared: &Shared, lease: Lease, name: &str, id: &str) {
         "Task {name}[{id}] not started: its lease ran out before it could start (is the database reachable?)"
     );
     shared.stats.released.fetch_add(1, Ordering::Relaxed);
-    shared.settle(Settle::Release(lease));
+    shared.session.settle(Settlement::Release(lease));
 }
 
 /// Moves a message to `dead_letter` because it cannot be decoded.
@@ -845,7 +689,7 @@ fn dead_letter_undecodable(shared: &Shared, claimed: &ClaimedMessage, e: &Decode
     let lease = claimed.lease;
     tracing::error!(message_id = lease.id, queue = %claimed.queue, reason = %e, "Can't decode message body; moving it to dead_letter");
     shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-    shared.settle(Settle::DeadLetter(DeadLetterParams {
+    shared.session.settle(Settlement::DeadLetter(DeadLetterParams {
         lease,
         reason_code: e.reason_code().into(),
         reason: e.to_string(),
@@ -879,7 +723,7 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
         let quoted = pyrepr::repr(&celeriac_protocol::Value::Str(task.clone()));
         tracing::error!("Received unregistered task of type {quoted}. The message has been moved to dead_letter.");
         shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        shared.settle(Settle::DeadLetter(DeadLetterParams {
+        shared.session.settle(Settlement::DeadLetter(DeadLetterParams {
             lease,
             reason_code: "not_registered".into(),
             reason: format!("NotRegistered({quoted})"),
@@ -890,7 +734,7 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
     if let Some(expires) = message.headers.expires.filter(|_| !managed) {
         if expires < Utc::now() {
             tracing::info!("Discarding revoked task: {name}[{id}] (expired at {expires})");
-            shared.settle(Settle::Complete(lease));
+            shared.session.settle(Settlement::Complete(lease));
             return;
         }
     }
@@ -906,10 +750,10 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
     let _ = turn.started.send(());
     let Some(run_slot) = run_slot else {
         shared.stats.released.fetch_add(1, Ordering::Relaxed);
-        shared.settle(Settle::Release(lease));
+        shared.session.settle(Settlement::Release(lease));
         return;
     };
-    if shared.held.expired(lease) {
+    if shared.session.expired(lease) {
         // The heartbeat could not renew it (the database was unreachable): another worker may
         // run it already.
         give_back_unstarted(shared, lease, &name, &id);
@@ -935,8 +779,8 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
         queue: claimed.queue.as_str().into(),
         payload: claimed.payload.into(),
         lease_check: {
-            let held = shared.held.clone();
-            LeaseCheck::new(move || held.expired(lease))
+            let session = shared.session.clone();
+            LeaseCheck::new(move || session.expired(lease))
         },
     };
     let started = Instant::now();
@@ -973,12 +817,12 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
                 pyrepr::repr(&value)
             );
             shared.stats.succeeded.fetch_add(1, Ordering::Relaxed);
-            shared.settle(Settle::Complete(lease));
+            shared.session.settle(Settlement::Complete(lease));
         }
         Outcome::Failure { exc_type, message } => {
             tracing::error!("Task {name}[{id}] raised unexpected: {exc_type}({})", pyrepr::repr(&message.into()));
             shared.stats.failed.fetch_add(1, Ordering::Relaxed);
-            shared.settle(Settle::Complete(lease));
+            shared.session.settle(Settlement::Complete(lease));
         }
         Outcome::Retry { eta, reason } => {
             let delay = (eta - Utc::now()).num_milliseconds().max(0);
@@ -987,12 +831,16 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
             tracing::info!("Task {name}[{id}] retry: Retry in {secs}s: {reason}");
             shared.stats.retried.fetch_add(1, Ordering::Relaxed);
             let next = message.to_retry(eta);
-            shared.settle(Settle::Retry { lease, payload: next.payload, eta });
+            shared.session.settle(Settlement::Retry { lease, payload: next.payload, eta });
         }
         Outcome::Reject { reason } => {
             tracing::warn!("Task {name}[{id}] rejected: {reason}; moving it to dead_letter");
             shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-            shared.settle(Settle::DeadLetter(DeadLetterParams { lease, reason_code: "rejected".into(), reason }));
+            shared.session.settle(Settlement::DeadLetter(DeadLetterParams {
+                lease,
+                reason_code: "rejected".into(),
+                reason,
+            }));
         }
         Outcome::Handled { state } => {
             let counter = match state.as_str() {
@@ -1004,7 +852,7 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
             if let Some(counter) = counter {
                 counter.fetch_add(1, Ordering::Relaxed);
             }
-            shared.settle(Settle::Complete(lease));
+            shared.session.settle(Settlement::Complete(lease));
         }
         Outcome::NotStarted => give_back_unstarted(shared, lease, &name, &id),
         Outcome::Requeue { reason } if redeliveries >= shared.config.max_redeliveries => {
@@ -1012,7 +860,7 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
                 "Task {name}[{id}] was requeued ({reason}) after {redeliveries} redeliveries; limit reached, moving it to dead_letter"
             );
             shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-            shared.settle(Settle::DeadLetter(DeadLetterParams {
+            shared.session.settle(Settlement::DeadLetter(DeadLetterParams {
                 lease,
                 reason_code: "redeliveries_exhausted".into(),
                 reason: format!(
@@ -1025,210 +873,9 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
         Outcome::Requeue { reason } => {
             tracing::warn!("Task {name}[{id}] requeued: {reason}");
             shared.stats.released.fetch_add(1, Ordering::Relaxed);
-            shared.settle(Settle::Requeue(lease));
+            shared.session.settle(Settlement::Requeue(lease));
         }
     }
     // Only now may the next task start: its log lines follow this task's outcome.
     drop(run_slot);
-}
-
-/// Below this many outcomes, the completer waits [`COMPLETER_GATHER`] for more before writing.
-const COMPLETER_GATHER_BELOW: usize = 32;
-/// How long the completer gathers outcomes before writing a small batch.
-const COMPLETER_GATHER: Duration = Duration::from_millis(2);
-
-async fn run_completer(
-    store: Store,
-    worker_id: Uuid,
-    mut rx: mpsc::UnboundedReceiver<Settle>,
-    stats: Arc<WorkerStats>,
-    held: Arc<Held>,
-    max_redeliveries: i32,
-    give_up: CancellationToken,
-) {
-    let mut batch = Vec::new();
-    loop {
-        if rx.recv_many(&mut batch, 2000).await == 0 {
-            return;
-        }
-        // Under load outcomes arrive one by one; gathering them for a moment turns many
-        // one-row statements into a few larger ones. The rows stay leased meanwhile, so this
-        // delays only their deletion, not any task.
-        if batch.len() < COMPLETER_GATHER_BELOW {
-            tokio::time::sleep(COMPLETER_GATHER).await;
-            while batch.len() < 2000 {
-                match rx.try_recv() {
-                    Ok(s) => batch.push(s),
-                    Err(_) => break,
-                }
-            }
-        }
-        let mut backoff = Backoff::new();
-        let mut progress = FlushProgress::default();
-        loop {
-            match flush(&store, worker_id, max_redeliveries, &batch, &mut progress).await {
-                Ok(()) => break,
-                Err(e) if !e.is_connection() => {
-                    // The server refused the batch: write the outcomes one by one and give up on
-                    // those it refuses, so one bad outcome cannot block all others. A dropped
-                    // outcome's lease expires and the message is redelivered (and eventually
-                    // dead-lettered by the rescuer if it keeps failing).
-                    tracing::error!(error = %e, "worker: the database refused a batch of outcomes; recording them one by one");
-                    for item in &batch {
-                        // What the batch wrote already stays written.
-                        let mut progress = progress.clone();
-                        let one = std::slice::from_ref(item);
-                        if let Err(e) = flush(&store, worker_id, max_redeliveries, one, &mut progress).await {
-                            tracing::error!(error = %e, message_id = item.lease().id, "worker: dropping an outcome the database refuses; the message will be redelivered");
-                        }
-                    }
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, pending = batch.len(), retry_in = ?backoff.peek(), "worker: could not record outcomes; retrying");
-                    if !backoff.wait(&give_up).await {
-                        tracing::error!(
-                            pending = batch.len(),
-                            "worker: gave up recording outcomes at shutdown; those messages run again after their lease"
-                        );
-                        return;
-                    }
-                }
-            }
-        }
-        stats.settled.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        held.remove(batch.iter().map(Settle::lease));
-        batch.clear();
-    }
-}
-
-/// Which kinds of a batch's outcomes are written already (a batch that failed half-way is
-/// retried from there, so each lease's answer is read once).
-#[derive(Debug, Default, Clone)]
-struct FlushProgress {
-    retries: bool,
-    complete: bool,
-    dead: bool,
-    release: bool,
-    requeue: bool,
-}
-
-/// Logs the outcomes the database refused because their lease was lost meanwhile (another
-/// worker has the message, or will: it runs again). `done` holds the ids written.
-fn log_refused(what: &str, asked: &[Lease], done: &[i64]) {
-    if done.len() < asked.len() {
-        let refused: Vec<i64> = asked.iter().map(|l| l.id).filter(|id| !done.contains(id)).collect();
-        tracing::warn!(
-            ?refused,
-            "worker: {what} refused for {} message(s): their lease was lost (the database was unreachable for longer \
-             than the lease, or the worker stalled); they are delivered again",
-            refused.len()
-        );
-    }
-}
-
-async fn flush(
-    store: &Store,
-    worker_id: Uuid,
-    max_redeliveries: i32,
-    batch: &[Settle],
-    progress: &mut FlushProgress,
-) -> Result<(), celeriac_store::Error> {
-    let mut complete = Vec::new();
-    let mut release = Vec::new();
-    let mut requeue = Vec::new();
-    let mut dead = Vec::new();
-    let mut retries = Vec::new();
-    for s in batch {
-        match s {
-            Settle::Complete(l) => complete.push(*l),
-            Settle::Release(l) => release.push(*l),
-            Settle::Requeue(l) => requeue.push(*l),
-            Settle::DeadLetter(d) => dead.push(d.clone()),
-            Settle::Retry { lease, payload, eta } => retries.push((*lease, payload, *eta)),
-        }
-    }
-    if !progress.retries {
-        for (lease, payload, eta) in retries {
-            if !store.message_retry(worker_id, lease, payload, eta).await? {
-                log_refused("a retry was", &[lease], &[]);
-            }
-        }
-        progress.retries = true;
-    }
-    if !progress.complete {
-        let done = store.message_complete_many(worker_id, &complete).await?;
-        log_refused("completion was", &complete, &done);
-        progress.complete = true;
-    }
-    if !progress.dead {
-        let done = store.message_dead_letter_many(worker_id, &dead).await?;
-        log_refused("moving to dead_letter was", &dead.iter().map(|d| d.lease).collect::<Vec<_>>(), &done);
-        progress.dead = true;
-    }
-    if !progress.release {
-        // Not logged: a lease given back unstarted may have run out already on purpose.
-        store.message_release_many(worker_id, &release, false).await?;
-        progress.release = true;
-    }
-    if !progress.requeue {
-        let report = store.message_requeue_many(worker_id, &requeue, max_redeliveries).await?;
-        for id in &report.dead_lettered {
-            tracing::error!(
-                message_id = id,
-                "worker: a requeued message exhausted its redeliveries; moved to dead_letter"
-            );
-        }
-        let done: Vec<i64> = report.requeued.iter().chain(&report.dead_lettered).copied().collect();
-        log_refused("requeue was", &requeue, &done);
-        progress.requeue = true;
-    }
-    Ok(())
-}
-
-fn info_lease(info: &WorkerInfo) -> Duration {
-    Duration::try_from_secs_f64(info.lease_seconds).unwrap_or(Duration::ZERO)
-}
-
-async fn run_heartbeat(
-    store: Store,
-    info: WorkerInfo,
-    held: Arc<Held>,
-    health: Arc<HeartbeatHealth>,
-    interval: Duration,
-    stop: CancellationToken,
-) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let leases = held.snapshot();
-        let sent = Instant::now();
-        let result = store.worker_heartbeat(&info, &leases).await;
-        health.record(result.is_ok());
-        match result {
-            Ok(renewed) => {
-                held.renewed(&renewed, sent + info_lease(&info));
-                let renewed = renewed.len() as u64;
-                if failing {
-                    tracing::info!("worker: database reachable again; leases renewed");
-                    failing = false;
-                }
-                // Rows being settled right now are skipped, so a short count is normal; a lease
-                // gone for good shows up as a warning on the next beats too.
-                let missing = (leases.len() as u64).saturating_sub(renewed);
-                if missing > 0 {
-                    tracing::debug!(missing, "worker: some held leases were not renewed (being settled, or lost)");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "worker: heartbeat failed (leases are not being renewed)");
-                failing = true;
-            }
-        }
-    }
 }

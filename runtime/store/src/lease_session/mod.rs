@@ -1,0 +1,385 @@
+//! The lease session: what every consumer of the queue (the Rust worker, and the kombu
+//! transport's `Consumer` under Python Celery workers) does between claiming a message and
+//! writing its outcome, in one place with one error policy.
+//!
+//! ```text
+//!  claim ──hold──► held leases ◄── heartbeat (renews them, records liveness)
+//!                      │                     │
+//!  outcome ──settle──► completer (batches, fenced writes; retries while unreachable)
+//!                                            ▼
+//!                               rescuer (frees dead consumers' leases, judged by liveness)
+//! ```
+//!
+//! A consumer registers a `celeriac.worker` row and calls [`LeaseSession::start`]; it then
+//! [`hold`](LeaseSession::hold)s what it claims, asks [`expired`](LeaseSession::expired)
+//! before starting a message it held for a while, and hands each outcome to
+//! [`settle`](LeaseSession::settle) (batched, in the background) or
+//! [`settle_now`](LeaseSession::settle_now) (written before it returns, for callers that must
+//! answer synchronously). [`close`](LeaseSession::close) writes what is pending (for a bounded
+//! time), stops the background tasks and removes the worker row, unless outcomes could not be
+//! written: then the row stays, so rescuers see the consumer dead after a lease and deliver
+//! those messages again.
+//!
+//! The error policy, for a database that is unreachable or refuses: every statement is retried
+//! with [`crate::Backoff`] and logged; an outcome is never dropped silently (see the completer);
+//! the heartbeat logs when it starts and stops failing; the rescuer judges other consumers only
+//! as far as this one's own heartbeats succeed ([`HeartbeatHealth`]).
+
+mod completer;
+mod heartbeat;
+mod held;
+
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    maintenance::{HeartbeatHealth, Rescuer, RescuerConfig},
+    ClaimedMessage, DeadLetterParams, Lease, Store, WorkerInfo,
+};
+use completer::{Command, Completer, WriteProgress};
+use heartbeat::Heartbeat;
+use held::Held;
+
+/// What becomes of a held message: the write the completer makes, fenced by its lease.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settlement {
+    /// Finished (succeeded, or failed for good): the row is deleted.
+    Complete(Lease),
+    /// Given back unstarted (shutdown, a lease that ran out before the start): ready again at
+    /// once, not counted as a redelivery.
+    Release(Lease),
+    /// Back to its queue to run again (Celery's `Reject(requeue=True)`), counted as a
+    /// redelivery; dead-lettered once it has had `max_redeliveries`.
+    Requeue(Lease),
+    /// Moved to `dead_letter` with its reason.
+    DeadLetter(DeadLetterParams),
+    /// Re-scheduled as a new delivery at `eta` with a new envelope (Celery's `Task.retry`).
+    Retry {
+        /// The lease held.
+        lease: Lease,
+        /// The envelope of the next run.
+        payload: Vec<u8>,
+        /// When it may run.
+        eta: DateTime<Utc>,
+    },
+}
+
+impl Settlement {
+    /// The lease it settles.
+    #[must_use]
+    pub fn lease(&self) -> Lease {
+        match self {
+            Settlement::Complete(l)
+            | Settlement::Release(l)
+            | Settlement::Requeue(l)
+            | Settlement::Retry { lease: l, .. } => *l,
+            Settlement::DeadLetter(d) => d.lease,
+        }
+    }
+}
+
+/// Called with every batch of settlements once it is written (statistics, events).
+pub type SettledHook = Arc<dyn Fn(&[Settlement]) + Send + Sync>;
+
+/// Settings of a [`LeaseSession`].
+#[derive(Debug, Clone)]
+pub struct LeaseSessionConfig {
+    /// How often held leases are renewed (and liveness recorded). Default: 5 s; keep it well
+    /// under the lease (the Rust worker uses a sixth of it at most).
+    pub heartbeat_interval: Duration,
+    /// Redeliveries before a requeued or rescued message is dead-lettered. Default: 3.
+    pub max_redeliveries: i32,
+    /// The rescuer this session runs beside its heartbeat (`None`: none). Its
+    /// `max_redeliveries` is taken from this config. Default: the rescuer's defaults.
+    pub rescuer: Option<RescuerConfig>,
+}
+
+impl Default for LeaseSessionConfig {
+    fn default() -> Self {
+        LeaseSessionConfig {
+            heartbeat_interval: Duration::from_secs(5),
+            max_redeliveries: 3,
+            rescuer: Some(RescuerConfig::default()),
+        }
+    }
+}
+
+/// How [`LeaseSession::settle_now`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettledNow {
+    /// Written. `held` is false when the fence refused it: the lease was lost meanwhile.
+    Written {
+        /// Whether this consumer still held the lease.
+        held: bool,
+    },
+    /// The database could not be reached: handed to the completer, which writes it once it
+    /// can (still fenced by the lease).
+    Queued,
+}
+
+/// One consumer's held leases, heartbeat, completer and rescuer. See the module docs.
+pub struct LeaseSession {
+    store: Store,
+    info: WorkerInfo,
+    max_redeliveries: i32,
+    held: Arc<Held>,
+    health: Arc<HeartbeatHealth>,
+    commands: mpsc::UnboundedSender<Command>,
+    on_settled: Option<SettledHook>,
+    /// Stops the heartbeat and the rescuer.
+    background: CancellationToken,
+    /// Makes the completer abandon what it could not write yet.
+    give_up: CancellationToken,
+    tasks: Mutex<Option<Tasks>>,
+}
+
+struct Tasks {
+    completer: JoinHandle<()>,
+    heartbeat: JoinHandle<()>,
+    rescuer: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for LeaseSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseSession")
+            .field("worker", &self.info.id)
+            .field("held", &self.held.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeaseSession {
+    /// Starts the heartbeat, the completer and (if configured) the rescuer of the consumer
+    /// `info` (registered already) on the current tokio runtime.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    #[must_use]
+    pub fn start(
+        store: Store,
+        info: WorkerInfo,
+        config: &LeaseSessionConfig,
+        on_settled: Option<SettledHook>,
+    ) -> Arc<LeaseSession> {
+        let held = Arc::new(Held::default());
+        let health = Arc::new(HeartbeatHealth::default());
+        let background = CancellationToken::new();
+        let give_up = CancellationToken::new();
+        let (commands, received) = mpsc::unbounded_channel();
+        let completer = Completer {
+            store: store.clone(),
+            worker_id: info.id,
+            max_redeliveries: config.max_redeliveries,
+            held: held.clone(),
+            on_settled: on_settled.clone(),
+            give_up: give_up.clone(),
+        };
+        let heartbeat = Heartbeat {
+            store: store.clone(),
+            info: info.clone(),
+            held: held.clone(),
+            health: health.clone(),
+            interval: config.heartbeat_interval,
+        };
+        let rescuer = config.rescuer.clone().map(|rescuer| {
+            // Judges other consumers only as far as this one's own heartbeats allow: after an
+            // outage longer than the lease, nobody's leases are freed before they could be renewed.
+            let rescuer =
+                Rescuer::new(store.clone(), RescuerConfig { max_redeliveries: config.max_redeliveries, ..rescuer })
+                    .with_health(health.clone());
+            tokio::spawn(rescuer.run(background.clone()))
+        });
+        let tasks = Tasks {
+            completer: tokio::spawn(completer.run(received)),
+            heartbeat: tokio::spawn(heartbeat.run(background.clone())),
+            rescuer,
+        };
+        Arc::new(LeaseSession {
+            store,
+            info,
+            max_redeliveries: config.max_redeliveries,
+            held,
+            health,
+            commands,
+            on_settled,
+            background,
+            give_up,
+            tasks: Mutex::new(Some(tasks)),
+        })
+    }
+
+    /// The consumer's id (the `leased_by` of its claims).
+    #[must_use]
+    pub fn worker_id(&self) -> Uuid {
+        self.info.id
+    }
+
+    /// The consumer's lease length.
+    #[must_use]
+    pub fn lease(&self) -> Duration {
+        Duration::try_from_secs_f64(self.info.lease_seconds).unwrap_or(Duration::ZERO)
+    }
+
+    /// Holds what a claim sent at `claimed_at` brought: the heartbeat renews it from now on.
+    pub fn hold(&self, claimed: &[ClaimedMessage], claimed_at: Instant) {
+        self.held.add(claimed.iter().map(|m| (m.lease, m.redeliveries > 0)), claimed_at + self.lease());
+    }
+
+    /// Whether `lease` is held and may have run out: the heartbeat has not renewed it in time
+    /// (the database was unreachable), so another consumer may have it by now. Such a message
+    /// must not be started.
+    #[must_use]
+    pub fn expired(&self, lease: Lease) -> bool {
+        self.held.expired(lease, Instant::now())
+    }
+
+    /// Whether a held message is a suspect (it came back after a lost lease or a requeue).
+    #[must_use]
+    pub fn holds_suspect(&self) -> bool {
+        self.held.holds_suspect()
+    }
+
+    /// How many leases are held.
+    #[must_use]
+    pub fn held_count(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Liveness as the rescuer reads it.
+    #[must_use]
+    pub fn health(&self) -> Arc<HeartbeatHealth> {
+        self.health.clone()
+    }
+
+    /// Hands an outcome to the completer, which writes it within milliseconds (batched with
+    /// others). False once the session is closed (the lease then runs out; the message is
+    /// delivered again).
+    pub fn settle(&self, settlement: Settlement) -> bool {
+        let lease = settlement.lease();
+        let sent = self.commands.send(Command::Settle(settlement)).is_ok();
+        if sent {
+            self.held.settling(lease);
+        }
+        sent
+    }
+
+    /// Writes an outcome before returning, for callers that answer synchronously (the kombu
+    /// transport's reject and restore). When the database cannot be reached, the outcome goes
+    /// to the completer instead ([`SettledNow::Queued`]), which retries.
+    ///
+    /// # Errors
+    /// The server refused the statement: the outcome is dropped (logged) and the lease no
+    /// longer renewed, so the message is delivered again after it.
+    pub async fn settle_now(&self, settlement: Settlement) -> crate::Result<SettledNow> {
+        let batch = std::slice::from_ref(&settlement);
+        let written = completer::write_batch(
+            &self.store,
+            self.info.id,
+            self.max_redeliveries,
+            batch,
+            &mut WriteProgress::default(),
+        )
+        .await;
+        match written {
+            Ok(n) => {
+                self.held.remove([settlement.lease()]);
+                if let Some(hook) = &self.on_settled {
+                    hook(batch);
+                }
+                Ok(SettledNow::Written { held: n == 1 })
+            }
+            Err(e) if e.is_connection() && self.settle(settlement.clone()) => {
+                tracing::warn!(error = %e, message_id = settlement.lease().id, "database unreachable; the outcome is written once it answers");
+                Ok(SettledNow::Queued)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, message_id = settlement.lease().id, "the database refused an outcome; the message will be delivered again");
+                self.held.remove([settlement.lease()]);
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops renewing `lease` without writing anything (a task abandoned at shutdown): it runs
+    /// out and the message is delivered again.
+    pub fn forget(&self, lease: Lease) {
+        self.held.remove([lease]);
+    }
+
+    /// Resolves once every outcome handed over before the call is written; an error when the
+    /// session gave up on them (closed before the database answered).
+    pub fn flush(&self) -> oneshot::Receiver<()> {
+        let (done, written) = oneshot::channel();
+        // Closed already: `done` is dropped with the error, nothing more will be written.
+        let _ = self.commands.send(Command::Flush(done));
+        written
+    }
+
+    /// Gives back every held message whose outcome was not handed over (prefetched, or
+    /// delivered and not finished), in one statement. Returns how many were still held.
+    ///
+    /// # Errors
+    /// Connection errors: the leases then run out and the messages are delivered again.
+    pub async fn give_back_idle(&self) -> crate::Result<usize> {
+        let idle = self.held.idle();
+        if idle.is_empty() {
+            return Ok(0);
+        }
+        let released = self.store.message_release_many(self.info.id, &idle, false).await?;
+        self.held.remove(idle);
+        Ok(released.len())
+    }
+
+    /// Writes the outcomes handed over (giving up after `write_for`), stops the heartbeat and
+    /// the rescuer, and removes the worker row when nothing is left held; otherwise keeps it
+    /// (once its heartbeat is a lease old, rescuers deliver those messages again) and warns.
+    /// Returns how many leases were left held. Later calls return at once.
+    pub async fn close(&self, write_for: Duration) -> usize {
+        let Some(tasks) = self.tasks.lock().unwrap_or_else(PoisonError::into_inner).take() else {
+            return self.held.len();
+        };
+        let _ = self.commands.send(Command::Close);
+        let mut completer = tasks.completer;
+        if tokio::time::timeout(write_for, &mut completer).await.is_err() {
+            self.give_up.cancel();
+            // A statement stuck on a dead connection is not interrupted by `give_up`.
+            if tokio::time::timeout(Duration::from_secs(5), &mut completer).await.is_err() {
+                completer.abort();
+                tracing::error!(
+                    "outcomes could not be recorded before shutdown; those messages run again after their lease"
+                );
+            }
+        }
+        self.background.cancel();
+        let _ = tasks.heartbeat.await;
+        if let Some(rescuer) = tasks.rescuer {
+            let _ = rescuer.await;
+        }
+        let left = self.held.len();
+        if left == 0 {
+            if let Err(e) = self.store.worker_deregister(self.info.id).await {
+                tracing::warn!(error = %e, "could not remove the worker row (a rescuer removes it later)");
+            }
+        } else {
+            tracing::warn!(count = left, "stopping with unsettled messages; they run again after their lease");
+        }
+        left
+    }
+}
+
+impl Drop for LeaseSession {
+    fn drop(&mut self) {
+        self.background.cancel();
+        self.give_up.cancel();
+    }
+}
