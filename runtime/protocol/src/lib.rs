@@ -17,9 +17,15 @@
 //! assert_eq!(a + b, 4);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! Modules depend on each other one way, lowest first: `isoformat` (Python's date and time
+//! text) ← [`value`] (the data model, its serde `Serialize`/`Deserialize` and marker text) ←
+//! [`de`] (typed reads) and [`limits`] ← [`json`], [`msgpack`], [`pyrepr`] ← [`error`] ←
+//! [`message`].
 
 pub mod de;
 pub mod error;
+mod isoformat;
 pub mod json;
 pub mod limits;
 pub mod message;
