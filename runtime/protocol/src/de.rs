@@ -9,7 +9,7 @@ use serde::de::{
     self, value::BorrowedStrDeserializer, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor,
 };
 
-use crate::value::{Map, Value};
+use crate::value::{marker_text, Map, Value};
 
 /// A value that did not have the shape the Rust type expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,6 +19,16 @@ pub struct Error(String);
 impl de::Error for Error {
     fn custom<T: std::fmt::Display>(msg: T) -> Self {
         Error(msg.to_string())
+    }
+}
+
+impl Value {
+    /// Reads a typed Rust value out of this value (see [`crate::de`]).
+    ///
+    /// # Errors
+    /// When the value does not have the shape `T` expects; the error names the mismatch.
+    pub fn deserialize_into<T: de::DeserializeOwned>(&self) -> Result<T, Error> {
+        T::deserialize(self)
     }
 }
 
@@ -105,7 +115,7 @@ impl<'de> de::Deserializer<'de> for &'de Value {
             Value::List(items) => visitor.visit_seq(Seq(items.iter())),
             Value::Map(map) => visitor.visit_map(map_access(map)),
             Value::DateTime(_) | Value::NaiveDateTime(_) | Value::Date(_) | Value::Time(_) => {
-                visitor.visit_string(crate::json::marker_text(self).unwrap_or_default())
+                visitor.visit_string(marker_text(self).unwrap_or_default())
             }
             Value::Uuid(u) => visitor.visit_string(u.hyphenated().to_string()),
             Value::Bytes(b) => visitor.visit_borrowed_bytes(b),

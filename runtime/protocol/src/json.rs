@@ -12,8 +12,9 @@
 use std::fmt::Write as _;
 
 use base64::Engine as _;
-use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime};
 
+pub use crate::{isoformat::python_isoformat, value::marker_text};
 use crate::{
     limits::Budget,
     value::{Map, Value},
@@ -361,42 +362,6 @@ pub fn parse_datetime(s: &str) -> Option<Value> {
 
 fn parse_time(s: &str) -> Option<NaiveTime> {
     NaiveTime::parse_from_str(s, "%H:%M:%S%.f").or_else(|_| NaiveTime::parse_from_str(s, "%H:%M")).ok()
-}
-
-fn push_fraction(out: &mut String, nanos: u32) {
-    let micros = nanos / 1000 % 1_000_000;
-    if micros != 0 {
-        let _ = write!(out, ".{micros:06}");
-    }
-}
-
-/// `datetime.isoformat()` of an aware datetime, as Python prints it.
-#[must_use]
-pub fn python_isoformat(dt: &DateTime<chrono::FixedOffset>) -> String {
-    let mut out = dt.format("%Y-%m-%dT%H:%M:%S").to_string();
-    push_fraction(&mut out, dt.nanosecond());
-    out.push_str(&dt.format("%:z").to_string());
-    out
-}
-
-/// The `__value__` text of a datetime/date/time marker, or `None` for other values.
-#[must_use]
-pub fn marker_text(value: &Value) -> Option<String> {
-    match value {
-        Value::DateTime(dt) => Some(python_isoformat(dt)),
-        Value::NaiveDateTime(dt) => {
-            let mut out = dt.format("%Y-%m-%dT%H:%M:%S").to_string();
-            push_fraction(&mut out, dt.nanosecond());
-            Some(out)
-        }
-        Value::Date(d) => Some(d.format("%Y-%m-%d").to_string()),
-        Value::Time(t) => {
-            let mut out = t.format("%H:%M:%S").to_string();
-            push_fraction(&mut out, t.nanosecond());
-            Some(out)
-        }
-        _ => None,
-    }
 }
 
 /// `repr(f)` of a finite Python float: the shortest round-tripping digits, fixed notation for

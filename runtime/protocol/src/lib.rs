@@ -17,14 +17,21 @@
 //! assert_eq!(a + b, 4);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! Modules depend on each other one way, lowest first: `isoformat` (Python's date and time
+//! text) ← [`value`] (the data model, its serde `Serialize`/`Deserialize` and marker text) ←
+//! [`de`] (typed reads) and [`limits`] ← [`json`], [`msgpack`], [`pyrepr`] ← [`error`] ←
+//! [`message`]. [`state`] (task states) stands alone.
 
 pub mod de;
 pub mod error;
+mod isoformat;
 pub mod json;
 pub mod limits;
 pub mod message;
 pub mod msgpack;
 pub mod pyrepr;
+pub mod state;
 pub mod value;
 
 pub use error::{DecodeError, EncodeError};
@@ -33,4 +40,5 @@ pub use message::{
     encode_task, Accept, DeliveryInfo, Embed, EncodedTask, Envelope, Expires, ProtocolVersion, TaskHeaders,
     TaskMessage, TaskOptions, TimeLimit, CONTENT_TYPE_JSON, DEFAULT_QUEUE,
 };
+pub use state::TaskState;
 pub use value::{Map, Value};

@@ -12,6 +12,8 @@
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime};
 use indexmap::IndexMap;
 
+use crate::isoformat;
+
 /// An ordered string-keyed map, as a Python `dict` decoded from JSON.
 pub type Map = IndexMap<String, Value>;
 
@@ -146,13 +148,18 @@ impl Value {
     pub fn from_serialize<T: serde::Serialize + ?Sized>(value: &T) -> Result<Value, serde_json::Error> {
         serde_json::to_value(value).map(Value::from)
     }
+}
 
-    /// Reads a typed Rust value out of this value (see [`crate::de`]).
-    ///
-    /// # Errors
-    /// When the value does not have the shape `T` expects; the error names the mismatch.
-    pub fn deserialize_into<T: serde::de::DeserializeOwned>(&self) -> Result<T, crate::de::Error> {
-        T::deserialize(self)
+/// The `__value__` text of a datetime/date/time marker (Python's `isoformat()`), or `None` for
+/// other values.
+#[must_use]
+pub fn marker_text(value: &Value) -> Option<String> {
+    match value {
+        Value::DateTime(dt) => Some(isoformat::python_isoformat(dt)),
+        Value::NaiveDateTime(dt) => Some(isoformat::naive_datetime_isoformat(dt)),
+        Value::Date(d) => Some(isoformat::date_isoformat(d)),
+        Value::Time(t) => Some(isoformat::time_isoformat(t)),
+        _ => None,
     }
 }
 
@@ -252,7 +259,7 @@ impl serde::Serialize for Value {
                 map.end()
             }
             Value::DateTime(_) | Value::NaiveDateTime(_) | Value::Date(_) | Value::Time(_) => {
-                serializer.serialize_str(&crate::json::marker_text(self).unwrap_or_default())
+                serializer.serialize_str(&marker_text(self).unwrap_or_default())
             }
             Value::Uuid(u) => serializer.serialize_str(&u.hyphenated().to_string()),
             Value::Bytes(b) => serializer.serialize_bytes(b),

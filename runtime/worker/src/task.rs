@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use celeriac_protocol::{DeliveryInfo, Map, TaskMessage, Value};
+use celeriac_protocol::{DeliveryInfo, Map, TaskMessage, TaskState, Value};
 use celeriac_store::Lease;
 use chrono::{DateTime, Duration, Utc};
 
@@ -132,7 +132,7 @@ pub enum Outcome {
     /// for the counters.
     Handled {
         /// What became of the task.
-        state: String,
+        state: TaskState,
     },
     /// Not started: the lease ran out before the task could start (see [`Request::lease_check`]). The
     /// message is given back without counting a redelivery (a no-op if another worker has it).

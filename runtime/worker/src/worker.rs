@@ -843,10 +843,10 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
             }));
         }
         Outcome::Handled { state } => {
-            let counter = match state.as_str() {
-                "SUCCESS" => Some(&shared.stats.succeeded),
-                "FAILURE" => Some(&shared.stats.failed),
-                "RETRY" => Some(&shared.stats.retried),
+            let counter = match state {
+                celeriac_protocol::TaskState::Success => Some(&shared.stats.succeeded),
+                celeriac_protocol::TaskState::Failure => Some(&shared.stats.failed),
+                celeriac_protocol::TaskState::Retry => Some(&shared.stats.retried),
                 _ => None,
             };
             if let Some(counter) = counter {

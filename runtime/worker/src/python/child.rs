@@ -20,8 +20,10 @@ use pyo3::{
     types::{PyBytes, PyList},
 };
 
+use celeriac_protocol::TaskState;
+
 use super::{
-    frame::{self, FromChild, ToChild},
+    frame::{self, DeathCause, Decision, FromChild, ToChild},
     sys,
 };
 
@@ -351,7 +353,14 @@ fn task_loop(
                     // exits, as billiard's does.
                     Err(e) if in_process_exit && is_task_exit(py, &e) => {
                         let detail = e.value(py).repr().map_or_else(|_| "SystemExit()".to_owned(), |r| r.to_string());
-                        let args = (PyBytes::new(py, &envelope), queue, redelivered, "in_process", detail, 0.0);
+                        let args = (
+                            PyBytes::new(py, &envelope),
+                            queue,
+                            redelivered,
+                            DeathCause::InProcess.as_str(),
+                            detail,
+                            0.0,
+                        );
                         (seq, worker.call_method1("post_mortem", args))
                     }
                     result => (seq, result),
@@ -361,30 +370,46 @@ fn task_loop(
                 seq,
                 worker.call_method1(
                     "post_mortem",
-                    (PyBytes::new(py, &envelope), queue, redelivered, cause, detail, hard_limit),
+                    (PyBytes::new(py, &envelope), queue, redelivered, cause.as_str(), detail, hard_limit),
                 ),
             ),
             Work::Job(..) => continue,
         };
         let reply = match result.and_then(|r| r.extract::<(String, String, String)>()) {
-            Ok((decision, state, detail)) => {
-                FromChild::Result { seq, decision, state, detail, max_rss_kib: sys::max_rss_kib() }
-            }
+            Ok((decision, state, detail)) => match (from_wire::<Decision>(decision), from_wire::<TaskState>(state)) {
+                (Ok(decision), Ok(state)) => {
+                    FromChild::Result { seq, decision, state, detail, max_rss_kib: sys::max_rss_kib() }
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    internal_error(seq, format!("celeriac._worker answered with an unknown decision or state: {e}"))
+                }
+            },
             Err(e) if e.is_instance_of::<PySystemExit>(py) => return Some(exit_code(py, &e)),
             Err(e) => {
                 // celeriac's or Celery's own code failed (not the task: its exceptions are
                 // Celery's outcomes). Keep the message, with the reason, in dead_letter.
                 e.print(py);
-                FromChild::Result {
-                    seq,
-                    decision: "reject".into(),
-                    state: "INTERNAL_ERROR".into(),
-                    detail: format!("celeriac could not run the task through Celery: {e}"),
-                    max_rss_kib: sys::max_rss_kib(),
-                }
+                internal_error(seq, format!("celeriac could not run the task through Celery: {e}"))
             }
         };
         send(writer, &reply);
+    }
+}
+
+/// Reads a decision or state as the frame carries it (`"ack"`, `"SUCCESS"`, …).
+fn from_wire<T: serde::de::DeserializeOwned>(name: String) -> Result<T, serde_json::Error> {
+    serde_json::from_value(serde_json::Value::String(name))
+}
+
+/// The reply for a delivery that celeriac's or Celery's own code could not settle: rejected (to
+/// `dead_letter`) with `detail` as the reason.
+fn internal_error(seq: u64, detail: String) -> FromChild {
+    FromChild::Result {
+        seq,
+        decision: Decision::Reject,
+        state: TaskState::InternalError,
+        detail,
+        max_rss_kib: sys::max_rss_kib(),
     }
 }
 

@@ -6,6 +6,7 @@
 
 use std::io::{self, Read, Write};
 
+use celeriac_protocol::TaskState;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -29,7 +30,7 @@ pub enum ToChild {
         /// Whether an earlier delivery was lost.
         redelivered: bool,
     },
-    /// Settle a delivery whose child died (`cause` = `lost` or `timeout`); envelope follows.
+    /// Settle a delivery whose child died; envelope follows.
     PostMortem {
         /// Matches the [`FromChild::Result`].
         seq: u64,
@@ -37,8 +38,8 @@ pub enum ToChild {
         queue: String,
         /// Whether an earlier delivery was lost.
         redelivered: bool,
-        /// `lost` or `timeout`.
-        cause: String,
+        /// How the child died.
+        cause: DeathCause,
         /// How the process ended, e.g. `signal 11 (SIGSEGV)`.
         detail: String,
         /// The hard time limit that was exceeded (for `timeout`).
@@ -78,15 +79,59 @@ pub enum FromChild {
     Result {
         /// The job's sequence number.
         seq: u64,
-        /// `ack`, `reject`, `requeue` or `none`.
-        decision: String,
-        /// `SUCCESS`, `FAILURE`, `RETRY`, `REJECTED`, `IGNORED`, `REVOKED`, `UNDECODABLE`.
-        state: String,
+        /// What Celery's code did with the message.
+        decision: Decision,
+        /// What became of the task: `SUCCESS`, `FAILURE`, `RETRY`, `REJECTED`, `IGNORED`,
+        /// `REVOKED`, `UNDECODABLE` or `INTERNAL_ERROR`.
+        state: TaskState,
         /// Why, for a `reject`.
         detail: String,
         /// The child's peak RSS in KiB after the job.
         max_rss_kib: u64,
     },
+}
+
+/// What Celery's ack/reject callbacks did with a delivery's message (the `Request` callbacks
+/// acknowledge or reject it; celeriac applies that to the row). On the wire: `ack`, `reject`,
+/// `requeue`, `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Acknowledged: the message is done with.
+    Ack,
+    /// Rejected without requeue (`Reject(requeue=False)`, a failed `acks_late` task, …).
+    Reject,
+    /// Rejected with requeue (`Reject(requeue=True)`, `reject_on_worker_lost`).
+    Requeue,
+    /// Neither acknowledged nor rejected (`none`).
+    #[serde(rename = "none")]
+    Undecided,
+}
+
+/// Why a delivery needs a post-mortem. On the wire (and as `celeriac._worker.post_mortem`'s
+/// `cause`): `lost`, `timeout`, `in_process`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeathCause {
+    /// The child process exited with the task (crash, `os._exit`, a signal).
+    Lost,
+    /// The child was killed at the task's hard time limit.
+    Timeout,
+    /// A threads or solo pool task raised `SystemExit`: the child settles it itself (never
+    /// sent by the worker).
+    InProcess,
+}
+
+impl DeathCause {
+    /// The wire name, e.g. `"timeout"`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeathCause::Lost => "lost",
+            DeathCause::Timeout => "timeout",
+            DeathCause::InProcess => "in_process",
+        }
+    }
 }
 
 fn encode<M: Serialize>(meta: &M, raw: &[u8]) -> io::Result<Vec<u8>> {
@@ -214,6 +259,48 @@ mod tests {
         let mut nonsense = 8u32.to_le_bytes().to_vec();
         nonsense.extend_from_slice(&[0xff; 8]);
         assert!(read_sync::<ToChild>(&mut io::Cursor::new(nonsense)).is_err());
+    }
+
+    #[test]
+    fn decisions_states_and_causes_keep_their_wire_names() {
+        let reply = FromChild::Result {
+            seq: 3,
+            decision: Decision::Undecided,
+            state: TaskState::InternalError,
+            detail: String::new(),
+            max_rss_kib: 1,
+        };
+        assert_eq!(
+            serde_json::to_string(&reply).unwrap(),
+            r#"{"kind":"result","seq":3,"decision":"none","state":"INTERNAL_ERROR","detail":"","max_rss_kib":1}"#
+        );
+        for (decision, wire) in [
+            (Decision::Ack, "ack"),
+            (Decision::Reject, "reject"),
+            (Decision::Requeue, "requeue"),
+            (Decision::Undecided, "none"),
+        ] {
+            assert_eq!(serde_json::to_value(decision).unwrap(), wire);
+        }
+        for cause in [DeathCause::Lost, DeathCause::Timeout, DeathCause::InProcess] {
+            assert_eq!(serde_json::to_value(cause).unwrap(), cause.as_str());
+        }
+    }
+
+    #[test]
+    fn an_unknown_decision_or_state_is_an_error_naming_it() {
+        for (json, unknown) in [
+            (r#"{"kind":"result","seq":1,"decision":"maybe","state":"SUCCESS","detail":"","max_rss_kib":0}"#, "maybe"),
+            (r#"{"kind":"result","seq":1,"decision":"ack","state":"DONE","detail":"","max_rss_kib":0}"#, "DONE"),
+        ] {
+            let mut buf = Vec::new();
+            buf.extend_from_slice(&u32::try_from(4 + json.len()).unwrap().to_le_bytes());
+            buf.extend_from_slice(&u32::try_from(json.len()).unwrap().to_le_bytes());
+            buf.extend_from_slice(json.as_bytes());
+            let err = read_sync::<FromChild>(&mut io::Cursor::new(buf)).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+            assert!(err.to_string().contains(&format!("unknown variant `{unknown}`")), "{err}");
+        }
     }
 
     /// Hands out at most `left` bytes (then end of stream), and fails the test if asked to fill

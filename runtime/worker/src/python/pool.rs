@@ -19,6 +19,7 @@ use std::{
     time::Duration,
 };
 
+use celeriac_protocol::TaskState;
 use serde::Deserialize;
 use tokio::{
     net::unix::OwnedWriteHalf,
@@ -28,7 +29,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    frame::{self, FromChild, ToChild},
+    frame::{self, DeathCause, Decision, FromChild, ToChild},
     interp::{self, Interpreter},
     sys,
 };
@@ -151,8 +152,8 @@ pub struct Hello {
 #[derive(Debug)]
 enum Reply {
     Done {
-        decision: String,
-        state: String,
+        decision: Decision,
+        state: TaskState,
         detail: String,
         max_rss_kib: u64,
     },
@@ -750,10 +751,10 @@ impl Inner {
             return Outcome::NotStarted;
         };
         let (cause, detail) = match reply {
-            Reply::Done { decision, state, detail, .. } => return outcome(&decision, &state, detail),
-            Reply::Lost { killed_for_timeout: true, detail } => ("timeout", detail),
-            Reply::Lost { detail, .. } => ("lost", detail),
-            Reply::NotStarted => ("lost", "not started".into()),
+            Reply::Done { decision, state, detail, .. } => return outcome(decision, state, detail),
+            Reply::Lost { killed_for_timeout: true, detail } => (DeathCause::Timeout, detail),
+            Reply::Lost { detail, .. } => (DeathCause::Lost, detail),
+            Reply::NotStarted => (DeathCause::Lost, "not started".into()),
         };
         // The child died with the task: settle it as Celery's MainProcess would, in a live child.
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
@@ -761,7 +762,7 @@ impl Inner {
             seq,
             queue: request.queue.to_string(),
             redelivered: request.redelivered,
-            cause: cause.into(),
+            cause,
             detail: detail.clone(),
             hard_limit: limits.hard.unwrap_or_default(),
         };
@@ -770,7 +771,7 @@ impl Inner {
             .await;
         let Some((_, reply)) = settled else { return Outcome::Requeue { reason: "its child process exited".into() } };
         match reply {
-            Reply::Done { decision, state, detail, .. } => outcome(&decision, &state, detail),
+            Reply::Done { decision, state, detail, .. } => outcome(decision, state, detail),
             Reply::NotStarted => Outcome::Requeue { reason: "its child process exited".into() },
             Reply::Lost { detail: again, .. } => Outcome::Requeue {
                 reason: format!("its child process exited ({detail}), and so did the one settling it ({again})"),
@@ -785,18 +786,19 @@ struct Limits {
     hard: Option<f64>,
 }
 
-fn outcome(decision: &str, state: &str, detail: String) -> Outcome {
+/// The outcome of a delivery that Celery's code settled with `decision`.
+fn outcome(decision: Decision, state: TaskState, detail: String) -> Outcome {
     match decision {
-        "ack" => Outcome::Handled { state: state.to_owned() },
-        "reject" => Outcome::Reject {
+        Decision::Ack => Outcome::Handled { state },
+        Decision::Reject => Outcome::Reject {
             reason: if detail.is_empty() {
                 format!("rejected by the task (Reject(requeue=False); {state})")
             } else {
                 detail
             },
         },
-        "requeue" => Outcome::Requeue { reason: format!("rejected with requeue ({state})") },
-        _ => Outcome::Requeue { reason: format!("neither acknowledged nor rejected ({state})") },
+        Decision::Requeue => Outcome::Requeue { reason: format!("rejected with requeue ({state})") },
+        Decision::Undecided => Outcome::Requeue { reason: format!("neither acknowledged nor rejected ({state})") },
     }
 }
 
@@ -902,5 +904,34 @@ impl Handler for PythonHandler {
 
     fn manages_execution(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions_become_outcomes() {
+        assert_eq!(
+            outcome(Decision::Ack, TaskState::Retry, String::new()),
+            Outcome::Handled { state: TaskState::Retry }
+        );
+        assert_eq!(
+            outcome(Decision::Reject, TaskState::Rejected, String::new()),
+            Outcome::Reject { reason: "rejected by the task (Reject(requeue=False); REJECTED)".into() }
+        );
+        assert_eq!(
+            outcome(Decision::Reject, TaskState::Undecodable, "bad body".into()),
+            Outcome::Reject { reason: "bad body".into() }
+        );
+        assert_eq!(
+            outcome(Decision::Requeue, TaskState::Failure, String::new()),
+            Outcome::Requeue { reason: "rejected with requeue (FAILURE)".into() }
+        );
+        assert_eq!(
+            outcome(Decision::Undecided, TaskState::Success, "ignored".into()),
+            Outcome::Requeue { reason: "neither acknowledged nor rejected (SUCCESS)".into() }
+        );
     }
 }
