@@ -14,8 +14,8 @@ use std::{
 };
 
 use celeriac_store::{
-    maintenance::RescuerConfig, ClaimParams, DeadLetterParams, Lease, LeaseSession, LeaseSessionConfig, SettledNow,
-    Settlement, Store, WorkerInfo,
+    maintenance::RescuerConfig, ClaimParams, DeadLetterParams, DeadLetterReason, Lease, LeaseSession,
+    LeaseSessionConfig, SettledNow, Settlement, Store, WorkerInfo,
 };
 use pyo3::{
     exceptions::{PyRuntimeError, PyValueError},
@@ -251,6 +251,7 @@ impl Consumer {
         reason: String,
     ) -> PyResult<bool> {
         let lease = Lease { id, attempt };
+        let reason_code: DeadLetterReason = reason_code.parse().map_err(|e| PyValueError::new_err(format!("{e}")))?;
         self.settle_now(py, Settlement::DeadLetter(DeadLetterParams { lease, reason_code, reason }))
     }
 

@@ -63,11 +63,13 @@ impl DecodeError {
 
     /// A short machine-readable reason, stored in the dead-letter table's `reason_code`.
     #[must_use]
-    pub fn reason_code(&self) -> &'static str {
+    pub fn reason_code(&self) -> crate::DeadLetterReason {
         match self {
-            DecodeError::ContentDisallowed { .. } | DecodeError::UnsupportedContentType(_) => "content_disallowed",
-            DecodeError::TooLarge { .. } => "too_large",
-            _ => "undecodable",
+            DecodeError::ContentDisallowed { .. } | DecodeError::UnsupportedContentType(_) => {
+                crate::DeadLetterReason::ContentDisallowed
+            }
+            DecodeError::TooLarge { .. } => crate::DeadLetterReason::TooLarge,
+            _ => crate::DeadLetterReason::Undecodable,
         }
     }
 }

@@ -31,6 +31,7 @@ pub mod limits;
 pub mod message;
 pub mod msgpack;
 pub mod pyrepr;
+mod reason;
 pub mod state;
 pub mod value;
 
@@ -40,5 +41,6 @@ pub use message::{
     encode_task, Accept, DeliveryInfo, Embed, EncodedTask, Envelope, Expires, ProtocolVersion, TaskHeaders,
     TaskMessage, TaskOptions, TimeLimit, CONTENT_TYPE_JSON, DEFAULT_QUEUE,
 };
+pub use reason::{DeadLetterReason, UnknownReason};
 pub use state::TaskState;
 pub use value::{Map, Value};

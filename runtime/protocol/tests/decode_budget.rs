@@ -100,7 +100,7 @@ fn assert_refused(label: &str, payload: &[u8], limits: &Limits, peak_budget: usi
         Ok(msg) => panic!("{label}: decoded {} args instead of refusing", msg.args.len()),
         Err(e) => e,
     };
-    assert_eq!(err.reason_code(), "too_large", "{label}: {err}");
+    assert_eq!(err.reason_code().as_str(), "too_large", "{label}: {err}");
     assert!(peak < peak_budget, "{label}: decoding peaked at {} MiB", peak >> 20);
     err
 }
@@ -132,7 +132,7 @@ fn oversized_trees_are_refused_within_a_memory_budget() {
     assert_refused("zlib msgpack nil bomb", &payload, &default, PEAK_BUDGET);
     // The plain `decode` (what the worker calls) has the same default limits.
     let err = TaskMessage::decode(&payload, &Accept::new(["msgpack"])).unwrap_err();
-    assert_eq!(err.reason_code(), "too_large");
+    assert_eq!(err.reason_code().as_str(), "too_large");
 
     // Uncompressed: 6 MB of `[],` is 2 M lists, far more memory than the message.
     let mut json = b"[[".to_vec();

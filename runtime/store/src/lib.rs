@@ -33,6 +33,7 @@ mod worker;
 use std::{str::FromStr, time::Duration};
 
 pub use backoff::Backoff;
+pub use celeriac_protocol::DeadLetterReason;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 pub use error::{Error, Result};
 pub use lease_session::{LeaseSession, LeaseSessionConfig, SettledHook, SettledNow, Settlement};

@@ -8,7 +8,7 @@
 
 use std::{borrow::Cow, sync::LazyLock};
 
-use celeriac_protocol::{EncodedTask, Value};
+use celeriac_protocol::{DeadLetterReason, EncodedTask, Value};
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_postgres::types::Type;
@@ -170,8 +170,8 @@ pub struct ClaimParams<'a> {
 pub struct DeadLetterParams {
     /// The lease held on it.
     pub lease: Lease,
-    /// `undecodable`, `content_disallowed`, `not_registered`, `rejected`, …
-    pub reason_code: String,
+    /// Why (stored as its code in `reason_code`).
+    pub reason_code: DeadLetterReason,
     /// Human-readable reason.
     pub reason: String,
 }
@@ -616,7 +616,7 @@ impl Store {
         }
         let ids: Vec<i64> = items.iter().map(|i| i.lease.id).collect();
         let attempts: Vec<i32> = items.iter().map(|i| i.lease.attempt).collect();
-        let codes: Vec<Cow<'_, str>> = items.iter().map(|i| pg_text(&i.reason_code)).collect();
+        let codes: Vec<&str> = items.iter().map(|i| i.reason_code.as_str()).collect();
         let reasons: Vec<Cow<'_, str>> = items.iter().map(|i| pg_text(&i.reason)).collect();
         let client = self.pool.get().await?;
         let sql = format!(
@@ -757,6 +757,7 @@ fn pg_text(s: &str) -> Cow<'_, str> {
 /// `dead_letter` as `redeliveries_exhausted`, with `reason` formatted from the redeliveries
 /// and the limit. `buried` returns the moved messages' ids.
 fn bury_exhausted_sql(source: &str, max: &str, reason: &str) -> String {
+    let code = DeadLetterReason::RedeliveriesExhausted.as_str();
     format!(
         "poison as (
              delete from celeriac.message m using {source} s
@@ -764,7 +765,7 @@ fn bury_exhausted_sql(source: &str, max: &str, reason: &str) -> String {
              returning m.*
          ), buried as (
              insert into celeriac.dead_letter ({DEAD_LETTER_COLUMNS})
-             select id, queue, priority, task_name, task_id, payload, 'redeliveries_exhausted',
+             select id, queue, priority, task_name, task_id, payload, '{code}',
                     format('{reason}', redeliveries + 1, {max}::int4),
                     attempt, redeliveries + 1, created_at
              from poison

@@ -83,7 +83,11 @@ async fn settles_in_the_background_and_now_then_closes() {
 
     assert!(session.settle(Settlement::Complete(leases[0])));
     assert_eq!(session.settle_now(Settlement::Requeue(leases[1])).await.unwrap(), SettledNow::Written { held: true });
-    let dead = DeadLetterParams { lease: leases[2], reason_code: "rejected".into(), reason: "test".into() };
+    let dead = DeadLetterParams {
+        lease: leases[2],
+        reason_code: celeriac_store::DeadLetterReason::Rejected,
+        reason: "test".into(),
+    };
     assert_eq!(session.settle_now(Settlement::DeadLetter(dead)).await.unwrap(), SettledNow::Written { held: true });
     // A lease this session does not hold is refused by the fence.
     let stale = Lease { id: leases[3].id, attempt: leases[3].attempt - 1 };

@@ -184,7 +184,7 @@ async fn completion_retry_and_dead_letter_are_fenced_by_lease() {
 
     let dl = DeadLetterParams {
         lease: c,
-        reason_code: "not_registered".into(),
+        reason_code: celeriac_store::DeadLetterReason::NotRegistered,
         reason: "NotRegistered('tasks.add')".into(),
     };
     assert_eq!(store.message_dead_letter_many(zombie, std::slice::from_ref(&dl)).await.unwrap().len(), 0);
@@ -566,7 +566,11 @@ async fn pooler_transaction_leaves_no_session_state() {
         assert_eq!(store.message_complete_many(worker, &leases[..1]).await.unwrap().len(), 1);
         assert_eq!(store.message_release_many(worker, &leases[1..2], false).await.unwrap().len(), 1);
         assert_eq!(store.message_requeue_many(worker, &leases[2..3], 5).await.unwrap().requeued.len(), 1);
-        let dl = DeadLetterParams { lease: leases[3], reason_code: "rejected".into(), reason: "test".into() };
+        let dl = DeadLetterParams {
+            lease: leases[3],
+            reason_code: celeriac_store::DeadLetterReason::Rejected,
+            reason: "test".into(),
+        };
         assert_eq!(store.message_dead_letter_many(worker, &[dl]).await.unwrap().len(), 1);
         let again = store.message_claim(&claim(worker, &queues, 1)).await.unwrap();
         assert!(store.message_retry(worker, again[0].lease, &again[0].payload, Utc::now()).await.unwrap());

@@ -1,0 +1,309 @@
+//! Claiming: one claim statement for as many messages as there are free prefetch slots, two
+//! in flight while the queue is busy, keyset cursors between full claims, at most one suspect
+//! held; and the start order that makes claimed messages start in claim order.
+
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
+
+use celeriac_store::{Backoff, ClaimCursor, ClaimParams, ClaimedMessage};
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
+
+use super::{execute::execute, Shared};
+
+/// Where the next claim starts. Under load most claims continue from the last row claimed in
+/// each queue (a keyset cursor), which keeps their cost flat however many rows were consumed
+/// before; every [`FULL_CLAIM_EVERY`] claims or [`FULL_CLAIM_INTERVAL`], and whenever a cursor
+/// claim comes back short, a full claim from the head of each queue picks up what a cursor
+/// cannot see: newly arrived higher-priority rows, released or rescued rows, rows whose
+/// producer committed late.
+#[derive(Debug)]
+pub(super) struct ClaimState {
+    cursors: Vec<Option<ClaimCursor>>,
+    since_full: u32,
+    last_full: Instant,
+    force_full: bool,
+}
+
+/// Cursor claims between two full claims, at most.
+const FULL_CLAIM_EVERY: u32 = 8;
+/// Longest time between two full claims while the queue is busy.
+const FULL_CLAIM_INTERVAL: Duration = Duration::from_millis(100);
+
+impl ClaimState {
+    pub(super) fn new(queues: usize) -> Self {
+        ClaimState { cursors: vec![None; queues], since_full: 0, last_full: Instant::now(), force_full: true }
+    }
+
+    /// The cursors for the next claim, or `None` for a full claim.
+    fn next(&mut self) -> Option<Vec<ClaimCursor>> {
+        let due =
+            self.force_full || self.since_full >= FULL_CLAIM_EVERY || self.last_full.elapsed() >= FULL_CLAIM_INTERVAL;
+        let cursors: Option<Vec<ClaimCursor>> = self.cursors.iter().copied().collect();
+        match cursors {
+            Some(c) if !due => {
+                self.since_full += 1;
+                Some(c)
+            }
+            _ => {
+                self.force_full = false;
+                self.since_full = 0;
+                self.last_full = Instant::now();
+                None
+            }
+        }
+    }
+
+    /// Advances the cursors past `claimed`.
+    fn advance(&mut self, queues: &[String], claimed: &[ClaimedMessage]) {
+        // Suspects come from their own index, not from the cursor's range.
+        for m in claimed.iter().filter(|m| m.redeliveries == 0) {
+            let Some(i) = queues.iter().position(|q| *q == m.queue) else { continue };
+            let here = ClaimCursor { priority: m.priority, eta: m.eta, id: m.lease.id };
+            match &mut self.cursors[i] {
+                Some(c) if !c.is_before(&here) => {}
+                slot => *slot = Some(here),
+            }
+        }
+    }
+}
+
+/// The one suspect a worker may hold (a message that came back after a lost lease or a requeue;
+/// see `migrations/0002_claim_suspects.sql`): taken by the claim that brought it, held until its
+/// outcome is handed to the completer, then the claim loop is woken to take the next.
+pub(super) struct SuspectPermit {
+    _permit: OwnedSemaphorePermit,
+    wake: Arc<Notify>,
+}
+
+impl Drop for SuspectPermit {
+    fn drop(&mut self) {
+        self.wake.notify_one();
+    }
+}
+
+/// How a claim statement went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClaimResult {
+    /// Got as many messages as asked: the queue has more.
+    Full,
+    /// Got fewer: the queues are drained for now.
+    Short,
+    /// The statement failed.
+    Failed,
+}
+
+/// At most this many claim statements are in flight at once while the queue is busy, so the
+/// next batch is on its way while the current one runs.
+const CLAIMS_IN_FLIGHT: usize = 2;
+
+pub(super) async fn claim_loop(shared: &Arc<Shared>, tracker: &TaskTracker) {
+    let config = &shared.config;
+    // As in Celery (early acks): `concurrency × prefetch_multiplier` messages reserved, plus
+    // the ones running.
+    let capacity = config.concurrency * (config.prefetch_multiplier + 1);
+    let slots = Arc::new(Semaphore::new(capacity));
+    let tickets = Arc::new(Semaphore::new(CLAIMS_IN_FLIGHT));
+    let mut pending: Vec<tokio::sync::oneshot::Receiver<ClaimResult>> = Vec::new();
+    let mut backoff = Backoff::new();
+    let mut busy = false;
+    // When the queue is busy, claim in batches to save round trips, but never let execution
+    // slots idle for it: wait for at most the prefetched part of the capacity to free up.
+    // When it is idle, claim as soon as one slot is free.
+    let batch_floor = (capacity / 2).min(capacity - config.concurrency).max(1);
+    loop {
+        // Results of pipelined claims decide whether the queue is still busy.
+        pending.retain_mut(|rx| match rx.try_recv() {
+            Ok(result) => {
+                busy &= result == ClaimResult::Full;
+                false
+            }
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => true,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => false,
+        });
+        let ticket = tokio::select! {
+            biased;
+            () = shared.stopping.cancelled() => return,
+            t = tickets.clone().acquire_owned() => match t { Ok(t) => t, Err(_) => return },
+        };
+        let want_at_least = if busy { batch_floor } else { 1 };
+        let mut permits = tokio::select! {
+            biased;
+            () = shared.stopping.cancelled() => return,
+            p = slots.clone().acquire_many_owned(u32::try_from(want_at_least).unwrap_or(1)) => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let extra = slots.available_permits();
+        if extra > 0 {
+            if let Ok(more) = slots.clone().try_acquire_many_owned(u32::try_from(extra).unwrap_or(0)) {
+                permits.merge(more);
+            }
+        }
+        if shared.stopping.is_cancelled() {
+            return;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tracker.spawn(claim_batch(shared.clone(), tracker.clone(), permits, ticket, tx));
+        if busy {
+            pending.push(rx);
+            continue;
+        }
+        // Idle or recovering: one claim at a time, and wait before polling an empty queue.
+        match rx.await.unwrap_or(ClaimResult::Failed) {
+            ClaimResult::Full => {
+                backoff.reset();
+                busy = true;
+            }
+            ClaimResult::Short => {
+                backoff.reset();
+                tokio::select! {
+                    () = shared.stopping.cancelled() => return,
+                    () = shared.wake.notified() => {}
+                    () = tokio::time::sleep(config.poll_interval) => {}
+                }
+            }
+            ClaimResult::Failed => {
+                if !backoff.wait(&shared.stopping).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One claim statement for as many messages as `permits` holds; starts an `execute` task per
+/// message, each holding one permit until its outcome is handed to the completer.
+async fn claim_batch(
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    mut permits: OwnedSemaphorePermit,
+    _ticket: OwnedSemaphorePermit,
+    done: tokio::sync::oneshot::Sender<ClaimResult>,
+) {
+    let want = permits.num_permits();
+    // This claim's place in the start order is taken now, when it is issued (claims run two at
+    // a time and may answer out of order): its messages start after the previous claim's.
+    let (claim_done, after_this_claim) = oneshot::channel::<()>();
+    let mut previous =
+        shared.last_turn.lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace(after_this_claim);
+    let cursors = shared.claim_state.lock().map(|mut s| s.next()).unwrap_or(None);
+    // Suspects are looked for by full claims only (every 100 ms at most under load): cursor
+    // claims, the bulk of a busy queue's claims, skip that part of the statement.
+    let mut suspect = if cursors.is_none() { shared.suspect_slot.clone().try_acquire_owned().ok() } else { None };
+    let params = ClaimParams {
+        worker_id: shared.worker_id,
+        queues: &shared.config.queues,
+        limit: i64::try_from(want).unwrap_or(i64::MAX),
+        lease_seconds: shared.config.lease.as_secs_f64(),
+        after: cursors.as_deref(),
+        suspects: i64::from(suspect.is_some()),
+    };
+    let started = Instant::now();
+    let result = shared.store.message_claim(&params).await;
+    shared.stats.claims.fetch_add(1, Ordering::Relaxed);
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    shared.stats.claim_micros.fetch_add(micros, Ordering::Relaxed);
+    let claimed = match result {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "worker: claim failed; retrying with backoff");
+            tracker.spawn(pass_turn(previous, claim_done));
+            let _ = done.send(ClaimResult::Failed);
+            return;
+        }
+    };
+    let got = claimed.len();
+    shared.session.hold(&claimed, started);
+    let full_claim = cursors.is_none();
+    if let Ok(mut state) = shared.claim_state.lock() {
+        state.advance(&shared.config.queues, &claimed);
+        // A short cursor claim only means this priority ran dry after the cursor: look at
+        // the whole queue next time.
+        if got < want && !full_claim {
+            state.force_full = true;
+        }
+    }
+    shared.stats.received.fetch_add(got as u64, Ordering::Relaxed);
+    // The claim is sorted (priority desc, eta, id); each message waits for its predecessor (in
+    // this claim or the one before) to take a run slot, or give up, before asking for one, so
+    // they start in claim order.
+    for message in claimed {
+        let Some(slot) = permits.split(1) else { break };
+        let (started, next) = oneshot::channel();
+        let turn = Turn { previous: previous.replace(next), started };
+        let suspect = if message.redeliveries > 0 {
+            suspect.take().map(|permit| SuspectPermit { _permit: permit, wake: shared.wake.clone() })
+        } else {
+            None
+        };
+        tracker.spawn(execute(shared.clone(), message, slot, turn, suspect));
+    }
+    tracker.spawn(pass_turn(previous, claim_done));
+    let _ = done.send(if got == want || !full_claim { ClaimResult::Full } else { ClaimResult::Short });
+}
+
+/// Lets the next claim's messages start once this claim's last message has started (or this
+/// claim brought none).
+async fn pass_turn(previous: Option<oneshot::Receiver<()>>, claim_done: oneshot::Sender<()>) {
+    if let Some(previous) = previous {
+        let _ = previous.await;
+    }
+    let _ = claim_done.send(());
+}
+
+/// A message's place in its claim's start order: it asks for a run slot once `previous` has
+/// one (or was settled without running), and then lets the next one ask. Dropping it, on any
+/// path, lets the next one go.
+pub(super) struct Turn {
+    pub(super) previous: Option<oneshot::Receiver<()>>,
+    pub(super) started: oneshot::Sender<()>,
+}
+
+#[cfg(test)]
+mod tests {
+    use celeriac_store::Lease;
+    use chrono::{DateTime, Utc};
+
+    use super::*;
+
+    fn claimed(queue: &str, priority: i16, id: i64, redeliveries: i32) -> ClaimedMessage {
+        let eta = DateTime::<Utc>::from_timestamp(1_700_000_000 + id, 0).unwrap();
+        ClaimedMessage {
+            lease: Lease { id, attempt: 1 },
+            queue: queue.into(),
+            priority,
+            eta,
+            redelivered: redeliveries > 0,
+            redeliveries,
+            payload: Vec::new(),
+            created_at: eta,
+        }
+    }
+
+    #[test]
+    fn cursor_claims_follow_full_claims_until_one_is_due() {
+        let queues = vec!["a".to_owned(), "b".to_owned()];
+        let mut state = ClaimState::new(2);
+        assert_eq!(state.next(), None, "the first claim is a full one");
+        // A cursor claim needs a cursor in every queue.
+        state.advance(&queues, &[claimed("a", 0, 1, 0)]);
+        assert_eq!(state.next(), None);
+        // Suspects do not move the cursor; a later row does, an earlier one does not.
+        state.advance(&queues, &[claimed("b", 0, 5, 0), claimed("a", 0, 9, 3), claimed("a", 0, 3, 0)]);
+        state.advance(&queues, &[claimed("a", 0, 2, 0)]);
+        let cursors = state.next().expect("a cursor claim");
+        assert_eq!(cursors.iter().map(|c| c.id).collect::<Vec<_>>(), [3, 5]);
+        for _ in 1..FULL_CLAIM_EVERY {
+            assert!(state.next().is_some() || state.last_full.elapsed() >= FULL_CLAIM_INTERVAL);
+        }
+        state.since_full = FULL_CLAIM_EVERY;
+        assert_eq!(state.next(), None, "a full claim every {FULL_CLAIM_EVERY} claims");
+        state.force_full = true;
+        assert_eq!(state.next(), None, "and whenever one is forced");
+        assert!(state.next().is_some());
+    }
+}

@@ -1,0 +1,287 @@
+//! Executing one claimed message: decode the head, look the handler up, check expiry, wait
+//! for its turn and a run slot, decode the body (Rust handlers only), run the handler under its
+//! time limit, and hand the outcome to settling.
+
+use std::{
+    panic::AssertUnwindSafe,
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
+
+use celeriac_protocol::{pyrepr, DecodeError, Limits, TaskMessage};
+use celeriac_store::{ClaimedMessage, DeadLetterParams, DeadLetterReason, Lease, LeaseSession, Settlement};
+use chrono::Utc;
+use futures_util::FutureExt as _;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::{
+    claim::{SuspectPermit, Turn},
+    settle::{self, Delivery, Level, Verdict},
+    Shared,
+};
+use crate::task::{LeaseCheck, Outcome, Request};
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}
+
+/// Forgets a lease if `execute` ends without settling it (a bug, or an abandoned task), so the
+/// heartbeat stops renewing it: the lease then expires and the message is redelivered.
+struct Unsettled<'a> {
+    session: &'a LeaseSession,
+    lease: Option<Lease>,
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            self.session.forget(lease);
+        }
+    }
+}
+
+pub(super) async fn execute(
+    shared: Arc<Shared>,
+    claimed: ClaimedMessage,
+    slot: OwnedSemaphorePermit,
+    turn: Turn,
+    suspect: Option<SuspectPermit>,
+) {
+    let mut guard = Unsettled { session: &shared.session, lease: Some(claimed.lease) };
+    execute_inner(&shared, claimed, slot, turn).await;
+    guard.lease = None;
+    drop(suspect);
+}
+
+/// Gives back a message whose lease ran out before its task started, instead of starting it (a
+/// no-op in the database if another worker has it by now).
+fn give_back_unstarted(shared: &Shared, lease: Lease, name: &str, id: &str) {
+    apply(shared, settle::not_started(lease, name, id));
+}
+
+/// Carries a verdict out: its log line, its counter, its write.
+fn apply(shared: &Shared, verdict: Verdict) {
+    let (level, line) = &verdict.log;
+    match level {
+        _ if line.is_empty() => {}
+        Level::Info => tracing::info!("{line}"),
+        Level::Warn => tracing::warn!("{line}"),
+        Level::Error => tracing::error!("{line}"),
+    }
+    if let Some(counter) = verdict.counter {
+        shared.stats.count(counter);
+    }
+    shared.session.settle(verdict.settlement);
+}
+
+/// What a message's headers say about when it may run, decided in one place: whether it
+/// expired before it could start, and its hard time limit. A handler that manages execution
+/// itself (embedded Python, where Celery's own code reads these headers) gets neither.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct RunLimits {
+    expired_at: Option<chrono::DateTime<Utc>>,
+    /// The hard limit, and the seconds the header gave (for the error message).
+    hard: Option<(Duration, f64)>,
+}
+
+impl RunLimits {
+    fn of(message: &TaskMessage, managed: bool, now: chrono::DateTime<Utc>) -> RunLimits {
+        if managed {
+            return RunLimits { expired_at: None, hard: None };
+        }
+        RunLimits {
+            expired_at: message.headers.expires.filter(|e| *e < now),
+            // A limit too large to represent is no limit; zero or negative, none either.
+            hard: message
+                .headers
+                .timelimit
+                .hard
+                .filter(|secs| *secs > 0.0)
+                .and_then(|secs| Some((Duration::try_from_secs_f64(secs).ok()?, secs))),
+        }
+    }
+}
+
+/// Moves a message to `dead_letter` because it cannot be decoded.
+fn dead_letter_undecodable(shared: &Shared, claimed: &ClaimedMessage, e: &DecodeError) {
+    let lease = claimed.lease;
+    tracing::error!(message_id = lease.id, queue = %claimed.queue, reason = %e, "Can't decode message body; moving it to dead_letter");
+    shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    shared.session.settle(Settlement::DeadLetter(DeadLetterParams {
+        lease,
+        reason_code: e.reason_code(),
+        reason: e.to_string(),
+    }));
+}
+
+async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: OwnedSemaphorePermit, mut turn: Turn) {
+    let lease = claimed.lease;
+    let accept = &shared.config.accept;
+    // Only the envelope and headers now: the body, which may decode to far more than its
+    // bytes, is decoded when the task is about to run, so prefetched messages stay small.
+    // (Protocol 1 keeps its headers in the body: decoded whole here.)
+    let head = match TaskMessage::decode_head(&claimed.payload, accept) {
+        Ok(m) => Ok((m, false)),
+        Err(DecodeError::UnsupportedContentType(_)) => TaskMessage::decode(&claimed.payload, accept).map(|m| (m, true)),
+        Err(e) => Err(e),
+    };
+    let (message, body_decoded) = match head {
+        Ok(m) => m,
+        Err(e) => {
+            dead_letter_undecodable(shared, &claimed, &e);
+            return;
+        }
+    };
+    let name = message.display_name().to_owned();
+    let id = message.headers.id.clone();
+    tracing::info!(redelivered = claimed.redelivered, "Task {name}[{id}] received");
+    let redeliveries = claimed.redeliveries;
+    let Some(handler) = shared.registry.get(&message.headers.task) else {
+        let task = &message.headers.task;
+        let quoted = pyrepr::repr(&celeriac_protocol::Value::Str(task.clone()));
+        tracing::error!("Received unregistered task of type {quoted}. The message has been moved to dead_letter.");
+        shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        shared.session.settle(Settlement::DeadLetter(DeadLetterParams {
+            lease,
+            reason_code: DeadLetterReason::NotRegistered,
+            reason: format!("NotRegistered({quoted})"),
+        }));
+        return;
+    };
+    let managed = handler.manages_execution();
+    let limits = RunLimits::of(&message, managed, Utc::now());
+    if let Some(expires) = limits.expired_at {
+        tracing::info!("Discarding revoked task: {name}[{id}] (expired at {expires})");
+        shared.session.settle(Settlement::Complete(lease));
+        return;
+    }
+    if let Some(previous) = turn.previous.take() {
+        // Err: the previous message was settled without running; either way it is our turn.
+        let _ = previous.await;
+    }
+    let run_slot = tokio::select! {
+        biased;
+        () = shared.stopping.cancelled() => None,
+        p = shared.run_slots.clone().acquire_owned() => p.ok(),
+    };
+    let _ = turn.started.send(());
+    let Some(run_slot) = run_slot else {
+        shared.stats.released.fetch_add(1, Ordering::Relaxed);
+        shared.session.settle(Settlement::Release(lease));
+        return;
+    };
+    if shared.session.expired(lease) {
+        // The heartbeat could not renew it (the database was unreachable): another worker may
+        // run it already.
+        give_back_unstarted(shared, lease, &name, &id);
+        return;
+    }
+    // A handler that decodes the body itself (embedded Python, which reads the stored envelope
+    // as Celery would) gets the headers only.
+    let mut message = message;
+    if !body_decoded && !managed {
+        // The envelope parsed at claim time is reused: only the body is read now.
+        if let Err(e) = message.decode_body(&Limits::default()) {
+            dead_letter_undecodable(shared, &claimed, &e);
+            return;
+        }
+    }
+    let message = Arc::new(message);
+    let request = Request {
+        message: message.clone(),
+        lease,
+        redelivered: claimed.redelivered,
+        hostname: shared.hostname.clone(),
+        queue: claimed.queue.as_str().into(),
+        payload: claimed.payload.into(),
+        lease_check: {
+            let session = shared.session.clone();
+            LeaseCheck::new(move || session.expired(lease))
+        },
+    };
+    let started = Instant::now();
+    // A panic fails this task only: it is caught here, on the task's own tokio task.
+    let run = AssertUnwindSafe(handler.call(request)).catch_unwind();
+    let limited = async move {
+        match limits.hard {
+            Some((limit, secs)) => tokio::time::timeout(limit, run)
+                .await
+                .unwrap_or_else(|_| Ok(Outcome::failure("TimeLimitExceeded", format!("TimeLimitExceeded({secs})")))),
+            None => run.await,
+        }
+    };
+    let outcome = tokio::select! {
+        r = limited => match r {
+            Ok(o) => o,
+            Err(panic) => Outcome::failure("panic", panic_message(panic.as_ref())),
+        },
+        () = shared.abandon.cancelled() => {
+            tracing::warn!("Task {name}[{id}] abandoned at shutdown; it runs again after its lease expires");
+            return;
+        }
+    };
+    let delivery = Delivery {
+        lease,
+        name: &name,
+        id: &id,
+        redeliveries,
+        max_redeliveries: shared.config.max_redeliveries,
+        runtime: started.elapsed().as_secs_f64(),
+        now: Utc::now(),
+    };
+    let mut verdict = settle::verdict(outcome, &delivery);
+    if let Some(eta) = verdict.retry_eta() {
+        verdict.settlement = Settlement::Retry { lease, payload: message.to_retry(eta).payload, eta };
+    }
+    apply(shared, verdict);
+    // Only now may the next task start: its log lines follow this task's outcome.
+    drop(run_slot);
+}
+
+#[cfg(test)]
+mod tests {
+    use celeriac_protocol::{encode_task, Accept, Map, TaskOptions, Value};
+
+    use super::*;
+
+    fn message(timelimit: (Option<f64>, Option<f64>), expires_in: Option<f64>) -> TaskMessage {
+        let options = TaskOptions {
+            time_limit: timelimit.0,
+            soft_time_limit: timelimit.1,
+            expires: expires_in.map(celeriac_protocol::message::Expires::After),
+            ..TaskOptions::default()
+        };
+        let now = Utc::now();
+        let encoded = encode_task("tasks.add", &[Value::Int(1)], &Map::new(), &options, now).unwrap();
+        TaskMessage::decode_head(&encoded.payload, &Accept::default()).unwrap()
+    }
+
+    #[test]
+    fn run_limits_come_from_the_headers_in_one_place() {
+        let now = Utc::now();
+        let m = message((Some(2.5), None), None);
+        assert_eq!(
+            RunLimits::of(&m, false, now),
+            RunLimits { expired_at: None, hard: Some((Duration::from_millis(2500), 2.5)) }
+        );
+        // A managed handler (embedded Python) applies them itself.
+        assert_eq!(RunLimits::of(&m, true, now), RunLimits { expired_at: None, hard: None });
+        // Too large to represent, zero or negative: no limit, never a panic.
+        for secs in [1e300, 0.0, -1.0] {
+            let mut m = message((None, None), None);
+            m.headers.timelimit.hard = Some(secs);
+            assert_eq!(RunLimits::of(&m, false, now).hard, None, "{secs}");
+        }
+        let m = message((None, None), Some(10.0));
+        assert_eq!(RunLimits::of(&m, false, now).expired_at, None);
+        let later = now + chrono::Duration::seconds(60);
+        assert_eq!(RunLimits::of(&m, false, later).expired_at, m.headers.expires);
+        assert_eq!(RunLimits::of(&m, true, later).expired_at, None);
+    }
+}

@@ -1,0 +1,322 @@
+//! The worker: claims messages, runs handlers with a concurrency limit, settles outcomes.
+//!
+//! Shape of a running worker (all tokio tasks in one process):
+//!
+//! ```text
+//!  listener ──wake──┐
+//!                   ▼
+//!  claim loop ── claims ≤ free prefetch slots ──► execute (one task per message)
+//!  (claim.rs)                                        │ decode head → handler? → expired?
+//!                                                    │ → turn, run slot → decode body
+//!                                                    │ → handler (own task: panics caught)
+//!                                                    ▼ (execute.rs)
+//!  lease session ◄──────────── settle: outcome → settlement (settle.rs, pure)
+//!  (celeriac_store: held leases, heartbeat, batched completer, rescuer)
+//!  statistics (stats.rs): counters read by `celeriac bench` and the final report
+//! ```
+//!
+//! Messages claimed but not started never exceed `concurrency × prefetch_multiplier` (Celery's
+//! prefetch count; with the running ones, at most `concurrency × (prefetch_multiplier + 1)` are
+//! held); ETA tasks stay in the database until due, so nothing is hoarded.
+//! Outcomes are flushed in batches by the completer, and every write is fenced by the lease,
+//! so a worker that lost its lease cannot overwrite a newer delivery.
+//!
+//! Shutdown (the token passed to [`Worker::run`] is cancelled): stop claiming; messages that
+//! were claimed but not started are released at once; running tasks get `shutdown_timeout` to
+//! finish, after which they are abandoned (their leases expire and the messages run again,
+//! marked redelivered); pending outcomes are flushed; the worker row is removed.
+
+mod claim;
+mod execute;
+mod settle;
+mod stats;
+
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use celeriac_protocol::Accept;
+use celeriac_store::{Backoff, LeaseSession, LeaseSessionConfig, SettledHook, Settlement, Store, WorkerInfo};
+use tokio::sync::{oneshot, Notify, Semaphore};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use uuid::Uuid;
+
+use crate::{maintenance::RescuerConfig, registry::Registry, Error};
+use claim::{claim_loop, ClaimState};
+pub use stats::{WorkerReport, WorkerStats};
+
+/// Worker settings. Every field has a default (see [`WorkerConfig::default`]).
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Queues to consume. Default: `["celery"]`.
+    pub queues: Vec<String>,
+    /// Tasks run at once. Default: the number of CPUs.
+    pub concurrency: usize,
+    /// Messages claimed per execution slot (Celery's `worker_prefetch_multiplier`). Default: 4.
+    pub prefetch_multiplier: usize,
+    /// Worker name for logs and the `worker` table. Default: `celeriac@<host>`.
+    pub hostname: String,
+    /// How long a claim stays valid without a heartbeat. Default: 30 s.
+    pub lease: Duration,
+    /// How often leases are renewed; must be under half the lease. Default: 5 s.
+    pub heartbeat_interval: Duration,
+    /// How often to look for work when no notification came. Default: 1 s.
+    pub poll_interval: Duration,
+    /// How long running tasks may take to finish after a shutdown request. Default: 60 s.
+    pub shutdown_timeout: Duration,
+    /// Redeliveries after lost leases before a message is dead-lettered. Default: 3.
+    pub max_redeliveries: i32,
+    /// How often this worker runs the rescuer. Default: 5 s.
+    pub rescue_interval: Duration,
+    /// Content types to deserialize. Default: JSON only.
+    pub accept: Accept,
+    /// Use LISTEN/NOTIFY wake-ups (off behind PgBouncer in transaction mode). Default: true.
+    pub listen: bool,
+    /// Handler calls started beyond `concurrency`, at most `concurrency`, for handlers that
+    /// queue their work in a pool which itself runs `concurrency` at a time (the embedded
+    /// Python pool keeps one task queued behind the running one in each child). They come out
+    /// of the prefetched messages, not on top of them. Default: 0.
+    pub pipeline: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            queues: vec![celeriac_protocol::DEFAULT_QUEUE.to_owned()],
+            concurrency: std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+            prefetch_multiplier: 4,
+            hostname: format!("celeriac@{}", crate::hostname()),
+            lease: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(5),
+            poll_interval: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(60),
+            max_redeliveries: 3,
+            rescue_interval: Duration::from_secs(5),
+            accept: Accept::default(),
+            listen: true,
+            pipeline: 0,
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Checks the settings for consistency.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the bad setting.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.queues.is_empty() || self.queues.iter().any(String::is_empty) {
+            return bad("at least one queue, and no empty queue names, are required".into());
+        }
+        if self.concurrency == 0 {
+            return bad("concurrency must be at least 1".into());
+        }
+        if self.prefetch_multiplier == 0 {
+            return bad("prefetch multiplier must be at least 1".into());
+        }
+        if self.concurrency > 10_000 || self.prefetch_multiplier > 1_000 {
+            return bad("concurrency is limited to 10,000 and the prefetch multiplier to 1,000".into());
+        }
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval.checked_mul(2).is_none_or(|d| d > self.lease) {
+            return bad(format!(
+                "heartbeat interval ({:?}) must be positive and at most half the lease ({:?})",
+                self.heartbeat_interval, self.lease
+            ));
+        }
+        if self.poll_interval.is_zero() || self.rescue_interval.is_zero() {
+            return bad("poll and rescue intervals must be positive".into());
+        }
+        if self.pipeline > self.concurrency {
+            return bad("pipeline must not exceed concurrency".into());
+        }
+        if self.max_redeliveries < 0 {
+            return bad("max redeliveries must not be negative".into());
+        }
+        Ok(())
+    }
+}
+
+/// State shared by the claim loop and the per-message tasks.
+pub(super) struct Shared {
+    store: Store,
+    registry: Arc<Registry>,
+    config: WorkerConfig,
+    worker_id: Uuid,
+    stats: Arc<WorkerStats>,
+    /// Held leases, their renewal and the completer.
+    session: Arc<LeaseSession>,
+    run_slots: Arc<Semaphore>,
+    /// Signalled when the last claim issued has started all its messages: the next claim's
+    /// first message waits for it, so messages start in claim order across claims too.
+    last_turn: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
+    /// Cancelled on shutdown: stop claiming, do not start claimed tasks.
+    stopping: CancellationToken,
+    /// Cancelled when the shutdown timeout ran out: abandon running tasks.
+    abandon: CancellationToken,
+    /// Keyset cursors of the claim loop.
+    claim_state: std::sync::Mutex<ClaimState>,
+    /// One permit: whether this worker may claim a suspect now.
+    suspect_slot: Arc<Semaphore>,
+    /// Wakes the claim loop (notifications, a suspect settled).
+    wake: Arc<Notify>,
+    /// `config.hostname`, shared by every request.
+    hostname: Arc<str>,
+}
+
+/// A worker process's runtime. See the module docs.
+pub struct Worker {
+    store: Store,
+    registry: Arc<Registry>,
+    config: WorkerConfig,
+    id: Uuid,
+    stats: Arc<WorkerStats>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("id", &self.id).field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// A worker over `store` running the handlers of `registry`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for inconsistent settings.
+    pub fn new(store: Store, registry: Registry, config: WorkerConfig) -> Result<Worker, Error> {
+        config.validate()?;
+        Ok(Worker { store, registry: Arc::new(registry), config, id: Uuid::new_v4(), stats: Arc::default() })
+    }
+
+    /// This worker's id (what `leased_by` holds).
+    #[must_use]
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// Live counters.
+    #[must_use]
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.stats.clone()
+    }
+
+    /// Runs until `shutdown` is cancelled, then shuts down gracefully (module docs).
+    ///
+    /// # Errors
+    /// Only if the schema is missing at start; database outages while running are logged and
+    /// retried with backoff.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<WorkerReport, Error> {
+        let config = self.config.clone();
+        let info = WorkerInfo {
+            id: self.id,
+            hostname: config.hostname.clone(),
+            pid: i32::try_from(std::process::id()).unwrap_or(0),
+            queues: config.queues.clone(),
+            concurrency: i32::try_from(config.concurrency).unwrap_or(i32::MAX),
+            lease_seconds: config.lease.as_secs_f64(),
+        };
+        self.register(&info, &shutdown).await?;
+        tracing::info!(
+            hostname = %config.hostname, queues = %config.queues.join(","), concurrency = config.concurrency,
+            tasks = %self.registry.names().join(", "), "{} ready.", config.hostname
+        );
+
+        let background = CancellationToken::new();
+        let wake = Arc::new(Notify::new());
+        let settled: SettledHook = {
+            let stats = self.stats.clone();
+            Arc::new(move |batch: &[Settlement]| {
+                stats.settled.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            })
+        };
+        let session = LeaseSession::start(
+            self.store.clone(),
+            info,
+            &LeaseSessionConfig {
+                heartbeat_interval: config.heartbeat_interval,
+                max_redeliveries: config.max_redeliveries,
+                rescuer: Some(RescuerConfig { interval: config.rescue_interval, ..RescuerConfig::default() }),
+            },
+            Some(settled),
+        );
+        let shared = Arc::new(Shared {
+            store: self.store.clone(),
+            registry: self.registry.clone(),
+            config: config.clone(),
+            worker_id: self.id,
+            stats: self.stats.clone(),
+            session: session.clone(),
+            run_slots: Arc::new(Semaphore::new(config.concurrency + config.pipeline)),
+            last_turn: std::sync::Mutex::new(None),
+            stopping: shutdown.clone(),
+            abandon: CancellationToken::new(),
+            claim_state: std::sync::Mutex::new(ClaimState::new(config.queues.len())),
+            suspect_slot: Arc::new(Semaphore::new(1)),
+            wake: wake.clone(),
+            hostname: config.hostname.as_str().into(),
+        });
+
+        let listener = config.listen.then(|| {
+            let wake = wake.clone();
+            let queues = config.queues.clone();
+            let stop = background.clone();
+            let listener = self.store.listener();
+            tokio::spawn(async move {
+                listener
+                    .run(
+                        move |w| {
+                            if w.concerns(&queues) {
+                                wake.notify_one()
+                            }
+                        },
+                        stop.cancelled_owned(),
+                    )
+                    .await;
+            })
+        });
+
+        let tracker = TaskTracker::new();
+        claim_loop(&shared, &tracker).await;
+
+        tracing::info!("worker: warm shutdown, waiting for {} running task(s)", tracker.len());
+        tracker.close();
+        if tokio::time::timeout(config.shutdown_timeout, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                "worker: {} task(s) still running after {:?}; abandoning them (their messages run again after the lease)",
+                tracker.len(),
+                config.shutdown_timeout
+            );
+            shared.abandon.cancel();
+            tracker.wait().await;
+        }
+        drop(shared);
+        // Pending outcomes get a bounded time to reach the database; the worker row stays if
+        // some could not (rescuers then deliver those messages again after the lease).
+        session.close(Duration::from_secs(15)).await;
+        background.cancel();
+        if let Some(l) = listener {
+            let _ = l.await;
+        }
+        let report = self.stats.snapshot();
+        tracing::info!(?report, "worker: stopped");
+        Ok(report)
+    }
+
+    async fn register(&self, info: &WorkerInfo, shutdown: &CancellationToken) -> Result<(), Error> {
+        let mut backoff = Backoff::new();
+        loop {
+            match self.store.worker_register(info).await {
+                Ok(()) => return Ok(()),
+                Err(e) if !e.is_connection() => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff.peek(), "worker: cannot register with the database");
+                    if !backoff.wait(shutdown).await {
+                        return Err(Error::Config("shut down before the database became reachable".into()));
+                    }
+                }
+            }
+        }
+    }
+}
