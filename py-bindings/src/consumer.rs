@@ -14,8 +14,8 @@ use std::{
 };
 
 use celeriac_store::{
-    maintenance::RescuerConfig, ClaimParams, DeadLetterParams, DeadLetterReason, Lease, LeaseSession,
-    LeaseSessionConfig, SettledNow, Settlement, Store, WorkerInfo,
+    maintenance::RescuerConfig, service::Supervisor, ClaimParams, DeadLetterParams, DeadLetterReason, Lease,
+    LeaseSession, LeaseSessionConfig, SettledNow, Settlement, Store, WorkerInfo,
 };
 use pyo3::{
     exceptions::{PyRuntimeError, PyValueError},
@@ -23,7 +23,6 @@ use pyo3::{
     types::PyBytes,
 };
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
@@ -47,8 +46,8 @@ pub struct Consumer {
     session: Arc<LeaseSession>,
     wake: Arc<Notify>,
     queues: Arc<Mutex<Vec<String>>>,
-    /// Stops the wake-up listener.
-    stop: CancellationToken,
+    /// The wake-up listener.
+    services: Mutex<Supervisor>,
     closed: AtomicBool,
 }
 
@@ -115,7 +114,6 @@ impl Consumer {
         }
         let wake = Arc::new(Notify::new());
         let queues: Arc<Mutex<Vec<String>>> = Arc::default();
-        let stop = CancellationToken::new();
         let rt = runtime()?;
         let session = {
             let _in_runtime = rt.enter();
@@ -124,25 +122,20 @@ impl Consumer {
                 heartbeat_interval: Duration::from_secs_f64((lease_seconds / 6.0).clamp(0.25, 5.0)),
                 max_redeliveries,
                 rescuer: Some(RescuerConfig::default()),
+                // `close` waits for the acks itself (`flush`, 10 s) before it closes the session.
+                write_at_close: Duration::ZERO,
             };
             LeaseSession::start(pg.clone(), info.clone(), &config, None)
         };
+        let mut services = Supervisor::default();
         {
+            let _in_runtime = rt.enter();
             let (wake, queues) = (wake.clone(), queues.clone());
-            let listener = pg.listener();
-            let shutdown = stop.clone().cancelled_owned();
-            rt.spawn(async move {
-                listener
-                    .run(
-                        move |wakeup| {
-                            if wakeup.concerns(&lock(&queues)) {
-                                wake.notify_one();
-                            }
-                        },
-                        shutdown,
-                    )
-                    .await;
-            });
+            services.start(pg.listener().service(move |wakeup| {
+                if wakeup.concerns(&lock(&queues)) {
+                    wake.notify_one();
+                }
+            }));
         }
         Ok(Consumer {
             owner: store,
@@ -152,7 +145,7 @@ impl Consumer {
             session,
             wake,
             queues,
-            stop,
+            services: Mutex::new(services),
             closed: AtomicBool::new(false),
         })
     }
@@ -280,12 +273,13 @@ impl Consumer {
         // If the ack never lands, its lease expires and it is delivered again (at least once),
         // and the worker row stays, so rescuers treat this consumer as dead promptly.
         let session = self.session.clone();
+        let mut services = std::mem::take(&mut *lock(&self.services));
         let result = block_on(py, async move {
             let given_back = session.give_back_idle().await;
-            session.close(Duration::ZERO).await;
+            session.close().await;
+            services.stop().await;
             given_back
         });
-        self.stop.cancel();
         // Leases not given back expire and are redelivered by a rescuer; nothing is lost.
         result?.map(drop).map_err(|e| self.owner.get().error(&e, Doing::Other))
     }
@@ -331,6 +325,8 @@ fn timeout_duration(timeout: Option<f64>) -> PyResult<Option<Duration>> {
 
 impl Drop for Consumer {
     fn drop(&mut self) {
-        self.stop.cancel();
+        // The listener stops with its supervisor; the session's services stop with the last
+        // reference to it.
+        drop(std::mem::take(&mut *lock(&self.services)));
     }
 }

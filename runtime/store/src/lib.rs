@@ -22,6 +22,7 @@ mod listener;
 pub mod maintenance;
 mod message;
 mod migrate;
+pub mod service;
 mod sql;
 mod stats;
 #[cfg(feature = "testing")]
@@ -37,7 +38,7 @@ pub use celeriac_protocol::DeadLetterReason;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 pub use error::{Error, Result};
 pub use lease_session::{LeaseSession, LeaseSessionConfig, SettledHook, SettledNow, Settlement};
-pub use listener::{Listener, Wakeup, NOTIFY_CHANNEL};
+pub use listener::{Listener, Listening, Wakeup, NOTIFY_CHANNEL};
 pub use message::{
     ClaimCursor, ClaimParams, ClaimedMessage, DeadLetterParams, Durability, InsertBatch, Lease, NewMessage,
     RequeueReport, RescueReport, MESSAGE_INSERT_DBAPI_SQL, ORPHAN_AFTER_HEALTHY_SECONDS,

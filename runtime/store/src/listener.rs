@@ -8,6 +8,9 @@
 use std::{future::Future, time::Duration};
 
 use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use crate::service::Service;
 
 /// The channel the insert trigger notifies.
 pub const NOTIFY_CHANNEL: &str = "celeriac_message";
@@ -120,6 +123,30 @@ impl Listener {
             Ok(Err(e)) => Err(e),
             _ => Ok(()),
         }
+    }
+}
+
+/// A [`Listener`] run as a [`Service`], calling `on_wakeup` for each wake-up.
+pub struct Listening<F> {
+    listener: Listener,
+    on_wakeup: F,
+}
+
+impl Listener {
+    /// This listener as a service that calls `on_wakeup` for each wake-up.
+    #[must_use]
+    pub fn service<F: Fn(Wakeup) + Send + Sync + 'static>(self, on_wakeup: F) -> Listening<F> {
+        Listening { listener: self, on_wakeup }
+    }
+}
+
+impl<F: Fn(Wakeup) + Send + Sync + 'static> Service for Listening<F> {
+    fn name(&self) -> &'static str {
+        "listener"
+    }
+
+    async fn run(self, shutdown: CancellationToken) {
+        self.listener.run(self.on_wakeup, shutdown.cancelled_owned()).await;
     }
 }
 

@@ -9,8 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{RescueReport, Store};
-use tokio_util::sync::CancellationToken;
+use crate::{service::Periodic, RescueReport, Store};
 
 /// Settings of the [`Rescuer`].
 #[derive(Debug, Clone)]
@@ -104,12 +103,21 @@ impl Rescuer {
         self.health = Some(health);
         self
     }
+}
+
+impl Periodic for Rescuer {
+    type Report = RescueReport;
+
+    fn name(&self) -> &'static str {
+        "rescuer"
+    }
+
+    fn interval(&self) -> Duration {
+        self.config.interval
+    }
 
     /// One pass; the first and every `full_scan_every`-th pass look at all expired leases.
-    ///
-    /// # Errors
-    /// Database errors.
-    pub async fn run_once(&mut self) -> crate::Result<RescueReport> {
+    async fn run_once(&mut self) -> crate::Result<RescueReport> {
         let full_scan = self.passes.is_multiple_of(self.config.full_scan_every.max(1));
         self.passes = self.passes.wrapping_add(1);
         let healthy = self.health.as_ref().map_or(f64::MAX, |h| h.healthy_seconds());
@@ -132,20 +140,5 @@ impl Rescuer {
             self.store.worker_prune(retention).await?;
         }
         Ok(report)
-    }
-
-    /// Runs [`Rescuer::run_once`] every `interval` until `stop` is cancelled; errors are logged.
-    pub async fn run(mut self, stop: CancellationToken) {
-        let mut ticker = tokio::time::interval(self.config.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
-            if let Err(e) = self.run_once().await {
-                tracing::debug!(error = %e, "rescuer: pass failed");
-            }
-        }
     }
 }

@@ -128,13 +128,13 @@ async fn settles_in_the_background_and_now_then_closes() {
     // other and removes the worker row.
     assert!(session.settle(Settlement::Complete(leases[3])));
     assert_eq!(session.give_back_idle().await.unwrap(), 1);
-    assert_eq!(session.close(WAIT).await, 0);
+    assert_eq!(session.close().await, 0);
     assert_eq!(count(&db, "select count(*) from celeriac.message where leased_by is not null").await, 0);
     assert_eq!(count(&db, "select count(*) from celeriac.message").await, 2);
     assert_eq!(count(&db, "select count(*) from celeriac.worker").await, 0);
     // Closed: nothing more is accepted, and a second close returns at once.
     assert!(!session.settle(Settlement::Complete(leases[4])));
-    assert_eq!(session.close(WAIT).await, 0);
+    assert_eq!(session.close().await, 0);
 }
 
 /// The database goes away with outcomes pending: nothing is dropped. The completer retries
@@ -181,5 +181,5 @@ async fn keeps_outcomes_through_an_outage() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(session.health().healthy_seconds() > 0.0);
-    assert_eq!(session.close(WAIT).await, 1, "the held message is left to its lease");
+    assert_eq!(session.close().await, 1, "the held message is left to its lease");
 }

@@ -15,15 +15,13 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{held::Held, SettledHook, Settlement};
-use crate::{Backoff, Lease, Store};
+use crate::{service::Service, Backoff, Lease, Store};
 
 /// What the completer is asked.
 pub(crate) enum Command {
     Settle(Settlement),
     /// Answered once everything sent before it is written.
     Flush(oneshot::Sender<()>),
-    /// Write everything sent before it, then stop.
-    Close,
 }
 
 /// Below this many outcomes, the completer waits [`GATHER`] for more before writing.
@@ -33,55 +31,97 @@ const GATHER: Duration = Duration::from_millis(2);
 /// Most outcomes written per round.
 const MOST_PER_ROUND: usize = 2000;
 
+/// Writes the outcomes handed to the session, in batches. On shutdown it writes what was
+/// handed over before (still retrying while the database is unreachable) for at most
+/// `write_for`, then abandons the rest (those leases run out; the messages run again).
 pub(crate) struct Completer {
     pub(crate) store: Store,
     pub(crate) worker_id: Uuid,
     pub(crate) max_redeliveries: i32,
     pub(crate) held: Arc<Held>,
     pub(crate) on_settled: Option<SettledHook>,
-    /// Cancelled when the session's close stops waiting: pending outcomes are abandoned.
+    pub(crate) commands: mpsc::UnboundedReceiver<Command>,
+    pub(crate) write_for: Duration,
+    /// Cancelled `write_for` after shutdown: pending outcomes are abandoned.
     pub(crate) give_up: CancellationToken,
 }
 
-impl Completer {
-    pub(crate) async fn run(self, mut commands: mpsc::UnboundedReceiver<Command>) {
+impl Service for Completer {
+    fn name(&self) -> &'static str {
+        "completer"
+    }
+
+    fn stop_within(&self) -> Duration {
+        // A statement stuck on a dead connection is not interrupted by `give_up`.
+        self.write_for + Duration::from_secs(5)
+    }
+
+    async fn run(mut self, shutdown: CancellationToken) {
+        let deadline = {
+            let (shutdown, give_up, write_for) = (shutdown.clone(), self.give_up.clone(), self.write_for);
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                tokio::time::sleep(write_for).await;
+                give_up.cancel();
+            })
+        };
         let mut received = Vec::new();
         loop {
-            if commands.recv_many(&mut received, MOST_PER_ROUND).await == 0 {
-                return;
-            }
-            // Under load outcomes arrive one by one; gathering them for a moment turns many
-            // one-row statements into a few larger ones. The rows stay leased meanwhile, so this
-            // delays only their deletion, not any task.
-            if received.len() < GATHER_BELOW {
-                tokio::time::sleep(GATHER).await;
-                while received.len() < MOST_PER_ROUND {
-                    match commands.try_recv() {
-                        Ok(c) => received.push(c),
-                        Err(_) => break,
-                    }
+            let open = tokio::select! {
+                biased;
+                n = self.commands.recv_many(&mut received, MOST_PER_ROUND) => n > 0,
+                () = shutdown.cancelled() => false,
+            };
+            if !open {
+                // Shutdown (or the session is gone): what was handed over before is written.
+                while let Ok(command) = self.commands.try_recv() {
+                    received.push(command);
                 }
+                self.round(&mut received, false).await;
+                break;
             }
-            let mut batch = Vec::with_capacity(received.len());
-            let mut flushes = Vec::new();
-            let mut close = false;
-            for command in received.drain(..) {
-                match command {
-                    Command::Settle(s) => batch.push(s),
-                    Command::Flush(done) => flushes.push(done),
-                    Command::Close => close = true,
-                }
-            }
-            if !self.write(&batch).await {
-                return;
-            }
-            for done in flushes {
-                let _ = done.send(());
-            }
-            if close {
-                return;
+            if !self.round(&mut received, true).await {
+                break;
             }
         }
+        deadline.abort();
+    }
+}
+
+impl Completer {
+    /// Writes the settlements of `received` and answers its flushes. False when the session
+    /// gave up.
+    async fn round(&mut self, received: &mut Vec<Command>, gather: bool) -> bool {
+        if received.is_empty() {
+            return true;
+        }
+        // Under load outcomes arrive one by one; gathering them for a moment turns many
+        // one-row statements into a few larger ones. The rows stay leased meanwhile, so this
+        // delays only their deletion, not any task.
+        if gather && received.len() < GATHER_BELOW {
+            tokio::time::sleep(GATHER).await;
+            while received.len() < MOST_PER_ROUND {
+                match self.commands.try_recv() {
+                    Ok(c) => received.push(c),
+                    Err(_) => break,
+                }
+            }
+        }
+        let mut batch = Vec::with_capacity(received.len());
+        let mut flushes = Vec::new();
+        for command in received.drain(..) {
+            match command {
+                Command::Settle(s) => batch.push(s),
+                Command::Flush(done) => flushes.push(done),
+            }
+        }
+        if !self.write(&batch).await {
+            return false;
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+        true
     }
 
     /// Writes `batch` under the module's error policy. False when the session gave up first.

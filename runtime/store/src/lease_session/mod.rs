@@ -30,20 +30,21 @@ mod heartbeat;
 mod held;
 
 use std::{
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, PoisonError,
+    },
     time::{Duration, Instant},
 };
 
 use chrono::{DateTime, Utc};
-use tokio::{
-    sync::{mpsc, oneshot},
-    task::JoinHandle,
-};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
     maintenance::{HeartbeatHealth, Rescuer, RescuerConfig},
+    service::{Every, Supervisor},
     ClaimedMessage, DeadLetterParams, Lease, Store, WorkerInfo,
 };
 use completer::{Command, Completer, WriteProgress};
@@ -102,6 +103,9 @@ pub struct LeaseSessionConfig {
     /// The rescuer this session runs beside its heartbeat (`None`: none). Its
     /// `max_redeliveries` is taken from this config. Default: the rescuer's defaults.
     pub rescuer: Option<RescuerConfig>,
+    /// How long [`LeaseSession::close`] keeps trying to write the outcomes handed over before
+    /// it gives up on them (their leases run out; the messages run again). Default: 15 s.
+    pub write_at_close: Duration,
 }
 
 impl Default for LeaseSessionConfig {
@@ -110,6 +114,7 @@ impl Default for LeaseSessionConfig {
             heartbeat_interval: Duration::from_secs(5),
             max_redeliveries: 3,
             rescuer: Some(RescuerConfig::default()),
+            write_at_close: Duration::from_secs(15),
         }
     }
 }
@@ -136,17 +141,10 @@ pub struct LeaseSession {
     health: Arc<HeartbeatHealth>,
     commands: mpsc::UnboundedSender<Command>,
     on_settled: Option<SettledHook>,
-    /// Stops the heartbeat and the rescuer.
-    background: CancellationToken,
-    /// Makes the completer abandon what it could not write yet.
-    give_up: CancellationToken,
-    tasks: Mutex<Option<Tasks>>,
-}
-
-struct Tasks {
-    completer: JoinHandle<()>,
-    heartbeat: JoinHandle<()>,
-    rescuer: Option<JoinHandle<()>>,
+    /// The heartbeat, the rescuer and the completer (started in that order, stopped in the
+    /// reverse one: the last outcomes are written while the leases are still renewed).
+    services: Mutex<Supervisor>,
+    closed: AtomicBool,
 }
 
 impl std::fmt::Debug for LeaseSession {
@@ -173,37 +171,32 @@ impl LeaseSession {
     ) -> Arc<LeaseSession> {
         let held = Arc::new(Held::default());
         let health = Arc::new(HeartbeatHealth::default());
-        let background = CancellationToken::new();
-        let give_up = CancellationToken::new();
         let (commands, received) = mpsc::unbounded_channel();
-        let completer = Completer {
-            store: store.clone(),
-            worker_id: info.id,
-            max_redeliveries: config.max_redeliveries,
-            held: held.clone(),
-            on_settled: on_settled.clone(),
-            give_up: give_up.clone(),
-        };
-        let heartbeat = Heartbeat {
+        let mut services = Supervisor::default();
+        services.start(Every(Heartbeat {
             store: store.clone(),
             info: info.clone(),
             held: held.clone(),
             health: health.clone(),
             interval: config.heartbeat_interval,
-        };
-        let rescuer = config.rescuer.clone().map(|rescuer| {
+            failing_since: None,
+        }));
+        if let Some(rescuer) = config.rescuer.clone() {
             // Judges other consumers only as far as this one's own heartbeats allow: after an
             // outage longer than the lease, nobody's leases are freed before they could be renewed.
-            let rescuer =
-                Rescuer::new(store.clone(), RescuerConfig { max_redeliveries: config.max_redeliveries, ..rescuer })
-                    .with_health(health.clone());
-            tokio::spawn(rescuer.run(background.clone()))
+            let config = RescuerConfig { max_redeliveries: config.max_redeliveries, ..rescuer };
+            services.start(Every(Rescuer::new(store.clone(), config).with_health(health.clone())));
+        }
+        services.start(Completer {
+            store: store.clone(),
+            worker_id: info.id,
+            max_redeliveries: config.max_redeliveries,
+            held: held.clone(),
+            on_settled: on_settled.clone(),
+            commands: received,
+            write_for: config.write_at_close,
+            give_up: CancellationToken::new(),
         });
-        let tasks = Tasks {
-            completer: tokio::spawn(completer.run(received)),
-            heartbeat: tokio::spawn(heartbeat.run(background.clone())),
-            rescuer,
-        };
         Arc::new(LeaseSession {
             store,
             info,
@@ -212,9 +205,8 @@ impl LeaseSession {
             health,
             commands,
             on_settled,
-            background,
-            give_up,
-            tasks: Mutex::new(Some(tasks)),
+            services: Mutex::new(services),
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -265,6 +257,9 @@ impl LeaseSession {
     /// others). False once the session is closed (the lease then runs out; the message is
     /// delivered again).
     pub fn settle(&self, settlement: Settlement) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
         let lease = settlement.lease();
         let sent = self.commands.send(Command::Settle(settlement)).is_ok();
         if sent {
@@ -340,31 +335,17 @@ impl LeaseSession {
         Ok(released.len())
     }
 
-    /// Writes the outcomes handed over (giving up after `write_for`), stops the heartbeat and
-    /// the rescuer, and removes the worker row when nothing is left held; otherwise keeps it
-    /// (once its heartbeat is a lease old, rescuers deliver those messages again) and warns.
-    /// Returns how many leases were left held. Later calls return at once.
-    pub async fn close(&self, write_for: Duration) -> usize {
-        let Some(tasks) = self.tasks.lock().unwrap_or_else(PoisonError::into_inner).take() else {
+    /// Stops taking outcomes, writes those handed over (giving up after
+    /// [`LeaseSessionConfig::write_at_close`]), stops the heartbeat and the rescuer, and
+    /// removes the worker row when nothing is left held; otherwise keeps it (once its heartbeat
+    /// is a lease old, rescuers deliver those messages again) and warns. Returns how many leases
+    /// were left held. Later calls return at once.
+    pub async fn close(&self) -> usize {
+        if self.closed.swap(true, Ordering::AcqRel) {
             return self.held.len();
-        };
-        let _ = self.commands.send(Command::Close);
-        let mut completer = tasks.completer;
-        if tokio::time::timeout(write_for, &mut completer).await.is_err() {
-            self.give_up.cancel();
-            // A statement stuck on a dead connection is not interrupted by `give_up`.
-            if tokio::time::timeout(Duration::from_secs(5), &mut completer).await.is_err() {
-                completer.abort();
-                tracing::error!(
-                    "outcomes could not be recorded before shutdown; those messages run again after their lease"
-                );
-            }
         }
-        self.background.cancel();
-        let _ = tasks.heartbeat.await;
-        if let Some(rescuer) = tasks.rescuer {
-            let _ = rescuer.await;
-        }
+        let mut services = std::mem::take(&mut *self.services.lock().unwrap_or_else(PoisonError::into_inner));
+        services.stop().await;
         let left = self.held.len();
         if left == 0 {
             if let Err(e) = self.store.worker_deregister(self.info.id).await {
@@ -374,12 +355,5 @@ impl LeaseSession {
             tracing::warn!(count = left, "stopping with unsettled messages; they run again after their lease");
         }
         left
-    }
-}
-
-impl Drop for LeaseSession {
-    fn drop(&mut self) {
-        self.background.cancel();
-        self.give_up.cancel();
     }
 }

@@ -37,7 +37,9 @@ use std::{
 };
 
 use celeriac_protocol::Accept;
-use celeriac_store::{Backoff, LeaseSession, LeaseSessionConfig, SettledHook, Settlement, Store, WorkerInfo};
+use celeriac_store::{
+    service::Supervisor, Backoff, LeaseSession, LeaseSessionConfig, SettledHook, Settlement, Store, WorkerInfo,
+};
 use tokio::sync::{oneshot, Notify, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
@@ -223,7 +225,6 @@ impl Worker {
             tasks = %self.registry.names().join(", "), "{} ready.", config.hostname
         );
 
-        let background = CancellationToken::new();
         let wake = Arc::new(Notify::new());
         let settled: SettledHook = {
             let stats = self.stats.clone();
@@ -238,6 +239,8 @@ impl Worker {
                 heartbeat_interval: config.heartbeat_interval,
                 max_redeliveries: config.max_redeliveries,
                 rescuer: Some(RescuerConfig { interval: config.rescue_interval, ..RescuerConfig::default() }),
+                // Pending outcomes get a bounded time to reach the database at shutdown.
+                write_at_close: Duration::from_secs(15),
             },
             Some(settled),
         );
@@ -258,24 +261,17 @@ impl Worker {
             hostname: config.hostname.as_str().into(),
         });
 
-        let listener = config.listen.then(|| {
-            let wake = wake.clone();
-            let queues = config.queues.clone();
-            let stop = background.clone();
-            let listener = self.store.listener();
-            tokio::spawn(async move {
-                listener
-                    .run(
-                        move |w| {
-                            if w.concerns(&queues) {
-                                wake.notify_one()
-                            }
-                        },
-                        stop.cancelled_owned(),
-                    )
-                    .await;
-            })
-        });
+        // The worker's own background services (the lease session runs its heartbeat,
+        // completer and rescuer): one `services.start(…)` line each, stopped in reverse order.
+        let mut services = Supervisor::default();
+        if config.listen {
+            let (wake, queues) = (wake.clone(), config.queues.clone());
+            services.start(self.store.listener().service(move |w| {
+                if w.concerns(&queues) {
+                    wake.notify_one();
+                }
+            }));
+        }
 
         let tracker = TaskTracker::new();
         claim_loop(&shared, &tracker).await;
@@ -294,11 +290,8 @@ impl Worker {
         drop(shared);
         // Pending outcomes get a bounded time to reach the database; the worker row stays if
         // some could not (rescuers then deliver those messages again after the lease).
-        session.close(Duration::from_secs(15)).await;
-        background.cancel();
-        if let Some(l) = listener {
-            let _ = l.await;
-        }
+        session.close().await;
+        services.stop().await;
         let report = self.stats.snapshot();
         tracing::info!(?report, "worker: stopped");
         Ok(report)
