@@ -125,8 +125,8 @@ pub fn main(args: &ChildArgs) -> ExitCode {
             send(&writer, &FromChild::Hello { hello });
             module
         }
-        Err(message) => {
-            send(&writer, &FromChild::InitError { message });
+        Err(e) => {
+            send(&writer, &FromChild::InitError { message: e.to_string() });
             return ExitCode::from(EXIT_INIT_FAILED);
         }
     };
@@ -193,19 +193,63 @@ pub fn main(args: &ChildArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Why a child could not load the app; its text goes to the worker, which shows it to the user.
+#[derive(Debug, thiserror::Error)]
+enum InitError {
+    /// Python raised: Celery's message for a bad `-A` (`AppLoadError`), else the traceback.
+    #[error("{0}")]
+    Python(String),
+    /// The embedded interpreter is not the one the worker probed.
+    #[error(
+        "the embedded Python is {found}, not the probed {expected}: the interpreter's library and standard library \
+         do not match (check --python and LD_LIBRARY_PATH)"
+    )]
+    PythonMismatch {
+        /// `version:prefix` of the embedded interpreter.
+        found: String,
+        /// `version:prefix` the worker probed.
+        expected: String,
+    },
+    /// The celeriac package is not installed in the environment.
+    #[error(
+        "cannot import celeriac._worker from {executable}: {error} (install the celeriac package, version {}, into \
+         this environment)",
+        env!("CARGO_PKG_VERSION")
+    )]
+    NoWorkerModule {
+        /// The interpreter (`PYTHONEXECUTABLE`).
+        executable: String,
+        /// The import error.
+        error: String,
+    },
+    /// The installed package speaks another worker protocol.
+    #[error(
+        "the installed celeriac Python package speaks worker protocol {found}, this binary {PROTOCOL}: install \
+         celeriac {} into the environment",
+        env!("CARGO_PKG_VERSION")
+    )]
+    ProtocolMismatch {
+        /// `celeriac._worker.PROTOCOL`.
+        found: i64,
+    },
+    /// `init` returned something that is not a hello.
+    #[error("unreadable hello from celeriac._worker: {0}")]
+    UnreadableHello(#[source] serde_json::Error),
+}
+
 /// Imports `celeriac._worker` and runs `init`; returns the module and the hello, or the message
 /// for the user.
-fn init(py: Python<'_>, args: &ChildArgs) -> Result<(Py<PyModule>, serde_json::Value), String> {
-    let described = |e: PyErr| -> String {
+fn init(py: Python<'_>, args: &ChildArgs) -> Result<(Py<PyModule>, serde_json::Value), InitError> {
+    let described = |e: PyErr| -> InitError {
         let is_load_error = py
             .import("celeriac._worker")
             .and_then(|m| m.getattr("AppLoadError"))
             .is_ok_and(|cls| e.get_type(py).is(&cls));
         if is_load_error {
-            e.value(py).str().map_or_else(|_| e.to_string(), |s| s.to_string())
+            InitError::Python(e.value(py).str().map_or_else(|_| e.to_string(), |s| s.to_string()))
         } else {
             let tb = e.traceback(py).and_then(|tb| tb.format().ok()).unwrap_or_default();
-            format!("{tb}{e}")
+            InitError::Python(format!("{tb}{e}"))
         }
     };
     let setup = || -> PyResult<()> {
@@ -232,31 +276,17 @@ fn init(py: Python<'_>, args: &ChildArgs) -> Result<(Py<PyModule>, serde_json::V
             .and_then(|v| v.extract());
         match found {
             Ok(found) if found == expected => {}
-            Ok(found) => {
-                return Err(format!(
-                    "the embedded Python is {found}, not the probed {expected}: the interpreter's library \
-                     and standard library do not match (check --python and LD_LIBRARY_PATH)"
-                ))
-            }
+            Ok(found) => return Err(InitError::PythonMismatch { found, expected }),
             Err(e) => return Err(described(e)),
         }
     }
-    let module = py.import("celeriac._worker").map_err(|e| {
-        format!(
-            "cannot import celeriac._worker from {}: {} (install the celeriac package, version {}, into this \
-             environment)",
-            std::env::var("PYTHONEXECUTABLE").unwrap_or_else(|_| "the embedded Python".into()),
-            e,
-            env!("CARGO_PKG_VERSION")
-        )
+    let module = py.import("celeriac._worker").map_err(|e| InitError::NoWorkerModule {
+        executable: std::env::var("PYTHONEXECUTABLE").unwrap_or_else(|_| "the embedded Python".into()),
+        error: e.to_string(),
     })?;
     let protocol: i64 = module.getattr("PROTOCOL").and_then(|p| p.extract()).map_err(described)?;
     if protocol != PROTOCOL {
-        return Err(format!(
-            "the installed celeriac Python package speaks worker protocol {protocol}, this binary {PROTOCOL}: install \
-             celeriac {} into the environment",
-            env!("CARGO_PKG_VERSION")
-        ));
+        return Err(InitError::ProtocolMismatch { found: protocol });
     }
     let concurrency = if args.pool == "threads" { args.threads } else { 1 };
     let hello = module
@@ -277,7 +307,7 @@ fn init(py: Python<'_>, args: &ChildArgs) -> Result<(Py<PyModule>, serde_json::V
         .and_then(|json| json.call_method1("dumps", (hello,)))
         .and_then(|t| t.extract())
         .map_err(described)?;
-    let hello = serde_json::from_str(&text).map_err(|e| format!("unreadable hello from celeriac._worker: {e}"))?;
+    let hello = serde_json::from_str(&text).map_err(InitError::UnreadableHello)?;
     Ok((module.unbind(), hello))
 }
 
