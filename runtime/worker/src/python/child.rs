@@ -24,6 +24,7 @@ use celeriac_protocol::TaskState;
 
 use super::{
     frame::{self, DeathCause, Decision, FromChild, ToChild},
+    settings::PoolKind,
     sys,
 };
 
@@ -37,8 +38,8 @@ pub struct ChildArgs {
     #[arg(long)]
     pub index: usize,
     /// prefork, threads or solo.
-    #[arg(long)]
-    pub pool: String,
+    #[arg(long, value_enum, hide_possible_values = true)]
+    pub pool: PoolKind,
     /// Task threads (the threads pool); 1 otherwise.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -132,7 +133,7 @@ pub fn main(args: &ChildArgs) -> ExitCode {
     };
 
     let announce = Arc::new(Mutex::new(None::<bool>));
-    let code = if args.pool == "threads" {
+    let code = if args.pool == PoolKind::Threads {
         // Several task threads share the jobs: one reader thread hands them out.
         let (tx, rx) = mpsc::channel::<Work>();
         {
@@ -174,7 +175,7 @@ pub fn main(args: &ChildArgs) -> ExitCode {
     } else {
         // One task thread, the main one: it reads its jobs itself (no hand-off per job).
         let source = Source::Socket(Mutex::new(BufReader::new(reader)), announce.clone());
-        Python::attach(|py| task_loop(py, &worker, &source, &writer, args.pool == "solo"))
+        Python::attach(|py| task_loop(py, &worker, &source, &writer, args.pool == PoolKind::Solo))
     };
     if let Some(code) = code {
         // A task raised SystemExit: leave as billiard's child would; the worker treats the
@@ -288,7 +289,7 @@ fn init(py: Python<'_>, args: &ChildArgs) -> Result<(Py<PyModule>, serde_json::V
     if protocol != PROTOCOL {
         return Err(InitError::ProtocolMismatch { found: protocol });
     }
-    let concurrency = if args.pool == "threads" { args.threads } else { 1 };
+    let concurrency = if args.pool == PoolKind::Threads { args.threads } else { 1 };
     let hello = module
         .call_method1(
             "init",
@@ -296,7 +297,7 @@ fn init(py: Python<'_>, args: &ChildArgs) -> Result<(Py<PyModule>, serde_json::V
                 args.app.as_str(),
                 args.hostname.as_str(),
                 args.loglevel.as_str(),
-                args.pool.as_str(),
+                args.pool.name(),
                 args.index,
                 concurrency,
             ),
