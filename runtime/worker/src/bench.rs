@@ -48,6 +48,33 @@ pub struct BenchArgs {
 
 const TASK: &str = "celeriac.bench.noop";
 
+/// Why the benchmark stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BenchError {
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] celeriac_store::Error),
+    /// A benchmark worker could not start or failed.
+    #[error(transparent)]
+    Worker(#[from] crate::Error),
+    /// A benchmark worker's task panicked or was cancelled.
+    #[error(transparent)]
+    Join(#[from] tokio::task::JoinError),
+    /// The draining worker stopped before the queue was drained.
+    #[error("the benchmark worker stopped early")]
+    StoppedEarly,
+    /// The latency probe's message could not be built.
+    #[error("cannot build a message")]
+    NoMessage,
+    /// A latency probe was not picked up in time.
+    #[error("a benchmark task was not picked up within 10 s")]
+    NotPickedUp,
+    /// The latency worker stopped while a probe was waiting.
+    #[error("benchmark worker stopped")]
+    WorkerStopped,
+}
+
 fn messages(n: usize, queue: &str) -> Vec<NewMessage> {
     let opts = TaskOptions { queue: queue.to_owned(), ..TaskOptions::default() };
     let now = Utc::now();
@@ -74,11 +101,11 @@ fn quiet_config(queue: &str, concurrency: usize, prefetch: usize) -> WorkerConfi
 /// Runs the benchmark and prints its report to stdout.
 ///
 /// # Errors
-/// Database errors, as text.
-pub async fn run(url: &str, args: &BenchArgs) -> Result<(), String> {
-    let store = Store::new(&StoreConfig { max_connections: 8, ..StoreConfig::new(url) }).map_err(|e| e.to_string())?;
-    store.migrate().await.map_err(|e| e.to_string())?;
-    let purged = store.message_purge(&args.queue).await.map_err(|e| e.to_string())?;
+/// [`BenchError`]: the database failed, or a benchmark worker did.
+pub async fn run(url: &str, args: &BenchArgs) -> Result<(), BenchError> {
+    let store = Store::new(&StoreConfig { max_connections: 8, ..StoreConfig::new(url) })?;
+    store.migrate().await?;
+    let purged = store.message_purge(&args.queue).await?;
     println!(
         "celeriac bench: {} no-op tasks per run, {} per insert, prefetch multiplier {}, queue {:?}{}",
         args.tasks,
@@ -91,7 +118,7 @@ pub async fn run(url: &str, args: &BenchArgs) -> Result<(), String> {
         let batch = messages(args.tasks, &args.queue);
         let started = Instant::now();
         for chunk in batch.chunks(args.batch.max(1)) {
-            store.message_insert_many(chunk).await.map_err(|e| e.to_string())?;
+            store.message_insert_many(chunk).await?;
         }
         let enqueue = started.elapsed();
         println!(
@@ -104,8 +131,7 @@ pub async fn run(url: &str, args: &BenchArgs) -> Result<(), String> {
         let mut registry = Registry::new();
         registry.register_raw(TASK, |_req: Request| async { Outcome::Success(celeriac_protocol::Value::Null) });
         let worker =
-            Worker::new(store.clone(), registry, quiet_config(&args.queue, concurrency, args.prefetch_multiplier))
-                .map_err(|e| e.to_string())?;
+            Worker::new(store.clone(), registry, quiet_config(&args.queue, concurrency, args.prefetch_multiplier))?;
         let stats = worker.stats();
         let shutdown = CancellationToken::new();
         let started = Instant::now();
@@ -113,7 +139,7 @@ pub async fn run(url: &str, args: &BenchArgs) -> Result<(), String> {
         let target = args.tasks as u64;
         while stats.settled.load(Ordering::Relaxed) < target {
             if handle.is_finished() {
-                return Err("the benchmark worker stopped early".into());
+                return Err(BenchError::StoppedEarly);
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -125,7 +151,7 @@ pub async fn run(url: &str, args: &BenchArgs) -> Result<(), String> {
             args.tasks as f64 / claims as f64,
         );
         shutdown.cancel();
-        handle.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+        handle.await??;
         println!(
             "drain        c={concurrency:<4} {:>8} tasks {:>7.2} s {:>9.0} tasks/s   ({claims} claims, {per_claim:.1} messages and {claim_ms:.2} ms each)",
             args.tasks,
@@ -139,34 +165,33 @@ pub async fn run(url: &str, args: &BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn latency(store: &Store, args: &BenchArgs) -> Result<(), String> {
+async fn latency(store: &Store, args: &BenchArgs) -> Result<(), BenchError> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
     let mut registry = Registry::new();
     registry.register_raw(TASK, move |_req: Request| {
         let _ = tx.send(Instant::now());
         async { Outcome::Success(celeriac_protocol::Value::Null) }
     });
-    let worker = Worker::new(store.clone(), registry, quiet_config(&args.queue, 2, args.prefetch_multiplier))
-        .map_err(|e| e.to_string())?;
+    let worker = Worker::new(store.clone(), registry, quiet_config(&args.queue, 2, args.prefetch_multiplier))?;
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(worker.run(shutdown.clone()));
     // Let the worker register and go idle (its first claim finds nothing).
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut samples = Vec::with_capacity(args.latency_samples);
     for _ in 0..args.latency_samples {
-        let message = messages(1, &args.queue).pop().ok_or("cannot build a message")?;
+        let message = messages(1, &args.queue).pop().ok_or(BenchError::NoMessage)?;
         let sent = Instant::now();
-        store.message_insert(&message).await.map_err(|e| e.to_string())?;
+        store.message_insert(&message).await?;
         let started = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
-            .map_err(|_| "a benchmark task was not picked up within 10 s")?
-            .ok_or("benchmark worker stopped")?;
+            .map_err(|_| BenchError::NotPickedUp)?
+            .ok_or(BenchError::WorkerStopped)?;
         samples.push(started.saturating_duration_since(sent));
         // Idle between samples, so each one measures an idle worker's wake-up.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     shutdown.cancel();
-    handle.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    handle.await??;
     samples.sort();
     let pct = |p: f64| {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]

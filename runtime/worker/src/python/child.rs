@@ -24,6 +24,7 @@ use celeriac_protocol::TaskState;
 
 use super::{
     frame::{self, DeathCause, Decision, FromChild, ToChild},
+    settings::PoolKind,
     sys,
 };
 
@@ -37,8 +38,8 @@ pub struct ChildArgs {
     #[arg(long)]
     pub index: usize,
     /// prefork, threads or solo.
-    #[arg(long)]
-    pub pool: String,
+    #[arg(long, value_enum, hide_possible_values = true)]
+    pub pool: PoolKind,
     /// Task threads (the threads pool); 1 otherwise.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -125,14 +126,14 @@ pub fn main(args: &ChildArgs) -> ExitCode {
             send(&writer, &FromChild::Hello { hello });
             module
         }
-        Err(message) => {
-            send(&writer, &FromChild::InitError { message });
+        Err(e) => {
+            send(&writer, &FromChild::InitError { message: e.to_string() });
             return ExitCode::from(EXIT_INIT_FAILED);
         }
     };
 
     let announce = Arc::new(Mutex::new(None::<bool>));
-    let code = if args.pool == "threads" {
+    let code = if args.pool == PoolKind::Threads {
         // Several task threads share the jobs: one reader thread hands them out.
         let (tx, rx) = mpsc::channel::<Work>();
         {
@@ -174,7 +175,7 @@ pub fn main(args: &ChildArgs) -> ExitCode {
     } else {
         // One task thread, the main one: it reads its jobs itself (no hand-off per job).
         let source = Source::Socket(Mutex::new(BufReader::new(reader)), announce.clone());
-        Python::attach(|py| task_loop(py, &worker, &source, &writer, args.pool == "solo"))
+        Python::attach(|py| task_loop(py, &worker, &source, &writer, args.pool == PoolKind::Solo))
     };
     if let Some(code) = code {
         // A task raised SystemExit: leave as billiard's child would; the worker treats the
@@ -193,19 +194,63 @@ pub fn main(args: &ChildArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Why a child could not load the app; its text goes to the worker, which shows it to the user.
+#[derive(Debug, thiserror::Error)]
+enum InitError {
+    /// Python raised: Celery's message for a bad `-A` (`AppLoadError`), else the traceback.
+    #[error("{0}")]
+    Python(String),
+    /// The embedded interpreter is not the one the worker probed.
+    #[error(
+        "the embedded Python is {found}, not the probed {expected}: the interpreter's library and standard library \
+         do not match (check --python and LD_LIBRARY_PATH)"
+    )]
+    PythonMismatch {
+        /// `version:prefix` of the embedded interpreter.
+        found: String,
+        /// `version:prefix` the worker probed.
+        expected: String,
+    },
+    /// The celeriac package is not installed in the environment.
+    #[error(
+        "cannot import celeriac._worker from {executable}: {error} (install the celeriac package, version {}, into \
+         this environment)",
+        env!("CARGO_PKG_VERSION")
+    )]
+    NoWorkerModule {
+        /// The interpreter (`PYTHONEXECUTABLE`).
+        executable: String,
+        /// The import error.
+        error: String,
+    },
+    /// The installed package speaks another worker protocol.
+    #[error(
+        "the installed celeriac Python package speaks worker protocol {found}, this binary {PROTOCOL}: install \
+         celeriac {} into the environment",
+        env!("CARGO_PKG_VERSION")
+    )]
+    ProtocolMismatch {
+        /// `celeriac._worker.PROTOCOL`.
+        found: i64,
+    },
+    /// `init` returned something that is not a hello.
+    #[error("unreadable hello from celeriac._worker: {0}")]
+    UnreadableHello(#[source] serde_json::Error),
+}
+
 /// Imports `celeriac._worker` and runs `init`; returns the module and the hello, or the message
 /// for the user.
-fn init(py: Python<'_>, args: &ChildArgs) -> Result<(Py<PyModule>, serde_json::Value), String> {
-    let described = |e: PyErr| -> String {
+fn init(py: Python<'_>, args: &ChildArgs) -> Result<(Py<PyModule>, serde_json::Value), InitError> {
+    let described = |e: PyErr| -> InitError {
         let is_load_error = py
             .import("celeriac._worker")
             .and_then(|m| m.getattr("AppLoadError"))
             .is_ok_and(|cls| e.get_type(py).is(&cls));
         if is_load_error {
-            e.value(py).str().map_or_else(|_| e.to_string(), |s| s.to_string())
+            InitError::Python(e.value(py).str().map_or_else(|_| e.to_string(), |s| s.to_string()))
         } else {
             let tb = e.traceback(py).and_then(|tb| tb.format().ok()).unwrap_or_default();
-            format!("{tb}{e}")
+            InitError::Python(format!("{tb}{e}"))
         }
     };
     let setup = || -> PyResult<()> {
@@ -232,33 +277,19 @@ fn init(py: Python<'_>, args: &ChildArgs) -> Result<(Py<PyModule>, serde_json::V
             .and_then(|v| v.extract());
         match found {
             Ok(found) if found == expected => {}
-            Ok(found) => {
-                return Err(format!(
-                    "the embedded Python is {found}, not the probed {expected}: the interpreter's library \
-                     and standard library do not match (check --python and LD_LIBRARY_PATH)"
-                ))
-            }
+            Ok(found) => return Err(InitError::PythonMismatch { found, expected }),
             Err(e) => return Err(described(e)),
         }
     }
-    let module = py.import("celeriac._worker").map_err(|e| {
-        format!(
-            "cannot import celeriac._worker from {}: {} (install the celeriac package, version {}, into this \
-             environment)",
-            std::env::var("PYTHONEXECUTABLE").unwrap_or_else(|_| "the embedded Python".into()),
-            e,
-            env!("CARGO_PKG_VERSION")
-        )
+    let module = py.import("celeriac._worker").map_err(|e| InitError::NoWorkerModule {
+        executable: std::env::var("PYTHONEXECUTABLE").unwrap_or_else(|_| "the embedded Python".into()),
+        error: e.to_string(),
     })?;
     let protocol: i64 = module.getattr("PROTOCOL").and_then(|p| p.extract()).map_err(described)?;
     if protocol != PROTOCOL {
-        return Err(format!(
-            "the installed celeriac Python package speaks worker protocol {protocol}, this binary {PROTOCOL}: install \
-             celeriac {} into the environment",
-            env!("CARGO_PKG_VERSION")
-        ));
+        return Err(InitError::ProtocolMismatch { found: protocol });
     }
-    let concurrency = if args.pool == "threads" { args.threads } else { 1 };
+    let concurrency = if args.pool == PoolKind::Threads { args.threads } else { 1 };
     let hello = module
         .call_method1(
             "init",
@@ -266,7 +297,7 @@ fn init(py: Python<'_>, args: &ChildArgs) -> Result<(Py<PyModule>, serde_json::V
                 args.app.as_str(),
                 args.hostname.as_str(),
                 args.loglevel.as_str(),
-                args.pool.as_str(),
+                args.pool.name(),
                 args.index,
                 concurrency,
             ),
@@ -277,7 +308,7 @@ fn init(py: Python<'_>, args: &ChildArgs) -> Result<(Py<PyModule>, serde_json::V
         .and_then(|json| json.call_method1("dumps", (hello,)))
         .and_then(|t| t.extract())
         .map_err(described)?;
-    let hello = serde_json::from_str(&text).map_err(|e| format!("unreadable hello from celeriac._worker: {e}"))?;
+    let hello = serde_json::from_str(&text).map_err(InitError::UnreadableHello)?;
     Ok((module.unbind(), hello))
 }
 

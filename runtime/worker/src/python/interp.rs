@@ -48,6 +48,52 @@ impl Interpreter {
     }
 }
 
+/// Why the interpreter cannot be the pool's.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InterpreterError {
+    /// It could not be run at all.
+    #[error("cannot run the Python interpreter {python:?}: {source} (use --python or activate a virtualenv)")]
+    NotRunnable {
+        /// The interpreter as given.
+        python: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The probe exited with an error.
+    #[error("the Python interpreter {python:?} failed ({status}): {stderr}")]
+    ProbeFailed {
+        /// The interpreter as given.
+        python: String,
+        /// How it exited.
+        status: std::process::ExitStatus,
+        /// Its standard error, trimmed.
+        stderr: String,
+    },
+    /// The probe printed something else than its report.
+    #[error("unexpected output from {python:?} ({source}): {stdout}")]
+    UnexpectedOutput {
+        /// The interpreter as given.
+        python: String,
+        /// Why the report did not read.
+        source: serde_json::Error,
+        /// What it printed.
+        stdout: String,
+    },
+    /// Another `major.minor` than the one this binary embeds.
+    #[error(
+        "{} is Python {}, but this celeriac binary embeds Python {BUILD_PYTHON_VERSION}: use --python with a \
+         {BUILD_PYTHON_VERSION} interpreter, or build celeriac against Python {}",
+        .found.executable.display(),
+        .found.version,
+        .found.minor_version()
+    )]
+    WrongVersion {
+        /// What the probe found.
+        found: Box<Interpreter>,
+    },
+}
+
 /// The interpreter to probe: `explicit` (`--python`), else `$VIRTUAL_ENV/bin/python`, else
 /// `python3` on `PATH`.
 #[must_use]
@@ -68,28 +114,27 @@ pub fn choose(explicit: Option<&str>) -> String {
 /// build's.
 ///
 /// # Errors
-/// A message for the user: not found, not runnable, or the wrong version.
-pub fn probe(python: &str) -> Result<Interpreter, String> {
-    let out = Command::new(python).args(["-I", "-c", PROBE]).output().map_err(|e| {
-        format!("cannot run the Python interpreter {python:?}: {e} (use --python or activate a virtualenv)")
-    })?;
+/// [`InterpreterError`]: not found, not runnable, or the wrong version.
+pub fn probe(python: &str) -> Result<Interpreter, InterpreterError> {
+    let out = Command::new(python)
+        .args(["-I", "-c", PROBE])
+        .output()
+        .map_err(|source| InterpreterError::NotRunnable { python: python.to_owned(), source })?;
     if !out.status.success() {
-        return Err(format!(
-            "the Python interpreter {python:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(InterpreterError::ProbeFailed {
+            python: python.to_owned(),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
     }
-    let found: Interpreter = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("unexpected output from {python:?} ({e}): {}", String::from_utf8_lossy(&out.stdout)))?;
+    let found: Interpreter =
+        serde_json::from_slice(&out.stdout).map_err(|source| InterpreterError::UnexpectedOutput {
+            python: python.to_owned(),
+            source,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        })?;
     if found.minor_version() != BUILD_PYTHON_VERSION {
-        return Err(format!(
-            "{} is Python {}, but this celeriac binary embeds Python {BUILD_PYTHON_VERSION}: use --python with a \
-             {BUILD_PYTHON_VERSION} interpreter, or build celeriac against Python {}",
-            found.executable.display(),
-            found.version,
-            found.minor_version()
-        ));
+        return Err(InterpreterError::WrongVersion { found: Box::new(found) });
     }
     Ok(found)
 }
@@ -136,6 +181,7 @@ mod tests {
     #[test]
     fn probe_reports_a_missing_interpreter() {
         let err = probe("/nonexistent/python3").unwrap_err();
-        assert!(err.contains("cannot run the Python interpreter"), "{err}");
+        assert!(matches!(err, InterpreterError::NotRunnable { .. }), "{err:?}");
+        assert!(err.to_string().starts_with("cannot run the Python interpreter \"/nonexistent/python3\": "), "{err}");
     }
 }

@@ -30,7 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     frame::{self, DeathCause, Decision, FromChild, ToChild},
-    interp::{self, Interpreter},
+    interp,
+    settings::ExplicitSettings,
     sys,
 };
 use crate::{
@@ -39,61 +40,37 @@ use crate::{
     Registry,
 };
 
-/// Celery's worker pools.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum PoolKind {
-    /// `-c N` child processes, one task each at a time (the default, as in Celery).
-    Prefork,
-    /// One child process running `-c N` tasks on threads (I/O-bound tasks).
-    Threads,
-    /// One child process running one task at a time.
-    Solo,
-}
+// Moved to `settings`; re-exported under their former path.
+pub use super::settings::{AppConfig, PoolConfig, PoolKind};
 
-impl PoolKind {
-    fn name(self) -> &'static str {
-        match self {
-            PoolKind::Prefork => "prefork",
-            PoolKind::Threads => "threads",
-            PoolKind::Solo => "solo",
-        }
-    }
-
-    /// Whether time limits can be enforced (the task runs on a child's main thread, which can
-    /// be signalled, and the child can be killed alone).
-    fn enforces_limits(self) -> bool {
-        self != PoolKind::Threads
-    }
-}
-
-/// How to run the pool.
-#[derive(Debug, Clone)]
-pub struct PoolConfig {
-    /// Which pool.
-    pub kind: PoolKind,
-    /// Tasks at once: children (prefork) or threads (threads); solo runs one.
-    pub concurrency: usize,
-    /// Whether the app's `worker_concurrency`, if set, replaces `concurrency` (prefork: `-c`
-    /// was not given).
-    pub concurrency_from_app: bool,
-    /// The `-A` spec.
-    pub app: String,
-    /// The worker's name (Celery's `hostname`).
-    pub hostname: String,
-    /// Log level name for the children.
-    pub loglevel: String,
-    /// The queue database; children publish to it (`celeriac+<url>` as the broker).
-    pub database_url: String,
-    /// The interpreter the children embed.
-    pub interpreter: Interpreter,
-    /// Replace a prefork child after this many tasks.
-    pub max_tasks_per_child: Option<u64>,
-    /// Replace a prefork child once its peak RSS exceeds this many KiB (after a task).
-    pub max_memory_per_child_kib: Option<u64>,
-    /// Hard time limit for tasks that set none (seconds).
-    pub time_limit: Option<f64>,
-    /// Soft time limit for tasks that set none (seconds).
-    pub soft_time_limit: Option<f64>,
+/// Why the pool (or one of its children) could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// The app could not be loaded: the child's message for the user (Celery's own for a bad
+    /// `-A`, or the traceback).
+    #[error("{0}")]
+    AppLoad(String),
+    /// The child exited (or sent something other than its hello) while loading the app.
+    #[error("the pool child exited while loading the app ({status}; {why})")]
+    ExitedWhileLoading {
+        /// How the process ended.
+        status: String,
+        /// What the channel said instead of the hello.
+        why: String,
+    },
+    /// The hello did not have the expected shape.
+    #[error("unreadable hello from the pool child: {0}")]
+    UnreadableHello(#[source] serde_json::Error),
+    /// No socket pair for the child's channel.
+    #[error("cannot create a socket pair: {0}")]
+    SocketPair(#[source] std::io::Error),
+    /// The child process could not be started.
+    #[error("cannot start a pool child: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// The worker's end of the channel could not be set up.
+    #[error(transparent)]
+    Channel(std::io::Error),
 }
 
 /// A task's limits and ack mode, from the hello.
@@ -106,27 +83,6 @@ pub struct TaskInfo {
     /// `acks_late`.
     #[serde(default)]
     pub acks_late: bool,
-}
-
-/// App settings the worker uses where no command-line flag was given.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct AppConfig {
-    /// `accept_content`.
-    #[serde(default)]
-    pub accept_content: Vec<String>,
-    /// `task_default_queue`.
-    pub task_default_queue: Option<String>,
-    /// The queues a Celery worker of the app consumes by default (`app.amqp.queues`).
-    #[serde(default)]
-    pub queues: Vec<String>,
-    /// `worker_concurrency`.
-    pub worker_concurrency: Option<u64>,
-    /// `worker_prefetch_multiplier`.
-    pub worker_prefetch_multiplier: Option<u64>,
-    /// `worker_max_tasks_per_child`.
-    pub worker_max_tasks_per_child: Option<u64>,
-    /// `worker_max_memory_per_child` (KiB).
-    pub worker_max_memory_per_child: Option<u64>,
 }
 
 /// What a child reported once it had loaded the app.
@@ -304,7 +260,7 @@ impl PythonPool {
     ///
     /// # Errors
     /// The first child's load error (Celery's messages for a bad `-A`), or a start failure.
-    pub async fn start(config: PoolConfig) -> Result<PythonPool, String> {
+    pub async fn start(config: PoolConfig) -> Result<PythonPool, PoolError> {
         let mut children = match config.kind {
             PoolKind::Prefork => config.concurrency.max(1),
             PoolKind::Threads | PoolKind::Solo => 1,
@@ -321,24 +277,17 @@ impl PythonPool {
         };
         // The first child alone: a bad -A fails once, with one message.
         let (first, hello) = spawn(&inner, 0).await?;
-        let hello: Hello =
-            serde_json::from_value(hello).map_err(|e| format!("unreadable hello from the pool child: {e}"))?;
+        let hello: Hello = serde_json::from_value(hello).map_err(PoolError::UnreadableHello)?;
         inner.tasks.clone_from(&hello.tasks);
-        // As in Celery, the app's settings apply where no flag was given.
-        let app = &hello.config;
-        if let Some(n) = app.worker_concurrency.filter(|n| (1..=10_000).contains(n)) {
-            if inner.config.kind == PoolKind::Prefork && inner.config.concurrency_from_app {
-                children = usize::try_from(n).unwrap_or(children);
-                inner.config.concurrency = children;
-                if let Ok(mut slots) = inner.children.lock() {
-                    slots.resize_with(children, || None);
-                }
+        // As in Celery, the app's settings apply where none was given.
+        let concurrency = inner.config.concurrency;
+        inner.config.adopt_app_settings(&hello.config);
+        if inner.config.concurrency != concurrency {
+            children = inner.config.concurrency;
+            if let Ok(mut slots) = inner.children.lock() {
+                slots.resize_with(children, || None);
             }
         }
-        inner.config.max_tasks_per_child =
-            inner.config.max_tasks_per_child.or(app.worker_max_tasks_per_child.filter(|n| *n > 0));
-        inner.config.max_memory_per_child_kib =
-            inner.config.max_memory_per_child_kib.or(app.worker_max_memory_per_child.filter(|n| *n > 0));
         let inner = Arc::new(inner);
         let mut started = vec![first];
         let rest = futures_util::future::join_all((1..children).map(|i| spawn(&inner, i))).await;
@@ -388,6 +337,15 @@ impl PythonPool {
         }
     }
 
+    /// Adjusts the worker's settings to this pool: its concurrency and pipeline, and the app's
+    /// queues, prefetch multiplier and accepted content where `explicit` says they were not
+    /// given (see [`super::settings`]).
+    pub fn configure_worker(&self, config: &mut crate::WorkerConfig, explicit: ExplicitSettings) {
+        config.concurrency = self.concurrency();
+        config.pipeline = self.pipeline();
+        self.hello.config.apply_to_worker(config, explicit);
+    }
+
     /// What the first child reported.
     #[must_use]
     pub fn hello(&self) -> &Hello {
@@ -433,10 +391,9 @@ impl PythonPool {
 }
 
 /// Starts child `index` and waits for its hello. Returns the child and its frame reader.
-async fn spawn(inner: &Inner, index: usize) -> Result<((Arc<Child>, ChildReader), serde_json::Value), String> {
+async fn spawn(inner: &Inner, index: usize) -> Result<((Arc<Child>, ChildReader), serde_json::Value), PoolError> {
     let config = &inner.config;
-    let (ours, theirs) =
-        std::os::unix::net::UnixStream::pair().map_err(|e| format!("cannot create a socket pair: {e}"))?;
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(PoolError::SocketPair)?;
     // What a task publishes goes to the worker's database. The URL in the environment (which
     // every process a task starts inherits) carries no password; the full one reaches the child
     // as its first frame (`ToChild::BrokerUrl`) and stays in-process.
@@ -464,11 +421,11 @@ async fn spawn(inner: &Inner, index: usize) -> Result<((Arc<Child>, ChildReader)
         .stderr(Stdio::inherit())
         .process_group(0)
         .kill_on_drop(false);
-    let mut process = cmd.spawn().map_err(|e| format!("cannot start a pool child: {e}"))?;
+    let mut process = cmd.spawn().map_err(PoolError::Spawn)?;
     drop(cmd);
     let pid = process.id().unwrap_or(0);
-    ours.set_nonblocking(true).map_err(|e| e.to_string())?;
-    let stream = tokio::net::UnixStream::from_std(ours).map_err(|e| e.to_string())?;
+    ours.set_nonblocking(true).map_err(PoolError::Channel)?;
+    let stream = tokio::net::UnixStream::from_std(ours).map_err(PoolError::Channel)?;
     let (mut read, mut write) = stream.into_split();
     if let Some(url) = secret {
         // A failed write means the child is gone: reading its hello reports why.
@@ -478,7 +435,7 @@ async fn spawn(inner: &Inner, index: usize) -> Result<((Arc<Child>, ChildReader)
         Ok(Some((FromChild::Hello { hello }, _))) => hello,
         Ok(Some((FromChild::InitError { message }, _))) => {
             let _ = process.wait().await;
-            return Err(message);
+            return Err(PoolError::AppLoad(message));
         }
         other => {
             let _ = sys::kill_group(pid);
@@ -487,7 +444,7 @@ async fn spawn(inner: &Inner, index: usize) -> Result<((Arc<Child>, ChildReader)
                 Err(e) => e.to_string(),
                 _ => "no hello".into(),
             };
-            return Err(format!("the pool child exited while loading the app ({status}; {why})"));
+            return Err(PoolError::ExitedWhileLoading { status, why });
         }
     };
     let child = Arc::new(Child {

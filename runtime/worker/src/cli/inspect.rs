@@ -1,0 +1,46 @@
+//! `celeriac inspect …`: the state of the queues and the newest dead letters.
+
+use clap::Subcommand;
+
+use super::{store, CliError};
+
+/// `celeriac inspect …`
+#[derive(Debug, Subcommand)]
+pub enum Inspect {
+    /// Per queue: ready, delayed (eta in the future), leased and dead-lettered counts.
+    Queues,
+    /// The newest dead-lettered messages with their reasons.
+    DeadLetters {
+        /// How many to show.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..))]
+        limit: i64,
+    },
+}
+
+/// Prints what `what` asks for.
+pub(super) async fn run(url: &str, what: Inspect) -> Result<(), CliError> {
+    match what {
+        Inspect::Queues => {
+            let stats = store(url, 1)?.queue_stats().await?;
+            println!("{:<24} {:>10} {:>10} {:>10} {:>14}", "queue", "ready", "delayed", "leased", "dead_lettered");
+            for s in stats {
+                println!("{:<24} {:>10} {:>10} {:>10} {:>14}", s.queue, s.ready, s.delayed, s.leased, s.dead_lettered);
+            }
+        }
+        Inspect::DeadLetters { limit } => {
+            for d in store(url, 1)?.dead_letter_list(limit).await? {
+                println!(
+                    "{} {} queue={} task={} id={} [{}] {}",
+                    d.id,
+                    d.failed_at.to_rfc3339(),
+                    d.queue,
+                    d.task_name.as_deref().unwrap_or("?"),
+                    d.task_id.as_deref().unwrap_or("?"),
+                    d.reason_code,
+                    d.reason
+                );
+            }
+        }
+    }
+    Ok(())
+}

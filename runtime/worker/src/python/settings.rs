@@ -1,0 +1,255 @@
+//! How the Python pool is configured, and how the Celery app's own settings fill in what the
+//! command line (or a program embedding the worker) left open, as `celery worker` does. The
+//! rule is the same for every setting: a value given explicitly beats the app's setting, which
+//! beats celeriac's default.
+//!
+//! | setting | given explicitly | else the app's | else |
+//! |---|---|---|---|
+//! | queues | `-Q` | `app.amqp.queues` (`task_queues`, else `task_default_queue`), if any | `celery` |
+//! | concurrency (prefork) | `-c` | `worker_concurrency`, if in 1..=10,000 | the number of CPUs |
+//! | prefetch multiplier | `--prefetch-multiplier` | `worker_prefetch_multiplier`, if above 0 (at most 1,000) | 4 |
+//! | accept content | `--accept-content` | `accept_content`, if not empty | JSON |
+//! | max tasks per child | `--max-tasks-per-child` | `worker_max_tasks_per_child`, if above 0 | none |
+//! | max memory per child | `--max-memory-per-child` | `worker_max_memory_per_child`, if above 0 | none |
+//!
+//! The pool applies the last three itself ([`PoolConfig::adopt_app_settings`], when its first
+//! child reported the app's settings); [`AppConfig::apply_to_worker`] applies the others to the
+//! [`WorkerConfig`] (through [`super::PythonPool::configure_worker`]).
+
+use serde::Deserialize;
+
+use super::interp::Interpreter;
+use crate::WorkerConfig;
+
+/// Celery's worker pools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PoolKind {
+    /// `-c N` child processes, one task each at a time (the default, as in Celery).
+    Prefork,
+    /// One child process running `-c N` tasks on threads (I/O-bound tasks).
+    Threads,
+    /// One child process running one task at a time.
+    Solo,
+}
+
+impl PoolKind {
+    /// The pool's name, as `-P` takes it.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            PoolKind::Prefork => "prefork",
+            PoolKind::Threads => "threads",
+            PoolKind::Solo => "solo",
+        }
+    }
+
+    /// Whether time limits can be enforced (the task runs on a child's main thread, which can
+    /// be signalled, and the child can be killed alone).
+    #[must_use]
+    pub fn enforces_limits(self) -> bool {
+        self != PoolKind::Threads
+    }
+}
+
+/// How to run the pool.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Which pool.
+    pub kind: PoolKind,
+    /// Tasks at once: children (prefork) or threads (threads); solo runs one.
+    pub concurrency: usize,
+    /// Whether the app's `worker_concurrency`, if set, replaces `concurrency` (prefork: `-c`
+    /// was not given).
+    pub concurrency_from_app: bool,
+    /// The `-A` spec.
+    pub app: String,
+    /// The worker's name (Celery's `hostname`).
+    pub hostname: String,
+    /// Log level name for the children.
+    pub loglevel: String,
+    /// The queue database; children publish to it (`celeriac+<url>` as the broker).
+    pub database_url: String,
+    /// The interpreter the children embed.
+    pub interpreter: Interpreter,
+    /// Replace a prefork child after this many tasks [`None`: the app's
+    /// `worker_max_tasks_per_child`, if any].
+    pub max_tasks_per_child: Option<u64>,
+    /// Replace a prefork child once its peak RSS exceeds this many KiB (after a task) [`None`:
+    /// the app's `worker_max_memory_per_child`, if any].
+    pub max_memory_per_child_kib: Option<u64>,
+    /// Hard time limit for tasks that set none (seconds).
+    pub time_limit: Option<f64>,
+    /// Soft time limit for tasks that set none (seconds).
+    pub soft_time_limit: Option<f64>,
+}
+
+/// App settings the worker uses where no command-line flag was given.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AppConfig {
+    /// `accept_content`.
+    #[serde(default)]
+    pub accept_content: Vec<String>,
+    /// `task_default_queue`.
+    pub task_default_queue: Option<String>,
+    /// The queues a Celery worker of the app consumes by default (`app.amqp.queues`).
+    #[serde(default)]
+    pub queues: Vec<String>,
+    /// `worker_concurrency`.
+    pub worker_concurrency: Option<u64>,
+    /// `worker_prefetch_multiplier`.
+    pub worker_prefetch_multiplier: Option<u64>,
+    /// `worker_max_tasks_per_child`.
+    pub worker_max_tasks_per_child: Option<u64>,
+    /// `worker_max_memory_per_child` (KiB).
+    pub worker_max_memory_per_child: Option<u64>,
+}
+
+/// Which of the worker's settings were given explicitly (on the command line, or by the program
+/// embedding the worker): those keep their value; the others take the app's setting if it has
+/// one. See the [module documentation](self).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExplicitSettings {
+    /// `queues` (`-Q`).
+    pub queues: bool,
+    /// `prefetch_multiplier` (`--prefetch-multiplier`).
+    pub prefetch_multiplier: bool,
+    /// `accept` (`--accept-content`).
+    pub accept_content: bool,
+}
+
+impl PoolConfig {
+    /// Fills in from the app's settings what this configuration leaves open: the prefork
+    /// concurrency (when [`PoolConfig::concurrency_from_app`]), and the recycling limits.
+    pub fn adopt_app_settings(&mut self, app: &AppConfig) {
+        if let Some(n) = app.worker_concurrency.filter(|n| (1..=10_000).contains(n)) {
+            if self.kind == PoolKind::Prefork && self.concurrency_from_app {
+                self.concurrency = usize::try_from(n).unwrap_or(self.concurrency);
+            }
+        }
+        self.max_tasks_per_child = self.max_tasks_per_child.or(app.worker_max_tasks_per_child.filter(|n| *n > 0));
+        self.max_memory_per_child_kib =
+            self.max_memory_per_child_kib.or(app.worker_max_memory_per_child.filter(|n| *n > 0));
+    }
+}
+
+impl AppConfig {
+    /// Applies the app's queues, prefetch multiplier and accepted content to `config`, each
+    /// where `explicit` says it was not given and the app has one.
+    pub fn apply_to_worker(&self, config: &mut WorkerConfig, explicit: ExplicitSettings) {
+        if !explicit.queues && !self.queues.is_empty() {
+            config.queues.clone_from(&self.queues);
+        }
+        if let Some(p) = self.worker_prefetch_multiplier.filter(|p| *p > 0 && !explicit.prefetch_multiplier) {
+            config.prefetch_multiplier = usize::try_from(p).unwrap_or(4).min(1_000);
+        }
+        if !explicit.accept_content && !self.accept_content.is_empty() {
+            config.accept = celeriac_protocol::Accept::new(&self.accept_content);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool_config(kind: PoolKind, concurrency_from_app: bool) -> PoolConfig {
+        PoolConfig {
+            kind,
+            concurrency: 3,
+            concurrency_from_app,
+            app: "proj".into(),
+            hostname: "celeriac@test".into(),
+            loglevel: "INFO".into(),
+            database_url: "postgresql://localhost/app".into(),
+            interpreter: Interpreter {
+                executable: "/usr/bin/python3".into(),
+                version: "3.11.2".into(),
+                prefix: "/usr".into(),
+                base_prefix: "/usr".into(),
+                shared: true,
+                libdir: "/usr/lib".into(),
+            },
+            max_tasks_per_child: None,
+            max_memory_per_child_kib: None,
+            time_limit: None,
+            soft_time_limit: None,
+        }
+    }
+
+    fn app() -> AppConfig {
+        AppConfig {
+            accept_content: vec!["json".into(), "pickle".into()],
+            task_default_queue: Some("default".into()),
+            queues: vec!["default".into(), "hipri".into()],
+            worker_concurrency: Some(8),
+            worker_prefetch_multiplier: Some(2),
+            worker_max_tasks_per_child: Some(100),
+            worker_max_memory_per_child: Some(200_000),
+        }
+    }
+
+    #[test]
+    fn the_pool_takes_the_apps_concurrency_and_limits_where_left_open() {
+        let mut config = pool_config(PoolKind::Prefork, true);
+        config.adopt_app_settings(&app());
+        assert_eq!(
+            (config.concurrency, config.max_tasks_per_child, config.max_memory_per_child_kib),
+            (8, Some(100), Some(200_000))
+        );
+
+        // Given explicitly: kept.
+        let mut config = pool_config(PoolKind::Prefork, false);
+        config.max_tasks_per_child = Some(5);
+        config.max_memory_per_child_kib = Some(7);
+        config.adopt_app_settings(&app());
+        assert_eq!(
+            (config.concurrency, config.max_tasks_per_child, config.max_memory_per_child_kib),
+            (3, Some(5), Some(7))
+        );
+
+        // worker_concurrency is for prefork only, and only within 1..=10,000; zero limits are none.
+        let mut config = pool_config(PoolKind::Threads, true);
+        config.adopt_app_settings(&app());
+        assert_eq!(config.concurrency, 3);
+        let zeroes = AppConfig {
+            worker_concurrency: Some(0),
+            worker_max_tasks_per_child: Some(0),
+            worker_max_memory_per_child: Some(0),
+            ..app()
+        };
+        let mut config = pool_config(PoolKind::Prefork, true);
+        config.adopt_app_settings(&zeroes);
+        assert_eq!((config.concurrency, config.max_tasks_per_child, config.max_memory_per_child_kib), (3, None, None));
+        let mut config = pool_config(PoolKind::Prefork, true);
+        config.adopt_app_settings(&AppConfig { worker_concurrency: Some(10_001), ..app() });
+        assert_eq!(config.concurrency, 3);
+    }
+
+    #[test]
+    fn the_worker_takes_the_apps_queues_prefetch_and_accept_where_not_given() {
+        let defaults =
+            WorkerConfig { queues: vec!["celery".into()], prefetch_multiplier: 4, ..WorkerConfig::default() };
+        let mut config = defaults.clone();
+        app().apply_to_worker(&mut config, ExplicitSettings::default());
+        assert_eq!(config.queues, ["default", "hipri"]);
+        assert_eq!(config.prefetch_multiplier, 2);
+        assert_eq!(config.accept, celeriac_protocol::Accept::new(["json", "pickle"]));
+
+        let mut config = WorkerConfig { queues: vec!["mine".into()], prefetch_multiplier: 9, ..defaults.clone() };
+        let all = ExplicitSettings { queues: true, prefetch_multiplier: true, accept_content: true };
+        app().apply_to_worker(&mut config, all);
+        assert_eq!((config.queues, config.prefetch_multiplier), (vec!["mine".to_owned()], 9));
+        assert_eq!(config.accept, defaults.accept);
+
+        // An app without the settings (or with prefetch 0, which is not supported) changes nothing.
+        let mut config = defaults.clone();
+        let bare = AppConfig { worker_prefetch_multiplier: Some(0), ..AppConfig::default() };
+        bare.apply_to_worker(&mut config, ExplicitSettings::default());
+        assert_eq!((config.queues, config.prefetch_multiplier), (defaults.queues.clone(), 4));
+        assert_eq!(config.accept, defaults.accept);
+        let mut config = defaults.clone();
+        AppConfig { worker_prefetch_multiplier: Some(5_000), ..AppConfig::default() }
+            .apply_to_worker(&mut config, ExplicitSettings::default());
+        assert_eq!(config.prefetch_multiplier, 1_000);
+    }
+}
