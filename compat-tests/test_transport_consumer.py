@@ -1,5 +1,6 @@
 """The kombu transport's native ``Consumer`` on its own: timeouts Python may pass (``None``,
-infinity, huge numbers) and counted requeues, against a real PostgreSQL."""
+infinity, huge numbers), counted requeues and lease expiry while the database is unreachable,
+against a real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import celeriac
 import psycopg
 import pytest
 from celeriac import _native
+
+from celeriac_testkit import wait_for
 
 
 @pytest.fixture
@@ -69,3 +72,28 @@ def test_requeues_are_counted_then_dead_lettered(consumer: _native.Consumer, dat
     with psycopg.connect(database_url) as conn:
         rows = conn.execute("select reason_code from celeriac.dead_letter").fetchall()
     assert rows == [("redeliveries_exhausted",)]
+
+
+def test_a_lease_not_renewed_in_time_counts_as_expired(database_url: str) -> None:
+    # The database refuses connections for longer than the 1 s lease: the heartbeat cannot renew
+    # it, so the claimed message must not be started (the transport gives it back instead); once
+    # the database answers, the heartbeat renews the lease and it is valid again.
+    store = _native.Store(database_url, max_connections=2, connect_timeout=1.0)
+    consumer = _native.Consumer(store, "pytest-consumer", lease_seconds=1.0)
+    with celeriac.Client(database_url) as client:
+        client.send_task("examples.add", (1, 2))
+    [(row, attempt, _, _, _)] = consumer.claim(["celery"], 1)
+    assert consumer.expired(row, attempt) is False
+    with psycopg.connect(database_url) as conn:
+        dbname = conn.execute("select current_database()").fetchone()[0]  # type: ignore[index]
+    admin_url = psycopg.conninfo.make_conninfo(database_url, dbname="postgres")
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'alter database "{dbname}" with allow_connections false')  # type: ignore[arg-type]
+        try:
+            admin.execute("select pg_terminate_backend(pid) from pg_stat_activity where datname = %s", (dbname,))
+            wait_for(lambda: consumer.expired(row, attempt), 10.0, "the lease to count as expired")
+        finally:
+            admin.execute(f'alter database "{dbname}" with allow_connections true')  # type: ignore[arg-type]
+    wait_for(lambda: not consumer.expired(row, attempt), 10.0, "the lease to be renewed")
+    assert consumer.restore(row, attempt) is True
+    consumer.close()

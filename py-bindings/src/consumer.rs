@@ -197,6 +197,13 @@ impl Consumer {
         }
     }
 
+    /// Whether the lease on a claimed message may have run out: the heartbeat could not renew
+    /// it in time (the database was unreachable), so another consumer may have the message by
+    /// now. Such a message must not be started; give it back with `restore`.
+    fn expired(&self, id: i64, attempt: i32) -> bool {
+        self.session.expired(Lease { id, attempt })
+    }
+
     /// Waits (at most `timeout` seconds; `None` or infinity: no limit) until every ack sent so
     /// far is written. Returns False on timeout (the database is unreachable; the acks stay
     /// queued and are retried).

@@ -166,8 +166,18 @@ class Channel(virtual.Channel):
                     self._claimed.append((raw, queue))
             if not self._claimed:
                 raise Empty()
-        raw, queue = self._claimed.popleft()
-        self.connection._deliver(raw, queue)
+        while self._claimed:
+            raw, queue = self._claimed.popleft()
+            lease = _lease(raw["properties"]["delivery_tag"])
+            if lease is not None and self._consumer is not None and self._consumer.expired(*lease):
+                # Claimed while the database was reachable, and its lease ran out unrenewed since:
+                # another worker may run it already. Give it back instead of starting it.
+                logger.warning("celeriac: message %s:%s not delivered: its lease ran out", *lease)
+                self._consumer.restore(*lease)
+                continue
+            self.connection._deliver(raw, queue)
+            return
+        raise Empty()
 
     def _claim(
         self, consumer: _native.Consumer, queues: list[str], limit: int

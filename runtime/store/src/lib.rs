@@ -16,15 +16,16 @@
 //!   trigger); [`Listener`] receives them, polling remains the safety net.
 
 mod backoff;
+mod dead_letter;
 mod error;
 mod lease_session;
 mod listener;
 pub mod maintenance;
 mod message;
 mod migrate;
+mod queue_stats;
 pub mod service;
 mod sql;
-mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
 #[cfg(test)]
@@ -35,6 +36,7 @@ use std::{str::FromStr, time::Duration};
 
 pub use backoff::Backoff;
 pub use celeriac_protocol::DeadLetterReason;
+pub use dead_letter::{DeadLetter, DeadLetterFilter};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 pub use error::{Error, Result};
 pub use lease_session::{LeaseSession, LeaseSessionConfig, SettledHook, SettledNow, Settlement};
@@ -44,9 +46,9 @@ pub use message::{
     RequeueReport, RescueReport, MESSAGE_INSERT_DBAPI_SQL, ORPHAN_AFTER_HEALTHY_SECONDS,
 };
 pub use migrate::{migrations_fingerprint, MigrateReport, Migration, MIGRATIONS};
+pub use queue_stats::QueueStats;
 pub use sql::Pooler;
 use sql::Session;
-pub use stats::{DeadLetter, DeadLetterFilter, QueueStats};
 use tokio_postgres::NoTls;
 pub use worker::WorkerInfo;
 

@@ -1,6 +1,6 @@
 //! `celeriac dead-letters redrive|purge`: puts dead letters back in their queue, or deletes them.
 
-use celeriac_store::DeadLetterFilter;
+use celeriac_store::{DeadLetterFilter, DeadLetterReason};
 use clap::{Args, Subcommand};
 
 use super::{store, CliError};
@@ -24,10 +24,10 @@ pub struct DeadLetterSelection {
     /// Only this queue.
     #[arg(short = 'Q', long)]
     pub queue: Option<String>,
-    /// Only this reason code: undecodable, too_large, content_disallowed, not_registered,
+    /// Only this reason code: undecodable, content_disallowed, too_large, not_registered,
     /// rejected, redeliveries_exhausted.
-    #[arg(long)]
-    pub reason_code: Option<String>,
+    #[arg(long, value_name = "REASON_CODE")]
+    pub reason_code: Option<DeadLetterReason>,
     /// Only this task name.
     #[arg(long)]
     pub task: Option<String>,
@@ -43,7 +43,7 @@ impl DeadLetterSelection {
         let filter = DeadLetterFilter {
             ids: (!self.ids.is_empty()).then(|| self.ids.clone()),
             queue: self.queue.clone(),
-            reason_code: self.reason_code.clone(),
+            reason_code: self.reason_code,
             task_name: self.task.clone(),
         };
         if filter == DeadLetterFilter::default() && !self.all {
@@ -84,5 +84,20 @@ mod tests {
         let filter =
             DeadLetterSelection { ids: vec![3], task: Some("proj.add".into()), ..selection() }.filter().unwrap();
         assert_eq!((filter.ids, filter.task_name.as_deref()), (Some(vec![3]), Some("proj.add")));
+    }
+
+    #[test]
+    fn reason_codes_are_the_stored_ones() {
+        use clap::Parser;
+
+        #[derive(Parser)]
+        struct Command {
+            #[command(flatten)]
+            selection: DeadLetterSelection,
+        }
+        let parsed = Command::try_parse_from(["x", "--reason-code", "not_registered"]).unwrap();
+        assert_eq!(parsed.selection.reason_code, Some(DeadLetterReason::NotRegistered));
+        let err = Command::try_parse_from(["x", "--reason-code", "lost"]).err().unwrap().to_string();
+        assert!(err.contains("unknown dead-letter reason \"lost\"") && err.contains("redeliveries_exhausted"), "{err}");
     }
 }

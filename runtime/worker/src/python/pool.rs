@@ -20,6 +20,7 @@ use std::{
 };
 
 use celeriac_protocol::TaskState;
+use celeriac_store::service::{Service, Supervisor};
 use serde::Deserialize;
 use tokio::{
     net::unix::OwnedWriteHalf,
@@ -221,6 +222,8 @@ struct Inner {
 pub struct PythonPool {
     inner: Arc<Inner>,
     hello: Arc<Hello>,
+    /// The pool's background service: the respawner.
+    services: Arc<Mutex<Supervisor>>,
 }
 
 impl std::fmt::Debug for PythonPool {
@@ -305,7 +308,8 @@ impl PythonPool {
         for (child, reader) in started {
             inner.adopt(child, reader);
         }
-        tokio::spawn(supervise(inner.clone(), respawn_rx));
+        let mut services = Supervisor::default();
+        services.start(Respawner { inner: inner.clone(), respawn: respawn_rx });
         if !inner.config.kind.enforces_limits()
             && (inner.config.time_limit.is_some()
                 || inner.config.soft_time_limit.is_some()
@@ -315,7 +319,7 @@ impl PythonPool {
                 "The threads pool does not enforce time limits (as in Celery): tasks' soft and hard limits are ignored"
             );
         }
-        Ok(PythonPool { inner, hello: Arc::new(hello) })
+        Ok(PythonPool { inner, hello: Arc::new(hello), services: Arc::new(Mutex::new(services)) })
     }
 
     /// Tasks the pool runs at once.
@@ -375,6 +379,9 @@ impl PythonPool {
     /// signals and exits; what is left after `grace` is killed.
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.stopping.cancel();
+        let mut services =
+            std::mem::take(&mut *self.services.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        services.stop().await;
         let children: Vec<Arc<Child>> =
             self.inner.children.lock().map(|c| c.iter().flatten().cloned().collect()).unwrap_or_default();
         for child in &children {
@@ -811,41 +818,57 @@ async fn read_replies(inner: Arc<Inner>, child: Arc<Child>, mut reader: ChildRea
     }
 }
 
-/// Replaces children: on request (death or recycling), start a new child for that index,
-/// retrying with backoff while the app fails to load.
-async fn supervise(inner: Arc<Inner>, mut respawn: mpsc::UnboundedReceiver<usize>) {
-    loop {
-        let index = tokio::select! {
-            () = inner.stopping.cancelled() => return,
-            i = respawn.recv() => match i { Some(i) => i, None => return },
-        };
-        let inner = inner.clone();
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(500);
-            loop {
-                if inner.stopping.is_cancelled() {
+/// Replaces children: on request (death or recycling), starts a new child for that index,
+/// retrying with backoff while the app fails to load. Stops with the pool.
+struct Respawner {
+    inner: Arc<Inner>,
+    respawn: mpsc::UnboundedReceiver<usize>,
+}
+
+impl Service for Respawner {
+    fn name(&self) -> &'static str {
+        "pool respawner"
+    }
+
+    async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            let index = tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.inner.stopping.cancelled() => return,
+                i = self.respawn.recv() => match i { Some(i) => i, None => return },
+            };
+            respawn(self.inner.clone(), index);
+        }
+    }
+}
+
+/// Starts a replacement for child `index` on a task of its own.
+fn respawn(inner: Arc<Inner>, index: usize) {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            if inner.stopping.is_cancelled() {
+                return;
+            }
+            match spawn(&inner, index).await {
+                Ok(((child, reader), _)) => {
+                    if inner.stopping.is_cancelled() {
+                        let _ = child.send(&ToChild::Shutdown { announce_worker: false }, b"").await;
+                    }
+                    inner.adopt(child, reader);
                     return;
                 }
-                match spawn(&inner, index).await {
-                    Ok(((child, reader), _)) => {
-                        if inner.stopping.is_cancelled() {
-                            let _ = child.send(&ToChild::Shutdown { announce_worker: false }, b"").await;
-                        }
-                        inner.adopt(child, reader);
-                        return;
+                Err(e) => {
+                    tracing::error!(retry_in = ?backoff, "pool: cannot start a replacement child: {e}");
+                    tokio::select! {
+                        () = inner.stopping.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
                     }
-                    Err(e) => {
-                        tracing::error!(retry_in = ?backoff, "pool: cannot start a replacement child: {e}");
-                        tokio::select! {
-                            () = inner.stopping.cancelled() => return,
-                            () = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             }
-        });
-    }
+        }
+    });
 }
 
 /// Runs a Python task of the app in the pool.

@@ -1,25 +1,11 @@
-//! Read-only views for operators: queue depths and dead letters.
+//! Dead letters: the messages that could not be run, with their reasons and original bytes;
+//! listed, redriven into their queue, or purged.
 
+use celeriac_protocol::DeadLetterReason;
 use chrono::{DateTime, Utc};
-
 use tokio_postgres::types::Type;
 
 use crate::{sql::Session, Result, Store};
-
-/// Counts for one queue.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct QueueStats {
-    /// Queue name.
-    pub queue: String,
-    /// Not leased, eta passed: would be claimed now.
-    pub ready: i64,
-    /// Not leased, eta in the future (countdown/eta/retry backoff).
-    pub delayed: i64,
-    /// Claimed by a worker (running or prefetched).
-    pub leased: i64,
-    /// In `dead_letter`.
-    pub dead_lettered: i64,
-}
 
 /// A dead-lettered message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,43 +31,6 @@ pub struct DeadLetter {
 }
 
 impl Store {
-    /// Per-queue counts of ready, delayed, leased and dead-lettered messages, by queue name.
-    ///
-    /// # Errors
-    /// Connection errors; [`Error::SchemaMissing`] before `migrate`.
-    pub async fn queue_stats(&self) -> Result<Vec<QueueStats>> {
-        let client = self.pool.get().await?;
-        let rows = client
-            .rows(
-                self.pooler,
-                "with live as (
-                     select queue,
-                            count(*) filter (where leased_by is null and eta <= now()) as ready,
-                            count(*) filter (where leased_by is null and eta > now()) as delayed,
-                            count(*) filter (where leased_by is not null) as leased
-                     from celeriac.message group by queue
-                 ), dead as (
-                     select queue, count(*) as dead from celeriac.dead_letter group by queue
-                 )
-                 select coalesce(l.queue, d.queue), coalesce(l.ready, 0), coalesce(l.delayed, 0),
-                        coalesce(l.leased, 0), coalesce(d.dead, 0)
-                 from live l full join dead d on d.queue = l.queue
-                 order by 1",
-                &[],
-            )
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| QueueStats {
-                queue: r.get(0),
-                ready: r.get(1),
-                delayed: r.get(2),
-                leased: r.get(3),
-                dead_lettered: r.get(4),
-            })
-            .collect())
-    }
-
     /// The newest `limit` dead letters, newest first.
     ///
     /// # Errors
@@ -111,31 +60,6 @@ impl Store {
             })
             .collect())
     }
-
-    /// Number of rows in `message` (all states).
-    ///
-    /// # Errors
-    /// Connection errors.
-    pub async fn message_count(&self) -> Result<i64> {
-        let client = self.pool.get().await?;
-        Ok(client.row(self.pooler, "select count(*) from celeriac.message", &[]).await?.get(0))
-    }
-
-    /// How many messages of `queue` are ready to be claimed now (not leased, eta passed).
-    ///
-    /// # Errors
-    /// Connection errors.
-    pub async fn message_ready_count(&self, queue: &str) -> Result<i64> {
-        let client = self.pool.get().await?;
-        let row = client
-            .row(
-                self.pooler,
-                "select count(*) from celeriac.message where queue = $1 and leased_by is null and eta <= now()",
-                &[(&queue, Type::TEXT)],
-            )
-            .await?;
-        Ok(row.get(0))
-    }
 }
 
 /// Which dead letters an operation applies to; every given condition must hold. An empty
@@ -147,20 +71,15 @@ pub struct DeadLetterFilter {
     /// Only this queue.
     pub queue: Option<String>,
     /// Only this reason code (`not_registered`, `undecodable`, …).
-    pub reason_code: Option<String>,
+    pub reason_code: Option<DeadLetterReason>,
     /// Only this task name.
     pub task_name: Option<String>,
 }
 
 impl DeadLetterFilter {
-    /// The parameters of [`DEAD_LETTER_MATCH`].
-    fn params(&self) -> [crate::sql::Param<'_>; 4] {
-        [
-            (&self.ids, Type::INT8_ARRAY),
-            (&self.queue, Type::TEXT),
-            (&self.reason_code, Type::TEXT),
-            (&self.task_name, Type::TEXT),
-        ]
+    /// The parameters of [`DEAD_LETTER_MATCH`]; `code` holds the reason's code.
+    fn params<'a>(&'a self, code: &'a Option<&'static str>) -> [crate::sql::Param<'a>; 4] {
+        [(&self.ids, Type::INT8_ARRAY), (&self.queue, Type::TEXT), (code, Type::TEXT), (&self.task_name, Type::TEXT)]
     }
 }
 
@@ -186,7 +105,8 @@ impl Store {
              insert into celeriac.message (queue, priority, task_name, task_id, payload)
              select queue, priority, task_name, task_id, payload from moved"
         );
-        client.touch(self.pooler, &sql, &filter.params()).await
+        let code = filter.reason_code.map(DeadLetterReason::as_str);
+        client.touch(self.pooler, &sql, &filter.params(&code)).await
     }
 
     /// Deletes matching dead letters. Returns how many.
@@ -196,6 +116,7 @@ impl Store {
     pub async fn dead_letter_purge(&self, filter: &DeadLetterFilter) -> Result<u64> {
         let client = self.pool.get().await?;
         let sql = format!("delete from celeriac.dead_letter where {DEAD_LETTER_MATCH}");
-        client.touch(self.pooler, &sql, &filter.params()).await
+        let code = filter.reason_code.map(DeadLetterReason::as_str);
+        client.touch(self.pooler, &sql, &filter.params(&code)).await
     }
 }
