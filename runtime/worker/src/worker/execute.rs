@@ -62,17 +62,23 @@ pub(super) async fn execute(
 /// Gives back a message whose lease ran out before its task started, instead of starting it (a
 /// no-op in the database if another worker has it by now).
 fn give_back_unstarted(shared: &Shared, lease: Lease, name: &str, id: &str) {
-    apply(shared, settle::not_started(lease, name, id));
+    let delivery = Delivery { lease, name, id, redeliveries: 0, max_redeliveries: 0, runtime: 0.0, now: Utc::now() };
+    apply(shared, settle::not_started(lease), &delivery);
 }
 
-/// Carries a verdict out: its log line, its counter, its write.
-fn apply(shared: &Shared, verdict: Verdict) {
-    let (level, line) = &verdict.log;
-    match level {
-        _ if line.is_empty() => {}
-        Level::Info => tracing::info!("{line}"),
-        Level::Warn => tracing::warn!("{line}"),
-        Level::Error => tracing::error!("{line}"),
+/// Carries a verdict out: its log line (formatted only when logged), its counter, its write.
+fn apply(shared: &Shared, verdict: Verdict, delivery: &Delivery<'_>) {
+    match verdict.level() {
+        Some(Level::Info) if tracing::enabled!(tracing::Level::INFO) => {
+            tracing::info!("{}", verdict.log_line(delivery));
+        }
+        Some(Level::Warn) if tracing::enabled!(tracing::Level::WARN) => {
+            tracing::warn!("{}", verdict.log_line(delivery));
+        }
+        Some(Level::Error) if tracing::enabled!(tracing::Level::ERROR) => {
+            tracing::error!("{}", verdict.log_line(delivery));
+        }
+        _ => {}
     }
     if let Some(counter) = verdict.counter {
         shared.stats.count(counter);
@@ -239,7 +245,7 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
     if let Some(eta) = verdict.retry_eta() {
         verdict.settlement = Settlement::Retry { lease, payload: message.to_retry(eta).payload, eta };
     }
-    apply(shared, verdict);
+    apply(shared, verdict, &delivery);
     // Only now may the next task start: its log lines follow this task's outcome.
     drop(run_slot);
 }

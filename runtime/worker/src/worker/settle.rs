@@ -59,14 +59,37 @@ impl TaskResult {
     }
 }
 
-/// What becomes of a delivery: the write, the counter, the log line, the result.
+/// What the log says of a delivery. Kept as data: the line is only formatted when its level is
+/// logged (formatting a result's repr for every task would cost more than settling it).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Event {
+    /// Succeeded or failed: the line is read from the result.
+    Finished,
+    Retry {
+        secs: f64,
+    },
+    Rejected {
+        reason: String,
+    },
+    /// Celery's own code logged it.
+    Handled,
+    NotStarted,
+    Requeued {
+        reason: String,
+    },
+    RequeueExhausted {
+        reason: String,
+    },
+}
+
+/// What becomes of a delivery: the write, the counter, the log event, the result.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Verdict {
     /// The write the lease session makes. `Retry` carries an empty payload: the caller builds
     /// the next envelope (see [`Verdict::retry_eta`]).
     pub settlement: Settlement,
     pub counter: Option<Counter>,
-    pub log: (Level, String),
+    pub event: Event,
     /// The task's result, for outcomes the worker (not Celery's own code) decided.
     pub result: Option<TaskResult>,
 }
@@ -79,32 +102,63 @@ impl Verdict {
             _ => None,
         }
     }
+
+    /// How loud its log line is; `None`: nothing to log.
+    pub(crate) fn level(&self) -> Option<Level> {
+        match (&self.event, &self.result) {
+            (Event::Handled, _) => None,
+            (Event::Finished, Some(TaskResult::Failure { .. })) | (Event::RequeueExhausted { .. }, _) => {
+                Some(Level::Error)
+            }
+            (Event::Rejected { .. } | Event::NotStarted | Event::Requeued { .. }, _) => Some(Level::Warn),
+            _ => Some(Level::Info),
+        }
+    }
+
+    /// The log line Celery prints for it.
+    pub(crate) fn log_line(&self, d: &Delivery<'_>) -> String {
+        let (name, id) = (d.name, d.id);
+        match (&self.event, &self.result) {
+            (Event::Finished, Some(TaskResult::Success(value))) => format!(
+                "Task {name}[{id}] succeeded in {}s: {}",
+                json::python_float_repr(d.runtime),
+                pyrepr::repr(value)
+            ),
+            (Event::Finished, Some(TaskResult::Failure { exc_type, message })) => format!(
+                "Task {name}[{id}] raised unexpected: {exc_type}({})",
+                pyrepr::repr(&Value::Str(message.clone()))
+            ),
+            (Event::Retry { secs }, Some(TaskResult::Retry { reason })) => {
+                format!("Task {name}[{id}] retry: Retry in {secs}s: {reason}")
+            }
+            (Event::Rejected { reason }, _) => format!("Task {name}[{id}] rejected: {reason}; moving it to dead_letter"),
+            (Event::NotStarted, _) => format!(
+                "Task {name}[{id}] not started: its lease ran out before it could start (is the database reachable?)"
+            ),
+            (Event::Requeued { reason }, _) => format!("Task {name}[{id}] requeued: {reason}"),
+            (Event::RequeueExhausted { reason }, _) => format!(
+                "Task {name}[{id}] was requeued ({reason}) after {} redeliveries; limit reached, moving it to dead_letter",
+                d.redeliveries
+            ),
+            _ => String::new(),
+        }
+    }
 }
 
 /// Decides what an outcome becomes. Pure: no I/O, no clock (the delivery carries `now`).
 pub(crate) fn verdict(outcome: Outcome, d: &Delivery<'_>) -> Verdict {
-    let (name, id, lease) = (d.name, d.id, d.lease);
+    let lease = d.lease;
     match outcome {
         Outcome::Success(value) => Verdict {
             settlement: Settlement::Complete(lease),
             counter: Some(Counter::Succeeded),
-            log: (
-                Level::Info,
-                format!(
-                    "Task {name}[{id}] succeeded in {}s: {}",
-                    json::python_float_repr(d.runtime),
-                    pyrepr::repr(&value)
-                ),
-            ),
+            event: Event::Finished,
             result: Some(TaskResult::Success(value)),
         },
         Outcome::Failure { exc_type, message } => Verdict {
             settlement: Settlement::Complete(lease),
             counter: Some(Counter::Failed),
-            log: (
-                Level::Error,
-                format!("Task {name}[{id}] raised unexpected: {exc_type}({})", pyrepr::repr(&message.clone().into())),
-            ),
+            event: Event::Finished,
             result: Some(TaskResult::Failure { exc_type, message }),
         },
         Outcome::Retry { eta, reason } => {
@@ -114,7 +168,7 @@ pub(crate) fn verdict(outcome: Outcome, d: &Delivery<'_>) -> Verdict {
             Verdict {
                 settlement: Settlement::Retry { lease, payload: Vec::new(), eta },
                 counter: Some(Counter::Retried),
-                log: (Level::Info, format!("Task {name}[{id}] retry: Retry in {secs}s: {reason}")),
+                event: Event::Retry { secs },
                 result: Some(TaskResult::Retry { reason }),
             }
         }
@@ -125,7 +179,7 @@ pub(crate) fn verdict(outcome: Outcome, d: &Delivery<'_>) -> Verdict {
                 reason: reason.clone(),
             }),
             counter: Some(Counter::DeadLettered),
-            log: (Level::Warn, format!("Task {name}[{id}] rejected: {reason}; moving it to dead_letter")),
+            event: Event::Rejected { reason },
             result: None,
         },
         Outcome::Handled { state } => Verdict {
@@ -136,49 +190,39 @@ pub(crate) fn verdict(outcome: Outcome, d: &Delivery<'_>) -> Verdict {
                 TaskState::Retry => Some(Counter::Retried),
                 _ => None,
             },
-            // Celery's own code logged it.
-            log: (Level::Info, String::new()),
+            event: Event::Handled,
             result: None,
         },
-        Outcome::NotStarted => not_started(lease, name, id),
-        Outcome::Requeue { reason } if d.redeliveries >= d.max_redeliveries => {
-            let (redeliveries, max) = (d.redeliveries, d.max_redeliveries);
-            Verdict {
-                settlement: Settlement::DeadLetter(DeadLetterParams {
-                    lease,
-                    reason_code: DeadLetterReason::RedeliveriesExhausted,
-                    reason: format!("requeued {} times ({reason}); limit is {max} redeliveries", redeliveries + 1),
-                }),
-                counter: Some(Counter::DeadLettered),
-                log: (
-                    Level::Error,
-                    format!(
-                        "Task {name}[{id}] was requeued ({reason}) after {redeliveries} redeliveries; limit reached, moving it to dead_letter"
-                    ),
+        Outcome::NotStarted => not_started(lease),
+        Outcome::Requeue { reason } if d.redeliveries >= d.max_redeliveries => Verdict {
+            settlement: Settlement::DeadLetter(DeadLetterParams {
+                lease,
+                reason_code: DeadLetterReason::RedeliveriesExhausted,
+                reason: format!(
+                    "requeued {} times ({reason}); limit is {} redeliveries",
+                    d.redeliveries + 1,
+                    d.max_redeliveries
                 ),
-                result: None,
-            }
-        }
+            }),
+            counter: Some(Counter::DeadLettered),
+            event: Event::RequeueExhausted { reason },
+            result: None,
+        },
         Outcome::Requeue { reason } => Verdict {
             settlement: Settlement::Requeue(lease),
             counter: Some(Counter::Released),
-            log: (Level::Warn, format!("Task {name}[{id}] requeued: {reason}")),
+            event: Event::Requeued { reason },
             result: None,
         },
     }
 }
 
 /// A message whose lease ran out before its task could start is given back, not started.
-pub(crate) fn not_started(lease: Lease, name: &str, id: &str) -> Verdict {
+pub(crate) fn not_started(lease: Lease) -> Verdict {
     Verdict {
         settlement: Settlement::Release(lease),
         counter: Some(Counter::Released),
-        log: (
-            Level::Warn,
-            format!(
-                "Task {name}[{id}] not started: its lease ran out before it could start (is the database reachable?)"
-            ),
-        ),
+        event: Event::NotStarted,
         result: None,
     }
 }
@@ -204,13 +248,15 @@ mod tests {
         let v = verdict(Outcome::Success(Value::Int(3)), &delivery(0));
         assert_eq!(v.settlement, Settlement::Complete(Lease { id: 7, attempt: 2 }));
         assert_eq!(v.counter, Some(Counter::Succeeded));
-        assert_eq!(v.log, (Level::Info, "Task tasks.add[abc] succeeded in 0.25s: 3".to_owned()));
+        assert_eq!(v.level(), Some(Level::Info));
+        assert_eq!(v.log_line(&delivery(0)), "Task tasks.add[abc] succeeded in 0.25s: 3");
         assert_eq!(v.result.as_ref().map(TaskResult::state), Some(TaskState::Success));
 
         let v = verdict(Outcome::failure("ValueError", "bad"), &delivery(0));
         assert_eq!(v.settlement, Settlement::Complete(Lease { id: 7, attempt: 2 }));
         assert_eq!(v.counter, Some(Counter::Failed));
-        assert_eq!(v.log, (Level::Error, "Task tasks.add[abc] raised unexpected: ValueError('bad')".to_owned()));
+        assert_eq!(v.level(), Some(Level::Error));
+        assert_eq!(v.log_line(&delivery(0)), "Task tasks.add[abc] raised unexpected: ValueError('bad')");
         assert_eq!(v.result, Some(TaskResult::Failure { exc_type: "ValueError".into(), message: "bad".into() }));
     }
 
@@ -221,10 +267,10 @@ mod tests {
         let v = verdict(Outcome::Retry { eta, reason: "later".into() }, &d);
         assert_eq!(v.retry_eta(), Some(eta));
         assert_eq!(v.counter, Some(Counter::Retried));
-        assert_eq!(v.log.1, "Task tasks.add[abc] retry: Retry in 1.5s: later");
+        assert_eq!(v.log_line(&d), "Task tasks.add[abc] retry: Retry in 1.5s: later");
         // An eta in the past retries at once, never with a negative delay.
         let v = verdict(Outcome::Retry { eta: d.now - chrono::Duration::seconds(5), reason: "x".into() }, &d);
-        assert_eq!(v.log.1, "Task tasks.add[abc] retry: Retry in 0s: x");
+        assert_eq!(v.log_line(&d), "Task tasks.add[abc] retry: Retry in 0s: x");
     }
 
     #[test]
@@ -241,7 +287,11 @@ mod tests {
         let Settlement::DeadLetter(dl) = &v.settlement else { panic!("{v:?}") };
         assert_eq!(dl.reason_code, DeadLetterReason::RedeliveriesExhausted);
         assert_eq!(dl.reason, "requeued 4 times (lost); limit is 3 redeliveries");
-        assert_eq!(v.log.0, Level::Error);
+        assert_eq!(v.level(), Some(Level::Error));
+        assert_eq!(
+            v.log_line(&delivery(3)),
+            "Task tasks.add[abc] was requeued (lost) after 3 redeliveries; limit reached, moving it to dead_letter"
+        );
     }
 
     #[test]
@@ -256,10 +306,12 @@ mod tests {
             let v = verdict(Outcome::Handled { state }, &delivery(0));
             assert_eq!(v.settlement, Settlement::Complete(Lease { id: 7, attempt: 2 }));
             assert_eq!(v.counter, counter, "{state:?}");
-            assert!(v.log.1.is_empty() && v.result.is_none());
+            assert!(v.level().is_none() && v.result.is_none());
         }
         let v = verdict(Outcome::NotStarted, &delivery(0));
         assert_eq!(v.settlement, Settlement::Release(Lease { id: 7, attempt: 2 }));
         assert_eq!(v.counter, Some(Counter::Released));
+        assert_eq!(v.level(), Some(Level::Warn));
+        assert!(v.log_line(&delivery(0)).contains("not started: its lease ran out"));
     }
 }
