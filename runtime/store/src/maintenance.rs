@@ -87,13 +87,14 @@ pub struct Rescuer {
     config: RescuerConfig,
     passes: u32,
     health: Option<Arc<HeartbeatHealth>>,
+    worker: Option<uuid::Uuid>,
 }
 
 impl Rescuer {
     /// A rescuer over `store`.
     #[must_use]
     pub fn new(store: Store, config: RescuerConfig) -> Self {
-        Rescuer { store, config, passes: 0, health: None }
+        Rescuer { store, config, passes: 0, health: None, worker: None }
     }
 
     /// Judges other workers only as far as this process's own heartbeats allow (see
@@ -101,6 +102,14 @@ impl Rescuer {
     #[must_use]
     pub fn with_health(mut self, health: Arc<HeartbeatHealth>) -> Self {
         self.health = Some(health);
+        self
+    }
+
+    /// The worker whose row's health (as the server sees it when a pass runs) bounds its
+    /// judgement too (see [`Store::message_rescue`]).
+    #[must_use]
+    pub fn for_worker(mut self, worker: uuid::Uuid) -> Self {
+        self.worker = Some(worker);
         self
     }
 }
@@ -121,7 +130,7 @@ impl Periodic for Rescuer {
         let full_scan = self.passes.is_multiple_of(self.config.full_scan_every.max(1));
         self.passes = self.passes.wrapping_add(1);
         let healthy = self.health.as_ref().map_or(f64::MAX, |h| h.healthy_seconds());
-        let report = self.store.message_rescue(self.config.max_redeliveries, full_scan, healthy).await?;
+        let report = self.store.message_rescue(self.worker, self.config.max_redeliveries, full_scan, healthy).await?;
         if report.rescued > 0 {
             tracing::warn!(count = report.rescued, "rescuer: redelivering messages whose worker stopped heartbeating");
         }

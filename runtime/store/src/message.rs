@@ -648,7 +648,11 @@ impl Store {
     /// A worker is dead when its heartbeat is older than its lease. `healthy_seconds` says how
     /// long the caller's own heartbeats have been succeeding without interruption: only workers
     /// whose lease is at most that long are judged, so after an outage that every worker went
-    /// through, nobody is declared dead before it had the chance to heartbeat again.
+    /// through, nobody is declared dead before it had the chance to heartbeat again. With the
+    /// `rescuer`'s worker id, that health is also taken from its row when the statement runs
+    /// (the lesser of the two): its last heartbeat within its lease, and since when its
+    /// heartbeats have come without a gap (`healthy_since`) — a statement queued by a pooler
+    /// through an outage then judges by what holds when it runs.
     ///
     /// A normal pass looks at dead workers' messages (and removes those workers' rows). A
     /// `full_scan` pass looks at every expired lease and also frees leases whose holder is gone
@@ -662,6 +666,7 @@ impl Store {
     /// Connection errors.
     pub async fn message_rescue(
         &self,
+        rescuer: Option<Uuid>,
         max_redeliveries: i32,
         full_scan: bool,
         healthy_seconds: f64,
@@ -671,7 +676,7 @@ impl Store {
             "select m.id from celeriac.message m
              left join celeriac.worker w on w.id = m.leased_by
              where m.leased_by is not null and m.lease_expires < now()
-               and ((w.id is null and $3)
+               and ((w.id is null and $3 and (select healthy from me) >= $5)
                     or m.lease_expires < w.heartbeat_at
                     or w.id = any(array(select id from dead)))
              for update of m skip locked"
@@ -686,9 +691,19 @@ impl Store {
             "lease expired %s times without the task finishing (its worker died each time); limit is %s redeliveries",
         );
         let sql = format!(
-            "with dead as (
+            "with me as (
+                 -- The rescuer's own health as the server sees it now (migration 0003): 0 unless
+                 -- its last heartbeat is within its lease. Without a rescuer row: the caller's.
+                 select coalesce(
+                     (select case when heartbeat_at >= now() - make_interval(secs => lease_seconds)
+                                  then least($2, extract(epoch from now() - healthy_since)::float8)
+                                  else 0 end
+                      from celeriac.worker where id = $4),
+                     case when $4 is null then $2 else 0 end) as healthy
+             ), dead as (
                  select id from celeriac.worker
-                 where heartbeat_at < now() - make_interval(secs => lease_seconds) and lease_seconds <= $2
+                 where heartbeat_at < now() - make_interval(secs => lease_seconds)
+                   and lease_seconds <= (select healthy from me)
              ), expired as (
                  {candidates}
              ), {bury}, rescued as (
@@ -717,8 +732,10 @@ impl Store {
             (&max_redeliveries as _, Type::INT4),
             (&healthy_seconds as _, Type::FLOAT8),
             (&judge_orphans as _, Type::BOOL),
+            (&rescuer as _, Type::UUID),
+            (&ORPHAN_AFTER_HEALTHY_SECONDS as _, Type::FLOAT8),
         ];
-        let row = client.row(self.pooler, &sql, &params[..if full_scan { 3 } else { 2 }]).await?;
+        let row = client.row(self.pooler, &sql, &params).await?;
         let rescued: i64 = row.get(0);
         let dead: i64 = row.get(1);
         Ok(RescueReport { rescued: rescued.unsigned_abs(), dead_lettered: dead.unsigned_abs() })

@@ -19,6 +19,11 @@ pub struct Migration {
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "queue", sql: include_str!("../../../migrations/0001_queue.sql") },
     Migration { version: 2, name: "claim_suspects", sql: include_str!("../../../migrations/0002_claim_suspects.sql") },
+    Migration {
+        version: 3,
+        name: "worker_healthy_since",
+        sql: include_str!("../../../migrations/0003_worker_healthy_since.sql"),
+    },
 ];
 
 /// What the runner itself creates before applying migrations.

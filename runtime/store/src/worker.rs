@@ -22,6 +22,12 @@ pub struct WorkerInfo {
     pub lease_seconds: f64,
 }
 
+/// The worker row's new `healthy_since` at a heartbeat: unchanged while heartbeats keep coming,
+/// now after a gap longer than the worker's lease (a new streak; see migration 0003).
+const HEALTHY_SINCE: &str =
+    "case when celeriac.worker.heartbeat_at < now() - make_interval(secs => celeriac.worker.lease_seconds)
+         then now() else celeriac.worker.healthy_since end";
+
 impl Store {
     /// Registers (or re-registers, after a reconnect) a worker.
     ///
@@ -32,9 +38,11 @@ impl Store {
         client
             .touch(
                 self.pooler,
-                "insert into celeriac.worker (id, hostname, pid, queues, concurrency, lease_seconds)
+                &format!(
+                    "insert into celeriac.worker (id, hostname, pid, queues, concurrency, lease_seconds)
                  values ($1, $2, $3, $4, $5, $6)
-                 on conflict (id) do update set heartbeat_at = now()",
+                 on conflict (id) do update set heartbeat_at = now(), healthy_since = {HEALTHY_SINCE}"
+                ),
                 &[
                     (&w.id, Type::UUID),
                     (&w.hostname, Type::TEXT),
@@ -62,10 +70,12 @@ impl Store {
         let row = client
             .row(
                 self.pooler,
-                "with beat as (
+                &format!(
+                    "with beat as (
                      insert into celeriac.worker (id, hostname, pid, queues, concurrency, lease_seconds)
                      values ($1, $4, $5, $6, $7, $8)
-                     on conflict (id) do update set heartbeat_at = now(), lease_seconds = excluded.lease_seconds
+                     on conflict (id) do update
+                     set heartbeat_at = now(), lease_seconds = excluded.lease_seconds, healthy_since = {HEALTHY_SINCE}
                  ), renewed as (
                      update celeriac.message set lease_expires = now() + make_interval(secs => $8)
                      where id = any(array(
@@ -77,7 +87,8 @@ impl Store {
                        and celeriac.relaxed_commit()
                      returning id
                  )
-                 select array(select id from renewed)",
+                 select array(select id from renewed)"
+                ),
                 &[
                     (&worker.id, Type::UUID),
                     (&ids, Type::INT8_ARRAY),

@@ -57,6 +57,11 @@ async fn claim(store: &Store, session: &LeaseSession, n: i64) -> Vec<ClaimedMess
     claimed
 }
 
+async fn lease_expires(db: &TestDatabase, id: i64) -> chrono::DateTime<Utc> {
+    let client = db.client().await;
+    client.query_one("select lease_expires from celeriac.message where id = $1", &[&id]).await.unwrap().get(0)
+}
+
 async fn count(db: &TestDatabase, sql: &str) -> i64 {
     db.client().await.query_one(sql, &[]).await.unwrap().get(0)
 }
@@ -101,22 +106,10 @@ async fn settles_in_the_background_and_now_then_closes() {
     assert_eq!(count(&db, "select count(*) from celeriac.dead_letter").await, 1);
 
     // The heartbeat renews what is held.
-    let before: chrono::DateTime<Utc> = db
-        .client()
-        .await
-        .query_one("select lease_expires from celeriac.message where id = $1", &[&leases[3].id])
-        .await
-        .unwrap()
-        .get(0);
+    let before = lease_expires(&db, leases[3].id).await;
     let deadline = Instant::now() + WAIT;
     loop {
-        let now: chrono::DateTime<Utc> = db
-            .client()
-            .await
-            .query_one("select lease_expires from celeriac.message where id = $1", &[&leases[3].id])
-            .await
-            .unwrap()
-            .get(0);
+        let now = lease_expires(&db, leases[3].id).await;
         if now > before {
             break;
         }

@@ -213,9 +213,9 @@ async fn expired_leases_are_rescued_then_dead_lettered() {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].redelivered, round > 1);
         // A live lease is never rescued.
-        assert_eq!(store.message_rescue(2, true, f64::MAX).await.unwrap().rescued, 0);
+        assert_eq!(store.message_rescue(None, 2, true, f64::MAX).await.unwrap().rescued, 0);
         client.batch_execute(expire_all).await.unwrap();
-        let report = store.message_rescue(2, true, f64::MAX).await.unwrap();
+        let report = store.message_rescue(None, 2, true, f64::MAX).await.unwrap();
         assert_eq!((report.rescued, report.dead_lettered), (1, 0));
         // The dead holder cannot complete after the rescue.
         assert_eq!(store.message_complete_many(worker, &[got[0].lease]).await.unwrap().len(), 0);
@@ -223,7 +223,7 @@ async fn expired_leases_are_rescued_then_dead_lettered() {
     let got = store.message_claim(&claim(worker, &queues, 1)).await.unwrap();
     assert_eq!(got[0].redeliveries, 2);
     client.batch_execute(expire_all).await.unwrap();
-    let report = store.message_rescue(2, true, f64::MAX).await.unwrap();
+    let report = store.message_rescue(None, 2, true, f64::MAX).await.unwrap();
     assert_eq!((report.rescued, report.dead_lettered), (0, 1));
     let dead = store.dead_letter_list(10).await.unwrap();
     assert_eq!(dead[0].reason_code, "redeliveries_exhausted");
@@ -344,10 +344,10 @@ async fn rescue_frees_dead_workers_and_full_scans_catch_untracked_leases() {
         .await
         .unwrap();
     // A rescuer whose own heartbeats only just recovered judges nobody.
-    assert_eq!(store.message_rescue(3, false, 0.0).await.unwrap().rescued, 0);
-    assert_eq!(store.message_rescue(3, true, 0.0).await.unwrap().rescued, 0);
+    assert_eq!(store.message_rescue(None, 3, false, 0.0).await.unwrap().rescued, 0);
+    assert_eq!(store.message_rescue(None, 3, true, 0.0).await.unwrap().rescued, 0);
     // A normal pass frees only the dead worker's message, and forgets the dead worker.
-    let report = store.message_rescue(3, false, f64::MAX).await.unwrap();
+    let report = store.message_rescue(None, 3, false, f64::MAX).await.unwrap();
     assert_eq!(report.rescued, 1);
     let freed: i64 =
         client.query_one("select id from celeriac.message where leased_by is null", &[]).await.unwrap().get(0);
@@ -357,8 +357,8 @@ async fn rescue_frees_dead_workers_and_full_scans_catch_untracked_leases() {
     // The live worker's expired lease (one it went on heartbeating without renewing) needs a
     // full scan.
     client.execute("update celeriac.worker set heartbeat_at = now() where id = $1", &[&alive]).await.unwrap();
-    assert_eq!(store.message_rescue(3, false, f64::MAX).await.unwrap().rescued, 0);
-    assert_eq!(store.message_rescue(3, true, f64::MAX).await.unwrap().rescued, 1);
+    assert_eq!(store.message_rescue(None, 3, false, f64::MAX).await.unwrap().rescued, 0);
+    assert_eq!(store.message_rescue(None, 3, true, f64::MAX).await.unwrap().rescued, 1);
     // Heartbeats renew only the leases they name, fenced by attempt.
     let again = store.message_claim(&claim(alive, &queues, 2)).await.unwrap();
     assert_eq!(again.len(), 2);
@@ -463,7 +463,7 @@ async fn innocent_neighbours_of_a_poison_message_are_not_dead_lettered_with_it()
                 )
                 .await
                 .unwrap();
-            store.message_rescue(max_redeliveries, false, f64::MAX).await.unwrap();
+            store.message_rescue(None, max_redeliveries, false, f64::MAX).await.unwrap();
         } else {
             let leases: Vec<_> = got.iter().map(|m| m.lease).collect();
             completed += store.message_complete_many(worker, &leases).await.unwrap().len();
@@ -520,8 +520,57 @@ async fn orphaned_leases_wait_for_a_long_healthy_rescuer() {
     client.batch_execute("update celeriac.message set lease_expires = now() - interval '1 second'").await.unwrap();
     client.execute("delete from celeriac.worker where id = $1", &[&holder]).await.unwrap();
     let recovering = celeriac_store::ORPHAN_AFTER_HEALTHY_SECONDS - 1.0;
-    assert_eq!(store.message_rescue(3, true, recovering).await.unwrap().rescued, 0);
-    assert_eq!(store.message_rescue(3, true, f64::MAX).await.unwrap().rescued, 1);
+    assert_eq!(store.message_rescue(None, 3, true, recovering).await.unwrap().rescued, 0);
+    assert_eq!(store.message_rescue(None, 3, true, f64::MAX).await.unwrap().rescued, 1);
+}
+
+/// A rescuer judges by its own row's health when the statement runs (a pooler may hold a
+/// statement through an outage and run it late): not while its own last heartbeat is older than
+/// its lease, not until its heartbeats have come for a lease's length after such a gap, and
+/// whatever health the caller claims.
+#[tokio::test]
+async fn a_rescuer_judges_by_its_own_rows_health_when_the_rescue_runs() {
+    let db = TestDatabase::new().await;
+    let store = db.store();
+    let client = db.client().await;
+    let (victim, rescuer) = (register(&store).await, register(&store).await);
+    let queues = vec!["celery".to_owned()];
+    store.message_insert(&message("celery", 0, None)).await.unwrap();
+    store.message_claim(&claim(victim, &queues, 1)).await.unwrap();
+    // Everyone went through an outage: both heartbeats a minute old, the lease run out.
+    client
+        .batch_execute(
+            "update celeriac.worker set heartbeat_at = now() - interval '60 seconds', healthy_since = now() - interval '1 hour';
+             update celeriac.message set lease_expires = now() - interval '1 second'",
+        )
+        .await
+        .unwrap();
+    // The rescue statement was judged healthy when sent, but its own row is stale: no judgement.
+    assert_eq!(store.message_rescue(Some(rescuer), 3, false, f64::MAX).await.unwrap().rescued, 0);
+    assert_eq!(store.message_rescue(Some(rescuer), 3, true, f64::MAX).await.unwrap().rescued, 0);
+    // Its heartbeat lands after the gap: a new streak starts, still too short to judge.
+    store.worker_heartbeat(&info(rescuer), &[]).await.unwrap();
+    let since: bool = client
+        .query_one(
+            "select healthy_since > now() - interval '5 seconds' from celeriac.worker where id = $1",
+            &[&rescuer],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(since, "a heartbeat after a gap longer than the lease starts a new streak");
+    assert_eq!(store.message_rescue(Some(rescuer), 3, false, f64::MAX).await.unwrap().rescued, 0);
+    // A lease's length of heartbeats later it judges: the victim never came back.
+    client
+        .execute("update celeriac.worker set healthy_since = now() - interval '31 seconds' where id = $1", &[&rescuer])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.message_rescue(Some(rescuer), 3, false, 0.0).await.unwrap().rescued,
+        0,
+        "nor beyond the caller's own"
+    );
+    assert_eq!(store.message_rescue(Some(rescuer), 3, false, f64::MAX).await.unwrap().rescued, 1);
 }
 
 /// Behind a transaction-mode pooler (`?pooler=transaction`) no statement may leave session
@@ -574,8 +623,8 @@ async fn pooler_transaction_leaves_no_session_state() {
         assert_eq!(store.message_dead_letter_many(worker, &[dl]).await.unwrap().len(), 1);
         let again = store.message_claim(&claim(worker, &queues, 1)).await.unwrap();
         assert!(store.message_retry(worker, again[0].lease, &again[0].payload, Utc::now()).await.unwrap());
-        store.message_rescue(5, true, f64::MAX).await.unwrap();
-        store.message_rescue(5, false, 0.0).await.unwrap();
+        store.message_rescue(None, 5, true, f64::MAX).await.unwrap();
+        store.message_rescue(None, 5, false, 0.0).await.unwrap();
         assert_eq!(store.queue_stats().await.unwrap().iter().map(|q| q.dead_lettered).sum::<i64>(), 1);
         assert_eq!(store.dead_letter_list(10).await.unwrap().len(), 1);
         assert_eq!(store.dead_letter_redrive(&celeriac_store::DeadLetterFilter::default()).await.unwrap(), 1);

@@ -185,7 +185,7 @@ impl LeaseSession {
             // Judges other consumers only as far as this one's own heartbeats allow: after an
             // outage longer than the lease, nobody's leases are freed before they could be renewed.
             let config = RescuerConfig { max_redeliveries: config.max_redeliveries, ..rescuer };
-            services.start(Every(Rescuer::new(store.clone(), config).with_health(health.clone())));
+            services.start(Every(Rescuer::new(store.clone(), config).with_health(health.clone()).for_worker(info.id)));
         }
         services.start(Completer {
             store: store.clone(),
