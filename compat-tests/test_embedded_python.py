@@ -391,6 +391,14 @@ def test_max_tasks_and_max_memory_per_child_recycle(proj: Proj, proj_worker: Cal
     assert "exceeded the memory limit" in worker.log()
 
 
+def test_solo_pool_ignores_max_tasks_per_child(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
+    # As in Celery, only prefork children are recycled; the solo child used to stop taking jobs
+    # after the limit, with nothing to replace it, and the worker stalled.
+    proj_worker(pool="solo", extra_args=["--max-tasks-per-child", "2"])
+    pids = [proj.get(proj.send("pid")) for _ in range(5)]
+    assert len(set(pids)) == 1, pids
+
+
 def test_recycled_children_never_lose_a_job_handed_to_them(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
     # Every task retires its child; jobs keep arriving while children shut down and are replaced.
     proj_worker(concurrency=2, extra_args=["--max-tasks-per-child", "1"])

@@ -519,7 +519,10 @@ impl Inner {
                     PoolKind::Threads => load.outstanding < threads,
                     PoolKind::Prefork | PoolKind::Solo => {
                         let done = child.jobs_done.load(Ordering::Relaxed);
-                        let room = max_tasks.is_none_or(|max| done + (load.outstanding as u64) < max);
+                        // Only prefork children are recycled (Celery's solo pool ignores
+                        // max-tasks-per-child too): a limit on the solo child would stall it.
+                        let room = kind == PoolKind::Solo
+                            || max_tasks.is_none_or(|max| done + (load.outstanding as u64) < max);
                         let queue_behind = load.outstanding == 1
                             && !load.limited
                             && !limited
