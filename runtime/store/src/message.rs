@@ -791,7 +791,8 @@ fn bury_exhausted_sql(source: &str, max: &str, reason: &str) -> String {
     )
 }
 
-fn split(leases: &[Lease]) -> (Vec<i64>, Vec<i32>) {
+/// Ids and attempts of `leases`, as the statements' two arrays.
+pub(crate) fn split(leases: &[Lease]) -> (Vec<i64>, Vec<i32>) {
     leases.iter().map(|l| (l.id, l.attempt)).unzip()
 }
 

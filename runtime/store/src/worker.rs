@@ -1,5 +1,7 @@
 //! The `worker` table: registration and heartbeats (which also renew leases).
 
+use std::sync::LazyLock;
+
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
@@ -27,6 +29,29 @@ pub struct WorkerInfo {
 const HEALTHY_SINCE: &str =
     "case when celeriac.worker.heartbeat_at < now() - make_interval(secs => celeriac.worker.lease_seconds)
          then now() else celeriac.worker.healthy_since end";
+
+/// Heartbeat and lease renewal in one statement (see [`Store::worker_heartbeat`]).
+static HEARTBEAT_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "with beat as (
+                     insert into celeriac.worker (id, hostname, pid, queues, concurrency, lease_seconds)
+                     values ($1, $4, $5, $6, $7, $8)
+                     on conflict (id) do update
+                     set heartbeat_at = now(), lease_seconds = excluded.lease_seconds, healthy_since = {HEALTHY_SINCE}
+                 ), renewed as (
+                     update celeriac.message set lease_expires = now() + make_interval(secs => $8)
+                     where id = any(array(
+                         select m.id from celeriac.message m
+                         join unnest($2::int8[], $3::int4[]) as l(id, attempt) on m.id = l.id and m.attempt = l.attempt
+                         where m.leased_by = $1
+                         for no key update of m skip locked
+                     ))
+                       and celeriac.relaxed_commit()
+                     returning id
+                 )
+                 select array(select id from renewed)"
+    )
+});
 
 impl Store {
     /// Registers (or re-registers, after a reconnect) a worker.
@@ -65,30 +90,12 @@ impl Store {
     /// # Errors
     /// Connection errors.
     pub async fn worker_heartbeat(&self, worker: &WorkerInfo, leases: &[Lease]) -> Result<Vec<i64>> {
-        let (ids, attempts): (Vec<i64>, Vec<i32>) = leases.iter().map(|l| (l.id, l.attempt)).unzip();
+        let (ids, attempts) = crate::message::split(leases);
         let client = self.pool.get().await?;
         let row = client
             .row(
                 self.pooler,
-                &format!(
-                    "with beat as (
-                     insert into celeriac.worker (id, hostname, pid, queues, concurrency, lease_seconds)
-                     values ($1, $4, $5, $6, $7, $8)
-                     on conflict (id) do update
-                     set heartbeat_at = now(), lease_seconds = excluded.lease_seconds, healthy_since = {HEALTHY_SINCE}
-                 ), renewed as (
-                     update celeriac.message set lease_expires = now() + make_interval(secs => $8)
-                     where id = any(array(
-                         select m.id from celeriac.message m
-                         join unnest($2::int8[], $3::int4[]) as l(id, attempt) on m.id = l.id and m.attempt = l.attempt
-                         where m.leased_by = $1
-                         for no key update of m skip locked
-                     ))
-                       and celeriac.relaxed_commit()
-                     returning id
-                 )
-                 select array(select id from renewed)"
-                ),
+                &HEARTBEAT_SQL,
                 &[
                     (&worker.id, Type::UUID),
                     (&ids, Type::INT8_ARRAY),

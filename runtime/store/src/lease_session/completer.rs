@@ -160,11 +160,17 @@ impl Completer {
                 }
             }
         }
-        self.held.remove(batch.iter().map(Settlement::lease));
-        if let Some(hook) = &self.on_settled {
-            hook(batch);
-        }
+        written(&self.held, self.on_settled.as_ref(), batch);
         true
+    }
+}
+
+/// After `batch` was written (or refused by the fence): its leases are no longer held, and the
+/// hook hears of it.
+pub(crate) fn written(held: &Held, on_settled: Option<&SettledHook>, batch: &[Settlement]) {
+    held.remove(batch.iter().map(Settlement::lease));
+    if let Some(hook) = on_settled {
+        hook(batch);
     }
 }
 

@@ -287,10 +287,7 @@ impl LeaseSession {
         .await;
         match written {
             Ok(n) => {
-                self.held.remove([settlement.lease()]);
-                if let Some(hook) = &self.on_settled {
-                    hook(batch);
-                }
+                completer::written(&self.held, self.on_settled.as_ref(), batch);
                 Ok(SettledNow::Written { held: n == 1 })
             }
             Err(e) if e.is_connection() && self.settle(settlement.clone()) => {
