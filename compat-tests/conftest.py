@@ -55,6 +55,9 @@ from kombu_decode import Decoder  # noqa: E402 - needs TOOLS_DIR on sys.path
 
 __all__ = ["wait_for"]
 
+#: The sample project's ``proj`` and ``proj_worker`` fixtures.
+pytest_plugins = ["tools.sample_proj"]
+
 #: Per-phase reports of the running test, so fixtures can tell at teardown whether it failed.
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 

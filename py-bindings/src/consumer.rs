@@ -106,6 +106,7 @@ impl Consumer {
             queues: Vec::new(),
             concurrency,
             lease_seconds,
+            rate_limited: Vec::new(),
         };
         {
             let (pg, info) = (pg.clone(), info.clone());

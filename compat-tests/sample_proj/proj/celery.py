@@ -2,10 +2,12 @@
 throwaway database: ``PROJ_RESULT_BACKEND`` (a ``db+postgresql+psycopg://`` URL) and
 ``PROJ_SIGNAL_LOG`` (a file that signal receivers append to); ``PROJ_DEFAULT_QUEUE`` and
 ``PROJ_CONCURRENCY`` set ``task_default_queue`` and ``worker_concurrency``, ``PROJ_ACCEPT``
-(comma-separated) ``accept_content``."""
+(comma-separated) ``accept_content``; ``PROJ_RATE_SETTINGS`` (JSON) is applied as settings, e.g.
+``{"task_annotations": {"proj.tasks.stamp": {"rate_limit": "2/s"}}}``."""
 
 from __future__ import annotations
 
+import json
 import os
 
 from celery import Celery
@@ -27,3 +29,5 @@ if os.environ.get("PROJ_ACCEPT"):
     app.conf.accept_content = os.environ["PROJ_ACCEPT"].split(",")
 if os.environ.get("PROJ_CONCURRENCY"):
     app.conf.worker_concurrency = int(os.environ["PROJ_CONCURRENCY"])
+if os.environ.get("PROJ_RATE_SETTINGS"):
+    app.conf.update(json.loads(os.environ["PROJ_RATE_SETTINGS"]))

@@ -320,3 +320,24 @@ for _name in (
     "worker_process_shutdown",
 ):
     _connect(getattr(signals, _name), _name)
+
+
+# --- rate limits (test_rate_limits.py) ---------------------------------------------------------
+
+
+@app.task(rate_limit="2/s")
+def limited(tag: str = "") -> float:
+    """Celery's per-worker limit: returns when it started."""
+    return time.time()
+
+
+@app.task(global_rate_limit="2/s")
+def limited_globally(tag: str = "") -> float:
+    """celeriac's fleet-wide limit (a task option Celery keeps as an attribute)."""
+    return time.time()
+
+
+@app.task
+def stamp(tag: str = "") -> float:
+    """No limit unless a setting or an operator gives it one."""
+    return time.time()

@@ -133,6 +133,13 @@ def _limit(value: Any) -> float | None:
     return f if f > 0 else None
 
 
+def _rate(value: Any) -> str | None:
+    """A rate limit as the worker parses it (Celery's syntax, as text); None for no limit."""
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    return str(value)
+
+
 def init(
     spec: str,
     hostname: str,
@@ -188,6 +195,8 @@ def init(
             "soft_time_limit": _limit(task.soft_time_limit),
             "time_limit": _limit(task.time_limit),
             "acks_late": bool(task.acks_late),
+            "rate_limit": _rate(getattr(task, "rate_limit", None)),
+            "global_rate_limit": _rate(getattr(task, "global_rate_limit", None)),
         }
     return {
         "protocol": PROTOCOL,
@@ -209,6 +218,12 @@ def init(
             "task_soft_time_limit": _limit(conf.task_soft_time_limit),
             "worker_max_tasks_per_child": conf.worker_max_tasks_per_child,
             "worker_max_memory_per_child": conf.worker_max_memory_per_child,
+            "worker_disable_rate_limits": bool(conf.worker_disable_rate_limits),
+            "celeriac_global_rate_limits": {
+                str(name): str(rate)
+                for name, rate in (conf.get("celeriac_global_rate_limits") or {}).items()
+                if _rate(rate) is not None
+            },
         },
     }
 

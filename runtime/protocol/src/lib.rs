@@ -21,7 +21,7 @@
 //! Modules depend on each other one way, lowest first: `isoformat` (Python's date and time
 //! text) ← [`value`] (the data model, its serde `Serialize`/`Deserialize` and marker text) ←
 //! [`de`] (typed reads) and [`limits`] ← [`json`], [`msgpack`], [`pyrepr`] ← [`error`] ←
-//! [`message`]. [`state`] (task states) stands alone.
+//! [`message`]. [`state`] (task states) and `rate` (rate limits) stand alone.
 
 pub mod de;
 pub mod error;
@@ -31,6 +31,7 @@ pub mod limits;
 pub mod message;
 pub mod msgpack;
 pub mod pyrepr;
+mod rate;
 mod reason;
 pub mod state;
 pub mod value;
@@ -41,6 +42,7 @@ pub use message::{
     encode_task, Accept, DeliveryInfo, Embed, EncodedTask, Envelope, Expires, ProtocolVersion, TaskHeaders,
     TaskMessage, TaskOptions, TimeLimit, CONTENT_TYPE_JSON, DEFAULT_QUEUE,
 };
+pub use rate::{Rate, RateError};
 pub use reason::{DeadLetterReason, UnknownReason};
 pub use state::TaskState;
 pub use value::{Map, Value};

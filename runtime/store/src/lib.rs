@@ -24,6 +24,7 @@ pub mod maintenance;
 mod message;
 mod migrate;
 mod queue_stats;
+mod rate_limit;
 pub mod service;
 mod sql;
 #[cfg(feature = "testing")]
@@ -47,6 +48,9 @@ pub use message::{
 };
 pub use migrate::{migrations_fingerprint, MigrateReport, Migration, MIGRATIONS};
 pub use queue_stats::QueueStats;
+pub use rate_limit::{
+    global_burst, RateLimitRow, RateLimitScope, RateValue, TokenGrant, GLOBAL_BURST_SECONDS, PARKED,
+};
 pub use sql::Pooler;
 use sql::Session;
 use tokio_postgres::NoTls;

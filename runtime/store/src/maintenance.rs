@@ -1,5 +1,6 @@
 //! Background maintenance that is safe to run in every consumer at once (celeriac workers and
-//! Python Celery workers on the kombu transport): redelivering the messages of dead workers.
+//! Python Celery workers on the kombu transport): redelivering the messages of dead workers, and
+//! returning to their queue the parked messages of task types no live worker rate-limits.
 
 use std::{
     sync::{
@@ -78,6 +79,10 @@ impl HeartbeatHealth {
     }
 }
 
+/// How long a rescuer's heartbeats must have been landing before it judges which task types
+/// live workers limit (their rows say so, kept by their heartbeats): a worker lease, the default.
+const UNPARK_AFTER_HEALTHY_SECONDS: f64 = 30.0;
+
 /// Frees messages whose worker died (lease ran out), marking them redelivered, and dead-letters
 /// those that exhausted their redeliveries. Uses `SKIP LOCKED`, so any number of rescuers may
 /// run at once without doing the same work twice.
@@ -140,6 +145,17 @@ impl Periodic for Rescuer {
                 max_redeliveries = self.config.max_redeliveries,
                 "rescuer: moved messages that keep killing their workers to dead_letter"
             );
+        }
+        // Parked messages of task types no live worker limits any more go back to their queue
+        // (judged, like death, only while this process's own heartbeats land).
+        if healthy >= UNPARK_AFTER_HEALTHY_SECONDS {
+            let unparked = self.store.message_unpark_unlimited().await?;
+            if unparked > 0 {
+                tracing::warn!(
+                    count = unparked,
+                    "rescuer: returned rate-limited messages to their queue: no live worker limits their task any more"
+                );
+            }
         }
         // Pruning is judged like death: only by a rescuer whose own heartbeats have succeeded
         // for the whole retention, or a database outage longer than it would delete every live

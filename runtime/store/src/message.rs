@@ -242,8 +242,26 @@ fn claim_sql(queues: &str, condition: &str, suspects: u8) -> String {
              order by c.priority desc, c.eta, c.id
              limit $2))
            and celeriac.relaxed_commit()
-         returning t.id, t.attempt, t.queue, t.priority, t.eta, t.redelivered, t.redeliveries, t.payload, t.created_at"
+         returning {CLAIMED_COLUMNS}"
     )
+}
+
+/// What a claim returns, read by [`claimed_from_row`].
+pub(crate) const CLAIMED_COLUMNS: &str =
+    "t.id, t.attempt, t.queue, t.priority, t.eta, t.redelivered, t.redeliveries, t.payload, t.created_at";
+
+/// A claimed row, from [`CLAIMED_COLUMNS`].
+pub(crate) fn claimed_from_row(r: &tokio_postgres::Row) -> ClaimedMessage {
+    ClaimedMessage {
+        lease: Lease { id: r.get(0), attempt: r.get(1) },
+        queue: r.get(2),
+        priority: r.get(3),
+        eta: r.get(4),
+        redelivered: r.get(5),
+        redeliveries: r.get(6),
+        payload: r.get(7),
+        created_at: r.get(8),
+    }
 }
 
 /// Full claim: the head of each queue's ready rows, in (priority desc, eta, id) order.
@@ -445,19 +463,7 @@ impl Store {
                 client.rows(self.pooler, &CLAIM_AFTER_SQL, &[&common[..], &after].concat()).await?
             }
         };
-        let mut claimed: Vec<ClaimedMessage> = rows
-            .into_iter()
-            .map(|r| ClaimedMessage {
-                lease: Lease { id: r.get(0), attempt: r.get(1) },
-                queue: r.get(2),
-                priority: r.get(3),
-                eta: r.get(4),
-                redelivered: r.get(5),
-                redeliveries: r.get(6),
-                payload: r.get(7),
-                created_at: r.get(8),
-            })
-            .collect();
+        let mut claimed: Vec<ClaimedMessage> = rows.iter().map(claimed_from_row).collect();
         claimed.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.eta.cmp(&b.eta)).then(a.lease.id.cmp(&b.lease.id)));
         Ok(claimed)
     }
@@ -743,7 +749,8 @@ impl Store {
 }
 
 impl Store {
-    /// Deletes every message of `queue` that no worker holds. Returns how many.
+    /// Deletes every message of `queue` that no worker holds (parked ones included). Returns
+    /// how many.
     ///
     /// # Errors
     /// Connection errors.
@@ -752,8 +759,8 @@ impl Store {
         client
             .touch(
                 self.pooler,
-                "delete from celeriac.message where queue = $1 and leased_by is null",
-                &[(&queue, Type::TEXT)],
+                "delete from celeriac.message where queue = $1 and (leased_by is null or leased_by = $2)",
+                &[(&queue, Type::TEXT), (&crate::PARKED, Type::UUID)],
             )
             .await
     }

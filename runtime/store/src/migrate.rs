@@ -24,6 +24,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "worker_healthy_since",
         sql: include_str!("../../../migrations/0003_worker_healthy_since.sql"),
     },
+    Migration { version: 4, name: "rate_limits", sql: include_str!("../../../migrations/0004_rate_limits.sql") },
 ];
 
 /// What the runner itself creates before applying migrations.

@@ -15,6 +15,8 @@ pub struct QueueStats {
     pub delayed: i64,
     /// Claimed by a worker (running or prefetched).
     pub leased: i64,
+    /// Waiting for a rate limit's token (parked, see `migrations/0004_rate_limits.sql`).
+    pub rate_limited: i64,
     /// In `dead_letter`.
     pub dead_lettered: i64,
 }
@@ -33,16 +35,17 @@ impl Store {
                      select queue,
                             count(*) filter (where leased_by is null and eta <= now()) as ready,
                             count(*) filter (where leased_by is null and eta > now()) as delayed,
-                            count(*) filter (where leased_by is not null) as leased
+                            count(*) filter (where leased_by is not null and leased_by <> $1) as leased,
+                            count(*) filter (where leased_by = $1) as parked
                      from celeriac.message group by queue
                  ), dead as (
                      select queue, count(*) as dead from celeriac.dead_letter group by queue
                  )
                  select coalesce(l.queue, d.queue), coalesce(l.ready, 0), coalesce(l.delayed, 0),
-                        coalesce(l.leased, 0), coalesce(d.dead, 0)
+                        coalesce(l.leased, 0), coalesce(d.dead, 0), coalesce(l.parked, 0)
                  from live l full join dead d on d.queue = l.queue
                  order by 1",
-                &[],
+                &[(&crate::PARKED, Type::UUID)],
             )
             .await?;
         Ok(rows
@@ -53,6 +56,7 @@ impl Store {
                 delayed: r.get(2),
                 leased: r.get(3),
                 dead_lettered: r.get(4),
+                rate_limited: r.get(5),
             })
             .collect())
     }

@@ -22,6 +22,8 @@ pub struct WorkerInfo {
     pub concurrency: i32,
     /// Lease length of its claims, in seconds: without a heartbeat for this long it is dead.
     pub lease_seconds: f64,
+    /// Task types it rate-limits (see [`Store::worker_set_rate_limited`]).
+    pub rate_limited: Vec<String>,
 }
 
 /// The worker row's new `healthy_since` at a heartbeat: unchanged while heartbeats keep coming,
@@ -64,9 +66,10 @@ impl Store {
             .touch(
                 self.pooler,
                 &format!(
-                    "insert into celeriac.worker (id, hostname, pid, queues, concurrency, lease_seconds)
-                 values ($1, $2, $3, $4, $5, $6)
-                 on conflict (id) do update set heartbeat_at = now(), healthy_since = {HEALTHY_SINCE}"
+                    "insert into celeriac.worker (id, hostname, pid, queues, concurrency, lease_seconds, rate_limited)
+                 values ($1, $2, $3, $4, $5, $6, $7)
+                 on conflict (id) do update
+                 set heartbeat_at = now(), healthy_since = {HEALTHY_SINCE}, rate_limited = excluded.rate_limited"
                 ),
                 &[
                     (&w.id, Type::UUID),
@@ -75,6 +78,7 @@ impl Store {
                     (&w.queues, Type::TEXT_ARRAY),
                     (&w.concurrency, Type::INT4),
                     (&w.lease_seconds, Type::FLOAT8),
+                    (&w.rate_limited, Type::TEXT_ARRAY),
                 ],
             )
             .await?;
@@ -109,6 +113,23 @@ impl Store {
             )
             .await?;
         Ok(row.get(0))
+    }
+
+    /// Records the task types `worker` rate-limits now: messages of those types that it parked
+    /// wait while a live worker limits them (see [`Store::message_unpark_unlimited`]).
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn worker_set_rate_limited(&self, worker: Uuid, task_names: &[String]) -> Result<()> {
+        let client = self.pool.get().await?;
+        client
+            .touch(
+                self.pooler,
+                "update celeriac.worker set rate_limited = $2 where id = $1",
+                &[(&worker, Type::UUID), (&task_names, Type::TEXT_ARRAY)],
+            )
+            .await?;
+        Ok(())
     }
 
     /// Removes a worker's row (graceful shutdown).

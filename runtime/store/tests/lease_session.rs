@@ -21,6 +21,7 @@ fn info(lease_seconds: f64) -> WorkerInfo {
         queues: vec!["celery".into()],
         concurrency: 1,
         lease_seconds,
+        rate_limited: Vec::new(),
     }
 }
 

@@ -24,6 +24,7 @@ fn info(id: Uuid) -> WorkerInfo {
         queues: vec!["celery".into()],
         concurrency: 1,
         lease_seconds: 30.0,
+        rate_limited: Vec::new(),
     }
 }
 

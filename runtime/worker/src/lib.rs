@@ -39,7 +39,7 @@ pub use celeriac_protocol as protocol;
 pub use celeriac_store as store;
 pub use celeriac_store::maintenance;
 pub use client::{build_message, Client};
-pub use registry::{Handler, HandlerFuture, Registry};
+pub use registry::{DeclaredRateLimits, Handler, HandlerFuture, Registry};
 pub use task::{LeaseCheck, Outcome, Request, TaskError};
 pub use worker::{Worker, WorkerConfig, WorkerReport, WorkerStats};
 

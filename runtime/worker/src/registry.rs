@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc};
 
-use celeriac_protocol::Value;
+use celeriac_protocol::{Rate, RateError, Value};
 use chrono::Utc;
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -47,6 +47,16 @@ where
 #[derive(Clone, Default)]
 pub struct Registry {
     handlers: HashMap<String, Arc<dyn Handler>>,
+    rate_limits: HashMap<String, DeclaredRateLimits>,
+}
+
+/// The rate limits a task declares (Celery's `rate_limit`, and celeriac's fleet-wide one).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeclaredRateLimits {
+    /// Per worker process, as Celery enforces `rate_limit`.
+    pub per_worker: Option<Rate>,
+    /// Across every worker on the database (a token bucket in PostgreSQL).
+    pub global: Option<Rate>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -178,6 +188,34 @@ impl Registry {
     #[must_use]
     pub fn contains(&self, name: &str) -> bool {
         self.handlers.contains_key(name)
+    }
+
+    /// Limits `name` to `rate` per worker process, as Celery's `rate_limit` task option does
+    /// (`"10/s"`, `"100/m"`, `"1000/h"`, a bare number per second; `"0"` or `""` for none).
+    /// Messages waiting for a token stay in the database, not in the worker.
+    ///
+    /// # Errors
+    /// [`RateError`] if `rate` is not a rate.
+    pub fn rate_limit(&mut self, name: &str, rate: &str) -> Result<&mut Self, RateError> {
+        self.rate_limits.entry(name.to_owned()).or_default().per_worker = Rate::parse(rate)?;
+        Ok(self)
+    }
+
+    /// Limits `name` to `rate` across every worker on the database (a token bucket in
+    /// PostgreSQL; an operator's `celeriac rate-limit set` overrides it). Same syntax as
+    /// [`Registry::rate_limit`].
+    ///
+    /// # Errors
+    /// [`RateError`] if `rate` is not a rate.
+    pub fn global_rate_limit(&mut self, name: &str, rate: &str) -> Result<&mut Self, RateError> {
+        self.rate_limits.entry(name.to_owned()).or_default().global = Rate::parse(rate)?;
+        Ok(self)
+    }
+
+    /// The limits declared for `name` (none if it declares none).
+    #[must_use]
+    pub fn rate_limits(&self, name: &str) -> DeclaredRateLimits {
+        self.rate_limits.get(name).cloned().unwrap_or_default()
     }
 
     /// Registered task names, sorted.

@@ -183,6 +183,7 @@ pub(crate) struct WriteProgress {
     dead: bool,
     release: bool,
     requeue: bool,
+    park: bool,
 }
 
 /// Logs the outcomes the database refused because their lease was lost meanwhile (another
@@ -210,6 +211,7 @@ pub(crate) async fn write_batch(
 ) -> crate::Result<usize> {
     let mut complete = Vec::new();
     let mut release = Vec::new();
+    let mut park = Vec::new();
     let mut requeue = Vec::new();
     let mut dead = Vec::new();
     let mut retries = Vec::new();
@@ -217,6 +219,7 @@ pub(crate) async fn write_batch(
         match s {
             Settlement::Complete(l) => complete.push(*l),
             Settlement::Release(l) => release.push(*l),
+            Settlement::Park(l) => park.push(*l),
             Settlement::Requeue(l) => requeue.push(*l),
             Settlement::DeadLetter(d) => dead.push(d.clone()),
             Settlement::Retry { lease, payload, eta } => retries.push((*lease, payload, *eta)),
@@ -249,6 +252,11 @@ pub(crate) async fn write_batch(
         // Not logged: a lease given back unstarted may have run out already on purpose.
         written += store.message_release_many(worker_id, &release, false).await?.len();
         progress.release = true;
+    }
+    if !progress.park {
+        // Not logged either: a lost lease only means the message is claimed again.
+        written += store.message_park_many(worker_id, &park).await?.len();
+        progress.park = true;
     }
     if !progress.requeue {
         let report = store.message_requeue_many(worker_id, &requeue, max_redeliveries).await?;

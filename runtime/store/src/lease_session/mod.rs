@@ -64,6 +64,10 @@ pub enum Settlement {
     Requeue(Lease),
     /// Moved to `dead_letter` with its reason.
     DeadLetter(DeadLetterParams),
+    /// Parked unstarted: its task's rate limit has no token for it soon. It waits in the
+    /// database, out of the claims' way, until a worker that limits its task takes it back
+    /// (see `migrations/0004_rate_limits.sql`).
+    Park(Lease),
     /// Re-scheduled as a new delivery at `eta` with a new envelope (Celery's `Task.retry`).
     Retry {
         /// The lease held.
@@ -83,6 +87,7 @@ impl Settlement {
             Settlement::Complete(l)
             | Settlement::Release(l)
             | Settlement::Requeue(l)
+            | Settlement::Park(l)
             | Settlement::Retry { lease: l, .. } => *l,
             Settlement::DeadLetter(d) => d.lease,
         }

@@ -7,8 +7,11 @@ use super::{store, CliError};
 /// `celeriac inspect …`
 #[derive(Debug, Subcommand)]
 pub enum Inspect {
-    /// Per queue: ready, delayed (eta in the future), leased and dead-lettered counts.
+    /// Per queue: ready, delayed (eta in the future), leased, rate-limited (waiting for a
+    /// token) and dead-lettered counts.
     Queues,
+    /// Rate limits in force and the messages waiting for a token (as `celeriac rate-limit show`).
+    RateLimits,
     /// The newest dead-lettered messages with their reasons.
     DeadLetters {
         /// How many to show.
@@ -22,11 +25,18 @@ pub(super) async fn run(url: &str, what: Inspect) -> Result<(), CliError> {
     match what {
         Inspect::Queues => {
             let stats = store(url, 1)?.queue_stats().await?;
-            println!("{:<24} {:>10} {:>10} {:>10} {:>14}", "queue", "ready", "delayed", "leased", "dead_lettered");
+            println!(
+                "{:<24} {:>10} {:>10} {:>10} {:>12} {:>14}",
+                "queue", "ready", "delayed", "leased", "rate_limited", "dead_lettered"
+            );
             for s in stats {
-                println!("{:<24} {:>10} {:>10} {:>10} {:>14}", s.queue, s.ready, s.delayed, s.leased, s.dead_lettered);
+                println!(
+                    "{:<24} {:>10} {:>10} {:>10} {:>12} {:>14}",
+                    s.queue, s.ready, s.delayed, s.leased, s.rate_limited, s.dead_lettered
+                );
             }
         }
+        Inspect::RateLimits => super::rate_limit::show(&store(url, 1)?, None).await?,
         Inspect::DeadLetters { limit } => {
             for d in store(url, 1)?.dead_letter_list(limit).await? {
                 println!(

@@ -4,7 +4,7 @@
 //! This module holds the argument definitions shared by every command ([`Cli`], [`Command`]),
 //! the dispatch and [`CliError`]; each command's options and body live in a file of their own
 //! (`worker.rs`, `send.rs`, `enqueue_envelopes.rs`, `inspect.rs`, `dead_letters.rs`,
-//! `migrate.rs`; `bench` is [`crate::bench`], `pool-child` is [`crate::python::child`]).
+//! `migrate.rs`, `rate_limit.rs`; `bench` is [`crate::bench`], `pool-child` is [`crate::python::child`]).
 
 use std::process::ExitCode;
 
@@ -15,12 +15,14 @@ mod dead_letters;
 mod enqueue_envelopes;
 mod inspect;
 mod migrate;
+mod rate_limit;
 mod send;
 mod worker;
 
 pub use dead_letters::{DeadLetterAction, DeadLetterSelection};
 pub use enqueue_envelopes::EnvelopeArgs;
 pub use inspect::Inspect;
+pub use rate_limit::RateLimitAction;
 pub use send::SendArgs;
 pub use worker::WorkerArgs;
 
@@ -64,6 +66,12 @@ pub enum Command {
         /// What to show.
         #[command(subcommand)]
         what: Inspect,
+    },
+    /// Set, show or clear rate limits (fleet-wide, or per worker as Celery's rate_limit).
+    RateLimit {
+        /// What to do.
+        #[command(subcommand)]
+        action: RateLimitAction,
     },
     /// Put dead-lettered messages back in their queue, or delete them.
     DeadLetters {
@@ -174,6 +182,9 @@ pub enum CliError {
     /// The benchmark failed.
     #[error(transparent)]
     Bench(#[from] crate::bench::BenchError),
+    /// A rate limit is not a rate.
+    #[error(transparent)]
+    Rate(#[from] celeriac_protocol::RateError),
 }
 
 /// Runs the CLI with `registry` (plus the example handlers on request) and returns the exit code.
@@ -260,6 +271,7 @@ async fn run(cli: Cli, registry: Registry) -> Result<(), CliError> {
         Command::Send(args) => send::run(&url, &args).await,
         Command::EnqueueEnvelopes(args) => enqueue_envelopes::run(&url, &args).await,
         Command::Inspect { what } => inspect::run(&url, what).await,
+        Command::RateLimit { action } => rate_limit::run(&url, action).await,
         Command::DeadLetters { action } => dead_letters::run(&url, action).await,
         Command::Bench(args) => Ok(crate::bench::run(&url, &args).await?),
     }

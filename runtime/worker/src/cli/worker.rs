@@ -63,6 +63,10 @@ pub struct WorkerArgs {
     /// Also register the example handlers (examples.add, examples.noop, examples.sleep, …).
     #[arg(long)]
     pub example_handlers: bool,
+    /// Ignore the tasks' per-worker rate limits (Celery's worker_disable_rate_limits, which -A
+    /// also reads); fleet-wide limits (celeriac rate-limit) still apply.
+    #[arg(long)]
+    pub disable_rate_limits: bool,
     /// Pool for the app's Python tasks (with -A): prefork (-c child processes), threads (one
     /// process, -c threads) or solo (one process, one task at a time).
     #[cfg(feature = "python")]
@@ -162,7 +166,7 @@ async fn start_python_pool(
     };
     let pool = PythonPool::start(pool_config).await?;
     let hello = pool.hello();
-    let names = pool.register_tasks(registry);
+    let names = pool.register_tasks(registry)?;
     tracing::info!(
         app = %hello.app, pool = ?args.pool, python = %hello.python, celery = %hello.celery,
         "app loaded; Python tasks: {}", names.join(", ")
@@ -227,6 +231,7 @@ fn worker_config(args: &WorkerArgs) -> Result<WorkerConfig, CliError> {
         rescue_interval: defaults.rescue_interval.min(secs("lease-seconds", args.lease_seconds / 2.0)?),
         listen: !args.no_listen,
         pipeline: 0,
+        disable_rate_limits: args.disable_rate_limits,
     };
     config.validate()?;
     Ok(config)

@@ -52,6 +52,14 @@ pub enum PoolError {
     /// `-A`, or the traceback).
     #[error("{0}")]
     AppLoad(String),
+    /// A task's rate limit is not a rate.
+    #[error("task {task}: {source}")]
+    BadRateLimit {
+        /// The task.
+        task: String,
+        /// Why.
+        source: celeriac_protocol::RateError,
+    },
     /// The child exited (or sent something other than its hello) while loading the app.
     #[error("the pool child exited while loading the app ({status}; {why})")]
     ExitedWhileLoading {
@@ -84,6 +92,13 @@ pub struct TaskInfo {
     /// `acks_late`.
     #[serde(default)]
     pub acks_late: bool,
+    /// `rate_limit` (Celery's syntax, as text), after `task_default_rate_limit` and
+    /// `task_annotations`.
+    #[serde(default)]
+    pub rate_limit: Option<String>,
+    /// The task's `global_rate_limit` option (celeriac's fleet-wide limit).
+    #[serde(default)]
+    pub global_rate_limit: Option<String>,
 }
 
 /// What a child reported once it had loaded the app.
@@ -357,14 +372,29 @@ impl PythonPool {
     }
 
     /// Registers a handler for every task of the app that `registry` has no Rust handler for
-    /// (Rust handlers win). Returns the names registered.
-    pub fn register_tasks(&self, registry: &mut Registry) -> Vec<String> {
+    /// (Rust handlers win), with the task's rate limits: Celery's `rate_limit` (after
+    /// `task_default_rate_limit` and `task_annotations`) per worker, and fleet-wide the task's
+    /// `global_rate_limit` option, which the app's `celeriac_global_rate_limits` setting beats.
+    /// Returns the names registered.
+    ///
+    /// # Errors
+    /// [`PoolError::BadRateLimit`] for a limit that is not a rate.
+    pub fn register_tasks(&self, registry: &mut Registry) -> Result<Vec<String>, PoolError> {
         let mut names: Vec<String> = self.inner.tasks.keys().filter(|n| !registry.contains(n)).cloned().collect();
         names.sort();
+        let global = &self.hello.config.celeriac_global_rate_limits;
         for name in &names {
             registry.register_raw(name, PythonHandler { inner: self.inner.clone() });
+            let task = &self.inner.tasks[name];
+            let bad = |source| PoolError::BadRateLimit { task: name.clone(), source };
+            if let Some(rate) = &task.rate_limit {
+                registry.rate_limit(name, rate).map_err(bad)?;
+            }
+            if let Some(rate) = global.get(name).or(task.global_rate_limit.as_ref()) {
+                registry.global_rate_limit(name, rate).map_err(bad)?;
+            }
         }
-        names
+        Ok(names)
     }
 
     /// Sends `worker_ready` (from the first child).

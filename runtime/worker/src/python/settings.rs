@@ -11,6 +11,7 @@
 //! | accept content | `--accept-content` | `accept_content`, if not empty | JSON |
 //! | max tasks per child | `--max-tasks-per-child` | `worker_max_tasks_per_child`, if above 0 | none |
 //! | max memory per child | `--max-memory-per-child` | `worker_max_memory_per_child`, if above 0 | none |
+//! | per-worker rate limits off | `--disable-rate-limits` | `worker_disable_rate_limits` | on |
 //!
 //! The pool applies the last three itself ([`PoolConfig::adopt_app_settings`], when its first
 //! child reported the app's settings); [`AppConfig::apply_to_worker`] applies the others to the
@@ -102,6 +103,12 @@ pub struct AppConfig {
     pub worker_max_tasks_per_child: Option<u64>,
     /// `worker_max_memory_per_child` (KiB).
     pub worker_max_memory_per_child: Option<u64>,
+    /// `worker_disable_rate_limits`.
+    #[serde(default)]
+    pub worker_disable_rate_limits: bool,
+    /// `celeriac_global_rate_limits`: task name → fleet-wide rate limit (as text).
+    #[serde(default)]
+    pub celeriac_global_rate_limits: std::collections::HashMap<String, String>,
 }
 
 /// Which of the worker's settings were given explicitly (on the command line, or by the program
@@ -145,6 +152,7 @@ impl AppConfig {
         if !explicit.accept_content && !self.accept_content.is_empty() {
             config.accept = celeriac_protocol::Accept::new(&self.accept_content);
         }
+        config.disable_rate_limits |= self.worker_disable_rate_limits;
     }
 }
 
@@ -185,6 +193,8 @@ mod tests {
             worker_prefetch_multiplier: Some(2),
             worker_max_tasks_per_child: Some(100),
             worker_max_memory_per_child: Some(200_000),
+            worker_disable_rate_limits: false,
+            celeriac_global_rate_limits: std::collections::HashMap::new(),
         }
     }
 

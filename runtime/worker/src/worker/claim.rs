@@ -78,6 +78,12 @@ pub(super) struct SuspectPermit {
     wake: Arc<Notify>,
 }
 
+impl SuspectPermit {
+    pub(super) fn new(permit: OwnedSemaphorePermit, wake: Arc<Notify>) -> SuspectPermit {
+        SuspectPermit { _permit: permit, wake }
+    }
+}
+
 impl Drop for SuspectPermit {
     fn drop(&mut self) {
         self.wake.notify_one();
@@ -240,7 +246,7 @@ async fn claim_batch(
         } else {
             None
         };
-        tracker.spawn(execute(shared.clone(), message, slot, turn, suspect));
+        tracker.spawn(execute(shared.clone(), message, Some(slot), Some(turn), suspect));
     }
     tracker.spawn(pass_turn(previous, claim_done));
     let _ = done.send(if got == want || !full_claim { ClaimResult::Full } else { ClaimResult::Short });

@@ -16,6 +16,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::{
     claim::{SuspectPermit, Turn},
+    rate_limit::Admission,
     settle::{self, Delivery, Level, Verdict},
     Shared,
 };
@@ -46,11 +47,14 @@ impl Drop for Unsettled<'_> {
     }
 }
 
+/// Runs one claimed message to its settlement. `slot` is its place in the prefetch window and
+/// `turn` its place in the start order (both `None` for a message its type's parked claimer took
+/// back: it was admitted by its rate limit already, outside the window).
 pub(super) async fn execute(
     shared: Arc<Shared>,
     claimed: ClaimedMessage,
-    slot: OwnedSemaphorePermit,
-    turn: Turn,
+    slot: Option<OwnedSemaphorePermit>,
+    turn: Option<Turn>,
     suspect: Option<SuspectPermit>,
 ) {
     let mut guard = Unsettled { session: &shared.session, lease: Some(claimed.lease) };
@@ -126,7 +130,12 @@ fn dead_letter_undecodable(shared: &Shared, claimed: &ClaimedMessage, e: &Decode
     }));
 }
 
-async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: OwnedSemaphorePermit, mut turn: Turn) {
+async fn execute_inner(
+    shared: &Arc<Shared>,
+    claimed: ClaimedMessage,
+    mut slot: Option<OwnedSemaphorePermit>,
+    mut turn: Option<Turn>,
+) {
     let lease = claimed.lease;
     let accept = &shared.config.accept;
     // Only the envelope and headers now: the body, which may decode to far more than its
@@ -167,7 +176,54 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
         shared.session.settle(Settlement::Complete(lease));
         return;
     }
-    if let Some(previous) = turn.previous.take() {
+    let admission = shared.rate_limits.admit(&message.headers.task, turn.is_none(), Instant::now());
+    match admission {
+        Admission::Run => {}
+        Admission::Park => {
+            // Not within reach of its rate limit: it waits in the database (the turn, dropped,
+            // lets the next message go).
+            tracing::debug!("Task {name}[{id}] waits for its rate limit in the database");
+            shared.stats.parked.fetch_add(1, Ordering::Relaxed);
+            shared.session.settle(Settlement::Park(lease));
+            return;
+        }
+        Admission::At(at) => {
+            // Its token is reserved: it leaves the start order and the prefetch window, so
+            // other messages go on while it waits.
+            if let Some(mut turn) = turn.take() {
+                if let Some(previous) = turn.previous.take() {
+                    let _ = previous.await;
+                }
+                let _ = turn.started.send(());
+            }
+            drop(slot.take());
+            let mut at = at;
+            loop {
+                let due = tokio::select! {
+                    biased;
+                    () = shared.stopping.cancelled() => false,
+                    () = tokio::time::sleep_until(at.into()) => true,
+                };
+                if !due {
+                    shared.stats.released.fetch_add(1, Ordering::Relaxed);
+                    shared.session.settle(Settlement::Release(lease));
+                    return;
+                }
+                let now = Instant::now();
+                match shared.rate_limits.fire(&message.headers.task, now) {
+                    Ok(()) => break,
+                    Err(wait) => at = now + wait,
+                }
+            }
+        }
+    }
+    if admission == Admission::Run {
+        // Admitted at once; the interval since the last start is kept all the same.
+        while let Err(wait) = shared.rate_limits.fire(&message.headers.task, Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    if let Some(previous) = turn.as_mut().and_then(|t| t.previous.take()) {
         // Err: the previous message was settled without running; either way it is our turn.
         let _ = previous.await;
     }
@@ -176,7 +232,9 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
         () = shared.stopping.cancelled() => None,
         p = shared.run_slots.clone().acquire_owned() => p.ok(),
     };
-    let _ = turn.started.send(());
+    if let Some(turn) = turn {
+        let _ = turn.started.send(());
+    }
     let Some(run_slot) = run_slot else {
         shared.stats.released.fetch_add(1, Ordering::Relaxed);
         shared.session.settle(Settlement::Release(lease));
@@ -248,6 +306,7 @@ async fn execute_inner(shared: &Arc<Shared>, claimed: ClaimedMessage, _slot: Own
     apply(shared, verdict, &delivery);
     // Only now may the next task start: its log lines follow this task's outcome.
     drop(run_slot);
+    drop(slot);
 }
 
 #[cfg(test)]

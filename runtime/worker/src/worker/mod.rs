@@ -28,6 +28,7 @@
 
 mod claim;
 mod execute;
+mod rate_limit;
 mod settle;
 mod stats;
 
@@ -80,6 +81,9 @@ pub struct WorkerConfig {
     /// Python pool keeps one task queued behind the running one in each child). They come out
     /// of the prefetched messages, not on top of them. Default: 0.
     pub pipeline: usize,
+    /// Ignore per-worker rate limits (Celery's `worker_disable_rate_limits`); fleet-wide limits
+    /// still apply. Default: false.
+    pub disable_rate_limits: bool,
 }
 
 impl Default for WorkerConfig {
@@ -98,6 +102,7 @@ impl Default for WorkerConfig {
             accept: Accept::default(),
             listen: true,
             pipeline: 0,
+            disable_rate_limits: false,
         }
     }
 }
@@ -165,6 +170,8 @@ pub(super) struct Shared {
     wake: Arc<Notify>,
     /// `config.hostname`, shared by every request.
     hostname: Arc<str>,
+    /// Rate limits and their buckets (rate_limit.rs).
+    rate_limits: rate_limit::RateLimits,
 }
 
 /// A worker process's runtime. See the module docs.
@@ -218,6 +225,7 @@ impl Worker {
             queues: config.queues.clone(),
             concurrency: i32::try_from(config.concurrency).unwrap_or(i32::MAX),
             lease_seconds: config.lease.as_secs_f64(),
+            rate_limited: Vec::new(),
         };
         self.register(&info, &shutdown).await?;
         tracing::info!(
@@ -259,6 +267,7 @@ impl Worker {
             suspect_slot: Arc::new(Semaphore::new(1)),
             wake: wake.clone(),
             hostname: config.hostname.as_str().into(),
+            rate_limits: rate_limit::RateLimits::new(&self.registry, config.disable_rate_limits),
         });
 
         // The worker's own background services (the lease session runs its heartbeat,
@@ -274,6 +283,8 @@ impl Worker {
         }
 
         let tracker = TaskTracker::new();
+        rate_limit::start(&shared, &tracker).await;
+        tracker.spawn(rate_limit::refresh_loop(shared.clone(), tracker.clone()));
         claim_loop(&shared, &tracker).await;
 
         tracing::info!("worker: warm shutdown, waiting for {} running task(s)", tracker.len());

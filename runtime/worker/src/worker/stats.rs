@@ -17,6 +17,8 @@ pub struct WorkerStats {
     pub dead_lettered: AtomicU64,
     /// Claimed messages given back unstarted.
     pub released: AtomicU64,
+    /// Claimed messages parked to wait for their rate limit.
+    pub parked: AtomicU64,
     /// Outcomes written to the database.
     pub settled: AtomicU64,
     /// Claim statements issued.
@@ -40,6 +42,8 @@ pub struct WorkerReport {
     pub dead_lettered: u64,
     /// Claimed messages given back unstarted.
     pub released: u64,
+    /// Claimed messages parked to wait for their rate limit.
+    pub parked: u64,
     /// Outcomes written to the database.
     pub settled: u64,
 }
@@ -56,6 +60,7 @@ impl WorkerStats {
             retried: get(&self.retried),
             dead_lettered: get(&self.dead_lettered),
             released: get(&self.released),
+            parked: get(&self.parked),
             settled: get(&self.settled),
         }
     }
