@@ -31,6 +31,10 @@ Scenarios (``--list``):
   at once: three ``chaos_worker -c 4``; two ``celeriac worker -A chaos_app -c 2``; one of each
   plus two ``celery worker -c 2`` on the same queue. A celeriac worker is killed alone (its pool
   children must die with it, checked), a Celery worker with its process group.
+* ``kill-rate-limited``: as ``kill-rust`` with two ``chaos_worker`` and one ``celeriac worker
+  -A``, ``chaos.record`` limited fleet-wide (``celeriac rate-limit set``) to the rate that drains
+  the queue in the mode's drain target: workers die holding, parking and taking back
+  rate-limited messages.
 * ``pg-restart-fast``, ``pg-restart-immediate``: ``pg_ctl -m fast|immediate restart`` (same port;
   short mode once, long mode three times) while two ``chaos_worker``, one ``celeriac worker -A``
   and one ``celery worker`` drain; ``pg-terminate``: a random backend of theirs
@@ -938,6 +942,23 @@ def scenario_kill(run: Run, fleet: Sequence[str]) -> None:
 MIXED = ("rust", "rust", "python", "celery")
 
 
+def scenario_kill_rate_limited(run: Run) -> None:
+    """``scenario_kill`` with ``chaos.record`` under a fleet-wide rate limit (the tasks' rate
+    over the drain target), so workers are killed while they hold, park and take back rate-limited
+    messages. Celery workers on the transport ignore fleet-wide limits, so the fleet is celeriac's."""
+    rate = max(1, round(run.tasks / run.mode.drain_target))
+    out = subprocess.run(
+        [str(run.suite.celeriac_bin), "rate-limit", "set", TASK, f"{rate}/s", "--database-url", run.direct_url],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"celeriac rate-limit set failed:\n{out.stdout}{out.stderr}")
+    scenario_kill(run, ("rust", "rust", "python"))
+
+
 def scenario_pg_restart(run: Run, how: str) -> None:
     """PostgreSQL restarted (same port) mid-run; no worker may exit."""
     run.wait_ready([run.start(kind) for kind in MIXED])
@@ -1088,6 +1109,7 @@ SCENARIOS: list[Scenario] = [
     Scenario("kill-rust", lambda r: scenario_kill(r, ("rust", "rust", "rust")), kill=True),
     Scenario("kill-python", lambda r: scenario_kill(r, ("python", "python")), kill=True),
     Scenario("kill-mixed", lambda r: scenario_kill(r, ("rust", "python", "celery", "celery")), kill=True),
+    Scenario("kill-rate-limited", scenario_kill_rate_limited, kill=True),
     Scenario("pg-restart-fast", lambda r: scenario_pg_restart(r, "fast")),
     Scenario("pg-restart-immediate", lambda r: scenario_pg_restart(r, "immediate")),
     Scenario("pg-terminate", scenario_pg_terminate),

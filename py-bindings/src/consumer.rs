@@ -175,8 +175,15 @@ impl Consumer {
         let suspects = i64::from(!self.session.holds_suspect());
         let sent = Instant::now();
         let claimed = block_on(py, async move {
-            let params =
-                ClaimParams { worker_id: worker, queues: &queues, limit, lease_seconds, after: None, suspects };
+            let params = ClaimParams {
+                worker_id: worker,
+                queues: &queues,
+                limit,
+                lease_seconds,
+                after: None,
+                suspects,
+                park: &[],
+            };
             store.message_claim(&params).await
         })?
         .map_err(|e| self.owner.get().error(&e, Doing::Other))?;

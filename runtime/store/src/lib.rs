@@ -48,9 +48,7 @@ pub use message::{
 };
 pub use migrate::{migrations_fingerprint, MigrateReport, Migration, MIGRATIONS};
 pub use queue_stats::QueueStats;
-pub use rate_limit::{
-    global_burst, RateLimitRow, RateLimitScope, RateValue, TokenGrant, GLOBAL_BURST_SECONDS, PARKED,
-};
+pub use rate_limit::{global_burst, RateLimitRow, RateLimitScope, RateValue, TokenGrant, GLOBAL_BURST_SECONDS, PARKED};
 pub use sql::Pooler;
 use sql::Session;
 use tokio_postgres::NoTls;

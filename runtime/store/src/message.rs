@@ -15,6 +15,7 @@ use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use crate::{
+    rate_limit::PARKED_SQL,
     sql::{Param, Pooler, Session},
     Error, Result, Store,
 };
@@ -122,6 +123,8 @@ pub struct ClaimedMessage {
     pub payload: Vec<u8>,
     /// When it was enqueued.
     pub created_at: DateTime<Utc>,
+    /// Parked by the claim itself ([`ClaimParams::park`]): not leased, nothing to settle.
+    pub parked: bool,
 }
 
 /// A position in a queue's claim order (priority desc, eta, id): the last row claimed there.
@@ -163,6 +166,10 @@ pub struct ClaimParams<'a> {
     /// suspect and 0 while it does, so a message that kills its worker is never claimed
     /// together with another suspect (see `migrations/0002_claim_suspects.sql`).
     pub suspects: i64,
+    /// Task names whose messages the claim parks instead of leasing (their rate limit queues
+    /// new messages behind parked ones, see `migrations/0004_rate_limits.sql`): they come back
+    /// with [`ClaimedMessage::parked`] set, count towards `limit` and need no settling.
+    pub park: &'a [String],
 }
 
 /// One message to move to `dead_letter`.
@@ -198,7 +205,8 @@ pub struct RequeueReport {
     pub dead_lettered: Vec<i64>,
 }
 
-/// The claim statement around its choice of rows: lease them, bump the attempt, return them.
+/// The claim statement around its choice of rows: lease them, bump the attempt, return them;
+/// rows of the task names in `$5` are parked instead (same attempt, see [`ClaimParams::park`]).
 /// Fresh rows (`redeliveries = 0`) come from each queue's head, or after its cursor
 /// (`condition`); at most `$<suspects>` suspects (rows that came back after a lost lease, see
 /// `migrations/0002_claim_suspects.sql`) come from the head of all queues together. The outer
@@ -206,9 +214,10 @@ pub struct RequeueReport {
 fn claim_sql(queues: &str, condition: &str, suspects: u8) -> String {
     format!(
         "update celeriac.message t
-         set leased_by = $3,
-             lease_expires = now() + make_interval(secs => $4),
-             attempt = t.attempt + 1
+         set leased_by = case when t.task_name = any($5::text[]) then {PARKED_SQL} else $3 end,
+             lease_expires = case when t.task_name = any($5::text[]) then 'infinity'
+                                  else now() + make_interval(secs => $4) end,
+             attempt = t.attempt + (t.task_name = any($5::text[]) is not true)::int
          where t.id = any(array(
              select c.id
              from (
@@ -248,7 +257,8 @@ fn claim_sql(queues: &str, condition: &str, suspects: u8) -> String {
 
 /// What a claim returns, read by [`claimed_from_row`].
 pub(crate) const CLAIMED_COLUMNS: &str =
-    "t.id, t.attempt, t.queue, t.priority, t.eta, t.redelivered, t.redeliveries, t.payload, t.created_at";
+    "t.id, t.attempt, t.queue, t.priority, t.eta, t.redelivered, t.redeliveries, t.payload, \
+     t.created_at, t.leased_by = '00000000-0000-0000-0000-000000000000'::uuid";
 
 /// A claimed row, from [`CLAIMED_COLUMNS`].
 pub(crate) fn claimed_from_row(r: &tokio_postgres::Row) -> ClaimedMessage {
@@ -261,19 +271,20 @@ pub(crate) fn claimed_from_row(r: &tokio_postgres::Row) -> ClaimedMessage {
         redeliveries: r.get(6),
         payload: r.get(7),
         created_at: r.get(8),
+        parked: r.get(9),
     }
 }
 
 /// Full claim: the head of each queue's ready rows, in (priority desc, eta, id) order.
-static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| claim_sql("unnest($1::text[]) as q(name)", "", 5));
+static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| claim_sql("unnest($1::text[]) as q(name)", "", 6));
 
 /// Keyset claim: ready rows after a cursor, at the cursor's priority. The index range starts
 /// at the cursor, so it does not walk the entries of rows already claimed (dead until vacuum).
 static CLAIM_AFTER_SQL: LazyLock<String> = LazyLock::new(|| {
     claim_sql(
-        "unnest($1::text[], $5::int2[], $6::timestamptz[], $7::int8[]) as q(name, priority, eta, id)",
+        "unnest($1::text[], $6::int2[], $7::timestamptz[], $8::int8[]) as q(name, priority, eta, id)",
         "and priority = q.priority and (eta, id) > (q.eta, q.id)",
-        8,
+        9,
     )
 });
 
@@ -444,6 +455,7 @@ impl Store {
             (&params.limit as _, Type::INT8),
             (&params.worker_id as _, Type::UUID),
             (&params.lease_seconds as _, Type::FLOAT8),
+            (&params.park as _, Type::TEXT_ARRAY),
         ];
         let rows = match params.after {
             None => {
@@ -759,8 +771,12 @@ impl Store {
         client
             .touch(
                 self.pooler,
-                "delete from celeriac.message where queue = $1 and (leased_by is null or leased_by = $2)",
-                &[(&queue, Type::TEXT), (&crate::PARKED, Type::UUID)],
+                &format!(
+                    "delete from celeriac.message
+                     where queue = $1 and (leased_by is null or leased_by = {})",
+                    crate::rate_limit::PARKED_SQL
+                ),
+                &[(&queue, Type::TEXT)],
             )
             .await
     }

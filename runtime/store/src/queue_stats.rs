@@ -2,7 +2,7 @@
 
 use tokio_postgres::types::Type;
 
-use crate::{sql::Session, Result, Store};
+use crate::{rate_limit::PARKED_SQL, sql::Session, Result, Store};
 
 /// Counts for one queue.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -31,12 +31,13 @@ impl Store {
         let rows = client
             .rows(
                 self.pooler,
-                "with live as (
+                &format!(
+                    "with live as (
                      select queue,
                             count(*) filter (where leased_by is null and eta <= now()) as ready,
                             count(*) filter (where leased_by is null and eta > now()) as delayed,
-                            count(*) filter (where leased_by is not null and leased_by <> $1) as leased,
-                            count(*) filter (where leased_by = $1) as parked
+                            count(*) filter (where leased_by is not null and leased_by <> {PARKED_SQL}) as leased,
+                            count(*) filter (where leased_by = {PARKED_SQL}) as parked
                      from celeriac.message group by queue
                  ), dead as (
                      select queue, count(*) as dead from celeriac.dead_letter group by queue
@@ -44,8 +45,9 @@ impl Store {
                  select coalesce(l.queue, d.queue), coalesce(l.ready, 0), coalesce(l.delayed, 0),
                         coalesce(l.leased, 0), coalesce(d.dead, 0), coalesce(l.parked, 0)
                  from live l full join dead d on d.queue = l.queue
-                 order by 1",
-                &[(&crate::PARKED, Type::UUID)],
+                 order by 1"
+                ),
+                &[],
             )
             .await?;
         Ok(rows
@@ -84,5 +86,16 @@ impl Store {
             )
             .await?;
         Ok(row.get(0))
+    }
+
+    /// Vacuums and analyzes the message table now (what autovacuum does on its own schedule):
+    /// benchmarks call it so that runs they compare start from the same table state.
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn message_vacuum(&self) -> Result<()> {
+        let client = self.pool.get().await?;
+        client.touch(self.pooler, "vacuum (analyze) celeriac.message", &[]).await?;
+        Ok(())
     }
 }

@@ -24,6 +24,10 @@ use crate::{
 /// rescues them, and their lease (`infinity`) never runs out.
 pub const PARKED: Uuid = Uuid::nil();
 
+/// [`PARKED`] as SQL. Statements name it literally, never as a parameter: only then can a
+/// generic plan use the parked-row indexes, whose predicate is `leased_by =` this value.
+pub(crate) const PARKED_SQL: &str = "'00000000-0000-0000-0000-000000000000'::uuid";
+
 /// Where a rate limit applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RateLimitScope {
@@ -111,7 +115,8 @@ pub fn global_burst(per_second: f64) -> f64 {
     (per_second * GLOBAL_BURST_SECONDS).max(1.0)
 }
 
-const RATE_LIMIT_COLUMNS: &str = "task_name, scope, declared, declared_per_second, set_value, set_per_second, updated_at";
+const RATE_LIMIT_COLUMNS: &str =
+    "task_name, scope, declared, declared_per_second, set_value, set_per_second, updated_at";
 
 fn rate_limit_from_row(r: &tokio_postgres::Row) -> RateLimitRow {
     let value = |spec: Option<String>, per_second: Option<f64>| match (spec, per_second) {
@@ -328,18 +333,15 @@ impl Store {
         let rows = client
             .rows(
                 self.pooler,
-                "update celeriac.message m
-                 set leased_by = $4, lease_expires = 'infinity'
-                 from unnest($1::int8[], $2::int4[]) as c(id, attempt)
-                 where m.id = c.id and m.attempt = c.attempt and m.leased_by = $3 and m.task_name is not null
-                   and celeriac.relaxed_commit()
-                 returning m.id",
-                &[
-                    (&ids, Type::INT8_ARRAY),
-                    (&attempts, Type::INT4_ARRAY),
-                    (&worker_id, Type::UUID),
-                    (&PARKED, Type::UUID),
-                ],
+                &format!(
+                    "update celeriac.message m
+                     set leased_by = {PARKED_SQL}, lease_expires = 'infinity'
+                     from unnest($1::int8[], $2::int4[]) as c(id, attempt)
+                     where m.id = c.id and m.attempt = c.attempt and m.leased_by = $3 and m.task_name is not null
+                       and celeriac.relaxed_commit()
+                     returning m.id"
+                ),
+                &[(&ids, Type::INT8_ARRAY), (&attempts, Type::INT4_ARRAY), (&worker_id, Type::UUID)],
             )
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
@@ -364,16 +366,16 @@ impl Store {
                          select c.id from (
                              select f.id, f.priority, f.eta from (
                                  select id, priority, eta from celeriac.message
-                                 where task_name = $5 and leased_by = $6 and redeliveries = 0 and queue = any($1::text[])
+                                 where task_name = $5 and leased_by = {PARKED_SQL} and redeliveries = 0 and queue = any($1::text[])
                                  order by priority desc, eta, id
                                  limit $2
                                  for update skip locked) f
                              union all
                              select s.id, s.priority, s.eta from (
                                  select id, priority, eta from celeriac.message
-                                 where task_name = $5 and leased_by = $6 and redeliveries > 0 and queue = any($1::text[])
+                                 where task_name = $5 and leased_by = {PARKED_SQL} and redeliveries > 0 and queue = any($1::text[])
                                  order by priority desc, eta, id
-                                 limit $7
+                                 limit $6
                                  for update skip locked) s
                          ) c
                          order by c.priority desc, c.eta, c.id
@@ -387,7 +389,6 @@ impl Store {
                     (&params.worker_id, Type::UUID),
                     (&params.lease_seconds, Type::FLOAT8),
                     (&task_name, Type::TEXT),
-                    (&PARKED, Type::UUID),
                     (&params.suspects, Type::INT8),
                 ],
             )
@@ -406,8 +407,12 @@ impl Store {
         let row = client
             .row(
                 self.pooler,
-                "select exists (select 1 from celeriac.message where task_name = $1 and leased_by = $2 and queue = any($3::text[]))",
-                &[(&task_name, Type::TEXT), (&PARKED, Type::UUID), (&queues, Type::TEXT_ARRAY)],
+                &format!(
+                    "select exists (
+                         select 1 from celeriac.message
+                         where task_name = $1 and leased_by = {PARKED_SQL} and queue = any($2::text[]))"
+                ),
+                &[(&task_name, Type::TEXT), (&queues, Type::TEXT_ARRAY)],
             )
             .await?;
         Ok(row.get(0))
@@ -422,8 +427,11 @@ impl Store {
         let rows = client
             .rows(
                 self.pooler,
-                "select task_name, count(*) from celeriac.message where leased_by = $1 group by task_name order by 1",
-                &[(&PARKED, Type::UUID)],
+                &format!(
+                    "select task_name, count(*) from celeriac.message where leased_by = {PARKED_SQL}
+                     group by task_name order by 1"
+                ),
+                &[],
             )
             .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
@@ -441,11 +449,12 @@ impl Store {
         let row = client
             .row(
                 self.pooler,
-                "with recursive names(name) as (
-                     (select task_name from celeriac.message where leased_by = $1 order by task_name limit 1)
+                &format!(
+                    "with recursive names(name) as (
+                     (select task_name from celeriac.message where leased_by = {PARKED_SQL} order by task_name limit 1)
                      union all
                      select (select m.task_name from celeriac.message m
-                             where m.leased_by = $1 and m.task_name > n.name order by m.task_name limit 1)
+                             where m.leased_by = {PARKED_SQL} and m.task_name > n.name order by m.task_name limit 1)
                      from names n where n.name is not null
                  ), orphaned as (
                      select name from names
@@ -455,14 +464,15 @@ impl Store {
                            and w.heartbeat_at >= now() - make_interval(secs => w.lease_seconds))
                  ), moved as (
                      update celeriac.message m set leased_by = null, lease_expires = null
-                     where m.leased_by = $1 and m.task_name in (select name from orphaned)
+                     where m.leased_by = {PARKED_SQL} and m.task_name in (select name from orphaned)
                        and celeriac.relaxed_commit()
                      returning 1
                  ), woken as (
-                     select pg_notify($2, '*') from (select 1 from moved limit 1) x
+                     select pg_notify($1, '*') from (select 1 from moved limit 1) x
                  )
-                 select (select count(*) from moved), (select count(*) from woken)",
-                &[(&PARKED, Type::UUID), (&crate::NOTIFY_CHANNEL, Type::TEXT)],
+                 select (select count(*) from moved), (select count(*) from woken)"
+                ),
+                &[(&crate::NOTIFY_CHANNEL, Type::TEXT)],
             )
             .await?;
         let moved: i64 = row.get(0);

@@ -51,6 +51,7 @@ async fn claim(store: &Store, session: &LeaseSession, n: i64) -> Vec<ClaimedMess
         lease_seconds: session.lease().as_secs_f64(),
         after: None,
         suspects: n,
+        park: &[],
     };
     let sent = Instant::now();
     let claimed = store.message_claim(&params).await.unwrap();

@@ -13,7 +13,7 @@ fn message(queue: &str, priority: i64, countdown: Option<f64>) -> celeriac_store
 }
 
 fn claim(worker: Uuid, queues: &[String], limit: i64) -> ClaimParams<'_> {
-    ClaimParams { worker_id: worker, queues, limit, lease_seconds: 30.0, after: None, suspects: limit }
+    ClaimParams { worker_id: worker, queues, limit, lease_seconds: 30.0, after: None, suspects: limit, park: &[] }
 }
 
 fn info(id: Uuid) -> WorkerInfo {

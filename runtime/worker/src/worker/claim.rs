@@ -105,6 +105,10 @@ enum ClaimResult {
 /// next batch is on its way while the current one runs.
 const CLAIMS_IN_FLIGHT: usize = 2;
 
+/// Outcomes queued for the completer beyond which the worker stops claiming until it catches up
+/// (a few of its write rounds).
+const MOST_UNWRITTEN: usize = 4096;
+
 pub(super) async fn claim_loop(shared: &Arc<Shared>, tracker: &TaskTracker) {
     let config = &shared.config;
     // As in Celery (early acks): `concurrency × prefetch_multiplier` messages reserved, plus
@@ -119,6 +123,7 @@ pub(super) async fn claim_loop(shared: &Arc<Shared>, tracker: &TaskTracker) {
     // slots idle for it: wait for at most the prefetched part of the capacity to free up.
     // When it is idle, claim as soon as one slot is free.
     let batch_floor = (capacity / 2).min(capacity - config.concurrency).max(1);
+    let most_held = capacity + MOST_UNWRITTEN;
     loop {
         // Results of pipelined claims decide whether the queue is still busy.
         pending.retain_mut(|rx| match rx.try_recv() {
@@ -134,6 +139,16 @@ pub(super) async fn claim_loop(shared: &Arc<Shared>, tracker: &TaskTracker) {
             () = shared.stopping.cancelled() => return,
             t = tickets.clone().acquire_owned() => match t { Ok(t) => t, Err(_) => return },
         };
+        // Outcomes not yet written keep their leases held; past a bound, claiming waits for
+        // the completer, so a completer that falls behind (a slow database) is not buried
+        // under ever more work and every held lease keeps being renewed.
+        while shared.session.held_count() > most_held {
+            tokio::select! {
+                biased;
+                () = shared.stopping.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(1)) => {}
+            }
+        }
         let want_at_least = if busy { batch_floor } else { 1 };
         let mut permits = tokio::select! {
             biased;
@@ -200,6 +215,7 @@ async fn claim_batch(
     // Suspects are looked for by full claims only (every 100 ms at most under load): cursor
     // claims, the bulk of a busy queue's claims, skip that part of the statement.
     let mut suspect = if cursors.is_none() { shared.suspect_slot.clone().try_acquire_owned().ok() } else { None };
+    let park = shared.rate_limits.parking();
     let params = ClaimParams {
         worker_id: shared.worker_id,
         queues: &shared.config.queues,
@@ -207,6 +223,7 @@ async fn claim_batch(
         lease_seconds: shared.config.lease.as_secs_f64(),
         after: cursors.as_deref(),
         suspects: i64::from(suspect.is_some()),
+        park: &park,
     };
     let started = Instant::now();
     let result = shared.store.message_claim(&params).await;
@@ -223,7 +240,6 @@ async fn claim_batch(
         }
     };
     let got = claimed.len();
-    shared.session.hold(&claimed, started);
     let full_claim = cursors.is_none();
     if let Ok(mut state) = shared.claim_state.lock() {
         state.advance(&shared.config.queues, &claimed);
@@ -233,7 +249,12 @@ async fn claim_batch(
             state.force_full = true;
         }
     }
-    shared.stats.received.fetch_add(got as u64, Ordering::Relaxed);
+    // Messages the claim parked (their type's rate limit queues them behind parked ones) are
+    // not held: only their place in the queue moved the cursors.
+    let (parked, claimed): (Vec<ClaimedMessage>, Vec<ClaimedMessage>) = claimed.into_iter().partition(|m| m.parked);
+    shared.stats.parked.fetch_add(parked.len() as u64, Ordering::Relaxed);
+    shared.session.hold(&claimed, started);
+    shared.stats.received.fetch_add(claimed.len() as u64, Ordering::Relaxed);
     // The claim is sorted (priority desc, eta, id); each message waits for its predecessor (in
     // this claim or the one before) to take a run slot, or give up, before asking for one, so
     // they start in claim order.
@@ -287,6 +308,7 @@ mod tests {
             redeliveries,
             payload: Vec::new(),
             created_at: eta,
+            parked: false,
         }
     }
 

@@ -193,6 +193,15 @@ impl RateLimits {
         }
     }
 
+    /// The task types whose newly claimed messages are parked by the claim itself: those that
+    /// may have parked messages (newer ones queue behind them).
+    pub(super) fn parking(&self) -> Vec<String> {
+        if !self.any.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        self.lock().iter().filter(|(_, t)| t.parked).map(|(name, _)| name.clone()).collect()
+    }
+
     fn parked(&self, task: &str) -> bool {
         self.lock().get(task).is_some_and(|t| t.parked)
     }
@@ -314,14 +323,18 @@ impl RateLimits {
     }
 
     /// The app's limits, as the registry declared them, by scope (to record in the table).
-    fn declarations(&self) -> (Vec<(String, RateValue)>, Vec<(String, RateValue)>) {
+    fn declarations(&self) -> (Declared, Declared) {
         let value = |r: &celeriac_protocol::Rate| RateValue { spec: r.spec().to_owned(), per_second: r.per_second() };
         let per_worker =
             self.declared.iter().filter_map(|(n, d)| d.per_worker.as_ref().map(|r| (n.clone(), value(r)))).collect();
-        let global = self.declared.iter().filter_map(|(n, d)| d.global.as_ref().map(|r| (n.clone(), value(r)))).collect();
+        let global =
+            self.declared.iter().filter_map(|(n, d)| d.global.as_ref().map(|r| (n.clone(), value(r)))).collect();
         (per_worker, global)
     }
 }
+
+/// Task names and their limits, as declared.
+type Declared = Vec<(String, RateValue)>;
 
 fn interval(per_second: f64) -> Duration {
     Duration::try_from_secs_f64(1.0 / per_second).unwrap_or(Duration::MAX)
@@ -350,11 +363,12 @@ pub(super) async fn start(shared: &Arc<Shared>, tracker: &TaskTracker) {
     if let Err(e) = declared.await {
         tracing::warn!(error = %e, "rate limits: cannot record the app's limits in the database");
     }
-    refresh(shared, tracker, &mut None).await;
+    refresh(shared, tracker, &mut None, true).await;
 }
 
-/// Reads the table and applies what changed; starts and stops parked claimers.
-async fn refresh(shared: &Arc<Shared>, tracker: &TaskTracker, recorded: &mut Option<Vec<String>>) {
+/// Reads the table and applies what changed; starts and stops parked claimers; records the
+/// limited task types in the worker's row when they changed (or `record` says so).
+async fn refresh(shared: &Arc<Shared>, tracker: &TaskTracker, recorded: &mut Option<Vec<String>>, record: bool) {
     let rows = match shared.store.rate_limit_list().await {
         Ok(rows) => rows,
         Err(e) => {
@@ -378,7 +392,7 @@ async fn refresh(shared: &Arc<Shared>, tracker: &TaskTracker, recorded: &mut Opt
         }
     }
     let names = limits.limited_names();
-    if recorded.as_ref() != Some(&names) {
+    if record || recorded.as_ref() != Some(&names) {
         match shared.store.worker_set_rate_limited(shared.worker_id, &names).await {
             Ok(()) => *recorded = Some(names),
             Err(e) => tracing::debug!(error = %e, "rate limits: cannot record the limited task types"),
@@ -386,17 +400,22 @@ async fn refresh(shared: &Arc<Shared>, tracker: &TaskTracker, recorded: &mut Opt
     }
 }
 
-/// Keeps the limits up to date until the worker stops.
+/// Keeps the limits up to date until the worker stops. The limited task types are recorded in
+/// the worker's row again every [`RECORD_AGAIN_EVERY`] polls, in case the row was re-created
+/// by a heartbeat after being pruned.
 pub(super) async fn refresh_loop(shared: Arc<Shared>, tracker: TaskTracker) {
     let mut recorded = None;
-    loop {
+    for poll in 1_u64.. {
         tokio::select! {
             () = shared.stopping.cancelled() => return,
             () = tokio::time::sleep(POLL) => {}
         }
-        refresh(&shared, &tracker, &mut recorded).await;
+        refresh(&shared, &tracker, &mut recorded, poll % RECORD_AGAIN_EVERY == 0).await;
     }
 }
+
+/// Polls between two recordings of the limited task types in the worker's row (a minute).
+const RECORD_AGAIN_EVERY: u64 = 120;
 
 /// A short random pause, so workers waiting for the same fleet-wide token do not all ask at the
 /// same instant, nor the same one always first.
@@ -491,6 +510,7 @@ async fn parked_claimer(shared: Arc<Shared>, tracker: TaskTracker, task: String)
             lease_seconds: shared.config.lease.as_secs_f64(),
             after: None,
             suspects: i64::from(suspect.is_some()),
+            park: &[],
         };
         let started = Instant::now();
         let claimed = match shared.store.message_claim_parked(&params, &task).await {

@@ -9,6 +9,10 @@
 //! ...
 //! pickup latency (idle queue, 200 samples): p50 1.10 ms  p90 1.60 ms  p99 2.90 ms  max 4.00 ms
 //! ```
+//!
+//! `--rate-limits` measures rate limits instead ([`rate_limits`]).
+
+mod rate_limits;
 
 use std::{
     sync::atomic::Ordering,
@@ -24,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{Outcome, Registry, Request, Worker, WorkerConfig};
 
 /// `celeriac bench` options.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Tasks enqueued and drained per concurrency level.
     #[arg(long, default_value_t = 100_000)]
@@ -44,6 +48,27 @@ pub struct BenchArgs {
     /// Queue used by the benchmark (emptied first).
     #[arg(long, default_value = "celeriac_bench")]
     pub queue: String,
+    /// Measure rate limits instead: the drain rate of unlimited tasks with and without
+    /// --limited-backlog rate-limited messages waiting (alternating --rounds times), then the
+    /// accuracy of a fleet-wide limit of --global-rate per second over --global-seconds with
+    /// --global-workers workers.
+    #[arg(long)]
+    pub rate_limits: bool,
+    /// Rate-limited messages waiting while unlimited ones drain (--rate-limits).
+    #[arg(long, default_value_t = 100_000)]
+    pub limited_backlog: usize,
+    /// Alternating baseline / with-backlog drain pairs (--rate-limits).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// The fleet-wide limit, tasks per second (--rate-limits).
+    #[arg(long, default_value_t = 50.0)]
+    pub global_rate: f64,
+    /// How long the fleet-wide limit is measured (--rate-limits).
+    #[arg(long, default_value_t = 60.0)]
+    pub global_seconds: f64,
+    /// Workers sharing the fleet-wide limit (--rate-limits).
+    #[arg(long, default_value_t = 4)]
+    pub global_workers: usize,
 }
 
 const TASK: &str = "celeriac.bench.noop";
@@ -73,12 +98,16 @@ pub enum BenchError {
     /// The latency worker stopped while a probe was waiting.
     #[error("benchmark worker stopped")]
     WorkerStopped,
+    /// A rate limit is not a rate.
+    #[error(transparent)]
+    Rate(#[from] celeriac_protocol::RateError),
 }
 
-fn messages(n: usize, queue: &str) -> Vec<NewMessage> {
+/// `n` messages of `task` (no arguments) for `queue`.
+fn messages(task: &str, n: usize, queue: &str) -> Vec<NewMessage> {
     let opts = TaskOptions { queue: queue.to_owned(), ..TaskOptions::default() };
     let now = Utc::now();
-    (0..n).filter_map(|_| encode_task(TASK, &[], &Map::new(), &opts, now).ok().map(NewMessage::from)).collect()
+    (0..n).filter_map(|_| encode_task(task, &[], &Map::new(), &opts, now).ok().map(NewMessage::from)).collect()
 }
 
 fn rate(n: usize, d: Duration) -> f64 {
@@ -105,6 +134,9 @@ fn quiet_config(queue: &str, concurrency: usize, prefetch: usize) -> WorkerConfi
 pub async fn run(url: &str, args: &BenchArgs) -> Result<(), BenchError> {
     let store = Store::new(&StoreConfig { max_connections: 8, ..StoreConfig::new(url) })?;
     store.migrate().await?;
+    if args.rate_limits {
+        return rate_limits::run(&store, args).await;
+    }
     let purged = store.message_purge(&args.queue).await?;
     println!(
         "celeriac bench: {} no-op tasks per run, {} per insert, prefetch multiplier {}, queue {:?}{}",
@@ -115,7 +147,7 @@ pub async fn run(url: &str, args: &BenchArgs) -> Result<(), BenchError> {
         if purged > 0 { format!(" ({purged} stale messages purged)") } else { String::new() }
     );
     for &concurrency in &args.concurrency {
-        let batch = messages(args.tasks, &args.queue);
+        let batch = messages(TASK, args.tasks, &args.queue);
         let started = Instant::now();
         for chunk in batch.chunks(args.batch.max(1)) {
             store.message_insert_many(chunk).await?;
@@ -179,7 +211,7 @@ async fn latency(store: &Store, args: &BenchArgs) -> Result<(), BenchError> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut samples = Vec::with_capacity(args.latency_samples);
     for _ in 0..args.latency_samples {
-        let message = messages(1, &args.queue).pop().ok_or(BenchError::NoMessage)?;
+        let message = messages(TASK, 1, &args.queue).pop().ok_or(BenchError::NoMessage)?;
         let sent = Instant::now();
         store.message_insert(&message).await?;
         let started = tokio::time::timeout(Duration::from_secs(10), rx.recv())
