@@ -6,13 +6,13 @@
 -- leaves the claim indexes (`leased_by is null`) and the claims of every worker, of this version
 -- and the previous one, go past it at full speed. Workers that limit the task type take parked
 -- rows back, oldest first, only as fast as their limits let them run (`message_rate_limited`).
--- A rescuer returns to their queue the parked rows of task types no live worker limits any
--- more (`worker.rate_limited`). The heartbeat and the rescuer never touch parked rows: their
+-- A rescuer returns to their queue the parked rows of a task type and queue that no live worker
+-- consuming that queue limits any more (`worker.rate_limited`, `worker.queues`). The heartbeat and the rescuer never touch parked rows: their
 -- lease never runs out and no worker has the nil id.
-create index message_rate_limited on celeriac.message (task_name, priority desc, eta, id)
+create index message_rate_limited on celeriac.message (task_name, queue, priority desc, eta, id)
     where leased_by = '00000000-0000-0000-0000-000000000000';
 -- Parked suspects (see 0002): taken back one at a time, like ready ones.
-create index message_rate_limited_suspect on celeriac.message (task_name, priority desc, eta, id)
+create index message_rate_limited_suspect on celeriac.message (task_name, queue, priority desc, eta, id)
     where leased_by = '00000000-0000-0000-0000-000000000000' and redeliveries > 0;
 
 -- The task types a worker rate-limits (per worker or fleet-wide) right now: a parked message

@@ -15,7 +15,7 @@ use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use crate::{
-    message::{claimed_from_row, split, CLAIMED_COLUMNS},
+    message::{claimed_from_row, CLAIMED_COLUMNS},
     sql::Session,
     ClaimParams, ClaimedMessage, Lease, Result, Store,
 };
@@ -319,29 +319,37 @@ impl Store {
         Ok(())
     }
 
-    /// Parks held messages (see the module docs): they leave the claims' way until a worker that
-    /// limits their task takes them back. Fenced by the lease; returns the ids parked.
+    /// Parks held messages, each with the task name it was parked under (recorded where the row
+    /// has none, e.g. a protocol-1 message): they leave the claims' way until a worker that
+    /// limits their task takes them back (see the module docs). Fenced by the lease; returns
+    /// the ids parked.
     ///
     /// # Errors
     /// Connection errors; the leases then simply expire and the messages are claimed again.
-    pub async fn message_park_many(&self, worker_id: Uuid, leases: &[Lease]) -> Result<Vec<i64>> {
-        if leases.is_empty() {
+    pub async fn message_park_many(&self, worker_id: Uuid, parks: &[(Lease, String)]) -> Result<Vec<i64>> {
+        if parks.is_empty() {
             return Ok(Vec::new());
         }
-        let (ids, attempts) = split(leases);
+        let ids: Vec<i64> = parks.iter().map(|(l, _)| l.id).collect();
+        let attempts: Vec<i32> = parks.iter().map(|(l, _)| l.attempt).collect();
+        let names: Vec<&str> = parks.iter().map(|(_, n)| n.as_str()).collect();
         let client = self.pool.get().await?;
         let rows = client
             .rows(
                 self.pooler,
                 &format!(
                     "update celeriac.message m
-                     set leased_by = {PARKED_SQL}, lease_expires = 'infinity'
-                     from unnest($1::int8[], $2::int4[]) as c(id, attempt)
-                     where m.id = c.id and m.attempt = c.attempt and m.leased_by = $3 and m.task_name is not null
-                       and celeriac.relaxed_commit()
+                     set leased_by = {PARKED_SQL}, lease_expires = 'infinity', task_name = coalesce(m.task_name, c.name)
+                     from unnest($1::int8[], $2::int4[], $4::text[]) as c(id, attempt, name)
+                     where m.id = c.id and m.attempt = c.attempt and m.leased_by = $3 and celeriac.relaxed_commit()
                      returning m.id"
                 ),
-                &[(&ids, Type::INT8_ARRAY), (&attempts, Type::INT4_ARRAY), (&worker_id, Type::UUID)],
+                &[
+                    (&ids, Type::INT8_ARRAY),
+                    (&attempts, Type::INT4_ARRAY),
+                    (&worker_id, Type::UUID),
+                    (&names, Type::TEXT_ARRAY),
+                ],
             )
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
@@ -364,19 +372,27 @@ impl Store {
                      set leased_by = $3, lease_expires = now() + make_interval(secs => $4), attempt = t.attempt + 1
                      where t.id = any(array(
                          select c.id from (
-                             select f.id, f.priority, f.eta from (
+                             select f.id, f.priority, f.eta
+                             from unnest($1::text[]) as q(name)
+                             cross join lateral (
                                  select id, priority, eta from celeriac.message
-                                 where task_name = $5 and leased_by = {PARKED_SQL} and redeliveries = 0 and queue = any($1::text[])
+                                 where task_name = $5 and queue = q.name and leased_by = {PARKED_SQL} and redeliveries = 0
                                  order by priority desc, eta, id
                                  limit $2
                                  for update skip locked) f
                              union all
                              select s.id, s.priority, s.eta from (
-                                 select id, priority, eta from celeriac.message
-                                 where task_name = $5 and leased_by = {PARKED_SQL} and redeliveries > 0 and queue = any($1::text[])
-                                 order by priority desc, eta, id
-                                 limit $6
-                                 for update skip locked) s
+                                 select x.id, x.priority, x.eta
+                                 from unnest($1::text[]) as sq(name)
+                                 cross join lateral (
+                                     select id, priority, eta from celeriac.message
+                                     where task_name = $5 and queue = sq.name and leased_by = {PARKED_SQL}
+                                       and redeliveries > 0
+                                     order by priority desc, eta, id
+                                     limit $6
+                                     for update skip locked) x
+                                 order by x.priority desc, x.eta, x.id
+                                 limit $6) s
                          ) c
                          order by c.priority desc, c.eta, c.id
                          limit $2))
@@ -437,10 +453,11 @@ impl Store {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// Returns to their queue the parked messages of task types that no live worker limits any
-    /// more (the last one stopped, or its limit was removed), so they do not wait forever.
-    /// Returns how many. Task names are found by a skip scan of the parked index, so the cost
-    /// follows the number of parked task types, plus the rows moved.
+    /// Returns to their queue the parked messages of each task type and queue that no live
+    /// worker consuming that queue limits any more (the last one stopped, or its limit was
+    /// removed), so they do not wait forever. Returns how many. The (task, queue) pairs are
+    /// found by a skip scan of the parked index, so the cost follows the number of pairs, plus
+    /// the rows moved.
     ///
     /// # Errors
     /// Connection errors.
@@ -450,27 +467,32 @@ impl Store {
             .row(
                 self.pooler,
                 &format!(
-                    "with recursive names(name) as (
-                     (select task_name from celeriac.message where leased_by = {PARKED_SQL} order by task_name limit 1)
+                    "with recursive pairs(name, queue) as (
+                     (select task_name, queue from celeriac.message where leased_by = {PARKED_SQL}
+                      order by task_name, queue limit 1)
                      union all
-                     select (select m.task_name from celeriac.message m
-                             where m.leased_by = {PARKED_SQL} and m.task_name > n.name order by m.task_name limit 1)
-                     from names n where n.name is not null
+                     select p.next[1], p.next[2] from (
+                         select (select array[m.task_name, m.queue] from celeriac.message m
+                                 where m.leased_by = {PARKED_SQL} and (m.task_name, m.queue) > (n.name, n.queue)
+                                 order by m.task_name, m.queue limit 1) as next
+                         from pairs n) p
+                     where p.next is not null
                  ), orphaned as (
-                     select name from names
-                     where name is not null and not exists (
+                     select name, queue from pairs
+                     where not exists (
                          select 1 from celeriac.worker w
-                         where name = any(w.rate_limited)
+                         where name = any(w.rate_limited) and queue = any(w.queues)
                            and w.heartbeat_at >= now() - make_interval(secs => w.lease_seconds))
                  ), moved as (
                      update celeriac.message m set leased_by = null, lease_expires = null
-                     where m.leased_by = {PARKED_SQL} and m.task_name in (select name from orphaned)
+                     from orphaned o
+                     where m.leased_by = {PARKED_SQL} and m.task_name = o.name and m.queue = o.queue
                        and celeriac.relaxed_commit()
                      returning 1
                  ), woken as (
                      select pg_notify($1, '*') from (select 1 from moved limit 1) x
                  )
-                 select (select count(*) from moved), (select count(*) from woken)"
+             select (select count(*) from moved), (select count(*) from woken)"
                 ),
                 &[(&crate::NOTIFY_CHANNEL, Type::TEXT)],
             )

@@ -42,6 +42,15 @@ async fn register(store: &Store, rate_limited: &[&str]) -> Uuid {
     id
 }
 
+/// Each claimed message with the task name of its payload.
+fn parks(claimed: &[celeriac_store::ClaimedMessage]) -> Vec<(celeriac_store::Lease, String)> {
+    let accept = celeriac_protocol::Accept::default();
+    claimed
+        .iter()
+        .map(|m| (m.lease, celeriac_protocol::TaskMessage::decode_head(&m.payload, &accept).unwrap().headers.task))
+        .collect()
+}
+
 fn value(spec: &str, per_second: f64) -> RateValue {
     RateValue { spec: spec.into(), per_second }
 }
@@ -58,7 +67,7 @@ async fn parked_messages_leave_the_claims_way_and_come_back_oldest_first() {
     store.message_insert(&message("fast")).await.unwrap();
     let claimed = store.message_claim(&claim(worker, &qs, 5)).await.unwrap();
     assert_eq!(claimed.len(), 5);
-    let leases: Vec<_> = claimed.iter().map(|m| m.lease).collect();
+    let leases: Vec<_> = claimed.iter().map(|m| (m.lease, "slow".to_owned())).collect();
     let parked = store.message_park_many(worker, &leases).await.unwrap();
     assert_eq!(parked.len(), 5);
     // Parked twice: the fence refuses (the lease is no longer this worker's).
@@ -98,7 +107,7 @@ async fn a_parked_claim_takes_at_most_one_suspect() {
         store.message_insert(&message("slow")).await.unwrap();
     }
     let claimed = store.message_claim(&claim(worker, &qs, 3)).await.unwrap();
-    store.message_park_many(worker, &claimed.iter().map(|m| m.lease).collect::<Vec<_>>()).await.unwrap();
+    store.message_park_many(worker, &parks(&claimed)).await.unwrap();
     db.client().await.batch_execute("update celeriac.message set redeliveries = 1").await.unwrap();
     let params = ClaimParams { suspects: 1, ..claim(worker, &qs, 3) };
     assert_eq!(store.message_claim_parked(&params, "slow").await.unwrap().len(), 1);
@@ -114,10 +123,16 @@ async fn the_rescuer_returns_parked_messages_no_live_worker_limits() {
     let qs = queues();
     store.message_insert(&message("slow")).await.unwrap();
     store.message_insert(&message("other")).await.unwrap();
-    let claimed = store.message_claim(&claim(limiting, &qs, 2)).await.unwrap();
-    store.message_park_many(limiting, &claimed.iter().map(|m| m.lease).collect::<Vec<_>>()).await.unwrap();
-    // "slow" is limited by a live worker: it stays; "other" is limited by nobody: it goes back.
-    assert_eq!(store.message_unpark_unlimited().await.unwrap(), 1);
+    let mut elsewhere = message("slow");
+    elsewhere.queue = "elsewhere".into();
+    store.message_insert(&elsewhere).await.unwrap();
+    let both = vec!["celery".to_owned(), "elsewhere".to_owned()];
+    let claimed = store.message_claim(&claim(limiting, &both, 3)).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    store.message_park_many(limiting, &parks(&claimed)).await.unwrap();
+    // "slow" in "celery" is limited by a live worker consuming it: it stays; "other" is limited
+    // by nobody, and no live worker that limits "slow" consumes "elsewhere": both go back.
+    assert_eq!(store.message_unpark_unlimited().await.unwrap(), 2);
     let client = db.client().await;
     let parked: Vec<String> = client
         .query("select task_name from celeriac.message where leased_by = $1", &[&PARKED])
@@ -134,8 +149,8 @@ async fn the_rescuer_returns_parked_messages_no_live_worker_limits() {
         .unwrap();
     let mut rescuer = Rescuer::new(store.clone(), RescuerConfig::default());
     rescuer.run_once().await.unwrap();
-    let ready = store.message_claim(&claim(Uuid::new_v4(), &qs, 10)).await.unwrap();
-    assert_eq!(ready.len(), 2);
+    let ready = store.message_claim(&claim(Uuid::new_v4(), &both, 10)).await.unwrap();
+    assert_eq!(ready.len(), 3);
 }
 
 #[tokio::test]

@@ -77,8 +77,9 @@ async fn send_inspect_and_migrate() {
     let table = ok_stdout(&celeriac(&db, &["inspect", "queues"]));
     let line =
         |q: &str| table.lines().find(|l| l.starts_with(q)).map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>());
-    assert_eq!(line("celery").unwrap(), ["1", "0", "0", "0"], "{table}");
-    assert_eq!(line("hipri").unwrap(), ["0", "1", "0", "0"], "{table}");
+    // ready, delayed, leased, rate_limited, dead_lettered
+    assert_eq!(line("celery").unwrap(), ["1", "0", "0", "0", "0"], "{table}");
+    assert_eq!(line("hipri").unwrap(), ["0", "1", "0", "0", "0"], "{table}");
 
     let stored: Vec<u8> = db
         .client()

@@ -103,8 +103,10 @@ async fn a_global_limit_holds_across_workers_and_waiting_messages_stay_parked() 
     let workers = [start(&store, registry(&starts)), start(&store, registry(&starts))];
     wait_for(20, "every task", || async { starts.lock().unwrap().len() == 8 }).await;
     let global = times(&starts, "global");
-    // 240/m is 4/s: a bucket of one token, so 8 starts span at least 7 intervals.
-    assert!(global[7] - global[0] >= Duration::from_millis(1750), "{:?}", global[7] - global[0]);
+    // 240/m is 4/s: a bucket of one token, so 8 tokens are granted over at least 7 intervals;
+    // a start may follow its token by a moment (the first one especially: a new worker's first
+    // message), so the starts are allowed one interval less.
+    assert!(global[7] - global[0] >= Duration::from_millis(1500), "{:?}", global[7] - global[0]);
     for w in workers {
         w.stop().await;
     }

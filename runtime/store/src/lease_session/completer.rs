@@ -219,7 +219,7 @@ pub(crate) async fn write_batch(
         match s {
             Settlement::Complete(l) => complete.push(*l),
             Settlement::Release(l) => release.push(*l),
-            Settlement::Park(l) => park.push(*l),
+            Settlement::Park { lease, task } => park.push((*lease, task.clone())),
             Settlement::Requeue(l) => requeue.push(*l),
             Settlement::DeadLetter(d) => dead.push(d.clone()),
             Settlement::Retry { lease, payload, eta } => retries.push((*lease, payload, *eta)),
@@ -254,8 +254,9 @@ pub(crate) async fn write_batch(
         progress.release = true;
     }
     if !progress.park {
-        // Not logged either: a lost lease only means the message is claimed again.
-        written += store.message_park_many(worker_id, &park).await?.len();
+        let done = store.message_park_many(worker_id, &park).await?;
+        log_refused("parking was", &park.iter().map(|(l, _)| *l).collect::<Vec<_>>(), &done);
+        written += done.len();
         progress.park = true;
     }
     if !progress.requeue {

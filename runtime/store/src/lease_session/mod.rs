@@ -67,7 +67,12 @@ pub enum Settlement {
     /// Parked unstarted: its task's rate limit has no token for it soon. It waits in the
     /// database, out of the claims' way, until a worker that limits its task takes it back
     /// (see `migrations/0004_rate_limits.sql`).
-    Park(Lease),
+    Park {
+        /// The lease held.
+        lease: Lease,
+        /// The task name it waits under (recorded on a row that has none).
+        task: String,
+    },
     /// Re-scheduled as a new delivery at `eta` with a new envelope (Celery's `Task.retry`).
     Retry {
         /// The lease held.
@@ -87,7 +92,7 @@ impl Settlement {
             Settlement::Complete(l)
             | Settlement::Release(l)
             | Settlement::Requeue(l)
-            | Settlement::Park(l)
+            | Settlement::Park { lease: l, .. }
             | Settlement::Retry { lease: l, .. } => *l,
             Settlement::DeadLetter(d) => d.lease,
         }

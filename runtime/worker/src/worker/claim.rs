@@ -267,7 +267,7 @@ async fn claim_batch(
         } else {
             None
         };
-        tracker.spawn(execute(shared.clone(), message, Some(slot), Some(turn), suspect));
+        tracker.spawn(execute(shared.clone(), message, Some(slot), turn, suspect));
     }
     tracker.spawn(pass_turn(previous, claim_done));
     let _ = done.send(if got == want || !full_claim { ClaimResult::Full } else { ClaimResult::Short });

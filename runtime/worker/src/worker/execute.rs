@@ -16,7 +16,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::{
     claim::{SuspectPermit, Turn},
-    rate_limit::Admission,
+    rate_limit::{Admission, Admitted},
     settle::{self, Delivery, Level, Verdict},
     Shared,
 };
@@ -47,14 +47,14 @@ impl Drop for Unsettled<'_> {
     }
 }
 
-/// Runs one claimed message to its settlement. `slot` is its place in the prefetch window and
-/// `turn` its place in the start order (both `None` for a message its type's parked claimer took
-/// back: it was admitted by its rate limit already, outside the window).
+/// Runs one claimed message to its settlement. `slot` is its place in the prefetch window
+/// (`None` for a message its type's parked claimer took back: the claimer sized its claim by the
+/// rate limit, outside the window) and `turn` its place in the start order.
 pub(super) async fn execute(
     shared: Arc<Shared>,
     claimed: ClaimedMessage,
     slot: Option<OwnedSemaphorePermit>,
-    turn: Option<Turn>,
+    turn: Turn,
     suspect: Option<SuspectPermit>,
 ) {
     let mut guard = Unsettled { session: &shared.session, lease: Some(claimed.lease) };
@@ -134,8 +134,10 @@ async fn execute_inner(
     shared: &Arc<Shared>,
     claimed: ClaimedMessage,
     mut slot: Option<OwnedSemaphorePermit>,
-    mut turn: Option<Turn>,
+    turn: Turn,
 ) {
+    let from_parked = slot.is_none();
+    let mut turn = Some(turn);
     let lease = claimed.lease;
     let accept = &shared.config.accept;
     // Only the envelope and headers now: the body, which may decode to far more than its
@@ -176,29 +178,34 @@ async fn execute_inner(
         shared.session.settle(Settlement::Complete(lease));
         return;
     }
-    let admission = shared.rate_limits.admit(&message.headers.task, turn.is_none(), Instant::now());
-    match admission {
-        Admission::Run => {}
+    let task = message.headers.task.as_str();
+    let admission = shared.rate_limits.admit(task, from_parked, Instant::now());
+    // Counted as admitted-not-started until it has its run slot (or gives up).
+    let admitted = Admitted::new(&shared.rate_limits, task, admission);
+    let mut wait_until = match admission {
+        Admission::Unlimited | Admission::Run => None,
+        Admission::At(at) => Some(at),
         Admission::Park => {
             // Not within reach of its rate limit: it waits in the database (the turn, dropped,
             // lets the next message go).
             tracing::debug!("Task {name}[{id}] waits for its rate limit in the database");
             shared.stats.parked.fetch_add(1, Ordering::Relaxed);
-            shared.session.settle(Settlement::Park(lease));
+            shared.session.settle(Settlement::Park { lease, task: task.to_owned() });
             return;
         }
-        Admission::At(at) => {
-            // Its token is reserved: it leaves the start order and the prefetch window, so
-            // other messages go on while it waits.
-            if let Some(mut turn) = turn.take() {
-                if let Some(previous) = turn.previous.take() {
-                    let _ = previous.await;
+    };
+    if admission != Admission::Unlimited {
+        loop {
+            if let Some(at) = wait_until {
+                // Its token is reserved: it leaves the start order and the prefetch window, so
+                // other messages go on while it waits.
+                if let Some(mut turn) = turn.take() {
+                    if let Some(previous) = turn.previous.take() {
+                        let _ = previous.await;
+                    }
+                    let _ = turn.started.send(());
                 }
-                let _ = turn.started.send(());
-            }
-            drop(slot.take());
-            let mut at = at;
-            loop {
+                drop(slot.take());
                 let due = tokio::select! {
                     biased;
                     () = shared.stopping.cancelled() => false,
@@ -209,18 +216,13 @@ async fn execute_inner(
                     shared.session.settle(Settlement::Release(lease));
                     return;
                 }
-                let now = Instant::now();
-                match shared.rate_limits.fire(&message.headers.task, now) {
-                    Ok(()) => break,
-                    Err(wait) => at = now + wait,
-                }
             }
-        }
-    }
-    if admission == Admission::Run {
-        // Admitted at once; the interval since the last start is kept all the same.
-        while let Err(wait) = shared.rate_limits.fire(&message.headers.task, Instant::now()) {
-            tokio::time::sleep(wait).await;
+            // Starts of one type keep the limit's interval, measured when they are let go.
+            let now = Instant::now();
+            match shared.rate_limits.fire(task, now) {
+                Ok(()) => break,
+                Err(wait) => wait_until = Some(now + wait),
+            }
         }
     }
     if let Some(previous) = turn.as_mut().and_then(|t| t.previous.take()) {
@@ -235,6 +237,7 @@ async fn execute_inner(
     if let Some(turn) = turn {
         let _ = turn.started.send(());
     }
+    drop(admitted);
     let Some(run_slot) = run_slot else {
         shared.stats.released.fetch_add(1, Ordering::Relaxed);
         shared.session.settle(Settlement::Release(lease));

@@ -283,8 +283,8 @@ impl Worker {
         }
 
         let tracker = TaskTracker::new();
-        rate_limit::start(&shared, &tracker).await;
-        tracker.spawn(rate_limit::refresh_loop(shared.clone(), tracker.clone()));
+        let declared = rate_limit::start(&shared, &tracker).await;
+        tracker.spawn(rate_limit::refresh_loop(shared.clone(), tracker.clone(), declared));
         claim_loop(&shared, &tracker).await;
 
         tracing::info!("worker: warm shutdown, waiting for {} running task(s)", tracker.len());

@@ -25,10 +25,14 @@ use std::{
 };
 
 use celeriac_store::{ClaimParams, RateLimitRow, RateLimitScope, RateValue, TokenGrant};
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::{claim::SuspectPermit, execute::execute, Shared};
+use super::{
+    claim::{SuspectPermit, Turn},
+    execute::execute,
+    Shared,
+};
 use crate::registry::Registry;
 
 /// A worker holds a limited type's messages that it may start within this long; it parks the
@@ -40,6 +44,8 @@ const POLL: Duration = Duration::from_millis(500);
 const PARKED_POLL: Duration = Duration::from_secs(1);
 /// Most messages one parked claim takes.
 const PARKED_BATCH: u32 = 64;
+/// How long the parked claimer waits while the messages it took back have not started.
+const BUSY_PAUSE: Duration = Duration::from_millis(20);
 
 /// What the limits allow a task type, in tokens per second.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -58,6 +64,9 @@ struct TypeState {
     last_fired: Option<Instant>,
     /// Fleet-wide tokens taken from the database and not used yet.
     stock: u32,
+    /// Admitted messages that have not started yet (waiting for their time or a run slot):
+    /// the parked claimer takes no more while they are as many as it could admit.
+    waiting: u32,
     /// Parked messages of this type may exist (this worker parked some, or another may have).
     parked: bool,
     /// Wakes the type's parked claimer.
@@ -66,10 +75,12 @@ struct TypeState {
     stop: CancellationToken,
 }
 
-/// What a message of a limited type may do now.
+/// What a message may do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Admission {
-    /// Start (it has its tokens, or its type has no limit).
+    /// Its type has no limit.
+    Unlimited,
+    /// Start: it has its tokens.
     Run,
     /// Start at this time: its tokens are reserved.
     At(Instant),
@@ -116,10 +127,10 @@ impl RateLimits {
     /// type's parked claimer (it does not queue behind parked messages: it is one of them).
     pub(super) fn admit(&self, task: &str, from_parked: bool, now: Instant) -> Admission {
         if !self.any.load(Ordering::Relaxed) {
-            return Admission::Run;
+            return Admission::Unlimited;
         }
         let mut types = self.lock();
-        let Some(t) = types.get_mut(task) else { return Admission::Run };
+        let Some(t) = types.get_mut(task) else { return Admission::Unlimited };
         let park = |t: &mut TypeState| {
             t.parked = true;
             t.wake.notify_one();
@@ -137,7 +148,7 @@ impl RateLimits {
                 if at > now + HOLD_AHEAD {
                     return park(t);
                 }
-                t.next_token = at + interval(rate);
+                t.next_token = at + spacing(rate);
                 at
             }
             None => now,
@@ -145,6 +156,7 @@ impl RateLimits {
         if t.limits.global.is_some() {
             t.stock -= 1;
         }
+        t.waiting += 1;
         if at <= now {
             Admission::Run
         } else {
@@ -157,33 +169,65 @@ impl RateLimits {
     /// they are let go, as Celery's bucket measures them (a reservation that woke late does not
     /// let the next one go early).
     pub(super) fn fire(&self, task: &str, now: Instant) -> Result<(), Duration> {
+        if !self.any.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let mut types = self.lock();
         let Some(t) = types.get_mut(task) else { return Ok(()) };
         let Some(rate) = t.limits.per_worker else { return Ok(()) };
-        if let Some(due) = t.last_fired.map(|last| last + interval(rate)) {
+        if let Some(due) = t.last_fired.map(|last| last + spacing(rate)) {
             if due > now {
                 return Err(due - now);
             }
         }
         t.last_fired = Some(now);
-        t.next_token = t.next_token.max(now + interval(rate));
+        t.next_token = t.next_token.max(now + spacing(rate));
         Ok(())
     }
 
-    /// How many messages of `task` could be admitted within [`HOLD_AHEAD`] by its per-worker
-    /// limit (at most [`PARKED_BATCH`]), or how long until one could.
+    /// An admitted message of `task` started (or will not): see [`Admitted`].
+    fn started(&self, task: &str) {
+        if let Some(t) = self.lock().get_mut(task) {
+            t.waiting = t.waiting.saturating_sub(1);
+        }
+    }
+
+    /// How many more messages of `task` the parked claimer may take back now: as many as its
+    /// per-worker limit admits within [`HOLD_AHEAD`] (at most [`PARKED_BATCH`]), less those
+    /// admitted and not started yet; or how long to wait before asking again.
     fn room(&self, task: &str, now: Instant) -> Result<u32, Duration> {
         let types = self.lock();
         let Some(t) = types.get(task) else { return Err(POLL) };
-        let Some(rate) = t.limits.per_worker else { return Ok(PARKED_BATCH) };
-        let start = t.next_token.max(now);
-        let horizon = now + HOLD_AHEAD;
-        if start > horizon {
-            return Err(start - horizon);
+        let fits = match t.limits.per_worker {
+            None => PARKED_BATCH,
+            Some(rate) => {
+                let start = t.next_token.max(now);
+                let horizon = now + HOLD_AHEAD;
+                if start > horizon {
+                    return Err(start - horizon);
+                }
+                let fits = ((horizon - start).as_secs_f64() / spacing(rate).as_secs_f64()).floor() + 1.0;
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let fits = (fits as u32).clamp(1, PARKED_BATCH);
+                fits
+            }
+        };
+        match fits.saturating_sub(t.waiting) {
+            0 => Err(BUSY_PAUSE),
+            room => Ok(room),
         }
-        let fits = ((horizon - start).as_secs_f64() * rate).floor() + 1.0;
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        Ok((fits as u32).clamp(1, PARKED_BATCH))
+    }
+
+    /// Fleet-wide tokens held.
+    fn free_stock(&self, task: &str) -> u32 {
+        self.stock(task)
+    }
+
+    /// Stops applying `task`'s fleet-wide limit until the next refresh (its row is gone).
+    fn drop_global(&self, task: &str) {
+        if let Some(t) = self.lock().get_mut(task) {
+            t.limits.global = None;
+        }
     }
 
     /// Whether `task`'s parked messages may exist (and sets it so).
@@ -251,12 +295,9 @@ impl RateLimits {
                     None => declared.and_then(|d| d.per_worker.as_ref()).map(celeriac_protocol::Rate::per_second),
                 }
             };
-            // The table holds the app's fleet-wide limit once declared; before (the database
-            // was unreachable at start) the app's own value applies.
-            let global = match row(name, RateLimitScope::Global) {
-                Some(r) => positive(r.effective()),
-                None => declared.and_then(|d| d.global.as_ref()).map(celeriac_protocol::Rate::per_second),
-            };
+            // A fleet-wide limit is the table's bucket: the app's value applies once it is
+            // declared there (at start, retried until it works).
+            let global = row(name, RateLimitScope::Global).and_then(|r| positive(r.effective()));
             if per_worker.is_some() || global.is_some() {
                 limits.insert(name.clone(), Limits { per_worker, global });
             }
@@ -287,6 +328,10 @@ impl RateLimits {
                     if new.global.is_none() && t.stock > 0 {
                         give_back.push((name.clone(), std::mem::take(&mut t.stock)));
                     }
+                    // A slower rate applies from the last start on.
+                    if let (Some(rate), Some(last)) = (new.per_worker, t.last_fired) {
+                        t.next_token = t.next_token.max(last + spacing(rate));
+                    }
                     t.limits = *new;
                 }
                 None => {
@@ -298,6 +343,7 @@ impl RateLimits {
                             next_token: Instant::now(),
                             last_fired: None,
                             stock: 0,
+                            waiting: 0,
                             // Parked messages may be left from an earlier run.
                             parked: true,
                             wake: Arc::new(Notify::new()),
@@ -336,6 +382,14 @@ impl RateLimits {
 /// Task names and their limits, as declared.
 type Declared = Vec<(String, RateValue)>;
 
+/// The time between two starts of a type limited to `per_second` on one worker: the limit's
+/// interval, plus 0.5 % of it (at most 2 ms) so that the starts the handlers see, which follow
+/// their release by a moment of scheduling, are not closer than the interval either.
+fn spacing(per_second: f64) -> Duration {
+    let interval = interval(per_second);
+    interval.saturating_add((interval / 200).min(Duration::from_millis(2)))
+}
+
 fn interval(per_second: f64) -> Duration {
     Duration::try_from_secs_f64(1.0 / per_second).unwrap_or(Duration::MAX)
 }
@@ -350,9 +404,35 @@ fn describe(limits: Limits) -> String {
     }
 }
 
-/// Records the app's limits in the table and reads the limits in force, before the worker
-/// claims anything. A database error leaves the app's own limits in force.
-pub(super) async fn start(shared: &Arc<Shared>, tracker: &TaskTracker) {
+/// A message admitted by a rate limit that has not started yet; dropping it (when the message
+/// gets its run slot, or gives up) lets the parked claimer take back another.
+pub(super) struct Admitted<'a> {
+    limits: &'a RateLimits,
+    task: String,
+}
+
+impl<'a> Admitted<'a> {
+    /// The guard for an admission (none for an unlimited type or a parked message).
+    pub(super) fn new(limits: &'a RateLimits, task: &str, admission: Admission) -> Option<Admitted<'a>> {
+        matches!(admission, Admission::Run | Admission::At(_)).then(|| Admitted { limits, task: task.to_owned() })
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.limits.started(&self.task);
+    }
+}
+
+/// Records the app's limits in the table (retried by [`refresh_loop`] until it works) and reads
+/// the limits in force, before the worker claims anything.
+pub(super) async fn start(shared: &Arc<Shared>, tracker: &TaskTracker) -> bool {
+    let declared = declare(shared).await;
+    refresh(shared, tracker, &mut None, true).await;
+    declared
+}
+
+async fn declare(shared: &Shared) -> bool {
     let limits = &shared.rate_limits;
     let (per_worker, global) = limits.declarations();
     let store = &shared.store;
@@ -360,10 +440,13 @@ pub(super) async fn start(shared: &Arc<Shared>, tracker: &TaskTracker) {
         store.rate_limit_declare(RateLimitScope::Worker, &per_worker, &limits.registered).await?;
         store.rate_limit_declare(RateLimitScope::Global, &global, &limits.registered).await
     };
-    if let Err(e) = declared.await {
-        tracing::warn!(error = %e, "rate limits: cannot record the app's limits in the database");
+    match declared.await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "rate limits: cannot record the app's limits in the database yet");
+            false
+        }
     }
-    refresh(shared, tracker, &mut None, true).await;
 }
 
 /// Reads the table and applies what changed; starts and stops parked claimers; records the
@@ -373,7 +456,7 @@ async fn refresh(shared: &Arc<Shared>, tracker: &TaskTracker, recorded: &mut Opt
         Ok(rows) => rows,
         Err(e) => {
             if recorded.is_none() {
-                tracing::warn!(error = %e, "rate limits: cannot read celeriac.rate_limit; the app's limits apply");
+                tracing::warn!(error = %e, "rate limits: cannot read celeriac.rate_limit; per-worker limits apply");
             } else {
                 tracing::debug!(error = %e, "rate limits: cannot read celeriac.rate_limit");
                 return;
@@ -400,17 +483,27 @@ async fn refresh(shared: &Arc<Shared>, tracker: &TaskTracker, recorded: &mut Opt
     }
 }
 
-/// Keeps the limits up to date until the worker stops. The limited task types are recorded in
-/// the worker's row again every [`RECORD_AGAIN_EVERY`] polls, in case the row was re-created
-/// by a heartbeat after being pruned.
-pub(super) async fn refresh_loop(shared: Arc<Shared>, tracker: TaskTracker) {
+/// Keeps the limits up to date until the worker stops: declares the app's limits if that failed
+/// at start, and records the limited task types in the worker's row again every
+/// [`RECORD_AGAIN_EVERY`] polls (in case a heartbeat re-created the row after it was pruned).
+/// Fleet-wide tokens still held at the end go back to the database.
+pub(super) async fn refresh_loop(shared: Arc<Shared>, tracker: TaskTracker, mut declared: bool) {
     let mut recorded = None;
     for poll in 1_u64.. {
         tokio::select! {
-            () = shared.stopping.cancelled() => return,
+            () = shared.stopping.cancelled() => break,
             () = tokio::time::sleep(POLL) => {}
         }
+        if !declared {
+            declared = declare(&shared).await;
+        }
         refresh(&shared, &tracker, &mut recorded, poll % RECORD_AGAIN_EVERY == 0).await;
+    }
+    for name in shared.rate_limits.limited_names() {
+        let spare = shared.rate_limits.take_stock(&name, u32::MAX);
+        if spare > 0 {
+            let _ = shared.store.rate_limit_give_back(&name, spare).await;
+        }
     }
 }
 
@@ -447,7 +540,7 @@ async fn parked_claimer(shared: Arc<Shared>, tracker: TaskTracker, task: String)
         if stop.is_cancelled() || shared.stopping.is_cancelled() {
             return;
         }
-        let room = match limits.room(&task, Instant::now()) {
+        let mut want = match limits.room(&task, Instant::now()) {
             Ok(room) => room,
             Err(wait) => {
                 if !pause(wait, false).await {
@@ -472,19 +565,22 @@ async fn parked_claimer(shared: Arc<Shared>, tracker: TaskTracker, task: String)
             }
             continue;
         }
-        let mut want = room;
         if limits.global(&task) {
-            let stock = limits.stock(&task);
-            if stock < want {
-                match shared.store.rate_limit_acquire(&task, want - stock).await {
-                    Ok(TokenGrant::Unlimited) => {}
+            let free = limits.free_stock(&task);
+            if free < want {
+                match shared.store.rate_limit_acquire(&task, want - free).await {
+                    Ok(TokenGrant::Unlimited) => {
+                        // The bucket's row is gone (its limit was cleared): no fleet-wide limit
+                        // until the next refresh says otherwise.
+                        limits.drop_global(&task);
+                        continue;
+                    }
                     Ok(TokenGrant::Granted { granted, next_in, .. }) => {
                         backoff.reset();
-                        let held = limits.add_stock(&task, granted);
-                        if !held {
+                        if !limits.add_stock(&task, granted) {
                             let _ = shared.store.rate_limit_give_back(&task, granted).await;
                         }
-                        if limits.stock(&task) == 0 {
+                        if limits.free_stock(&task) == 0 {
                             if !pause(next_in.min(POLL) + jitter(), false).await {
                                 return;
                             }
@@ -499,7 +595,7 @@ async fn parked_claimer(shared: Arc<Shared>, tracker: TaskTracker, task: String)
                         continue;
                     }
                 }
-                want = want.min(limits.stock(&task).max(1));
+                want = want.min(limits.free_stock(&task));
             }
         }
         let suspect = shared.suspect_slot.clone().try_acquire_owned().ok();
@@ -528,19 +624,28 @@ async fn parked_claimer(shared: Arc<Shared>, tracker: TaskTracker, task: String)
         shared.session.hold(&claimed, started);
         shared.stats.received.fetch_add(u64::from(got), Ordering::Relaxed);
         let mut suspect = suspect;
+        let mut admitted = Vec::with_capacity(claimed.len());
         for message in claimed {
             let suspect = if message.redeliveries > 0 {
                 suspect.take().map(|permit| SuspectPermit::new(permit, shared.wake.clone()))
             } else {
                 None
             };
-            tracker.spawn(execute(shared.clone(), message, None, None, suspect));
+            // Each message signals once its rate limit decided (and, if it runs at once, once it
+            // has a run slot): only then does the next claim know what room is left.
+            let (decided, decision) = oneshot::channel();
+            admitted.push(decision);
+            let turn = Turn { previous: None, started: decided };
+            tracker.spawn(execute(shared.clone(), message, None, turn, suspect));
+        }
+        for decision in admitted {
+            let _ = decision.await;
         }
         if got < want {
             // None left: newly claimed messages of this type may run at once again. Fleet-wide
-            // tokens beyond what the claimed ones use go back to the bucket.
+            // tokens not promised to a message go back to the bucket.
             limits.set_parked(&task, false);
-            let spare = limits.take_stock(&task, limits.stock(&task).saturating_sub(got));
+            let spare = limits.take_stock(&task, limits.free_stock(&task));
             if spare > 0 {
                 if let Err(e) = shared.store.rate_limit_give_back(&task, spare).await {
                     tracing::debug!(error = %e, "rate limits: cannot give back {spare} token(s) of {task}");
@@ -567,35 +672,47 @@ mod tests {
 
     #[test]
     fn the_per_worker_bucket_spaces_starts_and_parks_beyond_the_horizon() {
-        let l = limits(Some(2.0), None);
+        let l = limits(Some(3.0), None);
         let now = Instant::now();
-        assert_eq!(l.admit("other", false, now), Admission::Run, "unlimited types run");
+        assert_eq!(l.admit("other", false, now), Admission::Unlimited);
         assert_eq!(l.admit("t", false, now), Admission::Run, "a full bucket: the first runs at once");
-        assert_eq!(l.admit("t", false, now), Admission::At(now + Duration::from_millis(500)));
-        assert_eq!(l.admit("t", false, now), Admission::At(now + Duration::from_millis(1000)));
-        assert_eq!(l.room("t", now), Err(Duration::from_millis(500)));
-        assert_eq!(l.admit("t", false, now), Admission::Park, "1.5 s away: parked");
+        assert_eq!(l.admit("t", false, now), Admission::At(now + spacing(3.0)));
+        assert_eq!(l.admit("t", false, now), Admission::At(now + spacing(3.0) * 2));
+        // The next start is due three intervals from now, just past the horizon.
+        assert_eq!(l.room("t", now), Err(spacing(3.0) * 3 - HOLD_AHEAD));
+        assert_eq!(l.admit("t", false, now), Admission::Park, "beyond a second away: parked");
         // Once parked, newer messages of the type queue behind the parked ones ...
         let later = now + Duration::from_secs(5);
         assert_eq!(l.admit("t", false, later), Admission::Park);
-        // ... which the parked claimer takes back as the bucket allows.
+        // ... which the parked claimer takes back as the bucket allows, less those admitted
+        // and not started yet.
+        assert_eq!(l.room("t", later), Err(BUSY_PAUSE), "three admitted, none started");
+        for _ in 0..3 {
+            l.started("t");
+        }
         assert_eq!(l.room("t", later), Ok(3));
         assert_eq!(l.admit("t", true, later), Admission::Run);
-        assert_eq!(l.admit("t", true, later), Admission::At(later + Duration::from_millis(500)));
+        assert_eq!(l.admit("t", true, later), Admission::At(later + spacing(3.0)));
+        // One more fits within the second, but two are admitted and not started.
+        assert_eq!(l.room("t", later), Err(BUSY_PAUSE));
+        l.started("t");
+        l.started("t");
+        assert_eq!(l.room("t", later), Ok(1));
     }
 
     #[test]
     fn starts_are_let_go_one_interval_apart_even_after_a_late_wake() {
-        let l = limits(Some(2.0), None);
+        let l = limits(Some(3.0), None);
         let now = Instant::now();
         assert_eq!(l.admit("t", false, now), Admission::Run);
         assert_eq!(l.fire("t", now), Ok(()));
-        assert_eq!(l.admit("t", false, now), Admission::At(now + Duration::from_millis(500)));
-        assert_eq!(l.admit("t", false, now), Admission::At(now + Duration::from_millis(1000)));
-        // The second woke 300 ms late: the third waits a whole interval after it.
-        assert_eq!(l.fire("t", now + Duration::from_millis(800)), Ok(()));
-        assert_eq!(l.fire("t", now + Duration::from_millis(1000)), Err(Duration::from_millis(300)));
-        assert_eq!(l.fire("t", now + Duration::from_millis(1300)), Ok(()));
+        assert_eq!(l.admit("t", false, now), Admission::At(now + spacing(3.0)));
+        assert_eq!(l.admit("t", false, now), Admission::At(now + spacing(3.0) * 2));
+        // The second woke about 465 ms late: the third waits a whole interval after it.
+        let late = now + Duration::from_millis(800);
+        assert_eq!(l.fire("t", late), Ok(()));
+        assert_eq!(l.fire("t", now + spacing(3.0) * 2), Err(late + spacing(3.0) - (now + spacing(3.0) * 2)));
+        assert_eq!(l.fire("t", late + spacing(3.0)), Ok(()));
         assert_eq!(l.fire("other", now), Ok(()), "unlimited types are never held");
     }
 
@@ -608,7 +725,10 @@ mod tests {
         assert_eq!(l.admit("t", true, now), Admission::Run);
         assert_eq!(l.admit("t", true, now), Admission::Run);
         assert_eq!(l.admit("t", true, now), Admission::Park);
-        assert_eq!(l.room("t", now), Ok(PARKED_BATCH));
+        assert_eq!(l.room("t", now), Ok(PARKED_BATCH - 2));
+        // Its row gone, the type runs unlimited until the next refresh.
+        l.drop_global("t");
+        assert_eq!(l.admit("t", true, now), Admission::Run);
     }
 
     #[test]
@@ -627,10 +747,12 @@ mod tests {
             updated_at: chrono::Utc::now(),
         };
         let l = RateLimits::new(&registry, false);
+        // The app's per-worker limits apply without the table; its fleet-wide ones once their
+        // bucket is in the table.
         let resolved = l.resolve(&[]);
         assert_eq!(resolved["a"], Limits { per_worker: Some(2.0), global: None });
         let b = resolved["b"];
-        assert!((b.per_worker.unwrap() - 1.0 / 6.0).abs() < 1e-12 && (b.global.unwrap() - 100.0 / 60.0).abs() < 1e-12);
+        assert!((b.per_worker.unwrap() - 1.0 / 6.0).abs() < 1e-12 && b.global.is_none());
         assert!(!resolved.contains_key("c"));
         let rows = [
             row("a", RateLimitScope::Worker, Some(2.0), Some(0.0)),
