@@ -120,7 +120,6 @@ async fn the_rescuer_returns_parked_messages_no_live_worker_limits() {
     let db = TestDatabase::new().await;
     let store = db.store();
     let limiting = register(&store, &["slow"]).await;
-    let qs = queues();
     store.message_insert(&message("slow")).await.unwrap();
     store.message_insert(&message("other")).await.unwrap();
     let mut elsewhere = message("slow");
