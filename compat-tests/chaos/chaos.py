@@ -638,17 +638,21 @@ class Run:
         with psycopg.connect(self.suite.cluster.url, autocommit=True) as conn:
             conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(self.dbname)))
             conn.execute(sql.SQL("create database {}").format(sql.Identifier(self.dbname)))
+        self.celeriac("migrate")
+        with psycopg.connect(self.direct_url, autocommit=True) as conn:
+            conn.execute(LEDGER_DDL)
+
+    def celeriac(self, *args: str) -> None:
+        """Runs one ``celeriac`` command on this run's database; raises with its output if it fails."""
         out = subprocess.run(
-            [str(self.suite.celeriac_bin), "migrate", "--database-url", self.direct_url],
+            [str(self.suite.celeriac_bin), *args, "--database-url", self.direct_url],
             capture_output=True,
             text=True,
             check=False,
             timeout=120,
         )
         if out.returncode != 0:
-            raise RuntimeError(f"celeriac migrate failed:\n{out.stdout}{out.stderr}")
-        with psycopg.connect(self.direct_url, autocommit=True) as conn:
-            conn.execute(LEDGER_DDL)
+            raise RuntimeError(f"celeriac {args[0]} failed:\n{out.stdout}{out.stderr}")
 
     def enqueue(self, sleeps: Sequence[float]) -> list[str]:
         start = len(self.enqueued)
@@ -947,15 +951,7 @@ def scenario_kill_rate_limited(run: Run) -> None:
     over the drain target), so workers are killed while they hold, park and take back rate-limited
     messages. Celery workers on the transport ignore fleet-wide limits, so the fleet is celeriac's."""
     rate = max(1, round(run.tasks / run.mode.drain_target))
-    out = subprocess.run(
-        [str(run.suite.celeriac_bin), "rate-limit", "set", TASK, f"{rate}/s", "--database-url", run.direct_url],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"celeriac rate-limit set failed:\n{out.stdout}{out.stderr}")
+    run.celeriac("rate-limit", "set", TASK, f"{rate}/s")
     scenario_kill(run, ("rust", "rust", "python"))
 
 

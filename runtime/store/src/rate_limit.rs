@@ -115,6 +115,14 @@ pub fn global_burst(per_second: f64) -> f64 {
     (per_second * GLOBAL_BURST_SECONDS).max(1.0)
 }
 
+/// [`global_burst`] in SQL, of the rate expression `rate`.
+fn burst_sql(rate: &str) -> String {
+    format!("greatest(1, {rate} * {GLOBAL_BURST_SECONDS})")
+}
+
+/// A row's rate in force, in SQL: the operator's, else the app's (0: no limit).
+const RATE_SQL: &str = "coalesce(set_per_second, declared_per_second, 0)";
+
 const RATE_LIMIT_COLUMNS: &str =
     "task_name, scope, declared, declared_per_second, set_value, set_per_second, updated_at";
 
@@ -225,7 +233,7 @@ impl Store {
                 &format!(
                     "with declared as (
                          insert into celeriac.rate_limit as r (task_name, scope, declared, declared_per_second, tokens)
-                         select d.name, $1, d.spec, d.rate, greatest(1, d.rate * {GLOBAL_BURST_SECONDS})
+                         select d.name, $1, d.spec, d.rate, {burst}
                          from unnest($2::text[], $3::text[], $4::float8[]) as d(name, spec, rate)
                          on conflict (task_name, scope) do update
                          set declared = excluded.declared, declared_per_second = excluded.declared_per_second,
@@ -238,7 +246,8 @@ impl Store {
                      )
                      delete from celeriac.rate_limit
                      where scope = $1 and task_name = any($5::text[]) and not task_name = any($2::text[])
-                       and set_value is null"
+                       and set_value is null",
+                    burst = burst_sql("d.rate")
                 ),
                 &[
                     (&scope.as_str(), Type::TEXT),
@@ -267,10 +276,10 @@ impl Store {
                 &format!(
                     "with level as (
                          select r.task_name, r.scope, rate,
-                                least(greatest(1, rate * {GLOBAL_BURST_SECONDS}),
+                                least({burst},
                                       r.tokens + rate * greatest(0, extract(epoch from now() - r.refilled_at)::float8)) as avail
                          from celeriac.rate_limit r,
-                              lateral (select coalesce(r.set_per_second, r.declared_per_second, 0) as rate) x
+                              lateral (select {RATE_SQL} as rate) x
                          where r.task_name = $1 and r.scope = 'global' and rate > 0
                          for update of r
                      )
@@ -278,7 +287,8 @@ impl Store {
                      set tokens = l.avail - least($2, floor(l.avail)), refilled_at = greatest(r.refilled_at, now())
                      from level l
                      where r.task_name = l.task_name and r.scope = l.scope
-                     returning least($2, floor(l.avail))::int8, l.avail, l.rate"
+                     returning least($2, floor(l.avail))::int8, l.avail, l.rate",
+                    burst = burst_sql("rate")
                 ),
                 &[(&task_name, Type::TEXT), (&want, Type::INT8)],
             )
@@ -309,9 +319,10 @@ impl Store {
                 self.pooler,
                 &format!(
                     "update celeriac.rate_limit
-                     set tokens = least(greatest(1, coalesce(set_per_second, declared_per_second, 0) * {GLOBAL_BURST_SECONDS}),
+                     set tokens = least({burst},
                                         tokens + $2)
-                     where task_name = $1 and scope = 'global'"
+                     where task_name = $1 and scope = 'global'",
+                    burst = burst_sql(RATE_SQL)
                 ),
                 &[(&task_name, Type::TEXT), (&tokens, Type::FLOAT8)],
             )

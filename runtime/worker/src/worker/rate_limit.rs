@@ -218,11 +218,6 @@ impl RateLimits {
         }
     }
 
-    /// Fleet-wide tokens held.
-    fn free_stock(&self, task: &str) -> u32 {
-        self.stock(task)
-    }
-
     /// Stops applying `task`'s fleet-wide limit until the next refresh (its row is gone).
     fn drop_global(&self, task: &str) {
         if let Some(t) = self.lock().get_mut(task) {
@@ -282,7 +277,9 @@ impl RateLimits {
 
     /// The limits of every registered task: the app's, overridden by the table's.
     fn resolve(&self, rows: &[RateLimitRow]) -> BTreeMap<String, Limits> {
-        let row = |name: &str, scope: RateLimitScope| rows.iter().find(|r| r.task_name == name && r.scope == scope);
+        let by_key: HashMap<(&str, RateLimitScope), &RateLimitRow> =
+            rows.iter().map(|r| ((r.task_name.as_str(), r.scope), r)).collect();
+        let row = |name: &str, scope: RateLimitScope| by_key.get(&(name, scope)).copied();
         let positive = |v: Option<&RateValue>| v.map(|v| v.per_second).filter(|r| *r > 0.0 && r.is_finite());
         let mut limits = BTreeMap::new();
         for name in &self.registered {
@@ -566,7 +563,7 @@ async fn parked_claimer(shared: Arc<Shared>, tracker: TaskTracker, task: String)
             continue;
         }
         if limits.global(&task) {
-            let free = limits.free_stock(&task);
+            let free = limits.stock(&task);
             if free < want {
                 match shared.store.rate_limit_acquire(&task, want - free).await {
                     Ok(TokenGrant::Unlimited) => {
@@ -580,7 +577,7 @@ async fn parked_claimer(shared: Arc<Shared>, tracker: TaskTracker, task: String)
                         if !limits.add_stock(&task, granted) {
                             let _ = shared.store.rate_limit_give_back(&task, granted).await;
                         }
-                        if limits.free_stock(&task) == 0 {
+                        if limits.stock(&task) == 0 {
                             if !pause(next_in.min(POLL) + jitter(), false).await {
                                 return;
                             }
@@ -595,7 +592,7 @@ async fn parked_claimer(shared: Arc<Shared>, tracker: TaskTracker, task: String)
                         continue;
                     }
                 }
-                want = want.min(limits.free_stock(&task));
+                want = want.min(limits.stock(&task));
             }
         }
         let suspect = shared.suspect_slot.clone().try_acquire_owned().ok();
@@ -645,7 +642,7 @@ async fn parked_claimer(shared: Arc<Shared>, tracker: TaskTracker, task: String)
             // None left: newly claimed messages of this type may run at once again. Fleet-wide
             // tokens not promised to a message go back to the bucket.
             limits.set_parked(&task, false);
-            let spare = limits.take_stock(&task, limits.free_stock(&task));
+            let spare = limits.take_stock(&task, limits.stock(&task));
             if spare > 0 {
                 if let Err(e) = shared.store.rate_limit_give_back(&task, spare).await {
                     tracing::debug!(error = %e, "rate limits: cannot give back {spare} token(s) of {task}");
