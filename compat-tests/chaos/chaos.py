@@ -18,7 +18,9 @@ ledger every run writes (``chaos_ledger``, one row per run, in its own transacti
 * **explained**: duplicates whose extra runs have a cause the guarantees allow: the earlier run's
   worker was SIGKILLed within ``KILL_WINDOW`` of the run's end (its ack died with it), the run
   overlapped the seconds before an immediate-mode PostgreSQL restart (acks and claims commit
-  asynchronously), or the zombie started it before it was resumed (its lease had run out).
+  asynchronously; a message whose claim the crash undid may also start a little later, out of a
+  worker's prefetch, and then its next run is a first delivery), or the zombie started it before
+  it was resumed (its lease had run out).
 
 A scenario fails on anything lost, dead-lettered or stuck in the queue, on an unexplained
 duplicate, on a worker that exits without being killed (or does not exit 0 after SIGTERM), on a
@@ -71,6 +73,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import random
 import re
@@ -108,6 +111,11 @@ KILL_WINDOW = (5.0, 2.0)
 #: before the crash and started at most this long after it) may have lost its acknowledgement or
 #: its claim: both commit asynchronously (the WAL writer flushes them within ~0.6 s).
 CRASH_WINDOW = (5.0, 1.0)
+#: A message a worker claimed before the crash may start later than ``CRASH_WINDOW`` allows: it
+#: waited in the worker's prefetch (a Celery worker holds 4 per pool slot) behind tasks slowed
+#: by the restart. Such a run is allowed up to this many of the run's longest tasks after the
+#: server was back, when the next run of the task is a first delivery (the claim was undone).
+PREFETCH_HOLD_TASKS = 4
 #: Redeliveries allowed before the rescuer dead-letters (repeated kills must not dead-letter).
 MAX_REDELIVERIES = 50
 #: Worker application_name (celeriac's default) whose backends pg-terminate kills.
@@ -548,6 +556,8 @@ class Event:
     at: float
     label: str = ""
     pid: int = 0
+    #: When the fault was over (a restart: the server accepted connections again).
+    until: float = 0.0
 
 
 @dataclass
@@ -613,6 +623,7 @@ class Run:
         self.generation: Counter[str] = Counter()
         self.events: list[Event] = []
         self.enqueued: list[str] = []
+        self.longest_task = 0.0
         self.result = Result(scenario, round_no, workdir=self.dir)
 
     # --- bookkeeping ---------------------------------------------------------------------
@@ -623,9 +634,9 @@ class Run:
     def note(self, message: str) -> None:
         self.result.notes.append(message)
 
-    def event(self, what: str, at: float | None = None, proc: Proc | None = None) -> None:
+    def event(self, what: str, at: float | None = None, proc: Proc | None = None, until: float = 0.0) -> None:
         self.events.append(
-            Event(what, time.time() if at is None else at, proc.label if proc else "", proc.pid if proc else 0)
+            Event(what, time.time() if at is None else at, proc.label if proc else "", proc.pid if proc else 0, until)
         )
         self.result.faults[what] += 1
 
@@ -661,6 +672,7 @@ class Run:
                 [(TASK, (start + i, round(s, 4)), {}, {"queue": QUEUE}) for i, s in enumerate(sleeps)]
             )
         self.enqueued.extend(ids)
+        self.longest_task = max([self.longest_task, *sleeps])
         self.result.tasks = len(self.enqueued)
         return ids
 
@@ -864,20 +876,27 @@ class Run:
         ran out while it was stopped). Of the other runs, in start order, every one but the last
         must have ended within ``KILL_WINDOW`` of a SIGKILL of its worker or overlapped
         ``CRASH_WINDOW`` around an immediate-mode restart: it ran, but its ack (or claim) was lost.
+        A run that started later than that after a crash is allowed when the next run is a first
+        delivery (the crash undid the claim) and it started within ``PREFETCH_HOLD_TASKS`` of the
+        longest task after the server was back (the message waited in the worker's prefetch).
         """
         resumed = {e.label + "@chaos": e.at for e in self.events if e.what == "cont"}
         kills = {e.label + "@chaos": e.at for e in self.events if e.what == "kill"}
-        crashes = [e.at for e in self.events if e.what == "pg-immediate"]
+        crashes = [(e.at, e.until) for e in self.events if e.what == "pg-immediate"]
+        hold = CRASH_WINDOW[1] + PREFETCH_HOLD_TASKS * self.longest_task
         zombie = [run for run in runs if run.started < resumed.get(run.worker, -1.0)]
         others = sorted((run for run in runs if run not in zombie), key=lambda run: run.started)
         if not others:
             return "every run was started by a paused worker: " + describe(runs)
-        for run in others[:-1]:
+        for run, after in itertools.pairwise(others):
             killed = kills.get(run.worker)
+            first_delivery = not after.redelivered and after.attempt in (None, 1)
             if killed is not None and killed - KILL_WINDOW[0] <= run.finished <= killed + KILL_WINDOW[1]:
                 self.result.reasons["kill"] += 1
-            elif any(run.started <= at + CRASH_WINDOW[1] and run.finished >= at - CRASH_WINDOW[0] for at in crashes):
+            elif any(run.started <= at + CRASH_WINDOW[1] and run.finished >= at - CRASH_WINDOW[0] for at, _ in crashes):
                 self.result.reasons["pg-crash"] += 1
+            elif first_delivery and any(at <= run.started <= up + hold for at, up in crashes):
+                self.result.reasons["pg-crash-prefetched"] += 1
             else:
                 return "a run not explained by a kill, crash or pause: " + describe(runs)
         if zombie:
@@ -965,7 +984,7 @@ def scenario_pg_restart(run: Run, how: str) -> None:
         time.sleep(random.uniform(0, 0.3))  # fault moment
         at = time.time()
         run.suite.cluster.restart(how)
-        run.event(f"pg-{how}", at)
+        run.event(f"pg-{how}", at, until=time.time())
     run.drain()
 
 
