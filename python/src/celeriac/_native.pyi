@@ -7,6 +7,8 @@ from typing import Any
 __version__: str
 #: The single-row enqueue for DB-API drivers: seven ``%s`` parameters, see ``Message.dbapi_params``.
 MESSAGE_INSERT_SQL: str
+#: The version of the frames between a worker and its pool children (celeriac._pool_child).
+POOL_PROTOCOL: int
 
 class CeleriacError(Exception):
     """Base class of every error celeriac raises."""
@@ -121,3 +123,14 @@ class Consumer:
     def close(self) -> None: ...
 
 def redact_url(url: str) -> str: ...
+def run_pool_child(
+    *,
+    protocol: int,
+    index: int,
+    pool: str,
+    threads: int,
+    hostname: str,
+    app: str,
+    loglevel: str,
+) -> int:
+    """Runs a worker's pool child on the socket that is standard input; returns the exit code."""

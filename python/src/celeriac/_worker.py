@@ -1,7 +1,7 @@
 """The Python half of ``celeriac worker -A proj``: runs inside each pool child.
 
-The ``celeriac`` binary starts its pool children as ``celeriac pool-child``, a process that
-embeds CPython and calls this module. It loads the Celery app the way ``celery -A`` does and
+The ``celeriac`` worker starts its pool children as ``python -m celeriac._pool_child`` (the
+app's own interpreter), whose task loop, in ``celeriac._native``, calls this module. It loads the Celery app the way ``celery -A`` does and
 runs every message through Celery's own worker code, split the way a Celery prefork worker
 splits it:
 
@@ -11,7 +11,8 @@ splits it:
   ``on_success``, ``on_failure``, ``on_timeout``, ``revoked``), with the message's ack and
   reject replaced by a recorder. The Rust side applies the recorded decision to the row.
 
-Not a public API: the binary and this module change together (``PROTOCOL``).
+Not a public API: the extension's task loop and this module ship in one wheel and change
+together; the worker and the extension agree on ``celeriac._native.POOL_PROTOCOL``.
 """
 
 from __future__ import annotations
@@ -25,9 +26,6 @@ import sys
 import threading
 import time
 from typing import Any
-
-#: Bumped whenever the calls between the binary and this module change.
-PROTOCOL = 1
 
 #: Decisions returned to the binary (what Celery's ack/reject would have done to the message).
 ACK = "ack"
@@ -199,7 +197,6 @@ def init(
             "global_rate_limit": _rate(getattr(task, "global_rate_limit", None)),
         }
     return {
-        "protocol": PROTOCOL,
         "pid": os.getpid(),
         "python": ".".join(map(str, sys.version_info[:3])),
         "executable": sys.executable,

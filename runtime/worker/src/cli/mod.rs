@@ -4,7 +4,7 @@
 //! This module holds the argument definitions shared by every command ([`Cli`], [`Command`]),
 //! the dispatch and [`CliError`]; each command's options and body live in a file of their own
 //! (`worker.rs`, `send.rs`, `enqueue_envelopes.rs`, `inspect.rs`, `dead_letters.rs`,
-//! `migrate.rs`, `rate_limit.rs`; `bench` is [`crate::bench`], `pool-child` is [`crate::python::child`]).
+//! `migrate.rs`, `rate_limit.rs`; `bench` is [`crate::bench`]).
 
 use std::process::ExitCode;
 
@@ -81,10 +81,6 @@ pub enum Command {
     },
     /// Measure enqueue rate, drain rate and idle pickup latency against the database.
     Bench(crate::bench::BenchArgs),
-    /// A pool child of `celeriac worker -A` (started by the worker, not by hand).
-    #[cfg(feature = "python")]
-    #[command(hide = true)]
-    PoolChild(crate::python::child::ChildArgs),
 }
 
 /// Why a command failed; `celeriac: <this>` is what the user reads (exit status 1, or 2 for a
@@ -120,7 +116,7 @@ pub enum CliError {
     },
     /// `-A` on a binary built without the `python` feature.
     #[cfg(not(feature = "python"))]
-    #[error("-A needs embedded Python: this celeriac was built without the `python` feature")]
+    #[error("-A needs a Python pool: this celeriac was built without the `python` feature")]
     NoEmbeddedPython,
     /// The interpreter for `-A` is unusable.
     #[cfg(feature = "python")]
@@ -191,10 +187,6 @@ pub enum CliError {
 #[must_use]
 pub fn main(registry: Registry) -> ExitCode {
     let cli = Cli::parse();
-    #[cfg(feature = "python")]
-    if let Command::PoolChild(args) = &cli.command {
-        return crate::python::child::main(args);
-    }
     let loglevel = match &cli.command {
         Command::Worker(w) => w.loglevel.clone(),
         _ => "WARNING".to_owned(),
@@ -266,8 +258,6 @@ async fn run(cli: Cli, registry: Registry) -> Result<(), CliError> {
     match cli.command {
         Command::Migrate => migrate::run(&url).await,
         Command::Worker(args) => worker::run(&url, cli.app.as_deref(), &args, registry).await,
-        #[cfg(feature = "python")]
-        Command::PoolChild(_) => Ok(()),
         Command::Send(args) => send::run(&url, &args).await,
         Command::EnqueueEnvelopes(args) => enqueue_envelopes::run(&url, &args).await,
         Command::Inspect { what } => inspect::run(&url, what).await,

@@ -75,8 +75,9 @@ pub struct WorkerArgs {
     /// Change to this directory before loading the app.
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<std::path::PathBuf>,
-    /// Python interpreter whose environment the pool embeds [default: $CELERIAC_PYTHON, else
-    /// $VIRTUAL_ENV/bin/python, else python3 on PATH].
+    /// Python interpreter (3.9 or later, with the celeriac package) that runs the app's tasks
+    /// [default: $CELERIAC_PYTHON, which the pip-installed celeriac command sets to its own
+    /// interpreter, else $VIRTUAL_ENV/bin/python, else python3 on PATH].
     #[arg(long, env = "CELERIAC_PYTHON", value_name = "PATH")]
     pub python: Option<String>,
     /// Replace a prefork child after it ran this many tasks [default: the app's

@@ -1,54 +1,63 @@
-//! Which Python the pool children embed, and the environment that makes the embedded
-//! interpreter the user's (its virtualenv, its standard library, its libpython).
+//! Which Python interpreter the pool children are, and whether it can be.
 //!
-//! The binary links one libpython (`major.minor` fixed at build time), but an embedded CPython
-//! finds its prefix from the program name, so without help it would run the system Python's
-//! packages, or mix one build's library with another's standard library. The worker therefore
-//! probes the target interpreter once and starts each child with `PYTHONEXECUTABLE` (its
-//! `sys.executable`: a virtualenv's `bin/python` keeps the venv) and `LD_LIBRARY_PATH` led by
-//! its `LIBDIR` (the matching libpython). The child checks the result and restores both
-//! variables in `os.environ`, so processes a task starts see the worker's environment.
+//! A pool child is the interpreter itself (`python -m celeriac._pool_child`), so it runs with its
+//! own virtualenv, standard library and `sys.executable`, whatever its version (3.9 or later):
+//! the worker binary links no libpython. The task loop is in the `celeriac._native` extension of
+//! the celeriac package installed in that environment, so the worker checks once, at start, that
+//! the package is there and speaks its frame protocol ([`celeriac_pool::PROTOCOL`]).
 
 use std::{path::PathBuf, process::Command};
 
 use serde::Deserialize;
 
-/// The `major.minor` of the Python this binary was built against.
-pub const BUILD_PYTHON_VERSION: &str = env!("CELERIAC_BUILD_PYTHON");
+/// The oldest Python the pool runs (`major`, `minor`); the extension is built for its stable ABI.
+pub const MINIMUM_PYTHON: (u32, u32) = (3, 9);
 
-const PROBE: &str = "import json, sys, sysconfig; print(json.dumps({'executable': sys.executable, \
-'version': '%d.%d.%d' % sys.version_info[:3], 'prefix': sys.prefix, 'base_prefix': sys.base_prefix, \
-'shared': bool(sysconfig.get_config_var('Py_ENABLE_SHARED')), 'libdir': sysconfig.get_config_var('LIBDIR') or ''}))";
+/// Reports the interpreter and its celeriac package as one JSON object. `sys.path[0]` (the
+/// current directory, for `-c`) is dropped first, as the child drops it: a `celeriac` directory
+/// in the working directory must not shadow the installed package.
+const PROBE: &str = r"import sys; del sys.path[0]; import json
+report = {'executable': sys.executable, 'version': list(sys.version_info[:3])}
+try:
+    import celeriac._native as native
+    report['package'] = {'version': native.__version__, 'pool_protocol': native.POOL_PROTOCOL}
+except Exception as e:
+    report['package_error'] = '%s: %s' % (type(e).__name__, e)
+print(json.dumps(report))";
 
 /// What the probe learned about the target interpreter.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct Interpreter {
-    /// `sys.executable` (a venv's `bin/python`, not resolved further).
+    /// `sys.executable` (a venv's `bin/python`, not resolved further): what children run.
     pub executable: PathBuf,
-    /// `major.minor.micro`.
+    /// `major`, `minor`, `micro`.
+    pub version: (u32, u32, u32),
+    /// The celeriac package installed for it.
+    pub package: Option<Package>,
+    /// Why `celeriac._native` did not import.
+    #[serde(default)]
+    pub package_error: Option<String>,
+}
+
+/// The celeriac package an interpreter imports.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Package {
+    /// `celeriac._native.__version__`.
     pub version: String,
-    /// `sys.prefix` (the venv).
-    pub prefix: PathBuf,
-    /// `sys.base_prefix` (the installation).
-    pub base_prefix: PathBuf,
-    /// Whether libpython is a shared library.
-    pub shared: bool,
-    /// Where libpython lives.
-    pub libdir: String,
+    /// `celeriac._native.POOL_PROTOCOL`.
+    pub pool_protocol: u32,
 }
 
 impl Interpreter {
-    /// `major.minor`.
+    /// `major.minor.micro`.
     #[must_use]
-    pub fn minor_version(&self) -> &str {
-        match self.version.match_indices('.').nth(1) {
-            Some((i, _)) => &self.version[..i],
-            None => &self.version,
-        }
+    pub fn version_text(&self) -> String {
+        let (major, minor, micro) = self.version;
+        format!("{major}.{minor}.{micro}")
     }
 }
 
-/// Why the interpreter cannot be the pool's.
+/// Why the interpreter cannot run the pool.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum InterpreterError {
@@ -80,22 +89,46 @@ pub enum InterpreterError {
         /// What it printed.
         stdout: String,
     },
-    /// Another `major.minor` than the one this binary embeds.
-    #[error(
-        "{} is Python {}, but this celeriac binary embeds Python {BUILD_PYTHON_VERSION}: use --python with a \
-         {BUILD_PYTHON_VERSION} interpreter, or build celeriac against Python {}",
-        .found.executable.display(),
-        .found.version,
-        .found.minor_version()
-    )]
-    WrongVersion {
+    /// Older than [`MINIMUM_PYTHON`].
+    #[error("{} is Python {}; celeriac needs Python {}.{} or later", .found.executable.display(), .found.version_text(), MINIMUM_PYTHON.0, MINIMUM_PYTHON.1)]
+    TooOld {
         /// What the probe found.
         found: Box<Interpreter>,
     },
+    /// `celeriac._native` does not import there.
+    #[error(
+        "the celeriac package is not installed for {} ({error}): run `{} -m pip install celeriac=={}`",
+        .executable.display(),
+        .executable.display(),
+        env!("CARGO_PKG_VERSION")
+    )]
+    NoPackage {
+        /// The interpreter.
+        executable: PathBuf,
+        /// The import error.
+        error: String,
+    },
+    /// The installed package is another release, with other frames.
+    #[error(
+        "{} has celeriac {found_version} (pool protocol {found_protocol}), this worker is celeriac {} (pool protocol {}): \
+         install the same release in both places",
+        .executable.display(),
+        env!("CARGO_PKG_VERSION"),
+        celeriac_pool::PROTOCOL
+    )]
+    ProtocolMismatch {
+        /// The interpreter.
+        executable: PathBuf,
+        /// Its celeriac version.
+        found_version: String,
+        /// Its frame protocol.
+        found_protocol: u32,
+    },
 }
 
-/// The interpreter to probe: `explicit` (`--python`), else `$VIRTUAL_ENV/bin/python`, else
-/// `python3` on `PATH`.
+/// The interpreter to probe: `explicit` (`--python` or `$CELERIAC_PYTHON`, which the `celeriac`
+/// command of the Python package sets to its own interpreter), else `$VIRTUAL_ENV/bin/python`,
+/// else `python3` on `PATH`.
 #[must_use]
 pub fn choose(explicit: Option<&str>) -> String {
     if let Some(p) = explicit.filter(|p| !p.is_empty()) {
@@ -110,14 +143,13 @@ pub fn choose(explicit: Option<&str>) -> String {
     "python3".to_owned()
 }
 
-/// Runs `python` once and reads its paths and version; refuses another `major.minor` than the
-/// build's.
+/// Runs `python` once and reads its version and its celeriac package.
 ///
 /// # Errors
-/// [`InterpreterError`]: not found, not runnable, or the wrong version.
+/// [`InterpreterError`]: not runnable, too old, no celeriac package, or another release's.
 pub fn probe(python: &str) -> Result<Interpreter, InterpreterError> {
     let out = Command::new(python)
-        .args(["-I", "-c", PROBE])
+        .args(["-c", PROBE])
         .output()
         .map_err(|source| InterpreterError::NotRunnable { python: python.to_owned(), source })?;
     if !out.status.success() {
@@ -133,49 +165,67 @@ pub fn probe(python: &str) -> Result<Interpreter, InterpreterError> {
             source,
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         })?;
-    if found.minor_version() != BUILD_PYTHON_VERSION {
-        return Err(InterpreterError::WrongVersion { found: Box::new(found) });
-    }
-    Ok(found)
+    check(found)
 }
 
-/// The environment variables a pool child starts with (on top of the worker's).
-#[must_use]
-pub fn child_env(interp: &Interpreter) -> Vec<(String, String)> {
-    let mut env = vec![("PYTHONEXECUTABLE".to_owned(), interp.executable.to_string_lossy().into_owned())];
-    let inherited = std::env::var("LD_LIBRARY_PATH").ok();
-    env.push(("CELERIAC_INHERITED_LD_LIBRARY_PATH".to_owned(), inherited.clone().unwrap_or_default()));
-    env.push(("CELERIAC_EXPECT_PYTHON".to_owned(), format!("{}:{}", interp.version, interp.prefix.display())));
-    if interp.shared && !interp.libdir.is_empty() {
-        let path = match inherited.filter(|p| !p.is_empty()) {
-            Some(p) => format!("{}:{p}", interp.libdir),
-            None => interp.libdir.clone(),
-        };
-        env.push(("LD_LIBRARY_PATH".to_owned(), path));
+/// The probe's verdict on what it found.
+fn check(found: Interpreter) -> Result<Interpreter, InterpreterError> {
+    if (found.version.0, found.version.1) < MINIMUM_PYTHON {
+        return Err(InterpreterError::TooOld { found: Box::new(found) });
     }
-    env
+    match &found.package {
+        None => Err(InterpreterError::NoPackage {
+            executable: found.executable.clone(),
+            error: found.package_error.clone().unwrap_or_else(|| "not found".to_owned()),
+        }),
+        Some(package) if package.pool_protocol != celeriac_pool::PROTOCOL => Err(InterpreterError::ProtocolMismatch {
+            executable: found.executable.clone(),
+            found_version: package.version.clone(),
+            found_protocol: package.pool_protocol,
+        }),
+        Some(_) => Ok(found),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn minor_version_and_child_env() {
-        let interp = Interpreter {
+    fn found(version: (u32, u32, u32), package: Option<Package>) -> Interpreter {
+        Interpreter {
             executable: "/srv/app/.venv/bin/python".into(),
-            version: "3.11.7".into(),
-            prefix: "/srv/app/.venv".into(),
-            base_prefix: "/opt/python".into(),
-            shared: true,
-            libdir: "/opt/python/lib".into(),
-        };
-        assert_eq!(interp.minor_version(), "3.11");
-        let env = child_env(&interp);
-        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        assert_eq!(get("PYTHONEXECUTABLE").as_deref(), Some("/srv/app/.venv/bin/python"));
-        assert!(get("LD_LIBRARY_PATH").unwrap().starts_with("/opt/python/lib"));
-        assert_eq!(get("CELERIAC_EXPECT_PYTHON").as_deref(), Some("3.11.7:/srv/app/.venv"));
+            version,
+            package,
+            package_error: Some("ModuleNotFoundError: No module named 'celeriac'".into()),
+        }
+    }
+
+    fn package(pool_protocol: u32) -> Option<Package> {
+        Some(Package { version: "0.0.9".into(), pool_protocol })
+    }
+
+    #[test]
+    fn check_accepts_any_python_from_3_9_with_the_same_protocol() {
+        for minor in [9, 10, 11, 12, 13, 14] {
+            let ok = check(found((3, minor, 0), package(celeriac_pool::PROTOCOL))).unwrap();
+            assert_eq!(ok.version_text(), format!("3.{minor}.0"));
+        }
+    }
+
+    #[test]
+    fn check_refuses_old_pythons_missing_packages_and_other_releases() {
+        let err = check(found((3, 8, 18), package(celeriac_pool::PROTOCOL))).unwrap_err();
+        assert_eq!(err.to_string(), "/srv/app/.venv/bin/python is Python 3.8.18; celeriac needs Python 3.9 or later");
+        let err = check(found((3, 12, 1), None)).unwrap_err();
+        assert!(
+            err.to_string().starts_with("the celeriac package is not installed for /srv/app/.venv/bin/python"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("No module named 'celeriac'"), "{err}");
+        let err = check(found((3, 12, 1), package(celeriac_pool::PROTOCOL + 1))).unwrap_err();
+        assert!(
+            matches!(err, InterpreterError::ProtocolMismatch { found_protocol, .. } if found_protocol == celeriac_pool::PROTOCOL + 1)
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The parent side of the Python pool: starts `celeriac pool-child` processes, hands them jobs,
+//! The parent side of the Python pool: starts `python -m celeriac._pool_child` processes, hands them jobs,
 //! enforces time limits, replaces children that die or reach their recycling limits, and runs
 //! the post-mortem of a task whose child died.
 //!
@@ -29,12 +29,12 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{
+use celeriac_pool::{
     frame::{self, DeathCause, Decision, FromChild, ToChild},
-    interp,
-    settings::ExplicitSettings,
-    sys,
+    process as sys,
 };
+
+use super::settings::ExplicitSettings;
 use crate::{
     registry::{Handler, HandlerFuture},
     task::{LeaseCheck, Outcome, Request},
@@ -440,17 +440,15 @@ async fn spawn(inner: &Inner, index: usize) -> Result<((Arc<Child>, ChildReader)
         (format!("celeriac+{}", config.database_url), None)
     };
     let threads = if config.kind == PoolKind::Threads { config.concurrency.max(1) } else { 1 };
-    let mut cmd = tokio::process::Command::new("/proc/self/exe");
-    cmd.arg0("celeriac")
-        .arg("pool-child")
+    let mut cmd = tokio::process::Command::new(&config.interpreter.executable);
+    cmd.args(["-m", celeriac_pool::CHILD_MODULE, "--protocol", &celeriac_pool::PROTOCOL.to_string()])
         .args(["--index", &index.to_string(), "--pool", config.kind.name(), "--threads", &threads.to_string()])
         .args(["--hostname", &config.hostname, "--app", &config.app, "--loglevel", &config.loglevel])
-        .envs(interp::child_env(&config.interpreter))
-        .env("CELERIAC_PARENT_PID", std::process::id().to_string())
+        .env(celeriac_pool::PARENT_PID_ENV, std::process::id().to_string())
         .env("CELERY_BROKER_URL", &broker)
         .env("CELERY_BROKER_READ_URL", &broker)
         .env("CELERY_BROKER_WRITE_URL", &broker)
-        .envs(secret.map(|_| (super::child::BROKER_URL_FRAME_ENV, "1")))
+        .envs(secret.map(|_| (celeriac_pool::BROKER_URL_FRAME_ENV, "1")))
         // The worker's own setting (the app's DATABASE_URL, if any, is the app's business).
         .env_remove("CELERIAC_DATABASE_URL")
         .stdin(Stdio::from(OwnedFd::from(theirs)))

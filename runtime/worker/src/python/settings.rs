@@ -70,7 +70,7 @@ pub struct PoolConfig {
     pub loglevel: String,
     /// The queue database; children publish to it (`celeriac+<url>` as the broker).
     pub database_url: String,
-    /// The interpreter the children embed.
+    /// The interpreter the children are.
     pub interpreter: Interpreter,
     /// Replace a prefork child after this many tasks [`None`: the app's
     /// `worker_max_tasks_per_child`, if any].
@@ -171,11 +171,9 @@ mod tests {
             database_url: "postgresql://localhost/app".into(),
             interpreter: Interpreter {
                 executable: "/usr/bin/python3".into(),
-                version: "3.11.2".into(),
-                prefix: "/usr".into(),
-                base_prefix: "/usr".into(),
-                shared: true,
-                libdir: "/usr/lib".into(),
+                version: (3, 11, 2),
+                package: None,
+                package_error: None,
             },
             max_tasks_per_child: None,
             max_memory_per_child_kib: None,

@@ -1,57 +1,66 @@
-//! `celeriac pool-child`: one pool child process. It embeds CPython, imports the app once
-//! through `celeriac._worker.init`, then runs the jobs its worker sends over the socket that is
-//! its standard input. No tokio here: one reader thread, and the task thread(s).
+//! `python -m celeriac._pool_child`: one pool child of a celeriac worker. The interpreter is the
+//! app's own; this task loop imports the app once through `celeriac._worker.init`, then runs the
+//! jobs its worker sends over the socket that is its standard input. No tokio here: one reader
+//! thread, and the task thread(s).
 //!
-//! - prefork and solo: tasks run on the main thread (the thread that initialized Python), so the
-//!   soft time limit signal handler runs in the task;
+//! - prefork and solo: tasks run on the main thread, so the soft time limit signal handler runs
+//!   in the task;
 //! - threads: `threads` threads, each attached to Python for its whole life (per-task attach
 //!   would drop every `threading.local`, such as Celery's per-thread result backend).
 
 use std::{
     io::{BufReader, BufWriter, Write as _},
     os::{fd::AsFd as _, unix::net::UnixStream},
-    process::ExitCode,
     sync::{mpsc, Arc, Mutex},
 };
 
 use pyo3::{
-    exceptions::PySystemExit,
+    exceptions::{PySystemExit, PyValueError},
     prelude::*,
     types::{PyBytes, PyList},
 };
 
+use celeriac_pool::{
+    frame::{self, DeathCause, Decision, FromChild, ToChild},
+    process as sys, BROKER_URL_FRAME_ENV, EXIT_INIT_FAILED, PARENT_PID_ENV, PROTOCOL,
+};
 use celeriac_protocol::TaskState;
 
-use super::{
-    frame::{self, DeathCause, Decision, FromChild, ToChild},
-    settings::PoolKind,
-    sys,
-};
+/// How a child runs its tasks (the worker's `-P`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PoolKind {
+    Prefork,
+    Threads,
+    Solo,
+}
 
-/// Exit code of a child whose app failed to load.
-pub const EXIT_INIT_FAILED: u8 = 3;
+impl PoolKind {
+    fn parse(name: &str) -> PyResult<Self> {
+        match name {
+            "prefork" => Ok(PoolKind::Prefork),
+            "threads" => Ok(PoolKind::Threads),
+            "solo" => Ok(PoolKind::Solo),
+            other => Err(PyValueError::new_err(format!("unknown pool {other:?}"))),
+        }
+    }
 
-/// What the worker passes on the command line.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ChildArgs {
-    /// Position of this child in the pool (0-based).
-    #[arg(long)]
-    pub index: usize,
-    /// prefork, threads or solo.
-    #[arg(long, value_enum, hide_possible_values = true)]
-    pub pool: PoolKind,
-    /// Task threads (the threads pool); 1 otherwise.
-    #[arg(long, default_value_t = 1)]
-    pub threads: usize,
-    /// The worker's name.
-    #[arg(long)]
-    pub hostname: String,
-    /// The app, as given to `-A`.
-    #[arg(long)]
-    pub app: String,
-    /// Log level name.
-    #[arg(long)]
-    pub loglevel: String,
+    fn name(self) -> &'static str {
+        match self {
+            PoolKind::Prefork => "prefork",
+            PoolKind::Threads => "threads",
+            PoolKind::Solo => "solo",
+        }
+    }
+}
+
+/// What the worker passes on the child's command line.
+struct ChildArgs {
+    index: usize,
+    pool: PoolKind,
+    threads: usize,
+    hostname: String,
+    app: String,
+    loglevel: String,
 }
 
 type Writer = Arc<Mutex<BufWriter<UnixStream>>>;
@@ -67,38 +76,60 @@ enum Work {
     Ready,
 }
 
-/// Set (to `1`) in a child's environment when its first frame is [`ToChild::BrokerUrl`]: the
-/// broker's full URL, with the password that `CELERY_BROKER_URL` leaves out. The child registers
-/// it with the transport in-process (`celeriac.transport.register_url`), so the password reaches
-/// neither a task's `os.environ` nor any process a task starts.
-pub const BROKER_URL_FRAME_ENV: &str = "CELERIAC_BROKER_URL_FRAME";
+/// Runs a pool child until its worker says to stop; returns the process's exit code (the
+/// caller, `celeriac._pool_child`, exits with it at once, without Python's shutdown).
+///
+/// `protocol` is the worker's [`PROTOCOL`]: a worker of another release is refused (exit 2)
+/// before anything is read from it.
+#[pyfunction]
+#[pyo3(signature = (*, protocol, index, pool, threads, hostname, app, loglevel))]
+#[allow(clippy::too_many_arguments)]
+pub fn run_pool_child(
+    py: Python<'_>,
+    protocol: u32,
+    index: usize,
+    pool: &str,
+    threads: usize,
+    hostname: String,
+    app: String,
+    loglevel: String,
+) -> PyResult<u8> {
+    if protocol != PROTOCOL {
+        eprintln!(
+            "celeriac pool child: the worker speaks pool protocol {protocol}, this celeriac package ({}) {PROTOCOL}: \
+             install the same celeriac release as the worker",
+            env!("CARGO_PKG_VERSION")
+        );
+        return Ok(2);
+    }
+    let args = ChildArgs { index, pool: PoolKind::parse(pool)?, threads, hostname, app, loglevel };
+    Ok(py.detach(|| child_main(&args)))
+}
 
-/// Runs the child; returns its exit code.
-#[must_use]
-pub fn main(args: &ChildArgs) -> ExitCode {
+fn child_main(args: &ChildArgs) -> u8 {
     let expects_broker_url = std::env::var_os(BROKER_URL_FRAME_ENV).is_some();
-    let parent = std::env::var("CELERIAC_PARENT_PID").ok().and_then(|p| p.parse().ok());
+    let parent = std::env::var(PARENT_PID_ENV).ok().and_then(|p| p.parse().ok());
     match sys::die_with_parent(parent) {
         Ok(true) => {}
-        Ok(false) => return ExitCode::FAILURE,
-        Err(e) => eprintln!("celeriac pool-child: cannot arrange to exit with the worker: {e}"),
+        Ok(false) => return 1,
+        Err(e) => eprintln!("celeriac pool child: cannot arrange to exit with the worker: {e}"),
     }
     sys::ignore_stop_signals();
     let socket = match std::io::stdin().as_fd().try_clone_to_owned() {
         Ok(fd) => UnixStream::from(fd),
         Err(e) => {
-            eprintln!("celeriac pool-child: no channel to the worker on standard input: {e}");
-            return ExitCode::FAILURE;
+            eprintln!("celeriac pool child: no channel to the worker on standard input: {e}");
+            return 1;
         }
     };
     if let Err(e) = sys::stdin_to_dev_null() {
-        eprintln!("celeriac pool-child: {e}");
+        eprintln!("celeriac pool child: {e}");
     }
     let reader = match socket.try_clone() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("celeriac pool-child: {e}");
-            return ExitCode::FAILURE;
+            eprintln!("celeriac pool child: {e}");
+            return 1;
         }
     };
     // Unbuffered: nothing after this frame may be read ahead of the task loop's reader.
@@ -106,19 +137,18 @@ pub fn main(args: &ChildArgs) -> ExitCode {
         None => None,
         Some(Ok(Some((ToChild::BrokerUrl { url }, _)))) => Some(url),
         Some(other) => {
-            eprintln!("celeriac pool-child: expected the broker URL from the worker first, got {other:?}");
-            return ExitCode::FAILURE;
+            eprintln!("celeriac pool child: expected the broker URL from the worker first, got {other:?}");
+            return 1;
         }
     };
     let writer: Writer = Arc::new(Mutex::new(BufWriter::new(socket)));
 
-    Python::initialize();
     if let Some(secret) = broker_secret {
         let registered = Python::attach(|py| {
             py.import("celeriac.transport").and_then(|t| t.call_method1("register_url", (secret,))).map(drop)
         });
         if let Err(e) = registered {
-            eprintln!("celeriac pool-child: cannot hand the broker URL to the transport: {e}");
+            eprintln!("celeriac pool child: cannot hand the broker URL to the transport: {e}");
         }
     }
     let worker = match Python::attach(|py| init(py, args)) {
@@ -128,7 +158,7 @@ pub fn main(args: &ChildArgs) -> ExitCode {
         }
         Err(e) => {
             send(&writer, &FromChild::InitError { message: e.to_string() });
-            return ExitCode::from(EXIT_INIT_FAILED);
+            return EXIT_INIT_FAILED;
         }
     };
 
@@ -148,7 +178,7 @@ pub fn main(args: &ChildArgs) -> ExitCode {
                         }
                     }
                 })
-                .map_or_else(|e| eprintln!("celeriac pool-child: cannot start its reader: {e}"), drop);
+                .map_or_else(|e| eprintln!("celeriac pool child: cannot start its reader: {e}"), drop);
         }
         let source = Arc::new(Source::Channel(Mutex::new(rx)));
         let handles: Vec<_> = (0..args.threads.max(1))
@@ -171,7 +201,7 @@ pub fn main(args: &ChildArgs) -> ExitCode {
                     .ok()
             })
             .collect();
-        Python::attach(|py| py.detach(|| handles.into_iter().map(|h| h.join().unwrap_or(None)).find_map(|c| c)))
+        handles.into_iter().map(|h| h.join().unwrap_or(None)).find_map(|c| c)
     } else {
         // One task thread, the main one: it reads its jobs itself (no hand-off per job).
         let source = Source::Socket(Mutex::new(BufReader::new(reader)), announce.clone());
@@ -181,7 +211,7 @@ pub fn main(args: &ChildArgs) -> ExitCode {
         // A task raised SystemExit: leave as billiard's child would; the worker treats the
         // task as lost and replaces this process.
         let _ = writer.lock().map(|mut w| w.flush());
-        return ExitCode::from(code);
+        return code;
     }
     let announce_worker = announce.lock().ok().and_then(|a| *a);
     if let Some(announce_worker) = announce_worker {
@@ -191,7 +221,7 @@ pub fn main(args: &ChildArgs) -> ExitCode {
             }
         });
     }
-    ExitCode::SUCCESS
+    0
 }
 
 /// Why a child could not load the app; its text goes to the worker, which shows it to the user.
@@ -200,39 +230,6 @@ enum InitError {
     /// Python raised: Celery's message for a bad `-A` (`AppLoadError`), else the traceback.
     #[error("{0}")]
     Python(String),
-    /// The embedded interpreter is not the one the worker probed.
-    #[error(
-        "the embedded Python is {found}, not the probed {expected}: the interpreter's library and standard library \
-         do not match (check --python and LD_LIBRARY_PATH)"
-    )]
-    PythonMismatch {
-        /// `version:prefix` of the embedded interpreter.
-        found: String,
-        /// `version:prefix` the worker probed.
-        expected: String,
-    },
-    /// The celeriac package is not installed in the environment.
-    #[error(
-        "cannot import celeriac._worker from {executable}: {error} (install the celeriac package, version {}, into \
-         this environment)",
-        env!("CARGO_PKG_VERSION")
-    )]
-    NoWorkerModule {
-        /// The interpreter (`PYTHONEXECUTABLE`).
-        executable: String,
-        /// The import error.
-        error: String,
-    },
-    /// The installed package speaks another worker protocol.
-    #[error(
-        "the installed celeriac Python package speaks worker protocol {found}, this binary {PROTOCOL}: install \
-         celeriac {} into the environment",
-        env!("CARGO_PKG_VERSION")
-    )]
-    ProtocolMismatch {
-        /// `celeriac._worker.PROTOCOL`.
-        found: i64,
-    },
     /// `init` returned something that is not a hello.
     #[error("unreadable hello from celeriac._worker: {0}")]
     UnreadableHello(#[source] serde_json::Error),
@@ -253,42 +250,10 @@ fn init(py: Python<'_>, args: &ChildArgs) -> Result<(Py<PyModule>, serde_json::V
             InitError::Python(format!("{tb}{e}"))
         }
     };
-    let setup = || -> PyResult<()> {
-        let os = py.import("os")?;
-        let environ = os.getattr("environ")?;
-        // Children of tasks get the worker's environment back (see python::interp).
-        let _ = environ.call_method1("pop", ("PYTHONEXECUTABLE", py.None()));
-        if let Ok(inherited) = std::env::var("CELERIAC_INHERITED_LD_LIBRARY_PATH") {
-            if inherited.is_empty() {
-                let _ = environ.call_method1("pop", ("LD_LIBRARY_PATH", py.None()));
-            } else {
-                environ.set_item("LD_LIBRARY_PATH", inherited)?;
-            }
-        }
-        let sys = py.import("sys")?;
-        let argv = PyList::new(py, ["celeriac", "worker", "-A", args.app.as_str()])?;
-        sys.setattr("argv", argv)?;
-        Ok(())
-    };
-    setup().map_err(described)?;
-    if let Ok(expected) = std::env::var("CELERIAC_EXPECT_PYTHON") {
-        let found: PyResult<String> = py
-            .eval(c"'%d.%d.%d:%s' % (__import__('sys').version_info[:3] + (__import__('sys').prefix,))", None, None)
-            .and_then(|v| v.extract());
-        match found {
-            Ok(found) if found == expected => {}
-            Ok(found) => return Err(InitError::PythonMismatch { found, expected }),
-            Err(e) => return Err(described(e)),
-        }
-    }
-    let module = py.import("celeriac._worker").map_err(|e| InitError::NoWorkerModule {
-        executable: std::env::var("PYTHONEXECUTABLE").unwrap_or_else(|_| "the embedded Python".into()),
-        error: e.to_string(),
-    })?;
-    let protocol: i64 = module.getattr("PROTOCOL").and_then(|p| p.extract()).map_err(described)?;
-    if protocol != PROTOCOL {
-        return Err(InitError::ProtocolMismatch { found: protocol });
-    }
+    // Apps read sys.argv; `celery worker` children see the worker's command line.
+    let argv = PyList::new(py, ["celeriac", "worker", "-A", args.app.as_str()]).map_err(described)?;
+    py.import("sys").and_then(|sys| sys.setattr("argv", argv)).map_err(described)?;
+    let module = py.import("celeriac._worker").map_err(described)?;
     let concurrency = if args.pool == PoolKind::Threads { args.threads } else { 1 };
     let hello = module
         .call_method1(
@@ -311,9 +276,6 @@ fn init(py: Python<'_>, args: &ChildArgs) -> Result<(Py<PyModule>, serde_json::V
     let hello = serde_json::from_str(&text).map_err(InitError::UnreadableHello)?;
     Ok((module.unbind(), hello))
 }
-
-/// The worker protocol this binary speaks (`celeriac._worker.PROTOCOL`).
-pub const PROTOCOL: i64 = 1;
 
 /// Where a task thread gets its next job.
 enum Source {

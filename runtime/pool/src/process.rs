@@ -1,5 +1,6 @@
-//! The few system calls the pool needs that the standard library does not offer. This is the
-//! only module of the crate that uses `unsafe`; each call is a plain libc call on integers.
+//! The few system calls the worker and its pool children need that the standard library does
+//! not offer. This is the only module of the crate that uses `unsafe`; each call is a plain libc
+//! call on integers.
 #![allow(unsafe_code)]
 
 use std::io;
