@@ -25,6 +25,7 @@ from tools.sample_proj import RESULT_TIMEOUT, SAMPLE_PROJ, Proj, ProjWorker, chi
 # --- loading ----------------------------------------------------------------------------------
 
 
+@pytest.mark.wheel
 @pytest.mark.parametrize(
     ("spec", "app_first"),
     [("proj", False), ("proj.celery", False), ("proj.celery:app", False), ("proj", True)],
@@ -36,6 +37,7 @@ def test_app_is_found_the_way_celery_finds_it(
     assert proj.get(proj.send("add", 2, 3)) == 5
 
 
+@pytest.mark.wheel
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
@@ -94,6 +96,7 @@ def test_rust_handlers_take_precedence(proj: Proj, proj_worker: Callable[..., Pr
 # --- task semantics (prefork) -----------------------------------------------------------------
 
 
+@pytest.mark.wheel
 def test_results_request_context_and_signals(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
     worker = proj_worker()
     ok = proj.send("add", 2, 3)
@@ -132,6 +135,7 @@ def test_results_request_context_and_signals(proj: Proj, proj_worker: Callable[.
     assert {e["pid"] for e in proj.events("signal:worker_process_shutdown")} == inits
 
 
+@pytest.mark.wheel
 def test_retry_autoretry_progress_and_hooks(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
     proj_worker()
     retried = proj.send("retry_until", 2)
@@ -184,6 +188,7 @@ def test_retry_autoretry_progress_and_hooks(proj: Proj, proj_worker: Callable[..
     ]
 
 
+@pytest.mark.wheel
 def test_subtasks_chains_groups_and_chords(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
     proj_worker()
     fan = proj.send("fan_out", 3)
@@ -242,6 +247,7 @@ def test_reject_ignore_and_expiry(proj: Proj, proj_worker: Callable[..., ProjWor
 # --- pools ------------------------------------------------------------------------------------
 
 
+@pytest.mark.wheel
 @pytest.mark.parametrize("task", ["segfault", "exit_now"])
 def test_crashed_child_fails_the_task_and_is_replaced(
     proj: Proj, proj_worker: Callable[..., ProjWorker], task: str
@@ -329,6 +335,7 @@ def test_a_time_limit_too_large_to_represent_is_no_limit(proj: Proj, proj_worker
     assert "panic" not in worker.log()
 
 
+@pytest.mark.wheel
 def test_the_database_password_stays_out_of_tasks_environments(
     proj: Proj, proj_worker: Callable[..., ProjWorker]
 ) -> None:
@@ -365,6 +372,7 @@ def test_system_exit_in_a_threads_or_solo_task_fails_it_and_the_pool_goes_on(
     assert child_pids(worker) == before, "as in Celery, the pool process goes on"
 
 
+@pytest.mark.wheel
 def test_threads_pool_runs_tasks_concurrently_in_one_process(
     proj: Proj, proj_worker: Callable[..., ProjWorker], tmp_path: Path
 ) -> None:
@@ -389,6 +397,7 @@ def test_solo_pool_runs_one_task_at_a_time(proj: Proj, proj_worker: Callable[...
 # --- time limits ------------------------------------------------------------------------------
 
 
+@pytest.mark.wheel
 @pytest.mark.parametrize("pool", ["prefork", "solo"])
 def test_soft_and_hard_time_limits(proj: Proj, proj_worker: Callable[..., ProjWorker], pool: str) -> None:
     worker = proj_worker(pool=pool, concurrency=1, extra_args=["--soft-time-limit", "0.5"])
@@ -422,6 +431,7 @@ def test_threads_pool_warns_that_it_does_not_enforce_limits(proj: Proj, proj_wor
 # --- logging and shutdown ---------------------------------------------------------------------
 
 
+@pytest.mark.wheel
 def test_task_logging_carries_task_name_and_id(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
     worker = proj_worker(concurrency=1)
     r = proj.send("logs", "celeriac")
@@ -435,6 +445,7 @@ def test_task_logging_carries_task_name_and_id(proj: Proj, proj_worker: Callable
         assert all(tag in line for line in matching), (text, matching)
 
 
+@pytest.mark.wheel
 def test_warm_shutdown_lets_the_running_task_finish(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
     worker = proj_worker(concurrency=1)
     r = proj.send("sleep", 1.0)

@@ -526,8 +526,11 @@ def post_mortem(
     solo pool, whose task raised ``SystemExit`` (``cause`` ``in_process``, ``detail`` its repr).
 
     Runs Celery's MainProcess handling: ``WorkerLostError`` through ``on_failure`` (which
-    covers ``acks_late``, ``reject_on_worker_lost`` and ``retry_on_worker_lost``), or
-    ``on_timeout(soft=False)`` for a hard time limit.
+    covers ``acks_late``, ``reject_on_worker_lost`` and ``retry_on_worker_lost``), or for a hard
+    time limit what billiard runs: before Celery 5.7, ``on_failure`` with ``TimeLimitExceeded``
+    (the pool's error callback: result, ``task_failure``, the ack or requeue) then
+    ``on_timeout(soft=False)``; from 5.7 on, whose ``on_timeout`` runs the failure hooks and
+    sends ``task_failure`` itself, ``on_timeout`` alone, so the signal is sent once.
     """
     from billiard.einfo import ExceptionInfo
     from billiard.exceptions import WorkerLostError
@@ -540,6 +543,13 @@ def post_mortem(
         return REJECT, "UNDECODABLE", str(exc)
     req.on_accepted(st.pid, time.monotonic())
     if cause == "timeout":
+        if not _on_timeout_runs_failure_hooks():
+            from billiard.exceptions import TimeLimitExceeded
+
+            try:
+                raise TimeLimitExceeded(hard_limit)
+            except TimeLimitExceeded:
+                req.on_failure(ExceptionInfo())
         req.on_timeout(False, hard_limit)
         return recorder.decision, "FAILURE", ""
     # ``in_process``: a threads or solo pool task raised SystemExit; Celery's ``apply_target``
@@ -551,6 +561,14 @@ def post_mortem(
         einfo = ExceptionInfo()
     req.on_failure(einfo)
     return recorder.decision, "FAILURE", ""
+
+
+def _on_timeout_runs_failure_hooks() -> bool:
+    """Whether this Celery's ``Request.on_timeout`` runs ``on_failure`` and sends
+    ``task_failure`` for a hard time limit (5.7 and later)."""
+    import celery
+
+    return tuple(celery.VERSION[:2]) >= (5, 7)
 
 
 def max_rss_kib() -> int:

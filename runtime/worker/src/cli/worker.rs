@@ -169,7 +169,7 @@ async fn start_python_pool(
     let hello = pool.hello();
     let names = pool.register_tasks(registry)?;
     tracing::info!(
-        app = %hello.app, pool = ?args.pool, python = %hello.python, celery = %hello.celery,
+        app = %hello.app, pool = ?args.pool, python = %hello.python, executable = %hello.executable, celery = %hello.celery,
         "app loaded; Python tasks: {}", names.join(", ")
     );
     let explicit = ExplicitSettings {
