@@ -1,16 +1,11 @@
-//! Fuzz target `frame`: the pool-child frame codec (runtime/worker/src/python/frame.rs, compiled
-//! here from its source: the worker crate's `python` feature would link libpython) reading
-//! arbitrary bytes as the worker's and the child's side of the socket. Every frame that reads
+//! Fuzz target `frame`: the pool-child frame codec (`celeriac_pool::frame`, runtime/pool/src/frame.rs)
+//! reading arbitrary bytes as the worker's and the child's side of the socket. Every frame that reads
 //! can be written again and read back with the same raw bytes. The replay test is
 //! `frames_replay_the_fuzz_corpus` in frame.rs.
 
 #![no_main]
 
-#[allow(dead_code)]
-#[path = "../../runtime/worker/src/python/frame.rs"]
-mod frame;
-
-use frame::{FromChild, ToChild};
+use celeriac_pool::frame::{self, FromChild, ToChild};
 
 fn read_all<M>(data: &[u8])
 where
