@@ -1,5 +1,5 @@
-"""``celeriac worker -A proj``: a real Celery project's tasks, run by the real binary's embedded
-Python, observed through Celery's own ``AsyncResult`` (``db+postgresql+psycopg://`` backend),
+"""``celeriac worker -A proj``: a real Celery project's tasks, run by the real binary's pool of
+Python children, observed through Celery's own ``AsyncResult`` (``db+postgresql+psycopg://`` backend),
 signal receivers writing to a log file, and child PIDs.
 
 The sample project is ``compat-tests/sample_proj/proj``; the client app here only publishes

@@ -5,7 +5,7 @@ Every scenario gets a fresh database on one throwaway PostgreSQL cluster started
 restart is a real crash). It enqueues ``chaos.record(seq, sleep_seconds)`` tasks, runs REAL
 workers on them -- ``chaos_worker`` (the ``celeriac`` CLI plus a Rust ``chaos.record`` handler,
 ``runtime/worker/examples/chaos_worker.rs``), ``celeriac worker -A chaos_app`` (the Python task in
-embedded Python, prefork) and ``celery -A chaos_app worker`` (Celery 5.7 on the
+its pool of Python children, prefork) and ``celery -A chaos_app worker`` (Celery 5.7 on the
 ``celeriac+postgresql://`` kombu transport) -- injects faults, waits for the queue to drain, stops
 the workers with SIGTERM (each must exit 0) and compares what was enqueued with the side-effect
 ledger every run writes (``chaos_ledger``, one row per run, in its own transaction). Leases are

@@ -1,6 +1,6 @@
 """The Celery app of the chaos suite (``scripts/chaos``), run by both kinds of Python worker:
 
-* ``celeriac worker -A chaos_app`` (embedded Python; its pool children get ``CELERY_BROKER_URL``);
+* ``celeriac worker -A chaos_app`` (its pool children, the venv's interpreter, get ``CELERY_BROKER_URL``);
 * ``celery -A chaos_app worker`` on the ``celeriac+postgresql://`` kombu transport
   (``CHAOS_BROKER_URL``; lease and redelivery limit from ``CHAOS_LEASE_SECONDS`` and
   ``CHAOS_MAX_REDELIVERIES``).

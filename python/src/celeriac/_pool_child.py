@@ -9,6 +9,7 @@ the jobs the worker sends until the worker says to stop.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -47,8 +48,6 @@ if __name__ == "__main__":
     # As billiard's children do: no interpreter shutdown (atexit handlers, joining the threads
     # a task left behind) once the worker is done with this process.
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(Exception):
             stream.flush()
-        except Exception:
-            pass
     os._exit(code)

@@ -40,7 +40,7 @@ pub struct Cli {
 
     /// The Celery app whose tasks the worker runs, as `celery -A` takes it: `proj`,
     /// `proj.celery` or `proj.celery:app` (imported from the current directory, PYTHONPATH and
-    /// the virtualenv). Its tasks run in embedded Python; Rust handlers of the same name win.
+    /// the virtualenv). Its tasks run in a pool of Python children (the app's interpreter); Rust handlers of the same name win.
     #[arg(short = 'A', long, global = true, value_name = "APP")]
     pub app: Option<String>,
 

@@ -1,5 +1,5 @@
 //! `celeriac worker`: consumes queues with the registered Rust handlers and, with `-A`, the
-//! Celery app's Python tasks in the embedded-Python pool.
+//! Celery app's Python tasks in the pool of Python children.
 //!
 //! This file maps the flags to a [`WorkerConfig`] (and a `PoolConfig`); how the app's own
 //! settings fill in what no flag gave is the pool's business (`crate::python::settings`), so a
@@ -182,7 +182,7 @@ async fn start_python_pool(
     Ok(pool)
 }
 
-/// Without embedded Python there is no pool; `-A` is refused.
+/// Without the `python` feature there is no pool; `-A` is refused.
 #[cfg(not(feature = "python"))]
 async fn start_python_pool(
     _app: &str,
