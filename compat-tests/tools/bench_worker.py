@@ -7,7 +7,12 @@
 
     bench_worker.py --database-url postgresql://postgres@127.0.0.1:5432/postgres \\
         --amqp-url amqp://guest:guest@127.0.0.1:5672// --celeriac-bin target/release/celeriac \\
-        [--tasks 20000] [--rounds 3] [--concurrency 2] [--json]
+        [--tasks 20000] [--rounds 3] [--concurrency 2] [--json] \\
+        [--baseline-bin OLD/celeriac --baseline-python OLD/.venv/bin/python]
+
+With ``--baseline-bin`` (another build of celeriac, e.g. before a change, with the interpreter
+whose celeriac package matches it), ``baseline-prefork`` and ``baseline-threads`` run in the same
+rounds, for a before/after comparison in one run.
 
 Every task is ``bench_app.noop`` (``bench_app.py``: no arguments, ``task_ignore_result``,
 prefetch multiplier 4), ``-l WARNING``. Each round runs every system once, round-robin, starting
@@ -162,7 +167,7 @@ def run_celery(args: argparse.Namespace, n: int) -> tuple[float, int, int]:
     return last - first, sampler.peak_rss, sampler.peak_pss
 
 
-def run_celeriac(args: argparse.Namespace, n: int, pool: str) -> tuple[float, int, int]:
+def run_celeriac(args: argparse.Namespace, n: int, pool: str, baseline: bool = False) -> tuple[float, int, int]:
     import celeriac
 
     dbname = f"bench_worker_{uuid.uuid4().hex[:12]}"
@@ -174,9 +179,11 @@ def run_celeriac(args: argparse.Namespace, n: int, pool: str) -> tuple[float, in
             client.migrate()
             for start in range(0, n, 5000):
                 client.send_many([("bench_app.noop", (), {})] * min(5000, n - start))
-        argv = [args.celeriac_bin, "worker", "-A", "bench_app", "-P", pool, "-c", str(args.concurrency)]
-        argv += ["-l", "WARNING", "--database-url", url, "--python", sys.executable]
-        with (Path(args.log_dir) / f"celeriac-{pool}.log").open("wb") as log:
+        binary, python = (args.baseline_bin, args.baseline_python) if baseline else (args.celeriac_bin, sys.executable)
+        argv = [binary, "worker", "-A", "bench_app", "-P", pool, "-c", str(args.concurrency)]
+        argv += ["-l", "WARNING", "--database-url", url, "--python", python]
+        label = f"{'baseline' if baseline else 'celeriac'}-{pool}"
+        with (Path(args.log_dir) / f"{label}.log").open("wb") as log:
             proc = subprocess.Popen(argv, cwd=HERE, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         sampler = MemorySampler(proc.pid)
         sampler.start()
@@ -200,8 +207,8 @@ def run_celeriac(args: argparse.Namespace, n: int, pool: str) -> tuple[float, in
         sampler.stop()
         stop(proc)
         if first is None or last is None:
-            log = (Path(args.log_dir) / f"celeriac-{pool}.log").read_text(errors="replace")
-            raise SystemExit(f"celeriac ({pool}) did not finish the tasks; its log:\n{log}")
+            log = (Path(args.log_dir) / f"{label}.log").read_text(errors="replace")
+            raise SystemExit(f"{label} did not finish the tasks; its log:\n{log}")
         return last - first, sampler.peak_rss, sampler.peak_pss
     finally:
         with psycopg.connect(args.database_url, autocommit=True) as admin:
@@ -219,9 +226,15 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=600)
     p.add_argument("--json", action="store_true")
     p.add_argument("--log-dir", default=".", help="where the workers' logs go")
+    p.add_argument("--baseline-bin", help="another celeriac binary, run side by side as baseline-*")
+    p.add_argument("--baseline-python", help="the interpreter for --baseline-bin's pool children")
     args = p.parse_args()
+    if bool(args.baseline_bin) != bool(args.baseline_python):
+        p.error("--baseline-bin and --baseline-python go together")
 
     systems = ["celery-prefork", "celeriac-prefork", "celeriac-threads"]
+    if args.baseline_bin:
+        systems += ["baseline-prefork", "baseline-threads"]
     results: dict[str, list[dict[str, float]]] = {s: [] for s in systems}
     n = args.tasks
     for r in range(args.rounds):
@@ -230,7 +243,8 @@ def main() -> None:
             if system == "celery-prefork":
                 secs, rss, pss = run_celery(args, n)
             else:
-                secs, rss, pss = run_celeriac(args, n, system.split("-", 1)[1])
+                kind, pool = system.split("-", 1)
+                secs, rss, pss = run_celeriac(args, n, pool, baseline=kind == "baseline")
             rate = n / secs if secs > 0 else float("inf")
             results[system].append({"seconds": secs, "rate": rate, "rss_kib": rss, "pss_kib": pss, "round": r})
             print(

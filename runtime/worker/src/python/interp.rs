@@ -16,7 +16,9 @@ pub const MINIMUM_PYTHON: (u32, u32) = (3, 9);
 /// Reports the interpreter and its celeriac package as one JSON object. `sys.path[0]` (the
 /// current directory, for `-c`) is dropped first, as the child drops it: a `celeriac` directory
 /// in the working directory must not shadow the installed package.
-const PROBE: &str = r"import sys; del sys.path[0]; import json
+const PROBE: &str = r"import sys
+if sys.path and sys.path[0] == '': del sys.path[0]
+import json
 report = {'executable': sys.executable, 'version': list(sys.version_info[:3])}
 try:
     import celeriac._native as native
