@@ -22,7 +22,12 @@ from collections.abc import Sequence
 
 from celery import Celery
 
-DATABASE_URL = os.environ.get("CELERIAC_DATABASE_URL", "postgresql://localhost/celeriac_demo")
+# The app's own setting (a celeriac worker does not pass its CELERIAC_DATABASE_URL, password
+# included, on to the app's processes: their broker URL comes without it, and the full one
+# in-process). The result backend needs the password, so the demo gives it to the app here.
+DATABASE_URL = os.environ.get("DEMO_DATABASE_URL") or os.environ.get(
+    "CELERIAC_DATABASE_URL", "postgresql://localhost/celeriac_demo"
+)
 
 app = Celery(
     "demo",
