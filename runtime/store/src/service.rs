@@ -47,8 +47,16 @@ pub trait Periodic: Send + 'static {
 /// Runs a [`Periodic`] service as a [`Service`]: a pass every interval (a late pass delays the
 /// next rather than bunching them), failures logged at debug level (a periodic service logs
 /// what matters itself).
+///
+/// At shutdown, a pass in flight is given [`PASS_GRACE`] to finish rather than dropped: a
+/// statement already sent runs on the server anyway, and whoever stops the service must be able
+/// to count on it being over (a heartbeat's upsert landing after the worker row's removal would
+/// bring the row back).
 #[derive(Debug)]
 pub struct Every<P>(pub P);
+
+/// How long a [`Periodic`] pass in flight at shutdown may take to finish.
+pub const PASS_GRACE: Duration = Duration::from_secs(2);
 
 impl<P: Periodic> Service for Every<P> {
     fn name(&self) -> &'static str {
@@ -57,6 +65,7 @@ impl<P: Periodic> Service for Every<P> {
 
     async fn run(self, shutdown: CancellationToken) {
         let mut service = self.0;
+        let name = service.name();
         let mut ticker = tokio::time::interval(service.interval());
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -64,13 +73,19 @@ impl<P: Periodic> Service for Every<P> {
                 () = shutdown.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                result = service.run_once() => {
-                    if let Err(e) = result {
-                        tracing::debug!(service = service.name(), error = %e, "pass failed");
+            let pass = service.run_once();
+            tokio::pin!(pass);
+            let result = tokio::select! {
+                result = &mut pass => result,
+                () = shutdown.cancelled() => {
+                    if tokio::time::timeout(PASS_GRACE, pass).await.is_err() {
+                        tracing::debug!(service = name, "pass still running at shutdown; dropped");
                     }
+                    return;
                 }
+            };
+            if let Err(e) = result {
+                tracing::debug!(service = name, error = %e, "pass failed");
             }
         }
     }
@@ -215,6 +230,49 @@ mod tests {
         async fn run(self, _shutdown: CancellationToken) {
             std::future::pending::<()>().await;
         }
+    }
+
+    /// A pass that takes `pass_takes`, recording when it started and finished.
+    struct Slow {
+        pass_takes: Duration,
+        log: Arc<Mutex<Vec<&'static str>>>,
+    }
+
+    impl Periodic for Slow {
+        type Report = ();
+
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+
+        fn interval(&self) -> Duration {
+            Duration::from_secs(60)
+        }
+
+        async fn run_once(&mut self) -> crate::Result<()> {
+            self.log.lock().unwrap().push("started");
+            tokio::time::sleep(self.pass_takes).await;
+            self.log.lock().unwrap().push("finished");
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_in_flight_finishes_before_stop_returns_within_its_grace() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut services = Supervisor::default();
+        services.start(Every(Slow { pass_takes: Duration::from_millis(500), log: log.clone() }));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        services.stop().await;
+        assert_eq!(*log.lock().unwrap(), ["started", "finished"]);
+
+        let log = Arc::new(Mutex::new(Vec::new()));
+        services.start(Every(Slow { pass_takes: Duration::from_secs(3600), log: log.clone() }));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stopping = tokio::time::Instant::now();
+        services.stop().await;
+        assert_eq!(*log.lock().unwrap(), ["started"], "a pass past its grace is dropped");
+        assert!(stopping.elapsed() <= PASS_GRACE + Duration::from_millis(10), "{:?}", stopping.elapsed());
     }
 
     #[tokio::test(start_paused = true)]
