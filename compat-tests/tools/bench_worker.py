@@ -228,6 +228,7 @@ def main() -> None:
     p.add_argument("--log-dir", default=".", help="where the workers' logs go")
     p.add_argument("--baseline-bin", help="another celeriac binary, run side by side as baseline-*")
     p.add_argument("--baseline-python", help="the interpreter for --baseline-bin's pool children")
+    p.add_argument("--systems", help="comma-separated subset of the systems to run (default: all)")
     args = p.parse_args()
     if bool(args.baseline_bin) != bool(args.baseline_python):
         p.error("--baseline-bin and --baseline-python go together")
@@ -235,6 +236,12 @@ def main() -> None:
     systems = ["celery-prefork", "celeriac-prefork", "celeriac-threads"]
     if args.baseline_bin:
         systems += ["baseline-prefork", "baseline-threads"]
+    if args.systems:
+        wanted = args.systems.split(",")
+        unknown = set(wanted) - set(systems)
+        if unknown:
+            p.error(f"unknown systems {sorted(unknown)}; these run: {systems}")
+        systems = wanted
     results: dict[str, list[dict[str, float]]] = {s: [] for s in systems}
     n = args.tasks
     for r in range(args.rounds):
@@ -252,12 +259,12 @@ def main() -> None:
                 f"peak RSS {rss / 1024:.0f} MiB, PSS {pss / 1024:.0f} MiB",
                 flush=True,
             )
-    celery_by_round = {m["round"]: m["rate"] for m in results["celery-prefork"]}
+    celery_by_round = {m["round"]: m["rate"] for m in results.get("celery-prefork", [])}
     summary = {}
     for system in systems:
         ms = results[system]
         med = statistics.median(m["rate"] for m in ms)
-        ratios = [m["rate"] / celery_by_round[m["round"]] for m in ms]
+        ratios = [m["rate"] / celery_by_round[m["round"]] for m in ms if m["round"] in celery_by_round]
         summary[system] = {
             "median_rate": med,
             "peak_rss_mib": max(m["rss_kib"] for m in ms) / 1024,
