@@ -417,9 +417,16 @@ def test_soft_and_hard_time_limits(proj: Proj, proj_worker: Callable[..., ProjWo
     assert hard.state == "FAILURE"
     assert type(hard.result).__name__ == "TimeLimitExceeded"
     assert "Hard time limit (0.5s) exceeded for proj.tasks.hard" in worker.log()
-    assert len([e for e in proj.events("signal:task_failure") if e["task_id"] == hard.id]) == 1
+
+    def failure_signals() -> list[dict[str, object]]:
+        return [e for e in proj.events("signal:task_failure") if e["task_id"] == hard.id]
+
+    # Celery 5.7 stores the result before it sends the signal: wait for it, then make sure,
+    # once the next task has run, that it came once.
+    worker.wait_for(failure_signals, 10, "task_failure for the hard time limit")
     after = worker.wait_for(lambda: child_pids(worker) - before, 30, "a replacement child")
     assert proj.get(proj.send("pid")) in after
+    assert len(failure_signals()) == 1
 
 
 def test_threads_pool_warns_that_it_does_not_enforce_limits(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:

@@ -110,11 +110,15 @@ def proj_worker(celeriac_bin: Path, proj: Proj, tmp_path: Path) -> Iterator[Call
         worker = ProjWorker(argv, tmp_path / f"proj-worker{n}.log", cwd=SAMPLE_PROJ, env=worker_env)
         workers.append(worker)
         worker.wait_for(lambda: "ready." in worker.log(), 60, "the worker to load the app")
-        # scripts/test-wheels: the children must be the interpreter of the wheel's venv.
+        # scripts/test-wheels, test-old-glibc: the children must be the interpreter of the wheel's
+        # venv (its version, and its executable when given).
         expected_python = os.environ.get("PROJ_EXPECT_PYTHON")
         if expected_python:
             loaded = next(line for line in worker.log().splitlines() if "app loaded" in line)
-            assert f" python={expected_python}" in loaded, loaded
+            assert f" python={expected_python} " in loaded, loaded
+            expected_executable = os.environ.get("PROJ_EXPECT_EXECUTABLE")
+            if expected_executable:
+                assert f" executable={expected_executable} " in loaded, loaded
         return worker
 
     yield start

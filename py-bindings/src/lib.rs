@@ -4,7 +4,7 @@
 //! messages are built by the codec the Rust worker decodes with; every statement runs through
 //! celeriac-store. The API (`celeriac.Client`, `celeriac.enqueue`, the kombu transport) lives in
 //! `python/src/celeriac/` and is typed by `_native.pyi`. And the task loop of a worker's pool
-//! child ([`pool_child`], run by `python -m celeriac._pool_child`), so that one abi3 build
+//! child ([`pool_child`], run by `celeriac._pool_child`), so that one abi3 build
 //! serves every Python from 3.9 on.
 
 mod consumer;

@@ -1,4 +1,4 @@
-//! `python -m celeriac._pool_child`: one pool child of a celeriac worker. The interpreter is the
+//! `celeriac._pool_child.run`: one pool child of a celeriac worker. The interpreter is the
 //! app's own; this task loop imports the app once through `celeriac._worker.init`, then runs the
 //! jobs its worker sends over the socket that is its standard input. No tokio here: one reader
 //! thread, and the task thread(s).

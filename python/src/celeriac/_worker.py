@@ -1,7 +1,7 @@
 """The Python half of ``celeriac worker -A proj``: runs inside each pool child.
 
-The ``celeriac`` worker starts its pool children as ``python -m celeriac._pool_child`` (the
-app's own interpreter), whose task loop, in ``celeriac._native``, calls this module. It loads
+The ``celeriac`` worker's pool children are the app's own interpreter running
+``celeriac._pool_child``, whose task loop, in ``celeriac._native``, calls this module. It loads
 the Celery app the way ``celery -A`` does and runs every message through Celery's own worker
 code, split the way a Celery prefork worker splits it:
 

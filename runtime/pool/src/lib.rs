@@ -1,7 +1,7 @@
 //! What a celeriac worker and its Python pool children share.
 //!
 //! A worker that runs a Celery app's tasks (`celeriac worker -A proj`) never starts Python
-//! itself. Its pool children are the app's own interpreter, `python -m celeriac._pool_child`,
+//! itself. Its pool children are the app's own interpreter running `celeriac._pool_child`,
 //! whose task loop is Rust in the `celeriac._native` extension module. The two sides are built
 //! separately (the worker binary, the abi3 extension) and talk over a Unix socket pair in the
 //! [`frame`]s defined here, versioned by [`PROTOCOL`]. [`process`] holds the few system calls
@@ -15,8 +15,14 @@ pub mod process;
 /// there), and a child refuses a worker that passes another `--protocol`.
 pub const PROTOCOL: u32 = 2;
 
-/// The module a pool child runs (`python -m celeriac._pool_child`).
-pub const CHILD_MODULE: &str = "celeriac._pool_child";
+/// What a pool child runs: `python -c CHILD_BOOTSTRAP --protocol … --index …`. Not `-m`, which
+/// would import the `celeriac` package with the working directory first on `sys.path` (a
+/// `celeriac` directory there would shadow the installed package); `-c` puts an empty entry
+/// there, which the bootstrap drops before importing anything (with `-P`/`PYTHONSAFEPATH` there
+/// is none). `celery worker` itself runs without the working directory on `sys.path` too:
+/// Celery's `find_app` imports the app from it.
+pub const CHILD_BOOTSTRAP: &str =
+    "import sys\nif sys.path[:1] == ['']: del sys.path[0]\nfrom celeriac._pool_child import run\nrun()";
 
 /// Exit code of a child whose app failed to load (after its `InitError` frame).
 pub const EXIT_INIT_FAILED: u8 = 3;

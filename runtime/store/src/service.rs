@@ -70,6 +70,7 @@ impl<P: Periodic> Service for Every<P> {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                biased;
                 () = shutdown.cancelled() => return,
                 _ = ticker.tick() => {}
             }

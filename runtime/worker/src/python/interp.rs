@@ -1,6 +1,6 @@
 //! Which Python interpreter the pool children are, and whether it can be.
 //!
-//! A pool child is the interpreter itself (`python -m celeriac._pool_child`), so it runs with its
+//! A pool child is the interpreter itself (running `celeriac._pool_child`), so it runs with its
 //! own virtualenv, standard library and `sys.executable`, whatever its version (3.9 or later):
 //! the worker binary links no libpython. The task loop is in the `celeriac._native` extension of
 //! the celeriac package installed in that environment, so the worker checks once, at start, that
@@ -30,7 +30,11 @@ print(json.dumps(report))";
 /// What the probe learned about the target interpreter.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct Interpreter {
-    /// `sys.executable` (a venv's `bin/python`, not resolved further): what children run.
+    /// The command as chosen (`--python`, …): what the probe ran, so what children run (a
+    /// wrapper script that sets up an environment stays in the loop).
+    #[serde(skip)]
+    pub program: String,
+    /// `sys.executable` (a venv's `bin/python`, not resolved further), for messages.
     pub executable: PathBuf,
     /// `major`, `minor`, `micro`.
     pub version: (u32, u32, u32),
@@ -161,12 +165,13 @@ pub fn probe(python: &str) -> Result<Interpreter, InterpreterError> {
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         });
     }
-    let found: Interpreter =
+    let mut found: Interpreter =
         serde_json::from_slice(&out.stdout).map_err(|source| InterpreterError::UnexpectedOutput {
             python: python.to_owned(),
             source,
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         })?;
+    python.clone_into(&mut found.program);
     check(found)
 }
 
@@ -195,6 +200,7 @@ mod tests {
 
     fn found(version: (u32, u32, u32), package: Option<Package>) -> Interpreter {
         Interpreter {
+            program: "python3".into(),
             executable: "/srv/app/.venv/bin/python".into(),
             version,
             package,

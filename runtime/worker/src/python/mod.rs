@@ -1,7 +1,7 @@
 //! Python pool: `celeriac worker -A proj` runs a Celery app's own tasks.
 //!
 //! The worker process itself never starts Python. Its pool children are the app's interpreter
-//! running `python -m celeriac._pool_child` (the task loop is Rust, in the `celeriac._native`
+//! running `celeriac._pool_child` (the task loop is Rust, in the `celeriac._native`
 //! extension module), each importing the app once; the worker ([`pool`]) sends them jobs over a
 //! socket (`celeriac_pool::frame`), keeps the message's lease while they run, enforces time
 //! limits from outside, and replaces children that die or reach their recycling limits.

@@ -1,4 +1,5 @@
-//! The parent side of the Python pool: starts `python -m celeriac._pool_child` processes, hands them jobs,
+//! The parent side of the Python pool: starts pool children (the app's interpreter running
+//! `celeriac._pool_child`), hands them jobs,
 //! enforces time limits, replaces children that die or reach their recycling limits, and runs
 //! the post-mortem of a task whose child died.
 //!
@@ -440,8 +441,8 @@ async fn spawn(inner: &Inner, index: usize) -> Result<((Arc<Child>, ChildReader)
         (format!("celeriac+{}", config.database_url), None)
     };
     let threads = if config.kind == PoolKind::Threads { config.concurrency.max(1) } else { 1 };
-    let mut cmd = tokio::process::Command::new(&config.interpreter.executable);
-    cmd.args(["-m", celeriac_pool::CHILD_MODULE, "--protocol", &celeriac_pool::PROTOCOL.to_string()])
+    let mut cmd = tokio::process::Command::new(&config.interpreter.program);
+    cmd.args(["-c", celeriac_pool::CHILD_BOOTSTRAP, "--protocol", &celeriac_pool::PROTOCOL.to_string()])
         .args(["--index", &index.to_string(), "--pool", config.kind.name(), "--threads", &threads.to_string()])
         .args(["--hostname", &config.hostname, "--app", &config.app, "--loglevel", &config.loglevel])
         .env(celeriac_pool::PARENT_PID_ENV, std::process::id().to_string())

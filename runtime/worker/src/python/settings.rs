@@ -170,6 +170,7 @@ mod tests {
             loglevel: "INFO".into(),
             database_url: "postgresql://localhost/app".into(),
             interpreter: Interpreter {
+                program: "python3".into(),
                 executable: "/usr/bin/python3".into(),
                 version: (3, 11, 2),
                 package: None,
