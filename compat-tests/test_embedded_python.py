@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -333,6 +334,51 @@ def test_a_time_limit_too_large_to_represent_is_no_limit(proj: Proj, proj_worker
     assert [proj.get(r) for r in rs] == [1, 2, 3]
     assert proj.get(proj.send("add", 20, 22)) == 42, "the worker stalled"
     assert "panic" not in worker.log()
+
+
+@pytest.mark.wheel
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_children_are_the_interpreter_and_look_like_celerys(
+    proj: Proj, proj_worker: Callable[..., ProjWorker], pool: str
+) -> None:
+    worker = proj_worker(pool=pool, concurrency=1)
+    state = proj.get(proj.send("process_state"))
+    loaded = next(line for line in worker.log().splitlines() if "app loaded" in line)
+    assert f" executable={state['executable']} " in loaded, (state, loaded)
+    # Stopped by their worker, not by a SIGINT/SIGTERM to the group; Python's table says so too.
+    assert state["sigint_ignored"], state
+    assert state["sigterm_ignored"], state
+    # As `celery worker`: the app is imported from the working directory by find_app, which is
+    # not left on sys.path (a `celeriac` directory there must not shadow the package).
+    assert not state["cwd_on_sys_path"], state
+
+
+def test_an_interpreter_without_the_package_is_refused_with_the_install_line(
+    celeriac_bin: Path, proj: Proj, tmp_path: Path
+) -> None:
+    bare = tmp_path / "bare-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=120)
+    out = subprocess.run(
+        [
+            str(celeriac_bin),
+            "worker",
+            "-A",
+            "proj",
+            "--database-url",
+            proj.database_url,
+            "--python",
+            str(bare / "bin/python"),
+        ],
+        cwd=SAMPLE_PROJ,
+        env=proj.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 1, out.stderr
+    assert f"the celeriac package is not installed for {bare / 'bin/python'}" in out.stderr, out.stderr
+    assert "-m pip install celeriac==" in out.stderr, out.stderr
 
 
 @pytest.mark.wheel

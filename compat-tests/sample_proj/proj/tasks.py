@@ -190,6 +190,19 @@ def pid() -> int:
     return os.getpid()
 
 
+@app.task
+def process_state() -> dict[str, Any]:
+    """The pool child as a task sees it: signal dispositions, ``sys.path``, the interpreter."""
+    import signal
+
+    return {
+        "sigint_ignored": signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
+        "sigterm_ignored": signal.getsignal(signal.SIGTERM) == signal.SIG_IGN,
+        "cwd_on_sys_path": any(os.path.abspath(entry or ".") == os.getcwd() for entry in sys.path),
+        "executable": sys.executable,
+    }
+
+
 _leak: list[bytes] = []
 
 
