@@ -38,6 +38,19 @@ def test_app_is_found_the_way_celery_finds_it(
     assert proj.get(proj.send("add", 2, 3)) == 5
 
 
+def worker_that_exits(celeriac_bin: Path, proj: Proj, *args: str) -> subprocess.CompletedProcess[str]:
+    """``celeriac worker --database-url … ARGS`` in the sample project, run until it exits."""
+    return subprocess.run(
+        [str(celeriac_bin), "worker", "--database-url", proj.database_url, *args],
+        cwd=SAMPLE_PROJ,
+        env=proj.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 @pytest.mark.wheel
 @pytest.mark.parametrize(
     ("spec", "expected"),
@@ -48,15 +61,7 @@ def test_app_is_found_the_way_celery_finds_it(
     ],
 )
 def test_bad_app_spec_fails_with_celerys_message(celeriac_bin: Path, proj: Proj, spec: str, expected: str) -> None:
-    out = subprocess.run(
-        [str(celeriac_bin), "worker", "-A", spec, "--database-url", proj.database_url, "-P", "solo"],
-        cwd=SAMPLE_PROJ,
-        env=proj.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    out = worker_that_exits(celeriac_bin, proj, "-A", spec, "-P", "solo")
     assert out.returncode == 1, out.stderr
     assert expected in out.stderr, out.stderr
 
@@ -358,24 +363,7 @@ def test_an_interpreter_without_the_package_is_refused_with_the_install_line(
 ) -> None:
     bare = tmp_path / "bare-venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=120)
-    out = subprocess.run(
-        [
-            str(celeriac_bin),
-            "worker",
-            "-A",
-            "proj",
-            "--database-url",
-            proj.database_url,
-            "--python",
-            str(bare / "bin/python"),
-        ],
-        cwd=SAMPLE_PROJ,
-        env=proj.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    out = worker_that_exits(celeriac_bin, proj, "-A", "proj", "--python", str(bare / "bin/python"))
     assert out.returncode == 1, out.stderr
     assert f"the celeriac package is not installed for {bare / 'bin/python'}" in out.stderr, out.stderr
     assert "-m pip install celeriac==" in out.stderr, out.stderr
