@@ -34,6 +34,15 @@ pub enum Error {
     /// A statement that returns one row returned another number of rows.
     #[error("a statement expected to return one row returned {0}")]
     UnexpectedRows(usize),
+    /// The named thing does not exist (e.g. `schedule "nightly"`).
+    #[error("no such {0}")]
+    NotFound(String),
+    /// The named thing exists already.
+    #[error("{0} exists already")]
+    Exists(String),
+    /// Rows changed under a transaction that needed them unchanged; it was rolled back.
+    #[error("conflict: {0}; nothing was written")]
+    Conflict(String),
 }
 
 impl Error {
@@ -57,7 +66,10 @@ impl Error {
             | Error::SchemaMissing(_)
             | Error::MigrationChanged { .. }
             | Error::Aborted
-            | Error::UnexpectedRows(_) => false,
+            | Error::UnexpectedRows(_)
+            | Error::NotFound(_)
+            | Error::Exists(_)
+            | Error::Conflict(_) => false,
         }
     }
 

@@ -25,6 +25,7 @@ mod message;
 mod migrate;
 mod queue_stats;
 mod rate_limit;
+mod schedule;
 pub mod service;
 mod sql;
 #[cfg(feature = "testing")]
@@ -49,6 +50,10 @@ pub use message::{
 pub use migrate::{migrations_fingerprint, MigrateReport, Migration, MIGRATIONS};
 pub use queue_stats::QueueStats;
 pub use rate_limit::{global_burst, RateLimitRow, RateLimitScope, RateValue, TokenGrant, GLOBAL_BURST_SECONDS, PARKED};
+pub use schedule::{
+    LeaseRow, LeaseTerm, PlannedFire, Schedule, ScheduleDefinition, SyncReport, TickPlan, TickReport, When,
+    REMOVED_FROM_APP, SCHEDULER_LEASE,
+};
 pub use sql::Pooler;
 use sql::Session;
 use tokio_postgres::NoTls;

@@ -25,6 +25,7 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/0003_worker_healthy_since.sql"),
     },
     Migration { version: 4, name: "rate_limits", sql: include_str!("../../../migrations/0004_rate_limits.sql") },
+    Migration { version: 5, name: "schedules", sql: include_str!("../../../migrations/0005_schedules.sql") },
 ];
 
 /// What the runner itself creates before applying migrations.

@@ -32,6 +32,7 @@ pub mod examples;
 #[cfg(feature = "python")]
 pub mod python;
 mod registry;
+pub mod scheduler;
 mod task;
 mod worker;
 

@@ -11,18 +11,22 @@ use std::process::ExitCode;
 use celeriac_store::{Store, StoreConfig};
 use clap::{Parser, Subcommand};
 
+mod beat;
 mod dead_letters;
 mod enqueue_envelopes;
 mod inspect;
 mod migrate;
 mod rate_limit;
+mod schedule;
 mod send;
 mod worker;
 
+pub use beat::BeatArgs;
 pub use dead_letters::{DeadLetterAction, DeadLetterSelection};
 pub use enqueue_envelopes::EnvelopeArgs;
 pub use inspect::Inspect;
 pub use rate_limit::RateLimitAction;
+pub use schedule::{AddArgs, EditArgs, ScheduleAction, SpecArgs};
 pub use send::SendArgs;
 pub use worker::WorkerArgs;
 
@@ -57,6 +61,15 @@ pub enum Command {
     /// Consume queues and run the registered Rust handlers and, with -A, a Celery app's Python
     /// tasks (like `celery worker`).
     Worker(WorkerArgs),
+    /// Run the scheduler alone (like `celery beat`): fire the periodic schedules; with -A, sync
+    /// the app's beat_schedule first.
+    Beat(BeatArgs),
+    /// List, add, change, pause and fire periodic schedules.
+    Schedule {
+        /// What to do.
+        #[command(subcommand)]
+        action: ScheduleAction,
+    },
     /// Enqueue one task, built exactly as Celery 5.7's apply_async builds it; prints its id.
     Send(SendArgs),
     /// Enqueue kombu envelopes as they are, one JSON document per line (from a file or `-`).
@@ -178,6 +191,13 @@ pub enum CliError {
     /// The benchmark failed.
     #[error(transparent)]
     Bench(#[from] crate::bench::BenchError),
+    /// The app's beat_schedule could not be read or written.
+    #[cfg(feature = "python")]
+    #[error(transparent)]
+    Sync(#[from] crate::scheduler::sync::SyncError),
+    /// A schedule option is invalid, or a schedule cannot fire.
+    #[error("{0}")]
+    Schedule(String),
     /// A rate limit is not a rate.
     #[error(transparent)]
     Rate(#[from] celeriac_protocol::RateError),
@@ -189,6 +209,7 @@ pub fn main(registry: Registry) -> ExitCode {
     let cli = Cli::parse();
     let loglevel = match &cli.command {
         Command::Worker(w) => w.loglevel.clone(),
+        Command::Beat(b) => b.loglevel.clone(),
         _ => "WARNING".to_owned(),
     };
     if let Err(e) = init_logging(&loglevel) {
@@ -254,10 +275,15 @@ async fn run(cli: Cli, registry: Registry) -> Result<(), CliError> {
             return send::print_envelope(args);
         }
     }
+    if let Command::Schedule { action: ScheduleAction::Preview } = &cli.command {
+        return schedule::run("", ScheduleAction::Preview).await;
+    }
     let url = database_url(&cli)?;
     match cli.command {
         Command::Migrate => migrate::run(&url).await,
         Command::Worker(args) => worker::run(&url, cli.app.as_deref(), &args, registry).await,
+        Command::Beat(args) => beat::run(&url, cli.app.as_deref(), &args).await,
+        Command::Schedule { action } => schedule::run(&url, action).await,
         Command::Send(args) => send::run(&url, &args).await,
         Command::EnqueueEnvelopes(args) => enqueue_envelopes::run(&url, &args).await,
         Command::Inspect { what } => inspect::run(&url, what).await,

@@ -72,6 +72,11 @@ pub struct WorkerArgs {
     #[cfg(feature = "python")]
     #[arg(short = 'P', long, value_enum, default_value = "prefork")]
     pub pool: crate::python::PoolKind,
+    /// Also run the scheduler (Celery's -B/--beat): fire the periodic schedules, with -A after
+    /// syncing the app's beat_schedule into the database. Any number of workers may run with
+    /// -B: one leads at a time, and each slot fires once.
+    #[arg(short = 'B', long)]
+    pub beat: bool,
     /// Change to this directory before loading the app.
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<std::path::PathBuf>,
@@ -118,7 +123,13 @@ pub(super) async fn run(
         Some(app) => Some(start_python_pool(app, args, url, &mut config, &mut registry).await?),
         None => None,
     };
-    let store = store(url, 6)?;
+    let store = store(url, if args.beat { 8 } else { 6 })?;
+    if args.beat {
+        if let (Some(app), Some(pool)) = (app, &pool) {
+            sync_schedule(&store, pool, app).await?;
+        }
+        config.scheduler = Some(crate::scheduler::SchedulerConfig::default());
+    }
     let worker = Worker::new(store, registry, config.clone()).map_err(CliError::from);
     let result = match worker {
         Ok(worker) => {
@@ -182,6 +193,22 @@ async fn start_python_pool(
     Ok(pool)
 }
 
+/// Writes the app's `beat_schedule` into the database (new entries fired by celeriac).
+#[cfg(feature = "python")]
+async fn sync_schedule(
+    store: &celeriac_store::Store,
+    pool: &crate::python::PythonPool,
+    app: &str,
+) -> Result<(), CliError> {
+    crate::scheduler::sync::sync_app_schedule(store, pool.interpreter(), app, "celeriac").await?;
+    Ok(())
+}
+
+#[cfg(not(feature = "python"))]
+async fn sync_schedule(_store: &celeriac_store::Store, pool: &NoPool, _app: &str) -> Result<(), CliError> {
+    match *pool {}
+}
+
 /// Without the `python` feature there is no pool; `-A` is refused.
 #[cfg(not(feature = "python"))]
 async fn start_python_pool(
@@ -233,6 +260,7 @@ fn worker_config(args: &WorkerArgs) -> Result<WorkerConfig, CliError> {
         listen: !args.no_listen,
         pipeline: 0,
         disable_rate_limits: args.disable_rate_limits,
+        scheduler: None,
     };
     config.validate()?;
     Ok(config)
@@ -245,7 +273,7 @@ fn expand_hostname(template: &str) -> String {
     template.replace("%h", &host).replace("%n", name).replace("%d", domain)
 }
 
-async fn handle_signals(shutdown: CancellationToken) {
+pub(super) async fn handle_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers");

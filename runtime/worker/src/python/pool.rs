@@ -372,6 +372,12 @@ impl PythonPool {
         &self.hello
     }
 
+    /// The interpreter the children are.
+    #[must_use]
+    pub fn interpreter(&self) -> &super::interp::Interpreter {
+        &self.inner.config.interpreter
+    }
+
     /// Registers a handler for every task of the app that `registry` has no Rust handler for
     /// (Rust handlers win), with the task's rate limits: Celery's `rate_limit` (after
     /// `task_default_rate_limit` and `task_annotations`) per worker, and fleet-wide the task's

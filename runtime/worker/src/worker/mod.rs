@@ -84,6 +84,9 @@ pub struct WorkerConfig {
     /// Ignore per-worker rate limits (Celery's `worker_disable_rate_limits`); fleet-wide limits
     /// still apply. Default: false.
     pub disable_rate_limits: bool,
+    /// Also run the scheduler (Celery's `worker -B`): campaign for the scheduler lease and,
+    /// while leading, fire the due periodic schedules. Any number of workers may. Default: off.
+    pub scheduler: Option<crate::scheduler::SchedulerConfig>,
 }
 
 impl Default for WorkerConfig {
@@ -103,6 +106,7 @@ impl Default for WorkerConfig {
             listen: true,
             pipeline: 0,
             disable_rate_limits: false,
+            scheduler: None,
         }
     }
 }
@@ -282,10 +286,18 @@ impl Worker {
             }));
         }
 
+        // The scheduler (-B) stops first at shutdown: nothing fires once the worker is stopping.
+        let mut scheduler = Supervisor::default();
+        if let Some(scheduler_config) = &config.scheduler {
+            let holder_name = format!("{} pid {}", config.hostname, std::process::id());
+            crate::scheduler::start(&mut scheduler, &self.store, self.id, holder_name, scheduler_config.clone());
+        }
+
         let tracker = TaskTracker::new();
         let declared = rate_limit::start(&shared, &tracker).await;
         tracker.spawn(rate_limit::refresh_loop(shared.clone(), tracker.clone(), declared));
         claim_loop(&shared, &tracker).await;
+        scheduler.stop().await;
 
         tracing::info!("worker: warm shutdown, waiting for {} running task(s)", tracker.len());
         tracker.close();
