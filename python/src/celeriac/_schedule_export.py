@@ -110,9 +110,7 @@ def _options(app: Any, task_name: str, entry: Any, warnings: list[str]) -> dict[
             value = value.isoformat()
         kept[key] = value
     ignored = sorted(
-        k
-        for k in entry.options or {}
-        if k not in _KEPT_OPTIONS and entry.options[k] is not None
+        k for k in entry.options or {} if k not in _KEPT_OPTIONS and entry.options[k] is not None
     )
     if ignored:
         warnings.append(f"{entry.name}: options not carried by celeriac: {', '.join(ignored)}")

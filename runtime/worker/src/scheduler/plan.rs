@@ -23,7 +23,7 @@ const MAX_WALK: usize = 1_000_000;
 
 /// A row's timing, ready to evaluate.
 enum Timing {
-    Crontab(Crontab, chrono_tz::Tz),
+    Crontab(Box<Crontab>, chrono_tz::Tz),
     Interval { every: TimeDelta, relative: bool, tz: chrono_tz::Tz },
     Clocked(DateTime<Utc>),
 }
@@ -35,11 +35,11 @@ impl Timing {
         match &d.when {
             When::Crontab([minute, hour, dow, dom, month]) => {
                 let cron = Crontab::new(minute, hour, dow, dom, month).map_err(|e| format!("invalid crontab: {e}"))?;
-                Ok(Timing::Crontab(cron, tz()?))
+                Ok(Timing::Crontab(Box::new(cron), tz()?))
             }
             When::Interval { seconds, relative } => {
                 let micros = seconds * 1e6;
-                if !(micros.is_finite() && micros >= 1.0 && micros < 1e17) {
+                if !(1.0..1e17).contains(&micros) {
                     return Err(format!("invalid interval: {seconds} seconds"));
                 }
                 #[allow(clippy::cast_possible_truncation)]
