@@ -128,6 +128,17 @@ impl PyStore {
         block_on(py, async move { store.message_purge(&queue).await })?.map_err(|e| self.error(&e, Doing::Other))
     }
 
+    /// Before Celery Beat sends the periodic task `name` (celeriac's Beat scheduler classes):
+    /// `("beat", None)` if Beat fires it (the send is recorded), `("celeriac", next_run)` if
+    /// celeriac does (Beat skips it; `next_run`, seconds since the epoch, is celeriac's next
+    /// slot), `("unknown", None)` if no schedule has that name (Beat keeps it).
+    fn schedule_beat_claim(&self, py: Python<'_>, name: String) -> PyResult<(&'static str, Option<f64>)> {
+        let store = self.store()?;
+        let (owner, next) = block_on(py, async move { store.schedule_beat_claim(&name).await })?
+            .map_err(|e| self.error(&e, Doing::Other))?;
+        Ok((owner, next.map(|t| t.timestamp_micros() as f64 / 1e6)))
+    }
+
     /// Closes the pool's connections. Later calls fail.
     fn close(&self) -> PyResult<()> {
         self.store()?.close();

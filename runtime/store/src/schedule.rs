@@ -338,7 +338,8 @@ for share of l";
 
 impl Store {
     /// Writes `definitions` (from `source`: `app`, `manual` or `django`) by name: new names get
-    /// a row owned by `owner_for_new` with the given ramp buckets; existing rows take the new
+    /// a row owned by `owner_for_new` (`None`: celeriac, or, once a ramp is set, the owner the
+    /// ramp gives their bucket) with the given ramp buckets; existing rows take the new
     /// definition (keeping owner, pause and run state; the trigger re-baselines a timing
     /// change). With `disable_missing`, rows of `source` whose name is not among the
     /// definitions are disabled ([`REMOVED_FROM_APP`]); a row disabled that way is enabled
@@ -350,7 +351,7 @@ impl Store {
         &self,
         definitions: &[(ScheduleDefinition, i16)],
         source: &str,
-        owner_for_new: &str,
+        owner_for_new: Option<&str>,
         disable_missing: bool,
     ) -> Result<SyncReport> {
         let mut client = self.pool.get().await?;
@@ -358,7 +359,8 @@ impl Store {
         let mut report = SyncReport::default();
         let sql = format!(
             "insert into celeriac.schedule as s ({DEFINITION_COLUMNS}, source, owner, ramp_bucket)
-             values ({DEFINITION_VALUES}, $20, $21, $22)
+             values ({DEFINITION_VALUES}, $20, coalesce($21, (select case when $22 < r.percent then 'celeriac' else 'beat' end
+                                                             from celeriac.schedule_ramp r where r.id = 1), 'celeriac'), $22)
              on conflict (name) do update set
                  task = excluded.task, args = excluded.args, kwargs = excluded.kwargs, options = excluded.options,
                  kind = excluded.kind, crontab = excluded.crontab, every_seconds = excluded.every_seconds,
@@ -816,6 +818,176 @@ impl Store {
                 &[(&before, Type::TIMESTAMPTZ), (&limit, Type::INT8)],
             )
             .await
+    }
+
+    /// The ramp: the percentage of schedules (by [`Schedule::ramp_bucket`]) celeriac owns; 0
+    /// until set.
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn schedule_ramp_get(&self) -> Result<i16> {
+        let client = self.pool.get().await?;
+        let rows = client.rows(self.pooler, "select percent from celeriac.schedule_ramp where id = 1", &[]).await?;
+        Ok(rows.first().map_or(0, |r| r.get(0)))
+    }
+
+    /// Sets the ramp percentage (0–100). Rows are moved by [`Store::schedule_flip`].
+    ///
+    /// # Errors
+    /// Connection errors; a check violation outside 0–100.
+    pub async fn schedule_ramp_set(&self, percent: i16) -> Result<()> {
+        let client = self.pool.get().await?;
+        client
+            .touch(
+                self.pooler,
+                "insert into celeriac.schedule_ramp (id, percent) values (1, $1)
+                 on conflict (id) do update set percent = excluded.percent, updated_at = now()",
+                &[(&percent, Type::INT2)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Pins a schedule to an owner (`beat` or `celeriac`), or unpins it (`None`: the ramp
+    /// decides). The row moves with the next [`Store::schedule_flip`].
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; connection errors.
+    pub async fn schedule_pin(&self, name: &str, owner: Option<&str>) -> Result<()> {
+        let client = self.pool.get().await?;
+        let n = client
+            .touch(
+                self.pooler,
+                "update celeriac.schedule set owner_pin = $2 where name = $1",
+                &[(&name, Type::TEXT), (&owner, Type::TEXT)],
+            )
+            .await?;
+        if n == 0 {
+            return Err(Error::NotFound(format!("schedule {name:?}")));
+        }
+        Ok(())
+    }
+
+    /// The schedules whose owner is not the one the ramp and their pin say, with that owner:
+    /// towards celeriac in ascending bucket order, then towards Beat in descending order. Solar
+    /// rows stay with Beat.
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn schedule_misplaced(&self) -> Result<Vec<(Schedule, String)>> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "select {SCHEDULE_COLUMNS}, t.target
+             from celeriac.schedule s
+             cross join lateral (select coalesce(s.owner_pin,
+                 case when s.kind = 'solar' then 'beat'
+                      when s.ramp_bucket < coalesce((select percent from celeriac.schedule_ramp where id = 1), 0)
+                      then 'celeriac' else 'beat' end) as target) t
+             where t.target <> s.owner
+             order by t.target = 'beat', case when t.target = 'celeriac' then s.ramp_bucket else -s.ramp_bucket end, s.name"
+        );
+        Ok(client.rows(self.pooler, &sql, &[]).await?.iter().map(|r| (schedule_from_row(r), r.get(36))).collect())
+    }
+
+    /// Moves one schedule to `to` (`beat` or `celeriac`) in one transaction, if `decide` (given
+    /// the locked row and the database's clock) says it may move now: `Some(next_run_at)` for
+    /// the row under its new owner (`None`: a baseline). Towards Beat, the next run is cleared.
+    /// With django-celery-beat's tables in the database, its row of the same name is disabled
+    /// (towards celeriac) or enabled with the last run celeriac made (towards Beat), and its
+    /// change tracker bumped, in the same transaction, so an unmodified Beat stops or resumes
+    /// it. Returns whether the row moved.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; connection errors.
+    pub async fn schedule_flip(
+        &self,
+        name: &str,
+        to: &str,
+        decide: impl FnOnce(&Schedule, DateTime<Utc>) -> Option<Option<DateTime<Utc>>>,
+    ) -> Result<bool> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let sql =
+            format!("select {SCHEDULE_COLUMNS}, now() from celeriac.schedule s where s.name = $1 for update of s");
+        let rows = tx.rows(self.pooler, &sql, &[(&name, Type::TEXT)]).await?;
+        let Some(row) = rows.first() else {
+            return Err(Error::NotFound(format!("schedule {name:?}")));
+        };
+        let schedule = schedule_from_row(row);
+        if schedule.owner == to {
+            return Ok(false);
+        }
+        let now: DateTime<Utc> = row.get(36);
+        let next_run_at = if to == "beat" {
+            None
+        } else {
+            match decide(&schedule, now) {
+                Some(next) => next,
+                None => return Ok(false),
+            }
+        };
+        tx.touch(
+            self.pooler,
+            "update celeriac.schedule set owner = $2, owner_changed_at = now(), next_run_at = $3 where id = $1",
+            &[(&schedule.id, Type::INT8), (&to, Type::TEXT), (&next_run_at, Type::TIMESTAMPTZ)],
+        )
+        .await?;
+        let django = tx
+            .row(self.pooler, "select to_regclass('django_celery_beat_periodictask') is not null", &[])
+            .await?
+            .get::<_, bool>(0);
+        if django {
+            let enabled = to == "beat";
+            let changed = tx
+                .touch(
+                    self.pooler,
+                    "update django_celery_beat_periodictask
+                     set enabled = $2, date_changed = now(),
+                         last_run_at = case when $2 then coalesce($3, last_run_at) else last_run_at end
+                     where name = $1",
+                    &[(&name, Type::TEXT), (&enabled, Type::BOOL), (&schedule.last_run_at, Type::TIMESTAMPTZ)],
+                )
+                .await?;
+            if changed > 0 {
+                tx.touch(
+                    self.pooler,
+                    "insert into django_celery_beat_periodictasks (ident, last_update) values (1, now())
+                     on conflict (ident) do update set last_update = now()",
+                    &[],
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// What celeriac's Beat scheduler classes ask before Beat sends `name`: whether Beat owns
+    /// it (`beat`; the send is recorded as `last_beat_send_at` in the same transaction, under
+    /// the row's lock, so a flip to celeriac knows whether Beat sent the current slot),
+    /// `celeriac` (Beat must skip it; with celeriac's next run, so Beat can keep its own entry in
+    /// step and resume on that slot if the schedule comes back), or `unknown` (no such row:
+    /// Beat keeps it).
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn schedule_beat_claim(&self, name: &str) -> Result<(&'static str, Option<DateTime<Utc>>)> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .rows(
+                self.pooler,
+                "with row as (select id, owner, next_run_at from celeriac.schedule where name = $1 for update),
+                      sent as (update celeriac.schedule s set last_beat_send_at = now()
+                               from row where s.id = row.id and row.owner = 'beat' returning s.id)
+                 select owner, next_run_at from row",
+                &[(&name, Type::TEXT)],
+            )
+            .await?;
+        Ok(match rows.first() {
+            Some(r) if r.get::<_, String>(0) == "celeriac" => ("celeriac", r.get(1)),
+            Some(_) => ("beat", None),
+            None => ("unknown", None),
+        })
     }
 
     /// Takes the lease `name` for `holder` if it is free or ran out (a new term), or renews it

@@ -68,7 +68,7 @@ pub(super) async fn run(url: &str, app: Option<&str>, args: &BeatArgs) -> Result
 async fn sync(store: &celeriac_store::Store, app: &str, args: &BeatArgs) -> Result<(), CliError> {
     use crate::python::interp;
     let interpreter = interp::probe(&interp::choose(args.python.as_deref()))?;
-    crate::scheduler::sync::sync_app_schedule(store, &interpreter, app, "celeriac").await?;
+    crate::scheduler::sync::sync_app_schedule(store, &interpreter, app, None).await?;
     Ok(())
 }
 

@@ -26,7 +26,7 @@ pub use dead_letters::{DeadLetterAction, DeadLetterSelection};
 pub use enqueue_envelopes::EnvelopeArgs;
 pub use inspect::Inspect;
 pub use rate_limit::RateLimitAction;
-pub use schedule::{AddArgs, EditArgs, ScheduleAction, SpecArgs};
+pub use schedule::{AddArgs, EditArgs, ImportArgs, PinArgs, RampArgs, ScheduleAction, SpecArgs};
 pub use send::SendArgs;
 pub use worker::WorkerArgs;
 
@@ -276,14 +276,14 @@ async fn run(cli: Cli, registry: Registry) -> Result<(), CliError> {
         }
     }
     if let Command::Schedule { action: ScheduleAction::Preview } = &cli.command {
-        return schedule::run("", ScheduleAction::Preview).await;
+        return schedule::run("", None, ScheduleAction::Preview).await;
     }
     let url = database_url(&cli)?;
     match cli.command {
         Command::Migrate => migrate::run(&url).await,
         Command::Worker(args) => worker::run(&url, cli.app.as_deref(), &args, registry).await,
         Command::Beat(args) => beat::run(&url, cli.app.as_deref(), &args).await,
-        Command::Schedule { action } => schedule::run(&url, action).await,
+        Command::Schedule { action } => schedule::run(&url, cli.app.as_deref(), action).await,
         Command::Send(args) => send::run(&url, &args).await,
         Command::EnqueueEnvelopes(args) => enqueue_envelopes::run(&url, &args).await,
         Command::Inspect { what } => inspect::run(&url, what).await,

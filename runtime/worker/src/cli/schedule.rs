@@ -71,6 +71,18 @@ pub enum ScheduleAction {
         /// Schedule name.
         name: String,
     },
+    /// Import the app's beat_schedule (-A) as schedules Celery Beat keeps firing until ramped
+    /// (or pinned) to celeriac; entries gone from the code are disabled. Run Beat with
+    /// `-S celeriac.beat:Scheduler` for a strict hand-over (docs/beat.md).
+    Import(ImportArgs),
+    /// Move schedules between Celery Beat and celeriac: celeriac fires those whose stable
+    /// bucket (0-99) is below PERCENT (pins aside); 0 returns everything to Beat. Each move is
+    /// one transaction and never fires a slot twice; a move that must wait for a quiet moment
+    /// between slots waits (unless --no-wait).
+    Ramp(RampArgs),
+    /// Pin a schedule to an owner, overriding the ramp (`--owner none` unpins); it moves as
+    /// `ramp` moves schedules.
+    Pin(PinArgs),
     /// Compute crontab slots: reads JSON lines from stdin, {"crontab": [minute, hour,
     /// day_of_week, day_of_month, month_of_year]} or {"cron": "m h dom mon dow"}, with "tz",
     /// "after" (ISO 8601) and "count"; writes {"slots": [...]} or {"error": "..."} per line.
@@ -154,6 +166,46 @@ pub struct AddArgs {
     pub owner: String,
 }
 
+/// `schedule import` options.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Python interpreter of the app [default: $CELERIAC_PYTHON, else $VIRTUAL_ENV/bin/python,
+    /// else python3 on PATH].
+    #[arg(long, env = "CELERIAC_PYTHON", value_name = "PATH")]
+    pub python: Option<String>,
+}
+
+/// `schedule ramp` options.
+#[derive(Debug, Args)]
+pub struct RampArgs {
+    /// Share of schedules celeriac fires, 0-100.
+    #[arg(long, value_parser = clap::value_parser!(i16).range(0..=100))]
+    pub percent: i16,
+    /// Seconds kept clear of a slot on either side when a schedule moves from a Beat that does
+    /// not record its sends (at least Beat's reload interval, beat_max_loop_interval).
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub margin: f64,
+    /// Move what may move now and leave the rest for a later run.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+/// `schedule pin` options.
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// Schedule name.
+    pub name: String,
+    /// beat, celeriac, or none (the ramp decides).
+    #[arg(long, value_parser = ["beat", "celeriac", "none"])]
+    pub owner: String,
+    /// See `ramp --margin`.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub margin: f64,
+    /// See `ramp --no-wait`.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
 /// `schedule edit` options.
 #[derive(Debug, Args)]
 pub struct EditArgs {
@@ -164,7 +216,7 @@ pub struct EditArgs {
     pub spec: SpecArgs,
 }
 
-pub(super) async fn run(url: &str, action: ScheduleAction) -> Result<(), CliError> {
+pub(super) async fn run(url: &str, app: Option<&str>, action: ScheduleAction) -> Result<(), CliError> {
     if matches!(action, ScheduleAction::Preview) {
         return preview(std::io::stdin().lock(), std::io::stdout().lock());
     }
@@ -191,6 +243,7 @@ pub(super) async fn run(url: &str, action: ScheduleAction) -> Result<(), CliErro
             }
         }
         ScheduleAction::Status => {
+            println!("ramp: {}% of schedules (by bucket) fired by celeriac", store.schedule_ramp_get().await?);
             match store.lease_get(SCHEDULER_LEASE).await? {
                 Some(l) if l.valid => println!(
                     "leader: {} (term {}, since {}, lease until {})",
@@ -241,9 +294,99 @@ pub(super) async fn run(url: &str, action: ScheduleAction) -> Result<(), CliErro
             }
             println!("{}", message.task_id.unwrap_or_default());
         }
+        ScheduleAction::Import(args) => import(&store, app, &args).await?,
+        ScheduleAction::Ramp(args) => {
+            store.schedule_ramp_set(args.percent).await?;
+            println!("ramp: celeriac fires the schedules in buckets below {}", args.percent);
+            move_misplaced(&store, args.margin, args.no_wait).await?;
+        }
+        ScheduleAction::Pin(args) => {
+            let owner = (args.owner != "none").then_some(args.owner.as_str());
+            store.schedule_pin(&args.name, owner).await?;
+            move_misplaced(&store, args.margin, args.no_wait).await?;
+        }
         ScheduleAction::Preview => unreachable!("handled above"),
     }
     Ok(())
+}
+
+#[cfg(feature = "python")]
+async fn import(store: &celeriac_store::Store, app: Option<&str>, args: &ImportArgs) -> Result<(), CliError> {
+    use crate::python::interp;
+    let Some(app) = app else {
+        return Err(CliError::Schedule("schedule import needs the app: celeriac -A proj schedule import".into()));
+    };
+    let interpreter = interp::probe(&interp::choose(args.python.as_deref()))?;
+    let (schedule, report) = crate::scheduler::sync::sync_app_schedule(store, &interpreter, app, Some("beat")).await?;
+    println!(
+        "imported {} entries of {app}'s beat_schedule: {} new (fired by Celery Beat until ramped), {} updated, {} disabled",
+        schedule.definitions.len(),
+        report.added,
+        report.updated,
+        report.disabled
+    );
+    for (name, reason) in schedule.unsupported {
+        println!("  {name}: stays with Beat: {reason}");
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "python"))]
+async fn import(_store: &celeriac_store::Store, _app: Option<&str>, _args: &ImportArgs) -> Result<(), CliError> {
+    Err(CliError::NoEmbeddedPython)
+}
+
+/// Moves every schedule whose owner is not the one the ramp and its pin say, one transaction
+/// each; waits for the quiet moment of those that need one unless `no_wait`.
+async fn move_misplaced(store: &celeriac_store::Store, margin: f64, no_wait: bool) -> Result<(), CliError> {
+    use crate::scheduler::handover::{to_celeriac, Handover};
+    let margin = chrono::TimeDelta::milliseconds((margin.clamp(0.0, 3600.0) * 1000.0) as i64);
+    let mut reported = std::collections::HashSet::new();
+    loop {
+        let mut earliest: Option<chrono::TimeDelta> = None;
+        let mut waiting = 0;
+        for (schedule, target) in store.schedule_misplaced().await? {
+            let name = schedule.definition.name.clone();
+            let mut outcome = None;
+            let moved = store
+                .schedule_flip(&name, &target, |row, now| match to_celeriac(row, now, margin) {
+                    Handover::Now(next) => Some(next),
+                    other => {
+                        outcome = Some((other, now));
+                        None
+                    }
+                })
+                .await?;
+            match outcome {
+                _ if moved => println!("{name}: {} -> {target}", schedule.owner),
+                Some((Handover::Wait(at), now)) => {
+                    waiting += 1;
+                    let wait = at - now;
+                    earliest = Some(earliest.map_or(wait, |e| e.min(wait)));
+                    if reported.insert(name.clone()) {
+                        println!("{name}: waits until {} to move to {target} (between two slots)", time(at));
+                    }
+                }
+                Some((Handover::Stay(reason), _)) => {
+                    if reported.insert(name.clone()) {
+                        println!("{name}: stays with {}: {reason}", schedule.owner);
+                    }
+                }
+                _ => {}
+            }
+        }
+        match earliest {
+            Some(wait) if !no_wait => {
+                tokio::time::sleep(wait.to_std().unwrap_or_default() + std::time::Duration::from_millis(50)).await;
+            }
+            _ => {
+                if waiting > 0 {
+                    println!("{waiting} schedule(s) left to move: run the command again");
+                }
+                return Ok(());
+            }
+        }
+    }
 }
 
 fn time(t: DateTime<Utc>) -> String {

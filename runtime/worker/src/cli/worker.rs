@@ -200,7 +200,7 @@ async fn sync_schedule(
     pool: &crate::python::PythonPool,
     app: &str,
 ) -> Result<(), CliError> {
-    crate::scheduler::sync::sync_app_schedule(store, pool.interpreter(), app, "celeriac").await?;
+    crate::scheduler::sync::sync_app_schedule(store, pool.interpreter(), app, None).await?;
     Ok(())
 }
 

@@ -12,6 +12,7 @@
 //! [`sync`] writes the app's `beat_schedule` into the table at start.
 
 pub mod fire;
+pub mod handover;
 mod leader;
 pub mod plan;
 #[cfg(feature = "python")]

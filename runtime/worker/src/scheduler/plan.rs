@@ -22,14 +22,14 @@ pub const SKIP_GRACE: TimeDelta = TimeDelta::seconds(60);
 const MAX_WALK: usize = 1_000_000;
 
 /// A row's timing, ready to evaluate.
-enum Timing {
+pub(crate) enum Timing {
     Crontab(Box<Crontab>, chrono_tz::Tz),
     Interval { every: TimeDelta, relative: bool, tz: chrono_tz::Tz },
     Clocked(DateTime<Utc>),
 }
 
 impl Timing {
-    fn of(schedule: &Schedule) -> Result<Timing, String> {
+    pub(crate) fn of(schedule: &Schedule) -> Result<Timing, String> {
         let d = &schedule.definition;
         let tz = || parse_zone(&d.tz).map_err(|e| e.to_string());
         match &d.when {
@@ -75,6 +75,25 @@ impl Timing {
             }
             Timing::Clocked(_) => Ok(None),
         }
+    }
+}
+
+/// The latest slot at or before `now` (within about a year and a half) and the first after it.
+/// Intervals have neither (their phase depends on their anchor); a clocked one-off has its time
+/// on the side it falls.
+pub(crate) fn around(
+    timing: &Timing,
+    now: DateTime<Utc>,
+) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), String> {
+    match timing {
+        Timing::Crontab(cron, tz) => {
+            let prev = cron.latest_in(*tz, now - TimeDelta::days(550), now).map_err(|e| e.to_string())?;
+            let next = cron.next_after(*tz, now).map_err(|e| e.to_string())?;
+            Ok((prev, Some(next)))
+        }
+        Timing::Interval { .. } => Ok((None, None)),
+        Timing::Clocked(at) if *at <= now => Ok((Some(*at), None)),
+        Timing::Clocked(at) => Ok((None, Some(*at))),
     }
 }
 

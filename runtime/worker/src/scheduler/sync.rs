@@ -159,8 +159,10 @@ fn convert(export: Export) -> AppSchedule {
     schedule
 }
 
-/// Reads the app's schedule and writes it (source `app`; new rows owned by `owner_for_new`;
-/// entries gone from the code disabled), logging what celeriac cannot fire.
+/// Reads the app's schedule and writes it (source `app`; entries gone from the code disabled),
+/// logging what celeriac cannot fire. New rows are owned by `owner_for_new`; `None` (`-B`):
+/// by celeriac, unless a ramp is set (`celeriac schedule import` started a migration), in
+/// which case by whom the ramp says, so Beat and celeriac never both fire a new entry.
 ///
 /// # Errors
 /// [`SyncError`].
@@ -168,7 +170,7 @@ pub async fn sync_app_schedule(
     store: &Store,
     interpreter: &Interpreter,
     spec: &str,
-    owner_for_new: &str,
+    owner_for_new: Option<&str>,
 ) -> Result<(AppSchedule, SyncReport), SyncError> {
     let interpreter = interpreter.clone();
     let spec_owned = spec.to_owned();

@@ -1,0 +1,138 @@
+"""The migration ramp: a real ``celery beat`` (with ``-S celeriac.beat:Scheduler``) and
+``celeriac beat`` processes on one database while ``celeriac schedule ramp`` moves the schedules
+back and forth at random moments, including on slot boundaries. Every slot is sent once, by one
+side or the other; ramping back to 0 % returns everything to Beat.
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+
+from tools.celeriac_testkit import LoggedProcess, run_celeriac, stop_all, wait_for
+
+RAMP_APP = """
+from celery import Celery
+from celery.schedules import crontab
+
+app = Celery("ramp", broker="celeriac+{url}")
+app.conf.update(
+    broker_connection_retry_on_startup=False,
+    timezone="UTC",
+    beat_max_loop_interval=1,
+    beat_schedule={{
+        **{{
+            f"every-2s-{{i}}": {{"task": f"ramp.interval{{i}}", "schedule": 2.0}}
+            for i in range(6)
+        }},
+        "minutely": {{"task": "ramp.minutely", "schedule": crontab()}},
+    }},
+)
+"""
+
+
+class Process(LoggedProcess):
+    KIND = "beat"
+
+
+def _rows(url: str, sql: str, *params: object) -> list[tuple]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def test_ramping_back_and_forth_sends_every_slot_once(celeriac_bin: Path, database_url: str, tmp_path: Path) -> None:
+    url = database_url
+    (tmp_path / "ramp.py").write_text(RAMP_APP.format(url=url))
+    env = {**os.environ, "CELERIAC_PYTHON": sys.executable, "PYTHONPATH": str(tmp_path)}
+
+    def celeriac(*args: str) -> str:
+        return run_celeriac(celeriac_bin, "--database-url", url, *args)
+
+    # Imported: owned by Beat until ramped.
+    proc = subprocess.run(
+        [str(celeriac_bin), "-A", "ramp", "--database-url", url, "schedule", "import"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "7 new (fired by Celery Beat until ramped)" in proc.stdout, proc.stdout
+    owners = {r[0] for r in _rows(url, "select owner from celeriac.schedule")}
+    assert owners == {"beat"}
+
+    beat = Process(
+        [
+            sys.executable, "-m", "celery", "-A", "ramp", "beat", "-S", "celeriac.beat:Scheduler",
+            "-s", str(tmp_path / "celerybeat-schedule"), "--max-interval", "1", "-l", "info",
+        ],
+        tmp_path / "celery-beat.log",
+        cwd=tmp_path,
+        env=env,
+    )  # fmt: skip
+    tickers = [
+        Process(
+            [str(celeriac_bin), "beat", "--database-url", url, "--max-interval", "1", "--lease-seconds", "3"],
+            tmp_path / f"celeriac-beat{i}.log",
+        )
+        for i in range(2)
+    ]
+    processes = [beat, *tickers]
+
+    def sent(task: str) -> int:
+        return _rows(url, "select count(*) from celeriac.message where task_name = %s", task)[0][0]
+
+    beat.wait_for(lambda: sent("ramp.interval0") >= 2, 30, "Beat to send")
+    rng = random.Random(os.getpid())
+    percents = [50, 100, 0, 100, 30, 0]
+    for n, percent in enumerate(percents):
+        if n == 3:
+            # This move lands on a slot boundary of the minutely schedule.
+            wait_for(lambda: datetime.datetime.now(datetime.UTC).second == 59, 70, "the minute to turn")
+        else:
+            time.sleep(rng.uniform(2, 6))  # a random moment, not a synchronisation
+        out = celeriac("schedule", "ramp", "--percent", str(percent), "--margin", "5")
+        assert f"below {percent}" in out, out
+    for p in processes:
+        p.assert_running()
+    time.sleep(3)  # the last Beat sends after the final ramp, observed below, not awaited
+    stop_all(processes)
+
+    # Intervals: consecutive sends, by either side, at least 1.5 s apart (never twice for a
+    # slot) and at most 4.5 s apart (never a slot lost) - Beat's and celeriac's cadences are one.
+    for i in range(6):
+        times = [
+            r[0]
+            for r in _rows(
+                url, "select created_at from celeriac.message where task_name = %s order by 1", f"ramp.interval{i}"
+            )
+        ]
+        gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
+        assert len(times) >= 10, times
+        assert min(gaps) >= 1.5, (i, gaps)
+        assert max(gaps) <= 4.5, (i, gaps)
+    # The minutely crontab: at most one send per minute, none missing between the first and last.
+    minutes = [
+        r
+        for r in _rows(
+            url,
+            "select date_trunc('minute', created_at), count(*) from celeriac.message"
+            " where task_name = 'ramp.minutely' group by 1 order by 1",
+        )
+    ]
+    assert all(count == 1 for _, count in minutes), minutes
+    assert all((b[0] - a[0]).total_seconds() == 60 for a, b in itertools.pairwise(minutes)), minutes
+    # 0 % again: Beat owns everything, and celeriac fired some of them meanwhile.
+    owners = _rows(url, "select owner, count(*), sum(total_run_count) from celeriac.schedule group by 1")
+    assert [(o, n) for o, n, _ in owners] == [("beat", 7)], owners
+    assert owners[0][2] > 0, owners
+    assert "Sending due task every-2s-0" in beat.log()
