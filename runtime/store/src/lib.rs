@@ -51,8 +51,8 @@ pub use migrate::{migrations_fingerprint, MigrateReport, Migration, MIGRATIONS};
 pub use queue_stats::QueueStats;
 pub use rate_limit::{global_burst, RateLimitRow, RateLimitScope, RateValue, TokenGrant, GLOBAL_BURST_SECONDS, PARKED};
 pub use schedule::{
-    LeaseRow, LeaseTerm, PlannedFire, Schedule, ScheduleDefinition, SyncReport, TickPlan, TickReport, When,
-    REMOVED_FROM_APP, SCHEDULER_LEASE,
+    DjangoPeriodicTask, LeaseRow, LeaseTerm, PlannedFire, Schedule, ScheduleDefinition, SyncReport, TickPlan,
+    TickReport, When, REMOVED_FROM_APP, SCHEDULER_LEASE,
 };
 pub use sql::Pooler;
 use sql::Session;

@@ -323,6 +323,49 @@ pub struct LeaseRow {
     pub valid: bool,
 }
 
+/// One row of django-celery-beat's `periodictask` with its schedule, as stored there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DjangoPeriodicTask {
+    /// `name`.
+    pub name: String,
+    /// `task`.
+    pub task: String,
+    /// `args` (JSON text).
+    pub args: String,
+    /// `kwargs` (JSON text).
+    pub kwargs: String,
+    /// `queue`.
+    pub queue: Option<String>,
+    /// `exchange`.
+    pub exchange: Option<String>,
+    /// `routing_key`.
+    pub routing_key: Option<String>,
+    /// `headers` (JSON text).
+    pub headers: String,
+    /// `priority`.
+    pub priority: Option<i32>,
+    /// `expires`.
+    pub expires: Option<DateTime<Utc>>,
+    /// `expire_seconds`.
+    pub expire_seconds: Option<i32>,
+    /// `one_off`.
+    pub one_off: bool,
+    /// `start_time`.
+    pub start_time: Option<DateTime<Utc>>,
+    /// `enabled`.
+    pub enabled: bool,
+    /// The crontab's fields: minute, hour, day_of_week, day_of_month, month_of_year.
+    pub crontab: Option<[String; 5]>,
+    /// The crontab's time zone.
+    pub timezone: Option<String>,
+    /// The interval: every, period (`days`, `hours`, `minutes`, `seconds`, `microseconds`).
+    pub interval: Option<(i32, String)>,
+    /// The clocked time.
+    pub clocked_time: Option<DateTime<Utc>>,
+    /// The solar event, latitude, longitude.
+    pub solar: Option<(String, f64, f64)>,
+}
+
 /// The lease the scheduler's leader holds.
 pub const SCHEDULER_LEASE: &str = "scheduler";
 
@@ -820,6 +863,98 @@ impl Store {
             .await
     }
 
+    /// django-celery-beat's periodic tasks with their schedules, as its tables hold them
+    /// (`celeriac schedule import --django-celery-beat`). Empty when the tables do not exist.
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn django_periodic_tasks(&self) -> Result<Vec<DjangoPeriodicTask>> {
+        let client = self.pool.get().await?;
+        let exists: bool = client
+            .row(self.pooler, "select to_regclass('django_celery_beat_periodictask') is not null", &[])
+            .await?
+            .get(0);
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let rows = client
+            .rows(
+                self.pooler,
+                "select t.name, t.task, t.args, t.kwargs, t.queue, t.exchange, t.routing_key, t.headers, t.priority,
+                        t.expires, t.expire_seconds, t.one_off, t.start_time, t.enabled,
+                        c.minute, c.hour, c.day_of_week, c.day_of_month, c.month_of_year, c.timezone::text,
+                        i.every, i.period, k.clocked_time,
+                        so.event, so.latitude::float8, so.longitude::float8
+                 from django_celery_beat_periodictask t
+                 left join django_celery_beat_crontabschedule c on c.id = t.crontab_id
+                 left join django_celery_beat_intervalschedule i on i.id = t.interval_id
+                 left join django_celery_beat_clockedschedule k on k.id = t.clocked_id
+                 left join django_celery_beat_solarschedule so on so.id = t.solar_id
+                 order by t.name",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| DjangoPeriodicTask {
+                name: r.get(0),
+                task: r.get(1),
+                args: r.get(2),
+                kwargs: r.get(3),
+                queue: r.get(4),
+                exchange: r.get(5),
+                routing_key: r.get(6),
+                headers: r.get(7),
+                priority: r.get(8),
+                expires: r.get(9),
+                expire_seconds: r.get(10),
+                one_off: r.get(11),
+                start_time: r.get(12),
+                enabled: r.get(13),
+                crontab: r
+                    .get::<_, Option<String>>(14)
+                    .map(|minute| [minute, r.get(15), r.get(16), r.get(17), r.get(18)]),
+                timezone: r.get(19),
+                interval: r.get::<_, Option<i32>>(20).map(|every| (every, r.get(21))),
+                clocked_time: r.get(22),
+                solar: r.get::<_, Option<String>>(23).map(|event| (event, r.get(24), r.get(25))),
+            })
+            .collect())
+    }
+
+    /// Follows the source's own enabled flags for rows Beat owns: `disabled` names (disabled in
+    /// the source) are disabled with `reason`; `enabled` names disabled earlier for that same
+    /// reason are enabled again. Rows celeriac owns are left alone (a flip to celeriac disables
+    /// the source's row on purpose).
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn schedule_follow_source_enabled(
+        &self,
+        disabled: &[String],
+        enabled: &[String],
+        reason: &str,
+    ) -> Result<()> {
+        let client = self.pool.get().await?;
+        client
+            .touch(
+                self.pooler,
+                "update celeriac.schedule set enabled = false, disabled_reason = $2
+                 where name = any($1) and owner = 'beat' and enabled",
+                &[(&disabled, Type::TEXT_ARRAY), (&reason, Type::TEXT)],
+            )
+            .await?;
+        client
+            .touch(
+                self.pooler,
+                "update celeriac.schedule set enabled = true, disabled_reason = null
+                 where name = any($1) and not enabled and disabled_reason = $2",
+                &[(&enabled, Type::TEXT_ARRAY), (&reason, Type::TEXT)],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// The ramp: the percentage of schedules (by [`Schedule::ramp_bucket`]) celeriac owns; 0
     /// until set.
     ///
@@ -893,7 +1028,8 @@ impl Store {
     /// the locked row and the database's clock) says it may move now: `Some(next_run_at)` for
     /// the row under its new owner (`None`: a baseline). Towards Beat, the next run is cleared.
     /// With django-celery-beat's tables in the database, its row of the same name is disabled
-    /// (towards celeriac) or enabled with the last run celeriac made (towards Beat), and its
+    /// (towards celeriac) or enabled with the last run celeriac made (towards Beat; only if the
+    /// schedule is enabled and not paused), and its
     /// change tracker bumped, in the same transaction, so an unmodified Beat stops or resumes
     /// it. Returns whether the row moved.
     ///
@@ -937,7 +1073,9 @@ impl Store {
             .await?
             .get::<_, bool>(0);
         if django {
-            let enabled = to == "beat";
+            // Towards Beat, the row is enabled only if the schedule fires at all (not disabled,
+            // not paused): Beat must not start firing what celeriac held back.
+            let enabled = to == "beat" && schedule.enabled && !schedule.paused;
             let changed = tx
                 .touch(
                     self.pooler,

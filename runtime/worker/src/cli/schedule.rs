@@ -169,6 +169,10 @@ pub struct AddArgs {
 /// `schedule import` options.
 #[derive(Debug, Args)]
 pub struct ImportArgs {
+    /// Import django-celery-beat's periodic tasks from its tables in this database instead of
+    /// the app's beat_schedule (no -A needed).
+    #[arg(long)]
+    pub django_celery_beat: bool,
     /// Python interpreter of the app [default: $CELERIAC_PYTHON, else $VIRTUAL_ENV/bin/python,
     /// else python3 on PATH].
     #[arg(long, env = "CELERIAC_PYTHON", value_name = "PATH")]
@@ -310,9 +314,37 @@ pub(super) async fn run(url: &str, app: Option<&str>, action: ScheduleAction) ->
     Ok(())
 }
 
+/// `schedule import --django-celery-beat`.
+async fn import_django(store: &celeriac_store::Store) -> Result<(), CliError> {
+    use crate::scheduler::django::{convert, DISABLED_IN_DJANGO};
+    let rows = store.django_periodic_tasks().await?;
+    if rows.is_empty() {
+        return Err(CliError::Schedule(
+            "no django-celery-beat periodic tasks in this database (django_celery_beat_periodictask)".into(),
+        ));
+    }
+    let imported = convert(rows);
+    let report = store.schedule_sync(&imported.definitions, "django", Some("beat"), true).await?;
+    store.schedule_follow_source_enabled(&imported.disabled, &imported.enabled, DISABLED_IN_DJANGO).await?;
+    println!(
+        "imported {} django-celery-beat periodic tasks: {} new (fired by Celery Beat until ramped), {} updated, {} disabled",
+        imported.definitions.len(),
+        report.added,
+        report.updated,
+        report.disabled
+    );
+    for (name, reason) in imported.skipped {
+        println!("  {name}: not imported: {reason}");
+    }
+    Ok(())
+}
+
 #[cfg(feature = "python")]
 async fn import(store: &celeriac_store::Store, app: Option<&str>, args: &ImportArgs) -> Result<(), CliError> {
     use crate::python::interp;
+    if args.django_celery_beat {
+        return import_django(store).await;
+    }
     let Some(app) = app else {
         return Err(CliError::Schedule("schedule import needs the app: celeriac -A proj schedule import".into()));
     };
@@ -332,7 +364,10 @@ async fn import(store: &celeriac_store::Store, app: Option<&str>, args: &ImportA
 }
 
 #[cfg(not(feature = "python"))]
-async fn import(_store: &celeriac_store::Store, _app: Option<&str>, _args: &ImportArgs) -> Result<(), CliError> {
+async fn import(store: &celeriac_store::Store, _app: Option<&str>, args: &ImportArgs) -> Result<(), CliError> {
+    if args.django_celery_beat {
+        return import_django(store).await;
+    }
     Err(CliError::NoEmbeddedPython)
 }
 

@@ -11,6 +11,7 @@
 //!
 //! [`sync`] writes the app's `beat_schedule` into the table at start.
 
+pub mod django;
 pub mod fire;
 pub mod handover;
 mod leader;
