@@ -955,6 +955,63 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes every schedule (their fires too) and the scheduler's lease (benchmarks, tests).
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn schedule_remove_all(&self) -> Result<u64> {
+        let client = self.pool.get().await?;
+        client.touch(self.pooler, "delete from celeriac.lease where name = $1", &[(&SCHEDULER_LEASE, Type::TEXT)]).await?;
+        client.touch(self.pooler, "delete from celeriac.schedule", &[]).await
+    }
+
+    /// Makes every schedule due `seconds` from now, at one instant, which it returns
+    /// (benchmarks).
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn schedule_all_due_in(&self, seconds: f64) -> Result<DateTime<Utc>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .row(
+                self.pooler,
+                "with t as (select date_trunc('second', now()) + $1 * interval '1 second' as at),
+                      u as (update celeriac.schedule set next_run_at = (select at from t))
+                 select at from t",
+                &[(&seconds, Type::FLOAT8)],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Fires in the ledger, and the latest fire time.
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn schedule_fire_count(&self) -> Result<(i64, Option<DateTime<Utc>>)> {
+        let client = self.pool.get().await?;
+        let row = client.row(self.pooler, "select count(*), max(fired_at) from celeriac.schedule_fire", &[]).await?;
+        Ok((row.get(0), row.get(1)))
+    }
+
+    /// Transactions committed and rolled back in this database so far, by the server's
+    /// statistics (reported by each backend within about a second): every statement outside an
+    /// explicit transaction counts one.
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn database_transactions(&self) -> Result<i64> {
+        let client = self.pool.get().await?;
+        let row = client
+            .row(
+                self.pooler,
+                "select (xact_commit + xact_rollback)::int8 from pg_stat_database where datname = current_database()",
+                &[],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
     /// The ramp: the percentage of schedules (by [`Schedule::ramp_bucket`]) celeriac owns; 0
     /// until set.
     ///

@@ -10,9 +10,11 @@
 //! pickup latency (idle queue, 200 samples): p50 1.10 ms  p90 1.60 ms  p99 2.90 ms  max 4.00 ms
 //! ```
 //!
-//! `--rate-limits` measures rate limits instead ([`rate_limits`]).
+//! `--rate-limits` measures rate limits instead ([`rate_limits`]), `--schedules N` the
+//! scheduler ([`schedules`]).
 
 mod rate_limits;
+mod schedules;
 
 use std::{
     sync::atomic::Ordering,
@@ -69,6 +71,13 @@ pub struct BenchArgs {
     /// Workers sharing the fleet-wide limit (--rate-limits).
     #[arg(long, default_value_t = 4)]
     pub global_workers: usize,
+    /// Measure the scheduler instead: this many schedules due at one instant, then the
+    /// database load of idle schedulers (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub schedules: usize,
+    /// How long idle schedulers are measured (--schedules).
+    #[arg(long, default_value_t = 30.0)]
+    pub idle_seconds: f64,
 }
 
 const TASK: &str = "celeriac.bench.noop";
@@ -136,6 +145,9 @@ pub async fn run(url: &str, args: &BenchArgs) -> Result<(), BenchError> {
     store.migrate().await?;
     if args.rate_limits {
         return rate_limits::run(&store, args).await;
+    }
+    if args.schedules > 0 {
+        return schedules::run(&store, args).await;
     }
     let purged = store.message_purge(&args.queue).await?;
     println!(
