@@ -12,11 +12,15 @@ import json
 import os
 import random
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from urllib.parse import urlsplit
 
 import psycopg
+import pytest
 
 from tools.celeriac_testkit import LoggedProcess, run_celeriac, stop_all, wait_for
 from tools.sample_proj import Proj, ProjWorker
@@ -162,10 +166,23 @@ class Beat(LoggedProcess):
     KIND = "celeriac beat"
 
 
+@pytest.mark.parametrize("through", ["direct", "pgbouncer"])
 def test_beat_processes_killed_frozen_or_cut_off_never_double_or_lose_a_slot(
-    celeriac_bin: Path, database_url: str, tmp_path: Path
+    celeriac_bin: Path, database_url: str, tmp_path: Path, through: str
 ) -> None:
+    """Four ``celeriac beat``, with PostgreSQL directly or through PgBouncer in transaction mode
+    (no session state: the lease is a row, statements are unnamed, no LISTEN)."""
     url = database_url
+    beat_url = url
+    bouncer = None
+    if through == "pgbouncer":
+        from chaos.chaos import PgBouncer, url_with
+
+        # PgBouncer runs as postgres when the tests run as root: a directory it can reach.
+        directory = Path(tempfile.mkdtemp(prefix="celeriac-beat-pgbouncer-"))
+        directory.chmod(0o755)
+        bouncer = PgBouncer(directory, SimpleNamespace(url=url, port=urlsplit(url).port))
+        beat_url = url_with(url, host="127.0.0.1", port=bouncer.port) + "?pooler=transaction"
     run_celeriac(
         celeriac_bin, "schedule", "add", "tick", "--task", "proj.tick", "--every", "1", "--catchup", "all",
         "--database-url", url,
@@ -180,7 +197,7 @@ def test_beat_processes_killed_frozen_or_cut_off_never_double_or_lose_a_slot(
     def start() -> Beat:
         nonlocal n
         n += 1
-        argv = [str(celeriac_bin), "beat", "--database-url", url, "--lease-seconds", "3", "--max-interval", "1"]
+        argv = [str(celeriac_bin), "beat", "--database-url", beat_url, "--lease-seconds", "3", "--max-interval", "1"]
         beat = Beat(argv, tmp_path / f"beat{n}.log")
         beats.append(beat)
         return beat
@@ -219,6 +236,8 @@ def test_beat_processes_killed_frozen_or_cut_off_never_double_or_lose_a_slot(
         after = fires()
         wait_for(lambda a=after: fires() >= a + 3, 30, f"fires after {fault}")
     stop_all(beats)
+    if bouncer is not None:
+        bouncer.stop()
 
     dupes = _rows(
         url,
