@@ -961,7 +961,9 @@ impl Store {
     /// Connection errors.
     pub async fn schedule_remove_all(&self) -> Result<u64> {
         let client = self.pool.get().await?;
-        client.touch(self.pooler, "delete from celeriac.lease where name = $1", &[(&SCHEDULER_LEASE, Type::TEXT)]).await?;
+        client
+            .touch(self.pooler, "delete from celeriac.lease where name = $1", &[(&SCHEDULER_LEASE, Type::TEXT)])
+            .await?;
         client.touch(self.pooler, "delete from celeriac.schedule", &[]).await
     }
 

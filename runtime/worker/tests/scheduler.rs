@@ -426,3 +426,107 @@ async fn leader_failover_loses_no_slot_and_doubles_none() {
     assert!(slots.windows(2).all(|w| (w[1] - w[0]).num_milliseconds() == 1000), "{slots:?}");
     assert_eq!(scalar(&db, "select count(*) from celeriac.message").await, slots.len() as i64);
 }
+
+/// A tick that dies anywhere before its commit — the planner panics (after the lease check and
+/// the row locks), or its connection is terminated mid-tick — fires nothing and moves nothing;
+/// the next tick fires every slot once. A takeover waits for a tick in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tick_that_dies_fires_nothing_and_the_next_fires_once() {
+    let db = TestDatabase::new().await;
+    let store = db.store();
+    for i in 0..20 {
+        add(&store, &definition(&format!("s{i:02}"), every_minute())).await;
+    }
+    db.client()
+        .await
+        .execute("update celeriac.schedule set next_run_at = date_trunc('minute', now())", &[])
+        .await
+        .unwrap();
+    let (holder, term) = lead(&store).await;
+    let untouched = "select count(*) from celeriac.schedule where next_run_at = date_trunc('minute', now())";
+
+    // The planner panics on the tenth row.
+    let panicking = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut seen = 0;
+            store
+                .schedule_tick(holder, term, 1000, |s, now| {
+                    seen += 1;
+                    assert!(seen < 10, "injected panic");
+                    plan(s, now, |s, slot| fire::build(s, slot, now))
+                })
+                .await
+        })
+    };
+    assert!(panicking.await.unwrap_err().is_panic());
+    assert_eq!(scalar(&db, "select count(*) from celeriac.message").await, 0);
+    assert_eq!(scalar(&db, "select count(*) from celeriac.schedule_fire").await, 0);
+    assert_eq!(scalar(&db, untouched).await, 20);
+
+    // The connection is terminated while the tick holds its locks.
+    let monitor = db.client().await;
+    let (in_plan_tx, in_plan_rx) = std::sync::mpsc::channel::<()>();
+    let cut = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut signalled = false;
+            store
+                .schedule_tick(holder, term, 1000, move |s, now| {
+                    if !signalled {
+                        signalled = true;
+                        in_plan_tx.send(()).unwrap();
+                        std::thread::sleep(Duration::from_secs(2));
+                    }
+                    plan(s, now, |s, slot| fire::build(s, slot, now))
+                })
+                .await
+        })
+    };
+    tokio::task::spawn_blocking(move || in_plan_rx.recv().unwrap()).await.unwrap();
+    let terminated = monitor
+        .execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity
+             where datname = current_database() and pid <> pg_backend_pid() and state = 'idle in transaction'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(terminated, 1, "the tick's connection, in its transaction");
+    assert!(cut.await.unwrap().is_err(), "the tick must fail when its connection is cut");
+    assert_eq!(scalar(&db, "select count(*) from celeriac.message").await, 0);
+    assert_eq!(scalar(&db, untouched).await, 20);
+
+    // A takeover while a tick is in flight waits for it; then the old term is fenced off.
+    let (in_plan_tx, in_plan_rx) = std::sync::mpsc::channel::<()>();
+    let slow = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut signalled = false;
+            store
+                .schedule_tick(holder, term, 1000, move |s, now| {
+                    if !signalled {
+                        signalled = true;
+                        in_plan_tx.send(()).unwrap();
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                    plan(s, now, |s, slot| fire::build(s, slot, now))
+                })
+                .await
+        })
+    };
+    tokio::task::spawn_blocking(move || in_plan_rx.recv().unwrap()).await.unwrap();
+    let other = Uuid::new_v4();
+    db.client()
+        .await
+        .execute("update celeriac.lease set expires_at = now() - interval '1 second'", &[])
+        .await
+        .unwrap_or(0);
+    let taken = store.lease_acquire("scheduler", other, "other", 60.0).await.unwrap().expect("the lease ran out");
+    let report = slow.await.unwrap().unwrap();
+    assert_eq!(report.fired, 20, "the tick in flight finished first");
+    assert!(tick(&store, holder, term).await.not_leader);
+    assert_eq!(tick(&store, other, taken.term).await.fired, 0);
+    assert_eq!(scalar(&db, DUPLICATES_SQL).await, 0);
+    assert_eq!(scalar(&db, "select count(*) from celeriac.message").await, 20);
+}
