@@ -60,6 +60,9 @@ create table celeriac.schedule (
     total_run_count   bigint      not null default 0,
     -- When Beat last sent it (recorded by celeriac's Beat scheduler classes).
     last_beat_send_at timestamptz,
+    -- Set when the schedule moves back to Beat: celeriac's Beat scheduler classes send nothing
+    -- before this (the slot celeriac fired last is not sent again by a Beat that was due too).
+    beat_from         timestamptz,
     spec_version      integer     not null default 0,
     created_at        timestamptz not null default now(),
     updated_at        timestamptz not null default now(),

@@ -40,6 +40,9 @@ pub enum Error {
     /// The named thing exists already.
     #[error("{0} exists already")]
     Exists(String),
+    /// A request the store cannot carry out as given (nothing was written).
+    #[error("{0}")]
+    Invalid(String),
     /// Rows changed under a transaction that needed them unchanged; it was rolled back.
     #[error("conflict: {0}; nothing was written")]
     Conflict(String),
@@ -69,6 +72,7 @@ impl Error {
             | Error::UnexpectedRows(_)
             | Error::NotFound(_)
             | Error::Exists(_)
+            | Error::Invalid(_)
             | Error::Conflict(_) => false,
         }
     }

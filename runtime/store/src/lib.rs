@@ -52,7 +52,7 @@ pub use queue_stats::QueueStats;
 pub use rate_limit::{global_burst, RateLimitRow, RateLimitScope, RateValue, TokenGrant, GLOBAL_BURST_SECONDS, PARKED};
 pub use schedule::{
     DjangoPeriodicTask, LeaseRow, LeaseTerm, PlannedFire, Schedule, ScheduleDefinition, SyncReport, TickPlan,
-    TickReport, When, REMOVED_FROM_APP, SCHEDULER_LEASE,
+    TickReport, When, REMOVED_FROM_APP, REMOVED_FROM_DJANGO, SCHEDULER_LEASE,
 };
 pub use sql::Pooler;
 use sql::Session;

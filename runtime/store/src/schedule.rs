@@ -249,6 +249,8 @@ pub struct SyncReport {
 
 /// The reason a synced row gets when its entry is gone from the app's code.
 pub const REMOVED_FROM_APP: &str = "removed from the app's beat_schedule";
+/// The reason an imported row gets when its django-celery-beat periodic task is gone.
+pub const REMOVED_FROM_DJANGO: &str = "removed from django-celery-beat";
 
 /// A fire the planner decided: the slot and the message.
 #[derive(Debug, Clone)]
@@ -384,9 +386,9 @@ impl Store {
     /// a row owned by `owner_for_new` (`None`: celeriac, or, once a ramp is set, the owner the
     /// ramp gives their bucket) with the given ramp buckets; existing rows take the new
     /// definition (keeping owner, pause and run state; the trigger re-baselines a timing
-    /// change). With `disable_missing`, rows of `source` whose name is not among the
-    /// definitions are disabled ([`REMOVED_FROM_APP`]); a row disabled that way is enabled
-    /// again when its entry comes back. All in one transaction.
+    /// change). With `missing_reason` (e.g. [`REMOVED_FROM_APP`]), rows of `source` whose name
+    /// is not among the definitions are disabled with that reason; a row disabled that way is
+    /// enabled again when its entry comes back. All in one transaction.
     ///
     /// # Errors
     /// Connection errors; constraint violations for definitions the schema refuses.
@@ -395,15 +397,18 @@ impl Store {
         definitions: &[(ScheduleDefinition, i16)],
         source: &str,
         owner_for_new: Option<&str>,
-        disable_missing: bool,
+        missing_reason: Option<&str>,
     ) -> Result<SyncReport> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let mut report = SyncReport::default();
         let sql = format!(
             "insert into celeriac.schedule as s ({DEFINITION_COLUMNS}, source, owner, ramp_bucket)
-             values ({DEFINITION_VALUES}, $20, coalesce($21, (select case when $22 < r.percent then 'celeriac' else 'beat' end
-                                                             from celeriac.schedule_ramp r where r.id = 1), 'celeriac'), $22)
+             values ({DEFINITION_VALUES}, $20,
+                     case when $6 = 'solar' then 'beat'
+                          else coalesce($21, (select case when $22 < r.percent then 'celeriac' else 'beat' end
+                                              from celeriac.schedule_ramp r where r.id = 1), 'celeriac') end,
+                     $22)
              on conflict (name) do update set
                  task = excluded.task, args = excluded.args, kwargs = excluded.kwargs, options = excluded.options,
                  kind = excluded.kind, crontab = excluded.crontab, every_seconds = excluded.every_seconds,
@@ -440,7 +445,7 @@ impl Store {
             params.push((&source, Type::TEXT));
             params.push((&owner_for_new, Type::TEXT));
             params.push((bucket, Type::INT2));
-            params.push((&REMOVED_FROM_APP, Type::TEXT));
+            params.push((&missing_reason, Type::TEXT));
             for row in tx.rows(self.pooler, stmt_sql, &params).await? {
                 if row.get::<_, bool>(0) {
                     report.added += 1;
@@ -449,14 +454,14 @@ impl Store {
                 }
             }
         }
-        if disable_missing {
+        if let Some(reason) = missing_reason {
             let names: Vec<&str> = definitions.iter().map(|(d, _)| d.name.as_str()).collect();
             report.disabled = tx
                 .touch(
                     self.pooler,
                     "update celeriac.schedule set enabled = false, disabled_reason = $3
                      where source = $1 and enabled and not (name = any($2))",
-                    &[(&source, Type::TEXT), (&names, Type::TEXT_ARRAY), (&REMOVED_FROM_APP, Type::TEXT)],
+                    &[(&source, Type::TEXT), (&names, Type::TEXT_ARRAY), (&reason, Type::TEXT)],
                 )
                 .await?;
         }
@@ -587,11 +592,11 @@ impl Store {
     /// moved. `build` makes the message for that slot. Returns the slot.
     ///
     /// # Errors
-    /// [`Error::NotFound`]; connection errors.
+    /// [`Error::NotFound`]; [`Error::Invalid`] when the message cannot be built; connection errors.
     pub async fn schedule_run_now(
         &self,
         name: &str,
-        build: impl FnOnce(&Schedule, DateTime<Utc>) -> NewMessage,
+        build: impl FnOnce(&Schedule, DateTime<Utc>) -> std::result::Result<NewMessage, String>,
     ) -> Result<(DateTime<Utc>, NewMessage)> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -603,7 +608,8 @@ impl Store {
         };
         let schedule = schedule_from_row(row);
         let slot: DateTime<Utc> = row.get(36);
-        let message = build(&schedule, slot);
+        let message = build(&schedule, slot)
+            .map_err(|e| Error::Invalid(format!("schedule {name:?}: cannot build the message: {e}")))?;
         let message_id: i64 = tx
             .row(
                 self.pooler,
@@ -1025,6 +1031,23 @@ impl Store {
         Ok(rows.first().map_or(0, |r| r.get(0)))
     }
 
+    /// Records that a migration from Beat started (the ramp at 0 % unless already set), so
+    /// entries new to the code go to Beat until ramped ([`Store::schedule_sync`]).
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn schedule_ramp_start(&self) -> Result<()> {
+        let client = self.pool.get().await?;
+        client
+            .touch(
+                self.pooler,
+                "insert into celeriac.schedule_ramp (id, percent) values (1, 0) on conflict (id) do nothing",
+                &[],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Sets the ramp percentage (0–100). Rows are moved by [`Store::schedule_flip`].
     ///
     /// # Errors
@@ -1084,8 +1107,10 @@ impl Store {
     }
 
     /// Moves one schedule to `to` (`beat` or `celeriac`) in one transaction, if `decide` (given
-    /// the locked row and the database's clock) says it may move now: `Some(next_run_at)` for
-    /// the row under its new owner (`None`: a baseline). Towards Beat, the next run is cleared.
+    /// the locked row and the database's clock) says it may move now: `Some(at)`. Towards
+    /// celeriac, `at` is its next run (`None`: a baseline); towards Beat, the time before which
+    /// celeriac's Beat scheduler classes refuse to send it (`beat_from`: the slot celeriac fired
+    /// last is not sent again), and the next run is cleared.
     /// With django-celery-beat's tables in the database, its row of the same name is disabled
     /// (towards celeriac) or enabled with the last run celeriac made (towards Beat; only if the
     /// schedule is enabled and not paused), and its
@@ -1113,18 +1138,22 @@ impl Store {
             return Ok(false);
         }
         let now: DateTime<Utc> = row.get(36);
-        let next_run_at = if to == "beat" {
-            None
-        } else {
-            match decide(&schedule, now) {
-                Some(next) => next,
-                None => return Ok(false),
-            }
+        let Some(at) = decide(&schedule, now) else {
+            return Ok(false);
         };
+        // Towards celeriac `at` is its next run; towards Beat, the time before which celeriac's
+        // Beat scheduler classes send nothing.
+        let (next_run_at, beat_from) = if to == "beat" { (None, at) } else { (at, None) };
         tx.touch(
             self.pooler,
-            "update celeriac.schedule set owner = $2, owner_changed_at = now(), next_run_at = $3 where id = $1",
-            &[(&schedule.id, Type::INT8), (&to, Type::TEXT), (&next_run_at, Type::TIMESTAMPTZ)],
+            "update celeriac.schedule set owner = $2, owner_changed_at = now(), next_run_at = $3, beat_from = $4
+             where id = $1",
+            &[
+                (&schedule.id, Type::INT8),
+                (&to, Type::TEXT),
+                (&next_run_at, Type::TIMESTAMPTZ),
+                (&beat_from, Type::TIMESTAMPTZ),
+            ],
         )
         .await?;
         let django = tx
@@ -1162,8 +1191,9 @@ impl Store {
     /// What celeriac's Beat scheduler classes ask before Beat sends `name`: whether Beat owns
     /// it (`beat`; the send is recorded as `last_beat_send_at` in the same transaction, under
     /// the row's lock, so a flip to celeriac knows whether Beat sent the current slot),
-    /// `celeriac` (Beat must skip it; with celeriac's next run, so Beat can keep its own entry in
-    /// step and resume on that slot if the schedule comes back), or `unknown` (no such row:
+    /// `celeriac` (Beat must skip it: celeriac fires it, or fired the slot Beat is due for
+    /// before the schedule came back to Beat; with celeriac's next run, so Beat can keep its own
+    /// entry in step and resume on that slot if the schedule comes back), or `unknown` (no such row:
     /// Beat keeps it).
     ///
     /// # Errors
@@ -1173,15 +1203,18 @@ impl Store {
         let rows = client
             .rows(
                 self.pooler,
-                "with row as (select id, owner, next_run_at from celeriac.schedule where name = $1 for update),
+                "with row as (select id, owner, next_run_at, owner = 'beat' and coalesce(beat_from <= now(), true) as send
+                              from celeriac.schedule where name = $1 for update),
                       sent as (update celeriac.schedule s set last_beat_send_at = now()
-                               from row where s.id = row.id and row.owner = 'beat' returning s.id)
-                 select owner, next_run_at from row",
+                               from row where s.id = row.id and row.send returning s.id)
+                 select owner, next_run_at, send from row",
                 &[(&name, Type::TEXT)],
             )
             .await?;
         Ok(match rows.first() {
             Some(r) if r.get::<_, String>(0) == "celeriac" => ("celeriac", r.get(1)),
+            // Back with Beat, but celeriac fired the slot Beat is due for: not again.
+            Some(r) if !r.get::<_, bool>(2) => ("celeriac", None),
             Some(_) => ("beat", None),
             None => ("unknown", None),
         })

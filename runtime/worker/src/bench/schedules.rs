@@ -54,7 +54,7 @@ pub async fn run(store: &Store, args: &BenchArgs) -> Result<(), BenchError> {
             (definition, bucket)
         })
         .collect();
-    store.schedule_sync(&definitions, "manual", Some("celeriac"), false).await?;
+    store.schedule_sync(&definitions, "manual", Some("celeriac"), None).await?;
     store.message_purge(&args.queue).await?;
     let config = SchedulerConfig::default();
     let mut schedulers = Vec::new();

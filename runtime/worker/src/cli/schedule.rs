@@ -283,19 +283,7 @@ pub(super) async fn run(url: &str, app: Option<&str>, action: ScheduleAction) ->
         ScheduleAction::Resume { name } => store.schedule_set_paused(&name, false, None).await?,
         ScheduleAction::Remove { name } => store.schedule_remove(&name).await?,
         ScheduleAction::RunNow { name } => {
-            let mut error = None;
-            let (_, message) = store
-                .schedule_run_now(&name, |s, slot| match fire::build(s, slot, slot) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        error = Some(e);
-                        celeriac_store::NewMessage::from_envelope(Vec::new())
-                    }
-                })
-                .await?;
-            if let Some(e) = error {
-                return Err(CliError::Schedule(format!("{name}: cannot build the message: {e}")));
-            }
+            let (_, message) = store.schedule_run_now(&name, |s, slot| fire::build(s, slot, slot)).await?;
             println!("{}", message.task_id.unwrap_or_default());
         }
         ScheduleAction::Import(args) => import(&store, app, &args).await?,
@@ -324,7 +312,10 @@ async fn import_django(store: &celeriac_store::Store) -> Result<(), CliError> {
         ));
     }
     let imported = convert(rows);
-    let report = store.schedule_sync(&imported.definitions, "django", Some("beat"), true).await?;
+    store.schedule_ramp_start().await?;
+    let report = store
+        .schedule_sync(&imported.definitions, "django", Some("beat"), Some(celeriac_store::REMOVED_FROM_DJANGO))
+        .await?;
     store.schedule_follow_source_enabled(&imported.disabled, &imported.enabled, DISABLED_IN_DJANGO).await?;
     println!(
         "imported {} django-celery-beat periodic tasks: {} new (fired by Celery Beat until ramped), {} updated, {} disabled",
@@ -349,6 +340,7 @@ async fn import(store: &celeriac_store::Store, app: Option<&str>, args: &ImportA
         return Err(CliError::Schedule("schedule import needs the app: celeriac -A proj schedule import".into()));
     };
     let interpreter = interp::probe(&interp::choose(args.python.as_deref()))?;
+    store.schedule_ramp_start().await?;
     let (schedule, report) = crate::scheduler::sync::sync_app_schedule(store, &interpreter, app, Some("beat")).await?;
     println!(
         "imported {} entries of {app}'s beat_schedule: {} new (fired by Celery Beat until ramped), {} updated, {} disabled",
@@ -374,7 +366,7 @@ async fn import(store: &celeriac_store::Store, _app: Option<&str>, args: &Import
 /// Moves every schedule whose owner is not the one the ramp and its pin say, one transaction
 /// each; waits for the quiet moment of those that need one unless `no_wait`.
 async fn move_misplaced(store: &celeriac_store::Store, margin: f64, no_wait: bool) -> Result<(), CliError> {
-    use crate::scheduler::handover::{to_celeriac, Handover};
+    use crate::scheduler::handover::{to_beat, to_celeriac, Handover};
     let margin = chrono::TimeDelta::milliseconds((margin.clamp(0.0, 3600.0) * 1000.0) as i64);
     let mut reported = std::collections::HashSet::new();
     loop {
@@ -384,11 +376,15 @@ async fn move_misplaced(store: &celeriac_store::Store, margin: f64, no_wait: boo
             let name = schedule.definition.name.clone();
             let mut outcome = None;
             let moved = store
-                .schedule_flip(&name, &target, |row, now| match to_celeriac(row, now, margin) {
-                    Handover::Now(next) => Some(next),
-                    other => {
-                        outcome = Some((other, now));
-                        None
+                .schedule_flip(&name, &target, |row, now| {
+                    let handover =
+                        if target == "beat" { to_beat(row, now, margin) } else { to_celeriac(row, now, margin) };
+                    match handover {
+                        Handover::Now(at) => Some(at),
+                        other => {
+                            outcome = Some((other, now));
+                            None
+                        }
                     }
                 })
                 .await?;
@@ -402,10 +398,8 @@ async fn move_misplaced(store: &celeriac_store::Store, margin: f64, no_wait: boo
                         println!("{name}: waits until {} to move to {target} (between two slots)", time(at));
                     }
                 }
-                Some((Handover::Stay(reason), _)) => {
-                    if reported.insert(name.clone()) {
-                        println!("{name}: stays with {}: {reason}", schedule.owner);
-                    }
+                Some((Handover::Stay(reason), _)) if reported.insert(name.clone()) => {
+                    println!("{name}: stays with {}: {reason}", schedule.owner);
                 }
                 _ => {}
             }

@@ -78,13 +78,13 @@ impl Timing {
     }
 }
 
+/// The latest slot at or before some instant, and the first after it.
+pub(crate) type Around = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// The latest slot at or before `now` (within about a year and a half) and the first after it.
 /// Intervals have neither (their phase depends on their anchor); a clocked one-off has its time
 /// on the side it falls.
-pub(crate) fn around(
-    timing: &Timing,
-    now: DateTime<Utc>,
-) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), String> {
+pub(crate) fn around(timing: &Timing, now: DateTime<Utc>) -> Result<Around, String> {
     match timing {
         Timing::Crontab(cron, tz) => {
             let prev = cron.latest_in(*tz, now - TimeDelta::days(550), now).map_err(|e| e.to_string())?;

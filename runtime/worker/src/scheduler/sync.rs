@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use celeriac_store::{ScheduleDefinition, Store, SyncReport, When};
+use celeriac_store::{ScheduleDefinition, Store, SyncReport, When, REMOVED_FROM_APP};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
@@ -183,7 +183,7 @@ pub async fn sync_app_schedule(
     for (name, reason) in &schedule.unsupported {
         tracing::warn!(schedule = %name, "beat_schedule: {name} is not fired by celeriac: {reason}");
     }
-    let report = store.schedule_sync(&schedule.definitions, "app", owner_for_new, true).await?;
+    let report = store.schedule_sync(&schedule.definitions, "app", owner_for_new, Some(REMOVED_FROM_APP)).await?;
     tracing::info!(
         entries = schedule.definitions.len(),
         added = report.added,

@@ -12,6 +12,9 @@ use uuid::Uuid;
 
 use super::{fire, plan::plan, SchedulerConfig};
 
+/// The pause when due rows are locked by another transaction.
+const LOCKED_PAUSE: Duration = Duration::from_millis(250);
+
 /// Fires due schedules while the leader election says this process leads.
 pub struct Ticker {
     pub(super) store: Store,
@@ -59,6 +62,9 @@ impl Ticker {
             return Duration::ZERO;
         }
         match (report.next_due, report.db_now) {
+            // Due, yet nothing was taken: the rows are locked by another transaction (a flip,
+            // run-now, an operator's): look again shortly rather than spin.
+            (Some(due), Some(now)) if due <= now && report.due == 0 => LOCKED_PAUSE.min(self.config.max_sleep),
             (Some(due), Some(now)) => (due - now).to_std().unwrap_or(Duration::ZERO).min(self.config.max_sleep),
             _ => self.config.max_sleep,
         }
