@@ -153,7 +153,7 @@ def test_workers_with_minus_b_fire_the_apps_schedule_once_per_slot(
     assert "custom is not fired by celeriac: schedule type beatapp.custom_schedule is not supported" in workers[0].log()
     assert _count(url, "custom") == 0
     policy = json.loads(run_celeriac(celeriac_bin, "schedule", "show", "every-second", "--json", "--database-url", url))
-    assert (policy["catchup"], policy["source"], policy["owner"]) == ("all", "app", "celeriac"), policy
+    assert (policy["catchup"], policy["source"], policy["owner"]) == ("all", "app:beatapp", "celeriac"), policy
 
     # An entry removed from the code is disabled (not deleted) at the next start.
     worker = proj_worker(app="beatapp", extra_args=args, env={**env, "BEAT_DROP_MINUTELY": "1"})

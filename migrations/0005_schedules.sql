@@ -17,10 +17,10 @@ create table celeriac.schedule (
     options           jsonb       not null default '{}',
     kind              text        not null check (kind in ('crontab', 'interval', 'clocked', 'solar')),
     -- crontab: Celery's five fields as given (minute, hour, day_of_week, day_of_month, month_of_year).
-    crontab           text[]      check (crontab is null or cardinality(crontab) = 5),
+    crontab           text[]      check (crontab is null or (cardinality(crontab) = 5 and array_position(crontab, null) is null)),
     -- interval: seconds between slots; relative = slots on the interval's resolution (Celery's
     -- schedule(relative=True)).
-    every_seconds     float8      check (every_seconds is null or every_seconds > 0),
+    every_seconds     float8      check (every_seconds is null or (every_seconds >= 0.001 and every_seconds < 3.2e9)),
     relative          boolean     not null default false,
     -- clocked: the one instant it fires.
     clocked_at        timestamptz,
@@ -43,12 +43,15 @@ create table celeriac.schedule (
     -- Stable bucket of the name (0-99) the ramp percentage compares with; computed by celeriac.
     ramp_bucket       smallint    not null check (ramp_bucket between 0 and 99),
     owner_changed_at  timestamptz,
-    -- Where the definition comes from: the app's code (synced at start), the operator, django-celery-beat.
-    source            text        not null default 'manual' check (source in ('app', 'manual', 'django')),
+    -- Where the definition comes from: 'app:<the Celery app's main name>' (its code, synced at
+    -- start), 'manual' (the operator), 'django' (django-celery-beat's tables).
+    source            text        not null default 'manual'
+                                  check (source in ('manual', 'django') or source like 'app:%'),
     -- Missed slots: latest (Beat's: at most one coalesced fire), skip, all (within the window, capped).
     catchup           text        not null default 'latest' check (catchup in ('skip', 'latest', 'all')),
-    catchup_window_seconds float8 check (catchup_window_seconds is null or catchup_window_seconds > 0),
-    catchup_max       integer     not null default 100 check (catchup_max > 0),
+    catchup_window_seconds float8 check (catchup_window_seconds is null
+                                         or (catchup_window_seconds > 0 and catchup_window_seconds < 3.2e9)),
+    catchup_max       integer     not null default 100 check (catchup_max between 1 and 100000),
     -- allow (Beat's) or skip a slot while the previous fire is still queued or running.
     overlap           text        not null default 'allow' check (overlap in ('allow', 'skip')),
     -- NULL: the next tick records a baseline (computes the next slot after now) and fires nothing.
@@ -66,6 +69,14 @@ create table celeriac.schedule (
     spec_version      integer     not null default 0,
     created_at        timestamptz not null default now(),
     updated_at        timestamptz not null default now(),
+    -- Instants chrono (and Python) can represent: no infinities, years 1 to 9999.
+    constraint schedule_times check (
+        coalesce(start_at between '0001-01-01' and '9999-12-31', true)
+        and coalesce(end_at between '0001-01-01' and '9999-12-31', true)
+        and coalesce(clocked_at between '0001-01-01' and '9999-12-31', true)
+        and coalesce(next_run_at between '0001-01-01' and '9999-12-31', true)
+        and coalesce(beat_from between '0001-01-01' and '9999-12-31', true)
+    ),
     constraint schedule_spec check (
         (kind = 'crontab' and crontab is not null)
         or (kind = 'interval' and every_seconds is not null)

@@ -7,7 +7,8 @@ what Celery Beat would run: ``beat_schedule`` and the entries ``add_periodic_tas
 entry's options routed as ``apply_async`` would route them (the app's ``task_routes``, the
 task's own queue, priority, expiry and time limits).
 
-Output: one JSON object, ``{"timezone": …, "entries": [...], "warnings": [...]}``; each entry
+Output: one JSON object, ``{"app": <app.main>, "timezone": …, "entries": [...],
+"warnings": [...]}``; each entry
 ``{"name", "task", "args_json", "kwargs_json", "options_json", "schedule": {...}}`` with
 ``schedule`` one of ``{"kind": "crontab", "fields": [minute, hour, day_of_week, day_of_month,
 month_of_year]}``, ``{"kind": "interval", "seconds", "relative"}``, ``{"kind": "clocked", "at"}``,
@@ -159,7 +160,7 @@ def export(app: Any) -> dict[str, Any]:
             policy.setdefault("catchup_window", float(deadline))
         out["policy"] = {k: policy[k] for k in _POLICY_KEYS if k in policy}
         entries.append(out)
-    return {"timezone": zone, "entries": entries, "warnings": warnings}
+    return {"app": app.main or "", "timezone": zone, "entries": entries, "warnings": warnings}
 
 
 def main(argv: list[str] | None = None) -> int:

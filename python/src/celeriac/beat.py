@@ -71,14 +71,8 @@ class OwnershipMixin:
         return True
 
     def _follow(self, entry: ScheduleEntry, next_run: float | None) -> None:
-        """Keeps Beat's own entry of an interval in step with celeriac's slots, so that if the
-        schedule comes back to Beat, Beat sends celeriac's next slot, not one of its own phase."""
-        run_every = getattr(entry.schedule, "run_every", None)
-        current = self.schedule.get(entry.name)  # type: ignore[attr-defined]
-        if next_run is None or run_every is None or current is None:
-            return
-        following = datetime.datetime.fromtimestamp(next_run, tz=datetime.timezone.utc)
-        current.last_run_at = following - run_every
+        """Keeps Beat's entry in step with celeriac's slots where it can (see :class:`Scheduler`);
+        the ``beat_from`` fence in the database is what prevents doubles either way."""
 
     def apply_entry(self, entry: ScheduleEntry, producer: Any = None) -> None:
         if self._owned_by_beat(entry):
@@ -88,6 +82,17 @@ class OwnershipMixin:
 class Scheduler(OwnershipMixin, PersistentScheduler):
     """Celery's default scheduler (``beat_schedule``, the ``celerybeat-schedule`` file) that
     leaves the entries celeriac fires to celeriac."""
+
+    def _follow(self, entry: ScheduleEntry, next_run: float | None) -> None:
+        """Keeps Beat's own entry of an interval in step with celeriac's slots, so that if the
+        schedule comes back to Beat, Beat sends celeriac's next slot, not one of its own phase.
+        (The file scheduler's ``schedule`` is a plain dict: reading it has no side effects.)"""
+        run_every = getattr(entry.schedule, "run_every", None)
+        current = self.schedule.get(entry.name)  # type: ignore[attr-defined]
+        if next_run is None or run_every is None or current is None:
+            return
+        following = datetime.datetime.fromtimestamp(next_run, tz=datetime.timezone.utc)
+        current.last_run_at = following - run_every
 
 
 def __getattr__(name: str) -> Any:

@@ -381,6 +381,15 @@ from celeriac.lease l
 where l.name = $1 and l.holder = $2 and l.term = $3 and l.expires_at > clock_timestamp()
 for share of l";
 
+/// The same inside the tick's transaction, which must not outlive the lease: a ticker frozen
+/// mid-tick (SIGSTOP, a paused VM) is cut off by the server after `$4` milliseconds idle or
+/// per statement, releasing the lease row's share lock so another process can take over.
+const TICK_BEGIN_SQL: &str = "
+select now(), set_config('idle_in_transaction_session_timeout', $4, true), set_config('statement_timeout', $4, true)
+from celeriac.lease l
+where l.name = $1 and l.holder = $2 and l.term = $3 and l.expires_at > clock_timestamp()
+for share of l";
+
 impl Store {
     /// Writes `definitions` (from `source`: `app`, `manual` or `django`) by name: new names get
     /// a row owned by `owner_for_new` (`None`: celeriac, or, once a ramp is set, the owner the
@@ -416,11 +425,11 @@ impl Store {
                  tz = excluded.tz, start_at = excluded.start_at, end_at = excluded.end_at, one_off = excluded.one_off,
                  catchup = excluded.catchup, catchup_window_seconds = excluded.catchup_window_seconds,
                  catchup_max = excluded.catchup_max, overlap = excluded.overlap, source = excluded.source,
-                 enabled = s.enabled or s.disabled_reason = $23
+                 enabled = s.enabled or coalesce(s.disabled_reason = $23, false)
                      or (excluded.kind, excluded.crontab, excluded.every_seconds, excluded.relative, excluded.clocked_at,
                          excluded.tz, excluded.start_at) is distinct from
                         (s.kind, s.crontab, s.every_seconds, s.relative, s.clocked_at, s.tz, s.start_at),
-                 disabled_reason = case when s.enabled or s.disabled_reason = $23
+                 disabled_reason = case when s.enabled or coalesce(s.disabled_reason = $23, false)
                      or (excluded.kind, excluded.crontab, excluded.every_seconds, excluded.relative, excluded.clocked_at,
                          excluded.tz, excluded.start_at) is distinct from
                         (s.kind, s.crontab, s.every_seconds, s.relative, s.clocked_at, s.tz, s.start_at)
@@ -432,7 +441,7 @@ impl Store {
                     excluded.every_seconds, excluded.relative, excluded.clocked_at, excluded.solar, excluded.tz,
                     excluded.start_at, excluded.end_at, excluded.one_off, excluded.catchup,
                     excluded.catchup_window_seconds, excluded.catchup_max, excluded.overlap, excluded.source)
-                or (not s.enabled and s.disabled_reason = $23)
+                or (not s.enabled and coalesce(s.disabled_reason = $23, false))
              returning (xmax = 0)"
         );
         let stmt_sql = sql.as_str();
@@ -646,7 +655,9 @@ impl Store {
     /// One tick of the scheduler for the holder of [`SCHEDULER_LEASE`] at `term`: see the
     /// module documentation. Looks at most `batch` due rows; `plan` decides, per row, at the
     /// database's time, what to fire and the next run. When nothing is due this is one
-    /// statement.
+    /// statement. The transaction is cut off by the server if it stalls for `timeout` (a
+    /// frozen process must not hold the lease row's lock), and commits only while the lease is
+    /// still valid.
     ///
     /// # Errors
     /// Connection errors, or [`Error::Conflict`] when a row changed under the tick (the whole
@@ -656,6 +667,7 @@ impl Store {
         holder: Uuid,
         term: i64,
         batch: i64,
+        timeout: std::time::Duration,
         mut plan: impl FnMut(&Schedule, DateTime<Utc>) -> TickPlan,
     ) -> Result<TickReport> {
         let lease_params = [(&SCHEDULER_LEASE as _, Type::TEXT), (&holder as _, Type::UUID), (&term as _, Type::INT8)];
@@ -678,7 +690,14 @@ impl Store {
         }
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let rows = tx.rows(self.pooler, TICK_HEAD_SQL, &lease_params).await?;
+        let limit_ms = timeout.as_millis().max(1).to_string();
+        let begin_params = [
+            (&SCHEDULER_LEASE as _, Type::TEXT),
+            (&holder as _, Type::UUID),
+            (&term as _, Type::INT8),
+            (&limit_ms as _, Type::TEXT),
+        ];
+        let rows = tx.rows(self.pooler, TICK_BEGIN_SQL, &begin_params).await?;
         let Some(head) = rows.first() else {
             report.not_leader = true;
             return Ok(report);
@@ -815,7 +834,9 @@ impl Store {
                      from unnest($1::int8[], $2::timestamptz[], $3::int4[], $4::timestamptz[], $5::bool[], $6::text[],
                                  $7::timestamptz[], $8::int8[], $9::text[], $10::int8[])
                          as u(id, old_next, version, next, enabled, reason, last_slot, fired, task_id, message_id)
-                     where s.id = u.id and s.next_run_at is not distinct from u.old_next and s.spec_version = u.version",
+                     where s.id = u.id and s.next_run_at is not distinct from u.old_next and s.spec_version = u.version
+                       and exists (select 1 from celeriac.lease l where l.name = $11 and l.holder = $12 and l.term = $13
+                                   and l.expires_at > clock_timestamp())",
                     &[
                         (&ids, Type::INT8_ARRAY),
                         (&old_next, Type::TIMESTAMPTZ_ARRAY),
@@ -827,13 +848,16 @@ impl Store {
                         (&counts, Type::INT8_ARRAY),
                         (&task_ids, Type::TEXT_ARRAY),
                         (&message_ids, Type::INT8_ARRAY),
+                        (&SCHEDULER_LEASE, Type::TEXT),
+                        (&holder, Type::UUID),
+                        (&term, Type::INT8),
                     ],
                 )
                 .await?;
             if updated != ids.len() as u64 {
                 // Rolled back when `tx` drops: nothing of this tick happened.
                 return Err(Error::Conflict(format!(
-                    "{} of {} schedule rows changed during the tick",
+                    "{} of {} schedule rows changed during the tick, or the lease ran out",
                     ids.len() as u64 - updated,
                     ids.len()
                 )));
@@ -1087,7 +1111,8 @@ impl Store {
 
     /// The schedules whose owner is not the one the ramp and their pin say, with that owner:
     /// towards celeriac in ascending bucket order, then towards Beat in descending order. Solar
-    /// rows stay with Beat.
+    /// rows stay with Beat; rows added with `schedule add` (source `manual`), which no Beat
+    /// knows, stay with celeriac unless pinned.
     ///
     /// # Errors
     /// Connection errors.
@@ -1098,6 +1123,7 @@ impl Store {
              from celeriac.schedule s
              cross join lateral (select coalesce(s.owner_pin,
                  case when s.kind = 'solar' then 'beat'
+                      when s.source = 'manual' then 'celeriac'
                       when s.ramp_bucket < coalesce((select percent from celeriac.schedule_ramp where id = 1), 0)
                       then 'celeriac' else 'beat' end) as target) t
              where t.target <> s.owner
@@ -1174,6 +1200,12 @@ impl Store {
                     &[(&name, Type::TEXT), (&enabled, Type::BOOL), (&schedule.last_run_at, Type::TIMESTAMPTZ)],
                 )
                 .await?;
+            if changed == 0 && schedule.source == "django" {
+                return Err(Error::Invalid(format!(
+                    "schedule {name:?} came from django-celery-beat, but its periodic task is gone: not moved \
+                     (Beat could go on firing it)"
+                )));
+            }
             if changed > 0 {
                 tx.touch(
                     self.pooler,

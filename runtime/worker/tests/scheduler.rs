@@ -39,7 +39,12 @@ async fn add(store: &Store, d: &ScheduleDefinition) -> i64 {
 }
 
 async fn tick(store: &Store, holder: Uuid, term: i64) -> TickReport {
-    store.schedule_tick(holder, term, 1000, |s, now| plan(s, now, |s, slot| fire::build(s, slot, now))).await.unwrap()
+    store
+        .schedule_tick(holder, term, 1000, Duration::from_secs(30), |s, now| {
+            plan(s, now, |s, slot| fire::build(s, slot, now))
+        })
+        .await
+        .unwrap()
 }
 
 async fn lead(store: &Store) -> (Uuid, i64) {
@@ -80,7 +85,9 @@ async fn concurrent_ticks_fire_every_due_slot_exactly_once() {
             let mut fired = 0;
             for _ in 0..20 {
                 let report = store
-                    .schedule_tick(holder, term, 25, |s, now| plan(s, now, |s, slot| fire::build(s, slot, now)))
+                    .schedule_tick(holder, term, 25, Duration::from_secs(30), |s, now| {
+                        plan(s, now, |s, slot| fire::build(s, slot, now))
+                    })
                     .await
                     .unwrap();
                 assert_eq!(report.refused, 0);
@@ -451,7 +458,7 @@ async fn a_tick_that_dies_fires_nothing_and_the_next_fires_once() {
         tokio::spawn(async move {
             let mut seen = 0;
             store
-                .schedule_tick(holder, term, 1000, |s, now| {
+                .schedule_tick(holder, term, 1000, Duration::from_secs(30), |s, now| {
                     seen += 1;
                     assert!(seen < 10, "injected panic");
                     plan(s, now, |s, slot| fire::build(s, slot, now))
@@ -472,7 +479,7 @@ async fn a_tick_that_dies_fires_nothing_and_the_next_fires_once() {
         tokio::spawn(async move {
             let mut signalled = false;
             store
-                .schedule_tick(holder, term, 1000, move |s, now| {
+                .schedule_tick(holder, term, 1000, Duration::from_secs(30), move |s, now| {
                     if !signalled {
                         signalled = true;
                         in_plan_tx.send(()).unwrap();
@@ -504,7 +511,7 @@ async fn a_tick_that_dies_fires_nothing_and_the_next_fires_once() {
         tokio::spawn(async move {
             let mut signalled = false;
             store
-                .schedule_tick(holder, term, 1000, move |s, now| {
+                .schedule_tick(holder, term, 1000, Duration::from_secs(30), move |s, now| {
                     if !signalled {
                         signalled = true;
                         in_plan_tx.send(()).unwrap();

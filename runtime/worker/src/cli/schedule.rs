@@ -327,6 +327,13 @@ async fn import_django(store: &celeriac_store::Store) -> Result<(), CliError> {
     for (name, reason) in imported.skipped {
         println!("  {name}: not imported: {reason}");
     }
+    if !imported.unrouted.is_empty() {
+        println!(
+            "  no queue on {}: celeriac fires them into 'celery' (Beat would apply the app's task_routes and \
+             task_default_queue; set the queue on the periodic task if those route elsewhere)",
+            imported.unrouted.join(", ")
+        );
+    }
     Ok(())
 }
 

@@ -16,6 +16,9 @@ pub struct Imported {
     pub disabled: Vec<String>,
     /// Names enabled there.
     pub enabled: Vec<String>,
+    /// Names whose row gives no queue: Beat would route them with the app's `task_routes` and
+    /// default queue, which the import cannot see; celeriac fires them into `celery`.
+    pub unrouted: Vec<String>,
 }
 
 /// The reason a schedule is disabled while its django-celery-beat row is.
@@ -31,6 +34,11 @@ pub fn convert(rows: Vec<DjangoPeriodicTask>) -> Imported {
         let name = row.name.clone();
         match definition(row) {
             Ok((definition, enabled)) => {
+                if !definition.options_json.contains("\"queue\"")
+                    && !definition.options_json.contains("\"routing_key\"")
+                {
+                    out.unrouted.push(name.clone());
+                }
                 if enabled {
                     out.enabled.push(name);
                 } else {
@@ -66,6 +74,10 @@ fn definition(row: DjangoPeriodicTask) -> Result<(ScheduleDefinition, bool), Str
         _ => return Err("no schedule (crontab, interval, clocked or solar)".into()),
     };
     let json_text = |what: &str, text: &str, object: bool| -> Result<String, String> {
+        // django-celery-beat reads an empty field as no arguments.
+        if text.trim().is_empty() {
+            return Ok(if object { "{}" } else { "[]" }.to_owned());
+        }
         let value: Value = serde_json::from_str(text).map_err(|e| format!("{what}: {e}"))?;
         if object != value.is_object() || (!object && !value.is_array()) {
             return Err(format!("{what} must be a JSON {}", if object { "object" } else { "array" }));

@@ -1,5 +1,6 @@
 //! The Celery message of one fire: what Celery Beat's `task.apply_async(args, kwargs,
-//! **entry.options)` publishes, plus two headers naming the schedule and the slot, so a task
+//! **entry.options)` publishes (with Beat's `celery_beat_task` header), plus two headers naming
+//! the schedule and the slot, so a task
 //! can be idempotent per slot (`self.request.periodic_task_name`,
 //! `self.request.periodic_task_slot`).
 
@@ -33,6 +34,8 @@ pub fn build(schedule: &Schedule, slot: DateTime<Utc>, now: DateTime<Utc>) -> Re
         _ => return Err("options must be a JSON object".into()),
     };
     let mut opts = task_options(&options)?;
+    // Celery 5.7's Beat marks its messages so.
+    opts.headers.insert("celery_beat_task".into(), Value::Bool(true));
     opts.headers.insert(NAME_HEADER.into(), Value::Str(d.name.clone()));
     opts.headers.insert(SLOT_HEADER.into(), Value::Str(slot.to_rfc3339_opts(SecondsFormat::AutoSi, true)));
     let encoded = encode_task(&d.task, &args, &kwargs, &opts, now).map_err(|e| e.to_string())?;

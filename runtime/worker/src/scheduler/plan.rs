@@ -59,19 +59,17 @@ impl Timing {
             Timing::Interval { every, relative, tz } => {
                 let anchor = match anchor {
                     Some(a) => a,
-                    None if *relative => return Ok(Some(resolution_floor(t, *every, *tz) + *every)),
-                    None => return Ok(Some(t + *every)),
+                    // Celery's relative=True: counted from t rounded down to the interval's
+                    // resolution (which a DST change can put an hour off: step on until after t).
+                    None if *relative => resolution_floor(t, *every, *tz),
+                    None => {
+                        return t.checked_add_signed(*every).map(Some).ok_or_else(|| "interval out of range".to_owned())
+                    }
                 };
                 if anchor > t {
                     return Ok(Some(anchor));
                 }
-                let steps = (t - anchor).num_microseconds().unwrap_or(i64::MAX) / every.num_microseconds().unwrap_or(1);
-                let next = i32::try_from(steps.saturating_add(1))
-                    .ok()
-                    .and_then(|n| every.checked_mul(n))
-                    .and_then(|d| anchor.checked_add_signed(d))
-                    .ok_or_else(|| "interval out of range".to_owned())?;
-                Ok(Some(next))
+                Ok(Some(step(anchor, *every, t).ok_or_else(|| "interval out of range".to_owned())?))
             }
             Timing::Clocked(_) => Ok(None),
         }
@@ -95,6 +93,13 @@ pub(crate) fn around(timing: &Timing, now: DateTime<Utc>) -> Result<Around, Stri
         Timing::Clocked(at) if *at <= now => Ok((Some(*at), None)),
         Timing::Clocked(at) => Ok((None, Some(*at))),
     }
+}
+
+/// The first of `anchor + k·every` (k ≥ 1) strictly after `t` (`anchor` at or before `t`).
+fn step(anchor: DateTime<Utc>, every: TimeDelta, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let every_us = every.num_microseconds().filter(|us| *us > 0)?;
+    let steps = (t - anchor).num_microseconds()?.div_euclid(every_us).checked_add(1)?;
+    anchor.checked_add_signed(TimeDelta::microseconds(steps.checked_mul(every_us)?))
 }
 
 /// Celery's `delta_resolution`: `t` rounded down to the day, hour or minute when the interval
@@ -133,7 +138,9 @@ pub fn plan(
         return baseline(schedule, &timing, now).unwrap_or_else(disable);
     };
     // The missed slots, oldest first: all of them for `all` (bounded), else just the latest.
-    let window = d.catchup_window_seconds.and_then(|s| TimeDelta::try_milliseconds((s * 1000.0) as i64));
+    // At most about a century (the schema's bound): no arithmetic below can overflow.
+    #[allow(clippy::cast_possible_truncation)]
+    let window = d.catchup_window_seconds.map(|s| TimeDelta::milliseconds((s.clamp(0.0, 3.2e9) * 1000.0) as i64));
     let slots = match missed(&timing, due, now, d.catchup.as_str(), d.catchup_max, window) {
         Ok(s) => s,
         Err(reason) => return disable(reason),
@@ -176,6 +183,8 @@ pub fn plan(
 fn baseline(schedule: &Schedule, timing: &Timing, now: DateTime<Utc>) -> Result<TickPlan, String> {
     let d = &schedule.definition;
     let next = match (timing, d.start_at) {
+        // A clocked one-off that fired (and was enabled again) does not fire again.
+        (Timing::Clocked(_), _) if schedule.total_run_count > 0 => return Err("clocked: fired".into()),
         (Timing::Clocked(at), _) => *at,
         // Interval slots counted from the start time: start_at, start_at + every, …
         (Timing::Interval { .. }, Some(start)) => timing.next_after(now, Some(start))?.unwrap_or(start),
@@ -197,8 +206,13 @@ fn latest_slot(timing: &Timing, due: DateTime<Utc>, now: DateTime<Utc>) -> DateT
             cron.latest_in(*tz, due - TimeDelta::microseconds(1), now).ok().flatten().unwrap_or(due)
         }
         Timing::Interval { every, .. } => {
-            let steps = (now - due).num_microseconds().unwrap_or(0) / every.num_microseconds().unwrap_or(1).max(1);
-            i32::try_from(steps).ok().and_then(|n| every.checked_mul(n)).map_or(due, |d| due + d)
+            // The last of due + k·every at or before now.
+            let every_us = every.num_microseconds().unwrap_or(1).max(1);
+            let steps = (now - due).num_microseconds().unwrap_or(0).max(0) / every_us;
+            steps
+                .checked_mul(every_us)
+                .and_then(|us| due.checked_add_signed(TimeDelta::microseconds(us)))
+                .unwrap_or(due)
         }
         Timing::Clocked(at) => *at,
     }
@@ -218,7 +232,7 @@ fn missed(
         return Ok(vec![latest_slot(timing, due, now)]);
     }
     let max = usize::try_from(max.max(1)).unwrap_or(1);
-    let floor = window.map_or(due, |w| due.max(now - w));
+    let floor = window.and_then(|w| now.checked_sub_signed(w)).map_or(due, |f| due.max(f));
     let mut slots = std::collections::VecDeque::with_capacity(max.min(1024));
     match timing {
         Timing::Clocked(at) => slots.push_back(*at),
@@ -228,7 +242,10 @@ fn missed(
             let mut slot = last;
             while slot >= floor && slots.len() < max {
                 slots.push_front(slot);
-                slot -= *every;
+                match slot.checked_sub_signed(*every) {
+                    Some(earlier) => slot = earlier,
+                    None => break,
+                }
             }
         }
         Timing::Crontab(..) => {

@@ -48,6 +48,8 @@ pub enum SyncError {
 
 #[derive(Debug, Deserialize)]
 struct Export {
+    #[serde(default)]
+    app: String,
     timezone: String,
     entries: Vec<Entry>,
     #[serde(default)]
@@ -87,6 +89,9 @@ struct Policy {
 /// An app's schedule, read and converted.
 #[derive(Debug, Clone, Default)]
 pub struct AppSchedule {
+    /// The rows' source: `app:<the app's main name>`, so apps sharing a database keep their
+    /// own schedules.
+    pub source: String,
     /// The definitions with their ramp buckets.
     pub definitions: Vec<(ScheduleDefinition, i16)>,
     /// Entries celeriac cannot fire, with the reason (solar, custom schedule classes).
@@ -113,7 +118,8 @@ pub fn read_app_schedule(interpreter: &Interpreter, spec: &str) -> Result<AppSch
 }
 
 fn convert(export: Export) -> AppSchedule {
-    let mut schedule = AppSchedule { warnings: export.warnings, ..AppSchedule::default() };
+    let mut schedule =
+        AppSchedule { source: format!("app:{}", export.app), warnings: export.warnings, ..AppSchedule::default() };
     for entry in export.entries {
         let when = match entry.schedule {
             Spec::Crontab { fields } => When::Crontab(fields),
@@ -137,6 +143,10 @@ fn convert(export: Export) -> AppSchedule {
                 continue;
             }
         };
+        if let Err(reason) = check_policy(&when, &entry.policy) {
+            schedule.unsupported.push((entry.name, reason));
+            continue;
+        }
         let bucket = super::ramp_bucket(&entry.name);
         let definition = ScheduleDefinition {
             name: entry.name,
@@ -159,7 +169,30 @@ fn convert(export: Export) -> AppSchedule {
     schedule
 }
 
-/// Reads the app's schedule and writes it (source `app`; entries gone from the code disabled),
+/// What the schema accepts, checked per entry, so one bad entry is reported and the others
+/// are synced.
+fn check_policy(when: &When, policy: &Policy) -> Result<(), String> {
+    if let When::Interval { seconds, .. } = when {
+        if !(0.001..3.2e9).contains(seconds) {
+            return Err(format!("an interval of {seconds} seconds (celeriac takes 0.001 s to 100 years)"));
+        }
+    }
+    if let Some(c) = policy.catchup.as_deref().filter(|c| !["latest", "skip", "all"].contains(c)) {
+        return Err(format!("celeriac_schedule_policies: catchup {c:?} (latest, skip or all)"));
+    }
+    if let Some(o) = policy.overlap.as_deref().filter(|o| !["allow", "skip"].contains(o)) {
+        return Err(format!("celeriac_schedule_policies: overlap {o:?} (allow or skip)"));
+    }
+    if let Some(w) = policy.catchup_window.filter(|w| !(w.is_finite() && *w > 0.0 && *w < 3.2e9)) {
+        return Err(format!("celeriac_schedule_policies: catchup_window {w} (seconds, positive, under 100 years)"));
+    }
+    if let Some(m) = policy.catchup_max.filter(|m| !(1..=100_000).contains(m)) {
+        return Err(format!("celeriac_schedule_policies: catchup_max {m} (1 to 100,000)"));
+    }
+    Ok(())
+}
+
+/// Reads the app's schedule and writes it (source `app:<main>`; entries gone from the code disabled),
 /// logging what celeriac cannot fire. New rows are owned by `owner_for_new`; `None` (`-B`):
 /// by celeriac, unless a ramp is set (`celeriac schedule import` started a migration), in
 /// which case by whom the ramp says, so Beat and celeriac never both fire a new entry.
@@ -183,7 +216,8 @@ pub async fn sync_app_schedule(
     for (name, reason) in &schedule.unsupported {
         tracing::warn!(schedule = %name, "beat_schedule: {name} is not fired by celeriac: {reason}");
     }
-    let report = store.schedule_sync(&schedule.definitions, "app", owner_for_new, Some(REMOVED_FROM_APP)).await?;
+    let report =
+        store.schedule_sync(&schedule.definitions, &schedule.source, owner_for_new, Some(REMOVED_FROM_APP)).await?;
     tracing::info!(
         entries = schedule.definitions.len(),
         added = report.added,

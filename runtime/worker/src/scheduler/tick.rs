@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use celeriac_store::{service::Service, Backoff, Store, TickReport};
 use chrono::Utc;
+use futures_util::FutureExt as _;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -32,7 +33,7 @@ impl Ticker {
         let mut sent: Vec<(String, String)> = Vec::new();
         let report = self
             .store
-            .schedule_tick(self.holder, term, self.config.batch, |schedule, now| {
+            .schedule_tick(self.holder, term, self.config.batch, self.config.lease_ttl / 2, |schedule, now| {
                 let decided = plan(schedule, now, |s, slot| fire::build(s, slot, now));
                 if !decided.fires.is_empty() {
                     sent.push((schedule.definition.name.clone(), schedule.definition.task.clone()));
@@ -83,7 +84,14 @@ impl Service for Ticker {
             let term = *self.term.borrow_and_update();
             let pause = match term {
                 None => Duration::MAX,
-                Some(term) => match self.run_once(term).await {
+                // A panic (a bug) fails this tick only: its transaction is rolled back, and the
+                // next tick runs after the backoff, as after a database error.
+                Some(term) => match std::panic::AssertUnwindSafe(self.run_once(term))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|panic| {
+                        Err(celeriac_store::Error::Invalid(format!("the tick panicked: {}", panic_text(&panic))))
+                    }) {
                     Ok(report) => {
                         backoff.reset();
                         if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
@@ -120,4 +128,12 @@ impl Ticker {
             Err(e) => tracing::debug!(error = %e, "scheduler: cannot prune the fire ledger"),
         }
     }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
 }
