@@ -7,16 +7,19 @@ real Celery in ``runtime/schedule/tests``.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import os
 import random
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -162,6 +165,20 @@ def test_workers_with_minus_b_fire_the_apps_schedule_once_per_slot(
     worker.stop()
 
 
+def _chaos_suite() -> Any:
+    """The chaos suite's module (for its PgBouncer helper), loaded from its file: the directory
+    is not a package, and ``chaos`` may name another module on ``sys.path``."""
+    name = "celeriac_chaos_suite"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "chaos" / "chaos.py")
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 class Beat(LoggedProcess):
     KIND = "celeriac beat"
 
@@ -176,8 +193,7 @@ def test_beat_processes_killed_frozen_or_cut_off_never_double_or_lose_a_slot(
     beat_url = url
     bouncer = None
     if through == "pgbouncer":
-        from chaos.chaos import PgBouncer, url_with
-
+        PgBouncer, url_with = _chaos_suite().PgBouncer, _chaos_suite().url_with
         # PgBouncer runs as postgres when the tests run as root: a directory it can reach.
         directory = Path(tempfile.mkdtemp(prefix="celeriac-beat-pgbouncer-"))
         directory.chmod(0o755)

@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
+import pytest
 
 from tools.celeriac_testkit import LoggedProcess, run_celeriac, stop_all
 
@@ -69,7 +70,12 @@ def _rows(url: str, sql: str, *params: object) -> list[tuple]:
         return conn.execute(sql, params).fetchall()
 
 
-def test_ramp_moves_django_celery_beat_rows_and_back(celeriac_bin: Path, database_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("scheduler", ["django", "celeriac.beat:DatabaseScheduler"])
+def test_ramp_moves_django_celery_beat_rows_and_back(
+    celeriac_bin: Path, database_url: str, tmp_path: Path, scheduler: str
+) -> None:
+    """With django-celery-beat's own scheduler (the dead-zone hand-over) and with celeriac's
+    subclass of it, which asks the database before each send (the strict hand-over)."""
     url = database_url
     parts = urlsplit(url)
     (tmp_path / "dcbsettings.py").write_text(
@@ -107,7 +113,7 @@ def test_ramp_moves_django_celery_beat_rows_and_back(celeriac_bin: Path, databas
     assert '"x-from": "django"' in rows["every-2s-0"][3], rows
 
     beat = Process(
-        [sys.executable, "-m", "celery", "-A", "dcbapp", "beat", "-S", "django", "--max-interval", "1", "-l", "info"],
+        [sys.executable, "-m", "celery", "-A", "dcbapp", "beat", "-S", scheduler, "--max-interval", "1", "-l", "info"],
         tmp_path / "celery-beat.log",
         cwd=tmp_path,
         env=env,
@@ -167,3 +173,6 @@ def test_ramp_moves_django_celery_beat_rows_and_back(celeriac_bin: Path, databas
         " and convert_from(payload, 'UTF8')::jsonb -> 'headers' ->> 'x-from' = 'django'",
     )
     assert queues == [("periodic", 3)], queues
+    # celeriac's subclass claimed (and recorded) Beat's sends; django-celery-beat's own did not.
+    recorded = _rows(url, "select count(*) from celeriac.schedule where last_beat_send_at is not null")[0][0]
+    assert (recorded > 0) == (scheduler != "django"), (scheduler, recorded)
