@@ -84,6 +84,30 @@ pub struct ScheduleDefinition {
     pub overlap: String,
 }
 
+impl ScheduleDefinition {
+    /// `task` on `when` under `name`, with no arguments or options, in UTC, and Beat's policies
+    /// (catch-up `latest`, overlap `allow`; `catchup_max` 100).
+    #[must_use]
+    pub fn new(name: impl Into<String>, task: impl Into<String>, when: When) -> Self {
+        ScheduleDefinition {
+            name: name.into(),
+            task: task.into(),
+            args_json: "[]".into(),
+            kwargs_json: "{}".into(),
+            options_json: "{}".into(),
+            when,
+            tz: "UTC".into(),
+            start_at: None,
+            end_at: None,
+            one_off: false,
+            catchup: "latest".into(),
+            catchup_window_seconds: None,
+            catchup_max: 100,
+            overlap: "allow".into(),
+        }
+    }
+}
+
 /// One row of `celeriac.schedule`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Schedule {

@@ -13,20 +13,9 @@ mod common;
 
 fn definition(name: &str, when: When) -> ScheduleDefinition {
     ScheduleDefinition {
-        name: name.to_owned(),
-        task: "proj.tick".to_owned(),
         args_json: "[1]".to_owned(),
-        kwargs_json: "{}".to_owned(),
         options_json: r#"{"queue": "periodic"}"#.to_owned(),
-        when,
-        tz: "UTC".to_owned(),
-        start_at: None,
-        end_at: None,
-        one_off: false,
-        catchup: "latest".to_owned(),
-        catchup_window_seconds: None,
-        catchup_max: 100,
-        overlap: "allow".to_owned(),
+        ..ScheduleDefinition::new(name, "proj.tick", when)
     }
 }
 
@@ -434,6 +423,33 @@ async fn leader_failover_loses_no_slot_and_doubles_none() {
     assert_eq!(scalar(&db, "select count(*) from celeriac.message").await, slots.len() as i64);
 }
 
+/// Starts a tick whose planner stalls for `stall` on its first row (the transaction open, the
+/// rows locked), and returns once it stalls.
+async fn stalling_tick(
+    store: &Store,
+    holder: Uuid,
+    term: i64,
+    stall: Duration,
+) -> tokio::task::JoinHandle<celeriac_store::Result<TickReport>> {
+    let (stalled_tx, stalled_rx) = std::sync::mpsc::channel::<()>();
+    let store = store.clone();
+    let tick = tokio::spawn(async move {
+        let mut stalled = false;
+        store
+            .schedule_tick(holder, term, 1000, Duration::from_secs(30), move |s, now| {
+                if !stalled {
+                    stalled = true;
+                    stalled_tx.send(()).unwrap();
+                    std::thread::sleep(stall);
+                }
+                plan(s, now, |s, slot| fire::build(s, slot, now))
+            })
+            .await
+    });
+    tokio::task::spawn_blocking(move || stalled_rx.recv().unwrap()).await.unwrap();
+    tick
+}
+
 /// A tick that dies anywhere before its commit — the planner panics (after the lease check and
 /// the row locks), or its connection is terminated mid-tick — fires nothing and moves nothing;
 /// the next tick fires every slot once. A takeover waits for a tick in flight.
@@ -473,24 +489,7 @@ async fn a_tick_that_dies_fires_nothing_and_the_next_fires_once() {
 
     // The connection is terminated while the tick holds its locks.
     let monitor = db.client().await;
-    let (in_plan_tx, in_plan_rx) = std::sync::mpsc::channel::<()>();
-    let cut = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            let mut signalled = false;
-            store
-                .schedule_tick(holder, term, 1000, Duration::from_secs(30), move |s, now| {
-                    if !signalled {
-                        signalled = true;
-                        in_plan_tx.send(()).unwrap();
-                        std::thread::sleep(Duration::from_secs(2));
-                    }
-                    plan(s, now, |s, slot| fire::build(s, slot, now))
-                })
-                .await
-        })
-    };
-    tokio::task::spawn_blocking(move || in_plan_rx.recv().unwrap()).await.unwrap();
+    let cut = stalling_tick(&store, holder, term, Duration::from_secs(2)).await;
     let terminated = monitor
         .execute(
             "select pg_terminate_backend(pid) from pg_stat_activity
@@ -505,24 +504,7 @@ async fn a_tick_that_dies_fires_nothing_and_the_next_fires_once() {
     assert_eq!(scalar(&db, untouched).await, 20);
 
     // A takeover while a tick is in flight waits for it; then the old term is fenced off.
-    let (in_plan_tx, in_plan_rx) = std::sync::mpsc::channel::<()>();
-    let slow = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            let mut signalled = false;
-            store
-                .schedule_tick(holder, term, 1000, Duration::from_secs(30), move |s, now| {
-                    if !signalled {
-                        signalled = true;
-                        in_plan_tx.send(()).unwrap();
-                        std::thread::sleep(Duration::from_millis(300));
-                    }
-                    plan(s, now, |s, slot| fire::build(s, slot, now))
-                })
-                .await
-        })
-    };
-    tokio::task::spawn_blocking(move || in_plan_rx.recv().unwrap()).await.unwrap();
+    let slow = stalling_tick(&store, holder, term, Duration::from_millis(300)).await;
     let other = Uuid::new_v4();
     db.client()
         .await

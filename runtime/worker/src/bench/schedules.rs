@@ -36,20 +36,12 @@ pub async fn run(store: &Store, args: &BenchArgs) -> Result<(), BenchError> {
             let name = format!("bench-{i:06}");
             let bucket = scheduler::ramp_bucket(&name);
             let definition = ScheduleDefinition {
-                name,
-                task: super::TASK.to_owned(),
-                args_json: "[]".into(),
-                kwargs_json: "{}".into(),
                 options_json: format!(r#"{{"queue": {:?}}}"#, args.queue),
-                when: When::Crontab(["*".into(), "*".into(), "*".into(), "*".into(), "*".into()]),
-                tz: "UTC".into(),
-                start_at: None,
-                end_at: None,
-                one_off: false,
-                catchup: "latest".into(),
-                catchup_window_seconds: None,
-                catchup_max: 100,
-                overlap: "allow".into(),
+                ..ScheduleDefinition::new(
+                    name,
+                    super::TASK,
+                    When::Crontab(["*".into(), "*".into(), "*".into(), "*".into(), "*".into()]),
+                )
             };
             (definition, bucket)
         })

@@ -129,22 +129,7 @@ mod tests {
     fn schedule(when: When, last_beat_send_at: Option<DateTime<Utc>>, last_slot_at: Option<DateTime<Utc>>) -> Schedule {
         Schedule {
             id: 1,
-            definition: ScheduleDefinition {
-                name: "s".into(),
-                task: "t".into(),
-                args_json: "[]".into(),
-                kwargs_json: "{}".into(),
-                options_json: "{}".into(),
-                when,
-                tz: "UTC".into(),
-                start_at: None,
-                end_at: None,
-                one_off: false,
-                catchup: "latest".into(),
-                catchup_window_seconds: None,
-                catchup_max: 100,
-                overlap: "allow".into(),
-            },
+            definition: ScheduleDefinition::new("s", "t", when),
             enabled: true,
             disabled_reason: None,
             paused: false,
