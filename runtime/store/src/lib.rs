@@ -54,6 +54,8 @@ pub use schedule::{
     DjangoPeriodicTask, LeaseRow, LeaseTerm, PlannedFire, Schedule, ScheduleDefinition, SyncReport, TickPlan,
     TickReport, When, REMOVED_FROM_APP, REMOVED_FROM_DJANGO, SCHEDULER_LEASE,
 };
+#[cfg(feature = "testing")]
+pub use schedule::{TickFailpoint, TickStage};
 pub use sql::Pooler;
 use sql::Session;
 use tokio_postgres::NoTls;
@@ -87,6 +89,9 @@ pub struct Store {
     pool: Pool,
     pg_config: tokio_postgres::Config,
     pooler: Pooler,
+    /// Test builds: a fault to inject into the scheduler's tick (`schedule::TickFailpoint`).
+    #[cfg(feature = "testing")]
+    tick_failpoint: std::sync::Arc<std::sync::Mutex<Option<schedule::TickFailpoint>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -203,7 +208,13 @@ impl Store {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| Error::Config(e.to_string()))?;
-        Ok(Store { pool, pg_config, pooler })
+        Ok(Store {
+            pool,
+            pg_config,
+            pooler,
+            #[cfg(feature = "testing")]
+            tick_failpoint: std::sync::Arc::default(),
+        })
     }
 
     /// Shorthand for [`Store::new`] with [`StoreConfig::new`].

@@ -392,6 +392,32 @@ pub struct DjangoPeriodicTask {
     pub solar: Option<(String, f64, f64)>,
 }
 
+/// Test builds (feature `testing`): where [`Store::schedule_tick`] fails on purpose, and how.
+#[cfg(feature = "testing")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TickFailpoint {
+    /// After which statement.
+    pub stage: TickStage,
+    /// Panic (a bug) rather than fail with an error (a statement or connection failure).
+    pub panic: bool,
+}
+
+/// The statement boundaries of a tick's transaction, in order.
+#[cfg(feature = "testing")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TickStage {
+    /// After the lease check that opens the transaction.
+    Lease,
+    /// After the due rows are locked.
+    Rows,
+    /// After the ledger and the messages are written.
+    Fires,
+    /// After the rows are advanced, before the commit.
+    Advanced,
+    /// After the commit, before the tick returns.
+    Committed,
+}
+
 /// The lease the scheduler's leader holds.
 pub const SCHEDULER_LEASE: &str = "scheduler";
 
@@ -722,6 +748,8 @@ impl Store {
             (&limit_ms as _, Type::TEXT),
         ];
         let rows = tx.rows(self.pooler, TICK_BEGIN_SQL, &begin_params).await?;
+        #[cfg(feature = "testing")]
+        self.tick_failpoint_at(TickStage::Lease)?;
         let Some(head) = rows.first() else {
             report.not_leader = true;
             return Ok(report);
@@ -743,6 +771,8 @@ impl Store {
             .map(schedule_from_row)
             .collect();
         report.due = due.len();
+        #[cfg(feature = "testing")]
+        self.tick_failpoint_at(TickStage::Rows)?;
         report.more = i64::try_from(due.len()).unwrap_or(i64::MAX) >= batch;
 
         // Plan every row, then write the whole batch in three statements.
@@ -811,6 +841,8 @@ impl Store {
             report.fired = fired_message.len();
             report.refused = messages.len() - fired_message.len();
         }
+        #[cfg(feature = "testing")]
+        self.tick_failpoint_at(TickStage::Fires)?;
 
         if !updates.is_empty() {
             let mut ids = Vec::with_capacity(updates.len());
@@ -887,6 +919,8 @@ impl Store {
                 )));
             }
         }
+        #[cfg(feature = "testing")]
+        self.tick_failpoint_at(TickStage::Advanced)?;
         let next_due: Option<DateTime<Utc>> = tx
             .row(
                 self.pooler,
@@ -898,7 +932,26 @@ impl Store {
             .get(0);
         report.next_due = next_due;
         tx.commit().await?;
+        #[cfg(feature = "testing")]
+        self.tick_failpoint_at(TickStage::Committed)?;
         Ok(report)
+    }
+
+    /// Test builds: makes the next ticks of this store (and its clones) fail at `failpoint`
+    /// (`None`: no more).
+    #[cfg(feature = "testing")]
+    pub fn testing_tick_failpoint(&self, failpoint: Option<TickFailpoint>) {
+        *self.tick_failpoint.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = failpoint;
+    }
+
+    #[cfg(feature = "testing")]
+    fn tick_failpoint_at(&self, stage: TickStage) -> Result<()> {
+        let failpoint = *self.tick_failpoint.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match failpoint {
+            Some(f) if f.stage == stage && f.panic => panic!("tick failpoint {stage:?}"),
+            Some(f) if f.stage == stage => Err(Error::Invalid(format!("tick failpoint {stage:?}"))),
+            _ => Ok(()),
+        }
     }
 
     /// Deletes ledger rows fired before `before`, at most `limit` of them. Returns how many.

@@ -28,12 +28,7 @@ async fn add(store: &Store, d: &ScheduleDefinition) -> i64 {
 }
 
 async fn tick(store: &Store, holder: Uuid, term: i64) -> TickReport {
-    store
-        .schedule_tick(holder, term, 1000, Duration::from_secs(30), |s, now| {
-            plan(s, now, |s, slot| fire::build(s, slot, now))
-        })
-        .await
-        .unwrap()
+    tick_result(store, holder, term).await.unwrap()
 }
 
 async fn lead(store: &Store) -> (Uuid, i64) {
@@ -518,4 +513,75 @@ async fn a_tick_that_dies_fires_nothing_and_the_next_fires_once() {
     assert_eq!(tick(&store, other, taken.term).await.fired, 0);
     assert_eq!(scalar(&db, DUPLICATES_SQL).await, 0);
     assert_eq!(scalar(&db, "select count(*) from celeriac.message").await, 20);
+}
+
+/// A tick that fails (an error, as a lost connection gives) or panics after each statement of
+/// its transaction: before the commit nothing is fired or moved, after it the fires stand; either
+/// way the ticks that follow fire every slot exactly once.
+#[tokio::test]
+async fn a_failure_after_any_statement_of_a_tick_fires_each_slot_once() {
+    use celeriac_store::{TickFailpoint, TickStage};
+    let db = TestDatabase::new().await;
+    let store = db.store();
+    let (holder, term) = lead(&store).await;
+    let stages = [TickStage::Lease, TickStage::Rows, TickStage::Fires, TickStage::Advanced, TickStage::Committed];
+    let mut round = 0;
+    for stage in stages {
+        for panic in [false, true] {
+            round += 1;
+            for i in 0..5 {
+                add(&store, &definition(&format!("r{round:02}-{i}"), every_minute())).await;
+            }
+            let prefix = format!("r{round:02}-%");
+            db.client()
+                .await
+                .execute(
+                    "update celeriac.schedule set next_run_at = date_trunc('minute', now()) where name like $1",
+                    &[&prefix],
+                )
+                .await
+                .unwrap();
+            let fired = |prefix: String| {
+                let db = &db;
+                async move {
+                    db.client()
+                        .await
+                        .query_one(
+                            "select count(*) from celeriac.message m join celeriac.schedule s on s.last_message_id = m.id
+                             where s.name like $1",
+                            &[&prefix],
+                        )
+                        .await
+                        .unwrap()
+                        .get::<_, i64>(0)
+                }
+            };
+            store.testing_tick_failpoint(Some(TickFailpoint { stage, panic }));
+            let failing = {
+                let store = store.clone();
+                tokio::spawn(async move { tick_result(&store, holder, term).await })
+            };
+            match failing.await {
+                Err(e) => assert!(panic && e.is_panic(), "{stage:?}: {e}"),
+                Ok(result) => assert!(!panic && result.is_err(), "{stage:?}: {result:?}"),
+            }
+            store.testing_tick_failpoint(None);
+            let committed = stage == TickStage::Committed;
+            assert_eq!(fired(prefix.clone()).await, if committed { 5 } else { 0 }, "{stage:?} panic={panic}");
+            let report = tick(&store, holder, term).await;
+            assert_eq!((report.fired, report.refused), (if committed { 0 } else { 5 }, 0), "{stage:?} panic={panic}");
+            assert_eq!(fired(prefix).await, 5, "{stage:?} panic={panic}");
+        }
+    }
+    assert_eq!(scalar(&db, DUPLICATES_SQL).await, 0);
+    assert_eq!(scalar(&db, "select count(*) from celeriac.message").await, 50);
+    assert_eq!(scalar(&db, "select count(*) from celeriac.schedule_fire").await, 50);
+}
+
+async fn tick_result(store: &Store, holder: Uuid, term: i64) -> celeriac_store::Result<TickReport> {
+    store
+        .schedule_tick(holder, term, 1000, Duration::from_secs(30), |s, now| {
+            plan(s, now, |s, slot| fire::build(s, slot, now))
+        })
+        .await
 }
