@@ -41,6 +41,22 @@ async fn scalar(db: &TestDatabase, sql: &str) -> i64 {
     db.client().await.query_one(sql, &[]).await.unwrap().get(0)
 }
 
+/// Adds `n` every-minute schedules named `{prefix}{i}`, all due now (their slot: the current
+/// whole minute).
+async fn add_due(db: &TestDatabase, store: &Store, prefix: &str, n: usize) {
+    for i in 0..n {
+        add(store, &definition(&format!("{prefix}{i:03}"), every_minute())).await;
+    }
+    db.client()
+        .await
+        .execute(
+            "update celeriac.schedule set next_run_at = date_trunc('minute', now()) where starts_with(name, $1)",
+            &[&prefix],
+        )
+        .await
+        .unwrap();
+}
+
 /// Messages per (schedule name, slot) header, counted over the queue.
 const DUPLICATES_SQL: &str = "select count(*) from (
     select convert_from(payload, 'UTF8')::jsonb -> 'headers' ->> 'periodic_task_name' as name,
@@ -51,15 +67,7 @@ const DUPLICATES_SQL: &str = "select count(*) from (
 async fn concurrent_ticks_fire_every_due_slot_exactly_once() {
     let db = TestDatabase::new().await;
     let store = db.store();
-    for i in 0..200 {
-        add(&store, &definition(&format!("s{i:03}"), every_minute())).await;
-    }
-    // All due: their slot is the last whole minute.
-    db.client()
-        .await
-        .execute("update celeriac.schedule set next_run_at = date_trunc('minute', now())", &[])
-        .await
-        .unwrap();
+    add_due(&db, &store, "s", 200).await;
     let (holder, term) = lead(&store).await;
     // Eight tickers at once, each in batches of 25, as if fencing had let all of them through.
     let mut tasks = Vec::new();
@@ -452,14 +460,7 @@ async fn stalling_tick(
 async fn a_tick_that_dies_fires_nothing_and_the_next_fires_once() {
     let db = TestDatabase::new().await;
     let store = db.store();
-    for i in 0..20 {
-        add(&store, &definition(&format!("s{i:02}"), every_minute())).await;
-    }
-    db.client()
-        .await
-        .execute("update celeriac.schedule set next_run_at = date_trunc('minute', now())", &[])
-        .await
-        .unwrap();
+    add_due(&db, &store, "s", 20).await;
     let (holder, term) = lead(&store).await;
     let untouched = "select count(*) from celeriac.schedule where next_run_at = date_trunc('minute', now())";
 
@@ -529,18 +530,8 @@ async fn a_failure_after_any_statement_of_a_tick_fires_each_slot_once() {
     for stage in stages {
         for panic in [false, true] {
             round += 1;
-            for i in 0..5 {
-                add(&store, &definition(&format!("r{round:02}-{i}"), every_minute())).await;
-            }
-            let prefix = format!("r{round:02}-%");
-            db.client()
-                .await
-                .execute(
-                    "update celeriac.schedule set next_run_at = date_trunc('minute', now()) where name like $1",
-                    &[&prefix],
-                )
-                .await
-                .unwrap();
+            let prefix = format!("r{round:02}-");
+            add_due(&db, &store, &prefix, 5).await;
             let fired = |prefix: String| {
                 let db = &db;
                 async move {
@@ -548,7 +539,7 @@ async fn a_failure_after_any_statement_of_a_tick_fires_each_slot_once() {
                         .await
                         .query_one(
                             "select count(*) from celeriac.message m join celeriac.schedule s on s.last_message_id = m.id
-                             where s.name like $1",
+                             where starts_with(s.name, $1)",
                             &[&prefix],
                         )
                         .await
