@@ -205,7 +205,7 @@ fn schedule_from_row(row: &Row) -> Schedule {
     }
 }
 
-/// The columns a definition writes, as statement parameters ($1..$17, in this order).
+/// The columns a definition writes, as statement parameters ($1..$19, in `DEFINITION_COLUMNS` order).
 struct DefinitionParams<'a> {
     d: &'a ScheduleDefinition,
     crontab: Option<Vec<&'a str>>,
@@ -228,9 +228,9 @@ impl<'a> DefinitionParams<'a> {
         DefinitionParams { d, crontab, every, relative, clocked, solar, kind: d.when.kind() }
     }
 
-    fn params(&self) -> [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 17] {
+    fn params(&self) -> Vec<(&(dyn tokio_postgres::types::ToSql + Sync), Type)> {
         let d = self.d;
-        [
+        let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 19] = [
             (&d.name, Type::TEXT),
             (&d.task, Type::TEXT),
             (&d.args_json, Type::TEXT),
@@ -248,12 +248,14 @@ impl<'a> DefinitionParams<'a> {
             (&d.one_off, Type::BOOL),
             (&d.catchup, Type::TEXT),
             (&d.catchup_window_seconds, Type::FLOAT8),
-        ]
+            (&d.catchup_max, Type::INT4),
+            (&d.overlap, Type::TEXT),
+        ];
+        params.to_vec()
     }
 }
 
-/// `$1..$17` of [`DefinitionParams`] plus catchup_max ($18) and overlap ($19) as the values of
-/// the definition columns, in `DEFINITION_COLUMNS` order.
+/// `$1..$19` of [`DefinitionParams`] as the values of the definition columns.
 const DEFINITION_COLUMNS: &str =
     "name, task, args, kwargs, options, kind, crontab, every_seconds, relative, clocked_at,
     solar, tz, start_at, end_at, one_off, catchup, catchup_window_seconds, catchup_max, overlap";
@@ -497,10 +499,7 @@ impl Store {
         let stmt_sql = sql.as_str();
         for (definition, bucket) in definitions {
             let p = DefinitionParams::new(definition);
-            let base = p.params();
-            let mut params: Vec<(&(dyn tokio_postgres::types::ToSql + Sync), Type)> = base.to_vec();
-            params.push((&definition.catchup_max, Type::INT4));
-            params.push((&definition.overlap, Type::TEXT));
+            let mut params = p.params();
             params.push((&source, Type::TEXT));
             params.push((&owner_for_new, Type::TEXT));
             params.push((bucket, Type::INT2));
@@ -535,9 +534,7 @@ impl Store {
     pub async fn schedule_add(&self, definition: &ScheduleDefinition, owner: &str, ramp_bucket: i16) -> Result<i64> {
         let client = self.pool.get().await?;
         let p = DefinitionParams::new(definition);
-        let mut params = p.params().to_vec();
-        params.push((&definition.catchup_max, Type::INT4));
-        params.push((&definition.overlap, Type::TEXT));
+        let mut params = p.params();
         params.push((&owner, Type::TEXT));
         params.push((&ramp_bucket, Type::INT2));
         let sql = format!(
@@ -560,9 +557,7 @@ impl Store {
     pub async fn schedule_update(&self, definition: &ScheduleDefinition) -> Result<()> {
         let client = self.pool.get().await?;
         let p = DefinitionParams::new(definition);
-        let mut params = p.params().to_vec();
-        params.push((&definition.catchup_max, Type::INT4));
-        params.push((&definition.overlap, Type::TEXT));
+        let params = p.params();
         let sql =
             format!("update celeriac.schedule set ({DEFINITION_COLUMNS}) = ({DEFINITION_VALUES}) where name = $1");
         match client.touch(self.pooler, &sql, &params).await? {
@@ -855,6 +850,13 @@ impl Store {
             let mut counts: Vec<i64> = Vec::with_capacity(updates.len());
             let mut task_ids: Vec<Option<String>> = Vec::with_capacity(updates.len());
             let mut message_ids: Vec<Option<i64>> = Vec::with_capacity(updates.len());
+            // Fires the ledger recorded, per schedule.
+            let mut fired_per_schedule: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
+            for (id, task) in fire_ids.iter().zip(&fire_tasks) {
+                if fired_message.contains_key(task.as_str()) {
+                    *fired_per_schedule.entry(*id).or_default() += 1;
+                }
+            }
             for (schedule, next_run_at, disable, last) in updates {
                 ids.push(schedule.id);
                 old_next.push(schedule.next_run_at);
@@ -862,11 +864,7 @@ impl Store {
                 next.push(if disable.is_some() { None } else { next_run_at });
                 enabled.push(disable.is_none());
                 reasons.push(disable);
-                let fired = fire_ids
-                    .iter()
-                    .zip(&fire_tasks)
-                    .filter(|(id, task)| **id == schedule.id && fired_message.contains_key(task.as_str()));
-                counts.push(i64::try_from(fired.count()).unwrap_or(0));
+                counts.push(fired_per_schedule.get(&schedule.id).copied().unwrap_or(0));
                 let last = last.and_then(|(slot, task)| {
                     let task = task?;
                     let message = *fired_message.get(&task)?;

@@ -103,8 +103,7 @@ pub fn to_celeriac(schedule: &Schedule, now: DateTime<Utc>, margin: TimeDelta) -
 /// smaller of `margin` and half a period (Beat's clock may be a little off); `None` when
 /// celeriac never fired it.
 #[must_use]
-pub fn to_beat(schedule: &Schedule, now: DateTime<Utc>, margin: TimeDelta) -> Handover {
-    let _ = now;
+pub fn to_beat(schedule: &Schedule, _now: DateTime<Utc>, margin: TimeDelta) -> Handover {
     let Some(last) = schedule.last_slot_at else {
         return Handover::Now(None);
     };
