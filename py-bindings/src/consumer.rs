@@ -125,6 +125,7 @@ impl Consumer {
                 rescuer: Some(RescuerConfig::default()),
                 // `close` waits for the acks itself (`flush`, 10 s) before it closes the session.
                 write_at_close: Duration::ZERO,
+                result_table: None,
             };
             LeaseSession::start(pg.clone(), info.clone(), &config, None)
         };

@@ -212,6 +212,7 @@ pub fn encode_task(
         reply_to,
         argsrepr,
         kwargsrepr,
+        embed: celeriac_protocol::Map::new(),
     };
     let encoded =
         protocol_encode(name, &args, &kwargs, &options, Utc::now()).map_err(|e| EncodeError::new_err(e.to_string()))?;

@@ -195,6 +195,8 @@ def init(
             "acks_late": bool(task.acks_late),
             "rate_limit": _rate(getattr(task, "rate_limit", None)),
             "global_rate_limit": _rate(getattr(task, "global_rate_limit", None)),
+            "ignore_result": bool(getattr(task, "ignore_result", False)),
+            "track_started": bool(getattr(task, "track_started", False)),
         }
     return {
         "pid": os.getpid(),
@@ -221,7 +223,70 @@ def init(
                 for name, rate in (conf.get("celeriac_global_rate_limits") or {}).items()
                 if _rate(rate) is not None
             },
+            "results": _results_settings(app),
         },
+    }
+
+
+def _seconds(value: Any) -> float | None:
+    """``result_expires`` in seconds (a timedelta or a number); None for no expiry."""
+    if value is None:
+        return None
+    seconds = value.total_seconds() if hasattr(value, "total_seconds") else value
+    try:
+        f = float(seconds)
+    except (TypeError, ValueError):
+        return None
+    return f if f > 0 else None
+
+
+def _django_database_url() -> str | None:
+    """The Django project's default database as a libpq URL (django-db results), if PostgreSQL."""
+    try:
+        from django.conf import settings
+
+        db = settings.DATABASES["default"]
+    except Exception:
+        return None
+    if "postgresql" not in str(db.get("ENGINE", "")):
+        return None
+    from urllib.parse import quote
+
+    user = quote(str(db.get("USER") or ""), safe="")
+    password = quote(str(db.get("PASSWORD") or ""), safe="")
+    auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+    host = str(db.get("HOST") or "")
+    port = f":{db['PORT']}" if db.get("PORT") else ""
+    name = quote(str(db.get("NAME") or ""), safe="")
+    if host.startswith("/"):
+        query = f"?host={quote(host, safe='')}" + (f"&port={db['PORT']}" if db.get("PORT") else "")
+        return f"postgresql://{auth}/{name}{query}"
+    return f"postgresql://{auth}{host or 'localhost'}{port}/{name}"
+
+
+def _results_settings(app: Any) -> dict[str, Any] | None:
+    """The app's result backend settings, for the results the worker itself stores (Rust handlers,
+    unregistered and expired tasks); None without a backend."""
+    conf = app.conf
+    backend = conf.result_backend
+    if not backend or not isinstance(backend, str) or backend == "disabled":
+        return None
+    tables = conf.get("database_table_names") or {}
+    schemas = conf.get("database_table_schemas") or {}
+    transport = conf.get("result_backend_transport_options") or {}
+    create = conf.get("database_create_tables_at_setup")
+    return {
+        "backend": backend,
+        "extended": bool(conf.result_extended),
+        "expires": _seconds(conf.result_expires),
+        "track_started": bool(conf.task_track_started),
+        "ignore_result": bool(conf.task_ignore_result),
+        "serializer": str(conf.result_serializer),
+        "table": tables.get("task"),
+        "schema": schemas.get("task"),
+        "create_tables": True if create is None else bool(create),
+        "redis_key_prefix": transport.get("global_keyprefix"),
+        "django_database_url": _django_database_url() if backend == "django-db" else None,
     }
 
 

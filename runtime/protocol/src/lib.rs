@@ -30,6 +30,7 @@ pub mod json;
 pub mod limits;
 pub mod message;
 pub mod msgpack;
+pub mod pickle;
 pub mod pyrepr;
 mod rate;
 mod reason;

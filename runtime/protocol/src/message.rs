@@ -806,6 +806,9 @@ pub struct TaskOptions {
     pub argsrepr: Option<String>,
     /// The `kwargsrepr` header, likewise; else Celery's `saferepr` of `kwargs`.
     pub kwargsrepr: Option<String>,
+    /// The body's canvas part (`callbacks`, `errbacks`, `chain`, `chord`): keys given here are
+    /// written, the others are `null`.
+    pub embed: Map,
 }
 
 impl Default for TaskOptions {
@@ -829,6 +832,7 @@ impl Default for TaskOptions {
             reply_to: None,
             argsrepr: None,
             kwargsrepr: None,
+            embed: Map::new(),
         }
     }
 }
@@ -990,7 +994,7 @@ pub fn encode_task(
 
     let mut embed = Map::with_capacity(4);
     for key in ["callbacks", "errbacks", "chain", "chord"] {
-        embed.insert(key.into(), Value::Null);
+        embed.insert(key.into(), opts.embed.get(key).cloned().unwrap_or(Value::Null));
     }
     let body = Value::List(vec![Value::List(args.to_vec()), Value::Map(kwargs.clone()), Value::Map(embed)]);
     let body_bytes = json::to_vec(&body);

@@ -25,6 +25,7 @@ mod message;
 mod migrate;
 mod queue_stats;
 mod rate_limit;
+mod results;
 mod schedule;
 pub mod service;
 mod sql;
@@ -50,6 +51,7 @@ pub use message::{
 pub use migrate::{migrations_fingerprint, MigrateReport, Migration, MIGRATIONS};
 pub use queue_stats::QueueStats;
 pub use rate_limit::{global_burst, RateLimitRow, RateLimitScope, RateValue, TokenGrant, GLOBAL_BURST_SECONDS, PARKED};
+pub use results::{Finish, ResultRow, ResultTable, ResultTableConfig, ResultTableKind};
 pub use schedule::{
     DjangoPeriodicTask, LeaseRow, LeaseTerm, PlannedFire, Schedule, ScheduleDefinition, SyncReport, TickPlan,
     TickReport, When, REMOVED_FROM_APP, REMOVED_FROM_DJANGO, SCHEDULER_LEASE,
@@ -168,6 +170,18 @@ pub fn url_has_password(url: &str) -> bool {
 }
 
 impl Store {
+    /// Whether `url` names this store's database: the same hosts, ports, database and user
+    /// (a result backend on the queue database writes with the queue's transactions).
+    #[must_use]
+    pub fn is_same_database(&self, url: &str) -> bool {
+        let Ok((other, _)) = parse_url(url) else { return false };
+        let ours = &self.pg_config;
+        ours.get_hosts() == other.get_hosts()
+            && ours.get_ports() == other.get_ports()
+            && ours.get_dbname() == other.get_dbname()
+            && ours.get_user() == other.get_user()
+    }
+
     /// Builds a store. Connections are opened lazily, so this succeeds while the server is down.
     ///
     /// # Errors

@@ -784,7 +784,7 @@ impl Store {
 
 /// PostgreSQL text cannot hold NUL characters; wire-derived strings (queue and task names,
 /// reasons quoting them) get U+FFFD in their place instead of failing the statement.
-fn pg_text(s: &str) -> Cow<'_, str> {
+pub(crate) fn pg_text(s: &str) -> Cow<'_, str> {
     if s.contains('\0') {
         Cow::Owned(s.replace('\0', "\u{FFFD}"))
     } else {

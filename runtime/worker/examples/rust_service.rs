@@ -27,10 +27,7 @@ fn registry() -> Registry {
     let mut registry = Registry::with_builtins();
     registry.register_with_kwargs("shop.total", |(prices,): (Vec<f64>,), opts: TotalOptions| async move {
         if !(0.0..=1.0).contains(&opts.discount) {
-            return Err(TaskError::Fail {
-                exc_type: "ValueError".into(),
-                message: format!("bad discount {}", opts.discount),
-            });
+            return Err(TaskError::exception("ValueError", format!("bad discount {}", opts.discount)));
         }
         Ok(prices.iter().sum::<f64>() * (1.0 - opts.discount))
     });

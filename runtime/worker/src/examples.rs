@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use celeriac_protocol::Value;
 
-use crate::{Outcome, Registry, Request, TaskError};
+use crate::{Outcome, Registry, Request, RetryBackoff, TaskError};
 
 /// Registers the example tasks on `registry`:
 ///
@@ -18,10 +18,41 @@ use crate::{Outcome, Registry, Request, TaskError};
 /// | `examples.panic` | `(message,)` | panics (the task fails; the worker lives) |
 /// | `examples.retry` | `(times,)` | retries after 0.1 s until it has been retried `times` times |
 /// | `examples.reject` | `(reason,)` | rejects the message to `dead_letter` |
+/// | `examples.echo` | `(value,)` | returns `value` unchanged (any type kombu's JSON carries) |
+/// | `examples.progress` | `(steps,)` | stores `PROGRESS` with `{"done": i, "total": steps}` after each step (10 ms apart), returns `steps` |
+/// | `examples.flaky` | `(succeed_after, max_retries)` | retries with Celery's backoff (1 s, 2 s, …, no jitter) until retried `succeed_after` times, then returns the retries; past `max_retries` it fails with `MaxRetriesExceededError` |
 pub fn register(registry: &mut Registry) {
+    registry.register_raw("examples.echo", |req: Request| async move {
+        match req.args() {
+            [value] => Outcome::Success(value.clone()),
+            args => Outcome::failure("TypeError", format!("examples.echo() takes 1 argument ({} given)", args.len())),
+        }
+    });
+    registry.register_raw("examples.progress", |req: Request| async move {
+        let steps = req.args().first().and_then(Value::as_i64).unwrap_or(1).clamp(0, 1000);
+        for done in 1..=steps {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let mut meta = celeriac_protocol::Map::new();
+            meta.insert("done".into(), Value::Int(done));
+            meta.insert("total".into(), Value::Int(steps));
+            if let Err(e) = req.state.update_state("PROGRESS", Value::Map(meta)).await {
+                return Outcome::failure("RuntimeError", e.to_string());
+            }
+        }
+        Outcome::Success(Value::Int(steps))
+    });
+    registry.register_raw("examples.flaky", |req: Request| async move {
+        let succeed_after = req.args().first().and_then(Value::as_i64).unwrap_or(1);
+        let max_retries = req.args().get(1).and_then(Value::as_i64);
+        if req.retries() >= succeed_after {
+            return Outcome::Success(Value::Int(req.retries()));
+        }
+        let backoff = RetryBackoff { factor: 1, maximum: 600, jitter: false };
+        TaskError::retry_with_backoff(&backoff, req.retries(), max_retries, "flaky")
+            .into_outcome(req.retries(), chrono::Utc::now())
+    });
     registry.register("examples.add", |(a, b): (i64, i64)| async move {
-        a.checked_add(b)
-            .ok_or_else(|| TaskError::Fail { exc_type: "OverflowError".into(), message: "integer overflow".into() })
+        a.checked_add(b).ok_or_else(|| TaskError::exception("OverflowError", "integer overflow"))
     });
     registry.register_raw("examples.noop", |_req: Request| async { Outcome::Success(Value::Null) });
     registry.register("examples.sleep", |(seconds,): (f64,)| async move {
@@ -29,7 +60,7 @@ pub fn register(registry: &mut Registry) {
         Ok::<_, TaskError>(seconds)
     });
     registry.register("examples.fail", |(message,): (String,)| async move {
-        Err::<(), _>(TaskError::Fail { exc_type: "ValueError".into(), message })
+        Err::<(), _>(TaskError::exception("ValueError", message))
     });
     registry.register("examples.panic", |(message,): (String,)| async move {
         if !message.is_empty() {

@@ -26,12 +26,14 @@
 //! ```
 
 pub mod bench;
+mod canvas;
 pub mod cli;
 mod client;
 pub mod examples;
 #[cfg(feature = "python")]
 pub mod python;
 mod registry;
+mod results;
 pub mod scheduler;
 mod task;
 mod worker;
@@ -41,7 +43,8 @@ pub use celeriac_store as store;
 pub use celeriac_store::maintenance;
 pub use client::{build_message, Client};
 pub use registry::{DeclaredRateLimits, Handler, HandlerFuture, Registry};
-pub use task::{LeaseCheck, Outcome, Request, TaskError};
+pub use results::{DbValueFormat, ResultsConfig, TaskResultSettings};
+pub use task::{LeaseCheck, Outcome, Request, RetryBackoff, StateError, StateUpdater, TaskError};
 pub use worker::{Worker, WorkerConfig, WorkerReport, WorkerStats};
 
 /// Errors of the worker runtime.

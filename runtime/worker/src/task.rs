@@ -25,6 +25,59 @@ pub struct Request {
     /// before running it (the Python pool) checks it before the task starts, and answers
     /// [`Outcome::NotStarted`] if so.
     pub lease_check: LeaseCheck,
+    /// Stores custom states while the task runs (Celery's `update_state`).
+    pub state: StateUpdater,
+}
+
+/// A custom state could not be stored.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot store the state: {0}")]
+pub struct StateError(pub String);
+
+type UpdateFn = dyn Fn(String, Value) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StateError>> + Send>>
+    + Send
+    + Sync;
+
+/// Stores a running task's custom states in the result backend (Celery's
+/// `self.update_state(state="PROGRESS", meta={...})`): a client's `AsyncResult.state` reads the
+/// state and `.info` the meta. Without a result backend (or with `ignore_result`) it stores
+/// nothing.
+#[derive(Clone)]
+pub struct StateUpdater(Option<Arc<UpdateFn>>);
+
+impl StateUpdater {
+    /// An updater that stores nothing.
+    #[must_use]
+    pub fn none() -> Self {
+        StateUpdater(None)
+    }
+
+    /// An updater calling `update`.
+    pub fn new(
+        update: impl Fn(String, Value) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StateError>> + Send>>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self {
+        StateUpdater(Some(Arc::new(update)))
+    }
+
+    /// Stores `state` (e.g. `PROGRESS`) with `meta` as the task's result.
+    ///
+    /// # Errors
+    /// [`StateError`] when the backend cannot be written.
+    pub async fn update_state(&self, state: &str, meta: Value) -> Result<(), StateError> {
+        match &self.0 {
+            Some(update) => update(state.to_owned(), meta).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for StateUpdater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("StateUpdater").field(&self.0.is_some()).finish()
+    }
 }
 
 /// Tells whether a delivery's lease may have run out (the worker could not renew it, so another
@@ -119,6 +172,8 @@ pub enum Outcome {
         exc_type: String,
         /// The message.
         message: String,
+        /// The traceback text stored with the result (`None`: one naming the handler).
+        traceback: Option<String>,
     },
     /// Refused: the message goes to `dead_letter` (Celery's `Reject(requeue=False)`, which
     /// RabbitMQ routes to the dead-letter exchange).
@@ -150,7 +205,7 @@ impl Outcome {
     /// A failure with exception type `exc_type`.
     #[must_use]
     pub fn failure(exc_type: impl Into<String>, message: impl Into<String>) -> Outcome {
-        Outcome::Failure { exc_type: exc_type.into(), message: message.into() }
+        Outcome::Failure { exc_type: exc_type.into(), message: message.into(), traceback: None }
     }
 }
 
@@ -161,10 +216,13 @@ impl Outcome {
 pub enum TaskError {
     /// Fail with an exception type name and message.
     Fail {
-        /// Exception type name.
+        /// Exception type name (a Python built-in such as `ValueError` is rebuilt as that class
+        /// by Celery clients; any other name as a class of that name).
         exc_type: String,
         /// Message.
         message: String,
+        /// The traceback text stored with the result, if the handler has one.
+        traceback: Option<String>,
     },
     /// Retry after `countdown` seconds unless the task was already retried `max_retries` times
     /// (then it fails with `MaxRetriesExceededError`; `None` retries forever).
@@ -184,7 +242,25 @@ impl TaskError {
     /// A plain failure (`exc_type` = `Error`).
     #[must_use]
     pub fn fail(message: impl Into<String>) -> TaskError {
-        TaskError::Fail { exc_type: "Error".into(), message: message.into() }
+        TaskError::Fail { exc_type: "Error".into(), message: message.into(), traceback: None }
+    }
+
+    /// A failure with exception type `exc_type` (e.g. `ValueError`).
+    #[must_use]
+    pub fn exception(exc_type: impl Into<String>, message: impl Into<String>) -> TaskError {
+        TaskError::Fail { exc_type: exc_type.into(), message: message.into(), traceback: None }
+    }
+
+    /// Retry with Celery's exponential backoff (`retry_backoff`, `retry_backoff_max`,
+    /// `retry_jitter`) for a request retried `retries` times so far, at most `max_retries` times.
+    #[must_use]
+    pub fn retry_with_backoff(
+        backoff: &RetryBackoff,
+        retries: i64,
+        max_retries: Option<i64>,
+        reason: impl Into<String>,
+    ) -> TaskError {
+        TaskError::Retry { countdown: backoff.countdown(retries), max_retries, reason: reason.into() }
     }
 
     /// Retry after `countdown` seconds, at most Celery's default of 3 times.
@@ -197,7 +273,7 @@ impl TaskError {
     #[must_use]
     pub fn into_outcome(self, retries: i64, now: DateTime<Utc>) -> Outcome {
         match self {
-            TaskError::Fail { exc_type, message } => Outcome::Failure { exc_type, message },
+            TaskError::Fail { exc_type, message, traceback } => Outcome::Failure { exc_type, message, traceback },
             TaskError::Retry { max_retries: Some(max), reason, .. } if retries >= max => Outcome::failure(
                 "MaxRetriesExceededError",
                 format!("Can't retry task: exceeded max retries ({max}) after {reason}"),
@@ -225,7 +301,7 @@ impl TaskError {
 
 impl<E: std::error::Error + Send + Sync + 'static> From<E> for TaskError {
     fn from(e: E) -> Self {
-        TaskError::Fail { exc_type: short_type_name::<E>(), message: e.to_string() }
+        TaskError::Fail { exc_type: short_type_name::<E>(), message: e.to_string(), traceback: None }
     }
 }
 
@@ -238,16 +314,69 @@ fn short_type_name<T>() -> String {
 impl std::fmt::Display for TaskError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            TaskError::Fail { exc_type, message } => write!(f, "{exc_type}: {message}"),
+            TaskError::Fail { exc_type, message, .. } => write!(f, "{exc_type}: {message}"),
             TaskError::Retry { countdown, reason, .. } => write!(f, "Retry in {countdown}s: {reason}"),
             TaskError::Reject(reason) => write!(f, "Reject: {reason}"),
         }
     }
 }
 
+/// Celery's exponential backoff for retries (`autoretry_for` with `retry_backoff`):
+/// `min(maximum, factor × 2^retries)` seconds, then, with `jitter`, a random whole number of
+/// seconds from 0 to that (`celery.utils.time.get_exponential_backoff_interval`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBackoff {
+    /// `retry_backoff` (`True` is 1): the first countdown, in seconds.
+    pub factor: u32,
+    /// `retry_backoff_max`: the longest countdown. Celery's default: 600 s.
+    pub maximum: u32,
+    /// `retry_jitter`: Celery's default is on.
+    pub jitter: bool,
+}
+
+impl Default for RetryBackoff {
+    fn default() -> Self {
+        RetryBackoff { factor: 1, maximum: 600, jitter: true }
+    }
+}
+
+impl RetryBackoff {
+    /// The countdown before retry number `retries + 1`, in seconds.
+    #[must_use]
+    pub fn countdown(&self, retries: i64) -> f64 {
+        let exponent = u32::try_from(retries.clamp(0, 63)).unwrap_or(63);
+        let grown = u64::from(self.factor.max(1)).saturating_mul(2u64.saturating_pow(exponent));
+        let countdown = grown.min(u64::from(self.maximum));
+        let countdown = if self.jitter {
+            // `random.randrange(countdown + 1)`: uniform over 0..=countdown.
+            let random = u64::try_from(uuid::Uuid::new_v4().as_u128() >> 64).unwrap_or(0);
+            random % (countdown + 1)
+        } else {
+            countdown
+        };
+        #[allow(clippy::cast_precision_loss)] // at most u32::MAX
+        let seconds = countdown as f64;
+        seconds
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_is_celerys_formula() {
+        let b = RetryBackoff { factor: 1, maximum: 600, jitter: false };
+        let countdowns: Vec<f64> = (0..12).map(|r| b.countdown(r)).collect();
+        assert_eq!(countdowns, [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 600.0, 600.0]);
+        assert_eq!(RetryBackoff { factor: 3, maximum: 10, jitter: false }.countdown(1), 6.0);
+        assert_eq!(b.countdown(i64::MAX), 600.0);
+        let jittered = RetryBackoff { jitter: true, ..b };
+        for r in 0..20 {
+            let c = jittered.countdown(3);
+            assert!((0.0..=8.0).contains(&c) && c.fract() == 0.0, "{r}: {c}");
+        }
+    }
 
     #[test]
     fn retry_countdowns_never_overflow() {

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{held::Held, SettledHook, Settlement};
-use crate::{service::Service, Backoff, Lease, Store};
+use crate::{service::Service, Backoff, Lease, ResultTable, Store};
 
 /// What the completer is asked.
 pub(crate) enum Command {
@@ -38,6 +38,7 @@ pub(crate) struct Completer {
     pub(crate) store: Store,
     pub(crate) worker_id: Uuid,
     pub(crate) max_redeliveries: i32,
+    pub(crate) result_table: Option<Arc<ResultTable>>,
     pub(crate) held: Arc<Held>,
     pub(crate) on_settled: Option<SettledHook>,
     pub(crate) commands: mpsc::UnboundedReceiver<Command>,
@@ -132,7 +133,16 @@ impl Completer {
         let mut backoff = Backoff::new();
         let mut progress = WriteProgress::default();
         loop {
-            match write_batch(&self.store, self.worker_id, self.max_redeliveries, batch, &mut progress).await {
+            match write_batch(
+                &self.store,
+                self.worker_id,
+                self.max_redeliveries,
+                self.result_table.as_deref(),
+                batch,
+                &mut progress,
+            )
+            .await
+            {
                 Ok(_) => break,
                 Err(e) if !e.is_connection() => {
                     tracing::error!(error = %e, "the database refused a batch of outcomes; recording them one by one");
@@ -140,8 +150,15 @@ impl Completer {
                         // What the batch wrote already stays written.
                         let mut progress = progress.clone();
                         let one = std::slice::from_ref(item);
-                        if let Err(e) =
-                            write_batch(&self.store, self.worker_id, self.max_redeliveries, one, &mut progress).await
+                        if let Err(e) = write_batch(
+                            &self.store,
+                            self.worker_id,
+                            self.max_redeliveries,
+                            self.result_table.as_deref(),
+                            one,
+                            &mut progress,
+                        )
+                        .await
                         {
                             tracing::error!(error = %e, message_id = item.lease().id, "dropping an outcome the database refuses; the message will be delivered again");
                         }
@@ -180,6 +197,7 @@ pub(crate) fn written(held: &Held, on_settled: Option<&SettledHook>, batch: &[Se
 pub(crate) struct WriteProgress {
     retries: bool,
     complete: bool,
+    finish: bool,
     dead: bool,
     release: bool,
     requeue: bool,
@@ -206,10 +224,12 @@ pub(crate) async fn write_batch(
     store: &Store,
     worker_id: Uuid,
     max_redeliveries: i32,
+    result_table: Option<&ResultTable>,
     batch: &[Settlement],
     progress: &mut WriteProgress,
 ) -> crate::Result<usize> {
     let mut complete = Vec::new();
+    let mut finish = Vec::new();
     let mut release = Vec::new();
     let mut park = Vec::new();
     let mut requeue = Vec::new();
@@ -223,6 +243,7 @@ pub(crate) async fn write_batch(
             Settlement::Requeue(l) => requeue.push(*l),
             Settlement::DeadLetter(d) => dead.push(d.clone()),
             Settlement::Retry { lease, payload, eta } => retries.push((*lease, payload, *eta)),
+            Settlement::Finish(f) => finish.push(&**f),
         }
     }
     let mut written = 0;
@@ -241,6 +262,12 @@ pub(crate) async fn write_batch(
         log_refused("completion was", &complete, &done);
         written += done.len();
         progress.complete = true;
+    }
+    if !progress.finish {
+        let done = store.message_finish_many(worker_id, result_table, &finish).await?;
+        log_refused("completion was", &finish.iter().map(|f| f.lease).collect::<Vec<_>>(), &done);
+        written += done.len();
+        progress.finish = true;
     }
     if !progress.dead {
         let done = store.message_dead_letter_many(worker_id, &dead).await?;

@@ -45,7 +45,7 @@ use uuid::Uuid;
 use crate::{
     maintenance::{HeartbeatHealth, Rescuer, RescuerConfig},
     service::{Every, Supervisor},
-    ClaimedMessage, DeadLetterParams, Lease, Store, WorkerInfo,
+    ClaimedMessage, DeadLetterParams, Finish, Lease, ResultTable, Store, WorkerInfo,
 };
 use completer::{Command, Completer, WriteProgress};
 use heartbeat::Heartbeat;
@@ -82,6 +82,10 @@ pub enum Settlement {
         /// When it may run.
         eta: DateTime<Utc>,
     },
+    /// Finished, with effects that commit with the row's deletion: the result row (when results
+    /// go to the queue database's result table) and follow-up messages (callbacks, the next task
+    /// of a chain). None of them is written if the lease was lost.
+    Finish(Box<Finish>),
 }
 
 impl Settlement {
@@ -95,6 +99,7 @@ impl Settlement {
             | Settlement::Park { lease: l, .. }
             | Settlement::Retry { lease: l, .. } => *l,
             Settlement::DeadLetter(d) => d.lease,
+            Settlement::Finish(f) => f.lease,
         }
     }
 }
@@ -116,6 +121,9 @@ pub struct LeaseSessionConfig {
     /// How long [`LeaseSession::close`] keeps trying to write the outcomes handed over before
     /// it gives up on them (their leases run out; the messages run again). Default: 15 s.
     pub write_at_close: Duration,
+    /// The queue database's result table, which [`Settlement::Finish`] results are written to
+    /// (`None`: their results are not stored). Default: none.
+    pub result_table: Option<Arc<ResultTable>>,
 }
 
 impl Default for LeaseSessionConfig {
@@ -125,6 +133,7 @@ impl Default for LeaseSessionConfig {
             max_redeliveries: 3,
             rescuer: Some(RescuerConfig::default()),
             write_at_close: Duration::from_secs(15),
+            result_table: None,
         }
     }
 }
@@ -147,6 +156,7 @@ pub struct LeaseSession {
     store: Store,
     info: WorkerInfo,
     max_redeliveries: i32,
+    result_table: Option<Arc<ResultTable>>,
     held: Arc<Held>,
     health: Arc<HeartbeatHealth>,
     commands: mpsc::UnboundedSender<Command>,
@@ -201,6 +211,7 @@ impl LeaseSession {
             store: store.clone(),
             worker_id: info.id,
             max_redeliveries: config.max_redeliveries,
+            result_table: config.result_table.clone(),
             held: held.clone(),
             on_settled: on_settled.clone(),
             commands: received,
@@ -211,6 +222,7 @@ impl LeaseSession {
             store,
             info,
             max_redeliveries: config.max_redeliveries,
+            result_table: config.result_table.clone(),
             held,
             health,
             commands,
@@ -291,6 +303,7 @@ impl LeaseSession {
             &self.store,
             self.info.id,
             self.max_redeliveries,
+            self.result_table.as_deref(),
             batch,
             &mut WriteProgress::default(),
         )

@@ -60,6 +60,20 @@ pub struct WorkerArgs {
     /// Do not LISTEN for wake-ups; poll only (implied by `?pooler=transaction` on the URL).
     #[arg(long)]
     pub no_listen: bool,
+    /// Store the results of Rust handlers (and the states the worker decides for any task:
+    /// unregistered, expired) in this Celery result backend: db+postgresql://…, django-db (the
+    /// queue database's django_celery_results tables) or redis://… [default: with -A, the app's
+    /// result_backend; else none].
+    #[arg(long, env = "CELERIAC_RESULT_BACKEND", value_name = "URL")]
+    pub result_backend: Option<String>,
+    /// Store name, args, kwargs, worker, retries and queue with results (Celery's
+    /// result_extended) [default: with -A, the app's setting].
+    #[arg(long)]
+    pub result_extended: bool,
+    /// Store STARTED when a Rust handler starts (Celery's task_track_started) [default: with -A,
+    /// the app's setting].
+    #[arg(long)]
+    pub task_track_started: bool,
     /// Also register the example handlers (examples.add, examples.noop, examples.sleep, …).
     #[arg(long)]
     pub example_handlers: bool,
@@ -261,6 +275,12 @@ fn worker_config(args: &WorkerArgs) -> Result<WorkerConfig, CliError> {
         pipeline: 0,
         disable_rate_limits: args.disable_rate_limits,
         scheduler: None,
+        results: args.result_backend.as_ref().map(|url| crate::ResultsConfig {
+            extended: args.result_extended,
+            track_started: args.task_track_started,
+            ..crate::ResultsConfig::new(url)
+        }),
+        default_queue: defaults.default_queue.clone(),
     };
     config.validate()?;
     Ok(config)

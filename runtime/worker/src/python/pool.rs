@@ -100,6 +100,12 @@ pub struct TaskInfo {
     /// The task's `global_rate_limit` option (celeriac's fleet-wide limit).
     #[serde(default)]
     pub global_rate_limit: Option<String>,
+    /// `ignore_result` (or the app's `task_ignore_result`).
+    #[serde(default)]
+    pub ignore_result: bool,
+    /// `track_started` (or the app's `task_track_started`).
+    #[serde(default)]
+    pub track_started: bool,
 }
 
 /// What a child reported once it had loaded the app.
@@ -364,6 +370,34 @@ impl PythonPool {
         config.concurrency = self.concurrency();
         config.pipeline = self.pipeline();
         self.hello.config.apply_to_worker(config, explicit);
+        self.configure_results(config);
+    }
+
+    /// The app's result backend for the results the worker stores itself (Rust handlers, and
+    /// unregistered or expired tasks), unless `--result-backend` named one; the app's tasks'
+    /// own `ignore_result` and `track_started` either way.
+    fn configure_results(&self, config: &mut crate::WorkerConfig) {
+        let app = self.hello.config.results.as_ref();
+        if config.results.is_none() {
+            let Some(app) = app else { return };
+            if app.serializer != "json" {
+                tracing::warn!(
+                    "result_serializer is {:?}: the results of Rust handlers are not stored (celeriac writes them as \
+                     json); Python tasks store theirs as usual",
+                    app.serializer
+                );
+                return;
+            }
+            config.results = Some(app.to_results_config(&self.hello.celery));
+        }
+        if let Some(results) = &mut config.results {
+            for (name, task) in &self.hello.tasks {
+                results.tasks.insert(
+                    name.clone(),
+                    crate::TaskResultSettings { ignore_result: task.ignore_result, track_started: task.track_started },
+                );
+            }
+        }
     }
 
     /// What the first child reported.

@@ -12,6 +12,8 @@
 //! | max tasks per child | `--max-tasks-per-child` | `worker_max_tasks_per_child`, if above 0 | none |
 //! | max memory per child | `--max-memory-per-child` | `worker_max_memory_per_child`, if above 0 | none |
 //! | per-worker rate limits off | `--disable-rate-limits` | `worker_disable_rate_limits` | on |
+//! | the queue of chain links and callbacks Rust handlers publish | — | `task_default_queue` | `celery` |
+//! | result backend (Rust handlers, worker-decided states) | `--result-backend` | `result_backend` and the `result_*` settings | none |
 //!
 //! The pool applies the last three itself ([`PoolConfig::adopt_app_settings`], when its first
 //! child reported the app's settings); [`AppConfig::apply_to_worker`] applies the others to the
@@ -109,6 +111,64 @@ pub struct AppConfig {
     /// `celeriac_global_rate_limits`: task name → fleet-wide rate limit (as text).
     #[serde(default)]
     pub celeriac_global_rate_limits: std::collections::HashMap<String, String>,
+    /// The result backend settings (`None`: the app stores no results).
+    #[serde(default)]
+    pub results: Option<AppResults>,
+}
+
+/// The app's result backend settings (`result_backend`, `result_extended`, …).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AppResults {
+    /// `result_backend`.
+    pub backend: String,
+    /// `result_extended`.
+    #[serde(default)]
+    pub extended: bool,
+    /// `result_expires`, in seconds.
+    pub expires: Option<f64>,
+    /// `task_track_started`.
+    #[serde(default)]
+    pub track_started: bool,
+    /// `task_ignore_result`.
+    #[serde(default)]
+    pub ignore_result: bool,
+    /// `result_serializer`.
+    #[serde(default)]
+    pub serializer: String,
+    /// `database_table_names['task']`.
+    pub table: Option<String>,
+    /// `database_table_schemas['task']`.
+    pub schema: Option<String>,
+    /// `database_create_tables_at_setup`.
+    #[serde(default)]
+    pub create_tables: bool,
+    /// `result_backend_transport_options['global_keyprefix']`.
+    pub redis_key_prefix: Option<String>,
+    /// django-db: the Django project's default database, as a URL.
+    pub django_database_url: Option<String>,
+}
+
+impl AppResults {
+    /// The worker's results settings; `celery_version` (the app's Celery) decides how
+    /// `celery_taskmeta.result` is encoded: JSON from 5.7 on, pickle before.
+    #[must_use]
+    pub fn to_results_config(&self, celery_version: &str) -> crate::ResultsConfig {
+        let mut numbers = celery_version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+        crate::ResultsConfig {
+            extended: self.extended,
+            expires: self.expires.and_then(|s| std::time::Duration::try_from_secs_f64(s).ok()),
+            track_started: self.track_started,
+            ignore_result: self.ignore_result,
+            db_format: if version >= (5, 7) { crate::DbValueFormat::Json } else { crate::DbValueFormat::Pickle },
+            table: self.table.clone(),
+            schema: self.schema.clone(),
+            create_tables: self.create_tables,
+            redis_key_prefix: self.redis_key_prefix.clone(),
+            django_database_url: self.django_database_url.clone(),
+            ..crate::ResultsConfig::new(self.backend.clone())
+        }
+    }
 }
 
 /// Which of the worker's settings were given explicitly (on the command line, or by the program
@@ -153,6 +213,9 @@ impl AppConfig {
             config.accept = celeriac_protocol::Accept::new(&self.accept_content);
         }
         config.disable_rate_limits |= self.worker_disable_rate_limits;
+        if let Some(queue) = self.task_default_queue.as_ref().filter(|q| !q.is_empty()) {
+            config.default_queue.clone_from(queue);
+        }
     }
 }
 
@@ -194,6 +257,7 @@ mod tests {
             worker_max_memory_per_child: Some(200_000),
             worker_disable_rate_limits: false,
             celeriac_global_rate_limits: std::collections::HashMap::new(),
+            results: None,
         }
     }
 

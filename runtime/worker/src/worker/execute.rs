@@ -8,19 +8,24 @@ use std::{
     time::{Duration, Instant},
 };
 
-use celeriac_protocol::{pyrepr, DecodeError, Limits, TaskMessage};
-use celeriac_store::{ClaimedMessage, DeadLetterParams, DeadLetterReason, Lease, LeaseSession, Settlement};
+use celeriac_protocol::{pyrepr, DecodeError, Limits, TaskMessage, TaskState, Value};
+use celeriac_store::{ClaimedMessage, DeadLetterParams, DeadLetterReason, Finish, Lease, LeaseSession, Settlement};
 use chrono::Utc;
 use futures_util::FutureExt as _;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::settle::TaskResult;
 use super::{
     claim::{SuspectPermit, Turn},
     rate_limit::{Admission, Admitted},
     settle::{self, Delivery, Level, Verdict},
     Shared,
 };
-use crate::task::{LeaseCheck, Outcome, Request};
+use crate::{
+    canvas,
+    results::{Exception, State, TaskContext},
+    task::{LeaseCheck, Outcome, Request, StateError, StateUpdater},
+};
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
@@ -161,8 +166,13 @@ async fn execute_inner(
     let redeliveries = claimed.redeliveries;
     let Some(handler) = shared.registry.get(&message.headers.task) else {
         let task = &message.headers.task;
-        let quoted = pyrepr::repr(&celeriac_protocol::Value::Str(task.clone()));
+        let quoted = pyrepr::repr(&Value::Str(task.clone()));
         tracing::error!("Received unregistered task of type {quoted}. The message has been moved to dead_letter.");
+        // As Celery does, the client's result fails with NotRegistered; the message is kept for
+        // a redrive once a handler is deployed.
+        let state =
+            State::Exception { state: TaskState::Failure, exception: Exception::new("NotRegistered", task, None) };
+        store_now(shared, &message, claimed.queue.as_str(), &state).await;
         shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
         shared.session.settle(Settlement::DeadLetter(DeadLetterParams {
             lease,
@@ -175,7 +185,12 @@ async fn execute_inner(
     let limits = RunLimits::of(&message, managed, Utc::now());
     if let Some(expires) = limits.expired_at {
         tracing::info!("Discarding revoked task: {name}[{id}] (expired at {expires})");
-        shared.session.settle(Settlement::Complete(lease));
+        let state = State::Exception {
+            state: TaskState::Revoked,
+            exception: Exception::new("TaskRevokedError", "expired", None),
+        };
+        let row = store_final(shared, &message, claimed.queue.as_str(), &state).await;
+        shared.session.settle(finish(lease, row, Vec::new()));
         return;
     }
     let task = message.headers.task.as_str();
@@ -260,6 +275,10 @@ async fn execute_inner(
         }
     }
     let message = Arc::new(message);
+    if !managed && shared.results.as_ref().is_some_and(|r| r.track_started(&message.headers.task)) {
+        store_now(shared, &message, claimed.queue.as_str(), &State::Started { pid: std::process::id() }).await;
+    }
+    let queue_name = claimed.queue.clone();
     let request = Request {
         message: message.clone(),
         lease,
@@ -271,6 +290,7 @@ async fn execute_inner(
             let session = shared.session.clone();
             LeaseCheck::new(move || session.expired(lease))
         },
+        state: state_updater(shared, &message, &queue_name),
     };
     let started = Instant::now();
     // A panic fails this task only: it is caught here, on the task's own tokio task.
@@ -306,10 +326,118 @@ async fn execute_inner(
     if let Some(eta) = verdict.retry_eta() {
         verdict.settlement = Settlement::Retry { lease, payload: message.to_retry(eta).payload, eta };
     }
+    if !managed {
+        verdict.settlement = effects(shared, &message, &queue_name, &verdict, delivery.now).await;
+    }
     apply(shared, verdict, &delivery);
     // Only now may the next task start: its log lines follow this task's outcome.
     drop(run_slot);
     drop(slot);
+}
+
+/// The result state of a verdict's task result.
+fn result_state(result: &TaskResult) -> State {
+    match result {
+        TaskResult::Success(value) => State::Success(value.clone()),
+        TaskResult::Failure { exc_type, message, traceback } => State::Exception {
+            state: TaskState::Failure,
+            exception: Exception::new(exc_type, message, traceback.clone()),
+        },
+        TaskResult::Retry { reason } => {
+            State::Exception { state: TaskState::Retry, exception: Exception::new("Retry", reason, None) }
+        }
+    }
+}
+
+/// A handler's `update_state`: stores custom states of this task while it runs.
+fn state_updater(shared: &Arc<Shared>, message: &Arc<TaskMessage>, queue: &str) -> StateUpdater {
+    if !shared.results.as_ref().is_some_and(|r| r.wanted(message)) {
+        return StateUpdater::none();
+    }
+    let (shared, message, queue) = (shared.clone(), message.clone(), Arc::<str>::from(queue));
+    StateUpdater::new(move |state, meta| {
+        let (shared, message, queue) = (shared.clone(), message.clone(), queue.clone());
+        Box::pin(async move {
+            let Some(results) = &shared.results else { return Ok(()) };
+            let ctx = TaskContext { message: &message, hostname: &shared.hostname, queue: &queue, now: Utc::now() };
+            results.store_now(&State::Custom { state, meta }, &ctx).await.map_err(StateError)
+        })
+    })
+}
+
+/// Stores `state` of `message`'s task now, if results are stored for it; a failure is logged
+/// (the task's outcome stands, as in Celery).
+async fn store_now(shared: &Shared, message: &TaskMessage, queue: &str, state: &State) {
+    let Some(results) = shared.results.as_ref().filter(|r| r.wanted(message)) else { return };
+    let ctx = TaskContext { message, hostname: &shared.hostname, queue, now: Utc::now() };
+    if let Err(e) = results.store_now(state, &ctx).await {
+        let (name, id) = (message.display_name(), &message.headers.id);
+        tracing::error!("Task {name}[{id}]: cannot store its {} state: {e}", state.status());
+    }
+}
+
+/// Stores a final state: the row to write with the completion, if it goes there.
+async fn store_final(
+    shared: &Shared,
+    message: &TaskMessage,
+    queue: &str,
+    state: &State,
+) -> Option<celeriac_store::ResultRow> {
+    let results = shared.results.as_ref().filter(|r| r.wanted(message))?;
+    let ctx = TaskContext { message, hostname: &shared.hostname, queue, now: Utc::now() };
+    match results.store_final(state, &ctx).await {
+        Ok(row) => row,
+        Err(e) => {
+            let (name, id) = (message.display_name(), &message.headers.id);
+            tracing::error!("Task {name}[{id}]: cannot store its {} state: {e}", state.status());
+            None
+        }
+    }
+}
+
+/// A completion with its effects, or a plain one when it has none.
+fn finish(
+    lease: Lease,
+    result: Option<celeriac_store::ResultRow>,
+    publish: Vec<celeriac_store::NewMessage>,
+) -> Settlement {
+    if result.is_none() && publish.is_empty() {
+        Settlement::Complete(lease)
+    } else {
+        Settlement::Finish(Box::new(Finish { lease, result, publish }))
+    }
+}
+
+/// What a Rust handler's outcome writes besides its message: its result (stored, or carried
+/// with the completion) and what it publishes (the chain's next task, callbacks, errbacks).
+async fn effects(
+    shared: &Shared,
+    message: &TaskMessage,
+    queue: &str,
+    verdict: &super::settle::Verdict,
+    now: chrono::DateTime<Utc>,
+) -> Settlement {
+    let settlement = verdict.settlement.clone();
+    let Some(result) = &verdict.result else { return settlement };
+    let state = result_state(result);
+    if let Settlement::Retry { .. } = settlement {
+        // The message stays (re-scheduled): the RETRY state is stored on its own.
+        store_now(shared, message, queue, &state).await;
+        return settlement;
+    }
+    let Settlement::Complete(lease) = settlement else { return settlement };
+    let default_queue = shared.config.default_queue.as_str();
+    let (publish, errors) = match result {
+        TaskResult::Success(value) => canvas::on_success(message, value, default_queue, now),
+        TaskResult::Failure { .. } => canvas::on_failure(message, default_queue, now),
+        TaskResult::Retry { .. } => (Vec::new(), Vec::new()),
+    };
+    for e in errors {
+        let (name, id) = (message.display_name(), &message.headers.id);
+        tracing::error!("Task {name}[{id}]: {e}");
+    }
+    let row = store_final(shared, message, queue, &state).await;
+    finish(lease, row, publish)
 }
 
 #[cfg(test)]

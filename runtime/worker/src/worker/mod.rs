@@ -87,6 +87,12 @@ pub struct WorkerConfig {
     /// Also run the scheduler (Celery's `worker -B`): campaign for the scheduler lease and,
     /// while leading, fire the due periodic schedules. Any number of workers may. Default: off.
     pub scheduler: Option<crate::scheduler::SchedulerConfig>,
+    /// Where the results of Rust handlers (and the states the worker decides for any task:
+    /// unregistered, expired) are stored, as Celery's `result_backend`. Default: none.
+    pub results: Option<crate::ResultsConfig>,
+    /// The queue of messages the worker publishes without one named (the next task of a chain,
+    /// callbacks): Celery's `task_default_queue`. Default: `celery`.
+    pub default_queue: String,
 }
 
 impl Default for WorkerConfig {
@@ -107,6 +113,8 @@ impl Default for WorkerConfig {
             pipeline: 0,
             disable_rate_limits: false,
             scheduler: None,
+            results: None,
+            default_queue: celeriac_protocol::DEFAULT_QUEUE.to_owned(),
         }
     }
 }
@@ -176,6 +184,8 @@ pub(super) struct Shared {
     hostname: Arc<str>,
     /// Rate limits and their buckets (rate_limit.rs).
     rate_limits: rate_limit::RateLimits,
+    /// The result backend, if results are stored.
+    results: Option<Arc<crate::results::Results>>,
 }
 
 /// A worker process's runtime. See the module docs.
@@ -237,6 +247,14 @@ impl Worker {
             tasks = %self.registry.names().join(", "), "{} ready.", config.hostname
         );
 
+        let results = match config.results.clone() {
+            Some(results_config) => {
+                let results = crate::results::Results::open(results_config, &self.store).await?;
+                tracing::info!("results: {}", results.describe());
+                Some(Arc::new(results))
+            }
+            None => None,
+        };
         let wake = Arc::new(Notify::new());
         let settled: SettledHook = {
             let stats = self.stats.clone();
@@ -253,6 +271,7 @@ impl Worker {
                 rescuer: Some(RescuerConfig { interval: config.rescue_interval, ..RescuerConfig::default() }),
                 // Pending outcomes get a bounded time to reach the database at shutdown.
                 write_at_close: Duration::from_secs(15),
+                result_table: results.as_ref().and_then(|r| r.queue_table()),
             },
             Some(settled),
         );
@@ -272,6 +291,7 @@ impl Worker {
             wake: wake.clone(),
             hostname: config.hostname.as_str().into(),
             rate_limits: rate_limit::RateLimits::new(&self.registry, config.disable_rate_limits),
+            results,
         });
 
         // The worker's own background services (the lease session runs its heartbeat,

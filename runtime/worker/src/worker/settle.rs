@@ -41,8 +41,8 @@ pub(crate) enum Level {
 pub(crate) enum TaskResult {
     /// `SUCCESS` with the returned value.
     Success(Value),
-    /// `FAILURE` with the exception's type and message.
-    Failure { exc_type: String, message: String },
+    /// `FAILURE` with the exception's type, message and traceback.
+    Failure { exc_type: String, message: String, traceback: Option<String> },
     /// `RETRY` with the reason.
     Retry { reason: String },
 }
@@ -124,7 +124,7 @@ impl Verdict {
                 json::python_float_repr(d.runtime),
                 pyrepr::repr(value)
             ),
-            (Event::Finished, Some(TaskResult::Failure { exc_type, message })) => format!(
+            (Event::Finished, Some(TaskResult::Failure { exc_type, message, .. })) => format!(
                 "Task {name}[{id}] raised unexpected: {exc_type}({})",
                 pyrepr::repr(&Value::Str(message.clone()))
             ),
@@ -155,11 +155,11 @@ pub(crate) fn verdict(outcome: Outcome, d: &Delivery<'_>) -> Verdict {
             event: Event::Finished,
             result: Some(TaskResult::Success(value)),
         },
-        Outcome::Failure { exc_type, message } => Verdict {
+        Outcome::Failure { exc_type, message, traceback } => Verdict {
             settlement: Settlement::Complete(lease),
             counter: Some(Counter::Failed),
             event: Event::Finished,
-            result: Some(TaskResult::Failure { exc_type, message }),
+            result: Some(TaskResult::Failure { exc_type, message, traceback }),
         },
         Outcome::Retry { eta, reason } => {
             let delay = (eta - d.now).num_milliseconds().max(0);
@@ -257,7 +257,10 @@ mod tests {
         assert_eq!(v.counter, Some(Counter::Failed));
         assert_eq!(v.level(), Some(Level::Error));
         assert_eq!(v.log_line(&delivery(0)), "Task tasks.add[abc] raised unexpected: ValueError('bad')");
-        assert_eq!(v.result, Some(TaskResult::Failure { exc_type: "ValueError".into(), message: "bad".into() }));
+        assert_eq!(
+            v.result,
+            Some(TaskResult::Failure { exc_type: "ValueError".into(), message: "bad".into(), traceback: None })
+        );
     }
 
     #[test]

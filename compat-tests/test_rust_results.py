@@ -1,0 +1,348 @@
+"""Results of Rust handlers, read by unmodified Celery clients (5.7 in this venv, 5.6 in
+``.venv-celery56``), for each result backend celeriac writes: ``db+postgresql://`` on the queue
+database (rows written with the message's deletion), ``redis://`` (a real ``redis-server``), and
+``django-db`` (django-celery-results' table, migrated by Django).
+
+The worker is the real ``celeriac`` binary with its example handlers (``examples.add``,
+``examples.echo``, ``examples.fail``, ``examples.flaky``, ``examples.progress``,
+``examples.sleep``); the producer and the reader are a Celery app whose broker is celeriac's kombu
+transport. Also: the states the worker decides (unregistered, expired), ``ignore_result``,
+``STARTED``, ``PROGRESS``, retries with backoff, max retries, and canvas (chains, callbacks,
+errbacks) around Rust handlers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from celery import Celery, chain, signature
+from celery.exceptions import TaskRevokedError
+from celery.result import AsyncResult
+
+from celeriac_testkit import Worker, wait_for
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CELERY56_PYTHON = REPO_ROOT / ".venv-celery56" / "bin" / "python"
+TIMEOUT = 30.0
+
+#: Values whose type survives kombu's JSON (and the pickle celeriac writes for Celery 5.6).
+TYPED_VALUES: list[Any] = [
+    4,
+    2**100,
+    -(2**70),
+    1.5,
+    "žluťoučký kůň",
+    None,
+    True,
+    [1, [2, [3, {"a": None}]]],
+    {"nested": {"list": [1, 2.5, "x"], "empty": {}}},
+    dt.datetime(2026, 12, 1, 6, 30, 15, 123456, tzinfo=dt.UTC),
+    dt.datetime(2026, 12, 1, 6, 30, 15, tzinfo=dt.timezone(dt.timedelta(hours=-5))),
+    dt.date(2026, 2, 28),
+    dt.time(23, 59, 58, 1),
+    uuid.UUID("12345678-1234-5678-1234-567812345678"),
+    Decimal("3.14159265358979323846"),
+    b"\x00\x01binary\xff",
+]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throwaway ``redis-server`` (Debian's, installed by scripts/install-deps) on a free port."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("redis-server is not installed (scripts/install-deps installs it)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = tmp_path_factory.mktemp("redis")
+    log = open(workdir / "redis.log", "wb")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+
+    def up() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    wait_for(up, 10, "redis-server to answer PING")
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+    log.close()
+
+
+def client_app(database_url: str, backend: str, **conf: Any) -> Celery:
+    app = Celery("rust_results_client", broker=f"celeriac+{database_url}", backend=backend, set_as_current=False)
+    app.conf.update(result_backend_always_retry=False, **conf)
+    return app
+
+
+def read_with_celery56(backend: str, task_ids: list[str]) -> list[dict[str, Any]]:
+    """What a Celery 5.6 client reads for ``task_ids``: state, repr of the result, exception type."""
+    if not CELERY56_PYTHON.exists():
+        pytest.fail(f"{CELERY56_PYTHON} is missing (scripts/python-env creates it)")
+    script = """
+import json, sys
+from celery import Celery
+from celery.result import AsyncResult
+app = Celery("reader56", backend=sys.argv[1], set_as_current=False)
+out = []
+for task_id in sys.argv[2:]:
+    r = AsyncResult(task_id, app=app)
+    try:
+        value = r.get(timeout=30, propagate=False)
+    except Exception as e:
+        value = e
+    out.append({"state": r.state, "repr": repr(value), "type": type(value).__name__})
+print(json.dumps(out))
+"""
+    # That venv has psycopg 3, not SQLAlchemy's default driver for postgresql:// (psycopg2).
+    backend = backend.replace("db+postgresql://", "db+postgresql+psycopg://", 1)
+    proc = subprocess.run(  # noqa: PLW1510 - the return code is asserted
+        [str(CELERY56_PYTHON), "-c", script, backend, *task_ids], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    return list(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def start_worker(celeriac_worker: Callable[..., Worker], backend: str, *extra: str) -> Worker:
+    worker = celeriac_worker(extra_args=["--result-backend", backend, *extra])
+    worker.wait_for(lambda: " ready." in worker.log(), TIMEOUT, "the worker to be ready")
+    return worker
+
+
+def check_backend(database_url: str, backend: str, celeriac_worker: Callable[..., Worker]) -> None:
+    """The scenario every backend passes: values, failures, retries, worker-decided states."""
+    start_worker(celeriac_worker, backend)
+    app = client_app(database_url, backend)
+
+    # Success with typed values: what the client gets back is what it sent.
+    echoes = [app.send_task("examples.echo", (value,)) for value in TYPED_VALUES]
+    for value, result in zip(TYPED_VALUES, echoes, strict=True):
+        got = result.get(timeout=TIMEOUT)
+        assert got == value, (value, got)
+        assert type(got) is type(value), (value, got)
+        assert result.state == "SUCCESS"
+        assert isinstance(result.date_done, dt.datetime)
+
+    # Failure: the exception type, its message and a traceback.
+    failed = app.send_task("examples.fail", ("bad value 7",))
+    with pytest.raises(ValueError, match="bad value 7"):
+        failed.get(timeout=TIMEOUT)
+    assert failed.state == "FAILURE"
+    assert isinstance(failed.result, ValueError)
+    assert "ValueError: bad value 7" in (failed.traceback or "")
+
+    # Retries with Celery's backoff (1 s, then 2 s), then success; and max retries exceeded.
+    flaky = app.send_task("examples.flaky", (2, 5))
+    assert flaky.get(timeout=TIMEOUT) == 2
+    exhausted = app.send_task("examples.flaky", (5, 1))
+    with pytest.raises(Exception, match="exceeded max retries") as info:
+        exhausted.get(timeout=TIMEOUT)
+    assert type(info.value).__name__ == "MaxRetriesExceededError"
+
+    # Worker-decided states: an expired message is REVOKED, an unknown task NotRegistered.
+    expired = app.send_task("examples.add", (1, 1), expires=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5))
+    with pytest.raises(TaskRevokedError, match="expired"):
+        expired.get(timeout=TIMEOUT)
+    assert expired.state == "REVOKED"
+    unknown = app.send_task("examples.no_such_task", (1,))
+    with pytest.raises(Exception, match=r"examples\.no_such_task") as info:
+        unknown.get(timeout=TIMEOUT)
+    assert type(info.value).__name__ == "NotRegistered"
+    assert "examples.no_such_task" in str(info.value)
+    with psycopg.connect(database_url) as conn:
+        (kept,) = conn.execute(
+            "select count(*) from celeriac.dead_letter where task_id = %s", (unknown.id,)
+        ).fetchone() or (0,)
+    assert kept == 1, "an unregistered task's message stays in dead_letter for a redrive"
+
+    # ignore_result: nothing is stored, though the task ran (its callback did).
+    ignored = app.send_task("examples.add", (2, 3), ignore_result=True)
+    marker = app.send_task("examples.add", (0, 0))
+    assert marker.get(timeout=TIMEOUT) == 0
+    wait_for(lambda: queue_is_empty(database_url), TIMEOUT, "the queue to drain")
+    assert AsyncResult(ignored.id, app=app).state == "PENDING"
+
+    # A Celery 5.6 client reads the same results.
+    ids = [echoes[0].id, echoes[1].id, echoes[9].id, echoes[13].id, echoes[14].id, failed.id, expired.id]
+    read = read_with_celery56(backend, ids)
+    assert [r["state"] for r in read] == ["SUCCESS"] * 5 + ["FAILURE", "REVOKED"]
+    assert read[0]["repr"] == "4"
+    assert read[1]["repr"] == repr(2**100)
+    assert read[2]["repr"] == repr(TYPED_VALUES[9])
+    assert read[3]["repr"] == repr(TYPED_VALUES[13])
+    assert read[4]["repr"] == repr(TYPED_VALUES[14])
+    assert read[5]["type"] == "ValueError"
+    assert "bad value 7" in read[5]["repr"]
+    assert read[6]["type"] == "TaskRevokedError"
+
+
+def queue_is_empty(database_url: str) -> bool:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("select count(*) from celeriac.message").fetchone()
+    return row is not None and row[0] == 0
+
+
+def test_db_backend_on_the_queue_database(database_url: str, celeriac_worker: Callable[..., Worker]) -> None:
+    backend = f"db+{database_url}"
+    check_backend(database_url, backend, celeriac_worker)
+    with psycopg.connect(database_url) as conn:
+        # Celery's own table, created by the worker (the client never wrote): ids from its sequence.
+        rows = conn.execute("select id, status, date_done from celery_taskmeta order by id").fetchall()
+        assert len(rows) >= len(TYPED_VALUES) + 5
+        assert all(isinstance(r[0], int) for r in rows)
+        (seq,) = conn.execute("select last_value from task_id_sequence").fetchone() or (0,)
+        assert seq >= max(r[0] for r in rows)
+
+
+def test_redis_backend(database_url: str, redis_url: str, celeriac_worker: Callable[..., Worker]) -> None:
+    check_backend(database_url, redis_url, celeriac_worker)
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    keys = client.keys("celery-task-meta-*")
+    assert keys, "results are stored under Celery's key prefix"
+    ttl = client.ttl(keys[0])
+    assert 0 < ttl <= 86400, "results expire after result_expires (one day)"
+
+
+def test_started_and_progress_states(database_url: str, redis_url: str, celeriac_worker: Callable[..., Worker]) -> None:
+    start_worker(celeriac_worker, redis_url, "--task-track-started")
+    app = client_app(database_url, redis_url)
+    sleeper = app.send_task("examples.sleep", (1.5,))
+    wait_for(lambda: sleeper.state == "STARTED", TIMEOUT, "STARTED to be stored")
+    assert sleeper.info["hostname"].startswith("pytest1@")
+    assert sleeper.get(timeout=TIMEOUT) == 1.5
+
+    progress = app.send_task("examples.progress", (200,))
+    seen: list[dict[str, int]] = []
+
+    def in_progress() -> bool:
+        if progress.state == "PROGRESS":
+            seen.append(progress.info)
+            return True
+        return False
+
+    wait_for(in_progress, TIMEOUT, "a PROGRESS state")
+    assert seen[0]["total"] == 200
+    assert 1 <= seen[0]["done"] <= 200
+    assert progress.get(timeout=TIMEOUT) == 200
+
+
+def test_chains_callbacks_and_errbacks_around_rust_handlers(
+    database_url: str, celeriac_worker: Callable[..., Worker]
+) -> None:
+    backend = f"db+{database_url}"
+    start_worker(celeriac_worker, backend)
+    app = client_app(database_url, backend)
+    add = signature("examples.add", app=app)
+
+    # A chain of 100: each link gets the previous result prepended.
+    links = [add.clone(args=(0, 1))] + [add.clone(args=(1,)) for _ in range(99)]
+    result = chain(*links).apply_async()
+    assert result.get(timeout=60) == 100
+    # Parents are linked as Celery links them (root and parent ids on every message).
+    assert result.parent is not None
+    assert result.parent.get(timeout=TIMEOUT) == 99
+
+    # An immutable link ignores the result.
+    constant = signature("examples.add", args=(10, 10), immutable=True, app=app)
+    result = chain(add.clone(args=(1, 1)), constant).apply_async()
+    assert result.get(timeout=TIMEOUT) == 20
+
+    # link: the callback gets the result; link_error: the errback gets the failed task's id,
+    # and a chain stops at a failing middle task.
+    echo = signature("examples.echo", app=app)
+    callback_id = str(uuid.uuid4())
+    ok = app.send_task("examples.add", (2, 2), link=echo.clone(task_id=callback_id))
+    assert ok.get(timeout=TIMEOUT) == 4
+    assert AsyncResult(callback_id, app=app).get(timeout=TIMEOUT) == 4
+
+    errback_id = str(uuid.uuid4())
+    after_id = str(uuid.uuid4())
+    failing = chain(
+        add.clone(args=(1, 1)),
+        signature("examples.fail", args=("boom",), immutable=True, app=app).set(
+            link_error=echo.clone(task_id=errback_id)
+        ),
+        add.clone(args=(5,), task_id=after_id),
+    )
+    res = failing.apply_async()
+    with pytest.raises(ValueError, match="boom"):
+        res.parent.get(timeout=TIMEOUT)
+    failed_id = res.parent.id
+    assert AsyncResult(errback_id, app=app).get(timeout=TIMEOUT) == failed_id
+    wait_for(lambda: queue_is_empty(database_url), TIMEOUT, "the queue to drain")
+    assert AsyncResult(after_id, app=app).state == "PENDING", "the chain stops at the failed task"
+
+
+def test_django_db_backend(database_url: str, celeriac_worker: Callable[..., Worker], tmp_path: Path) -> None:
+    # django-celery-results' tables, made by Django's migrations on the queue database.
+    settings = tmp_path / "results_settings.py"
+    url = psycopg.conninfo.conninfo_to_dict(database_url)
+    settings.write_text(
+        "SECRET_KEY = 'x'\nUSE_TZ = True\n"
+        "INSTALLED_APPS = ['django_celery_results']\n"
+        f"DATABASES = {{'default': {{'ENGINE': 'django.db.backends.postgresql', 'NAME': {url.get('dbname')!r}, "
+        f"'USER': {url.get('user')!r}, 'PASSWORD': {url.get('password')!r}, 'HOST': {url.get('host')!r}, "
+        f"'PORT': {str(url.get('port') or '')!r}}}}}\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "results_settings", "PYTHONPATH": str(tmp_path)}
+    migrate = subprocess.run(  # noqa: PLW1510 - the return code is asserted
+        [sys.executable, "-m", "django", "migrate", "django_celery_results", "-v", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert migrate.returncode == 0, migrate.stderr
+    start_worker(celeriac_worker, "django-db")
+    code = """
+import os, sys, json, django
+django.setup()
+from celery import Celery
+app = Celery("djclient", broker="celeriac+" + sys.argv[1], backend="django-db", set_as_current=False)
+ok = app.send_task("examples.add", (2, 2))
+bad = app.send_task("examples.fail", ("nope",))
+out = {"ok": ok.get(timeout=30)}
+try:
+    bad.get(timeout=30)
+except Exception as e:
+    out["bad"] = [type(e).__name__, str(e), bad.state]
+print(json.dumps(out))
+"""
+    proc = subprocess.run(  # noqa: PLW1510 - the return code is asserted
+        [sys.executable, "-c", code, database_url], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"ok": 4, "bad": ["ValueError", "nope", "FAILURE"]}
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "select status, result, task_name, worker, task_args, content_type from django_celery_results_taskresult"
+            " where status = 'SUCCESS'"
+        ).fetchone()
+    assert row == ("SUCCESS", "4", "examples.add", row[3], '"(2, 2)"', "application/json")
+    assert row[3].startswith("pytest1@")

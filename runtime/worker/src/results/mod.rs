@@ -1,0 +1,256 @@
+//! Results of the tasks the worker itself decides (Rust handlers, and the states no task code
+//! reaches: unregistered, expired, refused content), written to the app's result backend in
+//! Celery's format so that an unmodified client's `AsyncResult` reads them.
+//!
+//! | backend (`result_backend`) | where | how |
+//! |---|---|---|
+//! | `db+postgresql://…` on the queue database | `celery_taskmeta` | with the message's deletion, in one statement (`Settlement::Finish`) |
+//! | `db+postgresql://…` elsewhere | `celery_taskmeta` | one upsert, before the message is deleted |
+//! | `django-db` | `django_celery_results_taskresult` (the queue database, or `django_db_url`) | as the two above |
+//! | `redis://…` | `celery-task-meta-<id>` | `SETEX` + `PUBLISH`, before the message is deleted |
+//!
+//! Python tasks (`-A`) store their own results through Celery's code in the pool children; this
+//! module never writes for them, except for the states the worker decides before a task runs.
+
+mod meta;
+mod redis;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use celeriac_protocol::TaskMessage;
+use celeriac_store::{ResultRow, ResultTable, ResultTableConfig, ResultTableKind, Store, StoreConfig};
+
+pub use meta::DbValueFormat;
+pub(crate) use meta::{Exception, State, TaskContext};
+
+use crate::Error;
+
+/// Where and how results are stored (Celery's `result_*` settings).
+#[derive(Debug, Clone)]
+pub struct ResultsConfig {
+    /// Celery's `result_backend`: `db+postgresql://…` (also `db+postgresql+psycopg://…`,
+    /// `db+postgresql+psycopg2://…`), `django-db`, or `redis://…`.
+    pub backend: String,
+    /// For `django-db`: the Django project's database (default: the queue database).
+    pub django_database_url: Option<String>,
+    /// `result_extended`: also store name, args, kwargs, worker, retries and queue.
+    pub extended: bool,
+    /// `result_expires` (Redis keys' time to live). Default: one day.
+    pub expires: Option<Duration>,
+    /// `task_track_started`: store `STARTED` when a task starts (unless the task says).
+    pub track_started: bool,
+    /// `task_ignore_result`: store nothing (unless the task says).
+    pub ignore_result: bool,
+    /// Tasks' own `ignore_result` and `track_started` (the app's task declarations).
+    pub tasks: HashMap<String, TaskResultSettings>,
+    /// How `celery_taskmeta.result` is encoded (by the clients' Celery version).
+    pub db_format: DbValueFormat,
+    /// `database_table_names['task']` and `database_table_schemas['task']`.
+    pub table: Option<String>,
+    /// The schema of the table.
+    pub schema: Option<String>,
+    /// `database_create_tables_at_setup`.
+    pub create_tables: bool,
+    /// `result_backend_transport_options['global_keyprefix']` (Redis).
+    pub redis_key_prefix: Option<String>,
+}
+
+impl ResultsConfig {
+    /// Celery's defaults for `backend`; pickle in `celery_taskmeta`, which every Celery version
+    /// reads.
+    #[must_use]
+    pub fn new(backend: impl Into<String>) -> Self {
+        ResultsConfig {
+            backend: backend.into(),
+            django_database_url: None,
+            extended: false,
+            expires: Some(Duration::from_secs(86_400)),
+            track_started: false,
+            ignore_result: false,
+            tasks: HashMap::new(),
+            db_format: DbValueFormat::Pickle,
+            table: None,
+            schema: None,
+            create_tables: true,
+            redis_key_prefix: None,
+        }
+    }
+}
+
+/// A task's own result settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+pub struct TaskResultSettings {
+    /// `Task.ignore_result`.
+    pub ignore_result: bool,
+    /// `Task.track_started`.
+    pub track_started: bool,
+}
+
+/// The database URL of a `db+postgresql…://` backend, if it is one.
+fn sqlalchemy_postgres_url(backend: &str) -> Option<String> {
+    let rest = backend.strip_prefix("db+")?;
+    let (scheme, tail) = rest.split_once("://")?;
+    let driverless = scheme.split('+').next()?;
+    matches!(driverless, "postgresql" | "postgres").then(|| format!("postgresql://{tail}"))
+}
+
+enum Backend {
+    /// The queue database's table: rows go with the completion.
+    QueueDatabase(Arc<ResultTable>),
+    /// Another database's table.
+    Database {
+        store: Store,
+        table: Arc<ResultTable>,
+    },
+    Redis(redis::RedisResults),
+}
+
+/// The result backend of a running worker.
+pub(crate) struct Results {
+    backend: Backend,
+    config: ResultsConfig,
+    /// The queue database (for states stored ahead of the completion).
+    queue: Store,
+}
+
+impl std::fmt::Debug for Results {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Results").field("backend", &self.describe()).finish_non_exhaustive()
+    }
+}
+
+impl Results {
+    /// Opens the backend `config` names (finding or creating its table).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an unsupported or unreadable backend URL, a missing table; store
+    /// errors when the database cannot be reached.
+    pub(crate) async fn open(config: ResultsConfig, queue: &Store) -> Result<Results, Error> {
+        let backend = config.backend.trim();
+        let table_config = |kind: ResultTableKind| {
+            let mut t = match kind {
+                ResultTableKind::Celery => ResultTableConfig::celery(),
+                ResultTableKind::Django => ResultTableConfig::django(),
+            };
+            if kind == ResultTableKind::Celery {
+                if let Some(name) = &config.table {
+                    t.table.clone_from(name);
+                }
+                t.schema.clone_from(&config.schema);
+                t.create = config.create_tables;
+            }
+            t
+        };
+        let open_db = |url: String, kind: ResultTableKind| async move {
+            if url.is_empty() || queue.is_same_database(&url) {
+                let table = queue.result_table_open(&table_config(kind)).await?;
+                Ok::<_, Error>(Backend::QueueDatabase(Arc::new(table)))
+            } else {
+                let store = Store::new(&StoreConfig { max_connections: 4, ..StoreConfig::new(url) })?;
+                let table = store.result_table_open(&table_config(kind)).await?;
+                Ok(Backend::Database { store, table: Arc::new(table) })
+            }
+        };
+        let backend = if let Some(url) = sqlalchemy_postgres_url(backend) {
+            open_db(url, ResultTableKind::Celery).await?
+        } else if backend == "django-db" {
+            let url = config.django_database_url.clone().unwrap_or_default();
+            open_db(url, ResultTableKind::Django).await?
+        } else if backend.starts_with("redis://") || backend.starts_with("unix://") {
+            Backend::Redis(
+                redis::RedisResults::new(backend, config.redis_key_prefix.as_deref(), config.expires)
+                    .map_err(Error::Config)?,
+            )
+        } else {
+            let scheme = backend.split("://").next().unwrap_or(backend);
+            return Err(Error::Config(format!(
+                "result backend {scheme}: celeriac stores the results of Rust handlers in db+postgresql://, django-db \
+                 and redis:// backends"
+            )));
+        };
+        Ok(Results { backend, config, queue: queue.clone() })
+    }
+
+    /// For the log: which backend.
+    pub(crate) fn describe(&self) -> String {
+        match &self.backend {
+            Backend::QueueDatabase(t) => format!("{:?} table on the queue database", t.kind()),
+            Backend::Database { table, .. } => format!("{:?} table on another database", table.kind()),
+            Backend::Redis(r) => format!("redis ({}…)", r.key("")),
+        }
+    }
+
+    /// The queue database's result table, for the lease session's completions.
+    pub(crate) fn queue_table(&self) -> Option<Arc<ResultTable>> {
+        match &self.backend {
+            Backend::QueueDatabase(t) => Some(t.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether a result is stored for `message` (Celery's `ignore_result`: the message's header,
+    /// the task's setting, the app's `task_ignore_result`).
+    pub(crate) fn wanted(&self, message: &TaskMessage) -> bool {
+        !message.headers.ignore_result
+            && !self.config.tasks.get(&message.headers.task).map_or(self.config.ignore_result, |t| t.ignore_result)
+    }
+
+    /// Whether `STARTED` is stored when `task` starts.
+    pub(crate) fn track_started(&self, task: &str) -> bool {
+        self.config.tasks.get(task).map_or(self.config.track_started, |t| t.track_started)
+    }
+
+    fn row(&self, table: &ResultTable, state: &State, ctx: &TaskContext<'_>) -> ResultRow {
+        meta::table_row(table.kind(), self.config.db_format, table.extended(), state, ctx)
+    }
+
+    /// Stores `state` now (a state before the end, or an outcome that settles without
+    /// [`Settlement::Finish`](celeriac_store::Settlement::Finish)).
+    ///
+    /// # Errors
+    /// The backend's error, as text for the log.
+    pub(crate) async fn store_now(&self, state: &State, ctx: &TaskContext<'_>) -> Result<(), String> {
+        match &self.backend {
+            Backend::QueueDatabase(table) => {
+                let row = self.row(table, state, ctx);
+                self.queue.result_store_many(table, &[row]).await.map(drop).map_err(|e| e.to_string())
+            }
+            Backend::Database { store, table } => {
+                let row = self.row(table, state, ctx);
+                store.result_store_many(table, &[row]).await.map(drop).map_err(|e| e.to_string())
+            }
+            Backend::Redis(r) => {
+                let meta = meta::kv_meta(self.config.extended, state, ctx);
+                r.store(&ctx.message.headers.id, &meta).await.map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Stores a final state: returns the row that goes with the message's deletion (the queue
+    /// database's table), or writes it now and returns `None`.
+    ///
+    /// # Errors
+    /// The backend's error, as text for the log.
+    pub(crate) async fn store_final(&self, state: &State, ctx: &TaskContext<'_>) -> Result<Option<ResultRow>, String> {
+        match &self.backend {
+            Backend::QueueDatabase(table) => Ok(Some(self.row(table, state, ctx))),
+            _ => self.store_now(state, ctx).await.map(|()| None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_urls() {
+        assert_eq!(sqlalchemy_postgres_url("db+postgresql://u@h/db").as_deref(), Some("postgresql://u@h/db"));
+        assert_eq!(
+            sqlalchemy_postgres_url("db+postgresql+psycopg://u@h:5/db").as_deref(),
+            Some("postgresql://u@h:5/db")
+        );
+        assert_eq!(sqlalchemy_postgres_url("db+sqlite:///x.db"), None);
+        assert_eq!(sqlalchemy_postgres_url("redis://h"), None);
+    }
+}
