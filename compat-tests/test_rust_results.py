@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -28,7 +29,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from celery import Celery, chain, signature
+from celery import Celery, chain, chord, signature
 from celery.exceptions import TaskRevokedError
 from celery.result import AsyncResult
 
@@ -177,6 +178,12 @@ def check_backend(database_url: str, backend: str, celeriac_worker: Callable[...
             "select count(*) from celeriac.dead_letter where task_id = %s", (unknown.id,)
         ).fetchone() or (0,)
     assert kept == 1, "an unregistered task's message stays in dead_letter for a redrive"
+
+    # A body refused by accept_content: ContentDisallowed, as Celery's pool records it.
+    refused = app.send_task("examples.add", (1, 2), serializer="pickle")
+    with pytest.raises(Exception, match="Refusing to deserialize untrusted content of type pickle") as info:
+        refused.get(timeout=TIMEOUT)
+    assert type(info.value).__name__ == "ContentDisallowed"
 
     # ignore_result: nothing is stored, though the task ran (its callback did).
     ignored = app.send_task("examples.add", (2, 3), ignore_result=True)
@@ -346,3 +353,76 @@ print(json.dumps(out))
         ).fetchone()
     assert row == ("SUCCESS", "4", "examples.add", row[3], '"(2, 2)"', "application/json")
     assert row[3].startswith("pytest1@")
+
+
+def body_runs(workers: list[Worker], body_id: str) -> int:
+    """How many times the chord's body ran: its 'succeeded' log lines across the workers."""
+    return sum(line.count(f"[{body_id}] succeeded") for w in workers for line in w.log_lines())
+
+
+@pytest.mark.parametrize("size", [1, 10, 1000])
+def test_chords_with_celerys_chord_unlock(database_url: str, celeriac_worker: Callable[..., Worker], size: int) -> None:
+    """A chord on the database backend: Celery's producer publishes celery.chord_unlock, which the
+    worker runs itself; the body runs once, with the header's results in group order."""
+    backend = f"db+{database_url}"
+    worker = start_worker(celeriac_worker, backend)
+    app = client_app(database_url, backend)
+    add = signature("examples.add", app=app)
+    echo = signature("examples.echo", app=app)
+    result = chord([add.clone(args=(i, 0)) for i in range(size)])(echo)
+    assert result.get(timeout=120) == list(range(size))
+    wait_for(lambda: queue_is_empty(database_url), TIMEOUT, "the queue to drain")
+    assert body_runs([worker], result.id) == 1
+
+
+def test_chord_with_a_failing_member_fails_its_body(database_url: str, celeriac_worker: Callable[..., Worker]) -> None:
+    backend = f"db+{database_url}"
+    start_worker(celeriac_worker, backend)
+    app = client_app(database_url, backend)
+    echo = signature("examples.echo", app=app)
+    errback_id = str(uuid.uuid4())
+    header = [signature("examples.add", args=(1, 1), app=app), signature("examples.fail", args=("bad",), app=app)]
+    body = echo.clone().set(link_error=echo.clone(task_id=errback_id))
+    result = chord(header)(body)
+    # Celery's get() raises the failed header member's error (the body's parent) ...
+    with pytest.raises(ValueError, match="bad"):
+        result.get(timeout=TIMEOUT)
+    # ... and the body itself fails with ChordError.
+    wait_for(lambda: result.state == "FAILURE", TIMEOUT, "the body to fail")
+    assert type(result.result).__name__ == "ChordError"
+    assert re.search(r"Dependency \S+ raised ValueError\('bad'\)", str(result.result))
+    assert AsyncResult(errback_id, app=app).get(timeout=TIMEOUT) == result.id
+
+
+def test_chord_nested_in_a_chain(database_url: str, celeriac_worker: Callable[..., Worker]) -> None:
+    backend = f"db+{database_url}"
+    start_worker(celeriac_worker, backend)
+    app = client_app(database_url, backend)
+    add = signature("examples.add", app=app)
+    echo = signature("examples.echo", app=app)
+    # (1 + 1) then a chord whose members each get 2 prepended, then the body, then a last link.
+    workflow = chain(add.clone(args=(1, 1)), chord([add.clone(args=(i,)) for i in range(5)], echo))
+    assert workflow.apply_async().get(timeout=60) == [2 + i for i in range(5)]
+
+
+def test_chord_counting_with_two_workers_one_killed_mid_header(
+    database_url: str, celeriac_worker: Callable[..., Worker]
+) -> None:
+    """Two workers complete the header at once, and one is SIGKILLed half-way: the killed worker's
+    leased members run again on the other, and the body still runs exactly once."""
+    backend = f"db+{database_url}"
+    fast = ["--lease-seconds", "2", "--heartbeat-interval", "0.5"]
+    workers = [start_worker(celeriac_worker, backend, *fast) for _ in range(2)]
+    app = client_app(database_url, backend)
+    sleep = signature("examples.sleep", app=app)
+    echo = signature("examples.echo", app=app)
+    result = chord([sleep.clone(args=(0.02,)) for _ in range(200)])(echo)
+
+    def both_ran_some() -> bool:
+        return all(w.log().count("examples.sleep[") >= 10 for w in workers)
+
+    wait_for(both_ran_some, TIMEOUT, "both workers to run header tasks")
+    workers[1].kill()
+    assert result.get(timeout=120) == [0.02] * 200
+    wait_for(lambda: queue_is_empty(database_url), TIMEOUT, "the queue to drain")
+    assert body_runs(workers, result.id) == 1

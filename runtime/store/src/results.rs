@@ -462,6 +462,31 @@ impl Store {
         client.touch(self.pooler, &table.upsert_sql(1, None), &params).await
     }
 
+    /// The stored states of `task_ids` and their result bytes (Django: the text's bytes), in
+    /// the order asked; `None` for a task with no row (Celery's `PENDING`).
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn result_get_many(
+        &self,
+        table: &ResultTable,
+        task_ids: &[String],
+    ) -> Result<Vec<Option<(String, Option<Vec<u8>>)>>> {
+        let client = self.pool.get().await?;
+        let value = match table.kind {
+            ResultTableKind::Celery => "result",
+            ResultTableKind::Django => "convert_to(result, 'UTF8')",
+        };
+        let sql = format!(
+            "select task_id::text, status::text, {value} from {} where task_id = any($1::text[])",
+            table.qualified
+        );
+        let rows = client.rows(self.pooler, &sql, &[(&task_ids, Type::TEXT_ARRAY)]).await?;
+        let mut found: std::collections::HashMap<String, (String, Option<Vec<u8>>)> =
+            rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect();
+        Ok(task_ids.iter().map(|id| found.remove(id)).collect())
+    }
+
     /// The stored state of `task_id` and its result bytes (Django: the text's bytes), if any.
     ///
     /// # Errors

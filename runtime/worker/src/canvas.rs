@@ -5,6 +5,9 @@
 //! - On success: the next task of the chain (`embed.chain`'s last element, with the rest of the
 //!   chain carried), and every callback (`embed.callbacks`, Celery's `link`), each called with
 //!   the result prepended to its args unless the signature is immutable.
+//! - A group or a chord among those is published as Celery's `group.apply_async` and
+//!   `chord.apply_async` would on a database backend: each member with the group id and its
+//!   index, and for a chord `celery.chord_unlock` (see `crate::chord`).
 //! - On failure: every errback (`embed.errbacks`, `link_error`) with the failed task's id
 //!   prepended (the form Celery publishes for errbacks it does not call in-process).
 //!
@@ -66,7 +69,7 @@ pub(crate) fn signature_message(
         return Err(error("?", "no task name"));
     }
     if let Some(kind) = map.get("subtask_type").and_then(Value::as_str) {
-        return Err(error(task, format!("nested {kind} signatures are not published by Rust handlers yet")));
+        return Err(error(task, format!("a {kind} signature is published with `publish`, not as one message")));
     }
     let immutable = map.get("immutable").and_then(Value::as_bool).unwrap_or(false);
     let mut args: Vec<Value> = if immutable { Vec::new() } else { prepend.to_vec() };
@@ -132,6 +135,162 @@ pub(crate) fn signature_message(
     Ok(encoded.into())
 }
 
+fn with_option(sig: &Value, key: &str, value: Value) -> Value {
+    let mut sig = sig.clone();
+    if let Value::Map(m) = &mut sig {
+        let options = m.entry("options".to_owned()).or_insert_with(|| Value::Map(Map::new()));
+        if !matches!(options, Value::Map(_)) {
+            *options = Value::Map(Map::new());
+        }
+        if let Value::Map(o) = options {
+            o.insert(key.to_owned(), value);
+        }
+    }
+    sig
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Publishes any signature: a task, a group (each member, with the group's id and its index),
+/// or a chord (its header as a group, and `celery.chord_unlock`, which publishes the body once
+/// the header is done: the database backends' way, which celeriac's worker runs itself).
+/// `prepend` goes before each task's args (a group's and a chord header's members each get it).
+pub(crate) fn publish(
+    sig: &Value,
+    prepend: &[Value],
+    parent: &TaskMessage,
+    default_queue: &str,
+    chain: Option<Vec<Value>>,
+    now: DateTime<Utc>,
+    out: &mut Vec<NewMessage>,
+) -> Result<(), SignatureError> {
+    let map = sig.as_map().ok_or_else(|| error("?", "not a signature (a dict)"))?;
+    let task = map.get("task").and_then(Value::as_str).unwrap_or("?");
+    let kind = map.get("subtask_type").and_then(Value::as_str);
+    let empty = Map::new();
+    let kwargs = map.get("kwargs").and_then(Value::as_map).unwrap_or(&empty);
+    let options = map.get("options").and_then(Value::as_map).unwrap_or(&empty);
+    let immutable = map.get("immutable").and_then(Value::as_bool).unwrap_or(false);
+    let prepend = if immutable { &[][..] } else { prepend };
+    let rest_of_chain = chain.filter(|c| !c.is_empty());
+    match kind {
+        None => {
+            out.push(signature_message(sig, prepend, parent, default_queue, rest_of_chain, now)?);
+            Ok(())
+        }
+        Some("group") => {
+            if rest_of_chain.is_some() {
+                return Err(error(task, "a group followed by more of a chain (Celery makes that a chord)"));
+            }
+            let members =
+                kwargs.get("tasks").and_then(Value::as_list).ok_or_else(|| error(task, "a group without tasks"))?;
+            let group_id = options
+                .get("group_id")
+                .or_else(|| options.get("task_id"))
+                .and_then(Value::as_str)
+                .map_or_else(new_id, str::to_owned);
+            for (i, member) in members.iter().enumerate() {
+                let member = with_option(member, "group_id", Value::Str(group_id.clone()));
+                let member = with_option(&member, "group_index", Value::Int(i64::try_from(i).unwrap_or(i64::MAX)));
+                publish(&member, prepend, parent, default_queue, None, now, out)?;
+            }
+            Ok(())
+        }
+        Some("chord") => {
+            if rest_of_chain.is_some() {
+                return Err(error(task, "a chord followed by more of a chain is not published by Rust handlers yet"));
+            }
+            let header = kwargs.get("header").ok_or_else(|| error(task, "a chord without a header"))?;
+            let body = kwargs
+                .get("body")
+                .filter(|b| b.as_map().is_some())
+                .ok_or_else(|| error(task, "a chord without a body"))?;
+            let header_options =
+                header.as_map().and_then(|h| h.get("options")).and_then(Value::as_map).unwrap_or(&empty);
+            let group_id = header_options
+                .get("task_id")
+                .or_else(|| header_options.get("group_id"))
+                .and_then(Value::as_str)
+                .map_or_else(new_id, str::to_owned);
+            let members: Vec<Value> = match header {
+                Value::List(items) => items.clone(),
+                h => h
+                    .as_map()
+                    .and_then(|m| m.get("kwargs"))
+                    .and_then(Value::as_map)
+                    .and_then(|k| k.get("tasks"))
+                    .and_then(Value::as_list)
+                    .map(<[Value]>::to_vec)
+                    .ok_or_else(|| error(task, "a chord header that is not a group"))?,
+            };
+            let body = match body
+                .as_map()
+                .and_then(|b| b.get("options"))
+                .and_then(Value::as_map)
+                .and_then(|o| o.get("task_id"))
+            {
+                Some(_) => body.clone(),
+                None => with_option(body, "task_id", Value::Str(new_id())),
+            };
+            let mut result_tuples = Vec::with_capacity(members.len());
+            let mut header_messages = Vec::with_capacity(members.len());
+            for (i, member) in members.iter().enumerate() {
+                if member.as_map().and_then(|m| m.get("subtask_type")).is_some_and(|t| !matches!(t, Value::Null)) {
+                    return Err(error(task, "a chord header member that is itself a canvas"));
+                }
+                let mut member = with_option(member, "group_id", Value::Str(group_id.clone()));
+                member = with_option(&member, "group_index", Value::Int(i64::try_from(i).unwrap_or(i64::MAX)));
+                member = with_option(&member, "chord", body.clone());
+                let has_id = member
+                    .as_map()
+                    .and_then(|m| m.get("options"))
+                    .and_then(Value::as_map)
+                    .is_some_and(|o| o.get("task_id").and_then(Value::as_str).is_some());
+                if !has_id {
+                    member = with_option(&member, "task_id", Value::Str(new_id()));
+                }
+                let id = member
+                    .as_map()
+                    .and_then(|m| m.get("options"))
+                    .and_then(Value::as_map)
+                    .and_then(|o| o.get("task_id"))
+                    .cloned()
+                    .unwrap_or_default();
+                result_tuples.push(Value::List(vec![Value::List(vec![id, Value::Null]), Value::Null]));
+                header_messages.push(signature_message(&member, prepend, parent, default_queue, None, now)?);
+            }
+            // Celery's `apply_chord` for the database backends: the unlock first, a second later.
+            let mut unlock_kwargs = Map::new();
+            unlock_kwargs.insert("interval".into(), Value::Null);
+            unlock_kwargs.insert("max_retries".into(), Value::Null);
+            unlock_kwargs.insert("result".into(), Value::List(result_tuples));
+            unlock_kwargs.insert("_chord_unlock_exchange_type".into(), Value::Str("direct".into()));
+            let unlock_opts = TaskOptions {
+                queue: default_queue.to_owned(),
+                countdown: Some(1.0),
+                ignore_result: true,
+                parent_id: Some(parent.headers.id.clone()),
+                root_id: Some(parent.headers.root_id.clone().unwrap_or_else(|| parent.headers.id.clone())),
+                ..TaskOptions::default()
+            };
+            let unlock = encode_task(
+                crate::chord::CHORD_UNLOCK,
+                &[Value::Str(group_id), body],
+                &unlock_kwargs,
+                &unlock_opts,
+                now,
+            )
+            .map_err(|e| error(task, e.to_string()))?;
+            out.push(unlock.into());
+            out.extend(header_messages);
+            Ok(())
+        }
+        Some(other) => Err(error(task, format!("{other} signatures are not published by Rust handlers yet"))),
+    }
+}
+
 /// What a task that returned `value` publishes: the chain's next task, then its callbacks.
 pub(crate) fn on_success(
     message: &TaskMessage,
@@ -144,16 +303,14 @@ pub(crate) fn on_success(
     let prepend = std::slice::from_ref(value);
     if let Value::List(chain) = &message.embed.chain {
         if let Some((next, rest)) = chain.split_last() {
-            match signature_message(next, prepend, message, default_queue, Some(rest.to_vec()), now) {
-                Ok(m) => out.push(m),
-                Err(e) => errors.push(e),
+            if let Err(e) = publish(next, prepend, message, default_queue, Some(rest.to_vec()), now, &mut out) {
+                errors.push(e);
             }
         }
     }
     for sig in signatures(&message.embed.callbacks) {
-        match signature_message(sig, prepend, message, default_queue, None, now) {
-            Ok(m) => out.push(m),
-            Err(e) => errors.push(e),
+        if let Err(e) = publish(sig, prepend, message, default_queue, None, now, &mut out) {
+            errors.push(e);
         }
     }
     (out, errors)
@@ -169,9 +326,8 @@ pub(crate) fn on_failure(
     let mut errors = Vec::new();
     let prepend = [Value::Str(message.headers.id.clone())];
     for sig in signatures(&message.embed.errbacks) {
-        match signature_message(sig, &prepend, message, default_queue, None, now) {
-            Ok(m) => out.push(m),
-            Err(e) => errors.push(e),
+        if let Err(e) = publish(sig, &prepend, message, default_queue, None, now, &mut out) {
+            errors.push(e);
         }
     }
     (out, errors)

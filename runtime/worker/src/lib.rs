@@ -27,6 +27,7 @@
 
 pub mod bench;
 mod canvas;
+mod chord;
 pub mod cli;
 mod client;
 pub mod examples;

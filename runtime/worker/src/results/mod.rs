@@ -13,6 +13,7 @@
 //! module never writes for them, except for the states the worker decides before a task runs.
 
 mod meta;
+mod read;
 mod redis;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -22,6 +23,7 @@ use celeriac_store::{ResultRow, ResultTable, ResultTableConfig, ResultTableKind,
 
 pub use meta::DbValueFormat;
 pub(crate) use meta::{Exception, State, TaskContext};
+pub(crate) use read::StoredResult;
 
 use crate::Error;
 
@@ -223,6 +225,39 @@ impl Results {
                 let meta = meta::kv_meta(self.config.extended, state, ctx);
                 r.store(&ctx.message.headers.id, &meta).await.map_err(|e| e.to_string())
             }
+        }
+    }
+
+    /// The stored states of `task_ids`, in that order (`None`: nothing stored, Celery's
+    /// `PENDING`).
+    ///
+    /// # Errors
+    /// The backend's error, as text for the log.
+    pub(crate) async fn read_many(&self, task_ids: &[String]) -> Result<Vec<Option<StoredResult>>, String> {
+        let from_table = |rows: Vec<Option<(String, Option<Vec<u8>>)>>| {
+            rows.into_iter()
+                .map(|row| {
+                    row.map(|(status, bytes)| StoredResult {
+                        status,
+                        value: bytes.map_or(Ok(celeriac_protocol::Value::Null), |b| read::decode_value(&b)),
+                    })
+                })
+                .collect()
+        };
+        match &self.backend {
+            Backend::QueueDatabase(table) => {
+                self.queue.result_get_many(table, task_ids).await.map(from_table).map_err(|e| e.to_string())
+            }
+            Backend::Database { store, table } => {
+                store.result_get_many(table, task_ids).await.map(from_table).map_err(|e| e.to_string())
+            }
+            Backend::Redis(r) => Ok(r
+                .get_many(task_ids)
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|meta| meta.map(|m| read::decode_meta(&m)))
+                .collect()),
         }
     }
 

@@ -69,4 +69,18 @@ impl RedisResults {
         }
         result
     }
+
+    /// The stored metas of `task_ids`, in that order.
+    pub(crate) async fn get_many(&self, task_ids: &[String]) -> redis::RedisResult<Vec<Option<Vec<u8>>>> {
+        if task_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = task_ids.iter().map(|id| self.key(id)).collect();
+        let mut connection = self.connection().await?;
+        let result = redis::cmd("MGET").arg(&keys).query_async(&mut connection).await;
+        if result.is_err() {
+            *self.connection.lock().await = None;
+        }
+        result
+    }
 }

@@ -19,10 +19,11 @@ use super::{
     claim::{SuspectPermit, Turn},
     rate_limit::{Admission, Admitted},
     settle::{self, Delivery, Level, Verdict},
+    stats::Counter,
     Shared,
 };
 use crate::{
-    canvas,
+    canvas, chord,
     results::{Exception, State, TaskContext},
     task::{LeaseCheck, Outcome, Request, StateError, StateUpdater},
 };
@@ -156,6 +157,9 @@ async fn execute_inner(
     let (message, body_decoded) = match head {
         Ok(m) => m,
         Err(e) => {
+            if let DecodeError::ContentDisallowed { content_type, .. } = &e {
+                store_content_disallowed(shared, &claimed, content_type).await;
+            }
             dead_letter_undecodable(shared, &claimed, &e);
             return;
         }
@@ -164,6 +168,12 @@ async fn execute_inner(
     let id = message.headers.id.clone();
     tracing::info!(redelivered = claimed.redelivered, "Task {name}[{id}] received");
     let redeliveries = claimed.redeliveries;
+    if message.headers.task == chord::CHORD_UNLOCK && !shared.registry.contains(chord::CHORD_UNLOCK) {
+        if let Some(results) = shared.results.clone() {
+            chord_unlock(shared, &claimed, message, body_decoded, &results).await;
+            return;
+        }
+    }
     let Some(handler) = shared.registry.get(&message.headers.task) else {
         let task = &message.headers.task;
         let quoted = pyrepr::repr(&Value::Str(task.clone()));
@@ -333,6 +343,127 @@ async fn execute_inner(
     // Only now may the next task start: its log lines follow this task's outcome.
     drop(run_slot);
     drop(slot);
+}
+
+/// `celery.chord_unlock` without the app's Python (see `crate::chord`): checks the header's
+/// states; publishes the body with their results, or fails it, or checks again later.
+async fn chord_unlock(
+    shared: &Shared,
+    claimed: &ClaimedMessage,
+    mut message: TaskMessage,
+    body_decoded: bool,
+    results: &crate::results::Results,
+) {
+    let lease = claimed.lease;
+    if !body_decoded {
+        if let Err(e) = message.decode_body(&Limits::default()) {
+            dead_letter_undecodable(shared, claimed, &e);
+            return;
+        }
+    }
+    let (name, id) = (message.display_name().to_owned(), message.headers.id.clone());
+    let unlock = match chord::parse(&message) {
+        Ok(u) => u,
+        Err(e) => {
+            let reason = pyrepr::repr(&Value::Str(e));
+            tracing::error!("Task {name}[{id}] raised unexpected: ValueError({reason})");
+            shared.stats.count(Counter::Failed);
+            shared.session.settle(Settlement::Complete(lease));
+            return;
+        }
+    };
+    let now = Utc::now();
+    let join = match results.read_many(&unlock.members).await {
+        Ok(states) => chord::join(&unlock.members, &states),
+        Err(e) => {
+            tracing::warn!("Task {name}[{id}]: cannot read the chord header's results ({e}); checking again later");
+            chord::Join::Waiting
+        }
+    };
+    let queue = claimed.queue.as_str();
+    let default_queue = shared.config.default_queue.as_str();
+    let settlement = match join {
+        chord::Join::Waiting => {
+            if unlock.max_retries.is_some_and(|max| message.headers.retries >= max) {
+                tracing::error!(
+                    "Task {name}[{id}] raised unexpected: MaxRetriesExceededError(the chord's header is not ready)"
+                );
+                shared.stats.count(Counter::Failed);
+                Settlement::Complete(lease)
+            } else {
+                #[allow(clippy::cast_possible_truncation)] // at most a day of milliseconds
+                let delay = chrono::Duration::milliseconds((unlock.interval.min(86_400.0) * 1000.0) as i64);
+                let eta = now + delay;
+                tracing::debug!("Task {name}[{id}] retry: the chord's header is not ready; again in {delay}");
+                shared.stats.count(Counter::Retried);
+                Settlement::Retry { lease, payload: message.to_retry(eta).payload, eta }
+            }
+        }
+        chord::Join::Ready(values) => {
+            match canvas::signature_message(&unlock.body, &[Value::List(values)], &message, default_queue, None, now) {
+                Ok(body) => {
+                    tracing::info!("Task {name}[{id}] succeeded: the chord's body is published");
+                    shared.stats.count(Counter::Succeeded);
+                    finish(lease, None, vec![body])
+                }
+                Err(e) => {
+                    tracing::error!("Task {name}[{id}]: {e}");
+                    shared.stats.count(Counter::Failed);
+                    Settlement::Complete(lease)
+                }
+            }
+        }
+        chord::Join::Failed(reason) => {
+            tracing::error!("Task {name}[{id}]: the chord's body fails: ChordError({reason})");
+            shared.stats.count(Counter::Succeeded);
+            match canvas::signature_message(&unlock.body, &[], &message, default_queue, None, now)
+                .map_err(|e| e.to_string())
+                .and_then(|m| {
+                    TaskMessage::decode(&m.payload, &celeriac_protocol::Accept::default()).map_err(|e| e.to_string())
+                }) {
+                Ok(body) => {
+                    let state = State::Exception {
+                        state: TaskState::Failure,
+                        exception: Exception::new("ChordError", &reason, None),
+                    };
+                    let row = store_final(shared, &body, queue, &state).await;
+                    let (errbacks, errors) = canvas::on_failure(&body, default_queue, now);
+                    for e in errors {
+                        tracing::error!("Task {name}[{id}]: {e}");
+                    }
+                    finish(lease, row, errbacks)
+                }
+                Err(e) => {
+                    tracing::error!("Task {name}[{id}]: cannot read the chord's body: {e}");
+                    Settlement::Complete(lease)
+                }
+            }
+        }
+    };
+    shared.session.settle(settlement);
+}
+
+/// A message refused by `accept_content` fails its task with `ContentDisallowed`, as under
+/// Celery (whose pool refuses the body), when its headers can be read.
+async fn store_content_disallowed(shared: &Shared, claimed: &ClaimedMessage, content_type: &str) {
+    if shared.results.is_none() {
+        return;
+    }
+    let Ok(message) = TaskMessage::decode_head(&claimed.payload, &celeriac_protocol::Accept::new([content_type]))
+    else {
+        return;
+    };
+    let serializer = match content_type {
+        "application/x-python-serialize" => "pickle",
+        "application/x-yaml" => "yaml",
+        "application/x-msgpack" => "msgpack",
+        "application/json" => "json",
+        other => other,
+    };
+    let text = format!("Refusing to deserialize untrusted content of type {serializer} ({content_type})");
+    let state =
+        State::Exception { state: TaskState::Failure, exception: Exception::new("ContentDisallowed", &text, None) };
+    store_now(shared, &message, claimed.queue.as_str(), &state).await;
 }
 
 /// The result state of a verdict's task result.
