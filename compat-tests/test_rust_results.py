@@ -34,6 +34,7 @@ from celery.exceptions import TaskRevokedError
 from celery.result import AsyncResult
 
 from celeriac_testkit import Worker, wait_for
+from tools.sample_proj import Proj, ProjWorker
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CELERY56_PYTHON = REPO_ROOT / ".venv-celery56" / "bin" / "python"
@@ -426,3 +427,29 @@ def test_chord_counting_with_two_workers_one_killed_mid_header(
     assert result.get(timeout=120) == [0.02] * 200
     wait_for(lambda: queue_is_empty(database_url), TIMEOUT, "the queue to drain")
     assert body_runs(workers, result.id) == 1
+
+
+def test_rust_and_python_tasks_mixed_in_chains_and_chords(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
+    """With -A, Rust handlers store their results in the app's backend (result_extended on), and
+    chain and chord freely with the app's Python tasks; the chord's unlock is the app's own."""
+    worker = proj_worker(extra_args=["--example-handlers"])
+    app = proj.app
+    rust_add = signature("examples.add", app=app)
+    python_add = signature("proj.tasks.add", app=app)
+    links = [rust_add.clone(args=(0, 1))]
+    links += [(python_add if i % 2 else rust_add).clone(args=(1,)) for i in range(99)]
+    result = chain(*links).apply_async()
+    assert result.get(timeout=120) == 100
+    # A Rust handler's row carries the extended columns, as Celery writes them.
+    rows = proj.query(
+        "select name, worker, queue, retries from celery_taskmeta where task_id = %s", result.parent.parent.id
+    )
+    assert rows[0][0] == "examples.add"
+    assert rows[0][1].startswith("proj1@")
+    assert rows[0][2:] == ("celery", 0)
+
+    header = [(python_add if i % 2 else rust_add).clone(args=(i, i)) for i in range(20)]
+    body = signature("examples.echo", app=app)
+    chord_result = chord(header)(body)
+    assert chord_result.get(timeout=120) == [2 * i for i in range(20)]
+    assert body_runs([worker], chord_result.id) == 1
