@@ -129,6 +129,22 @@ def export(app: Any) -> dict[str, Any]:
     beat_schedule = dict(conf.beat_schedule or {})
     zone = _zone_name(app.timezone)
     warnings: list[str] = []
+    # Beat's default entry (Scheduler.install_default_entries): the daily result cleanup at 04:00,
+    # when results expire and the backend does not expire them itself.
+    if conf.result_expires and "celery.backend_cleanup" not in beat_schedule:
+        try:
+            autoexpire = bool(app.backend.supports_autoexpire)
+        except Exception as exc:  # a backend that cannot be set up here: Beat would fail too
+            warnings.append(f"result backend: {type(exc).__name__}: {exc}")
+            autoexpire = True
+        if not autoexpire:
+            from celery.schedules import crontab
+
+            beat_schedule["celery.backend_cleanup"] = {
+                "task": "celery.backend_cleanup",
+                "schedule": crontab("0", "4", "*"),
+                "options": {"expires": 12 * 3600},
+            }
     if zone is None:
         raise SystemExit(
             "celeriac: the app has no IANA time zone (enable_utc=False without timezone uses "

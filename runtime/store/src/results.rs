@@ -487,6 +487,42 @@ impl Store {
         Ok(task_ids.iter().map(|id| found.remove(id)).collect())
     }
 
+    /// Deletes the results finished more than `older_than_seconds` ago (Celery's
+    /// `backend_cleanup` with `result_expires`), in batches of 10,000 rows, each its own
+    /// statement. Returns how many were deleted.
+    ///
+    /// # Errors
+    /// Connection errors (what was deleted before stays deleted).
+    pub async fn result_cleanup(&self, table: &ResultTable, older_than_seconds: f64) -> Result<u64> {
+        let cutoff = match table.kind {
+            // Celery's `date_done` is naive UTC.
+            ResultTableKind::Celery => "(now() at time zone 'utc') - make_interval(secs => $1)",
+            ResultTableKind::Django => "now() - make_interval(secs => $1)",
+        };
+        let sql = format!(
+            "delete from {t} where ctid = any(array(select ctid from {t} where date_done < {cutoff} limit 10000))",
+            t = table.qualified
+        );
+        let client = self.pool.get().await?;
+        let mut total = 0;
+        loop {
+            let n = client.touch(self.pooler, &sql, &[(&older_than_seconds, Type::FLOAT8)]).await?;
+            total += n;
+            if n < 10_000 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// How many rows the table has (an exact count: for tests and benchmarks).
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn result_count(&self, table: &ResultTable) -> Result<i64> {
+        let client = self.pool.get().await?;
+        Ok(client.row(self.pooler, &format!("select count(*) from {}", table.qualified), &[]).await?.get(0))
+    }
+
     /// The stored state of `task_id` and its result bytes (Django: the text's bytes), if any.
     ///
     /// # Errors

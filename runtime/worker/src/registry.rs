@@ -117,11 +117,29 @@ impl Registry {
         Registry::default()
     }
 
-    /// A registry with Celery's built-in tasks a worker must answer: `celery.ping` → `"pong"`.
+    /// A registry with Celery's built-in tasks a worker must answer: `celery.ping` → `"pong"`,
+    /// and `celery.accumulate` (returns its args, or `args[index]` with the `index` keyword).
+    /// `celery.chord_unlock` and `celery.backend_cleanup` are run by the worker itself (they
+    /// need its result backend), unless a handler of that name is registered (with `-A`, the
+    /// app's own).
     #[must_use]
     pub fn with_builtins() -> Self {
         let mut r = Registry::new();
         r.register("celery.ping", |_args: Vec<Value>| async { Ok::<_, TaskError>("pong") });
+        r.register_raw("celery.accumulate", |req: Request| async move {
+            match req.kwargs().get("index") {
+                None | Some(Value::Null) => Outcome::Success(Value::List(req.args().to_vec())),
+                Some(Value::Int(i)) => {
+                    let len = i64::try_from(req.args().len()).unwrap_or(i64::MAX);
+                    let at = if *i < 0 { *i + len } else { *i };
+                    match usize::try_from(at).ok().and_then(|at| req.args().get(at)) {
+                        Some(v) => Outcome::Success(v.clone()),
+                        None => Outcome::failure("IndexError", "tuple index out of range"),
+                    }
+                }
+                Some(_) => Outcome::failure("TypeError", "tuple indices must be integers or slices"),
+            }
+        });
         r
     }
 

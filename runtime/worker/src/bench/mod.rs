@@ -14,6 +14,7 @@
 //! scheduler ([`schedules`]).
 
 mod rate_limits;
+mod results;
 mod schedules;
 
 use std::{
@@ -56,6 +57,10 @@ pub struct BenchArgs {
     /// --global-workers workers.
     #[arg(long)]
     pub rate_limits: bool,
+    /// Instead: the drain rate with results stored in celery_taskmeta on the queue database
+    /// against none, side by side for --rounds rounds (--tasks per drain, each --concurrency).
+    #[arg(long)]
+    pub results: bool,
     /// Rate-limited messages waiting while unlimited ones drain (--rate-limits).
     #[arg(long, default_value_t = 100_000)]
     pub limited_backlog: usize,
@@ -148,6 +153,9 @@ pub async fn run(url: &str, args: &BenchArgs) -> Result<(), BenchError> {
     }
     if args.schedules > 0 {
         return schedules::run(&store, args).await;
+    }
+    if args.results {
+        return results::run(&store, url, args).await;
     }
     let purged = store.message_purge(&args.queue).await?;
     println!(

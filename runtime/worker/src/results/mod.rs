@@ -261,6 +261,22 @@ impl Results {
         }
     }
 
+    /// Celery's `backend_cleanup`: deletes results older than `result_expires` from a result
+    /// table (Redis keys expire on their own). Returns how many were deleted.
+    ///
+    /// # Errors
+    /// The backend's error, as text for the log.
+    pub(crate) async fn cleanup(&self) -> Result<u64, String> {
+        let Some(expires) = self.config.expires else { return Ok(0) };
+        let seconds = expires.as_secs_f64();
+        match &self.backend {
+            Backend::QueueDatabase(table) => self.queue.result_cleanup(table, seconds).await,
+            Backend::Database { store, table } => store.result_cleanup(table, seconds).await,
+            Backend::Redis(_) => return Ok(0),
+        }
+        .map_err(|e| e.to_string())
+    }
+
     /// Stores a final state: returns the row that goes with the message's deletion (the queue
     /// database's table), or writes it now and returns `None`.
     ///

@@ -174,6 +174,10 @@ async fn execute_inner(
             return;
         }
     }
+    if message.headers.task == BACKEND_CLEANUP && !shared.registry.contains(BACKEND_CLEANUP) {
+        backend_cleanup(shared, claimed.lease, &name, &id).await;
+        return;
+    }
     let Some(handler) = shared.registry.get(&message.headers.task) else {
         let task = &message.headers.task;
         let quoted = pyrepr::repr(&Value::Str(task.clone()));
@@ -343,6 +347,31 @@ async fn execute_inner(
     // Only now may the next task start: its log lines follow this task's outcome.
     drop(run_slot);
     drop(slot);
+}
+
+/// Celery's built-in result cleanup, which Beat (and celeriac's scheduler) sends daily at 04:00.
+const BACKEND_CLEANUP: &str = "celery.backend_cleanup";
+
+/// `celery.backend_cleanup` without the app's Python: deletes expired rows from a result table;
+/// without a result backend (or with Redis, whose keys expire) there is nothing to do.
+async fn backend_cleanup(shared: &Shared, lease: Lease, name: &str, id: &str) {
+    let started = Instant::now();
+    let deleted = match &shared.results {
+        Some(results) => results.cleanup().await,
+        None => Ok(0),
+    };
+    match deleted {
+        Ok(n) => {
+            let secs = celeriac_protocol::json::python_float_repr(started.elapsed().as_secs_f64());
+            tracing::info!(deleted = n, "Task {name}[{id}] succeeded in {secs}s: None");
+            shared.stats.count(Counter::Succeeded);
+        }
+        Err(e) => {
+            tracing::error!("Task {name}[{id}] raised unexpected: OperationalError({e:?})");
+            shared.stats.count(Counter::Failed);
+        }
+    }
+    shared.session.settle(Settlement::Complete(lease));
 }
 
 /// `celery.chord_unlock` without the app's Python (see `crate::chord`): checks the header's

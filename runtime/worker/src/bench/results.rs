@@ -1,0 +1,76 @@
+//! `celeriac bench --results`: the drain rate of no-op Rust handlers with their results stored in
+//! `celery_taskmeta` on the queue's database (written with the completion) against the same
+//! drain storing nothing, side by side, round after round, with the ratio of each pair. Every
+//! results run is checked: exactly one row per task.
+
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use celeriac_store::{ResultTableConfig, Store};
+use tokio_util::sync::CancellationToken;
+
+use super::{messages, quiet_config, rate, BenchArgs, BenchError, TASK};
+use crate::{Outcome, Registry, Request, ResultsConfig, Worker};
+
+/// One drain of `args.tasks` messages; returns tasks per second.
+async fn drain(
+    store: &Store,
+    args: &BenchArgs,
+    concurrency: usize,
+    results: Option<ResultsConfig>,
+) -> Result<f64, BenchError> {
+    for chunk in messages(TASK, args.tasks, &args.queue).chunks(args.batch.max(1)) {
+        store.message_insert_many(chunk).await?;
+    }
+    let mut registry = Registry::new();
+    registry.register_raw(TASK, |_req: Request| async { Outcome::Success(celeriac_protocol::Value::Int(1)) });
+    let config = crate::WorkerConfig { results, ..quiet_config(&args.queue, concurrency, args.prefetch_multiplier) };
+    let worker = Worker::new(store.clone(), registry, config)?;
+    let stats = worker.stats();
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let handle = tokio::spawn(worker.run(shutdown.clone()));
+    let target = args.tasks as u64;
+    while stats.settled.load(Ordering::Relaxed) < target {
+        if handle.is_finished() {
+            return Err(BenchError::StoppedEarly);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = started.elapsed();
+    shutdown.cancel();
+    handle.await??;
+    Ok(rate(args.tasks, elapsed))
+}
+
+/// Runs the comparison and prints one line per drain and the ratio of each pair.
+pub(super) async fn run(store: &Store, url: &str, args: &BenchArgs) -> Result<(), BenchError> {
+    store.message_purge(&args.queue).await?;
+    let table = store.result_table_open(&ResultTableConfig::celery()).await?;
+    println!(
+        "celeriac bench --results: {} no-op Rust tasks per drain, results in celery_taskmeta on the queue database \
+         (pickle, written with the completion) vs none; {} rounds",
+        args.tasks, args.rounds
+    );
+    let backend = format!("db+{url}");
+    for round in 1..=args.rounds {
+        for &concurrency in &args.concurrency {
+            let none = drain(store, args, concurrency, None).await?;
+            store.result_cleanup(&table, -1e9).await?;
+            let with = drain(store, args, concurrency, Some(ResultsConfig::new(backend.clone()))).await?;
+            let rows = store.result_count(&table).await?;
+            let expected = i64::try_from(args.tasks).unwrap_or(i64::MAX);
+            if rows != expected {
+                println!("ERROR: {rows} result rows for {expected} tasks");
+                return Err(BenchError::StoppedEarly);
+            }
+            println!(
+                "round {round} c={concurrency:<3} no results {none:>9.0} tasks/s   db results {with:>9.0} tasks/s   ratio {:.2}",
+                with / none
+            );
+        }
+    }
+    Ok(())
+}
