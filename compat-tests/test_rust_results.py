@@ -453,3 +453,26 @@ def test_rust_and_python_tasks_mixed_in_chains_and_chords(proj: Proj, proj_worke
     chord_result = chord(header)(body)
     assert chord_result.get(timeout=120) == [2 * i for i in range(20)]
     assert body_runs([worker], chord_result.id) == 1
+
+
+def test_redis_counted_chords_from_a_celery_producer(
+    database_url: str, redis_url: str, celeriac_worker: Callable[..., Worker]
+) -> None:
+    """Celery's Redis backend counts a chord in Redis keys (no celery.chord_unlock): two workers
+    record their header parts there as Celery 5.7 does, and the one that completes the chord
+    publishes the body, once."""
+    workers = [start_worker(celeriac_worker, redis_url) for _ in range(2)]
+    app = client_app(database_url, redis_url)
+    add = signature("examples.add", app=app)
+    echo = signature("examples.echo", app=app)
+    result = chord([add.clone(args=(i, 0)) for i in range(300)])(echo)
+    assert result.get(timeout=120) == list(range(300))
+    wait_for(lambda: queue_is_empty(database_url), TIMEOUT, "the queue to drain")
+    assert body_runs(workers, result.id) == 1
+
+    header = [add.clone(args=(1, 1)), signature("examples.fail", args=("bad",), app=app)]
+    failed = chord(header)(echo)
+    with pytest.raises(ValueError, match="bad"):
+        failed.get(timeout=TIMEOUT)
+    wait_for(lambda: failed.state == "FAILURE", TIMEOUT, "the body to fail")
+    assert type(failed.result).__name__ == "ChordError"

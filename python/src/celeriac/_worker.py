@@ -286,6 +286,7 @@ def _results_settings(app: Any) -> dict[str, Any] | None:
         "schema": schemas.get("task"),
         "create_tables": True if create is None else bool(create),
         "redis_key_prefix": transport.get("global_keyprefix"),
+        "redis_chord_ordered": bool(transport.get("result_chord_ordered", True)),
         "django_database_url": _django_database_url() if backend == "django-db" else None,
     }
 

@@ -144,8 +144,15 @@ pub struct AppResults {
     pub create_tables: bool,
     /// `result_backend_transport_options['global_keyprefix']`.
     pub redis_key_prefix: Option<String>,
+    /// `result_backend_transport_options['result_chord_ordered']` (default on).
+    #[serde(default = "default_true")]
+    pub redis_chord_ordered: bool,
     /// django-db: the Django project's default database, as a URL.
     pub django_database_url: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl AppResults {
@@ -165,6 +172,7 @@ impl AppResults {
             schema: self.schema.clone(),
             create_tables: self.create_tables,
             redis_key_prefix: self.redis_key_prefix.clone(),
+            redis_chord_ordered: self.redis_chord_ordered,
             django_database_url: self.django_database_url.clone(),
             ..crate::ResultsConfig::new(self.backend.clone())
         }

@@ -137,6 +137,11 @@ impl State {
     }
 }
 
+/// The `result` value of `state` in JSON form (what a chord part carries).
+pub(crate) fn result_value(state: &State, hostname: &str) -> Value {
+    state.value(hostname)
+}
+
 /// What the task was: the fields stored beside its state.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TaskContext<'a> {

@@ -55,6 +55,9 @@ pub struct ResultsConfig {
     pub create_tables: bool,
     /// `result_backend_transport_options['global_keyprefix']` (Redis).
     pub redis_key_prefix: Option<String>,
+    /// `result_backend_transport_options['result_chord_ordered']` (Redis): chord parts in a
+    /// sorted set by header index (Celery's default) rather than a list.
+    pub redis_chord_ordered: bool,
 }
 
 impl ResultsConfig {
@@ -75,6 +78,7 @@ impl ResultsConfig {
             schema: None,
             create_tables: true,
             redis_key_prefix: None,
+            redis_chord_ordered: true,
         }
     }
 }
@@ -275,6 +279,52 @@ impl Results {
             Backend::Redis(_) => return Ok(0),
         }
         .map_err(|e| e.to_string())
+    }
+
+    /// A header task's part of a chord counted in Redis (the Redis backend's own chords, which
+    /// Celery producers send without `celery.chord_unlock`). `None` unless this part completed
+    /// the chord and won its dispatch claim; then the parts' states and results in group order.
+    ///
+    /// # Errors
+    /// Redis' error, as text for the log.
+    pub(crate) async fn redis_chord_part(
+        &self,
+        state: &State,
+        ctx: &TaskContext<'_>,
+    ) -> Result<Option<(redis::ChordClaim, Vec<(String, StoredResult)>)>, String> {
+        let Backend::Redis(r) = &self.backend else { return Ok(None) };
+        let headers = &ctx.message.headers;
+        let Some(group) = headers.group.as_deref() else { return Ok(None) };
+        let part = celeriac_protocol::Value::List(vec![
+            celeriac_protocol::Value::Int(1),
+            celeriac_protocol::Value::Str(headers.id.clone()),
+            celeriac_protocol::Value::Str(state.status()),
+            meta::result_value(state, ctx.hostname),
+        ]);
+        let encoded = celeriac_protocol::json::to_vec(&part);
+        let claim = r
+            .chord_part(group, &headers.id, headers.group_index, &encoded, self.config.redis_chord_ordered)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(claim.map(|claim| {
+            let parts = claim.parts.iter().map(|p| read::decode_part(p)).collect();
+            (claim, parts)
+        }))
+    }
+
+    /// The body of a Redis-counted chord was published (or failed): releases the chord.
+    pub(crate) async fn redis_chord_finished(&self, claim: &redis::ChordClaim, failed: bool) {
+        let Backend::Redis(r) = &self.backend else { return };
+        let done =
+            if failed { r.chord_failed(claim.group_id()).await.map(|()| true) } else { r.chord_done(claim).await };
+        match done {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "chord {}: the dispatch claim was lost before cleanup; its keys expire",
+                claim.group_id()
+            ),
+            Err(e) => tracing::warn!("chord {}: cannot clean up its keys ({e}); they expire", claim.group_id()),
+        }
     }
 
     /// Stores a final state: returns the row that goes with the message's deletion (the queue

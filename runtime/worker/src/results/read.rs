@@ -90,6 +90,22 @@ pub(crate) fn decode_meta(bytes: &[u8]) -> StoredResult {
     }
 }
 
+/// A chord part recorded in Redis, `[1, task id, state, result]` (JSON): the task id and its
+/// state.
+pub(crate) fn decode_part(bytes: &[u8]) -> (String, StoredResult) {
+    let unreadable = |why: String| ("?".to_owned(), StoredResult { status: "PENDING".into(), value: Err(why) });
+    match json::from_slice(bytes) {
+        Ok(Value::List(mut items)) if items.len() == 4 => {
+            let result = items.pop().unwrap_or_default();
+            let status = items.pop().and_then(|s| s.as_str().map(str::to_owned)).unwrap_or_else(|| "PENDING".into());
+            let id = items.pop().and_then(|s| s.as_str().map(str::to_owned)).unwrap_or_else(|| "?".into());
+            (id, StoredResult { status, value: Ok(result) })
+        }
+        Ok(_) => unreadable("a chord part that is not [1, id, state, result]".into()),
+        Err(e) => unreadable(format!("a chord part that is not JSON: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use celeriac_protocol::pickle;

@@ -7,6 +7,85 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::Mutex;
 
+/// One header task's part of a Redis-counted chord, in one script: unless the chord is done
+/// already (`.c` = `done`), record the part once per (task id, index) (`.d`) in `.j` (a sorted
+/// set by index, or a list), refresh the keys' expiry, and when the parts reach the chord's size
+/// (`.s`, plus `.t`) take the dispatch claim (`.c`, set if absent, with a timeout). Returns
+/// `{parts, diff, size, claimed}`, or `{-1, 0, 0, 0}` for a chord already done. The keys and
+/// their meaning are those of Celery 5.7's Redis backend, so Python and Rust header tasks count
+/// together.
+const CHORD_PART: &str = r"
+local parts, diff_key, size_key, seen_key, group_key, claim_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local task_id, encoded, sorted, index = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local ttl, group_ttl, claim_ttl, token = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+if redis.call('GET', claim_key) == 'done' then
+    return {-1, 0, 0, 0}
+end
+local seen = task_id .. ':' .. index
+if redis.call('SISMEMBER', seen_key, seen) == 0 then
+    if sorted == '1' then
+        redis.call('ZADD', parts, index, encoded)
+    else
+        redis.call('RPUSH', parts, encoded)
+    end
+    redis.call('SADD', seen_key, seen)
+end
+local count
+if sorted == '1' then
+    count = redis.call('ZCARD', parts)
+else
+    count = redis.call('LLEN', parts)
+end
+if ttl > 0 then
+    redis.call('EXPIRE', parts, ttl)
+    redis.call('EXPIRE', diff_key, ttl)
+    redis.call('EXPIRE', size_key, ttl)
+    redis.call('EXPIRE', seen_key, ttl)
+    if group_ttl > 0 then
+        redis.call('EXPIRE', group_key, group_ttl)
+    end
+end
+local diff = redis.call('GET', diff_key)
+local size = redis.call('GET', size_key)
+local claimed = 0
+if size and count == tonumber(size) + tonumber(diff or 0) then
+    if redis.call('SET', claim_key, token, 'NX', 'EX', claim_ttl) then
+        claimed = 1
+    end
+end
+return {count, diff, size, claimed}
+";
+
+/// After the body is published: while the claim is still ours, drop the chord's keys and mark it
+/// done (so a late duplicate of a header task cannot count it again).
+const CHORD_DONE: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return 0
+end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('SET', KEYS[1], 'done', 'EX', tonumber(ARGV[2]))
+return 1
+";
+
+/// How long a dispatch claim lasts (Celery's, with its default `result_chord_join_timeout`).
+const CLAIM_SECONDS: u64 = 10;
+
+/// A chord whose last header part this task recorded, with the dispatch claim held.
+#[derive(Debug)]
+pub(crate) struct ChordClaim {
+    /// The parts as recorded: Celery's `[1, task id, state, result]`, JSON-encoded, in order.
+    pub parts: Vec<Vec<u8>>,
+    token: String,
+    group_id: String,
+}
+
+impl ChordClaim {
+    /// The chord's group id.
+    pub(crate) fn group_id(&self) -> &str {
+        &self.group_id
+    }
+}
+
 /// A connection to the result Redis, reopened after an error.
 pub(crate) struct RedisResults {
     client: redis::Client,
@@ -68,6 +147,76 @@ impl RedisResults {
             *self.connection.lock().await = None;
         }
         result
+    }
+
+    fn group_key(&self, group_id: &str, suffix: &str) -> String {
+        let global = self.task_prefix.strip_suffix("celery-task-meta-").unwrap_or_default();
+        format!("{global}celery-taskset-meta-{group_id}{suffix}")
+    }
+
+    /// Records a header task's part of a chord counted in Redis (see [`CHORD_PART`]); returns the
+    /// claim when this part completed the chord.
+    pub(crate) async fn chord_part(
+        &self,
+        group_id: &str,
+        task_id: &str,
+        index: Option<i64>,
+        encoded: &[u8],
+        sorted: bool,
+    ) -> redis::RedisResult<Option<ChordClaim>> {
+        let keys: Vec<String> =
+            [".j", ".t", ".s", ".d", "", ".c"].iter().map(|suffix| self.group_key(group_id, suffix)).collect();
+        let ttl = self.expires.map_or(0, |d| d.as_secs());
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let index = index.map_or_else(|| "+inf".to_owned(), |i| i.to_string());
+        let mut connection = self.connection().await?;
+        let script = redis::Script::new(CHORD_PART);
+        let mut call = script.prepare_invoke();
+        for key in &keys {
+            call.key(key);
+        }
+        call.arg(task_id).arg(encoded).arg(if sorted { "1" } else { "0" }).arg(&index);
+        call.arg(ttl).arg(ttl).arg(CLAIM_SECONDS).arg(&token);
+        let result: redis::RedisResult<(i64, Option<i64>, Option<i64>, i64)> = call.invoke_async(&mut connection).await;
+        let (count, diff, size, claimed) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                *self.connection.lock().await = None;
+                return Err(e);
+            }
+        };
+        let Some(size) = size.filter(|_| count >= 0 && claimed == 1) else { return Ok(None) };
+        if count != size + diff.unwrap_or(0) {
+            return Ok(None);
+        }
+        let parts: Vec<Vec<u8>> = if sorted {
+            redis::cmd("ZRANGE").arg(&keys[0]).arg(0).arg(-1).query_async(&mut connection).await?
+        } else {
+            redis::cmd("LRANGE").arg(&keys[0]).arg(0).arg(-1).query_async(&mut connection).await?
+        };
+        Ok(Some(ChordClaim { parts, token, group_id: group_id.to_owned() }))
+    }
+
+    /// After the body is published: releases the claim, drops the chord's keys, marks it done.
+    pub(crate) async fn chord_done(&self, claim: &ChordClaim) -> redis::RedisResult<bool> {
+        let g = &claim.group_id;
+        let keys = [".c", ".j", ".t", ".s", ".d"].map(|suffix| self.group_key(g, suffix));
+        let mut connection = self.connection().await?;
+        let script = redis::Script::new(CHORD_DONE);
+        let mut call = script.prepare_invoke();
+        for key in &keys {
+            call.key(key);
+        }
+        call.arg(&claim.token).arg((CLAIM_SECONDS * 4).max(300));
+        let done: i64 = call.invoke_async(&mut connection).await?;
+        Ok(done == 1)
+    }
+
+    /// After a failed chord (its body failed with ChordError): drops the size, so a late
+    /// duplicate of a header task does not fail it again.
+    pub(crate) async fn chord_failed(&self, group_id: &str) -> redis::RedisResult<()> {
+        let mut connection = self.connection().await?;
+        redis::cmd("DEL").arg(self.group_key(group_id, ".s")).query_async(&mut connection).await
     }
 
     /// The stored metas of `task_ids`, in that order.

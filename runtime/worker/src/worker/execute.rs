@@ -597,7 +597,86 @@ async fn effects(
         tracing::error!("Task {name}[{id}]: {e}");
     }
     let row = store_final(shared, message, queue, &state).await;
+    if matches!(message.embed.chord, Value::Map(_)) {
+        redis_chord_part(shared, message, queue, &state, now).await;
+    }
     finish(lease, row, publish)
+}
+
+/// A header task of a chord counted in Redis (a Celery producer's chord on the Redis backend):
+/// records its part and, when it completed the chord and won the dispatch claim, publishes the
+/// body with the header's results (or fails it), as Celery's `on_chord_part_return` does.
+async fn redis_chord_part(
+    shared: &Shared,
+    message: &TaskMessage,
+    queue: &str,
+    state: &State,
+    now: chrono::DateTime<Utc>,
+) {
+    let Some(results) = &shared.results else { return };
+    let (name, id) = (message.display_name(), &message.headers.id);
+    let ctx = TaskContext { message, hostname: &shared.hostname, queue, now };
+    let (claim, parts) = match results.redis_chord_part(state, &ctx).await {
+        Ok(Some(done)) => done,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!("Task {name}[{id}]: cannot count its chord part in Redis: {e}");
+            return;
+        }
+    };
+    let (ids, states): (Vec<String>, Vec<_>) = parts.into_iter().map(|(id, s)| (id, Some(s))).unzip();
+    let default_queue = shared.config.default_queue.as_str();
+    let body = &message.embed.chord;
+    let failure = match chord::join(&ids, &states) {
+        chord::Join::Ready(values) => {
+            let mut out = Vec::new();
+            match canvas::publish(body, &[Value::List(values)], message, default_queue, None, now, &mut out) {
+                Ok(()) => match shared.store.message_insert_many(&out).await {
+                    Ok(_) => None,
+                    Err(e) => Some(format!("Callback error: {e}")),
+                },
+                Err(e) => Some(format!("Callback error: {e}")),
+            }
+        }
+        chord::Join::Failed(reason) => Some(reason),
+        chord::Join::Waiting => Some("a chord part celeriac cannot read".to_owned()),
+    };
+    if let Some(reason) = &failure {
+        tracing::error!("Chord {}: the body fails: ChordError({reason})", claim.group_id());
+        fail_chord_body(shared, body, message, queue, reason, now).await;
+    }
+    results.redis_chord_finished(&claim, failure.is_some()).await;
+}
+
+/// Stores a chord's body as `FAILURE` with `ChordError(reason)` and publishes its errbacks now.
+async fn fail_chord_body(
+    shared: &Shared,
+    body: &Value,
+    parent: &TaskMessage,
+    queue: &str,
+    reason: &str,
+    now: chrono::DateTime<Utc>,
+) {
+    let default_queue = shared.config.default_queue.as_str();
+    let body = match canvas::signature_message(body, &[], parent, default_queue, None, now)
+        .map_err(|e| e.to_string())
+        .and_then(|m| TaskMessage::decode(&m.payload, &celeriac_protocol::Accept::default()).map_err(|e| e.to_string()))
+    {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!("cannot read a chord's body: {e}");
+            return;
+        }
+    };
+    let state = State::Exception { state: TaskState::Failure, exception: Exception::new("ChordError", reason, None) };
+    store_now(shared, &body, queue, &state).await;
+    let (errbacks, errors) = canvas::on_failure(&body, default_queue, now);
+    for e in errors {
+        tracing::error!("{e}");
+    }
+    if let Err(e) = shared.store.message_insert_many(&errbacks).await {
+        tracing::error!("cannot publish a chord body's errbacks: {e}");
+    }
 }
 
 #[cfg(test)]
