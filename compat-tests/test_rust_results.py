@@ -29,9 +29,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from celery import Celery, chain, chord, signature
+from celery import Celery, chain, chord, group, signature
 from celery.exceptions import TaskRevokedError
-from celery.result import AsyncResult
+from celery.result import AsyncResult, GroupResult
 
 from celeriac_testkit import Worker, wait_for
 from tools.sample_proj import Proj, ProjWorker
@@ -107,7 +107,7 @@ def read_with_celery56(backend: str, task_ids: list[str]) -> list[dict[str, Any]
     script = """
 import json, sys
 from celery import Celery
-from celery.result import AsyncResult
+from celery.result import AsyncResult, GroupResult
 app = Celery("reader56", backend=sys.argv[1], set_as_current=False)
 out = []
 for task_id in sys.argv[2:]:
@@ -275,6 +275,13 @@ def test_chains_callbacks_and_errbacks_around_rust_handlers(
     assert result.parent is not None
     assert result.parent.get(timeout=TIMEOUT) == 99
 
+    # A group of 100: the members' results, read through the GroupResult the client saved.
+    saved = group(add.clone(args=(i, i)) for i in range(100)).apply_async()
+    saved.save()
+    restored = GroupResult.restore(saved.id, app=app)
+    assert restored is not None
+    assert restored.get(timeout=60) == [2 * i for i in range(100)]
+
     # An immutable link ignores the result.
     constant = signature("examples.add", args=(10, 10), immutable=True, app=app)
     result = chain(add.clone(args=(1, 1)), constant).apply_async()
@@ -332,9 +339,12 @@ import os, sys, json, django
 django.setup()
 from celery import Celery
 app = Celery("djclient", broker="celeriac+" + sys.argv[1], backend="django-db", set_as_current=False)
+from celery import chord, signature
 ok = app.send_task("examples.add", (2, 2))
 bad = app.send_task("examples.fail", ("nope",))
-out = {"ok": ok.get(timeout=30)}
+add = signature("examples.add", app=app)
+counted = chord([add.clone(args=(i, i)) for i in range(10)])(signature("examples.echo", app=app))
+out = {"ok": ok.get(timeout=30), "chord": counted.get(timeout=60)}
 try:
     bad.get(timeout=30)
 except Exception as e:
@@ -346,7 +356,8 @@ print(json.dumps(out))
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out == {"ok": 4, "bad": ["ValueError", "nope", "FAILURE"]}
+    # The chord was counted in django-celery-results' ChordCounter (no celery.chord_unlock).
+    assert out == {"ok": 4, "chord": [2 * i for i in range(10)], "bad": ["ValueError", "nope", "FAILURE"]}
     with psycopg.connect(database_url) as conn:
         row = conn.execute(
             "select status, result, task_name, worker, task_args, content_type from django_celery_results_taskresult"
@@ -354,6 +365,12 @@ print(json.dumps(out))
         ).fetchone()
     assert row == ("SUCCESS", "4", "examples.add", row[3], '"(2, 2)"', "application/json")
     assert row[3].startswith("pytest1@")
+    with psycopg.connect(database_url) as conn:
+        (counters,) = conn.execute("select count(*) from django_celery_results_chordcounter").fetchone() or (1,)
+        (unlocks,) = conn.execute(
+            "select count(*) from celeriac.message where task_name = 'celery.chord_unlock'"
+        ).fetchone() or (1,)
+    assert (counters, unlocks) == (0, 0)
 
 
 def body_runs(workers: list[Worker], body_id: str) -> int:

@@ -85,6 +85,9 @@ pub struct ResultTable {
     columns: Vec<(&'static str, &'static str)>,
     set_list: String,
     sequence: String,
+    /// django-celery-results' columns that older versions lack: `date_created` (2.0),
+    /// `date_started` (2.5).
+    django_dates: (bool, bool),
 }
 
 /// One state of one task, encoded for the table (see the module docs).
@@ -335,12 +338,25 @@ impl ResultTable {
             ResultTableKind::Celery => {
                 ("id, ", format!("nextval({}::regclass), ", quote_literal(&self.sequence)), "", "")
             }
-            ResultTableKind::Django => (
-                "",
-                String::new(),
-                ", date_created, content_encoding, date_started",
-                ", now(), 'utf-8', case when u.c1 = 'STARTED' then now() end",
-            ),
+            ResultTableKind::Django => {
+                let (created, started) = self.django_dates;
+                (
+                    "",
+                    String::new(),
+                    match (created, started) {
+                        (true, true) => ", content_encoding, date_created, date_started",
+                        (true, false) => ", content_encoding, date_created",
+                        (false, true) => ", content_encoding, date_started",
+                        (false, false) => ", content_encoding",
+                    },
+                    match (created, started) {
+                        (true, true) => ", 'utf-8', now(), case when u.c1 = 'STARTED' then now() end",
+                        (true, false) => ", 'utf-8', now()",
+                        (false, true) => ", 'utf-8', case when u.c1 = 'STARTED' then now() end",
+                        (false, false) => ", 'utf-8'",
+                    },
+                )
+            }
         };
         format!(
             "insert into {table} as t ({id_col}{names}{extra_cols})
@@ -426,6 +442,8 @@ impl Store {
             )
             .await?;
         let present: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let has_sequence: bool =
+            client.row(self.pooler, "select to_regclass($1) is not null", &[(&sequence, Type::TEXT)]).await?.get(0);
         let has = |c: &str| present.iter().any(|p| p == c);
         let extended = ["name", "args", "kwargs", "worker", "retries", "queue"].iter().all(|c| has(c));
         let children = has("children");
@@ -433,17 +451,23 @@ impl Store {
         if let Some((missing, _)) = columns.iter().find(|(c, _)| !has(c)) {
             return Err(Error::Config(format!("the result table {qualified} has no column {missing}")));
         }
+        let django_dates = (has("date_created"), has("date_started"));
         let set_list = columns
             .iter()
             .filter(|(c, _)| *c != "task_id")
             .map(|(c, _)| format!("{0} = excluded.{0}", quote_ident(c)))
             .chain(
-                (config.kind == ResultTableKind::Django)
+                (config.kind == ResultTableKind::Django && django_dates.1)
                     .then(|| "date_started = coalesce(t.date_started, excluded.date_started)".to_owned()),
             )
             .collect::<Vec<_>>()
             .join(", ");
-        Ok(ResultTable { kind: config.kind.clone(), qualified, extended, columns, set_list, sequence })
+        if config.kind == ResultTableKind::Celery && !has_sequence {
+            return Err(Error::Config(format!(
+                "the result table {qualified} has no sequence {sequence} for its ids (Celery's task_id_sequence)"
+            )));
+        }
+        Ok(ResultTable { kind: config.kind.clone(), qualified, extended, columns, set_list, sequence, django_dates })
     }
 
     /// Stores `rows` (one statement; the last row of a task id wins). A task whose `SUCCESS` is
@@ -512,6 +536,49 @@ impl Store {
                 return Ok(total);
             }
         }
+    }
+
+    /// One header task's part of a chord counted by django-celery-results (`ChordCounter`, in
+    /// the result table's schema): decrements the count under a row lock, and deletes the row
+    /// when this was the last part. Returns the header's result tuples (the `sub_tasks` JSON)
+    /// when this part completed the chord; `None` otherwise, or when there is no counter.
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn django_chord_part(&self, table: &ResultTable, group_id: &str) -> Result<Option<String>> {
+        let counter = match table.qualified.rsplit_once('.') {
+            Some((schema, _)) => format!("{schema}.{}", quote_ident("django_celery_results_chordcounter")),
+            None => quote_ident("django_celery_results_chordcounter"),
+        };
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let rows = tx
+            .rows(
+                self.pooler,
+                &format!("select count, sub_tasks from {counter} where group_id = $1 for update"),
+                &[(&group_id, Type::TEXT)],
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            tracing::warn!("Can't find ChordCounter for Group {group_id}");
+            return Ok(None);
+        };
+        let (count, sub_tasks): (i32, String) = (row.get(0), row.get(1));
+        let done = if count <= 1 {
+            tx.touch(self.pooler, &format!("delete from {counter} where group_id = $1"), &[(&group_id, Type::TEXT)])
+                .await?;
+            Some(sub_tasks)
+        } else {
+            tx.touch(
+                self.pooler,
+                &format!("update {counter} set count = count - 1 where group_id = $1"),
+                &[(&group_id, Type::TEXT)],
+            )
+            .await?;
+            None
+        };
+        tx.commit().await.map_err(Error::from_pg)?;
+        Ok(done)
     }
 
     /// How many rows the table has (an exact count: for tests and benchmarks).

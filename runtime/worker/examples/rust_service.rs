@@ -1,17 +1,25 @@
 //! A Rust service that uses celeriac as a library: typed handlers, enqueueing from Rust, and a
-//! worker running in-process until Ctrl-C.
+//! worker running in-process until Ctrl-C, storing results in Celery's `celery_taskmeta` on the
+//! same database (`db+postgresql://`), where any Celery client reads them.
 //!
 //! ```sh
 //! cargo run -p celeriac --example rust_service -- postgresql://postgres@127.0.0.1:5432/app
 //! ```
 //!
-//! The same tasks can be sent by any Celery producer: `app.send_task("shop.total", ([3, 4],),
-//! {"discount": 0.5})`.
+//! The same tasks can be sent by any Celery producer, and their results read with `AsyncResult`:
+//!
+//! ```python
+//! from celery import Celery
+//! app = Celery(broker="celeriac+postgresql://postgres@127.0.0.1:5432/app",
+//!              backend="db+postgresql+psycopg://postgres@127.0.0.1:5432/app")
+//! app.send_task("shop.total", ([3, 4],), {"discount": 0.5}).get(timeout=10)  # 3.5
+//! app.AsyncResult("<the id this program prints>").get()                      # 3.5
+//! ```
 
 use celeriac::{
     protocol::{Map, TaskOptions, Value},
     store::Store,
-    Client, Registry, TaskError, Worker, WorkerConfig,
+    Client, Registry, ResultsConfig, TaskError, Worker, WorkerConfig,
 };
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -52,7 +60,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = tokio::signal::ctrl_c().await;
         stop.cancel();
     });
-    let report = Worker::new(store, registry(), WorkerConfig::default())?.run(shutdown).await?;
+    // Results where Celery's database backend keeps them (pickle in `result`, which Celery 5.6
+    // and 5.7 clients both read).
+    let config = WorkerConfig { results: Some(ResultsConfig::new(format!("db+{url}"))), ..WorkerConfig::default() };
+    let report = Worker::new(store, registry(), config)?.run(shutdown).await?;
     println!("{report:?}");
     Ok(())
 }

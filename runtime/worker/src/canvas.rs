@@ -11,8 +11,9 @@
 //! - On failure: every errback (`embed.errbacks`, `link_error`) with the failed task's id
 //!   prepended (the form Celery publishes for errbacks it does not call in-process).
 //!
-//! Each published task has `parent_id` = the finished task and `root_id` = its root, and the
-//! finished task's priority unless the signature sets one. Its queue is the signature's
+//! Each published task has `parent_id` = the finished task and `root_id` = its root. Chain links
+//! and callbacks get no priority (Celery's default, `task_inherit_parent_priority` off, which
+//! overrides even the signature's own); errbacks keep the signature's. Its queue is the signature's
 //! `queue` option, else its `routing_key`, else the worker's default queue: celeriac does not
 //! evaluate the app's `task_routes` for messages it publishes itself.
 
@@ -58,11 +59,10 @@ fn time_option(v: &Value) -> Option<DateTime<chrono::FixedOffset>> {
 pub(crate) fn signature_message(
     sig: &Value,
     prepend: &[Value],
-    parent: &TaskMessage,
-    default_queue: &str,
     chain: Option<Vec<Value>>,
-    now: DateTime<Utc>,
+    p: &Publisher<'_>,
 ) -> Result<NewMessage, SignatureError> {
+    let (parent, default_queue, now) = (p.parent, p.default_queue, p.now);
     let Some(map) = sig.as_map() else { return Err(error("?", "not a signature (a dict)")) };
     let task = map.get("task").and_then(Value::as_str).unwrap_or_default();
     if task.is_empty() {
@@ -112,7 +112,13 @@ pub(crate) fn signature_message(
         Some(v) => time_option(v).map(Expires::At),
         None => None,
     };
-    let priority = options.get("priority").and_then(Value::as_i64).or(parent.delivery_info.priority);
+    // Celery publishes chain links and callbacks with `priority=None` unless
+    // `task_inherit_parent_priority` (off by default), which overrides the signature's own;
+    // errbacks and a chord's parts keep the signature's.
+    let priority = match p.priority {
+        Priority::Given(priority) => priority,
+        Priority::Signature => options.get("priority").and_then(Value::as_i64),
+    };
     let opts = TaskOptions {
         task_id: text("task_id"),
         queue: text("queue").or_else(|| text("routing_key")).unwrap_or_else(|| default_queue.to_owned()),
@@ -160,12 +166,11 @@ fn new_id() -> String {
 pub(crate) fn publish(
     sig: &Value,
     prepend: &[Value],
-    parent: &TaskMessage,
-    default_queue: &str,
     chain: Option<Vec<Value>>,
-    now: DateTime<Utc>,
+    p: &Publisher<'_>,
     out: &mut Vec<NewMessage>,
 ) -> Result<(), SignatureError> {
+    let (parent, default_queue, now) = (p.parent, p.default_queue, p.now);
     let map = sig.as_map().ok_or_else(|| error("?", "not a signature (a dict)"))?;
     let task = map.get("task").and_then(Value::as_str).unwrap_or("?");
     let kind = map.get("subtask_type").and_then(Value::as_str);
@@ -177,8 +182,18 @@ pub(crate) fn publish(
     let rest_of_chain = chain.filter(|c| !c.is_empty());
     match kind {
         None => {
-            out.push(signature_message(sig, prepend, parent, default_queue, rest_of_chain, now)?);
+            out.push(signature_message(sig, prepend, rest_of_chain, p)?);
             Ok(())
+        }
+        Some("chain") => {
+            // Celery's `chain.apply_async(args)`: the first task, carrying the others (reversed,
+            // popped from the end) and then whatever followed this chain.
+            let tasks =
+                kwargs.get("tasks").and_then(Value::as_list).ok_or_else(|| error(task, "a chain without tasks"))?;
+            let Some((first, others)) = tasks.split_first() else { return Ok(()) };
+            let mut carried: Vec<Value> = rest_of_chain.unwrap_or_default();
+            carried.extend(others.iter().rev().cloned());
+            publish(first, prepend, Some(carried), p, out)
         }
         Some("group") => {
             if rest_of_chain.is_some() {
@@ -194,7 +209,7 @@ pub(crate) fn publish(
             for (i, member) in members.iter().enumerate() {
                 let member = with_option(member, "group_id", Value::Str(group_id.clone()));
                 let member = with_option(&member, "group_index", Value::Int(i64::try_from(i).unwrap_or(i64::MAX)));
-                publish(&member, prepend, parent, default_queue, None, now, out)?;
+                publish(&member, prepend, None, p, out)?;
             }
             Ok(())
         }
@@ -259,16 +274,25 @@ pub(crate) fn publish(
                     .cloned()
                     .unwrap_or_default();
                 result_tuples.push(Value::List(vec![Value::List(vec![id, Value::Null]), Value::Null]));
-                header_messages.push(signature_message(&member, prepend, parent, default_queue, None, now)?);
+                header_messages.push(signature_message(&member, prepend, None, p)?);
             }
-            // Celery's `apply_chord` for the database backends: the unlock first, a second later.
+            // Celery's `apply_chord` for the database backends: the unlock first, a second later,
+            // to the body's queue.
+            let body_queue = body
+                .as_map()
+                .and_then(|b| b.get("options"))
+                .and_then(Value::as_map)
+                .and_then(|o| o.get("queue"))
+                .and_then(Value::as_str)
+                .filter(|q| !q.is_empty())
+                .unwrap_or(default_queue);
             let mut unlock_kwargs = Map::new();
             unlock_kwargs.insert("interval".into(), Value::Null);
             unlock_kwargs.insert("max_retries".into(), Value::Null);
             unlock_kwargs.insert("result".into(), Value::List(result_tuples));
             unlock_kwargs.insert("_chord_unlock_exchange_type".into(), Value::Str("direct".into()));
             let unlock_opts = TaskOptions {
-                queue: default_queue.to_owned(),
+                queue: body_queue.to_owned(),
                 countdown: Some(1.0),
                 ignore_result: true,
                 parent_id: Some(parent.headers.id.clone()),
@@ -291,46 +315,74 @@ pub(crate) fn publish(
     }
 }
 
-/// What a task that returned `value` publishes: the chain's next task, then its callbacks.
-pub(crate) fn on_success(
-    message: &TaskMessage,
-    value: &Value,
-    default_queue: &str,
-    now: DateTime<Utc>,
-) -> (Vec<NewMessage>, Vec<SignatureError>) {
-    let mut out = Vec::new();
-    let mut errors = Vec::new();
-    let prepend = std::slice::from_ref(value);
-    if let Value::List(chain) = &message.embed.chain {
-        if let Some((next, rest)) = chain.split_last() {
-            if let Err(e) = publish(next, prepend, message, default_queue, Some(rest.to_vec()), now, &mut out) {
+/// How a published task's priority is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Priority {
+    /// The signature's own `priority` option.
+    Signature,
+    /// This one, whatever the signature says (Celery's `apply_async(priority=…)` for chain links
+    /// and callbacks: `None`, or the parent's with `task_inherit_parent_priority`).
+    Given(Option<i64>),
+}
+
+/// What a finished task publishes from: its message (the parent of what it publishes), the queue
+/// for signatures that name none, the time, and the priority rule.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Publisher<'a> {
+    pub parent: &'a TaskMessage,
+    pub default_queue: &'a str,
+    pub now: DateTime<Utc>,
+    pub priority: Priority,
+}
+
+impl<'a> Publisher<'a> {
+    /// A publisher for the follow-ups of `parent` (chain links and callbacks without a priority,
+    /// as Celery's default `task_inherit_parent_priority=False`).
+    pub(crate) fn new(parent: &'a TaskMessage, default_queue: &'a str, now: DateTime<Utc>) -> Self {
+        Publisher { parent, default_queue, now, priority: Priority::Given(None) }
+    }
+
+    /// The same, keeping each signature's own priority.
+    pub(crate) fn with_signature_priority(self) -> Self {
+        Publisher { priority: Priority::Signature, ..self }
+    }
+
+    /// What a task that returned `value` publishes: the chain's next task, then its callbacks.
+    pub(crate) fn on_success(&self, value: &Value) -> (Vec<NewMessage>, Vec<SignatureError>) {
+        let message = self.parent;
+        let mut out = Vec::new();
+        let mut errors = Vec::new();
+        let prepend = std::slice::from_ref(value);
+        if let Value::List(chain) = &message.embed.chain {
+            if let Some((next, rest)) = chain.split_last() {
+                if let Err(e) = publish(next, prepend, Some(rest.to_vec()), self, &mut out) {
+                    errors.push(e);
+                }
+            }
+        }
+        for sig in signatures(&message.embed.callbacks) {
+            if let Err(e) = publish(sig, prepend, None, self, &mut out) {
                 errors.push(e);
             }
         }
+        (out, errors)
     }
-    for sig in signatures(&message.embed.callbacks) {
-        if let Err(e) = publish(sig, prepend, message, default_queue, None, now, &mut out) {
-            errors.push(e);
-        }
-    }
-    (out, errors)
-}
 
-/// What a failed task publishes: its errbacks, called with its id.
-pub(crate) fn on_failure(
-    message: &TaskMessage,
-    default_queue: &str,
-    now: DateTime<Utc>,
-) -> (Vec<NewMessage>, Vec<SignatureError>) {
-    let mut out = Vec::new();
-    let mut errors = Vec::new();
-    let prepend = [Value::Str(message.headers.id.clone())];
-    for sig in signatures(&message.embed.errbacks) {
-        if let Err(e) = publish(sig, &prepend, message, default_queue, None, now, &mut out) {
-            errors.push(e);
+    /// What a failed task publishes: its errbacks, called with its id (each with its own
+    /// priority, as Celery's errback group is published).
+    pub(crate) fn on_failure(&self) -> (Vec<NewMessage>, Vec<SignatureError>) {
+        let message = self.parent;
+        let errbacks = self.with_signature_priority();
+        let mut out = Vec::new();
+        let mut errors = Vec::new();
+        let prepend = [Value::Str(message.headers.id.clone())];
+        for sig in signatures(&message.embed.errbacks) {
+            if let Err(e) = publish(sig, &prepend, None, &errbacks, &mut out) {
+                errors.push(e);
+            }
         }
+        (out, errors)
     }
-    (out, errors)
 }
 
 #[cfg(test)]
@@ -376,7 +428,7 @@ mod tests {
         )
         .unwrap();
         let parent = TaskMessage::decode(&parent.payload, &Accept::default()).unwrap();
-        let (out, errors) = on_success(&parent, &Value::Int(3), "celery", now);
+        let (out, errors) = Publisher::new(&parent, "celery", now).on_success(&Value::Int(3));
         assert!(errors.is_empty());
         let next = decode(&out[0]);
         assert_eq!((next.headers.task.as_str(), next.headers.id.as_str()), ("t.b", "B"));
@@ -392,12 +444,12 @@ mod tests {
         let parent =
             encode_task("t.a", &[], &Map::new(), &TaskOptions { embed, ..TaskOptions::default() }, now).unwrap();
         let parent = TaskMessage::decode(&parent.payload, &Accept::default()).unwrap();
-        let (out, _) = on_success(&parent, &Value::Int(3), "celery", now);
+        let (out, _) = Publisher::new(&parent, "celery", now).on_success(&Value::Int(3));
         assert_eq!(decode(&out[0]).args, Vec::<Value>::new());
-        let (out, _) = on_failure(&parent, "celery", now);
+        let (out, _) = Publisher::new(&parent, "celery", now).on_failure();
         assert_eq!(decode(&out[0]).args, vec![Value::Str(parent.headers.id.clone())]);
 
         let bad = sig("", Value::Null, Value::Null, false);
-        assert!(signature_message(&bad, &[], &parent, "celery", None, now).is_err());
+        assert!(signature_message(&bad, &[], None, &Publisher::new(&parent, "celery", now)).is_err());
     }
 }

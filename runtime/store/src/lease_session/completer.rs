@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{held::Held, SettledHook, Settlement};
-use crate::{service::Service, Backoff, Lease, ResultTable, Store};
+use crate::{service::Service, Backoff, Finish, Lease, ResultTable, Store};
 
 /// What the completer is asked.
 pub(crate) enum Command {
@@ -150,7 +150,7 @@ impl Completer {
                         // What the batch wrote already stays written.
                         let mut progress = progress.clone();
                         let one = std::slice::from_ref(item);
-                        if let Err(e) = write_batch(
+                        let Err(e) = write_batch(
                             &self.store,
                             self.worker_id,
                             self.max_redeliveries,
@@ -159,9 +159,32 @@ impl Completer {
                             &mut progress,
                         )
                         .await
-                        {
-                            tracing::error!(error = %e, message_id = item.lease().id, "dropping an outcome the database refuses; the message will be delivered again");
+                        else {
+                            continue;
+                        };
+                        // A result row the database refuses (a value too long for its column, a
+                        // table altered since the worker started) must not make a finished task
+                        // run again: the message is finished without it, as Celery acks a task
+                        // whose result could not be stored.
+                        if let Settlement::Finish(f) = item {
+                            if f.result.is_some() && !e.is_connection() {
+                                let without = Settlement::Finish(Box::new(Finish { result: None, ..(**f).clone() }));
+                                let retried = write_batch(
+                                    &self.store,
+                                    self.worker_id,
+                                    self.max_redeliveries,
+                                    None,
+                                    std::slice::from_ref(&without),
+                                    &mut progress,
+                                )
+                                .await;
+                                if retried.is_ok() {
+                                    tracing::error!(error = %e, message_id = item.lease().id, "the database refused a task's result row; the task is finished without it");
+                                    continue;
+                                }
+                            }
                         }
+                        tracing::error!(error = %e, message_id = item.lease().id, "dropping an outcome the database refuses; the message will be delivered again");
                     }
                     break;
                 }

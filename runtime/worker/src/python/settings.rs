@@ -173,6 +173,7 @@ impl AppResults {
             create_tables: self.create_tables,
             redis_key_prefix: self.redis_key_prefix.clone(),
             redis_chord_ordered: self.redis_chord_ordered,
+            optional: true,
             django_database_url: self.django_database_url.clone(),
             ..crate::ResultsConfig::new(self.backend.clone())
         }

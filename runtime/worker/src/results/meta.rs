@@ -189,7 +189,8 @@ pub(crate) fn table_row(
                 result: Some(result),
                 traceback: state.traceback(task),
                 date_done: done,
-                children: state.done().then(|| b"[]".to_vec()),
+                // Celery 5.7 writes NULL for no children.
+                children: None,
                 name: ext.then(|| task.to_owned()),
                 args: ext.then(|| json::to_vec(&Value::List(ctx.message.args.clone()))),
                 kwargs: ext.then(|| json::to_vec(&Value::Map(ctx.message.kwargs.clone()))),
@@ -237,7 +238,13 @@ pub(crate) fn kv_meta(extended: bool, state: &State, ctx: &TaskContext<'_>) -> V
         "date_done".into(),
         if done { Value::Str(python_isoformat(&ctx.now.fixed_offset())) } else { Value::Null },
     );
-    if extended && done {
+    if let Some(group) = &headers.group {
+        m.insert("group_id".into(), Value::Str(group.clone()));
+    }
+    if let Some(parent) = &headers.parent_id {
+        m.insert("parent_id".into(), Value::Str(parent.clone()));
+    }
+    if extended {
         m.insert("name".into(), Value::Str(headers.task.clone()));
         m.insert("args".into(), Value::List(ctx.message.args.clone()));
         m.insert("kwargs".into(), Value::Map(ctx.message.kwargs.clone()));

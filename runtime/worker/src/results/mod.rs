@@ -58,6 +58,10 @@ pub struct ResultsConfig {
     /// `result_backend_transport_options['result_chord_ordered']` (Redis): chord parts in a
     /// sorted set by header index (Celery's default) rather than a list.
     pub redis_chord_ordered: bool,
+    /// Whether a backend that cannot be used (unsupported, unreachable, its table missing) only
+    /// means no results (a warning: the app's setting, which its Python tasks use through
+    /// Celery), rather than an error that stops the worker (`--result-backend`).
+    pub optional: bool,
 }
 
 impl ResultsConfig {
@@ -79,6 +83,7 @@ impl ResultsConfig {
             create_tables: true,
             redis_key_prefix: None,
             redis_chord_ordered: true,
+            optional: false,
         }
     }
 }
@@ -310,6 +315,75 @@ impl Results {
             let parts = claim.parts.iter().map(|p| read::decode_part(p)).collect();
             (claim, parts)
         }))
+    }
+
+    /// Whether chords are counted by the backend as each header task finishes (Redis' keys,
+    /// django-celery-results' `ChordCounter`) rather than by `celery.chord_unlock`.
+    pub(crate) fn counts_chord_parts(&self) -> bool {
+        match &self.backend {
+            Backend::Redis(_) => true,
+            Backend::QueueDatabase(t) | Backend::Database { table: t, .. } => *t.kind() == ResultTableKind::Django,
+        }
+    }
+
+    /// A header task's part of a chord counted by django-celery-results: the header's task ids
+    /// when this part completed the chord, else `None`.
+    ///
+    /// # Errors
+    /// The database's error, as text for the log.
+    pub(crate) async fn django_chord_part(&self, group_id: &str) -> Result<Option<Vec<String>>, String> {
+        let (store, table) = match &self.backend {
+            Backend::QueueDatabase(t) => (&self.queue, t),
+            Backend::Database { store, table } => (store, table),
+            Backend::Redis(_) => return Ok(None),
+        };
+        if *table.kind() != ResultTableKind::Django {
+            return Ok(None);
+        }
+        let Some(sub_tasks) = store.django_chord_part(table, group_id).await.map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let tuples = celeriac_protocol::json::from_slice(sub_tasks.as_bytes()).map_err(|e| e.to_string())?;
+        let ids = tuples
+            .as_list()
+            .ok_or("ChordCounter.sub_tasks is not a list")?
+            .iter()
+            .map(|t| {
+                t.as_list()
+                    .and_then(|t| t.first())
+                    .and_then(|head| head.as_list())
+                    .and_then(|head| head.first())
+                    .and_then(celeriac_protocol::Value::as_str)
+                    .map(str::to_owned)
+                    .ok_or_else(|| "a ChordCounter.sub_tasks entry without a task id".to_owned())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(ids))
+    }
+
+    /// Whether this worker still holds a Redis chord's dispatch claim (extending it), or took
+    /// it back while the chord is still there (Celery's claim extension before publishing).
+    pub(crate) async fn redis_chord_claim_extend(&self, claim: &redis::ChordClaim) -> bool {
+        let Backend::Redis(r) = &self.backend else { return false };
+        match r.chord_claim_extend(claim).await {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!("chord {}: cannot extend its dispatch claim: {e}", claim.group_id());
+                false
+            }
+        }
+    }
+
+    /// Stores a row built for a completion, now (a table backend; otherwise nothing).
+    pub(crate) async fn store_row_now(&self, row: ResultRow) {
+        let written = match &self.backend {
+            Backend::QueueDatabase(table) => self.queue.result_store_many(table, &[row]).await,
+            Backend::Database { store, table } => store.result_store_many(table, &[row]).await,
+            Backend::Redis(_) => return,
+        };
+        if let Err(e) = written {
+            tracing::error!("cannot store a result: {e}");
+        }
     }
 
     /// The body of a Redis-counted chord was published (or failed): releases the chord.

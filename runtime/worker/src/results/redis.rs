@@ -67,6 +67,39 @@ redis.call('SET', KEYS[1], 'done', 'EX', tonumber(ARGV[2]))
 return 1
 ";
 
+/// Extends the dispatch claim while it is ours, or takes it again if it ran out while the
+/// chord is still there.
+const CHORD_CLAIM_EXTEND: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+    return redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+end
+if not holder and redis.call('EXISTS', KEYS[2]) == 1 then
+    if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', tonumber(ARGV[2])) then
+        return 1
+    end
+end
+return 0
+";
+
+/// Stores a task's meta and publishes it, unless a `SUCCESS` is stored already (Celery 5.7
+/// ignores any write after `SUCCESS`). KEYS[1] the key; ARGV: the meta, the seconds to keep it
+/// (0: forever).
+const STORE: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if current and string.find(current, '"status": "SUCCESS"', 1, true) then
+    return 0
+end
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+    redis.call('SETEX', KEYS[1], ttl, ARGV[1])
+else
+    redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"#;
+
 /// How long a dispatch claim lasts (Celery's, with its default `result_chord_join_timeout`).
 const CLAIM_SECONDS: u64 = 10;
 
@@ -131,22 +164,32 @@ impl RedisResults {
         format!("{}{task_id}", self.task_prefix)
     }
 
-    /// Stores `meta` for `task_id` and publishes it.
+    /// Stores `meta` for `task_id` and publishes it (`SETEX` + `PUBLISH`, as Celery's
+    /// `RedisBackend._set`), unless a `SUCCESS` is stored already.
     pub(crate) async fn store(&self, task_id: &str, meta: &[u8]) -> redis::RedisResult<()> {
         let key = self.key(task_id);
-        let mut pipe = redis::pipe();
-        match self.expires.map(|d| d.as_secs().max(1)) {
-            Some(secs) => pipe.cmd("SETEX").arg(&key).arg(secs).arg(meta).ignore(),
-            None => pipe.cmd("SET").arg(&key).arg(meta).ignore(),
-        };
-        pipe.cmd("PUBLISH").arg(&key).arg(meta).ignore();
+        let ttl = self.expires.map_or(0, |d| d.as_secs().max(1));
         let mut connection = self.connection().await?;
-        let result = pipe.query_async::<()>(&mut connection).await;
+        let result = redis::Script::new(STORE).key(&key).arg(meta).arg(ttl).invoke_async::<i64>(&mut connection).await;
         if result.is_err() {
             // Reconnect for the next write.
             *self.connection.lock().await = None;
         }
-        result
+        result.map(drop)
+    }
+
+    /// See [`CHORD_CLAIM_EXTEND`].
+    pub(crate) async fn chord_claim_extend(&self, claim: &ChordClaim) -> redis::RedisResult<bool> {
+        let g = &claim.group_id;
+        let mut connection = self.connection().await?;
+        let held: i64 = redis::Script::new(CHORD_CLAIM_EXTEND)
+            .key(self.group_key(g, ".c"))
+            .key(self.group_key(g, ".s"))
+            .arg(&claim.token)
+            .arg(CLAIM_SECONDS * 3)
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(held == 1)
     }
 
     fn group_key(&self, group_id: &str, suffix: &str) -> String {

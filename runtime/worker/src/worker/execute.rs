@@ -9,23 +9,23 @@ use std::{
 };
 
 use celeriac_protocol::{pyrepr, DecodeError, Limits, TaskMessage, TaskState, Value};
-use celeriac_store::{ClaimedMessage, DeadLetterParams, DeadLetterReason, Finish, Lease, LeaseSession, Settlement};
+use celeriac_store::{ClaimedMessage, DeadLetterParams, DeadLetterReason, Lease, LeaseSession, Settlement};
 use chrono::Utc;
 use futures_util::FutureExt as _;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::settle::TaskResult;
 use super::{
+    chords,
     claim::{SuspectPermit, Turn},
+    effects::{effects, finish, state_updater, store_content_disallowed, store_final, store_now},
     rate_limit::{Admission, Admitted},
     settle::{self, Delivery, Level, Verdict},
-    stats::Counter,
     Shared,
 };
 use crate::{
-    canvas, chord,
-    results::{Exception, State, TaskContext},
-    task::{LeaseCheck, Outcome, Request, StateError, StateUpdater},
+    chord,
+    results::{Exception, State},
+    task::{LeaseCheck, Outcome, Request},
 };
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -125,7 +125,7 @@ impl RunLimits {
 }
 
 /// Moves a message to `dead_letter` because it cannot be decoded.
-fn dead_letter_undecodable(shared: &Shared, claimed: &ClaimedMessage, e: &DecodeError) {
+pub(super) fn dead_letter_undecodable(shared: &Shared, claimed: &ClaimedMessage, e: &DecodeError) {
     let lease = claimed.lease;
     tracing::error!(message_id = lease.id, queue = %claimed.queue, reason = %e, "Can't decode message body; moving it to dead_letter");
     shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
@@ -154,7 +154,7 @@ async fn execute_inner(
         Err(DecodeError::UnsupportedContentType(_)) => TaskMessage::decode(&claimed.payload, accept).map(|m| (m, true)),
         Err(e) => Err(e),
     };
-    let (message, body_decoded) = match head {
+    let (mut message, body_decoded) = match head {
         Ok(m) => m,
         Err(e) => {
             if let DecodeError::ContentDisallowed { content_type, .. } = &e {
@@ -170,12 +170,12 @@ async fn execute_inner(
     let redeliveries = claimed.redeliveries;
     if message.headers.task == chord::CHORD_UNLOCK && !shared.registry.contains(chord::CHORD_UNLOCK) {
         if let Some(results) = shared.results.clone() {
-            chord_unlock(shared, &claimed, message, body_decoded, &results).await;
+            chords::chord_unlock(shared, &claimed, message, body_decoded, &results).await;
             return;
         }
     }
-    if message.headers.task == BACKEND_CLEANUP && !shared.registry.contains(BACKEND_CLEANUP) {
-        backend_cleanup(shared, claimed.lease, &name, &id).await;
+    if message.headers.task == chords::BACKEND_CLEANUP && !shared.registry.contains(chords::BACKEND_CLEANUP) {
+        chords::backend_cleanup(shared, claimed.lease, &name, &id).await;
         return;
     }
     let Some(handler) = shared.registry.get(&message.headers.task) else {
@@ -203,7 +203,20 @@ async fn execute_inner(
             state: TaskState::Revoked,
             exception: Exception::new("TaskRevokedError", "expired", None),
         };
-        let row = store_final(shared, &message, claimed.queue.as_str(), &state).await;
+        let counted = matches!(message.embed.chord, Value::Map(_))
+            && shared.results.as_ref().is_some_and(|r| r.counts_chord_parts());
+        let row = if counted {
+            // Celery's `mark_as_revoked` counts a revoked header task's part too, once its state
+            // is stored.
+            store_now(shared, &message, claimed.queue.as_str(), &state).await;
+            if let Err(e) = if body_decoded { Ok(()) } else { message.decode_body(&Limits::default()) } {
+                tracing::debug!("Task {name}[{id}]: body unreadable ({e}); its chord part carries no args");
+            }
+            chords::chord_part(shared, &message, claimed.queue.as_str(), &state, Utc::now()).await;
+            None
+        } else {
+            store_final(shared, &message, claimed.queue.as_str(), &state).await
+        };
         shared.session.settle(finish(lease, row, Vec::new()));
         return;
     }
@@ -347,336 +360,6 @@ async fn execute_inner(
     // Only now may the next task start: its log lines follow this task's outcome.
     drop(run_slot);
     drop(slot);
-}
-
-/// Celery's built-in result cleanup, which Beat (and celeriac's scheduler) sends daily at 04:00.
-const BACKEND_CLEANUP: &str = "celery.backend_cleanup";
-
-/// `celery.backend_cleanup` without the app's Python: deletes expired rows from a result table;
-/// without a result backend (or with Redis, whose keys expire) there is nothing to do.
-async fn backend_cleanup(shared: &Shared, lease: Lease, name: &str, id: &str) {
-    let started = Instant::now();
-    let deleted = match &shared.results {
-        Some(results) => results.cleanup().await,
-        None => Ok(0),
-    };
-    match deleted {
-        Ok(n) => {
-            let secs = celeriac_protocol::json::python_float_repr(started.elapsed().as_secs_f64());
-            tracing::info!(deleted = n, "Task {name}[{id}] succeeded in {secs}s: None");
-            shared.stats.count(Counter::Succeeded);
-        }
-        Err(e) => {
-            tracing::error!("Task {name}[{id}] raised unexpected: OperationalError({e:?})");
-            shared.stats.count(Counter::Failed);
-        }
-    }
-    shared.session.settle(Settlement::Complete(lease));
-}
-
-/// `celery.chord_unlock` without the app's Python (see `crate::chord`): checks the header's
-/// states; publishes the body with their results, or fails it, or checks again later.
-async fn chord_unlock(
-    shared: &Shared,
-    claimed: &ClaimedMessage,
-    mut message: TaskMessage,
-    body_decoded: bool,
-    results: &crate::results::Results,
-) {
-    let lease = claimed.lease;
-    if !body_decoded {
-        if let Err(e) = message.decode_body(&Limits::default()) {
-            dead_letter_undecodable(shared, claimed, &e);
-            return;
-        }
-    }
-    let (name, id) = (message.display_name().to_owned(), message.headers.id.clone());
-    let unlock = match chord::parse(&message) {
-        Ok(u) => u,
-        Err(e) => {
-            let reason = pyrepr::repr(&Value::Str(e));
-            tracing::error!("Task {name}[{id}] raised unexpected: ValueError({reason})");
-            shared.stats.count(Counter::Failed);
-            shared.session.settle(Settlement::Complete(lease));
-            return;
-        }
-    };
-    let now = Utc::now();
-    let join = match results.read_many(&unlock.members).await {
-        Ok(states) => chord::join(&unlock.members, &states),
-        Err(e) => {
-            tracing::warn!("Task {name}[{id}]: cannot read the chord header's results ({e}); checking again later");
-            chord::Join::Waiting
-        }
-    };
-    let queue = claimed.queue.as_str();
-    let default_queue = shared.config.default_queue.as_str();
-    let settlement = match join {
-        chord::Join::Waiting => {
-            if unlock.max_retries.is_some_and(|max| message.headers.retries >= max) {
-                tracing::error!(
-                    "Task {name}[{id}] raised unexpected: MaxRetriesExceededError(the chord's header is not ready)"
-                );
-                shared.stats.count(Counter::Failed);
-                Settlement::Complete(lease)
-            } else {
-                #[allow(clippy::cast_possible_truncation)] // at most a day of milliseconds
-                let delay = chrono::Duration::milliseconds((unlock.interval.min(86_400.0) * 1000.0) as i64);
-                let eta = now + delay;
-                tracing::debug!("Task {name}[{id}] retry: the chord's header is not ready; again in {delay}");
-                shared.stats.count(Counter::Retried);
-                Settlement::Retry { lease, payload: message.to_retry(eta).payload, eta }
-            }
-        }
-        chord::Join::Ready(values) => {
-            match canvas::signature_message(&unlock.body, &[Value::List(values)], &message, default_queue, None, now) {
-                Ok(body) => {
-                    tracing::info!("Task {name}[{id}] succeeded: the chord's body is published");
-                    shared.stats.count(Counter::Succeeded);
-                    finish(lease, None, vec![body])
-                }
-                Err(e) => {
-                    tracing::error!("Task {name}[{id}]: {e}");
-                    shared.stats.count(Counter::Failed);
-                    Settlement::Complete(lease)
-                }
-            }
-        }
-        chord::Join::Failed(reason) => {
-            tracing::error!("Task {name}[{id}]: the chord's body fails: ChordError({reason})");
-            shared.stats.count(Counter::Succeeded);
-            match canvas::signature_message(&unlock.body, &[], &message, default_queue, None, now)
-                .map_err(|e| e.to_string())
-                .and_then(|m| {
-                    TaskMessage::decode(&m.payload, &celeriac_protocol::Accept::default()).map_err(|e| e.to_string())
-                }) {
-                Ok(body) => {
-                    let state = State::Exception {
-                        state: TaskState::Failure,
-                        exception: Exception::new("ChordError", &reason, None),
-                    };
-                    let row = store_final(shared, &body, queue, &state).await;
-                    let (errbacks, errors) = canvas::on_failure(&body, default_queue, now);
-                    for e in errors {
-                        tracing::error!("Task {name}[{id}]: {e}");
-                    }
-                    finish(lease, row, errbacks)
-                }
-                Err(e) => {
-                    tracing::error!("Task {name}[{id}]: cannot read the chord's body: {e}");
-                    Settlement::Complete(lease)
-                }
-            }
-        }
-    };
-    shared.session.settle(settlement);
-}
-
-/// A message refused by `accept_content` fails its task with `ContentDisallowed`, as under
-/// Celery (whose pool refuses the body), when its headers can be read.
-async fn store_content_disallowed(shared: &Shared, claimed: &ClaimedMessage, content_type: &str) {
-    if shared.results.is_none() {
-        return;
-    }
-    let Ok(message) = TaskMessage::decode_head(&claimed.payload, &celeriac_protocol::Accept::new([content_type]))
-    else {
-        return;
-    };
-    let serializer = match content_type {
-        "application/x-python-serialize" => "pickle",
-        "application/x-yaml" => "yaml",
-        "application/x-msgpack" => "msgpack",
-        "application/json" => "json",
-        other => other,
-    };
-    let text = format!("Refusing to deserialize untrusted content of type {serializer} ({content_type})");
-    let state =
-        State::Exception { state: TaskState::Failure, exception: Exception::new("ContentDisallowed", &text, None) };
-    store_now(shared, &message, claimed.queue.as_str(), &state).await;
-}
-
-/// The result state of a verdict's task result.
-fn result_state(result: &TaskResult) -> State {
-    match result {
-        TaskResult::Success(value) => State::Success(value.clone()),
-        TaskResult::Failure { exc_type, message, traceback } => State::Exception {
-            state: TaskState::Failure,
-            exception: Exception::new(exc_type, message, traceback.clone()),
-        },
-        TaskResult::Retry { reason } => {
-            State::Exception { state: TaskState::Retry, exception: Exception::new("Retry", reason, None) }
-        }
-    }
-}
-
-/// A handler's `update_state`: stores custom states of this task while it runs.
-fn state_updater(shared: &Arc<Shared>, message: &Arc<TaskMessage>, queue: &str) -> StateUpdater {
-    if !shared.results.as_ref().is_some_and(|r| r.wanted(message)) {
-        return StateUpdater::none();
-    }
-    let (shared, message, queue) = (shared.clone(), message.clone(), Arc::<str>::from(queue));
-    StateUpdater::new(move |state, meta| {
-        let (shared, message, queue) = (shared.clone(), message.clone(), queue.clone());
-        Box::pin(async move {
-            let Some(results) = &shared.results else { return Ok(()) };
-            let ctx = TaskContext { message: &message, hostname: &shared.hostname, queue: &queue, now: Utc::now() };
-            results.store_now(&State::Custom { state, meta }, &ctx).await.map_err(StateError)
-        })
-    })
-}
-
-/// Stores `state` of `message`'s task now, if results are stored for it; a failure is logged
-/// (the task's outcome stands, as in Celery).
-async fn store_now(shared: &Shared, message: &TaskMessage, queue: &str, state: &State) {
-    let Some(results) = shared.results.as_ref().filter(|r| r.wanted(message)) else { return };
-    let ctx = TaskContext { message, hostname: &shared.hostname, queue, now: Utc::now() };
-    if let Err(e) = results.store_now(state, &ctx).await {
-        let (name, id) = (message.display_name(), &message.headers.id);
-        tracing::error!("Task {name}[{id}]: cannot store its {} state: {e}", state.status());
-    }
-}
-
-/// Stores a final state: the row to write with the completion, if it goes there.
-async fn store_final(
-    shared: &Shared,
-    message: &TaskMessage,
-    queue: &str,
-    state: &State,
-) -> Option<celeriac_store::ResultRow> {
-    let results = shared.results.as_ref().filter(|r| r.wanted(message))?;
-    let ctx = TaskContext { message, hostname: &shared.hostname, queue, now: Utc::now() };
-    match results.store_final(state, &ctx).await {
-        Ok(row) => row,
-        Err(e) => {
-            let (name, id) = (message.display_name(), &message.headers.id);
-            tracing::error!("Task {name}[{id}]: cannot store its {} state: {e}", state.status());
-            None
-        }
-    }
-}
-
-/// A completion with its effects, or a plain one when it has none.
-fn finish(
-    lease: Lease,
-    result: Option<celeriac_store::ResultRow>,
-    publish: Vec<celeriac_store::NewMessage>,
-) -> Settlement {
-    if result.is_none() && publish.is_empty() {
-        Settlement::Complete(lease)
-    } else {
-        Settlement::Finish(Box::new(Finish { lease, result, publish }))
-    }
-}
-
-/// What a Rust handler's outcome writes besides its message: its result (stored, or carried
-/// with the completion) and what it publishes (the chain's next task, callbacks, errbacks).
-async fn effects(
-    shared: &Shared,
-    message: &TaskMessage,
-    queue: &str,
-    verdict: &super::settle::Verdict,
-    now: chrono::DateTime<Utc>,
-) -> Settlement {
-    let settlement = verdict.settlement.clone();
-    let Some(result) = &verdict.result else { return settlement };
-    let state = result_state(result);
-    if let Settlement::Retry { .. } = settlement {
-        // The message stays (re-scheduled): the RETRY state is stored on its own.
-        store_now(shared, message, queue, &state).await;
-        return settlement;
-    }
-    let Settlement::Complete(lease) = settlement else { return settlement };
-    let default_queue = shared.config.default_queue.as_str();
-    let (publish, errors) = match result {
-        TaskResult::Success(value) => canvas::on_success(message, value, default_queue, now),
-        TaskResult::Failure { .. } => canvas::on_failure(message, default_queue, now),
-        TaskResult::Retry { .. } => (Vec::new(), Vec::new()),
-    };
-    for e in errors {
-        let (name, id) = (message.display_name(), &message.headers.id);
-        tracing::error!("Task {name}[{id}]: {e}");
-    }
-    let row = store_final(shared, message, queue, &state).await;
-    if matches!(message.embed.chord, Value::Map(_)) {
-        redis_chord_part(shared, message, queue, &state, now).await;
-    }
-    finish(lease, row, publish)
-}
-
-/// A header task of a chord counted in Redis (a Celery producer's chord on the Redis backend):
-/// records its part and, when it completed the chord and won the dispatch claim, publishes the
-/// body with the header's results (or fails it), as Celery's `on_chord_part_return` does.
-async fn redis_chord_part(
-    shared: &Shared,
-    message: &TaskMessage,
-    queue: &str,
-    state: &State,
-    now: chrono::DateTime<Utc>,
-) {
-    let Some(results) = &shared.results else { return };
-    let (name, id) = (message.display_name(), &message.headers.id);
-    let ctx = TaskContext { message, hostname: &shared.hostname, queue, now };
-    let (claim, parts) = match results.redis_chord_part(state, &ctx).await {
-        Ok(Some(done)) => done,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::error!("Task {name}[{id}]: cannot count its chord part in Redis: {e}");
-            return;
-        }
-    };
-    let (ids, states): (Vec<String>, Vec<_>) = parts.into_iter().map(|(id, s)| (id, Some(s))).unzip();
-    let default_queue = shared.config.default_queue.as_str();
-    let body = &message.embed.chord;
-    let failure = match chord::join(&ids, &states) {
-        chord::Join::Ready(values) => {
-            let mut out = Vec::new();
-            match canvas::publish(body, &[Value::List(values)], message, default_queue, None, now, &mut out) {
-                Ok(()) => match shared.store.message_insert_many(&out).await {
-                    Ok(_) => None,
-                    Err(e) => Some(format!("Callback error: {e}")),
-                },
-                Err(e) => Some(format!("Callback error: {e}")),
-            }
-        }
-        chord::Join::Failed(reason) => Some(reason),
-        chord::Join::Waiting => Some("a chord part celeriac cannot read".to_owned()),
-    };
-    if let Some(reason) = &failure {
-        tracing::error!("Chord {}: the body fails: ChordError({reason})", claim.group_id());
-        fail_chord_body(shared, body, message, queue, reason, now).await;
-    }
-    results.redis_chord_finished(&claim, failure.is_some()).await;
-}
-
-/// Stores a chord's body as `FAILURE` with `ChordError(reason)` and publishes its errbacks now.
-async fn fail_chord_body(
-    shared: &Shared,
-    body: &Value,
-    parent: &TaskMessage,
-    queue: &str,
-    reason: &str,
-    now: chrono::DateTime<Utc>,
-) {
-    let default_queue = shared.config.default_queue.as_str();
-    let body = match canvas::signature_message(body, &[], parent, default_queue, None, now)
-        .map_err(|e| e.to_string())
-        .and_then(|m| TaskMessage::decode(&m.payload, &celeriac_protocol::Accept::default()).map_err(|e| e.to_string()))
-    {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::error!("cannot read a chord's body: {e}");
-            return;
-        }
-    };
-    let state = State::Exception { state: TaskState::Failure, exception: Exception::new("ChordError", reason, None) };
-    store_now(shared, &body, queue, &state).await;
-    let (errbacks, errors) = canvas::on_failure(&body, default_queue, now);
-    for e in errors {
-        tracing::error!("{e}");
-    }
-    if let Err(e) = shared.store.message_insert_many(&errbacks).await {
-        tracing::error!("cannot publish a chord body's errbacks: {e}");
-    }
 }
 
 #[cfg(test)]

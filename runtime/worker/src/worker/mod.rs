@@ -26,7 +26,9 @@
 //! finish, after which they are abandoned (their leases expire and the messages run again,
 //! marked redelivered); pending outcomes are flushed; the worker row is removed.
 
+mod chords;
 mod claim;
+mod effects;
 mod execute;
 mod rate_limit;
 mod settle;
@@ -241,20 +243,33 @@ impl Worker {
             lease_seconds: config.lease.as_secs_f64(),
             rate_limited: Vec::new(),
         };
+        // The result backend first: a worker that cannot use the one it was told to does not start.
+        let results = match config.results.clone() {
+            Some(results_config) => {
+                let optional = results_config.optional;
+                match crate::results::Results::open(results_config, &self.store).await {
+                    Ok(results) => {
+                        tracing::info!("results: {}", results.describe());
+                        Some(Arc::new(results))
+                    }
+                    Err(e) if optional => {
+                        tracing::warn!(
+                            "the app's result backend cannot hold the results of Rust handlers ({e}); they are not \
+                             stored (Python tasks store theirs as usual)"
+                        );
+                        None
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            None => None,
+        };
         self.register(&info, &shutdown).await?;
         tracing::info!(
             hostname = %config.hostname, queues = %config.queues.join(","), concurrency = config.concurrency,
             tasks = %self.registry.names().join(", "), "{} ready.", config.hostname
         );
 
-        let results = match config.results.clone() {
-            Some(results_config) => {
-                let results = crate::results::Results::open(results_config, &self.store).await?;
-                tracing::info!("results: {}", results.describe());
-                Some(Arc::new(results))
-            }
-            None => None,
-        };
         let wake = Arc::new(Notify::new());
         let settled: SettledHook = {
             let stats = self.stats.clone();

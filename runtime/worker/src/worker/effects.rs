@@ -1,0 +1,155 @@
+//! What a task's outcome writes besides its message: its result in the app's result backend
+//! (stored now, or carried with the completion as `Settlement::Finish`), the states the worker
+//! decides (`STARTED`, `ContentDisallowed`, custom states), and what it publishes (chain links,
+//! callbacks, errbacks). See `docs/results.md`.
+
+use std::sync::Arc;
+
+use celeriac_protocol::{TaskMessage, TaskState, Value};
+use celeriac_store::{ClaimedMessage, Finish, Lease, Settlement};
+use chrono::Utc;
+
+use super::{settle::TaskResult, Shared};
+use crate::{
+    canvas,
+    results::{Exception, State, TaskContext},
+    task::{StateError, StateUpdater},
+};
+
+/// A message refused by `accept_content` fails its task with `ContentDisallowed`, as under
+/// Celery (whose pool refuses the body), when its headers can be read.
+pub(super) async fn store_content_disallowed(shared: &Shared, claimed: &ClaimedMessage, content_type: &str) {
+    if shared.results.is_none() {
+        return;
+    }
+    let Ok(message) = TaskMessage::decode_head(&claimed.payload, &celeriac_protocol::Accept::new([content_type]))
+    else {
+        return;
+    };
+    let serializer = match content_type {
+        "application/x-python-serialize" => "pickle",
+        "application/x-yaml" => "yaml",
+        "application/x-msgpack" => "msgpack",
+        "application/json" => "json",
+        other => other,
+    };
+    let text = format!("Refusing to deserialize untrusted content of type {serializer} ({content_type})");
+    let state =
+        State::Exception { state: TaskState::Failure, exception: Exception::new("ContentDisallowed", &text, None) };
+    store_now(shared, &message, claimed.queue.as_str(), &state).await;
+}
+
+/// The result state of a verdict's task result.
+pub(super) fn result_state(result: &TaskResult) -> State {
+    match result {
+        TaskResult::Success(value) => State::Success(value.clone()),
+        TaskResult::Failure { exc_type, message, traceback } => State::Exception {
+            state: TaskState::Failure,
+            exception: Exception::new(exc_type, message, traceback.clone()),
+        },
+        TaskResult::Retry { reason } => {
+            State::Exception { state: TaskState::Retry, exception: Exception::new("Retry", reason, None) }
+        }
+    }
+}
+
+/// A handler's `update_state`: stores custom states of this task while it runs.
+pub(super) fn state_updater(shared: &Arc<Shared>, message: &Arc<TaskMessage>, queue: &str) -> StateUpdater {
+    if !shared.results.as_ref().is_some_and(|r| r.wanted(message)) {
+        return StateUpdater::none();
+    }
+    let (shared, message, queue) = (shared.clone(), message.clone(), Arc::<str>::from(queue));
+    StateUpdater::new(move |state, meta| {
+        let (shared, message, queue) = (shared.clone(), message.clone(), queue.clone());
+        Box::pin(async move {
+            let Some(results) = &shared.results else { return Ok(()) };
+            let ctx = TaskContext { message: &message, hostname: &shared.hostname, queue: &queue, now: Utc::now() };
+            results.store_now(&State::Custom { state, meta }, &ctx).await.map_err(StateError)
+        })
+    })
+}
+
+/// Stores `state` of `message`'s task now, if results are stored for it; a failure is logged
+/// (the task's outcome stands, as in Celery).
+pub(super) async fn store_now(shared: &Shared, message: &TaskMessage, queue: &str, state: &State) {
+    let Some(results) = shared.results.as_ref().filter(|r| r.wanted(message)) else { return };
+    let ctx = TaskContext { message, hostname: &shared.hostname, queue, now: Utc::now() };
+    if let Err(e) = results.store_now(state, &ctx).await {
+        let (name, id) = (message.display_name(), &message.headers.id);
+        tracing::error!("Task {name}[{id}]: cannot store its {} state: {e}", state.status());
+    }
+}
+
+/// Stores a final state: the row to write with the completion, if it goes there.
+pub(super) async fn store_final(
+    shared: &Shared,
+    message: &TaskMessage,
+    queue: &str,
+    state: &State,
+) -> Option<celeriac_store::ResultRow> {
+    let results = shared.results.as_ref().filter(|r| r.wanted(message))?;
+    let ctx = TaskContext { message, hostname: &shared.hostname, queue, now: Utc::now() };
+    match results.store_final(state, &ctx).await {
+        Ok(row) => row,
+        Err(e) => {
+            let (name, id) = (message.display_name(), &message.headers.id);
+            tracing::error!("Task {name}[{id}]: cannot store its {} state: {e}", state.status());
+            None
+        }
+    }
+}
+
+/// A completion with its effects, or a plain one when it has none.
+pub(super) fn finish(
+    lease: Lease,
+    result: Option<celeriac_store::ResultRow>,
+    publish: Vec<celeriac_store::NewMessage>,
+) -> Settlement {
+    if result.is_none() && publish.is_empty() {
+        Settlement::Complete(lease)
+    } else {
+        Settlement::Finish(Box::new(Finish { lease, result, publish }))
+    }
+}
+
+/// What a Rust handler's outcome writes besides its message: its result (stored, or carried
+/// with the completion) and what it publishes (the chain's next task, callbacks, errbacks).
+pub(super) async fn effects(
+    shared: &Shared,
+    message: &TaskMessage,
+    queue: &str,
+    verdict: &super::settle::Verdict,
+    now: chrono::DateTime<Utc>,
+) -> Settlement {
+    let settlement = verdict.settlement.clone();
+    let Some(result) = &verdict.result else { return settlement };
+    let state = result_state(result);
+    if let Settlement::Retry { .. } = settlement {
+        // The message stays (re-scheduled): the RETRY state is stored on its own.
+        store_now(shared, message, queue, &state).await;
+        return settlement;
+    }
+    let Settlement::Complete(lease) = settlement else { return settlement };
+    let publisher = canvas::Publisher::new(message, &shared.config.default_queue, now);
+    let (publish, errors) = match result {
+        TaskResult::Success(value) => publisher.on_success(value),
+        TaskResult::Failure { .. } => publisher.on_failure(),
+        TaskResult::Retry { .. } => (Vec::new(), Vec::new()),
+    };
+    for e in errors {
+        let (name, id) = (message.display_name(), &message.headers.id);
+        tracing::error!("Task {name}[{id}]: {e}");
+    }
+    let row = if matches!(message.embed.chord, Value::Map(_))
+        && shared.results.as_ref().is_some_and(|r| r.counts_chord_parts())
+    {
+        // A header task of a chord the backend counts: its result is stored before its part is
+        // counted (the last part reads every member's), as Celery does.
+        store_now(shared, message, queue, &state).await;
+        super::chords::chord_part(shared, message, queue, &state, now).await;
+        None
+    } else {
+        store_final(shared, message, queue, &state).await
+    };
+    finish(lease, row, publish)
+}
