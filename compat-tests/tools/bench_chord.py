@@ -10,7 +10,8 @@ is readable, for
   common native-chord setup.
 
 The body is waited for through its own ``AsyncResult`` (the chord's result without its parent
-group, whose ``get()`` would query every header member on each poll). Both systems run on this machine, one after the other in each round (the order alternates), on a
+group, whose ``get()`` would query every header member on each poll). Both systems run on this
+machine, one after the other in each round (the order alternates), on a
 fresh database or an empty Redis each time. Each run checks the body's result: a list of N
 ``None``s, so a wrong answer cannot be fast. Prints one line per run and the ratio per round
 (Celery's time / celeriac's: above 1, celeriac is faster).

@@ -332,24 +332,49 @@ pub enum InsertBatch {
     Commit,
 }
 
+/// Messages to insert as column arrays for `unnest` (queue, priority, eta, expires, task name,
+/// task id, envelope), in that parameter order.
+pub(crate) struct MessageColumns<'a> {
+    queues: Vec<Cow<'a, str>>,
+    priorities: Vec<i16>,
+    etas: Vec<Option<DateTime<Utc>>>,
+    expires: Vec<Option<DateTime<Utc>>>,
+    names: Vec<Option<Cow<'a, str>>>,
+    ids: Vec<Option<Cow<'a, str>>>,
+    payloads: Vec<&'a [u8]>,
+}
+
+impl<'a> MessageColumns<'a> {
+    pub(crate) fn of(msgs: &[&'a NewMessage]) -> Self {
+        MessageColumns {
+            queues: msgs.iter().map(|m| pg_text(&m.queue)).collect(),
+            priorities: msgs.iter().map(|m| m.priority).collect(),
+            etas: msgs.iter().map(|m| m.eta).collect(),
+            expires: msgs.iter().map(|m| m.expires).collect(),
+            names: msgs.iter().map(|m| m.task_name.as_deref().map(pg_text)).collect(),
+            ids: msgs.iter().map(|m| m.task_id.as_deref().map(pg_text)).collect(),
+            payloads: msgs.iter().map(|m| m.payload.as_slice()).collect(),
+        }
+    }
+
+    /// The seven parameters, typed as `INSERT_MANY_SQL` declares them.
+    pub(crate) fn params(&self) -> [Param<'_>; 7] {
+        [
+            (&self.queues as _, Type::TEXT_ARRAY),
+            (&self.priorities as _, Type::INT2_ARRAY),
+            (&self.etas as _, Type::TIMESTAMPTZ_ARRAY),
+            (&self.expires as _, Type::TIMESTAMPTZ_ARRAY),
+            (&self.names as _, Type::TEXT_ARRAY),
+            (&self.ids as _, Type::TEXT_ARRAY),
+            (&self.payloads as _, Type::BYTEA_ARRAY),
+        ]
+    }
+}
+
 async fn insert_chunk(tx: &deadpool_postgres::Transaction<'_>, pooler: Pooler, chunk: &[NewMessage]) -> Result<u64> {
-    let queues: Vec<Cow<'_, str>> = chunk.iter().map(|m| pg_text(&m.queue)).collect();
-    let priorities: Vec<i16> = chunk.iter().map(|m| m.priority).collect();
-    let etas: Vec<Option<DateTime<Utc>>> = chunk.iter().map(|m| m.eta).collect();
-    let expires: Vec<Option<DateTime<Utc>>> = chunk.iter().map(|m| m.expires).collect();
-    let names: Vec<Option<Cow<'_, str>>> = chunk.iter().map(|m| m.task_name.as_deref().map(pg_text)).collect();
-    let ids: Vec<Option<Cow<'_, str>>> = chunk.iter().map(|m| m.task_id.as_deref().map(pg_text)).collect();
-    let payloads: Vec<&[u8]> = chunk.iter().map(|m| m.payload.as_slice()).collect();
-    let params = [
-        (&queues as _, Type::TEXT_ARRAY),
-        (&priorities as _, Type::INT2_ARRAY),
-        (&etas as _, Type::TIMESTAMPTZ_ARRAY),
-        (&expires as _, Type::TIMESTAMPTZ_ARRAY),
-        (&names as _, Type::TEXT_ARRAY),
-        (&ids as _, Type::TEXT_ARRAY),
-        (&payloads as _, Type::BYTEA_ARRAY),
-    ];
-    tx.touch(pooler, INSERT_MANY_SQL, &params).await
+    let rows: Vec<&NewMessage> = chunk.iter().collect();
+    let columns = MessageColumns::of(&rows);
+    tx.touch(pooler, INSERT_MANY_SQL, &columns.params()).await
 }
 
 const DEAD_LETTER_COLUMNS: &str =

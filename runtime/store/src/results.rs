@@ -24,7 +24,7 @@ use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use crate::{
-    message::{pg_text, split, NewMessage},
+    message::{pg_text, split, MessageColumns, NewMessage},
     sql::{Param, Session},
     Error, Lease, Result, Store,
 };
@@ -651,27 +651,12 @@ impl Store {
         let published: Vec<(i64, &NewMessage)> =
             items.iter().flat_map(|f| f.publish.iter().map(move |m| (f.lease.id, m))).collect();
         let p_parent: Vec<i64> = published.iter().map(|(id, _)| *id).collect();
-        let p_queue: Vec<Cow<'_, str>> = published.iter().map(|(_, m)| pg_text(&m.queue)).collect();
-        let p_priority: Vec<i16> = published.iter().map(|(_, m)| m.priority).collect();
-        let p_eta: Vec<Option<DateTime<Utc>>> = published.iter().map(|(_, m)| m.eta).collect();
-        let p_expires: Vec<Option<DateTime<Utc>>> = published.iter().map(|(_, m)| m.expires).collect();
-        let p_name: Vec<Option<Cow<'_, str>>> =
-            published.iter().map(|(_, m)| m.task_name.as_deref().map(pg_text)).collect();
-        let p_id: Vec<Option<Cow<'_, str>>> =
-            published.iter().map(|(_, m)| m.task_id.as_deref().map(pg_text)).collect();
-        let p_payload: Vec<&[u8]> = published.iter().map(|(_, m)| m.payload.as_slice()).collect();
+        let p_rows: Vec<&NewMessage> = published.iter().map(|(_, m)| *m).collect();
+        let p_columns = MessageColumns::of(&p_rows);
         if !published.is_empty() {
             let n = params.len();
-            params.extend([
-                (&p_parent as _, Type::INT8_ARRAY),
-                (&p_queue as _, Type::TEXT_ARRAY),
-                (&p_priority as _, Type::INT2_ARRAY),
-                (&p_eta as _, Type::TIMESTAMPTZ_ARRAY),
-                (&p_expires as _, Type::TIMESTAMPTZ_ARRAY),
-                (&p_name as _, Type::TEXT_ARRAY),
-                (&p_id as _, Type::TEXT_ARRAY),
-                (&p_payload as _, Type::BYTEA_ARRAY),
-            ]);
+            params.push((&p_parent, Type::INT8_ARRAY));
+            params.extend(p_columns.params());
             sql.push_str(&format!(
                 ", published as (
                      insert into celeriac.message (queue, priority, eta, expires, task_name, task_id, payload)

@@ -1,6 +1,8 @@
 //! `celery.chord_unlock`, run by the worker itself (no Python needed): how chords complete with
-//! Celery's database result backends (`db+postgresql://`, `django-db`), whose `apply_chord`
-//! publishes this task before the header tasks.
+//! Celery's database result backend (`db+postgresql://`), whose `apply_chord` publishes this task
+//! before the header tasks, and with any backend for the chords Rust handlers publish.
+//! (django-db and Redis count their producers' chords as each header task finishes:
+//! `worker/chords.rs`.)
 //!
 //! The message (`shared/reference/celery-compat.md` §5.1) carries the group id, the body's
 //! signature, and the header's result tuples in group order. Each run reads the header's states:

@@ -180,30 +180,14 @@ pub async fn run(url: &str, args: &BenchArgs) -> Result<(), BenchError> {
             rate(args.tasks, enqueue)
         );
 
-        let mut registry = Registry::new();
-        registry.register_raw(TASK, |_req: Request| async { Outcome::Success(celeriac_protocol::Value::Null) });
-        let worker =
-            Worker::new(store.clone(), registry, quiet_config(&args.queue, concurrency, args.prefetch_multiplier))?;
-        let stats = worker.stats();
-        let shutdown = CancellationToken::new();
-        let started = Instant::now();
-        let handle = tokio::spawn(worker.run(shutdown.clone()));
-        let target = args.tasks as u64;
-        while stats.settled.load(Ordering::Relaxed) < target {
-            if handle.is_finished() {
-                return Err(BenchError::StoppedEarly);
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let drain = started.elapsed();
+        let config = quiet_config(&args.queue, concurrency, args.prefetch_multiplier);
+        let (drain, stats) = drain_noop(&store, config, args.tasks).await?;
         let claims = stats.claims.load(Ordering::Relaxed).max(1);
         #[allow(clippy::cast_precision_loss)]
         let (claim_ms, per_claim) = (
             stats.claim_micros.load(Ordering::Relaxed) as f64 / claims as f64 / 1000.0,
             args.tasks as f64 / claims as f64,
         );
-        shutdown.cancel();
-        handle.await??;
         println!(
             "drain        c={concurrency:<4} {:>8} tasks {:>7.2} s {:>9.0} tasks/s   ({claims} claims, {per_claim:.1} messages and {claim_ms:.2} ms each)",
             args.tasks,
@@ -215,6 +199,33 @@ pub async fn run(url: &str, args: &BenchArgs) -> Result<(), BenchError> {
         latency(&store, args).await?;
     }
     Ok(())
+}
+
+/// Runs a worker with the no-op handler (returning `None`) until it settled `tasks` messages,
+/// then stops it. Returns how long that took and the worker's counters.
+async fn drain_noop(
+    store: &Store,
+    config: WorkerConfig,
+    tasks: usize,
+) -> Result<(Duration, std::sync::Arc<crate::WorkerStats>), BenchError> {
+    let mut registry = Registry::new();
+    registry.register_raw(TASK, |_req: Request| async { Outcome::Success(celeriac_protocol::Value::Null) });
+    let worker = Worker::new(store.clone(), registry, config)?;
+    let stats = worker.stats();
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let handle = tokio::spawn(worker.run(shutdown.clone()));
+    let target = tasks as u64;
+    while stats.settled.load(Ordering::Relaxed) < target {
+        if handle.is_finished() {
+            return Err(BenchError::StoppedEarly);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = started.elapsed();
+    shutdown.cancel();
+    handle.await??;
+    Ok((elapsed, stats))
 }
 
 async fn latency(store: &Store, args: &BenchArgs) -> Result<(), BenchError> {

@@ -3,16 +3,10 @@
 //! drain storing nothing, side by side, round after round, with the ratio of each pair. Every
 //! results run is checked: exactly one row per task.
 
-use std::{
-    sync::atomic::Ordering,
-    time::{Duration, Instant},
-};
-
 use celeriac_store::{ResultTableConfig, Store};
-use tokio_util::sync::CancellationToken;
 
-use super::{messages, quiet_config, rate, BenchArgs, BenchError, TASK};
-use crate::{Outcome, Registry, Request, ResultsConfig, Worker};
+use super::{drain_noop, messages, quiet_config, rate, BenchArgs, BenchError, TASK};
+use crate::ResultsConfig;
 
 /// One drain of `args.tasks` messages; returns tasks per second.
 async fn drain(
@@ -24,24 +18,8 @@ async fn drain(
     for chunk in messages(TASK, args.tasks, &args.queue).chunks(args.batch.max(1)) {
         store.message_insert_many(chunk).await?;
     }
-    let mut registry = Registry::new();
-    registry.register_raw(TASK, |_req: Request| async { Outcome::Success(celeriac_protocol::Value::Int(1)) });
     let config = crate::WorkerConfig { results, ..quiet_config(&args.queue, concurrency, args.prefetch_multiplier) };
-    let worker = Worker::new(store.clone(), registry, config)?;
-    let stats = worker.stats();
-    let shutdown = CancellationToken::new();
-    let started = Instant::now();
-    let handle = tokio::spawn(worker.run(shutdown.clone()));
-    let target = args.tasks as u64;
-    while stats.settled.load(Ordering::Relaxed) < target {
-        if handle.is_finished() {
-            return Err(BenchError::StoppedEarly);
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let elapsed = started.elapsed();
-    shutdown.cancel();
-    handle.await??;
+    let (elapsed, _) = drain_noop(store, config, args.tasks).await?;
     Ok(rate(args.tasks, elapsed))
 }
 

@@ -159,32 +159,45 @@ async fn django_chord_done(
 ) {
     let Some(results) = &shared.results else { return };
     let publisher = canvas::Publisher::new(message, &shared.config.default_queue, now).with_signature_priority();
-    let body = &message.embed.chord;
-    let mut out = Vec::new();
-    let failure = match results.read_many(ids).await {
-        Ok(states) => match chord::join(ids, &states) {
-            chord::Join::Ready(values) => canvas::publish(body, &[Value::List(values)], None, &publisher, &mut out)
-                .err()
-                .map(|e| format!("Callback error: {e}")),
-            chord::Join::Failed(reason) => Some(reason),
-            chord::Join::Waiting => Some("the chord's header is not ready although its counter reached 0".to_owned()),
-        },
-        Err(e) => Some(format!("Join error: {e}")),
+    let group = message.headers.group.as_deref().unwrap_or("?");
+    let joined = match results.read_many(ids).await {
+        Ok(states) => Ok(chord::join(ids, &states)),
+        Err(e) => Err(format!("Join error: {e}")),
     };
-    if let Some(reason) = &failure {
-        tracing::error!(
-            "Chord {}: the body fails: ChordError({reason})",
-            message.headers.group.as_deref().unwrap_or("?")
-        );
-        let (row, errbacks) = chord_body_failure(shared, body, &publisher, queue, reason).await;
-        if let Some(row) = row {
-            results.store_row_now(row).await;
-        }
-        out = errbacks;
+    let (out, row, _) = chord_completion(shared, &message.embed.chord, &publisher, queue, group, joined).await;
+    if let Some(row) = row {
+        results.store_row_now(row).await;
     }
     if let Err(e) = shared.store.message_insert_many(&out).await {
-        tracing::error!("cannot publish a chord's body: {e}");
+        tracing::error!("Chord {group}: cannot publish its body: {e}");
     }
+}
+
+/// What completes a counted chord: the body with the header's results; or, when a member failed
+/// or the body cannot be published, the body's `ChordError` row and its errbacks. Returns the
+/// messages to publish, the row to store, and whether the body failed.
+async fn chord_completion(
+    shared: &Shared,
+    body: &Value,
+    publisher: &canvas::Publisher<'_>,
+    queue: &str,
+    group: &str,
+    joined: Result<chord::Join, String>,
+) -> (Vec<celeriac_store::NewMessage>, Option<celeriac_store::ResultRow>, bool) {
+    let mut out = Vec::new();
+    let failure = match joined {
+        Ok(chord::Join::Ready(values)) => canvas::publish(body, &[Value::List(values)], None, publisher, &mut out)
+            .err()
+            .map(|e| format!("Callback error: {e}")),
+        Ok(chord::Join::Failed(reason)) | Err(reason) => Some(reason),
+        Ok(chord::Join::Waiting) => {
+            Some("a header member's state cannot be read although the chord is complete".to_owned())
+        }
+    };
+    let Some(reason) = failure else { return (out, None, false) };
+    tracing::error!("Chord {group}: the body fails: ChordError({reason})");
+    let (row, errbacks) = chord_body_failure(shared, body, publisher, queue, &reason).await;
+    (errbacks, row, true)
 }
 
 /// A header task of a chord counted in Redis (a Celery producer's chord on the Redis backend):
@@ -210,24 +223,9 @@ async fn redis_chord_part(
     };
     let (ids, states): (Vec<String>, Vec<_>) = parts.into_iter().map(|(id, s)| (id, Some(s))).unzip();
     let publisher = canvas::Publisher::new(message, &shared.config.default_queue, now).with_signature_priority();
-    let body = &message.embed.chord;
-    let mut out = Vec::new();
-    let failure = match chord::join(&ids, &states) {
-        chord::Join::Ready(values) => canvas::publish(body, &[Value::List(values)], None, &publisher, &mut out)
-            .err()
-            .map(|e| format!("Callback error: {e}")),
-        chord::Join::Failed(reason) => Some(reason),
-        chord::Join::Waiting => Some("a chord part celeriac cannot read".to_owned()),
-    };
-    if let Some(reason) = &failure {
-        tracing::error!("Chord {}: the body fails: ChordError({reason})", claim.group_id());
-        let (row, errbacks) = chord_body_failure(shared, body, &publisher, queue, reason).await;
-        if let (Some(row), Some(results)) = (row, &shared.results) {
-            // Not carried by a completion here: stored now.
-            results.store_row_now(row).await;
-        }
-        out = errbacks;
-    }
+    let joined = Ok(chord::join(&ids, &states));
+    let (out, row, failed) =
+        chord_completion(shared, &message.embed.chord, &publisher, queue, claim.group_id(), joined).await;
     // Publish only while the dispatch claim is still ours (it may have run out meanwhile).
     if !results.redis_chord_claim_extend(&claim).await {
         tracing::warn!(
@@ -236,10 +234,13 @@ async fn redis_chord_part(
         );
         return;
     }
+    if let Some(row) = row {
+        results.store_row_now(row).await;
+    }
     if let Err(e) = shared.store.message_insert_many(&out).await {
         tracing::error!("Chord {}: cannot publish its body: {e}", claim.group_id());
     }
-    results.redis_chord_finished(&claim, failure.is_some()).await;
+    results.redis_chord_finished(&claim, failed).await;
 }
 
 /// A chord's body fails with `ChordError(reason)` (Celery's `chord_error_from_stack`): its
