@@ -85,7 +85,9 @@ async fn a_per_worker_limit_spaces_starts_while_other_tasks_flow() {
     wait_for(20, "every task", || async { starts.lock().unwrap().len() == 46 }).await;
     let limited = times(&starts, "limited");
     let gaps: Vec<Duration> = limited.windows(2).map(|w| w[1] - w[0]).collect();
-    assert!(gaps.iter().all(|g| *g >= Duration::from_millis(250)), "{gaps:?}");
+    // The limiter spaces releases by 250 ms; a start is recorded by the handler a moment after its
+    // release, so two recordings may be a little closer than their releases were.
+    assert!(gaps.iter().all(|g| *g >= Duration::from_millis(240)), "{gaps:?}");
     // The fast tasks queued behind the limited ones did not wait for them.
     let fast = times(&starts, "fast");
     assert!(fast.last().unwrap() < &limited[3], "fast tasks waited behind the limited ones");
