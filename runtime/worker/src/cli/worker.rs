@@ -137,6 +137,11 @@ pub(super) async fn run(
         Some(app) => Some(start_python_pool(app, args, url, &mut config, &mut registry).await?),
         None => None,
     };
+    // The flags also apply to the app's own result backend.
+    if let Some(results) = &mut config.results {
+        results.extended |= args.result_extended;
+        results.track_started |= args.task_track_started;
+    }
     let store = store(url, if args.beat { 8 } else { 6 })?;
     if args.beat {
         if let (Some(app), Some(pool)) = (app, &pool) {
