@@ -538,6 +538,49 @@ impl Store {
         }
     }
 
+    /// Makes `table` (Celery's result table, on the queue database) count chords: puts the
+    /// trigger `celeriac_chord_count` on it unless it has it (see
+    /// `migrations/0006_chords.sql`). From then on, a `celery.chord_unlock` inserted into the
+    /// queue waits parked until its header's results are stored, instead of polling. Returns
+    /// whether the trigger was created now.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a django-celery-results table (its chords are counted by
+    /// `ChordCounter`); the database's refusal (the table belongs to another role); connection
+    /// errors.
+    pub async fn chord_counting_install(&self, table: &ResultTable) -> Result<bool> {
+        if table.kind != ResultTableKind::Celery {
+            return Err(Error::Config("chords are counted in Celery's result table only".into()));
+        }
+        let client = self.pool.get().await?;
+        let has: bool = client
+            .row(
+                self.pooler,
+                "select exists (select 1 from pg_trigger
+                                where tgrelid = $1::text::regclass and tgname = 'celeriac_chord_count')",
+                &[(&table.qualified, Type::TEXT)],
+            )
+            .await?
+            .get(0);
+        if has {
+            return Ok(false);
+        }
+        client
+            .touch(
+                self.pooler,
+                &format!(
+                    "create or replace trigger celeriac_chord_count
+                     after insert or update of status on {} for each row
+                     when (new.status in ('SUCCESS', 'FAILURE', 'REVOKED'))
+                     execute function celeriac.chord_member_ready()",
+                    table.qualified
+                ),
+                &[],
+            )
+            .await?;
+        Ok(true)
+    }
+
     /// One header task's part of a chord counted by django-celery-results (`ChordCounter`, in
     /// the result table's schema): decrements the count under a row lock, and deletes the row
     /// when this was the last part. Returns the header's result tuples (the `sub_tasks` JSON)

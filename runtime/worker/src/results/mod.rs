@@ -154,7 +154,18 @@ impl Results {
         };
         let open_db = |url: String, kind: ResultTableKind| async move {
             if url.is_empty() || queue.is_same_database(&url) {
-                let table = queue.result_table_open(&table_config(kind)).await?;
+                let table = queue.result_table_open(&table_config(kind.clone())).await?;
+                if kind == ResultTableKind::Celery {
+                    match queue.chord_counting_install(&table).await {
+                        Ok(true) => tracing::info!("chords are counted in the database from now on (the result table's trigger celeriac_chord_count)"),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(
+                            error = %e,
+                            "could not put the chord-counting trigger on the result table; celery.chord_unlock checks \
+                             each second, as Celery's does"
+                        ),
+                    }
+                }
                 Ok::<_, Error>(Backend::QueueDatabase(Arc::new(table)))
             } else {
                 let store = Store::new(&StoreConfig { max_connections: 4, ..StoreConfig::new(url) })?;
