@@ -32,8 +32,9 @@ from typing import Any
 import psycopg
 import pytest
 from celery import Celery, chain, chord, group, signature
+from celery.canvas import xmap, xstarmap
 from celery.exceptions import TaskRevokedError
-from celery.result import AsyncResult, GroupResult
+from celery.result import AsyncResult, GroupResult, result_from_tuple
 
 from celeriac_testkit import Worker, wait_for
 from tools.sample_proj import Proj, ProjWorker
@@ -557,3 +558,50 @@ def test_redis_counted_chords_from_a_celery_producer(
         failed.get(timeout=TIMEOUT)
     wait_for(lambda: failed.state == "FAILURE", TIMEOUT, "the body to fail")
     assert type(failed.result).__name__ == "ChordError"
+
+
+def test_canvas_builtins_run_without_python(database_url: str, celeriac_worker: Callable[..., Worker]) -> None:
+    """celery.map, celery.starmap, celery.chunks, celery.group, celery.chord and celery.chain, as
+    Celery's client sends them, run by the worker over Rust handlers (no app, no Python)."""
+    backend = f"db+{database_url}"
+    start_worker(celeriac_worker, backend)
+    app = client_app(database_url, backend)
+    echo = signature("examples.echo", app=app)
+    add = signature("examples.add", app=app)
+
+    assert xmap(echo, [1, "two", [3]], app=app).apply_async().get(timeout=TIMEOUT) == [1, "two", [3]]
+    assert xstarmap(add, [(1, 2), (3, 4)], app=app).apply_async().get(timeout=TIMEOUT) == [3, 7]
+    failed = xstarmap(signature("examples.fail", app=app), [("first",), ("second",)], app=app).apply_async()
+    with pytest.raises(ValueError, match="first"):
+        failed.get(timeout=TIMEOUT)
+    missing = xmap(signature("examples.no_such_task", app=app), [1], app=app).apply_async()
+    with pytest.raises(Exception, match=r"examples\.no_such_task") as info:
+        missing.get(timeout=TIMEOUT)
+    assert type(info.value).__name__ == "NotRegistered"
+
+    # celery.chunks as a task: a group of celery.starmap, whose result tuple the client rebuilds.
+    chunked = app.send_task("celery.chunks", (add, [(i, i) for i in range(7)], 3))
+    group_result = result_from_tuple(chunked.get(timeout=TIMEOUT), app=app)
+    assert isinstance(group_result, GroupResult)
+    assert group_result.get(timeout=TIMEOUT) == [[0, 2, 4], [6, 8, 10], [12]]
+
+    # celery.group as a task: partial args go first, every member carries the group's id.
+    members = [add.clone(args=(i,)) for i in range(3)]
+    group_id = str(uuid.uuid4())
+    ids = [str(uuid.uuid4()) for _ in members]
+    for member, task_id in zip(members, ids, strict=True):
+        member.set(task_id=task_id)
+    as_tuple = [[group_id, None], [[[task_id, None], None] for task_id in ids]]
+    grouped = app.send_task("celery.group", (members, as_tuple, group_id, [10]))
+    assert grouped.get(timeout=TIMEOUT) == as_tuple
+    assert [AsyncResult(task_id, app=app).get(timeout=TIMEOUT) for task_id in ids] == [10, 11, 12]
+
+    # celery.chord as a task: the body runs once the header is done.
+    header = group([add.clone(args=(i, i)) for i in range(4)])
+    chorded = app.send_task("celery.chord", (header, echo))
+    body = result_from_tuple(chorded.get(timeout=TIMEOUT), app=app)
+    assert body.get(timeout=TIMEOUT) == [0, 2, 4, 6]
+
+    chained = app.send_task("celery.chain", ())
+    with pytest.raises(NotImplementedError, match="chain is not a real task"):
+        chained.get(timeout=TIMEOUT)

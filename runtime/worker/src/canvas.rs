@@ -141,7 +141,7 @@ pub(crate) fn signature_message(
     Ok(encoded.into())
 }
 
-fn with_option(sig: &Value, key: &str, value: Value) -> Value {
+pub(crate) fn with_option(sig: &Value, key: &str, value: Value) -> Value {
     let mut sig = sig.clone();
     if let Value::Map(m) = &mut sig {
         let options = m.entry("options".to_owned()).or_insert_with(|| Value::Map(Map::new()));

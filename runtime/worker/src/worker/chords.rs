@@ -95,7 +95,9 @@ pub(super) async fn chord_unlock(
                 #[allow(clippy::cast_possible_truncation)] // at most a day of milliseconds
                 let delay = chrono::Duration::milliseconds((unlock.interval.min(86_400.0) * 1000.0) as i64);
                 let eta = now + delay;
-                tracing::debug!("Task {name}[{id}] retry: the chord's header is not ready; again in {delay}");
+                // Celery logs each check at INFO ("Task celery.chord_unlock[…] retry: Retry in 1s").
+                let secs = celeriac_protocol::json::python_float_repr(unlock.interval.min(86_400.0));
+                tracing::info!("Task {name}[{id}] retry: Retry in {secs}s: the chord's header is not ready");
                 shared.stats.count(Counter::Retried);
                 Settlement::Retry { lease, payload: message.to_retry(eta).payload, eta }
             }

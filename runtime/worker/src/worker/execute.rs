@@ -15,7 +15,7 @@ use futures_util::FutureExt as _;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::{
-    chords,
+    builtins, chords,
     claim::{SuspectPermit, Turn},
     effects::{effects, finish, state_updater, store_content_disallowed, store_final, store_now},
     rate_limit::{Admission, Admitted},
@@ -24,6 +24,7 @@ use super::{
 };
 use crate::{
     chord,
+    registry::Handler,
     results::{Exception, State},
     task::{LeaseCheck, Outcome, Request},
 };
@@ -178,7 +179,9 @@ async fn execute_inner(
         chords::backend_cleanup(shared, claimed.lease, &name, &id).await;
         return;
     }
-    let Some(handler) = shared.registry.get(&message.headers.task) else {
+    let builtin = builtins::Builtin::for_task(shared, &message.headers.task);
+    let registered = shared.registry.get(&message.headers.task);
+    let Some(handler) = registered.or_else(|| builtin.clone().map(|b| Arc::new(b) as Arc<dyn Handler>)) else {
         let task = &message.headers.task;
         let quoted = pyrepr::repr(&Value::Str(task.clone()));
         tracing::error!("Received unregistered task of type {quoted}. The message has been moved to dead_letter.");
@@ -355,6 +358,9 @@ async fn execute_inner(
     }
     if !managed {
         verdict.settlement = effects(shared, &message, &queue_name, &verdict, delivery.now).await;
+    }
+    if let Some(builtin) = &builtin {
+        verdict.settlement = builtin.with_published(verdict.settlement);
     }
     apply(shared, verdict, &delivery);
     // Only now may the next task start: its log lines follow this task's outcome.

@@ -26,6 +26,7 @@
 //! finish, after which they are abandoned (their leases expire and the messages run again,
 //! marked redelivered); pending outcomes are flushed; the worker row is removed.
 
+mod builtins;
 mod chords;
 mod claim;
 mod effects;
