@@ -122,3 +122,108 @@ async fn a_missing_django_table_is_a_clear_error_and_custom_names_are_quoted() {
     store.result_store_many(&table, &[row("x", "SUCCESS", b"1")]).await.unwrap();
     assert_eq!(store.result_get(&table, "x").await.unwrap().unwrap().0, "SUCCESS");
 }
+
+/// Celery's `apply_chord` for the database backends: `celery.chord_unlock(group_id, body,
+/// result=[…header result tuples…])`, a second later.
+fn unlock(group: &str, header: Vec<Value>) -> NewMessage {
+    let mut kwargs = Map::new();
+    kwargs.insert("interval".into(), Value::Null);
+    kwargs.insert("max_retries".into(), Value::Null);
+    kwargs.insert("result".into(), Value::List(header));
+    let mut body = Map::new();
+    body.insert("task".into(), Value::Str("t.body".into()));
+    let opts = TaskOptions { countdown: Some(1.0), ..TaskOptions::default() };
+    let args = [Value::Str(group.into()), Value::Map(body)];
+    encode_task("celery.chord_unlock", &args, &kwargs, &opts, Utc::now()).unwrap().into()
+}
+
+fn member(id: &str) -> Value {
+    Value::List(vec![Value::List(vec![Value::Str(id.into()), Value::Null]), Value::Null])
+}
+
+#[tokio::test]
+async fn chords_are_counted_by_their_members_results_and_release_their_unlock_once() {
+    let db = TestDatabase::new().await;
+    let store = db.store();
+    let client = db.client().await;
+    let table = store.result_table_open(&ResultTableConfig::celery()).await.unwrap();
+    let parked = |group: &'static str| {
+        let client = &client;
+        async move {
+            let rows = client
+                .query(
+                    "select m.eta > now() + interval '30 seconds' from celeriac.message m
+                     join celeriac.chord c on c.unlock_id = m.id where c.group_id = $1",
+                    &[&group],
+                )
+                .await
+                .unwrap();
+            rows.first().map(|r| r.get::<_, bool>(0))
+        }
+    };
+    let remaining = |group: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_opt("select remaining from celeriac.chord where group_id = $1", &[&group])
+                .await
+                .unwrap()
+                .map(|r| r.get::<_, i32>(0))
+        }
+    };
+
+    // Before any result table counts chords, an unlock is left as Celery sent it.
+    store.message_insert(&unlock("g0", vec![member("z")])).await.unwrap();
+    assert_eq!(remaining("g0").await, None);
+    assert!(store.chord_counting_install(&table).await.unwrap());
+    assert!(!store.chord_counting_install(&table).await.unwrap(), "installed once");
+
+    // A header of a, b and a nested group holding c: three members, the unlock parked.
+    let nested =
+        Value::List(vec![Value::List(vec![Value::Str("g-inner".into()), Value::Null]), Value::List(vec![member("c")])]);
+    store.message_insert(&unlock("g1", vec![member("a"), member("b"), nested])).await.unwrap();
+    assert_eq!(remaining("g1").await, Some(3));
+    assert_eq!(parked("g1").await, Some(true));
+
+    // RETRY and STARTED do not count; each member's first ready state counts once.
+    store.result_store_many(&table, &[row("a", "STARTED", b"{}"), row("b", "RETRY", b"{}")]).await.unwrap();
+    assert_eq!(remaining("g1").await, Some(3));
+    store.result_store_many(&table, &[row("a", "SUCCESS", b"1"), row("b", "FAILURE", b"{}")]).await.unwrap();
+    store.result_store_many(&table, &[row("b", "FAILURE", b"{}")]).await.unwrap();
+    assert_eq!(remaining("g1").await, Some(1));
+    assert_eq!(parked("g1").await, Some(true), "parked until the last member");
+
+    // The last member releases the unlock: due now.
+    store.result_store_many(&table, &[row("c", "REVOKED", b"{}")]).await.unwrap();
+    assert_eq!(remaining("g1").await, Some(0));
+    assert_eq!(parked("g1").await, Some(false));
+    // A later unlock of the released chord (a retry Celery publishes) is not parked again.
+    store.message_insert(&unlock("g1", vec![member("a"), member("b")])).await.unwrap();
+    let late: i64 = client
+        .query_one(
+            "select count(*) from celeriac.message where task_name = 'celery.chord_unlock'
+             and eta > now() + interval '30 seconds'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(late, 0);
+
+    // An unlock re-scheduled in place (the worker's own retry) while its chord counts is parked
+    // again.
+    let id = store.message_insert(&unlock("g2", vec![member("d")])).await.unwrap();
+    client
+        .execute("update celeriac.message set eta = now() + interval '1 second' where id = $1", &[&id])
+        .await
+        .unwrap();
+    assert_eq!(parked("g2").await, Some(true));
+    store.result_store_many(&table, &[row("d", "SUCCESS", b"1")]).await.unwrap();
+    assert_eq!(parked("g2").await, Some(false));
+
+    // A body the trigger cannot read (not JSON) is never refused: it runs as Celery's unlock.
+    let mut odd = unlock("g3", vec![member("e")]);
+    odd.payload = b"{not json".to_vec();
+    store.message_insert(&odd).await.unwrap();
+    assert_eq!(remaining("g3").await, None);
+}
