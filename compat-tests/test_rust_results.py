@@ -605,3 +605,18 @@ def test_canvas_builtins_run_without_python(database_url: str, celeriac_worker: 
     chained = app.send_task("celery.chain", ())
     with pytest.raises(NotImplementedError, match="chain is not a real task"):
         chained.get(timeout=TIMEOUT)
+
+
+def test_a_chord_header_holding_a_group(database_url: str, celeriac_worker: Callable[..., Worker]) -> None:
+    """A group inside a chord's header: Celery 5.7's producer unrolls it into the header (its
+    unlock message lists the group's tasks among the others, in Celery's order), and the body gets
+    every member's result once."""
+    backend = f"db+{database_url}"
+    worker = start_worker(celeriac_worker, backend)
+    app = client_app(database_url, backend)
+    add = signature("examples.add", app=app)
+    header = [add.clone(args=(1, 1)), group(add.clone(args=(2, 2)), add.clone(args=(3, 3))), add.clone(args=(4, 4))]
+    result = chord(header)(signature("examples.echo", app=app))
+    assert sorted(result.get(timeout=TIMEOUT)) == [2, 4, 6, 8]
+    assert unlock_retries([worker]) == 0
+    assert body_runs([worker], result.id) == 1

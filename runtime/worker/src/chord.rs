@@ -29,8 +29,10 @@ pub(crate) const CHORD_UNLOCK: &str = "celery.chord_unlock";
 pub(crate) struct Unlock {
     /// The body's signature.
     pub body: Value,
-    /// The header's task ids, in group order.
+    /// The header's task ids, in group order (a nested group's members in its place).
     pub members: Vec<String>,
+    /// Where nested groups are among `members` (their results join as lists).
+    pub shape: Vec<Shape>,
     /// Seconds between checks.
     pub interval: f64,
     /// Checks allowed (`None`: forever, Celery's default).
@@ -49,22 +51,55 @@ pub(crate) fn parse(message: &TaskMessage) -> Result<Unlock, String> {
     let kwargs = &message.kwargs;
     let result = kwargs.get("result").and_then(Value::as_list).ok_or("no header results (the result keyword)")?;
     let mut members = Vec::with_capacity(result.len());
-    for tuple in result {
-        // `[[id, parent], children]`; a nested group (children not null) is not flattened.
-        let (Some(head), children) = (tuple.as_list().and_then(|t| t.first()), tuple.as_list().and_then(|t| t.get(1)))
-        else {
-            return Err(format!("a header result that is not a result tuple: {}", pyrepr::repr(tuple)));
-        };
-        if children.is_some_and(|c| !matches!(c, Value::Null)) {
-            return Err("a header member that is itself a group is not supported by celeriac's chord_unlock".into());
-        }
-        let id =
-            head.as_list().and_then(|h| h.first()).and_then(Value::as_str).ok_or("a header result without an id")?;
-        members.push(id.to_owned());
-    }
+    let shape = result.iter().map(|tuple| member_shape(tuple, &mut members, 0)).collect::<Result<_, _>>()?;
     let interval = kwargs.get("interval").and_then(Value::as_f64).filter(|i| i.is_finite() && *i >= 0.0).unwrap_or(1.0);
     let max_retries = kwargs.get("max_retries").and_then(Value::as_i64);
-    Ok(Unlock { body, members, interval, max_retries })
+    Ok(Unlock { body, members, shape, interval, max_retries })
+}
+
+/// A header member: one task, or a group (its own members, joined as a list of their results).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Shape {
+    /// A task: one of [`Unlock::members`].
+    Task,
+    /// A nested group.
+    Group(Vec<Shape>),
+}
+
+/// How deep nested groups are read (deeper: refused, not a stack overflow).
+const MOST_NESTED: usize = 32;
+
+/// Reads one result tuple (`[[id, parent], children]`), appending its task ids to `members`.
+fn member_shape(tuple: &Value, members: &mut Vec<String>, depth: usize) -> Result<Shape, String> {
+    let (Some(head), children) = (tuple.as_list().and_then(|t| t.first()), tuple.as_list().and_then(|t| t.get(1)))
+    else {
+        return Err(format!("a header result that is not a result tuple: {}", pyrepr::repr(tuple)));
+    };
+    if let Some(Value::List(children)) = children {
+        if depth >= MOST_NESTED {
+            return Err("header groups nested too deep".into());
+        }
+        let shape = children.iter().map(|c| member_shape(c, members, depth + 1)).collect::<Result<_, _>>()?;
+        return Ok(Shape::Group(shape));
+    }
+    let id = head.as_list().and_then(|h| h.first()).and_then(Value::as_str).ok_or("a header result without an id")?;
+    members.push(id.to_owned());
+    Ok(Shape::Task)
+}
+
+/// The members' results (`flat`, in [`Unlock::members`] order) nested as `shape` says: what
+/// Celery's `GroupResult.join` returns for a header holding groups.
+pub(crate) fn nest(shape: &[Shape], flat: Vec<Value>) -> Vec<Value> {
+    fn take(shape: &[Shape], flat: &mut std::vec::IntoIter<Value>) -> Vec<Value> {
+        shape
+            .iter()
+            .map(|s| match s {
+                Shape::Task => flat.next().unwrap_or_default(),
+                Shape::Group(inner) => Value::List(take(inner, flat)),
+            })
+            .collect()
+    }
+    take(shape, &mut flat.into_iter())
 }
 
 /// What the header's states mean for the body.
@@ -132,6 +167,7 @@ mod tests {
         assert_eq!(unlock.max_retries, None);
         assert_eq!(unlock.body.as_map().unwrap()["task"], Value::Str("tasks.tsum".into()));
 
+        assert_eq!(unlock.shape, [Shape::Task, Shape::Task]);
         let m = &unlock.members;
         assert_eq!(join(m, &[stored("SUCCESS", Value::Int(1)), None]), Join::Waiting);
         assert_eq!(join(m, &[stored("SUCCESS", Value::Int(1)), stored("STARTED", Value::Null)]), Join::Waiting);
@@ -146,5 +182,27 @@ mod tests {
             join(m, &[stored("FAILURE", Value::Map(exc)), stored("SUCCESS", Value::Int(2))]),
             Join::Failed("Dependency aaaaaaaa-0000-0000-0000-000000000022 raised ValueError('bad')".into())
         );
+    }
+
+    #[test]
+    fn nested_groups_in_a_header_are_read_and_joined_as_lists() {
+        let tuple = |id: &str| Value::List(vec![Value::List(vec![Value::Str(id.into()), Value::Null]), Value::Null]);
+        let group = |id: &str, members: Vec<Value>| {
+            Value::List(vec![Value::List(vec![Value::Str(id.into()), Value::Null]), Value::List(members)])
+        };
+        let header = vec![tuple("a"), group("g", vec![tuple("b"), group("h", vec![tuple("c")])]), tuple("d")];
+        let mut members = Vec::new();
+        let shape: Vec<Shape> = header.iter().map(|t| member_shape(t, &mut members, 0).unwrap()).collect();
+        assert_eq!(members, ["a", "b", "c", "d"]);
+        let flat = vec![Value::Int(1), Value::Int(2), Value::Int(3), Value::Int(4)];
+        assert_eq!(
+            nest(&shape, flat),
+            vec![Value::Int(1), Value::List(vec![Value::Int(2), Value::List(vec![Value::Int(3)])]), Value::Int(4)]
+        );
+        let mut deep = tuple("x");
+        for _ in 0..40 {
+            deep = group("g", vec![deep]);
+        }
+        assert!(member_shape(&deep, &mut Vec::new(), 0).is_err());
     }
 }

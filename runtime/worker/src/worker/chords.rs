@@ -104,6 +104,7 @@ pub(super) async fn chord_unlock(
         }
         chord::Join::Ready(values) => {
             let mut body = Vec::new();
+            let values = chord::nest(&unlock.shape, values);
             match canvas::publish(&unlock.body, &[Value::List(values)], None, &publisher, &mut body) {
                 Ok(()) => {
                     tracing::info!("Task {name}[{id}] succeeded: the chord's body is published");
