@@ -190,7 +190,7 @@ mod tests {
         let group = |id: &str, members: Vec<Value>| {
             Value::List(vec![Value::List(vec![Value::Str(id.into()), Value::Null]), Value::List(members)])
         };
-        let header = vec![tuple("a"), group("g", vec![tuple("b"), group("h", vec![tuple("c")])]), tuple("d")];
+        let header = [tuple("a"), group("g", vec![tuple("b"), group("h", vec![tuple("c")])]), tuple("d")];
         let mut members = Vec::new();
         let shape: Vec<Shape> = header.iter().map(|t| member_shape(t, &mut members, 0).unwrap()).collect();
         assert_eq!(members, ["a", "b", "c", "d"]);
