@@ -152,8 +152,10 @@ create trigger chord_unlock_park_update before update of eta on celeriac.message
 
 -- AFTER INSERT / UPDATE OF status of a ready row in an app's result table (the trigger
 -- `celeriac_chord_count`): count the member's chords down, and release each that reaches zero.
+-- It runs as its owner, so an app whose role may write its result table but not celeriac's
+-- tables keeps storing results (every name in it is schema-qualified).
 create function celeriac.chord_member_ready() returns trigger
-language plpgsql as $$
+language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 declare
     gid  text;
     left_over integer;
