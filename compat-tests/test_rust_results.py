@@ -13,6 +13,7 @@ errbacks) around Rust handlers.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gc
 import json
@@ -64,35 +65,27 @@ TYPED_VALUES: list[Any] = [
 ]
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A throwaway ``redis-server`` (Debian's, installed by scripts/install-deps) on a free port."""
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path, *args: str, ping: Callable[[], bool]) -> Iterator[None]:
+    """A throwaway ``redis-server`` (Debian's, installed by scripts/install-deps) started with
+    ``args``, up once ``ping`` answers."""
     server = shutil.which("redis-server")
     if server is None:
         pytest.fail("redis-server is not installed (scripts/install-deps installs it)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    workdir = tmp_path_factory.mktemp("redis")
     log = open(workdir / "redis.log", "wb")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        [server, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir), *args],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=port)
-
-    def up() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
-    wait_for(up, 10, "redis-server to answer PING")
-    yield f"redis://127.0.0.1:{port}/0"
-    client.close()
+    wait_for(ping, 10, "redis-server to answer PING")
+    yield
     # Celery's AsyncResult.__del__ unsubscribes from Redis: results the tests left in reference
     # cycles are collected while the server still answers. The sockets of Celery's own Redis
     # clients are closed by that collection, not by Celery (a ResourceWarning, not ours).
@@ -102,6 +95,58 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc.terminate()
     proc.wait(10)
     log.close()
+
+
+def answers(client: Any) -> Callable[[], bool]:
+    import redis
+
+    def up() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    return up
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throwaway ``redis-server`` on a free port."""
+    import redis
+
+    port = free_port()
+    client = redis.Redis(host="127.0.0.1", port=port)
+    with redis_server(tmp_path_factory.mktemp("redis"), "--port", str(port), ping=answers(client)):
+        yield f"redis://127.0.0.1:{port}/0"
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def rediss_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """A ``redis-server`` that speaks TLS only, with a certificate for 127.0.0.1 signed by a CA
+    made here with ``openssl``: its port and the CA file."""
+    import redis
+
+    workdir = tmp_path_factory.mktemp("rediss")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=workdir, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=celeriac test CA")  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=127.0.0.1")  # fmt: skip
+    (workdir / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.pem", "-days", "2", "-extfile", "san.cnf")  # fmt: skip
+    port = free_port()
+    ca = workdir / "ca.pem"
+    client = redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(ca))
+    tls = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", "server.pem", "--tls-key-file", "server.key",
+           "--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no"]  # fmt: skip
+    with redis_server(workdir, *tls, ping=answers(client)):
+        yield port, ca
+        client.close()
 
 
 def client_app(database_url: str, backend: str, **conf: Any) -> Celery:
@@ -233,6 +278,24 @@ def test_db_backend_on_the_queue_database(database_url: str, celeriac_worker: Ca
         assert all(isinstance(r[0], int) for r in rows)
         (seq,) = conn.execute("select last_value from task_id_sequence").fetchone() or (0,)
         assert seq >= max(r[0] for r in rows)
+
+
+@pytest.mark.parametrize("verify", ["required", "none"])
+def test_redis_backend_over_tls(
+    database_url: str, rediss_server: tuple[int, Path], celeriac_worker: Callable[..., Worker], verify: str
+) -> None:
+    """``rediss://`` with Celery's URL parameters: the server's certificate checked against the
+    given CA (``ssl_cert_reqs=required``), or not checked at all (``none``)."""
+    port, ca = rediss_server
+    backend = f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs={verify}"
+    if verify == "required":
+        backend += f"&ssl_ca_certs={ca}"
+    start_worker(celeriac_worker, backend)
+    app = client_app(database_url, backend)
+    assert app.send_task("examples.add", (20, 22)).get(timeout=TIMEOUT) == 42
+    failed = app.send_task("examples.fail", ("over tls",))
+    with pytest.raises(ValueError, match="over tls"):
+        failed.get(timeout=TIMEOUT)
 
 
 def test_redis_backend(database_url: str, redis_url: str, celeriac_worker: Callable[..., Worker]) -> None:
@@ -620,3 +683,66 @@ def test_a_chord_header_holding_a_group(database_url: str, celeriac_worker: Call
     assert sorted(result.get(timeout=TIMEOUT)) == [2, 4, 6, 8]
     assert unlock_retries([worker]) == 0
     assert body_runs([worker], result.id) == 1
+
+
+def test_links_published_by_rust_handlers_follow_the_apps_routes(
+    proj: Proj, proj_worker: Callable[..., ProjWorker]
+) -> None:
+    """A chain link a Rust handler publishes goes where Celery would send it: the task's own
+    ``queue`` (here from ``task_annotations``), then ``task_routes`` (an exact name, then a
+    glob), then ``task_default_queue``."""
+    settings = {
+        "task_routes": [{"examples.echo": "routed"}, {"examples.sl*": {"queue": "globbed"}}],
+        "task_annotations": {"proj.tasks.add": {"queue": "annotated"}},
+    }
+    proj_worker(
+        extra_args=["--example-handlers", "-Q", "celery,routed,globbed,annotated"],
+        env={"PROJ_RATE_SETTINGS": json.dumps(settings)},
+    )
+    app = proj.app
+    rust_add = signature("examples.add", app=app)
+    links = [
+        rust_add.clone(args=(0, 0)),
+        signature("examples.echo", app=app),
+        signature("proj.tasks.add", args=(1,), app=app),
+        rust_add.clone(args=(1,)),
+        signature("examples.sleep", args=(0.0,), app=app, immutable=True),
+    ]
+    result = chain(*links).apply_async()
+    assert result.get(timeout=60) == 0.0
+    ids = []
+    node = result
+    while node is not None:
+        ids.append(node.id)
+        node = node.parent
+    ids.reverse()
+    queues = {
+        task_id: queue
+        for task_id, queue in proj.query("select task_id, queue from celery_taskmeta where task_id = any(%s)", ids)
+    }
+    # The first link is the client's; Python's proj.tasks.add publishes the next through Celery.
+    assert [queues.get(task_id) for task_id in ids] == ["celery", "routed", "annotated", "celery", "globbed"]
+
+
+def test_a_task_whose_workers_all_die_fails_with_worker_lost_error(
+    database_url: str, celeriac_worker: Callable[..., Worker]
+) -> None:
+    """A message whose worker dies while running it, past --max-redeliveries (0 here: the first
+    death), goes to dead_letter, and its result is Celery's WorkerLostError, so the client's
+    get() fails instead of waiting forever."""
+    backend = f"db+{database_url}"
+    fast = ["--lease-seconds", "2", "--heartbeat-interval", "0.5", "--max-redeliveries", "0"]
+    doomed = start_worker(celeriac_worker, backend, *fast)
+    app = client_app(database_url, backend)
+    result = app.send_task("examples.sleep", (600,))
+    doomed.wait_for(lambda: f"[{result.id}] received" in doomed.log(), TIMEOUT, "the task to start")
+    doomed.kill()
+    start_worker(celeriac_worker, backend, *fast)
+    with pytest.raises(Exception, match="Worker exited prematurely") as info:
+        result.get(timeout=TIMEOUT)
+    assert type(info.value).__name__ == "WorkerLostError"
+    with psycopg.connect(database_url) as conn:
+        (reason,) = conn.execute(
+            "select reason_code from celeriac.dead_letter where task_id = %s", (result.id,)
+        ).fetchone() or ("",)
+    assert reason == "redeliveries_exhausted"

@@ -224,8 +224,58 @@ def init(
                 if _rate(rate) is not None
             },
             "results": _results_settings(app),
+            **_routes_settings(app),
         },
     }
+
+
+def _queue_name(value: Any) -> str | None:
+    """A route's or a task's queue: a name, a kombu ``Queue``, or a route dict naming one."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, dict):
+        return _queue_name(value.get("queue")) or _queue_name(value.get("routing_key"))
+    name = getattr(value, "name", None)
+    return name if isinstance(name, str) and name else None
+
+
+def _routes_settings(app: Any) -> dict[str, Any]:
+    """``task_routes`` as the worker evaluates them for what Rust handlers publish: the map
+    routers (exact names and Celery's ``*`` globs, each to a queue), the tasks' own ``queue``
+    attributes (which beat the routes, as in ``Task.apply_async``), and a description of the
+    routers it cannot evaluate (functions, import paths, regular expressions)."""
+    from collections.abc import Mapping
+
+    routes = app.conf.task_routes
+    if routes is None:
+        routers: list[Any] = []
+    elif isinstance(routes, (list, tuple)):
+        routers = list(routes)
+    else:
+        routers = [routes]
+    maps: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    for router in routers:
+        if not isinstance(router, Mapping):
+            skipped.append(repr(router))
+            continue
+        exact: dict[str, str] = {}
+        patterns: list[list[str]] = []
+        for key, value in router.items():
+            queue = _queue_name(value)
+            if not isinstance(key, str) or queue is None:
+                skipped.append(f"{key!r}: {value!r}")
+            elif "*" in key:
+                patterns.append([key, queue])
+            else:
+                exact[key] = queue
+        maps.append({"exact": exact, "patterns": patterns})
+    declared = {}
+    for name, task in app.tasks.items():
+        queue = _queue_name(getattr(task, "queue", None))
+        if queue is not None:
+            declared[str(name)] = queue
+    return {"task_routes": maps, "task_routes_skipped": skipped, "task_queues": declared}
 
 
 def _seconds(value: Any) -> float | None:
@@ -288,6 +338,27 @@ def _results_settings(app: Any) -> dict[str, Any] | None:
         "redis_key_prefix": transport.get("global_keyprefix"),
         "redis_chord_ordered": bool(transport.get("result_chord_ordered", True)),
         "django_database_url": _django_database_url() if backend == "django-db" else None,
+        "redis_ssl": _redis_ssl(conf.get("redis_backend_use_ssl")),
+    }
+
+
+def _redis_ssl(options: Any) -> dict[str, str | None]:
+    """``redis_backend_use_ssl`` as text: ``ssl_cert_reqs`` by name, and the three file paths."""
+    if not isinstance(options, dict):
+        return {}
+    reqs = options.get("ssl_cert_reqs")
+    if reqs is not None and not isinstance(reqs, str):
+        reqs = {0: "none", 1: "optional", 2: "required"}.get(int(reqs), "required")
+
+    def path(key: str) -> str | None:
+        value = options.get(key)
+        return None if value is None else str(value)
+
+    return {
+        "cert_reqs": reqs,
+        "ca_certs": path("ssl_ca_certs"),
+        "certfile": path("ssl_certfile"),
+        "keyfile": path("ssl_keyfile"),
     }
 
 

@@ -24,6 +24,19 @@ pub struct RescuerConfig {
     /// Every this many passes, look at all expired leases rather than only dead workers'
     /// (catches leases no worker tracks). Default: 12 (once a minute at the default interval).
     pub full_scan_every: u32,
+    /// Told of the messages a pass dead-lettered because every worker that held them died
+    /// (the worker stores Celery's `WorkerLostError` for them). Default: none.
+    pub on_lost: Option<LostHook>,
+}
+
+/// Called with the messages a rescue pass dead-lettered for exhausting their redeliveries.
+#[derive(Clone)]
+pub struct LostHook(pub Arc<dyn Fn(Vec<crate::LostMessage>) + Send + Sync>);
+
+impl std::fmt::Debug for LostHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LostHook")
+    }
 }
 
 impl Default for RescuerConfig {
@@ -33,6 +46,7 @@ impl Default for RescuerConfig {
             max_redeliveries: 3,
             worker_retention: Duration::from_secs(600),
             full_scan_every: 12,
+            on_lost: None,
         }
     }
 }
@@ -135,7 +149,11 @@ impl Periodic for Rescuer {
         let full_scan = self.passes.is_multiple_of(self.config.full_scan_every.max(1));
         self.passes = self.passes.wrapping_add(1);
         let healthy = self.health.as_ref().map_or(f64::MAX, |h| h.healthy_seconds());
-        let report = self.store.message_rescue(self.worker, self.config.max_redeliveries, full_scan, healthy).await?;
+        let mut report =
+            self.store.message_rescue(self.worker, self.config.max_redeliveries, full_scan, healthy).await?;
+        if let (Some(hook), false) = (&self.config.on_lost, report.lost.is_empty()) {
+            (hook.0)(std::mem::take(&mut report.lost));
+        }
         if report.rescued > 0 {
             tracing::warn!(count = report.rescued, "rescuer: redelivering messages whose worker stopped heartbeating");
         }

@@ -184,12 +184,25 @@ pub struct DeadLetterParams {
 }
 
 /// What one [`Store::message_rescue`] pass did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RescueReport {
     /// Messages made ready again, marked redelivered.
     pub rescued: u64,
     /// Messages dead-lettered for exhausting their redeliveries.
     pub dead_lettered: u64,
+    /// Those messages: every worker that held them died (Celery's `WorkerLostError`).
+    pub lost: Vec<LostMessage>,
+}
+
+/// A message dead-lettered because each worker that held it died before it finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostMessage {
+    /// Its queue.
+    pub queue: String,
+    /// The envelope, as the producer wrote it.
+    pub payload: Vec<u8>,
+    /// How many times its lease ran out.
+    pub redeliveries: i32,
 }
 
 /// How long a rescuer's heartbeats must have been succeeding before it frees leases whose
@@ -765,7 +778,10 @@ impl Store {
                  returning 1
              )
              select (select count(*) from rescued), (select count(*) from buried), (select count(*) from woken),
-                    (select count(*) from forgotten)"
+                    (select count(*) from forgotten),
+                    (select coalesce(array_agg(queue), '{{}}') from buried),
+                    (select coalesce(array_agg(payload), '{{}}') from buried),
+                    (select coalesce(array_agg(redeliveries), '{{}}') from buried)"
         );
         // A lease whose holder has no row: the holder re-registers with its next heartbeat if it
         // is alive, so such a lease is only judged by a rescuer healthy for longer than any
@@ -781,7 +797,15 @@ impl Store {
         let row = client.row(self.pooler, &sql, &params).await?;
         let rescued: i64 = row.get(0);
         let dead: i64 = row.get(1);
-        Ok(RescueReport { rescued: rescued.unsigned_abs(), dead_lettered: dead.unsigned_abs() })
+        let (queues, payloads, redeliveries): (Vec<String>, Vec<Vec<u8>>, Vec<i32>) =
+            (row.get(4), row.get(5), row.get(6));
+        let lost = queues
+            .into_iter()
+            .zip(payloads)
+            .zip(redeliveries)
+            .map(|((queue, payload), redeliveries)| LostMessage { queue, payload, redeliveries })
+            .collect();
+        Ok(RescueReport { rescued: rescued.unsigned_abs(), dead_lettered: dead.unsigned_abs(), lost })
     }
 }
 
@@ -834,7 +858,7 @@ fn bury_exhausted_sql(source: &str, max: &str, reason: &str) -> String {
                     format('{reason}', redeliveries + 1, {max}::int4),
                     attempt, redeliveries + 1, created_at
              from poison
-             returning message_id
+             returning message_id, queue, payload, redeliveries
          )"
     )
 }

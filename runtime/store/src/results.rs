@@ -306,8 +306,9 @@ impl ResultTable {
         &self.kind
     }
 
-    /// The upsert of the rows `unnest`ed from parameters `$first…`, each carrying `key` (a
-    /// message id) first when `keyed` by `source_join` (a join clause, e.g. `join done on …`).
+    /// The upsert of the rows `unnest`ed from parameters `$first…`. With `key` (the message id's
+    /// alias and type), each row carries its message's id first, and only rows of messages the
+    /// statement's `done` deleted are stored, the last per task id.
     fn upsert_sql(&self, first: usize, key: Option<(&str, &str)>) -> String {
         let mut unnest_args = Vec::new();
         let mut aliases = Vec::new();
@@ -333,7 +334,19 @@ impl ResultTable {
                 _ => format!("u.c{i}"),
             })
             .collect();
-        let join = if key.is_some() { " join done on done.id = u.mid" } else { "" };
+        let task_id = self.columns.iter().position(|(c, _)| *c == "task_id").unwrap_or(0);
+        // Keyed by message: only the rows of messages deleted, and of those the last per task id
+        // (an upsert may not touch a row twice), whichever of a task's messages lost its lease.
+        let source = if key.is_some() {
+            format!(
+                "(select distinct on (k.c{task_id}) k.* from unnest({args}) with ordinality as k({aliases}, ord)
+                  join done on done.id = k.mid order by k.c{task_id}, k.ord desc) as u",
+                args = unnest_args.join(", "),
+                aliases = aliases.join(", "),
+            )
+        } else {
+            format!("unnest({}) as u({})", unnest_args.join(", "), aliases.join(", "))
+        };
         let (id_col, id_value, extra_cols, extra_values) = match self.kind {
             ResultTableKind::Celery => {
                 ("id, ", format!("nextval({}::regclass), ", quote_literal(&self.sequence)), "", "")
@@ -361,14 +374,12 @@ impl ResultTable {
         format!(
             "insert into {table} as t ({id_col}{names}{extra_cols})
              select {id_value}{values}{extra_values}
-             from unnest({args}) as u({aliases}){join}
+             from {source}
              on conflict (task_id) do update set {set}
              where t.status is distinct from 'SUCCESS'",
             table = self.qualified,
             names = names.join(", "),
             values = values.join(", "),
-            args = unnest_args.join(", "),
-            aliases = aliases.join(", "),
             set = self.set_list,
         )
     }
@@ -678,8 +689,10 @@ impl Store {
                  where m.id = c.id and m.attempt = c.attempt and m.leased_by = $3 and celeriac.relaxed_commit()
                  returning m.id)",
         );
+        // Two rows of one task id are narrowed to one in the statement, among the messages it
+        // deletes.
         let keyed: Vec<(i64, &ResultRow)> = match table {
-            Some(_) => last_per_task(items.iter().filter_map(|f| Some((f.lease.id, f.result.as_ref()?)))),
+            Some(_) => items.iter().filter_map(|f| Some((f.lease.id, f.result.as_ref()?))).collect(),
             None => Vec::new(),
         };
         let result_ids: Vec<i64> = keyed.iter().map(|(id, _)| *id).collect();

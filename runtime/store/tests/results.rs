@@ -227,3 +227,57 @@ async fn chords_are_counted_by_their_members_results_and_release_their_unlock_on
     store.message_insert(&odd).await.unwrap();
     assert_eq!(remaining("g3").await, None);
 }
+
+#[tokio::test]
+async fn of_two_finishes_of_one_task_the_one_still_leased_stores_its_result() {
+    let db = TestDatabase::new().await;
+    let store = db.store();
+    let table = store.result_table_open(&ResultTableConfig::celery()).await.unwrap();
+    // Two messages of one task id (a producer that published it twice).
+    store.message_insert_many(&[message("t.a", "same"), message("t.a", "same")]).await.unwrap();
+    let me = worker(&store).await;
+    let queues = vec!["celery".to_owned()];
+    let claimed = store
+        .message_claim(&ClaimParams {
+            worker_id: me,
+            queues: &queues,
+            limit: 2,
+            lease_seconds: 30.0,
+            after: None,
+            suspects: 2,
+            park: &[],
+        })
+        .await
+        .unwrap();
+    let (held, lost) = (claimed[0].lease, claimed[1].lease);
+    let lost = celeriac_store::Lease { id: lost.id, attempt: lost.attempt + 1 };
+    // The later one in the batch lost its lease: the earlier one's result is stored.
+    let finishes = [
+        Finish { lease: held, result: Some(row("same", "SUCCESS", b"1")), publish: Vec::new() },
+        Finish { lease: lost, result: Some(row("same", "FAILURE", b"{}")), publish: Vec::new() },
+    ];
+    let refs: Vec<&Finish> = finishes.iter().collect();
+    assert_eq!(store.message_finish_many(me, Some(&table), &refs).await.unwrap(), vec![held.id]);
+    assert_eq!(store.result_get(&table, "same").await.unwrap(), Some(("SUCCESS".into(), Some(b"1".to_vec()))));
+    // Both held: the last one wins, as before.
+    store.message_insert_many(&[message("t.b", "twice"), message("t.b", "twice")]).await.unwrap();
+    let claimed = store
+        .message_claim(&ClaimParams {
+            worker_id: me,
+            queues: &queues,
+            limit: 2,
+            lease_seconds: 30.0,
+            after: None,
+            suspects: 2,
+            park: &[],
+        })
+        .await
+        .unwrap();
+    let finishes = [
+        Finish { lease: claimed[0].lease, result: Some(row("twice", "STARTED", b"{}")), publish: Vec::new() },
+        Finish { lease: claimed[1].lease, result: Some(row("twice", "FAILURE", b"{}")), publish: Vec::new() },
+    ];
+    let refs: Vec<&Finish> = finishes.iter().collect();
+    assert_eq!(store.message_finish_many(me, Some(&table), &refs).await.unwrap().len(), 2);
+    assert_eq!(store.result_get(&table, "twice").await.unwrap().unwrap().0, "FAILURE");
+}

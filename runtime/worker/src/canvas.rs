@@ -21,6 +21,8 @@ use celeriac_protocol::{encode_task, json, message::Expires, Map, TaskMessage, T
 use celeriac_store::NewMessage;
 use chrono::{DateTime, Utc};
 
+use crate::routes::TaskRoutes;
+
 /// A signature that cannot be published, and why.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("cannot publish the signature {task}: {problem}")]
@@ -121,7 +123,9 @@ pub(crate) fn signature_message(
     };
     let opts = TaskOptions {
         task_id: text("task_id"),
-        queue: text("queue").or_else(|| text("routing_key")).unwrap_or_else(|| default_queue.to_owned()),
+        queue: text("queue")
+            .or_else(|| text("routing_key"))
+            .unwrap_or_else(|| p.routes.queue_for(task).unwrap_or(default_queue).to_owned()),
         countdown: number("countdown"),
         eta: options.get("eta").and_then(time_option),
         expires,
@@ -285,6 +289,12 @@ pub(crate) fn publish(
                 .and_then(|o| o.get("queue"))
                 .and_then(Value::as_str)
                 .filter(|q| !q.is_empty())
+                .or_else(|| {
+                    body.as_map()
+                        .and_then(|b| b.get("task"))
+                        .and_then(Value::as_str)
+                        .and_then(|t| p.routes.queue_for(t))
+                })
                 .unwrap_or(default_queue);
             let mut unlock_kwargs = Map::new();
             unlock_kwargs.insert("interval".into(), Value::Null);
@@ -331,6 +341,7 @@ pub(crate) enum Priority {
 pub(crate) struct Publisher<'a> {
     pub parent: &'a TaskMessage,
     pub default_queue: &'a str,
+    pub routes: &'a TaskRoutes,
     pub now: DateTime<Utc>,
     pub priority: Priority,
 }
@@ -338,8 +349,13 @@ pub(crate) struct Publisher<'a> {
 impl<'a> Publisher<'a> {
     /// A publisher for the follow-ups of `parent` (chain links and callbacks without a priority,
     /// as Celery's default `task_inherit_parent_priority=False`).
-    pub(crate) fn new(parent: &'a TaskMessage, default_queue: &'a str, now: DateTime<Utc>) -> Self {
-        Publisher { parent, default_queue, now, priority: Priority::Given(None) }
+    pub(crate) fn new(
+        parent: &'a TaskMessage,
+        default_queue: &'a str,
+        routes: &'a TaskRoutes,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Publisher { parent, default_queue, routes, now, priority: Priority::Given(None) }
     }
 
     /// The same, keeping each signature's own priority.
@@ -428,7 +444,7 @@ mod tests {
         )
         .unwrap();
         let parent = TaskMessage::decode(&parent.payload, &Accept::default()).unwrap();
-        let (out, errors) = Publisher::new(&parent, "celery", now).on_success(&Value::Int(3));
+        let (out, errors) = Publisher::new(&parent, "celery", &TaskRoutes::default(), now).on_success(&Value::Int(3));
         assert!(errors.is_empty());
         let next = decode(&out[0]);
         assert_eq!((next.headers.task.as_str(), next.headers.id.as_str()), ("t.b", "B"));
@@ -444,12 +460,13 @@ mod tests {
         let parent =
             encode_task("t.a", &[], &Map::new(), &TaskOptions { embed, ..TaskOptions::default() }, now).unwrap();
         let parent = TaskMessage::decode(&parent.payload, &Accept::default()).unwrap();
-        let (out, _) = Publisher::new(&parent, "celery", now).on_success(&Value::Int(3));
+        let (out, _) = Publisher::new(&parent, "celery", &TaskRoutes::default(), now).on_success(&Value::Int(3));
         assert_eq!(decode(&out[0]).args, Vec::<Value>::new());
-        let (out, _) = Publisher::new(&parent, "celery", now).on_failure();
+        let (out, _) = Publisher::new(&parent, "celery", &TaskRoutes::default(), now).on_failure();
         assert_eq!(decode(&out[0]).args, vec![Value::Str(parent.headers.id.clone())]);
 
         let bad = sig("", Value::Null, Value::Null, false);
-        assert!(signature_message(&bad, &[], None, &Publisher::new(&parent, "celery", now)).is_err());
+        assert!(signature_message(&bad, &[], None, &Publisher::new(&parent, "celery", &TaskRoutes::default(), now))
+            .is_err());
     }
 }

@@ -35,6 +35,7 @@ pub mod examples;
 pub mod python;
 mod registry;
 mod results;
+mod routes;
 pub mod scheduler;
 mod task;
 mod worker;
@@ -44,7 +45,8 @@ pub use celeriac_store as store;
 pub use celeriac_store::maintenance;
 pub use client::{build_message, Client};
 pub use registry::{DeclaredRateLimits, Handler, HandlerFuture, Registry};
-pub use results::{DbValueFormat, ResultsConfig, TaskResultSettings};
+pub use results::{DbValueFormat, RedisSsl, ResultsConfig, TaskResultSettings};
+pub use routes::{RouteMap, TaskRoutes};
 pub use task::{LeaseCheck, Outcome, Request, RetryBackoff, StateError, StateUpdater, TaskError};
 pub use worker::{Worker, WorkerConfig, WorkerReport, WorkerStats};
 

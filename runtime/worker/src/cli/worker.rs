@@ -286,6 +286,7 @@ fn worker_config(args: &WorkerArgs) -> Result<WorkerConfig, CliError> {
             ..crate::ResultsConfig::new(url)
         }),
         default_queue: defaults.default_queue.clone(),
+        task_routes: defaults.task_routes.clone(),
     };
     config.validate()?;
     Ok(config)

@@ -12,7 +12,7 @@
 //! | max tasks per child | `--max-tasks-per-child` | `worker_max_tasks_per_child`, if above 0 | none |
 //! | max memory per child | `--max-memory-per-child` | `worker_max_memory_per_child`, if above 0 | none |
 //! | per-worker rate limits off | `--disable-rate-limits` | `worker_disable_rate_limits` | on |
-//! | the queue of chain links and callbacks Rust handlers publish | — | `task_default_queue` | `celery` |
+//! | the queue of chain links and callbacks Rust handlers publish | — | `task_routes` (map routers), then `task_default_queue` | `celery` |
 //! | result backend (Rust handlers, worker-decided states) | `--result-backend` | `result_backend` and the `result_*` settings | none |
 //!
 //! The pool applies the last three itself ([`PoolConfig::adopt_app_settings`], when its first
@@ -114,6 +114,26 @@ pub struct AppConfig {
     /// The result backend settings (`None`: the app stores no results).
     #[serde(default)]
     pub results: Option<AppResults>,
+    /// `task_routes`: the map routers the worker evaluates itself.
+    #[serde(default)]
+    pub task_routes: Vec<AppRouteMap>,
+    /// The routers it does not (functions, import paths, regular expressions), described.
+    #[serde(default)]
+    pub task_routes_skipped: Vec<String>,
+    /// The tasks' own `queue` attributes.
+    #[serde(default)]
+    pub task_queues: std::collections::HashMap<String, String>,
+}
+
+/// One map router of `task_routes`: exact names and glob patterns, each to a queue name.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AppRouteMap {
+    /// Task name → queue.
+    #[serde(default)]
+    pub exact: std::collections::HashMap<String, String>,
+    /// `[glob, queue]`, in the app's order.
+    #[serde(default)]
+    pub patterns: Vec<(String, String)>,
 }
 
 /// The app's result backend settings (`result_backend`, `result_extended`, …).
@@ -149,6 +169,9 @@ pub struct AppResults {
     pub redis_chord_ordered: bool,
     /// django-db: the Django project's default database, as a URL.
     pub django_database_url: Option<String>,
+    /// `redis_backend_use_ssl`.
+    #[serde(default)]
+    pub redis_ssl: crate::RedisSsl,
 }
 
 fn default_true() -> bool {
@@ -173,6 +196,7 @@ impl AppResults {
             create_tables: self.create_tables,
             redis_key_prefix: self.redis_key_prefix.clone(),
             redis_chord_ordered: self.redis_chord_ordered,
+            redis_ssl: self.redis_ssl.clone(),
             optional: true,
             django_database_url: self.django_database_url.clone(),
             ..crate::ResultsConfig::new(self.backend.clone())
@@ -225,6 +249,22 @@ impl AppConfig {
         if let Some(queue) = self.task_default_queue.as_ref().filter(|q| !q.is_empty()) {
             config.default_queue.clone_from(queue);
         }
+        config.task_routes = crate::TaskRoutes {
+            declared: self.task_queues.clone(),
+            maps: self
+                .task_routes
+                .iter()
+                .map(|m| crate::RouteMap { exact: m.exact.clone(), patterns: m.patterns.clone() })
+                .collect(),
+        };
+        if !self.task_routes_skipped.is_empty() {
+            tracing::warn!(
+                skipped = ?self.task_routes_skipped,
+                "task_routes: routers that are not maps of names or globs to queues are not evaluated for the \
+                 messages Rust handlers publish (a link without a queue goes by the other routers, then to \
+                 task_default_queue)"
+            );
+        }
     }
 }
 
@@ -267,6 +307,12 @@ mod tests {
             worker_disable_rate_limits: false,
             celeriac_global_rate_limits: std::collections::HashMap::new(),
             results: None,
+            task_routes: vec![AppRouteMap {
+                exact: std::collections::HashMap::from([("proj.a".to_owned(), "qa".to_owned())]),
+                patterns: vec![("proj.*".into(), "qp".into())],
+            }],
+            task_routes_skipped: Vec::new(),
+            task_queues: std::collections::HashMap::from([("proj.b".to_owned(), "qb".to_owned())]),
         }
     }
 
@@ -316,6 +362,9 @@ mod tests {
         assert_eq!(config.queues, ["default", "hipri"]);
         assert_eq!(config.prefetch_multiplier, 2);
         assert_eq!(config.accept, celeriac_protocol::Accept::new(["json", "pickle"]));
+        // Routes: the task's own queue, the map's exact name, its glob, then the default queue.
+        let queue = |task: &str| config.task_routes.queue_for(task).unwrap_or(&config.default_queue).to_owned();
+        assert_eq!([queue("proj.b"), queue("proj.a"), queue("proj.c"), queue("other")], ["qb", "qa", "qp", "default"]);
 
         let mut config = WorkerConfig { queues: vec!["mine".into()], prefetch_multiplier: 9, ..defaults.clone() };
         let all = ExplicitSettings { queues: true, prefetch_multiplier: true, accept_content: true };

@@ -58,6 +58,9 @@ pub struct ResultsConfig {
     /// `result_backend_transport_options['result_chord_ordered']` (Redis): chord parts in a
     /// sorted set by header index (Celery's default) rather than a list.
     pub redis_chord_ordered: bool,
+    /// `redis_backend_use_ssl` (Redis over TLS): options the `rediss://` URL's own query
+    /// parameters override.
+    pub redis_ssl: RedisSsl,
     /// Whether a backend that cannot be used (unsupported, unreachable, its table missing) only
     /// means no results (a warning: the app's setting, which its Python tasks use through
     /// Celery), rather than an error that stops the worker (`--result-backend`).
@@ -83,9 +86,24 @@ impl ResultsConfig {
             create_tables: true,
             redis_key_prefix: None,
             redis_chord_ordered: true,
+            redis_ssl: RedisSsl::default(),
             optional: false,
         }
     }
+}
+
+/// TLS settings of a `rediss://` backend, as Celery names them (`redis_backend_use_ssl`, or the
+/// URL's `ssl_cert_reqs`, `ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct RedisSsl {
+    /// `required` (the default), `optional` (verified as required) or `none` (not verified).
+    pub cert_reqs: Option<String>,
+    /// The CA bundle (PEM) the server's certificate is verified with (default: the system's).
+    pub ca_certs: Option<String>,
+    /// The client certificate (PEM), with `keyfile`.
+    pub certfile: Option<String>,
+    /// The client key (PEM).
+    pub keyfile: Option<String>,
 }
 
 /// A task's own result settings.
@@ -178,10 +196,16 @@ impl Results {
         } else if backend == "django-db" {
             let url = config.django_database_url.clone().unwrap_or_default();
             open_db(url, ResultTableKind::Django).await?
-        } else if backend.starts_with("redis://") || backend.starts_with("unix://") {
+        } else if backend.starts_with("redis://") || backend.starts_with("rediss://") || backend.starts_with("unix://")
+        {
             Backend::Redis(
-                redis::RedisResults::new(backend, config.redis_key_prefix.as_deref(), config.expires)
-                    .map_err(Error::Config)?,
+                redis::RedisResults::new(
+                    backend,
+                    config.redis_key_prefix.as_deref(),
+                    config.expires,
+                    &config.redis_ssl,
+                )
+                .map_err(Error::Config)?,
             )
         } else {
             let scheme = backend.split("://").next().unwrap_or(backend);

@@ -119,6 +119,63 @@ impl ChordClaim {
     }
 }
 
+/// The client for a Celery Redis backend URL. For `rediss://`, Celery's `ssl_cert_reqs`,
+/// `ssl_ca_certs`, `ssl_certfile` and `ssl_keyfile` query parameters (over `ssl`, the app's
+/// `redis_backend_use_ssl`) become rustls settings: the server's certificate verified against
+/// the CA file (else the system's roots) unless `ssl_cert_reqs` is `none`, and a client
+/// certificate when both files are given.
+fn client(url: &str, ssl: &super::RedisSsl) -> Result<redis::Client, String> {
+    if !url.starts_with("rediss://") {
+        return redis::Client::open(url).map_err(|e| format!("cannot read the Redis URL: {e}"));
+    }
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut ssl = ssl.clone();
+    let mut kept = Vec::new();
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        let value = value.into_owned();
+        match key.as_ref() {
+            "ssl_cert_reqs" => ssl.cert_reqs = Some(value),
+            "ssl_ca_certs" => ssl.ca_certs = Some(value),
+            "ssl_certfile" => ssl.certfile = Some(value),
+            "ssl_keyfile" => ssl.keyfile = Some(value),
+            _ => kept.push((key.into_owned(), value)),
+        }
+    }
+    let verify = match ssl.cert_reqs.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("required" | "cert_required" | "optional" | "cert_optional") => true,
+        Some("none" | "cert_none") => false,
+        Some(other) => {
+            return Err(format!(
+                "ssl_cert_reqs={other}: Celery's values are CERT_REQUIRED, CERT_OPTIONAL and CERT_NONE"
+            ))
+        }
+    };
+    let mut url = base.to_owned();
+    if !kept.is_empty() {
+        url.push('?');
+        url.push_str(&url::form_urlencoded::Serializer::new(String::new()).extend_pairs(kept).finish());
+    }
+    if !verify {
+        // redis-rs's way to skip the server certificate's verification.
+        url.push_str("#insecure");
+    }
+    let read =
+        |what: &str, path: &str| std::fs::read(path).map_err(|e| format!("cannot read the Redis {what} {path}: {e}"));
+    let client_tls = match (&ssl.certfile, &ssl.keyfile) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read("client certificate", cert)?,
+            client_key: read("client key", key)?,
+        }),
+        (None, None) => None,
+        _ => return Err("ssl_certfile and ssl_keyfile go together".into()),
+    };
+    let root_cert = ssl.ca_certs.as_deref().map(|path| read("CA certificates", path)).transpose()?;
+    let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+        .map_err(|e| format!("cannot read the Redis URL: {e}"))?;
+    redis::Client::build_with_tls(info, redis::TlsCertificates { client_tls, root_cert })
+        .map_err(|e| format!("cannot set up TLS to Redis: {e}"))
+}
+
 /// A connection to the result Redis, reopened after an error.
 pub(crate) struct RedisResults {
     client: redis::Client,
@@ -135,9 +192,15 @@ impl std::fmt::Debug for RedisResults {
 }
 
 impl RedisResults {
-    /// A backend for `url` (`redis://[:password@]host:port/db` or `unix://`). Connects lazily.
-    pub(crate) fn new(url: &str, global_keyprefix: Option<&str>, expires: Option<Duration>) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("cannot read the Redis URL: {e}"))?;
+    /// A backend for `url` (`redis://[:password@]host:port/db`, `rediss://…` with `ssl`
+    /// and Celery's `ssl_*` query parameters, or `unix://`). Connects lazily.
+    pub(crate) fn new(
+        url: &str,
+        global_keyprefix: Option<&str>,
+        expires: Option<Duration>,
+        ssl: &super::RedisSsl,
+    ) -> Result<Self, String> {
+        let client = client(url, ssl)?;
         let mut task_prefix = String::new();
         if let Some(p) = global_keyprefix.filter(|p| !p.is_empty()) {
             task_prefix.push_str(p);

@@ -208,7 +208,8 @@ impl Builtin {
 
     fn publisher<'a>(&'a self, message: &'a TaskMessage) -> canvas::Publisher<'a> {
         // `apply_async` inside a task: each signature keeps its own priority.
-        canvas::Publisher::new(message, &self.shared.config.default_queue, Utc::now()).with_signature_priority()
+        canvas::Publisher::new(message, &self.shared.config.default_queue, &self.shared.config.task_routes, Utc::now())
+            .with_signature_priority()
     }
 
     /// Publishes `sig` (with `prepend` first) with this run's completion.

@@ -81,7 +81,8 @@ pub(super) async fn chord_unlock(
     };
     let queue = claimed.queue.as_str();
     // `callback.delay(results)`: the body keeps its own priority.
-    let publisher = canvas::Publisher::new(&message, &shared.config.default_queue, now).with_signature_priority();
+    let publisher = canvas::Publisher::new(&message, &shared.config.default_queue, &shared.config.task_routes, now)
+        .with_signature_priority();
     let settlement = match join {
         chord::Join::Waiting => {
             if unlock.max_retries.is_some_and(|max| message.headers.retries >= max) {
@@ -161,7 +162,8 @@ async fn django_chord_done(
     now: chrono::DateTime<Utc>,
 ) {
     let Some(results) = &shared.results else { return };
-    let publisher = canvas::Publisher::new(message, &shared.config.default_queue, now).with_signature_priority();
+    let publisher = canvas::Publisher::new(message, &shared.config.default_queue, &shared.config.task_routes, now)
+        .with_signature_priority();
     let group = message.headers.group.as_deref().unwrap_or("?");
     let joined = match results.read_many(ids).await {
         Ok(states) => Ok(chord::join(ids, &states)),
@@ -225,7 +227,8 @@ async fn redis_chord_part(
         }
     };
     let (ids, states): (Vec<String>, Vec<_>) = parts.into_iter().map(|(id, s)| (id, Some(s))).unzip();
-    let publisher = canvas::Publisher::new(message, &shared.config.default_queue, now).with_signature_priority();
+    let publisher = canvas::Publisher::new(message, &shared.config.default_queue, &shared.config.task_routes, now)
+        .with_signature_priority();
     let joined = Ok(chord::join(&ids, &states));
     let (out, row, failed) =
         chord_completion(shared, &message.embed.chord, &publisher, queue, claim.group_id(), joined).await;
@@ -279,7 +282,8 @@ async fn chord_body_failure(
     };
     let state = State::Exception { state: TaskState::Failure, exception: Exception::new("ChordError", reason, None) };
     let row = store_final(shared, &message, queue, &state).await;
-    let (errbacks, errors) = canvas::Publisher::new(&message, publisher.default_queue, publisher.now).on_failure();
+    let (errbacks, errors) =
+        canvas::Publisher::new(&message, publisher.default_queue, publisher.routes, publisher.now).on_failure();
     for e in errors {
         tracing::error!("{e}");
     }

@@ -130,7 +130,7 @@ pub(super) async fn effects(
         return settlement;
     }
     let Settlement::Complete(lease) = settlement else { return settlement };
-    let publisher = canvas::Publisher::new(message, &shared.config.default_queue, now);
+    let publisher = canvas::Publisher::new(message, &shared.config.default_queue, &shared.config.task_routes, now);
     let (publish, errors) = match result {
         TaskResult::Success(value) => publisher.on_success(value),
         TaskResult::Failure { .. } => publisher.on_failure(),
@@ -152,4 +152,40 @@ pub(super) async fn effects(
         store_final(shared, message, queue, &state).await
     };
     finish(lease, row, publish)
+}
+
+/// Stores Celery's `WorkerLostError` for the messages a rescue pass dead-lettered because every
+/// worker that held them died (a task that kills its worker), as Celery's pool does for a task
+/// whose child died: the client's `AsyncResult` fails instead of waiting forever.
+pub(super) fn lost_hook(
+    results: Arc<crate::results::Results>,
+    hostname: Arc<str>,
+    accept: celeriac_protocol::Accept,
+) -> celeriac_store::maintenance::LostHook {
+    celeriac_store::maintenance::LostHook(Arc::new(move |lost: Vec<celeriac_store::LostMessage>| {
+        let (results, hostname, accept) = (results.clone(), hostname.clone(), accept.clone());
+        tokio::spawn(async move {
+            for m in lost {
+                let Ok(message) = TaskMessage::decode_head(&m.payload, &accept) else { continue };
+                if !results.wanted(&message) {
+                    continue;
+                }
+                let text = format!(
+                    "Worker exited prematurely: the task's worker died {} times while it ran (celeriac \
+                     --max-redeliveries); the message is in dead_letter",
+                    m.redeliveries
+                );
+                let state = State::Exception {
+                    state: TaskState::Failure,
+                    exception: Exception::new("WorkerLostError", &text, None),
+                };
+                let ctx = TaskContext { message: &message, hostname: &hostname, queue: &m.queue, now: Utc::now() };
+                let (name, id) = (message.display_name(), &message.headers.id);
+                match results.store_now(&state, &ctx).await {
+                    Ok(()) => tracing::error!("Task {name}[{id}] raised unexpected: WorkerLostError('{text}')"),
+                    Err(e) => tracing::error!("Task {name}[{id}]: cannot store its WorkerLostError: {e}"),
+                }
+            }
+        });
+    }))
 }

@@ -96,6 +96,9 @@ pub struct WorkerConfig {
     /// The queue of messages the worker publishes without one named (the next task of a chain,
     /// callbacks): Celery's `task_default_queue`. Default: `celery`.
     pub default_queue: String,
+    /// The app's `task_routes` (map routers), for the queue of what the worker publishes when
+    /// the signature names none; before `default_queue`. Default: none.
+    pub task_routes: crate::TaskRoutes,
 }
 
 impl Default for WorkerConfig {
@@ -118,6 +121,7 @@ impl Default for WorkerConfig {
             scheduler: None,
             results: None,
             default_queue: celeriac_protocol::DEFAULT_QUEUE.to_owned(),
+            task_routes: crate::TaskRoutes::default(),
         }
     }
 }
@@ -284,7 +288,13 @@ impl Worker {
             &LeaseSessionConfig {
                 heartbeat_interval: config.heartbeat_interval,
                 max_redeliveries: config.max_redeliveries,
-                rescuer: Some(RescuerConfig { interval: config.rescue_interval, ..RescuerConfig::default() }),
+                rescuer: Some(RescuerConfig {
+                    interval: config.rescue_interval,
+                    on_lost: results
+                        .as_ref()
+                        .map(|r| effects::lost_hook(r.clone(), config.hostname.as_str().into(), config.accept.clone())),
+                    ..RescuerConfig::default()
+                }),
                 // Pending outcomes get a bounded time to reach the database at shutdown.
                 write_at_close: Duration::from_secs(15),
                 result_table: results.as_ref().and_then(|r| r.queue_table()),
