@@ -62,8 +62,8 @@ pub struct WorkerArgs {
     pub no_listen: bool,
     /// Store the results of Rust handlers (and the states the worker decides for any task:
     /// unregistered, expired) in this Celery result backend: db+postgresql://…, django-db (the
-    /// queue database's django_celery_results tables) or redis://… [default: with -A, the app's
-    /// result_backend; else none].
+    /// queue database's django_celery_results tables), redis://… or rediss://… [default: with
+    /// -A, the app's result_backend; else none].
     #[arg(long, env = "CELERIAC_RESULT_BACKEND", value_name = "URL")]
     pub result_backend: Option<String>,
     /// Store name, args, kwargs, worker, retries and queue with results (Celery's
