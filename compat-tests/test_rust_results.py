@@ -336,7 +336,7 @@ def test_chains_callbacks_and_errbacks_around_rust_handlers(
     database_url: str, celeriac_worker: Callable[..., Worker]
 ) -> None:
     backend = f"db+{database_url}"
-    start_worker(celeriac_worker, backend)
+    worker = start_worker(celeriac_worker, backend)
     app = client_app(database_url, backend)
     add = signature("examples.add", app=app)
 
@@ -383,7 +383,12 @@ def test_chains_callbacks_and_errbacks_around_rust_handlers(
     failed_id = res.parent.id
     assert AsyncResult(errback_id, app=app).get(timeout=TIMEOUT) == failed_id
     wait_for(lambda: queue_is_empty(database_url), TIMEOUT, "the queue to drain")
-    assert AsyncResult(after_id, app=app).state == "PENDING", "the chain stops at the failed task"
+    # The chain stops at the failed task: the later link never runs, and (Celery's
+    # mark_as_failure) its result is the same failure, so res.get() raises instead of waiting.
+    with pytest.raises(ValueError, match="boom"):
+        res.get(timeout=TIMEOUT)
+    assert AsyncResult(after_id, app=app).state == "FAILURE"
+    assert not any(f"[{after_id}] received" in line for line in worker.log_lines())
 
 
 def test_django_db_backend(database_url: str, celeriac_worker: Callable[..., Worker], tmp_path: Path) -> None:

@@ -130,6 +130,11 @@ pub(super) async fn effects(
         return settlement;
     }
     let Settlement::Complete(lease) = settlement else { return settlement };
+    if let (TaskResult::Failure { .. }, Some(results)) =
+        (result, shared.results.as_deref().filter(|r| r.wanted(message)))
+    {
+        store_chain_failure(results, &shared.hostname, message, queue, &state).await;
+    }
     let publisher = canvas::Publisher::new(message, &shared.config.default_queue, &shared.config.task_routes, now);
     let (publish, errors) = match result {
         TaskResult::Success(value) => publisher.on_success(value),
@@ -166,7 +171,7 @@ pub(super) fn lost_hook(
         let (results, hostname, accept) = (results.clone(), hostname.clone(), accept.clone());
         tokio::spawn(async move {
             for m in lost {
-                let Ok(message) = TaskMessage::decode_head(&m.payload, &accept) else { continue };
+                let Ok(message) = TaskMessage::decode(&m.payload, &accept) else { continue };
                 if !results.wanted(&message) {
                     continue;
                 }
@@ -185,7 +190,50 @@ pub(super) fn lost_hook(
                     Ok(()) => tracing::error!("Task {name}[{id}] raised unexpected: WorkerLostError('{text}')"),
                     Err(e) => tracing::error!("Task {name}[{id}]: cannot store its WorkerLostError: {e}"),
                 }
+                store_chain_failure(&results, &hostname, &message, &m.queue, &state).await;
             }
         });
     }))
+}
+
+/// Celery's `mark_as_failure` beyond the task itself: the same failure is stored for every later
+/// element of its chain that has a task id (and for the body of a chord among them), so a client
+/// waiting on the chain's last result gets the error instead of waiting forever. A stored
+/// failure also counts the element's part of a chord counted in the database.
+pub(super) async fn store_chain_failure(
+    results: &crate::results::Results,
+    hostname: &str,
+    message: &TaskMessage,
+    queue: &str,
+    state: &State,
+) {
+    let Value::List(chain) = &message.embed.chain else { return };
+    let mut pending: std::collections::VecDeque<&Value> = chain.iter().collect();
+    let mut stored = 0usize;
+    while let Some(sig) = pending.pop_front() {
+        let Some(map) = sig.as_map() else { continue };
+        let options = map.get("options").and_then(Value::as_map);
+        if let Some(id) = options.and_then(|o| o.get("task_id")).and_then(Value::as_str) {
+            let mut element = message.clone();
+            element.headers.id = id.to_owned();
+            element.headers.task = map.get("task").and_then(Value::as_str).unwrap_or_default().to_owned();
+            element.headers.group = options.and_then(|o| o.get("group_id")).and_then(Value::as_str).map(str::to_owned);
+            element.args = map.get("args").and_then(Value::as_list).map(<[Value]>::to_vec).unwrap_or_default();
+            element.kwargs = map.get("kwargs").and_then(Value::as_map).cloned().unwrap_or_default();
+            element.embed = celeriac_protocol::Embed::default();
+            let ctx = TaskContext { message: &element, hostname, queue, now: Utc::now() };
+            if let Err(e) = results.store_now(state, &ctx).await {
+                tracing::error!("Task {}[{id}]: cannot store the chain's failure: {e}", element.display_name());
+            }
+            stored += 1;
+        }
+        if map.get("subtask_type").and_then(Value::as_str) == Some("chord") {
+            if let Some(body) = map.get("kwargs").and_then(Value::as_map).and_then(|k| k.get("body")) {
+                pending.push_back(body);
+            }
+        }
+        if stored >= 10_000 {
+            break;
+        }
+    }
 }
