@@ -751,3 +751,35 @@ def test_a_task_whose_workers_all_die_fails_with_worker_lost_error(
             "select reason_code from celeriac.dead_letter where task_id = %s", (result.id,)
         ).fetchone() or ("",)
     assert reason == "redeliveries_exhausted"
+
+
+def test_an_errback_taking_request_exc_traceback_gets_them_from_a_failed_rust_handler(
+    proj: Proj, proj_worker: Callable[..., ProjWorker]
+) -> None:
+    """Celery calls an errback whose function takes (request, exc, traceback) in-process, with
+    the failed task's request, exception and traceback, then the signature's own args; for a
+    Rust handler's failure a pool child makes the same call. An errback taking the task id is
+    still published with it."""
+    proj_worker(extra_args=["--example-handlers"])
+    app = proj.app
+    id_errback_id = str(uuid.uuid4())
+    failing = signature("examples.fail", args=("rusty",), app=app).set(
+        link_error=[
+            signature("proj.tasks.on_error", kwargs={"tag": "first"}, app=app),
+            signature("examples.echo", app=app, task_id=id_errback_id),
+        ]
+    )
+    result = failing.apply_async()
+    with pytest.raises(ValueError, match="rusty"):
+        result.get(timeout=60)
+    assert AsyncResult(id_errback_id, app=app).get(timeout=60) == result.id
+
+    def called() -> list[dict[str, Any]]:
+        return proj.events("errback")
+
+    wait_for(lambda: len(called()) == 1, 60, "the errback to be called")
+    (call,) = called()
+    assert call["tag"] == "first"
+    assert (call["request_id"], call["request_task"], call["request_args"]) == (result.id, "examples.fail", ["rusty"])
+    assert (call["exc_type"], call["exc_args"]) == ("ValueError", ["rusty"])
+    assert "ValueError: rusty" in call["traceback"]

@@ -57,6 +57,22 @@ def sleep(seconds: float) -> float:
 
 
 @app.task
+def on_error(request: Any, exc: BaseException, traceback: Any, tag: str = "") -> None:
+    """An errback in the form Celery documents, ``(request, exc, traceback)``: Celery calls it
+    in-process; it records what it was given."""
+    record(
+        "errback",
+        tag=tag,
+        request_id=request.id,
+        request_task=request.task,
+        request_args=list(request.args or ()),
+        exc_type=type(exc).__name__,
+        exc_args=list(exc.args),
+        traceback=str(traceback),
+    )
+
+
+@app.task
 def fail(message: str) -> None:
     raise ValueError(message)
 

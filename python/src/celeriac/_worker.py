@@ -197,6 +197,7 @@ def init(
             "global_rate_limit": _rate(getattr(task, "global_rate_limit", None)),
             "ignore_result": bool(getattr(task, "ignore_result", False)),
             "track_started": bool(getattr(task, "track_started", False)),
+            "errback_in_process": _errback_in_process(task),
         }
     return {
         "pid": os.getpid(),
@@ -227,6 +228,23 @@ def init(
             **_routes_settings(app),
         },
     }
+
+
+def _errback_in_process(task: Any) -> bool:
+    """Whether Celery calls ``task`` in-process as an errback, with ``(request, exc, traceback)``:
+    the test of ``Backend._call_task_errbacks`` (a ``@task`` function taking more than one
+    argument, not a ``bind=True`` partial)."""
+    from functools import partial
+
+    from celery.utils.functional import arity_greater
+
+    header = getattr(task, "__header__", None)
+    if header is None or isinstance(header, partial):
+        return False
+    try:
+        return bool(arity_greater(header, 1))
+    except TypeError:
+        return False
 
 
 def _queue_name(value: Any) -> str | None:
@@ -518,6 +536,9 @@ def run(envelope: bytes, queue: str, redelivered: bool) -> tuple[str, str, str]:
         task_id = headers["id"]
     except Exception:
         return _run_with_request(envelope, queue, redelivered)
+    errback = headers.get("celeriac_errback")
+    if isinstance(errback, dict) and name in st.app.tasks:
+        return _call_errback(st.app.tasks[name], payload, errback)
     if (
         headers.get("expires")
         or headers.get("compression")
@@ -549,6 +570,34 @@ def run(envelope: bytes, queue: str, redelivered: bool) -> tuple[str, str, str]:
     if not result[0]:
         return ACK, "SUCCESS", ""
     return _settle_failure(envelope, queue, redelivered, time_accepted, result)
+
+
+def _call_errback(task: Any, payload: dict[str, Any], call: dict[str, Any]) -> tuple[str, str, str]:
+    """An errback of a task that failed in a Rust handler, called as Celery's
+    ``_call_task_errbacks`` calls one that takes ``(request, exc, traceback)``: in-process, with
+    the failed task's request as a ``Context``, its exception rebuilt by the result backend and
+    its traceback text, then the signature's own arguments. Nothing is stored for the errback,
+    and what it raises is logged, as under Celery."""
+    from celery.app.task import Context
+    from celery.utils.log import get_logger
+
+    logger = get_logger("celery.backends.base")
+    try:
+        body = payload.get("body")
+        if body and payload["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args, kwargs, _embed = _json_loads(body if isinstance(body, bytes) else str(body).encode())
+        request = Context(call["request"])
+        exc = task.app.backend.exception_to_python(call["exc"])
+    except Exception:
+        logger.exception("Errback %r: cannot read the failed task's details", task.name)
+        return ACK, "FAILURE", ""
+    try:
+        task(request, exc, call.get("traceback"), *args, **kwargs)
+    except Exception:
+        logger.exception("Errback %r raised an exception", task.name)
+        return ACK, "FAILURE", ""
+    return ACK, "SUCCESS", ""
 
 
 def _trace(

@@ -325,6 +325,30 @@ pub(crate) fn publish(
     }
 }
 
+/// A failure, for the errbacks Celery calls in-process with `(request, exc, traceback)`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FailureDetail<'a> {
+    /// The failed task's request, as Celery's `Context` fields.
+    pub request: &'a Value,
+    /// The exception, as Celery stores it (`{"exc_type", "exc_message", "exc_module"}`).
+    pub exc: &'a Value,
+    /// Its traceback text.
+    pub traceback: &'a str,
+    /// The app's tasks that take `(request, exc, traceback)` as errbacks.
+    pub in_process: &'a std::collections::HashSet<String>,
+}
+
+impl FailureDetail<'_> {
+    /// The `celeriac_errback` header: `{"request", "exc", "traceback"}`.
+    fn call(&self) -> Value {
+        let mut m = Map::with_capacity(3);
+        m.insert("request".into(), self.request.clone());
+        m.insert("exc".into(), self.exc.clone());
+        m.insert("traceback".into(), Value::Str(self.traceback.to_owned()));
+        Value::Map(m)
+    }
+}
+
 /// How a published task's priority is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Priority {
@@ -385,15 +409,35 @@ impl<'a> Publisher<'a> {
     }
 
     /// What a failed task publishes: its errbacks, called with its id (each with its own
-    /// priority, as Celery's errback group is published).
-    pub(crate) fn on_failure(&self) -> (Vec<NewMessage>, Vec<SignatureError>) {
+    /// priority, as Celery's errback group is published). An errback Celery would call
+    /// in-process with `(request, exc, traceback)` (a Python task in `failure`'s set) is
+    /// published to its task with those in the `celeriac_errback` header instead, for a pool
+    /// child to make that call.
+    pub(crate) fn on_failure(&self, failure: Option<&FailureDetail<'_>>) -> (Vec<NewMessage>, Vec<SignatureError>) {
         let message = self.parent;
         let errbacks = self.with_signature_priority();
         let mut out = Vec::new();
         let mut errors = Vec::new();
         let prepend = [Value::Str(message.headers.id.clone())];
         for sig in signatures(&message.embed.errbacks) {
-            if let Err(e) = publish(sig, &prepend, None, &errbacks, &mut out) {
+            let task = sig.as_map().and_then(|m| m.get("task")).and_then(Value::as_str).unwrap_or_default();
+            let published = match failure.filter(|f| f.in_process.contains(task)) {
+                Some(f) => {
+                    let mut headers = sig
+                        .as_map()
+                        .and_then(|m| m.get("options"))
+                        .and_then(Value::as_map)
+                        .and_then(|o| o.get("headers"))
+                        .and_then(Value::as_map)
+                        .cloned()
+                        .unwrap_or_default();
+                    headers.insert("celeriac_errback".into(), f.call());
+                    signature_message(&with_option(sig, "headers", Value::Map(headers)), &[], None, &errbacks)
+                        .map(|m| out.push(m))
+                }
+                None => publish(sig, &prepend, None, &errbacks, &mut out),
+            };
+            if let Err(e) = published {
                 errors.push(e);
             }
         }
@@ -462,7 +506,7 @@ mod tests {
         let parent = TaskMessage::decode(&parent.payload, &Accept::default()).unwrap();
         let (out, _) = Publisher::new(&parent, "celery", &TaskRoutes::default(), now).on_success(&Value::Int(3));
         assert_eq!(decode(&out[0]).args, Vec::<Value>::new());
-        let (out, _) = Publisher::new(&parent, "celery", &TaskRoutes::default(), now).on_failure();
+        let (out, _) = Publisher::new(&parent, "celery", &TaskRoutes::default(), now).on_failure(None);
         assert_eq!(decode(&out[0]).args, vec![Value::Str(parent.headers.id.clone())]);
 
         let bad = sig("", Value::Null, Value::Null, false);

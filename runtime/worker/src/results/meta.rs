@@ -71,7 +71,7 @@ impl Exception {
     }
 
     /// `{"exc_type", "exc_message" (the args), "exc_module"}`, the JSON form.
-    fn as_value(&self) -> Value {
+    pub(crate) fn as_value(&self) -> Value {
         let mut m = Map::with_capacity(3);
         m.insert("exc_type".into(), Value::Str(self.exc_type.clone()));
         m.insert("exc_message".into(), Value::List(self.args.clone()));
@@ -81,7 +81,7 @@ impl Exception {
 
     /// The traceback text Celery would store: the handler's own, else one line in Python's
     /// format naming the exception.
-    fn traceback_text(&self, task: &str) -> String {
+    pub(crate) fn traceback_text(&self, task: &str) -> String {
         if let Some(tb) = &self.traceback {
             return tb.clone();
         }

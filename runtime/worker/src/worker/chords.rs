@@ -283,7 +283,7 @@ async fn chord_body_failure(
     let state = State::Exception { state: TaskState::Failure, exception: Exception::new("ChordError", reason, None) };
     let row = store_final(shared, &message, queue, &state).await;
     let (errbacks, errors) =
-        canvas::Publisher::new(&message, publisher.default_queue, publisher.routes, publisher.now).on_failure();
+        canvas::Publisher::new(&message, publisher.default_queue, publisher.routes, publisher.now).on_failure(None);
     for e in errors {
         tracing::error!("{e}");
     }

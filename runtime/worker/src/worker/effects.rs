@@ -138,7 +138,19 @@ pub(super) async fn effects(
     let publisher = canvas::Publisher::new(message, &shared.config.default_queue, &shared.config.task_routes, now);
     let (publish, errors) = match result {
         TaskResult::Success(value) => publisher.on_success(value),
-        TaskResult::Failure { .. } => publisher.on_failure(),
+        TaskResult::Failure { exc_type, message: text, traceback } if !shared.config.errbacks_in_process.is_empty() => {
+            let exception = Exception::new(exc_type, text, traceback.clone());
+            let request = errback_request(message, &shared.hostname, queue);
+            let (exc, traceback) = (exception.as_value(), exception.traceback_text(message.display_name()));
+            let detail = canvas::FailureDetail {
+                request: &request,
+                exc: &exc,
+                traceback: &traceback,
+                in_process: &shared.config.errbacks_in_process,
+            };
+            publisher.on_failure(Some(&detail))
+        }
+        TaskResult::Failure { .. } => publisher.on_failure(None),
         TaskResult::Retry { .. } => (Vec::new(), Vec::new()),
     };
     for e in errors {
@@ -236,4 +248,36 @@ pub(super) async fn store_chain_failure(
             break;
         }
     }
+}
+
+/// The failed task's request as Celery's `Context` has it, for an errback called with
+/// `(request, exc, traceback)`.
+fn errback_request(message: &TaskMessage, hostname: &str, queue: &str) -> Value {
+    let h = &message.headers;
+    let text = |v: &Option<String>| v.clone().map_or(Value::Null, Value::Str);
+    let mut delivery = celeriac_protocol::Map::new();
+    delivery.insert("exchange".into(), Value::Str(String::new()));
+    delivery.insert("routing_key".into(), Value::Str(queue.to_owned()));
+    delivery.insert("redelivered".into(), Value::Bool(message.delivery_info.redelivered));
+    let mut m = celeriac_protocol::Map::new();
+    m.insert("id".into(), Value::Str(h.id.clone()));
+    m.insert("task".into(), Value::Str(h.task.clone()));
+    m.insert("args".into(), Value::List(message.args.clone()));
+    m.insert("kwargs".into(), Value::Map(message.kwargs.clone()));
+    m.insert("root_id".into(), text(&h.root_id));
+    m.insert("parent_id".into(), text(&h.parent_id));
+    m.insert("group".into(), text(&h.group));
+    m.insert("group_index".into(), h.group_index.map_or(Value::Null, Value::Int));
+    m.insert("retries".into(), Value::Int(h.retries));
+    m.insert("hostname".into(), Value::Str(hostname.to_owned()));
+    m.insert("correlation_id".into(), Value::Str(h.id.clone()));
+    m.insert("origin".into(), text(&h.origin));
+    m.insert("ignore_result".into(), Value::Bool(h.ignore_result));
+    m.insert("is_eager".into(), Value::Bool(false));
+    m.insert("delivery_info".into(), Value::Map(delivery));
+    m.insert("callbacks".into(), message.embed.callbacks.clone());
+    m.insert("errbacks".into(), message.embed.errbacks.clone());
+    m.insert("chain".into(), message.embed.chain.clone());
+    m.insert("chord".into(), message.embed.chord.clone());
+    Value::Map(m)
 }

@@ -99,6 +99,10 @@ pub struct WorkerConfig {
     /// The app's `task_routes` (map routers), for the queue of what the worker publishes when
     /// the signature names none; before `default_queue`. Default: none.
     pub task_routes: crate::TaskRoutes,
+    /// The app's Python tasks that Celery calls in-process as errbacks, with `(request, exc,
+    /// traceback)` (their function takes more than one argument). A Rust handler's failure
+    /// hands them those through a pool child. Default: none.
+    pub errbacks_in_process: std::collections::HashSet<String>,
 }
 
 impl Default for WorkerConfig {
@@ -122,6 +126,7 @@ impl Default for WorkerConfig {
             results: None,
             default_queue: celeriac_protocol::DEFAULT_QUEUE.to_owned(),
             task_routes: crate::TaskRoutes::default(),
+            errbacks_in_process: std::collections::HashSet::new(),
         }
     }
 }
