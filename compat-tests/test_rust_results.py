@@ -758,14 +758,15 @@ def test_an_errback_taking_request_exc_traceback_gets_them_from_a_failed_rust_ha
 ) -> None:
     """Celery calls an errback whose function takes (request, exc, traceback) in-process, with
     the failed task's request, exception and traceback, then the signature's own args; for a
-    Rust handler's failure a pool child makes the same call. An errback taking the task id is
-    still published with it."""
+    Rust handler's failure a pool child makes the same call. Errbacks taking the task id, Python
+    or Rust, are published with it."""
     proj_worker(extra_args=["--example-handlers"])
     app = proj.app
     id_errback_id = str(uuid.uuid4())
     failing = signature("examples.fail", args=("rusty",), app=app).set(
         link_error=[
             signature("proj.tasks.on_error", kwargs={"tag": "first"}, app=app),
+            signature("proj.tasks.on_error_id", app=app),
             signature("examples.echo", app=app, task_id=id_errback_id),
         ]
     )
@@ -783,3 +784,6 @@ def test_an_errback_taking_request_exc_traceback_gets_them_from_a_failed_rust_ha
     assert (call["request_id"], call["request_task"], call["request_args"]) == (result.id, "examples.fail", ["rusty"])
     assert (call["exc_type"], call["exc_args"]) == ("ValueError", ["rusty"])
     assert "ValueError: rusty" in call["traceback"]
+    # A Python errback taking the id is published with it, as Celery publishes it.
+    wait_for(lambda: len(proj.events("errback_id")) == 1, 60, "the id errback to run")
+    assert proj.events("errback_id")[0]["task_id"] == result.id

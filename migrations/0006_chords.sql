@@ -3,12 +3,13 @@
 -- Celery's database result backend counts nothing: its `apply_chord` publishes
 -- `celery.chord_unlock`, which checks the header's results and retries every second until they
 -- are all ready. Where the app's result table is on the queue database and a worker has put the
--- trigger `celeriac_chord_count` on it (`Store::chord_counting_install`), celeriac counts
--- instead:
+-- trigger `celeriac_chord_count` on it (`Store::chord_counting_install`, which also records the
+-- worker's queues in `chord_counting_queue`), celeriac counts instead:
 --
--- * an inserted (or re-scheduled) `celery.chord_unlock` message registers its chord: one
---   `chord_member` row per header task id, and the message is *parked* (its eta moved past a
---   safety interval);
+-- * a `celery.chord_unlock` message first published (retries 0) to one of those queues registers
+--   its chord: one `chord_member` row per header task id, and the message is *parked* (its eta
+--   moved past a safety interval); a retry of it (re-published, or re-scheduled in place) is
+--   parked again while its chord counts, and never registers one (its members may be done);
 -- * each member's first ready result row (SUCCESS, FAILURE, REVOKED) deletes its member row and
 --   counts the chord down, in the transaction that stores the result;
 -- * the result that takes it to zero releases the unlock (eta = now, with a wake-up), which then
@@ -41,6 +42,13 @@ create table celeriac.chord_member (
 );
 create index chord_member_group on celeriac.chord_member (group_id);
 
+-- The queues of workers whose result table counts chords: only unlocks sent to these are parked
+-- (another app on the same database, whose results live elsewhere, keeps Celery's polling).
+create table celeriac.chord_counting_queue (
+    queue      text        primary key,
+    updated_at timestamptz not null default now()
+);
+
 -- The task ids of a header result tuple (`[[id, parent], children]`), a nested group's members
 -- in its place.
 create function celeriac.chord_leaf_ids(t jsonb) returns setof text
@@ -56,7 +64,8 @@ $$;
 
 -- The eta of the `celery.chord_unlock` message `unlock` (`payload`, asked to run at `due`): registers its chord
 -- and parks it, or leaves it as asked.
-create function celeriac.chord_unlock_eta(unlock bigint, payload bytea, due timestamptz) returns timestamptz
+create function celeriac.chord_unlock_eta(unlock bigint, queue text, payload bytea, due timestamptz)
+returns timestamptz
 language plpgsql as $$
 declare
     envelope jsonb;
@@ -65,8 +74,8 @@ declare
     counted  integer;
     found_chord celeriac.chord;
 begin
-    -- Parked only where some result table counts its chords' members.
-    if not exists (select 1 from pg_trigger where tgname = 'celeriac_chord_count' and not tgisinternal) then
+    -- Parked only in the queues of workers whose result table counts chords.
+    if not exists (select 1 from celeriac.chord_counting_queue q where q.queue = chord_unlock_eta.queue) then
         return due;
     end if;
     begin
@@ -91,9 +100,18 @@ begin
     if gid is null or jsonb_typeof(body->1->'result') is distinct from 'array' then
         return due;
     end if;
-    insert into celeriac.chord (group_id, remaining, unlock_id) values (gid, 0, unlock)
-        on conflict (group_id) do nothing;
-    if found then
+    select * into found_chord from celeriac.chord where group_id = gid for update;
+    if not found then
+        -- Only a first publication registers: by a retry's time, members may be done already,
+        -- and they would never be counted.
+        if coalesce(envelope->'headers'->>'retries', '0') <> '0' then
+            return due;
+        end if;
+        insert into celeriac.chord (group_id, remaining, unlock_id) values (gid, 0, unlock)
+            on conflict (group_id) do nothing;
+        if not found then
+            return due;
+        end if;
         with leaves as (
             select distinct celeriac.chord_leaf_ids(t) as task_id from jsonb_array_elements(body->1->'result') t
         ), added as (
@@ -115,12 +133,12 @@ begin
                 select group_id from celeriac.chord
                 where created_at < now() - interval '1 day'
                   and (released_at is not null or created_at < now() - interval '7 days')
-                limit 100)
+                limit 100
+                for update skip locked)
             returning group_id)
         delete from celeriac.chord_member m using stale where m.group_id = stale.group_id;
         return greatest(due, now() + interval '60 seconds');
     end if;
-    select * into found_chord from celeriac.chord where group_id = gid for update;
     if found_chord.released_at is not null then
         return due;
     end if;
@@ -134,7 +152,7 @@ $$;
 create function celeriac.chord_unlock_park() returns trigger
 language plpgsql as $$
 begin
-    new.eta := celeriac.chord_unlock_eta(new.id, new.payload, new.eta);
+    new.eta := celeriac.chord_unlock_eta(new.id, new.queue, new.payload, new.eta);
     return new;
 exception when others then
     -- Never refuse a message over this: the unlock then checks each second, as Celery's does.
@@ -161,6 +179,12 @@ declare
     left_over integer;
     q    text;
 begin
+    if not exists (select 1 from celeriac.chord_member where task_id = new.task_id) then
+        return null;
+    end if;
+    -- Never fails the app's result write: a count missed here leaves the unlock to its safety
+    -- interval.
+    begin
     for gid in delete from celeriac.chord_member where task_id = new.task_id returning group_id loop
         left_over := null;
         update celeriac.chord set remaining = remaining - 1
@@ -176,6 +200,11 @@ begin
             end loop;
         end if;
     end loop;
+    exception when others then
+        raise warning 'celeriac: result of % not counted for its chord: %', new.task_id, sqlerrm;
+    end;
     return null;
 end
 $$;
+-- Only the trigger calls it (it runs as its owner).
+revoke execute on function celeriac.chord_member_ready() from public;

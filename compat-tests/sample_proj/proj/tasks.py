@@ -73,6 +73,12 @@ def on_error(request: Any, exc: BaseException, traceback: Any, tag: str = "") ->
 
 
 @app.task
+def on_error_id(task_id: str) -> None:
+    """An errback taking the failed task's id (Celery publishes it with the id)."""
+    record("errback_id", task_id=task_id)
+
+
+@app.task
 def fail(message: str) -> None:
     raise ValueError(message)
 

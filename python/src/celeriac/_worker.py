@@ -197,7 +197,6 @@ def init(
             "global_rate_limit": _rate(getattr(task, "global_rate_limit", None)),
             "ignore_result": bool(getattr(task, "ignore_result", False)),
             "track_started": bool(getattr(task, "track_started", False)),
-            "errback_in_process": _errback_in_process(task),
         }
     return {
         "pid": os.getpid(),
@@ -230,23 +229,6 @@ def init(
     }
 
 
-def _errback_in_process(task: Any) -> bool:
-    """Whether Celery calls ``task`` in-process as an errback, with ``(request, exc, traceback)``:
-    the test of ``Backend._call_task_errbacks`` (a ``@task`` function taking more than one
-    argument, not a ``bind=True`` partial)."""
-    from functools import partial
-
-    from celery.utils.functional import arity_greater
-
-    header = getattr(task, "__header__", None)
-    if header is None or isinstance(header, partial):
-        return False
-    try:
-        return bool(arity_greater(header, 1))
-    except TypeError:
-        return False
-
-
 def _queue_name(value: Any) -> str | None:
     """A route's or a task's queue: a name, a kombu ``Queue``, or a route dict naming one."""
     if isinstance(value, str):
@@ -259,9 +241,13 @@ def _queue_name(value: Any) -> str | None:
 
 def _routes_settings(app: Any) -> dict[str, Any]:
     """``task_routes`` as the worker evaluates them for what Rust handlers publish: the map
-    routers (exact names and Celery's ``*`` globs, each to a queue), the tasks' own ``queue``
-    attributes (which beat the routes, as in ``Task.apply_async``), and a description of the
-    routers it cannot evaluate (functions, import paths, regular expressions)."""
+    routers (exact names, and patterns as the sources of the regular expressions Celery's
+    ``MapRoute`` matches: ``fnmatch.translate`` of a key with ``*``, or the app's own), each to
+    a queue; the tasks' own ``queue`` attributes (which beat the routes, as in
+    ``Task.apply_async``); and a description of the routers it cannot evaluate (functions,
+    import paths)."""
+    import fnmatch
+    import re
     from collections.abc import Mapping
 
     routes = app.conf.task_routes
@@ -273,6 +259,7 @@ def _routes_settings(app: Any) -> dict[str, Any]:
         routers = [routes]
     maps: list[dict[str, Any]] = []
     skipped: list[str] = []
+    flags = {re.IGNORECASE: "i", re.MULTILINE: "m", re.DOTALL: "s", re.VERBOSE: "x"}
     for router in routers:
         if not isinstance(router, Mapping):
             skipped.append(repr(router))
@@ -281,10 +268,16 @@ def _routes_settings(app: Any) -> dict[str, Any]:
         patterns: list[list[str]] = []
         for key, value in router.items():
             queue = _queue_name(value)
-            if not isinstance(key, str) or queue is None:
+            if queue is None:
+                skipped.append(f"{key!r}: {value!r}")
+            elif isinstance(key, re.Pattern):
+                inline = "".join(letter for flag, letter in flags.items() if key.flags & flag)
+                source = str(key.pattern)
+                patterns.append([f"(?{inline}){source}" if inline else source, queue])
+            elif not isinstance(key, str):
                 skipped.append(f"{key!r}: {value!r}")
             elif "*" in key:
-                patterns.append([key, queue])
+                patterns.append([fnmatch.translate(key), queue])
             else:
                 exact[key] = queue
         maps.append({"exact": exact, "patterns": patterns})
@@ -538,7 +531,7 @@ def run(envelope: bytes, queue: str, redelivered: bool) -> tuple[str, str, str]:
         return _run_with_request(envelope, queue, redelivered)
     errback = headers.get("celeriac_errback")
     if isinstance(errback, dict) and name in st.app.tasks:
-        return _call_errback(st.app.tasks[name], payload, errback)
+        return _call_errback(st.app.tasks[name], errback)
     if (
         headers.get("expires")
         or headers.get("compression")
@@ -572,30 +565,43 @@ def run(envelope: bytes, queue: str, redelivered: bool) -> tuple[str, str, str]:
     return _settle_failure(envelope, queue, redelivered, time_accepted, result)
 
 
-def _call_errback(task: Any, payload: dict[str, Any], call: dict[str, Any]) -> tuple[str, str, str]:
-    """An errback of a task that failed in a Rust handler, called as Celery's
-    ``_call_task_errbacks`` calls one that takes ``(request, exc, traceback)``: in-process, with
-    the failed task's request as a ``Context``, its exception rebuilt by the result backend and
-    its traceback text, then the signature's own arguments. Nothing is stored for the errback,
-    and what it raises is logged, as under Celery."""
+def _call_errback(task: Any, call: dict[str, Any]) -> tuple[str, str, str]:
+    """An errback of a task that failed in a Rust handler, given what Celery's
+    ``_call_task_errbacks`` has at hand: the errback's signature, the failed task's request (as
+    a ``Context``), its exception (rebuilt by the result backend) and its traceback text. As
+    there, an errback whose function takes them is called in-process with ``(request, exc,
+    traceback)`` (nothing is stored for it; what it raises is logged), and any other is
+    published with the failed task's id."""
+    from functools import partial
+
     from celery.app.task import Context
+    from celery.utils.functional import arity_greater
     from celery.utils.log import get_logger
 
     logger = get_logger("celery.backends.base")
+    app = task.app
     try:
-        body = payload.get("body")
-        if body and payload["properties"].get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        args, kwargs, _embed = _json_loads(body if isinstance(body, bytes) else str(body).encode())
+        errback = app.signature(call["signature"])
         request = Context(call["request"])
-        exc = task.app.backend.exception_to_python(call["exc"])
+        exc = app.backend.exception_to_python(call["exc"])
     except Exception:
         logger.exception("Errback %r: cannot read the failed task's details", task.name)
         return ACK, "FAILURE", ""
+    header = getattr(errback.type, "__header__", None)
+    in_process = header is not None and not isinstance(header, partial)
+    if in_process:
+        # Celery 5.7 counts only the arguments the signature leaves unbound; earlier versions
+        # the function's.
+        arity = getattr(app.backend, "_errback_arity_greater", None)
+        in_process = bool(arity(errback, 1) if arity is not None else arity_greater(header, 1))
     try:
-        task(request, exc, call.get("traceback"), *args, **kwargs)
+        if in_process:
+            errback(request, exc, call.get("traceback"))
+        else:
+            root_id = request.root_id or request.id
+            errback.apply_async((request.id,), parent_id=request.id, root_id=root_id)
     except Exception:
-        logger.exception("Errback %r raised an exception", task.name)
+        logger.exception("Errback %r raised an exception", errback.name)
         return ACK, "FAILURE", ""
     return ACK, "SUCCESS", ""
 

@@ -779,9 +779,9 @@ impl Store {
              )
              select (select count(*) from rescued), (select count(*) from buried), (select count(*) from woken),
                     (select count(*) from forgotten),
-                    (select coalesce(array_agg(queue), '{{}}') from buried),
-                    (select coalesce(array_agg(payload), '{{}}') from buried),
-                    (select coalesce(array_agg(redeliveries), '{{}}') from buried)"
+                    (select coalesce(array_agg(queue order by message_id), '{{}}') from buried),
+                    (select coalesce(array_agg(payload order by message_id), '{{}}') from buried),
+                    (select coalesce(array_agg(redeliveries order by message_id), '{{}}') from buried)"
         );
         // A lease whose holder has no row: the holder re-registers with its next heartbeat if it
         // is alive, so such a lease is only judged by a rescuer healthy for longer than any

@@ -550,46 +550,53 @@ impl Store {
     }
 
     /// Makes `table` (Celery's result table, on the queue database) count chords: puts the
-    /// trigger `celeriac_chord_count` on it unless it has it (see
-    /// `migrations/0006_chords.sql`). From then on, a `celery.chord_unlock` inserted into the
-    /// queue waits parked until its header's results are stored, instead of polling. Returns
-    /// whether the trigger was created now.
+    /// trigger `celeriac_chord_count` on it unless it has it, and records `queues` as queues whose
+    /// `celery.chord_unlock` messages wait parked until their header's results are stored,
+    /// instead of polling (see `migrations/0006_chords.sql`). Returns whether the trigger was
+    /// created now.
     ///
     /// # Errors
     /// [`Error::Config`] for a django-celery-results table (its chords are counted by
     /// `ChordCounter`); the database's refusal (the table belongs to another role); connection
     /// errors.
-    pub async fn chord_counting_install(&self, table: &ResultTable) -> Result<bool> {
+    pub async fn chord_counting_install(&self, table: &ResultTable, queues: &[String]) -> Result<bool> {
         if table.kind != ResultTableKind::Celery {
             return Err(Error::Config("chords are counted in Celery's result table only".into()));
         }
         let client = self.pool.get().await?;
-        let has: bool = client
-            .row(
-                self.pooler,
-                "select exists (select 1 from pg_trigger
-                                where tgrelid = $1::text::regclass and tgname = 'celeriac_chord_count')",
-                &[(&table.qualified, Type::TEXT)],
-            )
-            .await?
-            .get(0);
-        if has {
-            return Ok(false);
+        let exists = "select exists (select 1 from pg_trigger
+                                     where tgrelid = $1::text::regclass and tgname = 'celeriac_chord_count')";
+        let params = [(&table.qualified as _, Type::TEXT)];
+        let mut created = false;
+        let has: bool = client.row(self.pooler, exists, &params).await?.get(0);
+        if !has {
+            let create = format!(
+                "create trigger celeriac_chord_count
+                 after insert or update of status on {} for each row
+                 when (new.status in ('SUCCESS', 'FAILURE', 'REVOKED'))
+                 execute function celeriac.chord_member_ready()",
+                table.qualified
+            );
+            match client.touch(self.pooler, &create, &[]).await {
+                Ok(_) => created = true,
+                Err(e) => {
+                    // Another worker may have created it meanwhile.
+                    let has: bool = client.row(self.pooler, exists, &params).await?.get(0);
+                    if !has {
+                        return Err(e);
+                    }
+                }
+            }
         }
         client
             .touch(
                 self.pooler,
-                &format!(
-                    "create or replace trigger celeriac_chord_count
-                     after insert or update of status on {} for each row
-                     when (new.status in ('SUCCESS', 'FAILURE', 'REVOKED'))
-                     execute function celeriac.chord_member_ready()",
-                    table.qualified
-                ),
-                &[],
+                "insert into celeriac.chord_counting_queue (queue) select unnest($1::text[])
+                 on conflict (queue) do update set updated_at = now()",
+                &[(&queues, Type::TEXT_ARRAY)],
             )
             .await?;
-        Ok(true)
+        Ok(created)
     }
 
     /// One header task's part of a chord counted by django-celery-results (`ChordCounter`, in

@@ -175,8 +175,22 @@ async fn chords_are_counted_by_their_members_results_and_release_their_unlock_on
     // Before any result table counts chords, an unlock is left as Celery sent it.
     store.message_insert(&unlock("g0", vec![member("z")])).await.unwrap();
     assert_eq!(remaining("g0").await, None);
-    assert!(store.chord_counting_install(&table).await.unwrap());
-    assert!(!store.chord_counting_install(&table).await.unwrap(), "installed once");
+    let queues = ["celery".to_owned()];
+    assert!(store.chord_counting_install(&table, &queues).await.unwrap());
+    assert!(!store.chord_counting_install(&table, &queues).await.unwrap(), "installed once");
+    // An unlock sent to a queue no counting worker consumes (another app's) is left alone.
+    let mut elsewhere = unlock("g-elsewhere", vec![member("y")]);
+    elsewhere.queue = "other-app".into();
+    store.message_insert(&elsewhere).await.unwrap();
+    assert_eq!(remaining("g-elsewhere").await, None);
+    // A retry of an unlock whose chord was never registered (sent before the trigger existed)
+    // registers nothing: its members may be done already.
+    let mut retried = unlock("g-late", vec![member("x")]);
+    retried.payload =
+        String::from_utf8(retried.payload).unwrap().replace("\"retries\": 0", "\"retries\": 1").into_bytes();
+    assert!(String::from_utf8_lossy(&retried.payload).contains("\"retries\": 1"));
+    store.message_insert(&retried).await.unwrap();
+    assert_eq!(remaining("g-late").await, None);
 
     // A header of a, b and a nested group holding c: three members, the unlock parked.
     let nested =

@@ -325,8 +325,9 @@ pub(crate) fn publish(
     }
 }
 
-/// A failure, for the errbacks Celery calls in-process with `(request, exc, traceback)`.
-#[derive(Debug, Clone, Copy)]
+/// A failure, for the errbacks that are the app's Python tasks (Celery may call them
+/// in-process with `(request, exc, traceback)`).
+#[derive(Clone, Copy)]
 pub(crate) struct FailureDetail<'a> {
     /// The failed task's request, as Celery's `Context` fields.
     pub request: &'a Value,
@@ -334,14 +335,17 @@ pub(crate) struct FailureDetail<'a> {
     pub exc: &'a Value,
     /// Its traceback text.
     pub traceback: &'a str,
-    /// The app's tasks that take `(request, exc, traceback)` as errbacks.
-    pub in_process: &'a std::collections::HashSet<String>,
+    /// The queue the failed task came from (consumed by a worker with the app's tasks).
+    pub queue: &'a str,
+    /// Whether a task name is one of the app's Python tasks.
+    pub python_task: &'a (dyn Fn(&str) -> bool + Sync),
 }
 
 impl FailureDetail<'_> {
-    /// The `celeriac_errback` header: `{"request", "exc", "traceback"}`.
-    fn call(&self) -> Value {
-        let mut m = Map::with_capacity(3);
+    /// The `celeriac_errback` header: `{"signature", "request", "exc", "traceback"}`.
+    fn call(&self, signature: &Value) -> Value {
+        let mut m = Map::with_capacity(4);
+        m.insert("signature".into(), signature.clone());
         m.insert("request".into(), self.request.clone());
         m.insert("exc".into(), self.exc.clone());
         m.insert("traceback".into(), Value::Str(self.traceback.to_owned()));
@@ -409,10 +413,12 @@ impl<'a> Publisher<'a> {
     }
 
     /// What a failed task publishes: its errbacks, called with its id (each with its own
-    /// priority, as Celery's errback group is published). An errback Celery would call
-    /// in-process with `(request, exc, traceback)` (a Python task in `failure`'s set) is
-    /// published to its task with those in the `celeriac_errback` header instead, for a pool
-    /// child to make that call.
+    /// priority, as Celery's errback group is published). An errback that is one of the app's
+    /// Python tasks (`failure`'s `python_task`) is sent instead to the failed task's queue with
+    /// the signature, request, exception and traceback in its `celeriac_errback` header: a pool
+    /// child then does what Celery's `_call_task_errbacks` does with it (calls it in-process
+    /// with `(request, exc, traceback)` if its function takes them, else publishes it with the
+    /// task id).
     pub(crate) fn on_failure(&self, failure: Option<&FailureDetail<'_>>) -> (Vec<NewMessage>, Vec<SignatureError>) {
         let message = self.parent;
         let errbacks = self.with_signature_priority();
@@ -421,19 +427,17 @@ impl<'a> Publisher<'a> {
         let prepend = [Value::Str(message.headers.id.clone())];
         for sig in signatures(&message.embed.errbacks) {
             let task = sig.as_map().and_then(|m| m.get("task")).and_then(Value::as_str).unwrap_or_default();
-            let published = match failure.filter(|f| f.in_process.contains(task)) {
+            let published = match failure.filter(|f| (f.python_task)(task)) {
                 Some(f) => {
-                    let mut headers = sig
-                        .as_map()
-                        .and_then(|m| m.get("options"))
-                        .and_then(Value::as_map)
-                        .and_then(|o| o.get("headers"))
-                        .and_then(Value::as_map)
-                        .cloned()
-                        .unwrap_or_default();
-                    headers.insert("celeriac_errback".into(), f.call());
-                    signature_message(&with_option(sig, "headers", Value::Map(headers)), &[], None, &errbacks)
-                        .map(|m| out.push(m))
+                    let mut headers = Map::new();
+                    headers.insert("celeriac_errback".into(), f.call(sig));
+                    let mut call = Map::new();
+                    call.insert("task".into(), Value::Str(task.to_owned()));
+                    let mut options = Map::new();
+                    options.insert("queue".into(), Value::Str(f.queue.to_owned()));
+                    options.insert("headers".into(), Value::Map(headers));
+                    call.insert("options".into(), Value::Map(options));
+                    signature_message(&Value::Map(call), &[], None, &errbacks).map(|m| out.push(m))
                 }
                 None => publish(sig, &prepend, None, &errbacks, &mut out),
             };

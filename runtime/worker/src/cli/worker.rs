@@ -287,7 +287,6 @@ fn worker_config(args: &WorkerArgs) -> Result<WorkerConfig, CliError> {
         }),
         default_queue: defaults.default_queue.clone(),
         task_routes: defaults.task_routes.clone(),
-        errbacks_in_process: defaults.errbacks_in_process.clone(),
     };
     config.validate()?;
     Ok(config)

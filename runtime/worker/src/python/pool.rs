@@ -106,9 +106,6 @@ pub struct TaskInfo {
     /// `track_started` (or the app's `task_track_started`).
     #[serde(default)]
     pub track_started: bool,
-    /// Whether Celery calls it in-process as an errback, with `(request, exc, traceback)`.
-    #[serde(default)]
-    pub errback_in_process: bool,
 }
 
 /// What a child reported once it had loaded the app.
@@ -373,8 +370,6 @@ impl PythonPool {
         config.concurrency = self.concurrency();
         config.pipeline = self.pipeline();
         self.hello.config.apply_to_worker(config, explicit);
-        config.errbacks_in_process =
-            self.hello.tasks.iter().filter(|(_, t)| t.errback_in_process).map(|(name, _)| name.clone()).collect();
         self.configure_results(config);
     }
 

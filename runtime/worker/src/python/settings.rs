@@ -117,7 +117,7 @@ pub struct AppConfig {
     /// `task_routes`: the map routers the worker evaluates itself.
     #[serde(default)]
     pub task_routes: Vec<AppRouteMap>,
-    /// The routers it does not (functions, import paths, regular expressions), described.
+    /// The routers it does not (functions, import paths), described.
     #[serde(default)]
     pub task_routes_skipped: Vec<String>,
     /// The tasks' own `queue` attributes.
@@ -131,7 +131,8 @@ pub struct AppRouteMap {
     /// Task name → queue.
     #[serde(default)]
     pub exact: std::collections::HashMap<String, String>,
-    /// `[glob, queue]`, in the app's order.
+    /// `[pattern, queue]`, in the app's order: Python regular expressions (a glob key's is
+    /// Celery's `fnmatch.translate` of it).
     #[serde(default)]
     pub patterns: Vec<(String, String)>,
 }
@@ -249,17 +250,22 @@ impl AppConfig {
         if let Some(queue) = self.task_default_queue.as_ref().filter(|q| !q.is_empty()) {
             config.default_queue.clone_from(queue);
         }
+        let mut skipped = self.task_routes_skipped.clone();
         config.task_routes = crate::TaskRoutes {
             declared: self.task_queues.clone(),
             maps: self
                 .task_routes
                 .iter()
-                .map(|m| crate::RouteMap { exact: m.exact.clone(), patterns: m.patterns.clone() })
+                .map(|m| {
+                    let (map, refused) = crate::RouteMap::new(m.exact.clone(), &m.patterns);
+                    skipped.extend(refused);
+                    map
+                })
                 .collect(),
         };
-        if !self.task_routes_skipped.is_empty() {
+        if !skipped.is_empty() {
             tracing::warn!(
-                skipped = ?self.task_routes_skipped,
+                ?skipped,
                 "task_routes: routers that are not maps of names or globs to queues are not evaluated for the \
                  messages Rust handlers publish (a link without a queue goes by the other routers, then to \
                  task_default_queue)"
@@ -309,7 +315,7 @@ mod tests {
             results: None,
             task_routes: vec![AppRouteMap {
                 exact: std::collections::HashMap::from([("proj.a".to_owned(), "qa".to_owned())]),
-                patterns: vec![("proj.*".into(), "qp".into())],
+                patterns: vec![(r"(?s:proj\..*)\Z".into(), "qp".into())],
             }],
             task_routes_skipped: Vec::new(),
             task_queues: std::collections::HashMap::from([("proj.b".to_owned(), "qb".to_owned())]),

@@ -154,7 +154,7 @@ impl Results {
     /// # Errors
     /// [`Error::Config`] for an unsupported or unreadable backend URL, a missing table; store
     /// errors when the database cannot be reached.
-    pub(crate) async fn open(config: ResultsConfig, queue: &Store) -> Result<Results, Error> {
+    pub(crate) async fn open(config: ResultsConfig, queue: &Store, queues: &[String]) -> Result<Results, Error> {
         let backend = config.backend.trim();
         let table_config = |kind: ResultTableKind| {
             let mut t = match kind {
@@ -174,7 +174,7 @@ impl Results {
             if url.is_empty() || queue.is_same_database(&url) {
                 let table = queue.result_table_open(&table_config(kind.clone())).await?;
                 if kind == ResultTableKind::Celery {
-                    match queue.chord_counting_install(&table).await {
+                    match queue.chord_counting_install(&table, queues).await {
                         Ok(true) => tracing::info!("chords are counted in the database from now on (the result table's trigger celeriac_chord_count)"),
                         Ok(false) => {}
                         Err(e) => tracing::warn!(

@@ -119,19 +119,30 @@ impl ChordClaim {
     }
 }
 
-/// The client for a Celery Redis backend URL. For `rediss://`, Celery's `ssl_cert_reqs`,
-/// `ssl_ca_certs`, `ssl_certfile` and `ssl_keyfile` query parameters (over `ssl`, the app's
-/// `redis_backend_use_ssl`) become rustls settings: the server's certificate verified against
-/// the CA file (else the system's roots) unless `ssl_cert_reqs` is `none`, and a client
-/// certificate when both files are given.
+/// The client for a Celery Redis backend URL. For `rediss://` (or `redis://` with the app's
+/// `redis_backend_use_ssl`), Celery's `ssl_cert_reqs`, `ssl_ca_certs`, `ssl_certfile` and
+/// `ssl_keyfile` query parameters (over `ssl`, `redis_backend_use_ssl`) become rustls settings:
+/// the server's certificate verified against the CA file (else the system's roots) unless
+/// `ssl_cert_reqs` is `none`, and a client certificate (its key from `ssl_keyfile`, else from
+/// the certificate file). rustls always checks the server's name (redis-py only from 6.0).
 fn client(url: &str, ssl: &super::RedisSsl) -> Result<redis::Client, String> {
+    // Celery's `redis_backend_use_ssl` makes a `redis://` backend use TLS too.
+    let tls_url;
+    let url = match url.strip_prefix("redis://") {
+        Some(rest) if *ssl != super::RedisSsl::default() => {
+            tls_url = format!("rediss://{rest}");
+            tls_url.as_str()
+        }
+        _ => url,
+    };
     if !url.starts_with("rediss://") {
         return redis::Client::open(url).map_err(|e| format!("cannot read the Redis URL: {e}"));
     }
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
     let mut ssl = ssl.clone();
     let mut kept = Vec::new();
-    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+    // As kombu's `parse_qsl`: `+` is a space, and empty values are left out.
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()).filter(|(_, v)| !v.is_empty()) {
         let value = value.into_owned();
         match key.as_ref() {
             "ssl_cert_reqs" => ssl.cert_reqs = Some(value),
@@ -162,12 +173,13 @@ fn client(url: &str, ssl: &super::RedisSsl) -> Result<redis::Client, String> {
     let read =
         |what: &str, path: &str| std::fs::read(path).map_err(|e| format!("cannot read the Redis {what} {path}: {e}"));
     let client_tls = match (&ssl.certfile, &ssl.keyfile) {
-        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+        // Python's `load_cert_chain(certfile)` reads the key from the certificate file too.
+        (Some(cert), key) => Some(redis::ClientTlsConfig {
             client_cert: read("client certificate", cert)?,
-            client_key: read("client key", key)?,
+            client_key: read("client key", key.as_ref().unwrap_or(cert))?,
         }),
         (None, None) => None,
-        _ => return Err("ssl_certfile and ssl_keyfile go together".into()),
+        (None, Some(_)) => return Err("ssl_keyfile needs ssl_certfile".into()),
     };
     let root_cert = ssl.ca_certs.as_deref().map(|path| read("CA certificates", path)).transpose()?;
     let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())

@@ -86,14 +86,24 @@ impl Builtin {
                 let group_id = new_id();
                 let mut members = Vec::new();
                 let mut tuples = Vec::new();
+                // Celery routes each `celery.starmap` by the task it maps (`route_name`).
+                let inner = match task {
+                    Value::Str(name) => Some(name.as_str()),
+                    other => other.as_map().and_then(|m| m.get("task")).and_then(Value::as_str),
+                };
+                let routed = inner.and_then(|t| self.shared.config.task_routes.queue_for(t));
                 for part in items.chunks(usize::try_from(n).unwrap_or(usize::MAX)) {
                     let id = new_id();
                     tuples.push(result_tuple(&id, Value::Null));
-                    members.push(signature(
+                    let mut member = signature(
                         "celery.starmap",
                         vec![task.clone(), Value::List(part.to_vec())],
                         [("task_id", Value::Str(id))],
-                    ));
+                    );
+                    if let Some(queue) = routed {
+                        member = canvas::with_option(&member, "queue", Value::Str(queue.to_owned()));
+                    }
+                    members.push(member);
                 }
                 let group = group_signature(members, &group_id);
                 match self.publish(&message, &group, &[]) {

@@ -138,19 +138,20 @@ pub(super) async fn effects(
     let publisher = canvas::Publisher::new(message, &shared.config.default_queue, &shared.config.task_routes, now);
     let (publish, errors) = match result {
         TaskResult::Success(value) => publisher.on_success(value),
-        TaskResult::Failure { exc_type, message: text, traceback } if !shared.config.errbacks_in_process.is_empty() => {
+        TaskResult::Failure { exc_type, message: text, traceback } => {
             let exception = Exception::new(exc_type, text, traceback.clone());
             let request = errback_request(message, &shared.hostname, queue);
             let (exc, traceback) = (exception.as_value(), exception.traceback_text(message.display_name()));
+            let python_task = |name: &str| shared.registry.get(name).is_some_and(|h| h.manages_execution());
             let detail = canvas::FailureDetail {
                 request: &request,
                 exc: &exc,
                 traceback: &traceback,
-                in_process: &shared.config.errbacks_in_process,
+                queue,
+                python_task: &python_task,
             };
             publisher.on_failure(Some(&detail))
         }
-        TaskResult::Failure { .. } => publisher.on_failure(None),
         TaskResult::Retry { .. } => (Vec::new(), Vec::new()),
     };
     for e in errors {
@@ -173,17 +174,22 @@ pub(super) async fn effects(
 
 /// Stores Celery's `WorkerLostError` for the messages a rescue pass dead-lettered because every
 /// worker that held them died (a task that kills its worker), as Celery's pool does for a task
-/// whose child died: the client's `AsyncResult` fails instead of waiting forever.
+/// whose child died (`mark_as_failure`: the rest of its chain too, and its errbacks published),
+/// so the client's `AsyncResult` fails instead of waiting forever. Only messages of this
+/// worker's queues: another app's share the database, not this app's backend.
 pub(super) fn lost_hook(
     results: Arc<crate::results::Results>,
-    hostname: Arc<str>,
-    accept: celeriac_protocol::Accept,
+    store: celeriac_store::Store,
+    registry: Arc<crate::registry::Registry>,
+    config: crate::WorkerConfig,
 ) -> celeriac_store::maintenance::LostHook {
+    let shared = Arc::new((results, store, registry, config));
     celeriac_store::maintenance::LostHook(Arc::new(move |lost: Vec<celeriac_store::LostMessage>| {
-        let (results, hostname, accept) = (results.clone(), hostname.clone(), accept.clone());
+        let shared = shared.clone();
         tokio::spawn(async move {
-            for m in lost {
-                let Ok(message) = TaskMessage::decode(&m.payload, &accept) else { continue };
+            let (results, store, registry, config) = &*shared;
+            for m in lost.into_iter().filter(|m| config.queues.contains(&m.queue)) {
+                let Ok(message) = TaskMessage::decode(&m.payload, &config.accept) else { continue };
                 if !results.wanted(&message) {
                     continue;
                 }
@@ -192,17 +198,35 @@ pub(super) fn lost_hook(
                      --max-redeliveries); the message is in dead_letter",
                     m.redeliveries
                 );
-                let state = State::Exception {
-                    state: TaskState::Failure,
-                    exception: Exception::new("WorkerLostError", &text, None),
-                };
-                let ctx = TaskContext { message: &message, hostname: &hostname, queue: &m.queue, now: Utc::now() };
+                let exception = Exception::new("WorkerLostError", &text, None);
+                let state = State::Exception { state: TaskState::Failure, exception: exception.clone() };
+                let hostname = config.hostname.as_str();
+                let ctx = TaskContext { message: &message, hostname, queue: &m.queue, now: Utc::now() };
                 let (name, id) = (message.display_name(), &message.headers.id);
                 match results.store_now(&state, &ctx).await {
                     Ok(()) => tracing::error!("Task {name}[{id}] raised unexpected: WorkerLostError('{text}')"),
                     Err(e) => tracing::error!("Task {name}[{id}]: cannot store its WorkerLostError: {e}"),
                 }
-                store_chain_failure(&results, &hostname, &message, &m.queue, &state).await;
+                store_chain_failure(results, hostname, &message, &m.queue, &state).await;
+                let request = errback_request(&message, hostname, &m.queue);
+                let (exc, traceback) = (exception.as_value(), exception.traceback_text(name));
+                let python_task = |task: &str| registry.get(task).is_some_and(|h| h.manages_execution());
+                let detail = canvas::FailureDetail {
+                    request: &request,
+                    exc: &exc,
+                    traceback: &traceback,
+                    queue: &m.queue,
+                    python_task: &python_task,
+                };
+                let (errbacks, errors) =
+                    canvas::Publisher::new(&message, &config.default_queue, &config.task_routes, Utc::now())
+                        .on_failure(Some(&detail));
+                for e in errors {
+                    tracing::error!("Task {name}[{id}]: {e}");
+                }
+                if let Err(e) = store.message_insert_many(&errbacks).await {
+                    tracing::error!("Task {name}[{id}]: cannot publish its errbacks: {e}");
+                }
             }
         });
     }))

@@ -99,10 +99,6 @@ pub struct WorkerConfig {
     /// The app's `task_routes` (map routers), for the queue of what the worker publishes when
     /// the signature names none; before `default_queue`. Default: none.
     pub task_routes: crate::TaskRoutes,
-    /// The app's Python tasks that Celery calls in-process as errbacks, with `(request, exc,
-    /// traceback)` (their function takes more than one argument). A Rust handler's failure
-    /// hands them those through a pool child. Default: none.
-    pub errbacks_in_process: std::collections::HashSet<String>,
 }
 
 impl Default for WorkerConfig {
@@ -126,7 +122,6 @@ impl Default for WorkerConfig {
             results: None,
             default_queue: celeriac_protocol::DEFAULT_QUEUE.to_owned(),
             task_routes: crate::TaskRoutes::default(),
-            errbacks_in_process: std::collections::HashSet::new(),
         }
     }
 }
@@ -257,7 +252,7 @@ impl Worker {
         let results = match config.results.clone() {
             Some(results_config) => {
                 let optional = results_config.optional;
-                match crate::results::Results::open(results_config, &self.store).await {
+                match crate::results::Results::open(results_config, &self.store, &config.queues).await {
                     Ok(results) => {
                         tracing::info!("results: {}", results.describe());
                         Some(Arc::new(results))
@@ -295,9 +290,9 @@ impl Worker {
                 max_redeliveries: config.max_redeliveries,
                 rescuer: Some(RescuerConfig {
                     interval: config.rescue_interval,
-                    on_lost: results
-                        .as_ref()
-                        .map(|r| effects::lost_hook(r.clone(), config.hostname.as_str().into(), config.accept.clone())),
+                    on_lost: results.as_ref().map(|r| {
+                        effects::lost_hook(r.clone(), self.store.clone(), self.registry.clone(), config.clone())
+                    }),
                     ..RescuerConfig::default()
                 }),
                 // Pending outcomes get a bounded time to reach the database at shutdown.
