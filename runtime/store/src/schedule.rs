@@ -147,6 +147,9 @@ pub struct Schedule {
     pub spec_version: i32,
     /// Whether the message of the last fire is still queued or running.
     pub previous_pending: bool,
+    /// Set by its last move back to Beat: celeriac's Beat scheduler classes send nothing before
+    /// it (so a Beat send recorded since is at or after it).
+    pub beat_from: Option<DateTime<Utc>>,
 }
 
 const SCHEDULE_COLUMNS: &str = "s.id, s.name, s.task, s.args::text, s.kwargs::text, s.options::text, s.kind, s.crontab,
@@ -154,7 +157,8 @@ const SCHEDULE_COLUMNS: &str = "s.id, s.name, s.task, s.args::text, s.kwargs::te
     s.catchup_window_seconds, s.catchup_max, s.overlap, s.enabled, s.disabled_reason, s.paused, s.paused_reason,
     s.owner, s.owner_pin, s.ramp_bucket, s.source, s.next_run_at, s.last_slot_at, s.last_run_at, s.last_task_id,
     s.total_run_count, s.last_beat_send_at, s.spec_version,
-    (s.last_message_id is not null and exists (select 1 from celeriac.message m where m.id = s.last_message_id))";
+    (s.last_message_id is not null and exists (select 1 from celeriac.message m where m.id = s.last_message_id)),
+    s.beat_from";
 
 fn schedule_from_row(row: &Row) -> Schedule {
     let kind: String = row.get(6);
@@ -202,6 +206,7 @@ fn schedule_from_row(row: &Row) -> Schedule {
         last_beat_send_at: row.get(33),
         spec_version: row.get(34),
         previous_pending: row.get(35),
+        beat_from: row.get(36),
     }
 }
 
@@ -661,7 +666,7 @@ impl Store {
             return Err(Error::NotFound(format!("schedule {name:?}")));
         };
         let schedule = schedule_from_row(row);
-        let slot: DateTime<Utc> = row.get(36);
+        let slot: DateTime<Utc> = row.get(37);
         let message = build(&schedule, slot)
             .map_err(|e| Error::Invalid(format!("schedule {name:?}: cannot build the message: {e}")))?;
         let message_id: i64 = tx
@@ -1204,7 +1209,7 @@ impl Store {
              where t.target <> s.owner
              order by t.target = 'beat', case when t.target = 'celeriac' then s.ramp_bucket else -s.ramp_bucket end, s.name"
         );
-        Ok(client.rows(self.pooler, &sql, &[]).await?.iter().map(|r| (schedule_from_row(r), r.get(36))).collect())
+        Ok(client.rows(self.pooler, &sql, &[]).await?.iter().map(|r| (schedule_from_row(r), r.get(37))).collect())
     }
 
     /// Moves one schedule to `to` (`beat` or `celeriac`) in one transaction, if `decide` (given
@@ -1238,7 +1243,7 @@ impl Store {
         if schedule.owner == to {
             return Ok(false);
         }
-        let now: DateTime<Utc> = row.get(36);
+        let now: DateTime<Utc> = row.get(37);
         let Some(at) = decide(&schedule, now) else {
             return Ok(false);
         };

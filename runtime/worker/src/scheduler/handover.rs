@@ -60,6 +60,25 @@ pub fn to_celeriac(schedule: &Schedule, now: DateTime<Utc>, margin: TimeDelta) -
             () => Handover::Stay("its clocked time has passed (Beat fired it, or will)".into()),
         };
     }
+    // Back with a strict Beat only briefly, and Beat sent nothing since (its sends are fenced
+    // at `beat_from`, so one since would be recorded at or after it): no slot after celeriac's own
+    // last fire has been sent, and celeriac carries on from there.
+    if let (Some(from), Some(last), Some(sent)) =
+        (schedule.beat_from, schedule.last_slot_at, schedule.last_beat_send_at)
+    {
+        let following = match timing {
+            Timing::Interval { every, .. } => Some((last + every, every)),
+            _ => match around(&timing, last) {
+                Ok((_, Some(next))) => Some((next, next - last)),
+                _ => None,
+            },
+        };
+        if let Some((next, period)) = following {
+            if sent < from && now - from <= period + margin {
+                return Handover::Now(Some(next));
+            }
+        }
+    }
     if let Timing::Interval { every, .. } = timing {
         return Handover::Now(Some(match schedule.last_beat_send_at {
             Some(sent) if now - sent <= every + margin => sent + every,
@@ -145,6 +164,7 @@ mod tests {
             last_beat_send_at,
             spec_version: 0,
             previous_pending: false,
+            beat_from: None,
         }
     }
 
@@ -194,6 +214,32 @@ mod tests {
         // An interval continues Beat's cadence.
         let s = schedule(When::Interval { seconds: 10.0, relative: false }, Some(at(10, 0, 3)), None);
         assert_eq!(to_celeriac(&s, at(10, 0, 8), MARGIN), Handover::Now(Some(at(10, 0, 13))));
+    }
+
+    #[test]
+    fn back_with_beat_briefly_and_not_sent_since_celeriac_carries_on_after_its_last_fire() {
+        // Beat sent 10:00:50 before celeriac took the 2 s interval; celeriac fired up to 10:01:30,
+        // then it went back to Beat (fenced at 10:01:31), and comes back to celeriac at 10:01:31.5,
+        // before Beat's first send: celeriac's next slot is 10:01:32, none skipped.
+        let mut s =
+            schedule(When::Interval { seconds: 2.0, relative: false }, Some(at(10, 0, 50)), Some(at(10, 1, 30)));
+        s.beat_from = Some(at(10, 1, 31));
+        let now = at(10, 1, 31) + TimeDelta::milliseconds(500);
+        assert_eq!(to_celeriac(&s, now, TimeDelta::seconds(5)), Handover::Now(Some(at(10, 1, 32))));
+        // A crontab the same way: celeriac fired 10:00, so 10:01.
+        let mut s = schedule(minutely(), Some(at(9, 50, 0)), Some(at(10, 0, 0)));
+        s.beat_from = Some(at(10, 0, 30));
+        assert_eq!(to_celeriac(&s, at(10, 0, 40), MARGIN), Handover::Now(Some(at(10, 1, 0))));
+        // Beat has sent since it came back (at or after the fence): its send is the evidence.
+        let mut s =
+            schedule(When::Interval { seconds: 2.0, relative: false }, Some(at(10, 1, 32)), Some(at(10, 1, 30)));
+        s.beat_from = Some(at(10, 1, 31));
+        assert_eq!(to_celeriac(&s, at(10, 1, 33), TimeDelta::seconds(5)), Handover::Now(Some(at(10, 1, 34))));
+        // Long since back with Beat and no send recorded: no evidence (Beat stopped); dead zone.
+        let mut s =
+            schedule(When::Interval { seconds: 2.0, relative: false }, Some(at(10, 0, 50)), Some(at(10, 1, 30)));
+        s.beat_from = Some(at(10, 1, 31));
+        assert_eq!(to_celeriac(&s, at(10, 5, 0), TimeDelta::seconds(5)), Handover::Now(Some(at(10, 5, 5))));
     }
 
     #[test]
