@@ -27,6 +27,21 @@ async fn worker(store: &Store) -> Uuid {
     info.id
 }
 
+/// Claims (up to) two messages of queue `celery` for `me`.
+async fn claim_two(store: &Store, me: Uuid) -> Vec<celeriac_store::ClaimedMessage> {
+    let queues = vec!["celery".to_owned()];
+    let params = ClaimParams {
+        worker_id: me,
+        queues: &queues,
+        limit: 2,
+        lease_seconds: 30.0,
+        after: None,
+        suspects: 2,
+        park: &[],
+    };
+    store.message_claim(&params).await.unwrap()
+}
+
 fn row(id: &str, status: &str, result: &[u8]) -> ResultRow {
     ResultRow {
         task_id: id.into(),
@@ -48,19 +63,7 @@ async fn results_commit_with_the_deletion_and_never_for_a_lost_lease() {
 
     store.message_insert_many(&[message("t.a", "a"), message("t.b", "b")]).await.unwrap();
     let me = worker(&store).await;
-    let queues = vec!["celery".to_owned()];
-    let claimed = store
-        .message_claim(&ClaimParams {
-            worker_id: me,
-            queues: &queues,
-            limit: 2,
-            lease_seconds: 30.0,
-            after: None,
-            suspects: 2,
-            park: &[],
-        })
-        .await
-        .unwrap();
+    let claimed = claim_two(&store, me).await;
     assert_eq!(claimed.len(), 2);
     let (a, b) = (claimed[0].lease, claimed[1].lease);
     // b's lease is lost (another attempt holds it): nothing of b's finish may be written.
@@ -250,19 +253,7 @@ async fn of_two_finishes_of_one_task_the_one_still_leased_stores_its_result() {
     // Two messages of one task id (a producer that published it twice).
     store.message_insert_many(&[message("t.a", "same"), message("t.a", "same")]).await.unwrap();
     let me = worker(&store).await;
-    let queues = vec!["celery".to_owned()];
-    let claimed = store
-        .message_claim(&ClaimParams {
-            worker_id: me,
-            queues: &queues,
-            limit: 2,
-            lease_seconds: 30.0,
-            after: None,
-            suspects: 2,
-            park: &[],
-        })
-        .await
-        .unwrap();
+    let claimed = claim_two(&store, me).await;
     let (held, lost) = (claimed[0].lease, claimed[1].lease);
     let lost = celeriac_store::Lease { id: lost.id, attempt: lost.attempt + 1 };
     // The later one in the batch lost its lease: the earlier one's result is stored.
@@ -275,18 +266,7 @@ async fn of_two_finishes_of_one_task_the_one_still_leased_stores_its_result() {
     assert_eq!(store.result_get(&table, "same").await.unwrap(), Some(("SUCCESS".into(), Some(b"1".to_vec()))));
     // Both held: the last one wins, as before.
     store.message_insert_many(&[message("t.b", "twice"), message("t.b", "twice")]).await.unwrap();
-    let claimed = store
-        .message_claim(&ClaimParams {
-            worker_id: me,
-            queues: &queues,
-            limit: 2,
-            lease_seconds: 30.0,
-            after: None,
-            suspects: 2,
-            park: &[],
-        })
-        .await
-        .unwrap();
+    let claimed = claim_two(&store, me).await;
     let finishes = [
         Finish { lease: claimed[0].lease, result: Some(row("twice", "STARTED", b"{}")), publish: Vec::new() },
         Finish { lease: claimed[1].lease, result: Some(row("twice", "FAILURE", b"{}")), publish: Vec::new() },
