@@ -35,7 +35,8 @@ fn error(task: &str, problem: impl Into<String>) -> SignatureError {
     SignatureError { task: task.to_owned(), problem: problem.into() }
 }
 
-fn signatures(v: &Value) -> Vec<&Value> {
+/// The signatures of a `link`/`link_error`/embed value: one signature, or a list of them.
+pub(crate) fn signatures(v: &Value) -> Vec<&Value> {
     match v {
         Value::List(items) => items.iter().collect(),
         Value::Map(_) => vec![v],
@@ -145,6 +146,16 @@ pub(crate) fn signature_message(
     Ok(encoded.into())
 }
 
+/// The option `key` of signature `sig`, if it has one.
+pub(crate) fn option<'a>(sig: &'a Value, key: &str) -> Option<&'a Value> {
+    sig.as_map()?.get("options")?.as_map()?.get(key)
+}
+
+/// The keyword argument `key` of signature `sig` (a group's `tasks`, a chord's `body`).
+pub(crate) fn kwarg<'a>(sig: &'a Value, key: &str) -> Option<&'a Value> {
+    sig.as_map()?.get("kwargs")?.as_map()?.get(key)
+}
+
 pub(crate) fn with_option(sig: &Value, key: &str, value: Value) -> Value {
     let mut sig = sig.clone();
     if let Value::Map(m) = &mut sig {
@@ -244,12 +255,7 @@ pub(crate) fn publish(
                     .map(<[Value]>::to_vec)
                     .ok_or_else(|| error(task, "a chord header that is not a group"))?,
             };
-            let body = match body
-                .as_map()
-                .and_then(|b| b.get("options"))
-                .and_then(Value::as_map)
-                .and_then(|o| o.get("task_id"))
-            {
+            let body = match option(body, "task_id") {
                 Some(_) => body.clone(),
                 None => with_option(body, "task_id", Value::Str(new_id())),
             };
@@ -262,31 +268,16 @@ pub(crate) fn publish(
                 let mut member = with_option(member, "group_id", Value::Str(group_id.clone()));
                 member = with_option(&member, "group_index", Value::Int(i64::try_from(i).unwrap_or(i64::MAX)));
                 member = with_option(&member, "chord", body.clone());
-                let has_id = member
-                    .as_map()
-                    .and_then(|m| m.get("options"))
-                    .and_then(Value::as_map)
-                    .is_some_and(|o| o.get("task_id").and_then(Value::as_str).is_some());
-                if !has_id {
+                if option(&member, "task_id").and_then(Value::as_str).is_none() {
                     member = with_option(&member, "task_id", Value::Str(new_id()));
                 }
-                let id = member
-                    .as_map()
-                    .and_then(|m| m.get("options"))
-                    .and_then(Value::as_map)
-                    .and_then(|o| o.get("task_id"))
-                    .cloned()
-                    .unwrap_or_default();
+                let id = option(&member, "task_id").cloned().unwrap_or_default();
                 result_tuples.push(Value::List(vec![Value::List(vec![id, Value::Null]), Value::Null]));
                 header_messages.push(signature_message(&member, prepend, None, p)?);
             }
             // Celery's `apply_chord` for the database backends: the unlock first, a second later,
             // to the body's queue.
-            let body_queue = body
-                .as_map()
-                .and_then(|b| b.get("options"))
-                .and_then(Value::as_map)
-                .and_then(|o| o.get("queue"))
+            let body_queue = option(&body, "queue")
                 .and_then(Value::as_str)
                 .filter(|q| !q.is_empty())
                 .or_else(|| {

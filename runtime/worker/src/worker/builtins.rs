@@ -140,13 +140,8 @@ impl Builtin {
                     return missing_args("celery.chord", "header, body");
                 };
                 let partial = partial_args(arg(2, "partial_args"));
-                let body_id = body
-                    .as_map()
-                    .and_then(|b| b.get("options"))
-                    .and_then(Value::as_map)
-                    .and_then(|o| o.get("task_id"))
-                    .and_then(Value::as_str)
-                    .map_or_else(new_id, str::to_owned);
+                let body_id =
+                    canvas::option(body, "task_id").and_then(Value::as_str).map_or_else(new_id, str::to_owned);
                 let body = canvas::with_option(body, "task_id", Value::Str(body_id.clone()));
                 let mut kwargs = Map::new();
                 kwargs.insert("header".into(), header.clone());

@@ -103,29 +103,23 @@ pub(super) async fn chord_unlock(
                 Settlement::Retry { lease, payload: message.to_retry(eta).payload, eta }
             }
         }
-        chord::Join::Ready(values) => {
-            let mut body = Vec::new();
-            let values = chord::nest(&unlock.shape, values);
-            match canvas::publish(&unlock.body, &[Value::List(values)], None, &publisher, &mut body) {
-                Ok(()) => {
-                    tracing::info!("Task {name}[{id}] succeeded: the chord's body is published");
-                    shared.stats.count(Counter::Succeeded);
-                    finish(lease, None, body)
-                }
-                Err(e) => {
-                    let reason = format!("Callback error: {e}");
-                    tracing::error!("Task {name}[{id}]: the chord's body fails: ChordError({reason})");
-                    shared.stats.count(Counter::Failed);
-                    let (row, errbacks) = chord_body_failure(shared, &unlock.body, &publisher, queue, &reason).await;
-                    finish(lease, row, errbacks)
-                }
+        joined => {
+            // Ready or failed: the body is published, or fails, as for every counted chord.
+            let ready = matches!(joined, chord::Join::Ready(_));
+            let joined = match joined {
+                chord::Join::Ready(values) => chord::Join::Ready(chord::nest(&unlock.shape, values)),
+                other => other,
+            };
+            let group = message.args.first().and_then(Value::as_str).unwrap_or("?");
+            let (out, row, failed) = chord_completion(shared, &unlock.body, &publisher, queue, group, Ok(joined)).await;
+            if failed {
+                // The unlock itself fails only when it could not publish the body.
+                shared.stats.count(if ready { Counter::Failed } else { Counter::Succeeded });
+            } else {
+                tracing::info!("Task {name}[{id}] succeeded: the chord's body is published");
+                shared.stats.count(Counter::Succeeded);
             }
-        }
-        chord::Join::Failed(reason) => {
-            tracing::error!("Task {name}[{id}]: the chord's body fails: ChordError({reason})");
-            shared.stats.count(Counter::Succeeded);
-            let (row, errbacks) = chord_body_failure(shared, &unlock.body, &publisher, queue, &reason).await;
-            finish(lease, row, errbacks)
+            finish(lease, row, out)
         }
     };
     shared.session.settle(settlement);
@@ -260,14 +254,9 @@ async fn chord_body_failure(
 ) -> (Option<celeriac_store::ResultRow>, Vec<celeriac_store::NewMessage>) {
     // A chain body's result is its last task's.
     let last = match body.as_map().and_then(|b| b.get("subtask_type")).and_then(Value::as_str) {
-        Some("chain") => body
-            .as_map()
-            .and_then(|b| b.get("kwargs"))
-            .and_then(Value::as_map)
-            .and_then(|k| k.get("tasks"))
-            .and_then(Value::as_list)
-            .and_then(<[Value]>::last)
-            .unwrap_or(body),
+        Some("chain") => {
+            canvas::kwarg(body, "tasks").and_then(Value::as_list).and_then(<[Value]>::last).unwrap_or(body)
+        }
         _ => body,
     };
     let message = canvas::signature_message(last, &[], None, publisher).map_err(|e| e.to_string()).and_then(|m| {

@@ -138,7 +138,10 @@ pub(super) async fn effects(
     let publisher = canvas::Publisher::new(message, &shared.config.default_queue, &shared.config.task_routes, now);
     let (publish, errors) = match result {
         TaskResult::Success(value) => publisher.on_success(value),
-        TaskResult::Failure { exc_type, message: text, traceback } => {
+        // The request, exception and traceback are built only for a task that has errbacks.
+        TaskResult::Failure { exc_type, message: text, traceback }
+            if !canvas::signatures(&message.embed.errbacks).is_empty() =>
+        {
             let exception = Exception::new(exc_type, text, traceback.clone());
             let request = errback_request(message, &shared.hostname, queue);
             let (exc, traceback) = (exception.as_value(), exception.traceback_text(message.display_name()));
@@ -152,6 +155,7 @@ pub(super) async fn effects(
             };
             publisher.on_failure(Some(&detail))
         }
+        TaskResult::Failure { .. } => (Vec::new(), Vec::new()),
         TaskResult::Retry { .. } => (Vec::new(), Vec::new()),
     };
     for e in errors {
@@ -248,12 +252,11 @@ pub(super) async fn store_chain_failure(
     let mut stored = 0usize;
     while let Some(sig) = pending.pop_front() {
         let Some(map) = sig.as_map() else { continue };
-        let options = map.get("options").and_then(Value::as_map);
-        if let Some(id) = options.and_then(|o| o.get("task_id")).and_then(Value::as_str) {
+        if let Some(id) = canvas::option(sig, "task_id").and_then(Value::as_str) {
             let mut element = message.clone();
             element.headers.id = id.to_owned();
             element.headers.task = map.get("task").and_then(Value::as_str).unwrap_or_default().to_owned();
-            element.headers.group = options.and_then(|o| o.get("group_id")).and_then(Value::as_str).map(str::to_owned);
+            element.headers.group = canvas::option(sig, "group_id").and_then(Value::as_str).map(str::to_owned);
             element.args = map.get("args").and_then(Value::as_list).map(<[Value]>::to_vec).unwrap_or_default();
             element.kwargs = map.get("kwargs").and_then(Value::as_map).cloned().unwrap_or_default();
             element.embed = celeriac_protocol::Embed::default();
@@ -264,7 +267,7 @@ pub(super) async fn store_chain_failure(
             stored += 1;
         }
         if map.get("subtask_type").and_then(Value::as_str) == Some("chord") {
-            if let Some(body) = map.get("kwargs").and_then(Value::as_map).and_then(|k| k.get("body")) {
+            if let Some(body) = canvas::kwarg(sig, "body") {
                 pending.push_back(body);
             }
         }
