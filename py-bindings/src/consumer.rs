@@ -29,10 +29,11 @@ use crate::{
     errors::Doing,
     runtime::{block_on, runtime},
     store::PyStore,
+    subscriber::Subscriber,
 };
 
-/// A claimed message as Python sees it: `(id, attempt, redelivered, queue, envelope)`.
-type Claimed<'py> = (i64, i32, bool, String, Bound<'py, PyBytes>);
+/// A claimed message as Python sees it: `(id, attempt, redelivered, queue, envelope, revoked)`.
+type Claimed<'py> = (i64, i32, bool, String, Bound<'py, PyBytes>, bool);
 
 /// A registered consumer of celeriac's queue (one per kombu channel).
 #[pyclass(name = "Consumer", module = "celeriac._native", frozen)]
@@ -159,7 +160,8 @@ impl Consumer {
     }
 
     /// Claims up to `limit` ready messages from `queues` (priority desc, then eta, then id),
-    /// leased to this consumer. Returns `(id, attempt, redelivered, queue, envelope)` tuples.
+    /// leased to this consumer. Returns `(id, attempt, redelivered, queue, envelope, revoked)`
+    /// tuples; `revoked` says the task id is revoked (`celeriac.revoked`).
     fn claim<'py>(&self, py: Python<'py>, queues: Vec<String>, limit: i64) -> PyResult<Vec<Claimed<'py>>> {
         self.same_process()?;
         if self.closed.load(Ordering::Acquire) {
@@ -191,7 +193,7 @@ impl Consumer {
         self.session.hold(&claimed, sent);
         Ok(claimed
             .into_iter()
-            .map(|m| (m.lease.id, m.lease.attempt, m.redelivered, m.queue, PyBytes::new(py, &m.payload)))
+            .map(|m| (m.lease.id, m.lease.attempt, m.redelivered, m.queue, PyBytes::new(py, &m.payload), m.revoked))
             .collect())
     }
 
@@ -265,14 +267,28 @@ impl Consumer {
     }
 
     /// Blocks (GIL released) until a new message may be ready in one of the queues last
-    /// claimed from, or `timeout` seconds pass. Returns whether it was woken.
+    /// claimed from (or, with `also`, a broadcast to one of its exchanges arrived), or
+    /// `timeout` seconds pass. Returns whether it was woken.
     /// Python signal handlers (Ctrl-C, Celery's SIGTERM handler) run every 100 ms meanwhile.
-    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+    #[pyo3(signature = (timeout, also=None))]
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>, also: Option<PyRef<'_, Subscriber>>) -> PyResult<bool> {
         self.same_process()?;
         let wake = self.wake.clone();
+        let other = also.map(|s| s.wake.clone());
         let woken = wait_interruptibly(py, timeout, move |slice| {
-            let wake = wake.clone();
-            async move { tokio::time::timeout(slice, wake.notified()).await.ok() }
+            let (wake, other) = (wake.clone(), other.clone());
+            async move {
+                let either = async {
+                    match &other {
+                        Some(other) => tokio::select! {
+                            () = wake.notified() => {}
+                            () = other.notified() => {}
+                        },
+                        None => wake.notified().await,
+                    }
+                };
+                tokio::time::timeout(slice, either).await.ok()
+            }
         })?;
         Ok(woken.is_some())
     }
@@ -308,7 +324,7 @@ impl Consumer {
 /// Runs `attempt` with slices of at most 100 ms of `timeout` (seconds; `None`, infinity or a
 /// timeout too long to represent: no limit) until it gives an answer, letting Python signal
 /// handlers (Ctrl-C, Celery's SIGTERM handler) run between slices. `None` when time ran out.
-fn wait_interruptibly<T, F, Fut>(py: Python<'_>, timeout: Option<f64>, mut attempt: F) -> PyResult<Option<T>>
+pub(crate) fn wait_interruptibly<T, F, Fut>(py: Python<'_>, timeout: Option<f64>, mut attempt: F) -> PyResult<Option<T>>
 where
     F: FnMut(Duration) -> Fut,
     Fut: std::future::Future<Output = Option<T>> + Send,

@@ -14,6 +14,7 @@ mod message;
 mod pool_child;
 mod runtime;
 mod store;
+mod subscriber;
 
 use pyo3::prelude::*;
 
@@ -29,6 +30,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<store::PyStore>()?;
     m.add_class::<store::InsertStream>()?;
     m.add_class::<consumer::Consumer>()?;
+    m.add_class::<subscriber::Subscriber>()?;
     m.add_function(wrap_pyfunction!(message::encode_task, m)?)?;
     m.add_function(wrap_pyfunction!(message::message_from_envelope, m)?)?;
     m.add_function(wrap_pyfunction!(message::encode_simple, m)?)?;

@@ -338,8 +338,9 @@ fn task_loop(
                 }
                 continue;
             }
-            Work::Job(ToChild::Job { seq, queue, redelivered }, envelope) => {
-                let result = worker.call_method1("run", (PyBytes::new(py, &envelope), queue.as_str(), redelivered));
+            Work::Job(ToChild::Job { seq, queue, redelivered, revoked }, envelope) => {
+                let result =
+                    worker.call_method1("run", (PyBytes::new(py, &envelope), queue.as_str(), redelivered, revoked));
                 match result {
                     // As Celery's threads and solo pools do (`apply_target`), a task's SystemExit
                     // fails that task with WorkerLostError and the pool goes on; a prefork child

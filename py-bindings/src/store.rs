@@ -10,6 +10,7 @@ use celeriac_store::{Durability, InsertBatch, NewMessage, Store, StoreConfig};
 use pyo3::{
     exceptions::{PyRuntimeError, PyValueError},
     prelude::*,
+    types::PyBytes,
 };
 use tokio::{sync::mpsc, task::JoinHandle};
 
@@ -139,6 +140,87 @@ impl PyStore {
         Ok((owner, next.map(|t| t.timestamp_micros() as f64 / 1e6)))
     }
 
+    /// Publishes a kombu envelope to a broadcast exchange (remote control, replies, events):
+    /// every reader of that exchange sees it. `revoke`, a dict with `task_ids` (list of str),
+    /// `stamps` (list of `(stamp, value)`), `terminate` (bool), `signal` (str or None) and
+    /// `expires` (seconds), is recorded in the same statement. Returns the row's position.
+    #[pyo3(signature = (exchange, routing_key, payload, *, revoke=None))]
+    fn broadcast_publish(
+        &self,
+        py: Python<'_>,
+        exchange: String,
+        routing_key: String,
+        payload: Vec<u8>,
+        revoke: Option<Bound<'_, pyo3::types::PyDict>>,
+    ) -> PyResult<i64> {
+        let revocation = revoke.map(|d| revocation_from(&d)).transpose()?;
+        let store = self.store()?;
+        block_on(
+            py,
+            async move { store.broadcast_publish(&exchange, &routing_key, &payload, revocation.as_ref()).await },
+        )?
+        .map_err(|e| self.error(&e, Doing::Other))
+    }
+
+    /// The broadcasts of `exchanges` after position `after`, oldest first, at most `limit`:
+    /// `(position, exchange, routing_key, envelope)` tuples.
+    fn broadcast_read<'py>(
+        &self,
+        py: Python<'py>,
+        exchanges: Vec<String>,
+        after: i64,
+        limit: i64,
+    ) -> PyResult<Vec<Broadcast<'py>>> {
+        let store = self.store()?;
+        let rows = block_on(py, async move { store.broadcast_read(&exchanges, after, limit).await })?
+            .map_err(|e| self.error(&e, Doing::Other))?;
+        Ok(rows.into_iter().map(|m| (m.id, m.exchange, m.routing_key, PyBytes::new(py, &m.payload))).collect())
+    }
+
+    /// The position of the newest broadcast: a new reader starts after it.
+    fn broadcast_head(&self, py: Python<'_>) -> PyResult<i64> {
+        let store = self.store()?;
+        block_on(py, async move { store.broadcast_head().await })?.map_err(|e| self.error(&e, Doing::Other))
+    }
+
+    /// Revokes tasks for good: records the revocation (it outlives worker restarts and holds for
+    /// workers that are down) and broadcasts Celery's `revoke` command on
+    /// `<namespace>.pidbox`, so running workers (Python Celery workers on the transport too)
+    /// hear it at once, and `terminate` kills a running task with `signal`.
+    #[pyo3(signature = (task_ids, *, terminate=false, signal=None, expires=None, namespace="celery".to_owned()))]
+    fn revoke(
+        &self,
+        py: Python<'_>,
+        task_ids: Vec<String>,
+        terminate: bool,
+        signal: Option<String>,
+        expires: Option<f64>,
+        namespace: String,
+    ) -> PyResult<i64> {
+        let expires = match expires {
+            None => celeriac_store::REVOKE_EXPIRES,
+            Some(s) => Duration::try_from_secs_f64(s)
+                .map_err(|_| PyValueError::new_err(format!("expires must be a positive number of seconds, got {s}")))?,
+        };
+        let revocation = celeriac_store::Revocation {
+            task_ids,
+            stamps: Vec::new(),
+            terminate,
+            signal: signal.or_else(|| terminate.then(|| "SIGTERM".to_owned())),
+            expires,
+        };
+        let exchange = celeriac_protocol::pidbox::control_exchange(&namespace);
+        let payload = celeriac_protocol::pidbox::revoke_envelope(
+            &exchange,
+            &revocation.task_ids,
+            terminate,
+            revocation.signal.as_deref(),
+        );
+        let store = self.store()?;
+        block_on(py, async move { store.broadcast_publish(&exchange, "", &payload, Some(&revocation)).await })?
+            .map_err(|e| self.error(&e, Doing::Other))
+    }
+
     /// Closes the pool's connections. Later calls fail.
     fn close(&self) -> PyResult<()> {
         self.store()?.close();
@@ -148,6 +230,40 @@ impl PyStore {
     fn __repr__(&self) -> String {
         format!("<celeriac Store {}>", self.target)
     }
+}
+
+/// A broadcast as Python sees it: `(position, exchange, routing_key, envelope)`.
+type Broadcast<'py> = (i64, String, String, Bound<'py, PyBytes>);
+
+/// A revocation from the dict `Store.broadcast_publish` takes.
+fn revocation_from(d: &Bound<'_, pyo3::types::PyDict>) -> PyResult<celeriac_store::Revocation> {
+    let get = |key: &str| d.get_item(key);
+    let task_ids: Vec<String> = match get("task_ids")? {
+        Some(v) if !v.is_none() => v.extract()?,
+        _ => Vec::new(),
+    };
+    let stamps: Vec<(String, String)> = match get("stamps")? {
+        Some(v) if !v.is_none() => v.extract()?,
+        _ => Vec::new(),
+    };
+    let terminate: bool = match get("terminate")? {
+        Some(v) if !v.is_none() => v.is_truthy()?,
+        _ => false,
+    };
+    let signal: Option<String> = match get("signal")? {
+        Some(v) if !v.is_none() => Some(v.str()?.to_string()),
+        _ => None,
+    };
+    let expires = match get("expires")? {
+        Some(v) if !v.is_none() => {
+            let secs: f64 = v.extract()?;
+            Duration::try_from_secs_f64(secs).map_err(|_| {
+                PyValueError::new_err(format!("expires must be a positive number of seconds, got {secs}"))
+            })?
+        }
+        _ => celeriac_store::REVOKE_EXPIRES,
+    };
+    Ok(celeriac_store::Revocation { task_ids, stamps, terminate, signal, expires })
 }
 
 /// A transaction of inserts written in the background (see `Store.begin_insert`).

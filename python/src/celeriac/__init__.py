@@ -2,6 +2,7 @@
 
 - ``Client``: enqueue tasks (one, or thousands per round trip) into celeriac's queue.
 - ``enqueue``: enqueue inside the application's own database transaction.
+- ``revoke``: revoke tasks for good (recorded in the database; workers hear it at once).
 - The kombu transport ``celeriac+postgresql://``: an unmodified Celery app publishes to, and a
   Python Celery worker consumes from, the same queue that ``celeriac worker`` runs.
 """
@@ -22,6 +23,26 @@ from celeriac._native import (
 from celeriac.client import Client, TaskSpec
 from celeriac.enqueue import enqueue
 
+
+def revoke(
+    url: str,
+    task_ids: str | list[str],
+    *,
+    terminate: bool = False,
+    signal: str | None = None,
+    expires: float | None = None,
+    control_exchange: str = "celery",
+) -> None:
+    """Revokes tasks for good on the queue database at ``url`` (see ``Client.revoke``)."""
+    with Client(url) as client:
+        client.revoke(
+            task_ids,
+            terminate=terminate,
+            signal=signal,
+            expires=expires,
+            control_exchange=control_exchange,
+        )
+
 __all__ = [
     "CeleriacError",
     "Client",
@@ -34,4 +55,5 @@ __all__ = [
     "TaskSpec",
     "__version__",
     "enqueue",
+    "revoke",
 ]

@@ -225,8 +225,30 @@ def init(
             },
             "results": _results_settings(app),
             **_routes_settings(app),
+            "control_exchange": str(conf.control_exchange or "celery"),
+            "conf": _conf_tables(app),
         },
     }
+
+
+def _conf_tables(app: Any) -> list[Any]:
+    """What ``celery inspect conf`` answers, without and with Celery's defaults (its
+    ``conf`` control command, computed once: the app's settings do not change while it runs)."""
+    try:
+        from celery.utils.functional import jsonify  # type: ignore[attr-defined]
+        from celery.utils.saferepr import saferepr
+        from celery.worker.control import _wanted_config_key
+
+        return [
+            jsonify(
+                app.conf.table(with_defaults=with_defaults),
+                keyfilter=_wanted_config_key,
+                unknown_type_filter=saferepr,
+            )
+            for with_defaults in (False, True)
+        ]
+    except Exception:  # an old Celery without these helpers: no conf answer
+        return []
 
 
 def _queue_name(value: Any) -> str | None:
@@ -508,8 +530,12 @@ def _request(envelope: bytes, queue: str, redelivered: bool, recorder: _Recorder
     )
 
 
-def run(envelope: bytes, queue: str, redelivered: bool) -> tuple[str, str, str]:
+def run(
+    envelope: bytes, queue: str, redelivered: bool, revoked: bool = False
+) -> tuple[str, str, str]:
     """Runs one delivery as a Celery worker would; returns ``(decision, state, detail)``.
+    ``revoked``: its task id is revoked (``celeriac.revoked``); Celery's ``Request`` then
+    discards it as revoked.
 
     ``state`` is what became of the task (``SUCCESS``, ``FAILURE``, ``RETRY``, ``REJECTED``,
     ``IGNORED``, ``REVOKED``); ``detail`` is a reason for a ``reject`` decision. Raises
@@ -529,6 +555,8 @@ def run(envelope: bytes, queue: str, redelivered: bool) -> tuple[str, str, str]:
         task_id = headers["id"]
     except Exception:
         return _run_with_request(envelope, queue, redelivered)
+    if revoked:
+        st.revoked_tasks.add(task_id)
     errback = headers.get("celeriac_errback")
     if isinstance(errback, dict) and name in st.app.tasks:
         return _call_errback(st.app.tasks[name], errback)
@@ -714,7 +742,8 @@ def post_mortem(
     envelope: bytes, queue: str, redelivered: bool, cause: str, detail: str, hard_limit: float
 ) -> tuple[str, str, str]:
     """Settles a delivery whose child died: ``cause`` is ``lost`` (the process exited, ``detail``
-    says how) or ``timeout`` (killed at the hard time limit ``hard_limit``); or, in a threads or
+    says how), ``timeout`` (killed at the hard time limit ``hard_limit``) or ``terminated``
+    (killed by a revoke with ``terminate=True``, ``detail`` the signal number); or, in a threads or
     solo pool, whose task raised ``SystemExit`` (``cause`` ``in_process``, ``detail`` its repr).
 
     Runs Celery's MainProcess handling: ``WorkerLostError`` through ``on_failure`` (which
@@ -734,6 +763,17 @@ def post_mortem(
     except _Undecodable as exc:
         return REJECT, "UNDECODABLE", str(exc)
     req.on_accepted(st.pid, time.monotonic())
+    if cause == "terminated":
+        # Killed by ``revoke(terminate=True)`` with signal ``detail``: billiard reports
+        # ``Terminated(-signum)``, and Celery's ``on_failure`` stores REVOKED ('terminated'),
+        # sends ``task_revoked`` and acknowledges.
+        from billiard.exceptions import Terminated
+
+        try:
+            raise Terminated(-int(detail or 0))
+        except Terminated:
+            req.on_failure(ExceptionInfo())
+        return recorder.decision, "REVOKED", ""
     if cause == "timeout":
         if not _on_timeout_runs_failure_hooks():
             from billiard.exceptions import TimeLimitExceeded

@@ -210,6 +210,29 @@ class Client:
         stream.add(batch)
         return stream
 
+    def revoke(
+        self,
+        task_ids: str | Iterable[str],
+        *,
+        terminate: bool = False,
+        signal: str | None = None,
+        expires: float | None = None,
+        control_exchange: str = "celery",
+    ) -> None:
+        """Revokes tasks for good, as ``app.control.revoke`` does on this queue: the revocation is
+        recorded (no worker starts them, even one that is down now or restarts; it lasts
+        ``expires`` seconds, Celery's 3 hours by default, counted from the message's ETA when it
+        is further ahead), and running workers hear it at once. ``terminate=True`` kills tasks
+        that are running (with ``signal``, ``SIGTERM`` by default)."""
+        ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
+        self._store.revoke(
+            ids,
+            terminate=terminate,
+            signal=signal,
+            expires=expires,
+            namespace=control_exchange,
+        )
+
     def close(self) -> None:
         """Closes the client's connections; later calls raise ``ConnectError``."""
         self._store.close()

@@ -21,8 +21,15 @@ both consume it. A Python Celery worker gets celeriac's delivery guarantees:
   on RabbitMQ redelivers every unacked message instead.) ``?pooler=transaction`` on the URL
   works behind PgBouncer in transaction mode (no prepared statements, no LISTEN: polling).
 
-Like kombu's SQLAlchemy transport it has no fanout exchange, so remote control (``inspect``,
-``revoke`` broadcasts) and events do not cross processes.
+Remote control, its replies and events cross processes through ``celeriac.broadcast``: a
+message to a fanout exchange (Celery's ``celery.pidbox``), to a topic exchange no local queue
+is bound to (events, ``celeryev``), or to a queue declared transient (``durable=False,
+auto_delete=True``: a reply queue, a pidbox or event receiver's queue) is a broadcast row, which
+every queue bound to that exchange reads from where it stood when it was bound. So
+``celery inspect``, ``celery control``, ``app.control.revoke`` and ``celery events`` work with
+Python Celery workers and ``celeriac worker`` alike. A ``revoke`` broadcast is also recorded in
+``celeriac.revoked``: a claimed message whose task is revoked reaches a Python Celery worker
+already marked revoked (Celery then stores REVOKED and skips it), even after the worker restarted.
 
 Transport options (``broker_transport_options``): ``polling_interval`` (seconds),
 ``lease_seconds`` (default 30), ``max_redeliveries`` (default 3), ``max_connections`` (default 4),
@@ -33,9 +40,12 @@ flushed to disk; False is faster and, like RabbitMQ without publisher confirms, 
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
+import re
 import socket
+import sys
 import threading
 from collections import deque
 from collections.abc import Iterable
@@ -50,6 +60,13 @@ from celeriac import _native
 
 #: Claim at most this many messages at once when the channel has no prefetch limit.
 UNLIMITED_CLAIM = 100
+
+#: Broadcasts read at once for one queue.
+BROADCAST_BATCH = 200
+
+#: How long a broadcast's position stays open after it was first seen: a row whose id was taken
+#: before it but which committed later (concurrent publishers) is still read, once.
+BROADCAST_REORDER_WINDOW = 2.0
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +106,114 @@ def _flag(value: Any) -> bool:
     return bool(value)
 
 
+def _revocation(exchange: str, message: dict[str, Any]) -> dict[str, Any] | None:
+    """What a pidbox ``revoke`` or ``revoke_by_stamped_headers`` command revokes, to record it
+    durably with the broadcast; None for other commands."""
+    try:
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        if message.get("content-type") != "application/json":
+            return None
+        command = loads(body)
+        method = command.get("method")
+        arguments = command.get("arguments") or {}
+    except Exception:  # not a command this transport can read: broadcast it unrecorded
+        return None
+    expires = float(os.environ.get("CELERY_WORKER_REVOKE_EXPIRES", 10800))
+    terminate = bool(arguments.get("terminate"))
+    signal = arguments.get("signal")
+    if method == "revoke":
+        ids = arguments.get("task_id")
+        ids = [ids] if isinstance(ids, str) else [str(i) for i in ids or ()]
+        return {"task_ids": ids, "terminate": terminate, "signal": signal, "expires": expires}
+    if method == "revoke_by_stamped_headers":
+        stamps = []
+        for header, values in (arguments.get("headers") or {}).items():
+            for value in values if isinstance(values, (list, tuple)) else [values]:
+                stamps.append((str(header), value if isinstance(value, str) else dumps(value)))
+        return {"stamps": stamps, "terminate": terminate, "signal": signal, "expires": expires}
+    return None
+
+
+def _mark_revoked(raw: dict[str, Any]) -> None:
+    """Adds a revoked message's task id to the Celery worker's revoked set (in a worker process)."""
+    state = sys.modules.get("celery.worker.state")
+    headers = raw.get("headers")
+    if state is None or not isinstance(headers, dict) or not headers.get("id"):
+        return
+    state.revoked.add(headers["id"])
+
+
+class _BroadcastQueue:
+    """A queue that reads broadcasts: its bindings, and its position in ``celeriac.broadcast``.
+
+    Positions are consecutive ids. Reads start after the position, which moves past an id once
+    every id up to it was seen; a gap (a row of another exchange, a rolled-back publish, or one
+    whose publisher has not committed yet) is waited for ``BROADCAST_REORDER_WINDOW`` seconds,
+    so a row that commits after a later one is still read, once."""
+
+    def __init__(self, position: int) -> None:
+        #: Rows up to here were read, or are older than the queue.
+        self.position = position
+        #: Rows after ``position`` already read, with when they were first seen.
+        self.seen: dict[int, float] = {}
+        #: ``(exchange, kind, routing_key, compiled topic pattern)``.
+        self.bindings: list[tuple[str, str, str, re.Pattern[str] | None]] = []
+
+    def bind(self, exchange: str, kind: str, routing_key: str, pattern: str | None) -> None:
+        compiled = re.compile(pattern) if kind == "topic" and pattern else None
+        binding = (exchange, kind, routing_key, compiled)
+        if binding not in self.bindings:
+            self.bindings.append(binding)
+
+    def exchanges(self) -> list[str]:
+        return sorted({b[0] for b in self.bindings})
+
+    def takes(self, exchange: str, routing_key: str) -> bool:
+        for bound, kind, key, pattern in self.bindings:
+            if bound != exchange:
+                continue
+            if kind == "fanout":
+                return True
+            if pattern is not None:
+                if pattern.match(routing_key):
+                    return True
+            elif key == routing_key:
+                return True
+        return False
+
+    def read(self, store: _native.Store, limit: int = BROADCAST_BATCH) -> list[dict[str, Any]]:
+        """The broadcasts for this queue published since the last read, at most ``limit``."""
+        now = monotonic()
+        out: list[dict[str, Any]] = []
+        after = self.position
+        exchanges = self.exchanges()
+        while len(out) < limit:
+            rows = store.broadcast_read(exchanges, after, BROADCAST_BATCH)
+            for row_id, exchange, routing_key, payload in rows:
+                after = row_id
+                if row_id in self.seen:
+                    continue
+                self.seen[row_id] = now
+                if not self.takes(exchange, routing_key):
+                    continue
+                try:
+                    out.append(loads(payload))
+                except Exception:
+                    logger.warning(
+                        "celeriac: broadcast %s on %r is not a kombu message", row_id, exchange
+                    )
+            if len(rows) < BROADCAST_BATCH:
+                break
+        for row_id in sorted(self.seen):
+            if row_id != self.position + 1 and now - self.seen[row_id] <= BROADCAST_REORDER_WINDOW:
+                break  # a gap not old enough to give up on
+            self.position = row_id
+            del self.seen[row_id]
+        return out
+
+
 def _delivery_tag(row_id: int, attempt: int) -> str:
     return f"celeriac:{row_id}:{attempt}"
 
@@ -106,6 +231,8 @@ class Channel(virtual.Channel):
 
     # Queues are rows' `queue` values: nothing to declare or bind in the database.
     do_restore = True
+    # Fanout exchanges (and topics, replies) reach other processes through broadcasts.
+    supports_fanout = True
 
     def __init__(self, connection: Transport, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)
@@ -115,6 +242,10 @@ class Channel(virtual.Channel):
         self._claimed: deque[tuple[dict[str, Any], str]] = deque()
         #: Since when claims fail because the database cannot be reached (None: they succeed).
         self._unreachable_since: float | None = None
+        #: Queues declared transient (``durable=False, auto_delete=True``): read from broadcasts.
+        self._transient: set[str] = set()
+        #: Queues read from ``celeriac.broadcast``, by name.
+        self._broadcast_queues: dict[str, _BroadcastQueue] = {}
 
     @property
     def store(self) -> _native.Store:
@@ -136,9 +267,47 @@ class Channel(virtual.Channel):
     # --- publishing -------------------------------------------------------------------------
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        if queue in self._broadcast_queues:
+            info = message.get("properties", {}).get("delivery_info", {})
+            self._publish_broadcast(
+                info.get("exchange") or "", info.get("routing_key") or "", message
+            )
+            return
         payload = dumps(message).encode("utf-8")
         message_row = _native.message_from_envelope(payload, queue)
         self.store.insert(message_row, durable=self.connection.durable)
+
+    def basic_publish(self, message: Any, exchange: str, routing_key: str, **kwargs: Any) -> Any:
+        """Publishes as kombu's virtual channel does, except that a message no queue of this
+        process takes (a reply, an event, a broadcast) goes to ``celeriac.broadcast`` for the
+        queues of other processes bound to its exchange."""
+        if exchange and self._for_broadcast(exchange, routing_key):
+            self._inplace_augment_message(message, exchange, routing_key)
+            self._publish_broadcast(exchange, routing_key, message)
+            return None
+        return super().basic_publish(message, exchange, routing_key, **kwargs)
+
+    def _for_broadcast(self, exchange: str, routing_key: str) -> bool:
+        kind = self.typeof(exchange).type
+        if kind == "fanout":
+            return False  # FanoutExchange.deliver calls _put_fanout
+        try:
+            table = self.get_table(exchange)
+        except KeyError:
+            table = []
+        queues = self.typeof(exchange).lookup(table, exchange, routing_key, None)
+        return not queues or all(q in self._transient for q in queues)
+
+    def _put_fanout(
+        self, exchange: str, message: dict[str, Any], routing_key: str, **kwargs: Any
+    ) -> None:
+        self._publish_broadcast(exchange, routing_key, message)
+
+    def _publish_broadcast(self, exchange: str, routing_key: str, message: dict[str, Any]) -> None:
+        revoke = _revocation(exchange, message) if exchange.endswith(".pidbox") else None
+        self.store.broadcast_publish(
+            exchange, routing_key or "", dumps(message).encode("utf-8"), revoke=revoke
+        )
 
     # --- consuming --------------------------------------------------------------------------
 
@@ -152,7 +321,15 @@ class Channel(virtual.Channel):
         shutdown only between calls, so delivering a whole claim at once would run every
         claimed message before shutting down instead of giving the unstarted ones back.
         """
-        if not self._claimed:
+        queues = list(queues)
+        if self._broadcast_queues:
+            for queue in queues:
+                reader = self._broadcast_queues.get(queue)
+                if reader is not None:
+                    for raw in reader.read(self.store):
+                        self._claimed.append((raw, queue))
+            queues = [q for q in queues if q not in self._broadcast_queues]
+        if not self._claimed and queues:
             limit = self.qos.can_consume_max_estimate()
             if limit is None:
                 limit = UNLIMITED_CLAIM
@@ -160,12 +337,12 @@ class Channel(virtual.Channel):
                 raise Empty()
             consumer = self.consumer()
             rows = self._claim(consumer, list(dict.fromkeys(queues)), limit)
-            for row_id, attempt, redelivered, queue, payload in rows:
-                raw = self._to_raw(consumer, row_id, attempt, redelivered, queue, payload)
+            for row_id, attempt, redelivered, queue, payload, revoked in rows:
+                raw = self._to_raw(consumer, row_id, attempt, redelivered, queue, payload, revoked)
                 if raw is not None:
                     self._claimed.append((raw, queue))
-            if not self._claimed:
-                raise Empty()
+        if not self._claimed:
+            raise Empty()
         while self._claimed:
             raw, queue = self._claimed.popleft()
             lease = _lease(raw["properties"]["delivery_tag"])
@@ -181,7 +358,7 @@ class Channel(virtual.Channel):
 
     def _claim(
         self, consumer: _native.Consumer, queues: list[str], limit: int
-    ) -> list[tuple[int, int, bool, str, bytes]]:
+    ) -> list[tuple[int, int, bool, str, bytes, bool]]:
         """Claims for delivery; while the database cannot be reached, nothing (the caller
         polls again) rather than a connection error: kombu would close the channel, and its
         ``restore_unacked`` would give back the messages of the tasks still running, which then
@@ -206,13 +383,18 @@ class Channel(virtual.Channel):
         return rows
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        reader = self._broadcast_queues.get(queue)
+        if reader is not None:
+            for raw in reader.read(self.store, limit=1):
+                return raw
+            raise Empty()
         consumer = self.consumer()
         while True:
             rows = consumer.claim([queue], 1)
             if not rows:
                 raise Empty()
-            row_id, attempt, redelivered, queue_name, payload = rows[0]
-            raw = self._to_raw(consumer, row_id, attempt, redelivered, queue_name, payload)
+            row_id, attempt, redelivered, queue_name, payload, revoked = rows[0]
+            raw = self._to_raw(consumer, row_id, attempt, redelivered, queue_name, payload, revoked)
             if raw is not None:
                 return raw
 
@@ -224,8 +406,11 @@ class Channel(virtual.Channel):
         redelivered: bool,
         queue: str,
         payload: bytes,
+        revoked: bool = False,
     ) -> dict[str, Any] | None:
-        """The kombu message of a claimed row; an unreadable envelope is dead-lettered."""
+        """The kombu message of a claimed row; an unreadable envelope is dead-lettered. The id
+        of a revoked task is added to the Celery worker's revoked set first (when this process
+        is one), so Celery discards it as revoked and stores REVOKED."""
         try:
             raw = loads(payload)
             properties = raw["properties"]
@@ -239,6 +424,8 @@ class Channel(virtual.Channel):
                 f"not a kombu envelope: {exc.__class__.__name__}: {exc}",
             )
             return None
+        if revoked:
+            _mark_revoked(raw)
         properties["delivery_tag"] = _delivery_tag(row_id, attempt)
         delivery_info = properties.setdefault("delivery_info", {})
         if isinstance(delivery_info, dict):
@@ -285,25 +472,49 @@ class Channel(virtual.Channel):
         self._consumer.restore(*lease)
 
     def _size(self, queue: str) -> int:
+        if queue in self._transient or queue in self._broadcast_queues:
+            return 0
         return self.store.ready_count(queue)
 
     def _purge(self, queue: str) -> int:
+        if queue in self._transient or queue in self._broadcast_queues:
+            return 0
         return self.store.purge(queue)
 
     def _new_queue(self, queue: str, **kwargs: Any) -> None:
-        pass
+        if kwargs.get("durable") is False and kwargs.get("auto_delete"):
+            self._transient.add(queue)
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str | None, queue: str) -> None:
+        """Called for every binding (the channel supports fanout): a queue bound to a fanout or
+        topic exchange, or declared transient, reads that exchange's broadcasts."""
+        kind = self.typeof(exchange).type
+        if kind not in ("fanout", "topic") and queue not in self._transient:
+            return
+        reader = self._broadcast_queues.get(queue)
+        if reader is None:
+            reader = _BroadcastQueue(self.store.broadcast_head())
+            self._broadcast_queues[queue] = reader
+        reader.bind(exchange, kind, routing_key, pattern)
+        self.connection.subscribe(reader.exchanges())
 
     def _has_queue(self, queue: str, **kwargs: Any) -> bool:
         return True
 
     def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
         # Queues exist only as the `queue` of their messages; deleting a queue's declaration
-        # leaves its messages in place (use purge to drop them).
-        pass
+        # leaves its messages in place (use purge to drop them). A broadcast reader just stops.
+        self._broadcast_queues.pop(queue, None)
+        self._transient.discard(queue)
 
     def wait(self, timeout: float) -> bool:
         """Blocks until a message may be ready for this channel, or ``timeout`` seconds."""
-        return self.consumer().wait(timeout)
+        subscriber = self.connection.subscriber
+        if any(q not in self._broadcast_queues for q in self._active_queues):
+            return self.consumer().wait(timeout, subscriber)
+        if subscriber is not None:
+            return subscriber.wait(timeout)
+        return False
 
     def close(self) -> None:
         try:
@@ -336,7 +547,7 @@ class Transport(virtual.Transport):
 
     implements = virtual.Transport.implements.extend(
         asynchronous=False,
-        exchange_type=frozenset(["direct", "topic"]),
+        exchange_type=frozenset(["direct", "topic", "fanout"]),
         heartbeats=False,
     )
 
@@ -359,6 +570,29 @@ class Transport(virtual.Transport):
         #: Set whenever a delivered message is acked or given back: a consumer whose prefetch
         #: window was full may claim again.
         self.capacity_freed = threading.Event()
+        #: Wake-ups for the broadcast exchanges this connection's queues read (None until one
+        #: is bound).
+        self.subscriber: _native.Subscriber | None = None
+        self._subscribed: set[str] = set()
+
+    def subscribe(self, exchanges: Iterable[str]) -> None:
+        """Wakes this connection's waits for broadcasts to ``exchanges`` too."""
+        new = set(exchanges) - self._subscribed
+        if not new:
+            return
+        self._subscribed |= new
+        if self.subscriber is None:
+            self.subscriber = _native.Subscriber(self.store, sorted(self._subscribed))
+        else:
+            self.subscriber.set_exchanges(sorted(self._subscribed))
+
+    def close_connection(self, connection: Any) -> None:
+        try:
+            super().close_connection(connection)
+        finally:
+            subscriber, self.subscriber = self.subscriber, None
+            if subscriber is not None:
+                subscriber.close()
 
     def establish_connection(self) -> Any:
         # Fail at connect time with a clear message (unreachable, schema missing), not at the
@@ -384,6 +618,8 @@ class Transport(virtual.Transport):
             channel = self._waiting_channel()
             if channel is not None:
                 channel.wait(wait)
+            elif self.subscriber is not None and any(c._broadcast_queues for c in self.channels):
+                self.subscriber.wait(wait)
             else:
                 self.capacity_freed.wait(wait)
 

@@ -29,6 +29,9 @@ pub enum ToChild {
         queue: String,
         /// Whether an earlier delivery was lost.
         redelivered: bool,
+        /// Its task id is revoked: Celery's code discards it as revoked.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        revoked: bool,
     },
     /// Settle a delivery whose child died; envelope follows.
     PostMortem {
@@ -109,7 +112,7 @@ pub enum Decision {
 }
 
 /// Why a delivery needs a post-mortem. On the wire (and as `celeriac._worker.post_mortem`'s
-/// `cause`): `lost`, `timeout`, `in_process`.
+/// `cause`): `lost`, `timeout`, `in_process`, `terminated`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeathCause {
@@ -120,6 +123,8 @@ pub enum DeathCause {
     /// A threads or solo pool task raised `SystemExit`: the child settles it itself (never
     /// sent by the worker).
     InProcess,
+    /// The child was killed by a revoke with `terminate=True` (the detail is the signal number).
+    Terminated,
 }
 
 impl DeathCause {
@@ -130,6 +135,7 @@ impl DeathCause {
             DeathCause::Lost => "lost",
             DeathCause::Timeout => "timeout",
             DeathCause::InProcess => "in_process",
+            DeathCause::Terminated => "terminated",
         }
     }
 }
@@ -240,7 +246,7 @@ mod tests {
 
     #[test]
     fn frames_round_trip_and_reject_garbage() {
-        let job = ToChild::Job { seq: 7, queue: "celery".into(), redelivered: true };
+        let job = ToChild::Job { seq: 7, queue: "celery".into(), redelivered: true, revoked: false };
         let mut buf = Vec::new();
         write_sync(&mut buf, &job, b"{\"body\": 1}").unwrap();
         write_sync(&mut buf, &ToChild::Ready, b"").unwrap();

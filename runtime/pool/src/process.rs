@@ -51,6 +51,51 @@ pub fn signal_main_thread(pid: u32, signal: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Sends `signal` to the process `pid` (billiard's `terminate_job`: a revoke with
+/// `terminate=True` kills the child that runs the task).
+pub fn signal_process(pid: u32, signal: i32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: kill takes integers; a stale pid at worst signals nothing (ESRCH).
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// This process's resource usage (`getrusage(RUSAGE_SELF)`), as Python's `resource.getrusage`
+/// reports it: `(name, value)` pairs in its order, times in seconds, the rest as counts.
+#[must_use]
+pub fn rusage() -> Vec<(&'static str, f64)> {
+    // SAFETY: a zeroed rusage is a valid value of the plain C struct getrusage fills.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF is always valid and `u` is a live, writable rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &raw mut u) } != 0 {
+        return Vec::new();
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    #[allow(clippy::cast_precision_loss)]
+    let n = |v: libc::c_long| v as f64;
+    vec![
+        ("utime", secs(u.ru_utime)),
+        ("stime", secs(u.ru_stime)),
+        ("maxrss", n(u.ru_maxrss)),
+        ("ixrss", n(u.ru_ixrss)),
+        ("idrss", n(u.ru_idrss)),
+        ("isrss", n(u.ru_isrss)),
+        ("minflt", n(u.ru_minflt)),
+        ("majflt", n(u.ru_majflt)),
+        ("nswap", n(u.ru_nswap)),
+        ("inblock", n(u.ru_inblock)),
+        ("oublock", n(u.ru_oublock)),
+        ("msgsnd", n(u.ru_msgsnd)),
+        ("msgrcv", n(u.ru_msgrcv)),
+        ("nsignals", n(u.ru_nsignals)),
+        ("nvcsw", n(u.ru_nvcsw)),
+        ("nivcsw", n(u.ru_nivcsw)),
+    ]
+}
+
 /// SIGKILLs the process group `pgid` (a pool child and whatever its task started).
 pub fn kill_group(pgid: u32) -> io::Result<()> {
     let pgid = libc::pid_t::try_from(pgid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;

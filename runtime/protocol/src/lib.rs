@@ -31,6 +31,7 @@ pub mod limits;
 pub mod message;
 pub mod msgpack;
 pub mod pickle;
+pub mod pidbox;
 pub mod pyrepr;
 mod rate;
 mod reason;

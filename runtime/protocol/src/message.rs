@@ -373,6 +373,27 @@ pub struct TaskMessage {
 }
 
 impl TaskMessage {
+    /// A message known only by its task id (a revoke names no more): no name, no arguments.
+    #[must_use]
+    pub fn bare(id: &str) -> TaskMessage {
+        TaskMessage {
+            envelope: Envelope {
+                body: String::new(),
+                content_type: CONTENT_TYPE_JSON.to_owned(),
+                content_encoding: "utf-8".to_owned(),
+                headers: Map::new(),
+                properties: Map::new(),
+                extra: Map::new(),
+            },
+            protocol: ProtocolVersion::V2,
+            headers: TaskHeaders { id: id.to_owned(), ..TaskHeaders::default() },
+            args: Vec::new(),
+            kwargs: Map::new(),
+            embed: Embed::default(),
+            delivery_info: DeliveryInfo::default(),
+        }
+    }
+
     /// Decodes a stored envelope into a task, enforcing `accept`, within the default
     /// [`Limits`].
     ///

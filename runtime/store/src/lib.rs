@@ -16,6 +16,7 @@
 //!   trigger); [`Listener`] receives them, polling remains the safety net.
 
 mod backoff;
+mod control;
 mod dead_letter;
 mod error;
 mod lease_session;
@@ -39,11 +40,12 @@ use std::{str::FromStr, time::Duration};
 
 pub use backoff::Backoff;
 pub use celeriac_protocol::DeadLetterReason;
+pub use control::{BroadcastMessage, Revocation, RevokedStamp, RevokedTask, REVOKES_MAX, REVOKE_EXPIRES};
 pub use dead_letter::{DeadLetter, DeadLetterFilter};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 pub use error::{Error, Result};
 pub use lease_session::{LeaseSession, LeaseSessionConfig, SettledHook, SettledNow, Settlement};
-pub use listener::{Listener, Listening, Wakeup, NOTIFY_CHANNEL};
+pub use listener::{Listener, Listening, Wakeup, BROADCAST_CHANNEL, NOTIFY_CHANNEL};
 pub use message::{
     ClaimCursor, ClaimParams, ClaimedMessage, DeadLetterParams, Durability, InsertBatch, Lease, LostMessage,
     NewMessage, RequeueReport, RescueReport, MESSAGE_INSERT_DBAPI_SQL, ORPHAN_AFTER_HEALTHY_SECONDS,
@@ -61,7 +63,7 @@ pub use schedule::{TickFailpoint, TickStage};
 pub use sql::Pooler;
 use sql::Session;
 use tokio_postgres::NoTls;
-pub use worker::WorkerInfo;
+pub use worker::{WorkerInfo, WorkerRow};
 
 /// How to reach the database.
 #[derive(Debug, Clone)]
@@ -260,7 +262,14 @@ impl Store {
     /// says so once): consumers find work by polling.
     #[must_use]
     pub fn listener(&self) -> Listener {
-        Listener::new(self.pg_config.clone(), self.pooler == Pooler::Session)
+        Listener::new(self.pg_config.clone(), self.pooler == Pooler::Session, listener::NOTIFY_CHANNEL)
+    }
+
+    /// A listener for `broadcast` wake-ups: [`Wakeup::Queues`] names the exchanges that got
+    /// messages.
+    #[must_use]
+    pub fn broadcast_listener(&self) -> Listener {
+        Listener::new(self.pg_config.clone(), self.pooler == Pooler::Session, listener::BROADCAST_CHANNEL)
     }
 
     /// How many named prepared statements the session of a pooled connection holds (with

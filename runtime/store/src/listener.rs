@@ -14,6 +14,8 @@ use crate::service::Service;
 
 /// The channel the insert trigger notifies.
 pub const NOTIFY_CHANNEL: &str = "celeriac_message";
+/// The channel `broadcast` inserts notify, naming exchanges (same payload format).
+pub const BROADCAST_CHANNEL: &str = "celeriac_broadcast";
 
 /// A parsed notification payload: which queues got ready messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,18 +50,22 @@ impl Wakeup {
     }
 }
 
-/// Receives wake-ups from `NOTIFY celeriac_message`. Created by [`crate::Store::listener`].
+/// Receives wake-ups from `NOTIFY celeriac_message` (queues with new messages), or from
+/// `NOTIFY celeriac_broadcast` (exchanges with new broadcasts). Created by
+/// [`crate::Store::listener`] and [`crate::Store::broadcast_listener`].
 #[derive(Debug, Clone)]
 pub struct Listener {
     config: tokio_postgres::Config,
     max_backoff: Duration,
     /// False behind a transaction-mode pooler, where `LISTEN` cannot work.
     enabled: bool,
+    /// [`NOTIFY_CHANNEL`] or [`BROADCAST_CHANNEL`].
+    channel: &'static str,
 }
 
 impl Listener {
-    pub(crate) fn new(config: tokio_postgres::Config, enabled: bool) -> Self {
-        Listener { config, max_backoff: Duration::from_secs(5), enabled }
+    pub(crate) fn new(config: tokio_postgres::Config, enabled: bool, channel: &'static str) -> Self {
+        Listener { config, max_backoff: Duration::from_secs(5), enabled, channel }
     }
 
     /// Listens until `shutdown` resolves, calling `on_wakeup` for each notification and once
@@ -112,7 +118,7 @@ impl Listener {
                 }
             }
         });
-        client.batch_execute(&format!("listen {NOTIFY_CHANNEL}")).await?;
+        client.batch_execute(&format!("listen {}", self.channel)).await?;
         *backoff = Duration::from_millis(100);
         on_wakeup(Wakeup::Any);
         while let Some(payload) = rx.recv().await {

@@ -1,6 +1,7 @@
 //! Background maintenance that is safe to run in every consumer at once (celeriac workers and
-//! Python Celery workers on the kombu transport): redelivering the messages of dead workers, and
-//! returning to their queue the parked messages of task types no live worker rate-limits.
+//! Python Celery workers on the kombu transport): redelivering the messages of dead workers,
+//! returning to their queue the parked messages of task types no live worker rate-limits, and
+//! pruning old broadcasts and expired revocations.
 
 use std::{
     sync::{
@@ -27,6 +28,11 @@ pub struct RescuerConfig {
     /// Told of the messages a pass dead-lettered because every worker that held them died
     /// (the worker stores Celery's `WorkerLostError` for them). Default: none.
     pub on_lost: Option<LostHook>,
+    /// Broadcasts (remote control, replies, events) older than this are deleted. Default: 5
+    /// minutes.
+    pub broadcast_retention: Duration,
+    /// Revocations kept at most (Celery's `REVOKES_MAX`), beyond their expiry. Default: 50,000.
+    pub revokes_max: i64,
 }
 
 /// Called with the messages a rescue pass dead-lettered for exhausting their redeliveries.
@@ -47,6 +53,8 @@ impl Default for RescuerConfig {
             worker_retention: Duration::from_secs(600),
             full_scan_every: 12,
             on_lost: None,
+            broadcast_retention: Duration::from_secs(300),
+            revokes_max: crate::REVOKES_MAX,
         }
     }
 }
@@ -92,6 +100,9 @@ impl HeartbeatHealth {
         }
     }
 }
+
+/// Rows a pass deletes at most from `broadcast`, and from `revoked`.
+const PRUNE_BATCH: i64 = 5_000;
 
 /// How long a rescuer's heartbeats must have been landing before it judges which task types
 /// live workers limit (their rows say so, kept by their heartbeats): a worker lease, the default.
@@ -181,6 +192,11 @@ impl Periodic for Rescuer {
         let retention = self.config.worker_retention.as_secs_f64();
         if healthy >= retention {
             self.store.worker_prune(retention).await?;
+        }
+        // Deleting is idempotent and bounded: any number of rescuers may, in batches.
+        self.store.broadcast_prune(self.config.broadcast_retention, PRUNE_BATCH).await?;
+        if full_scan {
+            self.store.revoked_prune(self.config.revokes_max, PRUNE_BATCH).await?;
         }
         Ok(report)
     }

@@ -125,6 +125,9 @@ pub struct ClaimedMessage {
     pub created_at: DateTime<Utc>,
     /// Parked by the claim itself ([`ClaimParams::park`]): not leased, nothing to settle.
     pub parked: bool,
+    /// Its task id is revoked (`celeriac.revoked`): the worker stores REVOKED instead of
+    /// running it.
+    pub revoked: bool,
 }
 
 /// A position in a queue's claim order (priority desc, eta, id): the last row claimed there.
@@ -271,7 +274,8 @@ fn claim_sql(queues: &str, condition: &str, suspects: u8) -> String {
 /// What a claim returns, read by [`claimed_from_row`].
 pub(crate) const CLAIMED_COLUMNS: &str =
     "t.id, t.attempt, t.queue, t.priority, t.eta, t.redelivered, t.redeliveries, t.payload, \
-     t.created_at, t.leased_by = '00000000-0000-0000-0000-000000000000'::uuid";
+     t.created_at, t.leased_by = '00000000-0000-0000-0000-000000000000'::uuid, \
+     exists(select 1 from celeriac.revoked r where r.task_id = t.task_id and r.expires_at > now())";
 
 /// A claimed row, from [`CLAIMED_COLUMNS`].
 pub(crate) fn claimed_from_row(r: &tokio_postgres::Row) -> ClaimedMessage {
@@ -285,6 +289,7 @@ pub(crate) fn claimed_from_row(r: &tokio_postgres::Row) -> ClaimedMessage {
         payload: r.get(7),
         created_at: r.get(8),
         parked: r.get(9),
+        revoked: r.get(10),
     }
 }
 

@@ -55,7 +55,56 @@ static HEARTBEAT_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// A live worker as `celeriac inspect workers` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerRow {
+    /// Its name.
+    pub hostname: String,
+    /// OS process id.
+    pub pid: i32,
+    /// Queues it consumes.
+    pub queues: Vec<String>,
+    /// Concurrency.
+    pub concurrency: i32,
+    /// When it registered.
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// Seconds since its last heartbeat.
+    pub heartbeat_age: f64,
+    /// Messages it holds leases on.
+    pub held: i64,
+}
+
 impl Store {
+    /// The registered workers, by name, with the messages each holds.
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn worker_list(&self) -> Result<Vec<WorkerRow>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .rows(
+                self.pooler,
+                "select w.hostname, w.pid, w.queues, w.concurrency, w.started_at,
+                        extract(epoch from now() - w.heartbeat_at)::float8,
+                        (select count(*) from celeriac.message m where m.leased_by = w.id)
+                 from celeriac.worker w order by w.hostname, w.pid",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| WorkerRow {
+                hostname: r.get(0),
+                pid: r.get(1),
+                queues: r.get(2),
+                concurrency: r.get(3),
+                started_at: r.get(4),
+                heartbeat_age: r.get(5),
+                held: r.get(6),
+            })
+            .collect())
+    }
+
     /// Registers (or re-registers, after a reconnect) a worker.
     ///
     /// # Errors

@@ -27,6 +27,93 @@ pub struct Request {
     pub lease_check: LeaseCheck,
     /// Stores custom states while the task runs (Celery's `update_state`).
     pub state: StateUpdater,
+    /// Remote control of this delivery: a `revoke(terminate=True)` asks to kill it; a pool
+    /// that runs it in another process reports that process's pid here.
+    pub control: Arc<TaskControl>,
+}
+
+/// Time limits set at run time by Celery's `time_limit` command, by task name: `(soft, hard)`.
+/// They replace the task's own (a message's `timelimit` header still wins), as the command
+/// replaces a Celery worker's task attributes.
+type TimeLimitTable = std::collections::HashMap<String, (Option<f64>, Option<f64>)>;
+static TIME_LIMITS: std::sync::LazyLock<std::sync::RwLock<TimeLimitTable>> = std::sync::LazyLock::new(Default::default);
+
+/// Sets `task`'s time limits for this process (`time_limit` remote-control command).
+pub(crate) fn set_time_limits(task: &str, soft: Option<f64>, hard: Option<f64>) {
+    TIME_LIMITS.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(task.to_owned(), (soft, hard));
+}
+
+/// `task`'s time limits set at run time, `(soft, hard)`, if any were.
+pub(crate) fn time_limits(task: &str) -> Option<(Option<f64>, Option<f64>)> {
+    TIME_LIMITS.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(task).copied()
+}
+
+/// Remote control of one running delivery (Celery's `revoke(..., terminate=True)` and the
+/// `worker_pid` that `inspect active` shows).
+#[derive(Debug, Default)]
+pub struct TaskControl {
+    terminate: tokio::sync::Notify,
+    /// The signal asked for (0: none yet).
+    signal: std::sync::atomic::AtomicI32,
+    /// The process running it (0: the worker's own).
+    pid: std::sync::atomic::AtomicU32,
+    /// Its task id was revoked before it started.
+    revoked: std::sync::atomic::AtomicBool,
+}
+
+impl TaskControl {
+    /// Asks to kill the task with `signal` (a number such as 15 for `SIGTERM`).
+    pub fn terminate(&self, signal: i32) {
+        self.signal.store(signal.max(1), std::sync::atomic::Ordering::Release);
+        self.terminate.notify_waiters();
+        self.terminate.notify_one();
+    }
+
+    /// The signal a terminate asked for, if one did.
+    #[must_use]
+    pub fn termination(&self) -> Option<i32> {
+        match self.signal.load(std::sync::atomic::Ordering::Acquire) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+
+    /// Resolves with the signal once a terminate is asked for.
+    pub async fn terminated(&self) -> i32 {
+        loop {
+            let notified = self.terminate.notified();
+            if let Some(signal) = self.termination() {
+                return signal;
+            }
+            notified.await;
+        }
+    }
+
+    /// Records that the task was revoked before it started (a handler that settles deliveries
+    /// itself, the Python pool, then discards it as Celery does).
+    pub fn mark_revoked(&self) {
+        self.revoked.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the task was revoked before it started.
+    #[must_use]
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Records the process that runs the task.
+    pub fn set_pid(&self, pid: u32) {
+        self.pid.store(pid, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The process that runs the task, if not the worker's own.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        match self.pid.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            p => Some(p),
+        }
+    }
 }
 
 /// A custom state could not be stored.

@@ -12,6 +12,9 @@ pub enum Inspect {
     Queues,
     /// Rate limits in force and the messages waiting for a token (as `celeriac rate-limit show`).
     RateLimits,
+    /// Live workers (from the worker table, no broadcast): name, pid, queues, concurrency,
+    /// heartbeat age and the messages each holds.
+    Workers,
     /// The newest dead-lettered messages with their reasons.
     DeadLetters {
         /// How many to show.
@@ -37,6 +40,24 @@ pub(super) async fn run(url: &str, what: Inspect) -> Result<(), CliError> {
             }
         }
         Inspect::RateLimits => super::rate_limit::show(&store(url, 1)?, None).await?,
+        Inspect::Workers => {
+            println!(
+                "{:<32} {:>8} {:>5} {:>6} {:>10}  {:<25} queues",
+                "worker", "pid", "conc", "held", "heartbeat", "started"
+            );
+            for w in store(url, 1)?.worker_list().await? {
+                println!(
+                    "{:<32} {:>8} {:>5} {:>6} {:>9.1}s  {:<25} {}",
+                    w.hostname,
+                    w.pid,
+                    w.concurrency,
+                    w.held,
+                    w.heartbeat_age,
+                    w.started_at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                    w.queues.join(",")
+                );
+            }
+        }
         Inspect::DeadLetters { limit } => {
             for d in store(url, 1)?.dead_letter_list(limit).await? {
                 println!(

@@ -17,6 +17,7 @@ mod enqueue_envelopes;
 mod inspect;
 mod migrate;
 mod rate_limit;
+mod revoke;
 mod schedule;
 mod send;
 mod worker;
@@ -80,6 +81,9 @@ pub enum Command {
         #[command(subcommand)]
         what: Inspect,
     },
+    /// Revoke tasks for good (as `app.control.revoke`): recorded in the database, so no worker
+    /// starts them, even one that is down now or restarts; running workers are told at once.
+    Revoke(revoke::RevokeArgs),
     /// Set, show or clear rate limits (fleet-wide, or per worker as Celery's rate_limit).
     RateLimit {
         /// What to do.
@@ -287,6 +291,7 @@ async fn run(cli: Cli, registry: Registry) -> Result<(), CliError> {
         Command::Send(args) => send::run(&url, &args).await,
         Command::EnqueueEnvelopes(args) => enqueue_envelopes::run(&url, &args).await,
         Command::Inspect { what } => inspect::run(&url, what).await,
+        Command::Revoke(args) => revoke::run(&url, args).await,
         Command::RateLimit { action } => rate_limit::run(&url, action).await,
         Command::DeadLetters { action } => dead_letters::run(&url, action).await,
         Command::Bench(args) => Ok(crate::bench::run(&url, &args).await?),

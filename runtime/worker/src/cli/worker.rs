@@ -287,6 +287,7 @@ fn worker_config(args: &WorkerArgs) -> Result<WorkerConfig, CliError> {
         }),
         default_queue: defaults.default_queue.clone(),
         task_routes: defaults.task_routes.clone(),
+        control: defaults.control.clone(),
     };
     config.validate()?;
     Ok(config)

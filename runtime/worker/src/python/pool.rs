@@ -38,7 +38,7 @@ use celeriac_pool::{
 use super::settings::ExplicitSettings;
 use crate::{
     registry::{Handler, HandlerFuture},
-    task::{LeaseCheck, Outcome, Request},
+    task::{LeaseCheck, Outcome, Request, TaskControl},
     Registry,
 };
 
@@ -369,6 +369,10 @@ impl PythonPool {
     pub fn configure_worker(&self, config: &mut crate::WorkerConfig, explicit: ExplicitSettings) {
         config.concurrency = self.concurrency();
         config.pipeline = self.pipeline();
+        config.control.pool_implementation = format!("celeriac:{}", self.inner.config.kind.name());
+        config.control.resizable = false;
+        let inner = self.inner.clone();
+        config.control.pool_processes = Some(Arc::new(move || inner.pids()));
         self.hello.config.apply_to_worker(config, explicit);
         self.configure_results(config);
     }
@@ -557,6 +561,11 @@ impl Drop for Taken<'_> {
 }
 
 impl Inner {
+    /// The pids of the children in service (for `inspect stats`).
+    fn pids(&self) -> Vec<u32> {
+        self.children.lock().map(|c| c.iter().flatten().map(|c| c.pid).collect()).unwrap_or_default()
+    }
+
     /// Puts a started child in service: it can take jobs, and its reader runs.
     fn adopt(self: &Arc<Self>, child: Arc<Child>, reader: ChildReader) {
         if let Ok(mut children) = self.children.lock() {
@@ -655,8 +664,10 @@ impl Inner {
         raw: &[u8],
         limits: Limits,
         what: &str,
-        lease: Option<&LeaseCheck>,
+        request: Option<&Request>,
     ) -> Option<(Arc<Child>, Reply)> {
+        let lease = request.map(|r| &r.lease_check);
+        let control = request.map(|r| &*r.control);
         let limited = self.config.kind.enforces_limits() && (limits.soft.is_some() || limits.hard.is_some());
         loop {
             let taken = self.checkout(limited).await;
@@ -675,9 +686,12 @@ impl Inner {
                 }
                 continue;
             }
+            if let Some(control) = control {
+                control.set_pid(child.pid);
+            }
             // A failed write means the child died; its reader then answers this job.
             let _ = child.send_job(seq, &msg, raw).await;
-            let reply = self.await_reply(&child, rx, limits, what).await;
+            let reply = self.await_reply(&child, rx, limits, what, control).await;
             if let Reply::Done { max_rss_kib, .. } = &reply {
                 // Counted (and the child retired if it reached a limit) before its capacity is
                 // given back, so no job is handed to a child past its limit.
@@ -691,12 +705,20 @@ impl Inner {
         }
     }
 
-    async fn await_reply(&self, child: &Child, rx: oneshot::Receiver<Reply>, limits: Limits, what: &str) -> Reply {
+    async fn await_reply(
+        &self,
+        child: &Child,
+        rx: oneshot::Receiver<Reply>,
+        limits: Limits,
+        what: &str,
+        control: Option<&TaskControl>,
+    ) -> Reply {
         let started = Instant::now();
         let enforce = self.config.kind.enforces_limits();
         let mut soft = limits.soft.filter(|_| enforce).and_then(|s| Duration::try_from_secs_f64(s).ok());
         let hard = limits.hard.filter(|_| enforce).and_then(|s| Duration::try_from_secs_f64(s).ok());
         let mut hard_fired = false;
+        let mut terminated = false;
         tokio::pin!(rx);
         loop {
             // The earlier of the limits still to fire (`true`: the soft one). A limit too far
@@ -710,6 +732,14 @@ impl Inner {
             tokio::select! {
                 reply = &mut rx => {
                     return reply.unwrap_or(Reply::Lost { detail: "the reply was lost".into(), killed_for_timeout: false });
+                }
+                signal = async { control.expect("guarded").terminated().await }, if control.is_some() && !terminated => {
+                    // billiard's `terminate_job`: the signal goes to the child; it dies with the
+                    // task and is replaced, and the post-mortem stores REVOKED ('terminated').
+                    terminated = true;
+                    if let Err(e) = sys::signal_process(child.pid, signal) {
+                        tracing::debug!(error = %e, pid = child.pid, "pool: terminate signal not delivered");
+                    }
                 }
                 () = async { tokio::time::sleep_until(deadline.map_or(started, |d| d.0)).await }, if deadline.is_some() => {
                     if deadline.is_some_and(|d| d.1) {
@@ -770,9 +800,12 @@ impl Inner {
         let pick = |header: Option<f64>, task: Option<f64>, flag: Option<f64>| {
             header.filter(|s| *s > 0.0).or(task).or(flag).filter(|s| *s > 0.0)
         };
+        // Limits set by the `time_limit` command replace the task's own.
+        let (task_soft, task_hard) = crate::task::time_limits(request.task())
+            .unwrap_or((task.and_then(|t| t.soft_time_limit), task.and_then(|t| t.time_limit)));
         Limits {
-            hard: pick(header.hard, task.and_then(|t| t.time_limit), self.config.time_limit),
-            soft: pick(header.soft, task.and_then(|t| t.soft_time_limit), self.config.soft_time_limit),
+            hard: pick(header.hard, task_hard, self.config.time_limit),
+            soft: pick(header.soft, task_soft, self.config.soft_time_limit),
         }
     }
 
@@ -780,14 +813,20 @@ impl Inner {
         let what = format!("{}[{}]", request.message.display_name(), request.id());
         let limits = self.limits(&request);
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let job = ToChild::Job { seq, queue: request.queue.to_string(), redelivered: request.redelivered };
-        let Some((_, reply)) =
-            self.dispatch(job, seq, &request.payload, limits, &what, Some(&request.lease_check)).await
-        else {
+        let job = ToChild::Job {
+            seq,
+            queue: request.queue.to_string(),
+            redelivered: request.redelivered,
+            revoked: request.control.is_revoked(),
+        };
+        let Some((_, reply)) = self.dispatch(job, seq, &request.payload, limits, &what, Some(&request)).await else {
             return Outcome::NotStarted;
         };
         let (cause, detail) = match reply {
             Reply::Done { decision, state, detail, .. } => return outcome(decision, state, detail),
+            Reply::Lost { .. } if request.control.termination().is_some() => {
+                (DeathCause::Terminated, request.control.termination().unwrap_or_default().to_string())
+            }
             Reply::Lost { killed_for_timeout: true, detail } => (DeathCause::Timeout, detail),
             Reply::Lost { detail, .. } => (DeathCause::Lost, detail),
             Reply::NotStarted => (DeathCause::Lost, "not started".into()),

@@ -123,6 +123,12 @@ pub struct AppConfig {
     /// The tasks' own `queue` attributes.
     #[serde(default)]
     pub task_queues: std::collections::HashMap<String, String>,
+    /// `control_exchange`: remote-control commands come on `<it>.pidbox`.
+    #[serde(default)]
+    pub control_exchange: Option<String>,
+    /// What `inspect conf` answers: the app's settings without and with Celery's defaults.
+    #[serde(default)]
+    pub conf: Vec<serde_json::Value>,
 }
 
 /// One map router of `task_routes`: exact names and glob patterns, each to a queue name.
@@ -247,6 +253,15 @@ impl AppConfig {
             config.accept = celeriac_protocol::Accept::new(&self.accept_content);
         }
         config.disable_rate_limits |= self.worker_disable_rate_limits;
+        if let Some(namespace) = self.control_exchange.as_ref().filter(|n| !n.is_empty()) {
+            config.control.namespace.clone_from(namespace);
+        }
+        if let [own, all] = self.conf.as_slice() {
+            let value = |v: &serde_json::Value| {
+                celeriac_protocol::json::from_slice(&serde_json::to_vec(v).unwrap_or_default()).unwrap_or_default()
+            };
+            config.control.app_conf = Some((value(own), value(all)));
+        }
         if let Some(queue) = self.task_default_queue.as_ref().filter(|q| !q.is_empty()) {
             config.default_queue.clone_from(queue);
         }
@@ -319,6 +334,8 @@ mod tests {
             }],
             task_routes_skipped: Vec::new(),
             task_queues: std::collections::HashMap::from([("proj.b".to_owned(), "qb".to_owned())]),
+            control_exchange: None,
+            conf: Vec::new(),
         }
     }
 

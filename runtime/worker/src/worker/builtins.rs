@@ -196,6 +196,7 @@ impl Builtin {
                 payload: req.payload.clone(),
                 lease_check: req.lease_check.clone(),
                 state: StateUpdater::none(),
+                control: req.control.clone(),
             };
             match handler.call(call).await {
                 Outcome::Success(v) => results.push(v),

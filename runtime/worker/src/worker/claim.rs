@@ -309,6 +309,7 @@ mod tests {
             payload: Vec::new(),
             created_at: eta,
             parked: false,
+            revoked: false,
         }
     }
 

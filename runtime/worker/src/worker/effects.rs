@@ -80,6 +80,43 @@ pub(super) async fn store_now(shared: &Shared, message: &TaskMessage, queue: &st
     }
 }
 
+/// Celery 5.7's `_revoke`: a revoked task that has no result yet (and is not running here) is
+/// marked REVOKED at once, so a client waiting on it hears now, not when a worker meets its
+/// message (which may wait for an ETA a day ahead).
+pub(super) async fn store_revoked(
+    shared: &Shared,
+    results: &crate::results::Results,
+    ids: &[String],
+    running: &[String],
+) {
+    let ids: Vec<String> = ids.iter().filter(|i| !running.contains(i)).cloned().collect();
+    if ids.is_empty() {
+        return;
+    }
+    let stored = match results.read_many(&ids).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("Failed to mark tasks {} as revoked in backend: {e}", ids.join(", "));
+            return;
+        }
+    };
+    for (id, stored) in ids.iter().zip(stored) {
+        if stored.as_ref().is_some_and(|s| !matches!(s.status.as_str(), "PENDING" | "RECEIVED" | "RETRY" | "REJECTED"))
+        {
+            continue;
+        }
+        let message = celeriac_protocol::TaskMessage::bare(id);
+        let state = State::Exception {
+            state: celeriac_protocol::TaskState::Revoked,
+            exception: crate::results::Exception::new("TaskRevokedError", "revoked", None),
+        };
+        let ctx = TaskContext { message: &message, hostname: &shared.hostname, queue: "", now: Utc::now() };
+        if let Err(e) = results.store_now(&state, &ctx).await {
+            tracing::warn!("Failed to mark task {id} as revoked in backend: {e}");
+        }
+    }
+}
+
 /// Stores a final state: the row to write with the completion, if it goes there.
 pub(super) async fn store_final(
     shared: &Shared,

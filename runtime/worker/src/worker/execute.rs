@@ -26,7 +26,7 @@ use crate::{
     chord,
     registry::Handler,
     results::{Exception, State},
-    task::{LeaseCheck, Outcome, Request},
+    task::{LeaseCheck, Outcome, Request, TaskControl},
 };
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -115,10 +115,13 @@ impl RunLimits {
         RunLimits {
             expired_at: message.headers.expires.filter(|e| *e < now),
             // A limit too large to represent is no limit; zero or negative, none either.
+            // The header first, then what the `time_limit` command set for the task.
             hard: message
                 .headers
                 .timelimit
                 .hard
+                .filter(|secs| *secs > 0.0)
+                .or_else(|| crate::task::time_limits(&message.headers.task).and_then(|(_, hard)| hard))
                 .filter(|secs| *secs > 0.0)
                 .and_then(|secs| Some((Duration::try_from_secs_f64(secs).ok()?, secs))),
         }
@@ -137,9 +140,38 @@ pub(super) fn dead_letter_undecodable(shared: &Shared, claimed: &ClaimedMessage,
     }));
 }
 
+/// Settles a message that must not run (expired, revoked, terminated): REVOKED with
+/// `TaskRevokedError(reason)` is stored, and, as Celery's `mark_as_revoked` does, a chord header
+/// task's part is counted.
+async fn discard_revoked(
+    shared: &Arc<Shared>,
+    lease: Lease,
+    message: &mut TaskMessage,
+    queue: &str,
+    body_decoded: bool,
+    reason: &str,
+) {
+    let state =
+        State::Exception { state: TaskState::Revoked, exception: Exception::new("TaskRevokedError", reason, None) };
+    let counted =
+        matches!(message.embed.chord, Value::Map(_)) && shared.results.as_ref().is_some_and(|r| r.counts_chord_parts());
+    let row = if counted {
+        store_now(shared, message, queue, &state).await;
+        if let Err(e) = if body_decoded { Ok(()) } else { message.decode_body(&Limits::default()) } {
+            let (name, id) = (message.display_name(), &message.headers.id);
+            tracing::debug!("Task {name}[{id}]: body unreadable ({e}); its chord part carries no args");
+        }
+        chords::chord_part(shared, message, queue, &state, Utc::now()).await;
+        None
+    } else {
+        store_final(shared, message, queue, &state).await
+    };
+    shared.session.settle(finish(lease, row, Vec::new()));
+}
+
 async fn execute_inner(
     shared: &Arc<Shared>,
-    claimed: ClaimedMessage,
+    mut claimed: ClaimedMessage,
     mut slot: Option<OwnedSemaphorePermit>,
     turn: Turn,
 ) {
@@ -202,27 +234,20 @@ async fn execute_inner(
     let limits = RunLimits::of(&message, managed, Utc::now());
     if let Some(expires) = limits.expired_at {
         tracing::info!("Discarding revoked task: {name}[{id}] (expired at {expires})");
-        let state = State::Exception {
-            state: TaskState::Revoked,
-            exception: Exception::new("TaskRevokedError", "expired", None),
-        };
-        let counted = matches!(message.embed.chord, Value::Map(_))
-            && shared.results.as_ref().is_some_and(|r| r.counts_chord_parts());
-        let row = if counted {
-            // Celery's `mark_as_revoked` counts a revoked header task's part too, once its state
-            // is stored.
-            store_now(shared, &message, claimed.queue.as_str(), &state).await;
-            if let Err(e) = if body_decoded { Ok(()) } else { message.decode_body(&Limits::default()) } {
-                tracing::debug!("Task {name}[{id}]: body unreadable ({e}); its chord part carries no args");
-            }
-            chords::chord_part(shared, &message, claimed.queue.as_str(), &state, Utc::now()).await;
-            None
-        } else {
-            store_final(shared, &message, claimed.queue.as_str(), &state).await
-        };
-        shared.session.settle(finish(lease, row, Vec::new()));
+        discard_revoked(shared, lease, &mut message, &claimed.queue, body_decoded, "expired").await;
         return;
     }
+    // What `inspect reserved|active` shows, and what a terminate reaches, until it is settled.
+    let payload: Arc<[u8]> = std::mem::take(&mut claimed.payload).into();
+    let task_control = Arc::new(TaskControl::default());
+    let _held = shared.control.hold(
+        lease.id,
+        &message,
+        &claimed.queue,
+        claimed.redelivered,
+        payload.clone(),
+        task_control.clone(),
+    );
     let task = message.headers.task.as_str();
     let admission = shared.rate_limits.admit(task, from_parked, Instant::now());
     // Counted as admitted-not-started until it has its run slot (or gives up).
@@ -294,6 +319,18 @@ async fn execute_inner(
         give_back_unstarted(shared, lease, &name, &id);
         return;
     }
+    // Revoked when it was claimed (`celeriac.revoked`), or since (a revoke broadcast).
+    if claimed.revoked || shared.control.revoked(&message) {
+        if managed {
+            // Celery's own code in the pool child discards it (signals, result, ack).
+            task_control.mark_revoked();
+        } else {
+            tracing::info!("Discarding revoked task: {name}[{id}]");
+            discard_revoked(shared, lease, &mut message, &claimed.queue, body_decoded, "revoked").await;
+            return;
+        }
+    }
+    shared.control.started(lease.id);
     // A handler that decodes the body itself (embedded Python, which reads the stored envelope
     // as Celery would) gets the headers only.
     let mut message = message;
@@ -315,12 +352,13 @@ async fn execute_inner(
         redelivered: claimed.redelivered,
         hostname: shared.hostname.clone(),
         queue: claimed.queue.as_str().into(),
-        payload: claimed.payload.into(),
+        payload,
         lease_check: {
             let session = shared.session.clone();
             LeaseCheck::new(move || session.expired(lease))
         },
         state: state_updater(shared, &message, &queue_name),
+        control: task_control.clone(),
     };
     let started = Instant::now();
     // A panic fails this task only: it is caught here, on the task's own tokio task.
@@ -338,6 +376,13 @@ async fn execute_inner(
             Ok(o) => o,
             Err(panic) => Outcome::failure("panic", panic_message(panic.as_ref())),
         },
+        // A Rust handler is stopped where it awaits; a pool kills its process itself.
+        signal = task_control.terminated(), if !managed => {
+            tracing::info!("Task {name}[{id}] terminated (signal {signal})");
+            let mut message = TaskMessage::clone(&message);
+            discard_revoked(shared, lease, &mut message, &queue_name, true, "terminated").await;
+            return;
+        }
         () = shared.abandon.cancelled() => {
             tracing::warn!("Task {name}[{id}] abandoned at shutdown; it runs again after its lease expires");
             return;

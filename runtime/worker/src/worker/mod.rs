@@ -29,6 +29,7 @@
 mod builtins;
 mod chords;
 mod claim;
+mod control;
 mod effects;
 mod execute;
 mod rate_limit;
@@ -50,6 +51,7 @@ use uuid::Uuid;
 
 use crate::{maintenance::RescuerConfig, registry::Registry, Error};
 use claim::{claim_loop, ClaimState};
+pub use control::ControlSettings;
 pub use stats::{WorkerReport, WorkerStats};
 
 /// Worker settings. Every field has a default (see [`WorkerConfig::default`]).
@@ -99,6 +101,9 @@ pub struct WorkerConfig {
     /// The app's `task_routes` (map routers), for the queue of what the worker publishes when
     /// the signature names none; before `default_queue`. Default: none.
     pub task_routes: crate::TaskRoutes,
+    /// Remote control (`celery inspect|control`): the control exchange and what the worker
+    /// reports about its app and pool. Default: [`ControlSettings::new`].
+    pub control: ControlSettings,
 }
 
 impl Default for WorkerConfig {
@@ -122,6 +127,7 @@ impl Default for WorkerConfig {
             results: None,
             default_queue: celeriac_protocol::DEFAULT_QUEUE.to_owned(),
             task_routes: crate::TaskRoutes::default(),
+            control: ControlSettings::new(),
         }
     }
 }
@@ -193,6 +199,8 @@ pub(super) struct Shared {
     rate_limits: rate_limit::RateLimits,
     /// The result backend, if results are stored.
     results: Option<Arc<crate::results::Results>>,
+    /// Remote control: the deliveries held, the revocations heard (control.rs).
+    control: control::Control,
 }
 
 /// A worker process's runtime. See the module docs.
@@ -318,6 +326,7 @@ impl Worker {
             hostname: config.hostname.as_str().into(),
             rate_limits: rate_limit::RateLimits::new(&self.registry, config.disable_rate_limits),
             results,
+            control: control::Control::new(&config.control.namespace),
         });
 
         // The worker's own background services (the lease session runs its heartbeat,
@@ -331,6 +340,8 @@ impl Worker {
                 }
             }));
         }
+
+        services.start(control::ControlService { shared: shared.clone(), shutdown_worker: shutdown.clone() });
 
         // The scheduler (-B) stops first at shutdown: nothing fires once the worker is stopping.
         let mut scheduler = Supervisor::default();
