@@ -60,10 +60,11 @@ def test_wait_without_a_time_limit_returns_when_woken(
 def test_requeues_are_counted_then_dead_lettered(consumer: _native.Consumer, database_url: str) -> None:
     with celeriac.Client(database_url) as client:
         client.send_task("examples.add", (1, 2))
-    [(row, attempt, redelivered, _, _)] = consumer.claim(["celery"], 1)
+    [(row, attempt, redelivered, _, _, revoked)] = consumer.claim(["celery"], 1)
     assert not redelivered
+    assert not revoked
     assert consumer.requeue(row, attempt) is True
-    [(row2, attempt2, redelivered, _, _)] = consumer.claim(["celery"], 1)
+    [(row2, attempt2, redelivered, _, _, _)] = consumer.claim(["celery"], 1)
     assert (row2, redelivered) == (row, True)
     # max_redeliveries=1: the second requeue ends in dead_letter.
     assert consumer.requeue(row2, attempt2) is True
@@ -82,7 +83,7 @@ def test_a_lease_not_renewed_in_time_counts_as_expired(database_url: str) -> Non
     consumer = _native.Consumer(store, "pytest-consumer", lease_seconds=1.0)
     with celeriac.Client(database_url) as client:
         client.send_task("examples.add", (1, 2))
-    [(row, attempt, _, _, _)] = consumer.claim(["celery"], 1)
+    [(row, attempt, _, _, _, _)] = consumer.claim(["celery"], 1)
     assert consumer.expired(row, attempt) is False
     with psycopg.connect(database_url) as conn:
         dbname = conn.execute("select current_database()").fetchone()[0]  # type: ignore[index]

@@ -43,6 +43,7 @@ def revoke(
             control_exchange=control_exchange,
         )
 
+
 __all__ = [
     "CeleriacError",
     "Client",

@@ -226,6 +226,8 @@ def init(
             "results": _results_settings(app),
             **_routes_settings(app),
             "control_exchange": str(conf.control_exchange or "celery"),
+            "event_exchange": str(conf.event_exchange or "celeryev"),
+            "worker_send_task_events": bool(conf.worker_send_task_events),
             "conf": _conf_tables(app),
         },
     }
@@ -589,7 +591,8 @@ def run(
     if settled is not None:
         return settled
     if not result[0]:
-        return ACK, "SUCCESS", ""
+        # ``(0, saferepr(result), runtime)``: the repr goes to the worker for task events.
+        return ACK, "SUCCESS", result[1] if isinstance(result[1], str) else ""
     return _settle_failure(envelope, queue, redelivered, time_accepted, result)
 
 
@@ -680,7 +683,10 @@ def _settle_failure(
     if isinstance(exc, (SystemExit, KeyboardInterrupt)):
         raise exc
     req.on_success(result)
-    return recorder.decision, _state_of(exc, Reject, Ignore, Retry), ""
+    decision = recorder.decision
+    # On an ack, the exception and its traceback go to the worker for task events.
+    detail = f"{exc!r}\x1e{result[1].traceback or ''}" if decision == ACK else ""
+    return decision, _state_of(exc, Reject, Ignore, Retry), detail
 
 
 def _settle_error(
@@ -724,7 +730,7 @@ def _run_with_request(envelope: bytes, queue: str, redelivered: bool) -> tuple[s
     if not result[0]:
         req.on_accepted(st.pid, time_accepted)
         req.on_success(result)
-        return recorder.decision, "SUCCESS", ""
+        return recorder.decision, "SUCCESS", result[1] if isinstance(result[1], str) else ""
     return _settle_failure(envelope, queue, redelivered, time_accepted, result)
 
 

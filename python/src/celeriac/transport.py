@@ -326,7 +326,7 @@ class Channel(virtual.Channel):
             for queue in queues:
                 reader = self._broadcast_queues.get(queue)
                 if reader is not None:
-                    for raw in reader.read(self.store):
+                    for raw in self._read_broadcasts(reader):
                         self._claimed.append((raw, queue))
             queues = [q for q in queues if q not in self._broadcast_queues]
         if not self._claimed and queues:
@@ -385,7 +385,7 @@ class Channel(virtual.Channel):
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
         reader = self._broadcast_queues.get(queue)
         if reader is not None:
-            for raw in reader.read(self.store, limit=1):
+            for raw in self._read_broadcasts(reader, limit=1):
                 return raw
             raise Empty()
         consumer = self.consumer()
@@ -397,6 +397,17 @@ class Channel(virtual.Channel):
             raw = self._to_raw(consumer, row_id, attempt, redelivered, queue_name, payload, revoked)
             if raw is not None:
                 return raw
+
+    def _read_broadcasts(
+        self, reader: _BroadcastQueue, limit: int = BROADCAST_BATCH
+    ) -> list[dict[str, Any]]:
+        """A broadcast queue's new messages; none while the database cannot be reached (as
+        claims: a connection error would make kombu reset the connection and give back the
+        messages of the tasks still running)."""
+        try:
+            return reader.read(self.store, limit)
+        except _native.ConnectError:
+            return []
 
     def _to_raw(
         self,

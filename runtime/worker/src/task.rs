@@ -59,6 +59,9 @@ pub struct TaskControl {
     pid: std::sync::atomic::AtomicU32,
     /// Its task id was revoked before it started.
     revoked: std::sync::atomic::AtomicBool,
+    /// What the pool reported of the outcome: the result's repr, or the exception's repr and
+    /// traceback separated by `\x1e` (for the `task-*` events).
+    summary: std::sync::Mutex<Option<String>>,
 }
 
 impl TaskControl {
@@ -99,6 +102,17 @@ impl TaskControl {
     #[must_use]
     pub fn is_revoked(&self) -> bool {
         self.revoked.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Records what the pool reported of the outcome (see [`TaskControl::summary`]).
+    pub fn set_summary(&self, summary: String) {
+        *self.summary.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(summary);
+    }
+
+    /// What the pool reported of the outcome: the result's repr, or `exception repr\x1etraceback`.
+    #[must_use]
+    pub fn summary(&self) -> Option<String> {
+        self.summary.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Records the process that runs the task.

@@ -81,6 +81,13 @@ pub struct WorkerArgs {
     /// also reads); fleet-wide limits (celeriac rate-limit) still apply.
     #[arg(long)]
     pub disable_rate_limits: bool,
+    /// Send task events (Celery's -E; with -A, also the app's worker_send_task_events), for
+    /// `celery events` and Flower.
+    #[arg(short = 'E', long)]
+    pub task_events: bool,
+    /// Send no worker-online/heartbeat/offline events (Celery's --without-heartbeat).
+    #[arg(long)]
+    pub without_heartbeat: bool,
     /// Pool for the app's Python tasks (with -A): prefork (-c child processes), threads (one
     /// process, -c threads) or solo (one process, one task at a time).
     #[cfg(feature = "python")]
@@ -288,6 +295,11 @@ fn worker_config(args: &WorkerArgs) -> Result<WorkerConfig, CliError> {
         default_queue: defaults.default_queue.clone(),
         task_routes: defaults.task_routes.clone(),
         control: defaults.control.clone(),
+        events: crate::EventSettings {
+            task_events: args.task_events,
+            worker_events: !args.without_heartbeat,
+            ..defaults.events.clone()
+        },
     };
     config.validate()?;
     Ok(config)

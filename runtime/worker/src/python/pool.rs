@@ -823,6 +823,11 @@ impl Inner {
             return Outcome::NotStarted;
         };
         let (cause, detail) = match reply {
+            Reply::Done { decision: Decision::Ack, state, detail, .. } => {
+                // On an ack, the detail is the result's repr or the exception (for events).
+                request.control.set_summary(detail);
+                return outcome(Decision::Ack, state, String::new());
+            }
             Reply::Done { decision, state, detail, .. } => return outcome(decision, state, detail),
             Reply::Lost { .. } if request.control.termination().is_some() => {
                 (DeathCause::Terminated, request.control.termination().unwrap_or_default().to_string())

@@ -129,6 +129,12 @@ pub struct AppConfig {
     /// What `inspect conf` answers: the app's settings without and with Celery's defaults.
     #[serde(default)]
     pub conf: Vec<serde_json::Value>,
+    /// `event_exchange`: where events go.
+    #[serde(default)]
+    pub event_exchange: Option<String>,
+    /// `worker_send_task_events` (as `-E`).
+    #[serde(default)]
+    pub worker_send_task_events: bool,
 }
 
 /// One map router of `task_routes`: exact names and glob patterns, each to a queue name.
@@ -256,6 +262,10 @@ impl AppConfig {
         if let Some(namespace) = self.control_exchange.as_ref().filter(|n| !n.is_empty()) {
             config.control.namespace.clone_from(namespace);
         }
+        if let Some(exchange) = self.event_exchange.as_ref().filter(|n| !n.is_empty()) {
+            config.events.exchange.clone_from(exchange);
+        }
+        config.events.task_events |= self.worker_send_task_events;
         if let [own, all] = self.conf.as_slice() {
             let value = |v: &serde_json::Value| {
                 celeriac_protocol::json::from_slice(&serde_json::to_vec(v).unwrap_or_default()).unwrap_or_default()
@@ -336,6 +346,8 @@ mod tests {
             task_queues: std::collections::HashMap::from([("proj.b".to_owned(), "qb".to_owned())]),
             control_exchange: None,
             conf: Vec::new(),
+            event_exchange: None,
+            worker_send_task_events: false,
         }
     }
 

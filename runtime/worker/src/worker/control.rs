@@ -96,7 +96,8 @@ struct Tables {
 pub(super) struct Control {
     tables: Mutex<Tables>,
     started: chrono::DateTime<Utc>,
-    clock: std::sync::atomic::AtomicI64,
+    /// The worker's Lamport clock (Celery's `app.clock`): commands and events move it.
+    pub(super) clock: std::sync::atomic::AtomicI64,
     exchange: String,
 }
 
@@ -160,6 +161,15 @@ impl Control {
             t.started = Some(now);
             *tables.total.entry(t.name.clone()).or_default() += 1;
         }
+    }
+
+    /// Tasks running now, and tasks started since the worker started (a heartbeat's `active`
+    /// and `processed`).
+    pub(super) fn counts(&self) -> (i64, i64) {
+        let tables = self.lock();
+        let active = tables.held.values().filter(|t| t.started.is_some()).count();
+        let processed: u64 = tables.total.values().sum();
+        (i64::try_from(active).unwrap_or(i64::MAX), i64::try_from(processed).unwrap_or(i64::MAX))
     }
 
     /// Whether a revoke heard since the worker started (by id or by stamp) covers `message`.
@@ -400,8 +410,27 @@ async fn handle(shared: &Arc<Shared>, command: &ControlCommand) -> (Option<Value
             ))
         }
         "pool_grow" | "pool_shrink" => pool_resize(shared, command.method == "pool_grow", args),
-        "enable_events" | "disable_events" => nok("event dispatcher unavailable"),
-        "heartbeat" => return (None, After::Nothing),
+        "enable_events" => {
+            if shared.events.set_tasks(true) {
+                tracing::info!("Events of group {{task}} enabled by remote.");
+                ok("task events enabled")
+            } else {
+                ok("task events already enabled")
+            }
+        }
+        "disable_events" => {
+            if shared.events.set_tasks(false) {
+                tracing::info!("Events of group {{task}} disabled by remote.");
+                ok("task events disabled")
+            } else {
+                ok("task events already disabled")
+            }
+        }
+        "heartbeat" => {
+            tracing::debug!("Heartbeat requested by remote.");
+            super::events::EventService::heartbeat(shared);
+            return (None, After::Nothing);
+        }
         "shutdown" => {
             let msg = args.get("msg").and_then(Value::as_str).unwrap_or("Got shutdown from remote");
             tracing::warn!("{msg}");
@@ -414,8 +443,11 @@ async fn handle(shared: &Arc<Shared>, command: &ControlCommand) -> (Option<Value
 
 fn registered(shared: &Shared, args: &Map) -> Value {
     let builtins = matches!(args.get("builtins"), Some(Value::Bool(true)));
+    // Celery's `taskinfoitems or DEFAULT_TASK_INFO_ITEMS`: an empty list means the defaults.
     let wanted: Vec<String> = match args.get("taskinfoitems") {
-        Some(Value::List(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+        Some(Value::List(items)) if !items.is_empty() => {
+            items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+        }
         _ => vec!["exchange".into(), "routing_key".into(), "rate_limit".into()],
     };
     let mut names = shared.registry.names();

@@ -18,8 +18,9 @@ use super::{
     builtins, chords,
     claim::{SuspectPermit, Turn},
     effects::{effects, finish, state_updater, store_content_disallowed, store_final, store_now},
+    events,
     rate_limit::{Admission, Admitted},
-    settle::{self, Delivery, Level, Verdict},
+    settle::{self, Delivery, Level, TaskResult, Verdict},
     Shared,
 };
 use crate::{
@@ -140,6 +141,58 @@ pub(super) fn dead_letter_undecodable(shared: &Shared, claimed: &ClaimedMessage,
     }));
 }
 
+/// The `task-*` event of a delivery's outcome, with Celery's fields: from the result of a Rust
+/// handler, or from what the pool reported of a Python task's.
+fn outcome_event(
+    shared: &Shared,
+    id: &str,
+    verdict: &Verdict,
+    handled: Option<TaskState>,
+    control: &TaskControl,
+    runtime: f64,
+) {
+    let uuid = || ("uuid", Value::Str(id.to_owned()));
+    let failure = |summary: Option<String>| {
+        let summary = summary.unwrap_or_default();
+        let (exception, traceback) = summary.split_once('\x1e').unwrap_or((summary.as_str(), ""));
+        vec![uuid(), ("exception", exception.into()), ("traceback", traceback.into())]
+    };
+    let (kind, fields) = match (handled, &verdict.result, &verdict.event) {
+        (Some(TaskState::Success), _, _) => (
+            "task-succeeded",
+            vec![uuid(), ("result", control.summary().unwrap_or_default().into()), ("runtime", Value::Float(runtime))],
+        ),
+        (Some(TaskState::Failure), _, _) => ("task-failed", failure(control.summary())),
+        (Some(TaskState::Retry), _, _) => ("task-retried", failure(control.summary())),
+        (Some(TaskState::Revoked), _, _) => (
+            "task-revoked",
+            vec![
+                uuid(),
+                ("terminated", Value::Bool(control.termination().is_some())),
+                ("signum", control.termination().map_or(Value::Null, |s| Value::Str(format!("-{s}")))),
+                ("expired", Value::Bool(false)),
+            ],
+        ),
+        (Some(_), _, _) => return,
+        (None, Some(TaskResult::Success(value)), _) => {
+            ("task-succeeded", vec![uuid(), ("result", pyrepr::repr(value).into()), ("runtime", Value::Float(runtime))])
+        }
+        (None, Some(TaskResult::Failure { exc_type, message, traceback }), _) => {
+            let exception = format!("{exc_type}({})", pyrepr::repr(&Value::Str(message.clone())));
+            ("task-failed", failure(Some(format!("{exception}\x1e{}", traceback.as_deref().unwrap_or("")))))
+        }
+        (None, Some(TaskResult::Retry { reason }), _) => {
+            ("task-retried", failure(Some(format!("Retry({})", pyrepr::repr(&Value::Str(reason.clone()))))))
+        }
+        (None, None, settle::Event::Rejected { .. } | settle::Event::RequeueExhausted { .. }) => {
+            ("task-rejected", vec![uuid(), ("requeue", Value::Bool(false))])
+        }
+        (None, None, settle::Event::Requeued { .. }) => ("task-rejected", vec![uuid(), ("requeue", Value::Bool(true))]),
+        _ => return,
+    };
+    shared.events.send(&shared.control.clock, kind, fields);
+}
+
 /// Settles a message that must not run (expired, revoked, terminated): REVOKED with
 /// `TaskRevokedError(reason)` is stored, and, as Celery's `mark_as_revoked` does, a chord header
 /// task's part is counted.
@@ -151,6 +204,18 @@ async fn discard_revoked(
     body_decoded: bool,
     reason: &str,
 ) {
+    if shared.events.tasks() {
+        shared.events.send(
+            &shared.control.clock,
+            "task-revoked",
+            vec![
+                ("uuid", message.headers.id.as_str().into()),
+                ("terminated", Value::Bool(reason == "terminated")),
+                ("signum", Value::Null),
+                ("expired", Value::Bool(reason == "expired")),
+            ],
+        );
+    }
     let state =
         State::Exception { state: TaskState::Revoked, exception: Exception::new("TaskRevokedError", reason, None) };
     let counted =
@@ -248,6 +313,9 @@ async fn execute_inner(
         payload.clone(),
         task_control.clone(),
     );
+    if shared.events.tasks() {
+        shared.events.send(&shared.control.clock, "task-received", events::task::received(&message));
+    }
     let task = message.headers.task.as_str();
     let admission = shared.rate_limits.admit(task, from_parked, Instant::now());
     // Counted as admitted-not-started until it has its run slot (or gives up).
@@ -331,6 +399,10 @@ async fn execute_inner(
         }
     }
     shared.control.started(lease.id);
+    if shared.events.tasks() {
+        let pid = Value::Int(i64::from(std::process::id()));
+        shared.events.send(&shared.control.clock, "task-started", vec![("uuid", id.as_str().into()), ("pid", pid)]);
+    }
     // A handler that decodes the body itself (embedded Python, which reads the stored envelope
     // as Celery would) gets the headers only.
     let mut message = message;
@@ -397,7 +469,14 @@ async fn execute_inner(
         runtime: started.elapsed().as_secs_f64(),
         now: Utc::now(),
     };
+    let handled = match &outcome {
+        Outcome::Handled { state } => Some(*state),
+        _ => None,
+    };
     let mut verdict = settle::verdict(outcome, &delivery);
+    if shared.events.tasks() {
+        outcome_event(shared, &id, &verdict, handled, &task_control, delivery.runtime);
+    }
     if let Some(eta) = verdict.retry_eta() {
         verdict.settlement = Settlement::Retry { lease, payload: message.to_retry(eta).payload, eta };
     }

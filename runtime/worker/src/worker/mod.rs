@@ -31,6 +31,7 @@ mod chords;
 mod claim;
 mod control;
 mod effects;
+mod events;
 mod execute;
 mod rate_limit;
 mod settle;
@@ -52,6 +53,7 @@ use uuid::Uuid;
 use crate::{maintenance::RescuerConfig, registry::Registry, Error};
 use claim::{claim_loop, ClaimState};
 pub use control::ControlSettings;
+pub use events::EventSettings;
 pub use stats::{WorkerReport, WorkerStats};
 
 /// Worker settings. Every field has a default (see [`WorkerConfig::default`]).
@@ -104,6 +106,8 @@ pub struct WorkerConfig {
     /// Remote control (`celery inspect|control`): the control exchange and what the worker
     /// reports about its app and pool. Default: [`ControlSettings::new`].
     pub control: ControlSettings,
+    /// Celery's events (`-E`): default worker events only.
+    pub events: EventSettings,
 }
 
 impl Default for WorkerConfig {
@@ -128,6 +132,7 @@ impl Default for WorkerConfig {
             default_queue: celeriac_protocol::DEFAULT_QUEUE.to_owned(),
             task_routes: crate::TaskRoutes::default(),
             control: ControlSettings::new(),
+            events: EventSettings::default(),
         }
     }
 }
@@ -201,6 +206,8 @@ pub(super) struct Shared {
     results: Option<Arc<crate::results::Results>>,
     /// Remote control: the deliveries held, the revocations heard (control.rs).
     control: control::Control,
+    /// Celery's events (events.rs).
+    events: events::Events,
 }
 
 /// A worker process's runtime. See the module docs.
@@ -327,6 +334,7 @@ impl Worker {
             rate_limits: rate_limit::RateLimits::new(&self.registry, config.disable_rate_limits),
             results,
             control: control::Control::new(&config.control.namespace),
+            events: events::Events::new(&config.events, config.hostname.as_str().into()),
         });
 
         // The worker's own background services (the lease session runs its heartbeat,
@@ -342,6 +350,7 @@ impl Worker {
         }
 
         services.start(control::ControlService { shared: shared.clone(), shutdown_worker: shutdown.clone() });
+        services.start(events::EventService { shared: shared.clone() });
 
         // The scheduler (-B) stops first at shutdown: nothing fires once the worker is stopping.
         let mut scheduler = Supervisor::default();

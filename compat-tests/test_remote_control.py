@@ -1,0 +1,205 @@
+"""Celery's remote control and durable revoke over PostgreSQL: ``celery inspect``/``celery
+control`` (the real Celery 5.7 CLI) against a mixed fleet of two ``celeriac worker -A proj`` and
+one Python Celery worker on the celeriac transport; ``app.control.revoke``, ``celeriac revoke``
+and ``terminate=True`` against real workers, with the states Celery's ``AsyncResult`` reads."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celeriac_testkit import LoggedProcess, stop_all, wait_for
+from tools.sample_proj import RESULT_TIMEOUT, SAMPLE_PROJ, Proj, ProjWorker
+
+
+class PythonWorker(LoggedProcess):
+    KIND = "celery worker"
+
+
+@pytest.fixture
+def python_worker(proj: Proj, tmp_path: Path) -> Iterator[Callable[[], PythonWorker]]:
+    """Factory: a Python Celery worker of the sample project on the celeriac transport."""
+    workers: list[PythonWorker] = []
+
+    def start() -> PythonWorker:
+        argv = [sys.executable, "-m", "celery", "-A", "proj", "worker", "-P", "prefork", "-c", "2"]
+        argv += ["-n", f"py{len(workers) + 1}@%h", "-l", "info"]
+        worker = PythonWorker(argv, tmp_path / "py-worker.log", cwd=SAMPLE_PROJ, env=_env(proj))
+        workers.append(worker)
+        worker.wait_for(lambda: "ready." in worker.log(), 60, "the Celery worker to start")
+        return worker
+
+    yield start
+    for w in workers:
+        w.proc.terminate()
+    stop_all(workers)
+
+
+def _env(proj: Proj) -> dict[str, str]:
+    return {**proj.env, "PROJ_BROKER_URL": f"celeriac+{proj.database_url}", "PYTHONPATH": str(SAMPLE_PROJ)}
+
+
+def celery_cli(proj: Proj, *args: str) -> subprocess.CompletedProcess[str]:
+    """``celery -A proj ARGS`` in the sample project, on this test's database."""
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "proj", *args],
+        cwd=SAMPLE_PROJ,
+        env=_env(proj),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def replies(proj: Proj, kind: str, command: str, *args: str) -> dict[str, Any]:
+    """The replies to ``celery inspect|control COMMAND ARGS --json``, by node name."""
+    done = celery_cli(proj, kind, command, *args, "--json", "--timeout", "3")
+    assert done.returncode == 0, (command, done.stdout, done.stderr)
+    parsed = json.loads(done.stdout.strip().splitlines()[-1])
+    if isinstance(parsed, list):  # `control` prints a list of one-node dicts
+        merged: dict[str, Any] = {}
+        for one in parsed:
+            merged.update(one)
+        return merged
+    assert isinstance(parsed, dict), parsed
+    return parsed
+
+
+@pytest.fixture
+def fleet(proj_worker: Callable[..., ProjWorker], python_worker: Callable[[], PythonWorker]) -> list[str]:
+    """Two celeriac workers and one Python Celery worker; their node names."""
+    host = os.uname().nodename
+    proj_worker()
+    proj_worker()
+    python_worker()
+    return [f"proj1@{host}", f"proj2@{host}", f"py1@{host}"]
+
+
+def test_inspect_and_control_reach_every_worker_of_a_mixed_fleet(proj: Proj, fleet: list[str]) -> None:
+    # The CLI's own rendering, as on RabbitMQ.
+    ping = celery_cli(proj, "inspect", "ping", "--timeout", "3")
+    assert ping.returncode == 0, ping.stderr
+    for node in fleet:
+        assert f"->  {node}: OK\n        pong" in ping.stdout, ping.stdout
+    assert "3 nodes online." in ping.stdout
+
+    running = proj.send("sleep", 300)
+    wait_for(
+        lambda: any(t["id"] == running.id for ts in replies(proj, "inspect", "active").values() for t in ts),
+        RESULT_TIMEOUT,
+        "the sleeping task to show in inspect active",
+    )
+    active = replies(proj, "inspect", "active")
+    assert sorted(active) == sorted(fleet)
+    [(holder, task)] = [(n, t) for n, ts in active.items() for t in ts if t["id"] == running.id]
+    assert task["name"] == "proj.tasks.sleep"
+    assert task["args"] == [300]
+    assert task["acknowledged"] is True
+    assert isinstance(task["worker_pid"], int)
+    assert task["delivery_info"]["routing_key"] == "celery"
+
+    query = replies(proj, "inspect", "query_task", running.id)
+    assert sorted(query) == sorted(fleet)
+    assert query[holder][running.id][0] == "active"
+    assert all(query[n] == {} for n in fleet if n != holder)
+
+    for command in ("reserved", "scheduled", "revoked"):
+        got = replies(proj, "inspect", command)
+        assert sorted(got) == sorted(fleet), command
+        assert all(isinstance(v, list) for v in got.values()), (command, got)
+    registered = replies(proj, "inspect", "registered")
+    assert sorted(registered) == sorted(fleet)
+    for node in fleet:
+        assert "proj.tasks.add" in registered[node]
+        assert "proj.tasks.limited [rate_limit=2/s]" in registered[node], (node, registered[node])
+    stats = replies(proj, "inspect", "stats")
+    assert sorted(stats) == sorted(fleet)
+    for node in fleet:
+        assert stats[node]["pool"]["max-concurrency"] == 2, stats[node]
+        assert len(stats[node]["pool"]["processes"]) == 2, stats[node]
+        assert {"total", "pid", "clock", "uptime", "rusage", "broker", "prefetch_count"} <= set(stats[node])
+    queues = replies(proj, "inspect", "active_queues")
+    assert {n: [q["name"] for q in qs] for n, qs in queues.items()} == {n: ["celery"] for n in fleet}
+    conf = replies(proj, "inspect", "conf")
+    assert sorted(conf) == sorted(fleet)
+    assert all(conf[n]["task_default_queue"] == "celery" for n in fleet), conf
+
+    ok = {"ok": "new rate limit set successfully"}
+    assert replies(proj, "control", "rate_limit", "proj.tasks.add", "100/m") == {n: ok for n in fleet}
+    ok = {"ok": "time limits set successfully"}
+    assert replies(proj, "control", "time_limit", "proj.tasks.add", "30", "60") == {n: ok for n in fleet}
+    unknown = replies(proj, "control", "rate_limit", "proj.tasks.nope", "1/s")
+    assert unknown == {n: {"error": "unknown task"} for n in fleet}
+
+    # terminate reaches the worker running it, and the others say they do not know it.
+    done = replies(proj, "control", "terminate", "SIGKILL", running.id)
+    assert done[holder] == {"ok": f"terminate: {running.id}"}
+    assert all(done[n] == {"ok": "terminate: tasks unknown"} for n in fleet if n != holder)
+    assert proj.get(running) is not None
+    assert running.state == "REVOKED"
+    assert "terminated" in str(running.result)
+
+
+def test_revoked_tasks_never_start_queued_ahead_or_before_any_worker_runs(
+    proj: Proj, celeriac_bin: Path, proj_worker: Callable[..., ProjWorker]
+) -> None:
+    # Revoked while no worker runs at all: with the CLI and with Celery's own API.
+    by_cli = proj.send("add", 1, 2)
+    by_app = proj.send("add", 3, 4)
+    ahead = proj.send("add", 5, 6, countdown=86_400)
+    cli = subprocess.run(
+        [str(celeriac_bin), "revoke", by_cli.id, "--database-url", proj.database_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert cli.returncode == 0, cli.stderr
+    proj.app.control.revoke([by_app.id, ahead.id])
+    expires = dict(
+        proj.query("select task_id, expires_at > now() + interval '1 day' from celeriac.revoked order by task_id")
+    )
+    assert expires == {by_cli.id: False, by_app.id: False, ahead.id: True}, "outlives the ETA"
+    kept = proj.send("add", 7, 8)
+
+    proj_worker()
+    assert proj.get(kept) == 15
+    for revoked in (by_cli, by_app):
+        proj.get(revoked)
+        assert revoked.state == "REVOKED", revoked.id
+    # When the ETA task's time comes (moved forward here), it is discarded, not run.
+    assert proj.query("select 1 from celeriac.message where task_id = %s", ahead.id)
+    proj.query("update celeriac.message set eta = now() where task_id = %s returning id", ahead.id)
+    wait_for(
+        lambda: not proj.query("select 1 from celeriac.message where task_id = %s", ahead.id),
+        RESULT_TIMEOUT,
+        "the revoked ETA task's message to be discarded",
+    )
+    assert ahead.state == "REVOKED"
+    assert proj.dead_letters() == []
+
+
+def test_revoke_holds_across_a_worker_restart(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
+    first = proj_worker()
+    assert proj.get(proj.send("add", 1, 1)) == 2
+    # A running worker that hears a revoke stores REVOKED at once for a task with no result yet
+    # (as Celery 5.7 does), so a client does not wait for an ETA a day ahead.
+    ahead = proj.send("add", 9, 9, countdown=86_400)
+    proj.app.control.revoke(ahead.id)
+    wait_for(lambda: ahead.state == "REVOKED", RESULT_TIMEOUT, "the ETA task's REVOKED state")
+    first.proc.terminate()
+    first.proc.wait(timeout=30)
+    pending = proj.send("add", 2, 2)
+    proj.app.control.revoke(pending.id)  # nobody listens now
+    proj_worker()
+    proj.get(pending)
+    assert pending.state == "REVOKED"
+    assert proj.get(proj.send("add", 3, 3)) == 6
