@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -203,3 +205,115 @@ def test_revoke_holds_across_a_worker_restart(proj: Proj, proj_worker: Callable[
     proj.get(pending)
     assert pending.state == "REVOKED"
     assert proj.get(proj.send("add", 3, 3)) == 6
+
+
+class Monitor(LoggedProcess):
+    KIND = "monitor"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_celery_events_dump_sees_one_task_in_order(
+    proj: Proj, proj_worker: Callable[..., ProjWorker], tmp_path: Path
+) -> None:
+    argv = [sys.executable, "-m", "celery", "-A", "proj", "events", "--dump"]
+    dump = Monitor(argv, tmp_path / "events.log", cwd=SAMPLE_PROJ, env=_env(proj))
+    try:
+        proj_worker(extra_args=["-E"])
+        dump.wait_for(lambda: "heartbeat" in dump.log(), RESULT_TIMEOUT, "a worker heartbeat")
+        result = proj.send("add", 20, 22)
+        assert proj.get(result) == 42
+        dump.wait_for(lambda: f"task succeeded: proj.tasks.add({result.id})" in dump.log(), 30, "the task's events")
+        lines = [line for line in dump.log().splitlines() if result.id in line]
+        kinds = [line.split("] ", 1)[1].split(":", 1)[0] for line in lines]
+        assert kinds == ["task received", "task started", "task succeeded"], lines
+        assert "result=42" in lines[-1]
+        assert "runtime=" in lines[-1]
+    finally:
+        dump.kill()
+
+
+def test_flower_shows_and_controls_celeriac_workers(
+    proj: Proj, proj_worker: Callable[..., ProjWorker], tmp_path: Path
+) -> None:
+    host = os.uname().nodename
+    port = _free_port()
+    argv = [sys.executable, "-m", "celery", "-A", "proj", "flower", f"--port={port}", "--address=127.0.0.1"]
+    flower = Monitor(
+        argv, tmp_path / "flower.log", cwd=SAMPLE_PROJ, env={**_env(proj), "FLOWER_UNAUTHENTICATED_API": "1"}
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path: str) -> Any:
+        with urllib.request.urlopen(base + path, timeout=10) as response:
+            return json.loads(response.read())
+
+    try:
+        flower.wait_for(lambda: "Visit me at" in flower.log(), 60, "Flower to listen")
+        proj_worker(extra_args=["-E"])
+        node = f"proj1@{host}"
+        done = proj.send("add", 1, 41)
+        assert proj.get(done) == 42
+        tasks = wait_for(
+            lambda: (t := get("/api/tasks")).get(done.id, {}).get("state") == "SUCCESS" and t,
+            RESULT_TIMEOUT,
+            "Flower to see the task succeed",
+        )
+        seen = tasks[done.id]
+        assert (seen["name"], seen["worker"], seen["result"]) == ("proj.tasks.add", node, "42")
+        assert seen["runtime"] > 0
+        workers = wait_for(
+            lambda: node in (w := get("/api/workers?refresh=1")) and w, RESULT_TIMEOUT, "Flower's worker list"
+        )
+        assert "proj.tasks.add" in workers[node]["registered"]
+
+        # Flower's revoke button: terminate a running task.
+        running = proj.send("sleep", 300)
+        wait_for(
+            lambda: get("/api/tasks").get(running.id, {}).get("state") == "STARTED",
+            RESULT_TIMEOUT,
+            "the long task to start",
+        )
+        request = urllib.request.Request(f"{base}/api/task/revoke/{running.id}?terminate=true", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.loads(response.read()) == {"message": f"Revoked '{running.id}'"}
+        proj.get(running)
+        assert running.state == "REVOKED"
+
+        # One page as a browser renders it (kept with the test's files, not committed).
+        shot = tmp_path / "flower-task.png"
+        chromium = subprocess.run(
+            [
+                "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--virtual-time-budget=5000",
+                "--window-size=1400,900",
+                f"--screenshot={shot}",
+                f"{base}/task/{done.id}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert chromium.returncode == 0, chromium.stderr
+        assert shot.stat().st_size > 10_000
+        dom = subprocess.run(
+            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", f"{base}/task/{done.id}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        ).stdout
+        assert node in dom
+        assert "SUCCESS" in dom
+        print(f"Flower screenshot: {shot}")
+    finally:
+        flower.kill()

@@ -19,13 +19,40 @@ pub fn die_with_parent(expected_parent: Option<u32>) -> io::Result<bool> {
     Ok(expected_parent.is_none_or(|p| i64::from(parent) == i64::from(p)))
 }
 
-/// Makes SIGINT and SIGTERM ignored: a pool child is stopped by its parent, not by the terminal
-/// or a service manager signalling the whole group.
-pub fn ignore_stop_signals() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: installing SIG_IGN for a valid signal number has no memory effects.
-        unsafe { libc::signal(sig, libc::SIG_IGN) };
+/// Whether the next SIGINT or SIGTERM is the worker's (a revoke with `terminate=True`), not the
+/// terminal's or a service manager's.
+static STOP_SIGNAL_ARMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The signal that arms the stop signals (see [`ignore_stop_signals`]).
+pub const ARM_STOP_SIGNALS: i32 = libc::SIGUSR2;
+
+extern "C" fn on_stop_signal(sig: libc::c_int) {
+    if STOP_SIGNAL_ARMED.load(std::sync::atomic::Ordering::SeqCst) {
+        // SAFETY: signal and raise are async-signal-safe; the default action ends the process
+        // with `sig`, as billiard's `terminate_job` would.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            libc::raise(sig);
+        }
     }
+}
+
+extern "C" fn on_arm_signal(_: libc::c_int) {
+    STOP_SIGNAL_ARMED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Makes SIGINT and SIGTERM ignored, unless armed: a pool child is stopped by its parent, not
+/// by the terminal or a service manager signalling the whole group. The worker arms them with
+/// [`ARM_STOP_SIGNALS`] just before it terminates a task with one of them.
+pub fn ignore_stop_signals() {
+    let stop = on_stop_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    let arm = on_arm_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only touches an atomic and calls async-signal-safe functions.
+        unsafe { libc::signal(sig, stop) };
+    }
+    // SAFETY: as above.
+    unsafe { libc::signal(ARM_STOP_SIGNALS, arm) };
 }
 
 /// Points file descriptor 0 at `/dev/null` (after the channel to the parent was taken off it).

@@ -200,7 +200,20 @@ pub fn envelope(exchange: &str, routing_key: &str, body: &Value, headers: Map, d
 /// The envelope of a control command as `Mailbox._publish` sends it (no reply requested).
 #[must_use]
 pub fn command_envelope(exchange: &str, method: &str, arguments: Map, destination: Option<&[String]>) -> Vec<u8> {
-    let mut body = Map::with_capacity(5);
+    call_envelope(exchange, method, arguments, destination, None)
+}
+
+/// The envelope of a control command that asks for replies on `reply` (exchange, routing key,
+/// ticket), as `Mailbox._broadcast(reply=True)` sends it.
+#[must_use]
+pub fn call_envelope(
+    exchange: &str,
+    method: &str,
+    arguments: Map,
+    destination: Option<&[String]>,
+    reply: Option<(&str, &str, &str)>,
+) -> Vec<u8> {
+    let mut body = Map::with_capacity(7);
     body.insert("method".into(), method.into());
     body.insert("arguments".into(), Value::Map(arguments));
     body.insert(
@@ -209,6 +222,13 @@ pub fn command_envelope(exchange: &str, method: &str, arguments: Map, destinatio
     );
     body.insert("pattern".into(), Value::Null);
     body.insert("matcher".into(), Value::Null);
+    if let Some((exchange, routing_key, ticket)) = reply {
+        body.insert("ticket".into(), ticket.into());
+        let mut reply_to = Map::with_capacity(2);
+        reply_to.insert("exchange".into(), exchange.into());
+        reply_to.insert("routing_key".into(), routing_key.into());
+        body.insert("reply_to".into(), Value::Map(reply_to));
+    }
     let mut headers = Map::with_capacity(2);
     headers.insert("clock".into(), Value::Int(1));
     headers.insert("expires".into(), Value::Int(0));

@@ -185,6 +185,31 @@ impl Store {
             .collect())
     }
 
+    /// How many messages of `exchange` come after position `after`.
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn broadcast_count(&self, exchange: &str, after: i64) -> Result<i64> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .row(
+                self.pooler,
+                "select count(*) from celeriac.broadcast where exchange = $1 and id > $2",
+                &[(&exchange, Type::TEXT), (&after, Type::INT8)],
+            )
+            .await?
+            .get(0))
+    }
+
+    /// Deletes every revocation (a benchmark's or a test's reset).
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn revoked_clear(&self) -> Result<u64> {
+        let client = self.pool.get().await?;
+        client.touch(self.pooler, "delete from celeriac.revoked", &[]).await
+    }
+
     /// The position of the newest message: a new reader starts after it.
     ///
     /// # Errors

@@ -13,6 +13,7 @@
 //! `--rate-limits` measures rate limits instead ([`rate_limits`]), `--schedules N` the
 //! scheduler ([`schedules`]).
 
+mod control;
 mod rate_limits;
 mod results;
 mod schedules;
@@ -61,6 +62,10 @@ pub struct BenchArgs {
     /// against none, side by side for --rounds rounds (--tasks per drain, each --concurrency).
     #[arg(long)]
     pub results: bool,
+    /// Instead: the drain rate with task events on and with 100,000 live revocations against
+    /// neither, side by side for --rounds rounds, then the ping round trip of remote control.
+    #[arg(long)]
+    pub control: bool,
     /// Rate-limited messages waiting while unlimited ones drain (--rate-limits).
     #[arg(long, default_value_t = 100_000)]
     pub limited_backlog: usize,
@@ -156,6 +161,9 @@ pub async fn run(url: &str, args: &BenchArgs) -> Result<(), BenchError> {
     }
     if args.results {
         return results::run(&store, url, args).await;
+    }
+    if args.control {
+        return control::run(&store, args).await;
     }
     let purged = store.message_purge(&args.queue).await?;
     println!(

@@ -734,9 +734,20 @@ impl Inner {
                     return reply.unwrap_or(Reply::Lost { detail: "the reply was lost".into(), killed_for_timeout: false });
                 }
                 signal = async { control.expect("guarded").terminated().await }, if control.is_some() && !terminated => {
+                    terminated = true;
+                    if self.config.kind == PoolKind::Threads {
+                        // Its child runs other tasks on other threads (Celery's threads pool
+                        // cannot terminate a task either).
+                        tracing::warn!("{what}: terminate is not supported by the threads pool; the task keeps running");
+                        continue;
+                    }
                     // billiard's `terminate_job`: the signal goes to the child; it dies with the
                     // task and is replaced, and the post-mortem stores REVOKED ('terminated').
-                    terminated = true;
+                    // The child ignores SIGINT and SIGTERM unless armed first.
+                    if matches!(signal, libc::SIGINT | libc::SIGTERM) {
+                        let _ = sys::signal_process(child.pid, sys::ARM_STOP_SIGNALS);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                     if let Err(e) = sys::signal_process(child.pid, signal) {
                         tracing::debug!(error = %e, pid = child.pid, "pool: terminate signal not delivered");
                     }
