@@ -141,6 +141,19 @@ def test_inspect_and_control_reach_every_worker_of_a_mixed_fleet(proj: Proj, fle
     unknown = replies(proj, "control", "rate_limit", "proj.tasks.nope", "1/s")
     assert unknown == {n: {"error": "unknown task"} for n in fleet}
 
+    # Consumers: every worker starts and stops consuming a queue.
+    assert replies(proj, "control", "add_consumer", "extra") == {n: {"ok": "add consumer extra"} for n in fleet}
+    queues = replies(proj, "inspect", "active_queues")
+    assert {n: sorted(q["name"] for q in qs) for n, qs in queues.items()} == {n: ["celery", "extra"] for n in fleet}
+    assert proj.get(proj.app.send_task("proj.tasks.add", args=(2, 3), queue="extra")) == 5
+    cancelled = replies(proj, "control", "cancel_consumer", "extra")
+    assert cancelled == {n: {"ok": "no longer consuming from extra"} for n in fleet}
+    queues = replies(proj, "inspect", "active_queues")
+    assert {n: [q["name"] for q in qs] for n, qs in queues.items()} == {n: ["celery"] for n in fleet}
+
+    for command, reply in (("enable_events", "task events enabled"), ("disable_events", "task events disabled")):
+        assert replies(proj, "control", command) == {n: {"ok": reply} for n in fleet}, command
+
     # terminate reaches the worker running it, and the others say they do not know it.
     done = replies(proj, "control", "terminate", "SIGKILL", running.id)
     assert done[holder] == {"ok": f"terminate: {running.id}"}
@@ -317,3 +330,13 @@ def test_flower_shows_and_controls_celeriac_workers(
         print(f"Flower screenshot: {shot}")
     finally:
         flower.kill()
+
+
+def test_shutdown_command_stops_a_celeriac_worker_warmly(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
+    worker = proj_worker()
+    assert proj.get(proj.send("add", 1, 2)) == 3
+    done = celery_cli(proj, "control", "shutdown", "--timeout", "3")
+    # As on RabbitMQ: a worker does not reply to shutdown, so the CLI says nobody did.
+    assert "No nodes replied" in done.stderr, (done.returncode, done.stdout, done.stderr)
+    assert worker.proc.wait(timeout=60) == 0
+    assert "Got shutdown from remote" in worker.log()

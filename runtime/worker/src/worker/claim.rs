@@ -25,6 +25,9 @@ pub(super) struct ClaimState {
     since_full: u32,
     last_full: Instant,
     force_full: bool,
+    /// Bumped when the queues change (`add_consumer`, `cancel_consumer`): a claim issued before
+    /// does not move the new cursors.
+    generation: u64,
 }
 
 /// Cursor claims between two full claims, at most.
@@ -34,7 +37,19 @@ const FULL_CLAIM_INTERVAL: Duration = Duration::from_millis(100);
 
 impl ClaimState {
     pub(super) fn new(queues: usize) -> Self {
-        ClaimState { cursors: vec![None; queues], since_full: 0, last_full: Instant::now(), force_full: true }
+        ClaimState {
+            cursors: vec![None; queues],
+            since_full: 0,
+            last_full: Instant::now(),
+            force_full: true,
+            generation: 0,
+        }
+    }
+
+    /// Starts over for a new list of `queues` queues.
+    pub(super) fn reset(&mut self, queues: usize) {
+        let generation = self.generation + 1;
+        *self = ClaimState { generation, ..ClaimState::new(queues) };
     }
 
     /// The cursors for the next claim, or `None` for a full claim.
@@ -211,14 +226,18 @@ async fn claim_batch(
     let (claim_done, after_this_claim) = oneshot::channel::<()>();
     let mut previous =
         shared.last_turn.lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace(after_this_claim);
-    let cursors = shared.claim_state.lock().map(|mut s| s.next()).unwrap_or(None);
+    // The queues and their cursors, read together (the queues change under this lock).
+    let (queues, cursors, generation) = match shared.claim_state.lock() {
+        Ok(mut s) => (shared.queues(), s.next(), s.generation),
+        Err(_) => (shared.queues(), None, u64::MAX),
+    };
     // Suspects are looked for by full claims only (every 100 ms at most under load): cursor
     // claims, the bulk of a busy queue's claims, skip that part of the statement.
     let mut suspect = if cursors.is_none() { shared.suspect_slot.clone().try_acquire_owned().ok() } else { None };
     let park = shared.rate_limits.parking();
     let params = ClaimParams {
         worker_id: shared.worker_id,
-        queues: &shared.config.queues,
+        queues: &queues,
         limit: i64::try_from(want).unwrap_or(i64::MAX),
         lease_seconds: shared.config.lease.as_secs_f64(),
         after: cursors.as_deref(),
@@ -241,8 +260,10 @@ async fn claim_batch(
     };
     let got = claimed.len();
     let full_claim = cursors.is_none();
-    if let Ok(mut state) = shared.claim_state.lock() {
-        state.advance(&shared.config.queues, &claimed);
+    if let Ok(mut state) =
+        shared.claim_state.lock().map_err(drop).and_then(|s| if s.generation == generation { Ok(s) } else { Err(()) })
+    {
+        state.advance(&queues, &claimed);
         // A short cursor claim only means this priority ran dry after the cursor: look at
         // the whole queue next time.
         if got < want && !full_claim {

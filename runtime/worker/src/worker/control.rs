@@ -373,7 +373,7 @@ async fn handle(shared: &Arc<Shared>, command: &ControlCommand) -> (Option<Value
         },
         "registered" | "dump_tasks" => registered(shared, args),
         "stats" => stats(shared),
-        "active_queues" => Value::List(shared.config.queues.iter().map(|q| queue_info(q)).collect()),
+        "active_queues" => Value::List(shared.queues().iter().map(|q| queue_info(q)).collect()),
         "conf" | "dump_conf" => {
             let with_defaults = matches!(args.get("with_defaults"), Some(Value::Bool(true)));
             match &shared.config.control.app_conf {
@@ -401,13 +401,25 @@ async fn handle(shared: &Arc<Shared>, command: &ControlCommand) -> (Option<Value
         "rate_limit" => rate_limit(shared, args).await,
         "time_limit" => time_limit(shared, args),
         "add_consumer" | "cancel_consumer" => {
-            // The queues a celeriac worker consumes are fixed when it starts (its cursors and
-            // its worker row follow them).
-            let queue = args.get("queue").and_then(Value::as_str).unwrap_or_default();
-            nok(format!(
-                "{} {queue}: celeriac workers consume the queues they were started with (-Q); restart the worker with the new list",
-                command.method
-            ))
+            let Some(queue) = args.get("queue").and_then(Value::as_str).filter(|q| !q.is_empty()) else {
+                return (Some(nok("no queue given")), After::Nothing);
+            };
+            let mut queues = shared.queues().as_ref().clone();
+            if command.method == "add_consumer" {
+                if !queues.iter().any(|q| q == queue) {
+                    queues.push(queue.to_owned());
+                    tracing::info!("Started consuming from {queue}");
+                    shared.set_queues(queues);
+                }
+                ok(format!("add consumer {queue}"))
+            } else {
+                if queues.iter().any(|q| q == queue) {
+                    queues.retain(|q| q != queue);
+                    tracing::info!("Stopped consuming from {queue}");
+                    shared.set_queues(queues);
+                }
+                ok(format!("no longer consuming from {queue}"))
+            }
         }
         "pool_grow" | "pool_shrink" => pool_resize(shared, command.method == "pool_grow", args),
         "enable_events" => {

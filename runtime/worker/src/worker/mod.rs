@@ -208,6 +208,25 @@ pub(super) struct Shared {
     control: control::Control,
     /// Celery's events (events.rs).
     events: events::Events,
+    /// The queues consumed now (`add_consumer` and `cancel_consumer` change them; changed
+    /// under the `claim_state` lock, with the cursors).
+    queues: std::sync::RwLock<Arc<Vec<String>>>,
+}
+
+impl Shared {
+    /// The queues consumed now.
+    fn queues(&self) -> Arc<Vec<String>> {
+        self.queues.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Consumes `queues` from now on.
+    fn set_queues(&self, queues: Vec<String>) {
+        let mut state = self.claim_state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.reset(queues.len());
+        *self.queues.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(queues);
+        drop(state);
+        self.wake.notify_one();
+    }
 }
 
 /// A worker process's runtime. See the module docs.
@@ -335,16 +354,17 @@ impl Worker {
             results,
             control: control::Control::new(&config.control.namespace),
             events: events::Events::new(&config.events, config.hostname.as_str().into()),
+            queues: std::sync::RwLock::new(Arc::new(config.queues.clone())),
         });
 
         // The worker's own background services (the lease session runs its heartbeat,
         // completer and rescuer): one `services.start(…)` line each, stopped in reverse order.
         let mut services = Supervisor::default();
         if config.listen {
-            let (wake, queues) = (wake.clone(), config.queues.clone());
+            let shared = shared.clone();
             services.start(self.store.listener().service(move |w| {
-                if w.concerns(&queues) {
-                    wake.notify_one();
+                if w.concerns(&shared.queues()) {
+                    shared.wake.notify_one();
                 }
             }));
         }

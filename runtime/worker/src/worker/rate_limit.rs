@@ -553,7 +553,7 @@ async fn parked_claimer(shared: Arc<Shared>, tracker: TaskTracker, task: String)
             if limits.parked(&task) {
                 continue;
             }
-            match shared.store.message_parked_exists(&task, &shared.config.queues).await {
+            match shared.store.message_parked_exists(&task, &shared.queues()).await {
                 Ok(true) => limits.set_parked(&task, true),
                 Ok(false) => {}
                 Err(e) => {
@@ -596,9 +596,10 @@ async fn parked_claimer(shared: Arc<Shared>, tracker: TaskTracker, task: String)
             }
         }
         let suspect = shared.suspect_slot.clone().try_acquire_owned().ok();
+        let queues = shared.queues();
         let params = ClaimParams {
             worker_id: shared.worker_id,
-            queues: &shared.config.queues,
+            queues: &queues,
             limit: i64::from(want),
             lease_seconds: shared.config.lease.as_secs_f64(),
             after: None,
