@@ -3,7 +3,9 @@
 
 - ``celery-prefork``: ``celery -A bench_app worker --pool prefork -c C`` on RabbitMQ;
 - ``celeriac-prefork``: ``celeriac worker -A bench_app -P prefork -c C`` on PostgreSQL;
-- ``celeriac-threads``: ``celeriac worker -A bench_app -P threads -c C``.
+- ``celeriac-threads``: ``celeriac worker -A bench_app -P threads -c C``;
+- on request (``--systems``): ``celeriac-prefork-events``, ``celeriac-threads-events``, the same
+  with task events on (``-E``).
 
     bench_worker.py --database-url postgresql://postgres@127.0.0.1:5432/postgres \\
         --amqp-url amqp://guest:guest@127.0.0.1:5672// --celeriac-bin target/release/celeriac \\
@@ -167,7 +169,9 @@ def run_celery(args: argparse.Namespace, n: int) -> tuple[float, int, int]:
     return last - first, sampler.peak_rss, sampler.peak_pss
 
 
-def run_celeriac(args: argparse.Namespace, n: int, pool: str, baseline: bool = False) -> tuple[float, int, int]:
+def run_celeriac(
+    args: argparse.Namespace, n: int, pool: str, baseline: bool = False, events: bool = False
+) -> tuple[float, int, int]:
     import celeriac
 
     dbname = f"bench_worker_{uuid.uuid4().hex[:12]}"
@@ -182,7 +186,9 @@ def run_celeriac(args: argparse.Namespace, n: int, pool: str, baseline: bool = F
         binary, python = (args.baseline_bin, args.baseline_python) if baseline else (args.celeriac_bin, sys.executable)
         argv = [binary, "worker", "-A", "bench_app", "-P", pool, "-c", str(args.concurrency)]
         argv += ["-l", "WARNING", "--database-url", url, "--python", python]
-        label = f"{'baseline' if baseline else 'celeriac'}-{pool}"
+        if events:
+            argv += ["-E"]
+        label = f"{'baseline' if baseline else 'celeriac'}-{pool}{'-events' if events else ''}"
         with (Path(args.log_dir) / f"{label}.log").open("wb") as log:
             proc = subprocess.Popen(argv, cwd=HERE, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         sampler = MemorySampler(proc.pid)
@@ -234,11 +240,13 @@ def main() -> None:
         p.error("--baseline-bin and --baseline-python go together")
 
     systems = ["celery-prefork", "celeriac-prefork", "celeriac-threads"]
+    # Task events on (-E): only when asked for with --systems.
+    optional = ["celeriac-prefork-events", "celeriac-threads-events"]
     if args.baseline_bin:
         systems += ["baseline-prefork", "baseline-threads"]
     if args.systems:
         wanted = args.systems.split(",")
-        unknown = set(wanted) - set(systems)
+        unknown = set(wanted) - set(systems) - set(optional)
         if unknown:
             p.error(f"unknown systems {sorted(unknown)}; these run: {systems}")
         systems = wanted
@@ -251,7 +259,9 @@ def main() -> None:
                 secs, rss, pss = run_celery(args, n)
             else:
                 kind, pool = system.split("-", 1)
-                secs, rss, pss = run_celeriac(args, n, pool, baseline=kind == "baseline")
+                events = pool.endswith("-events")
+                pool = pool.removesuffix("-events")
+                secs, rss, pss = run_celeriac(args, n, pool, baseline=kind == "baseline", events=events)
             rate = n / secs if secs > 0 else float("inf")
             results[system].append({"seconds": secs, "rate": rate, "rss_kib": rss, "pss_kib": pss, "round": r})
             print(

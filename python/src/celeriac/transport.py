@@ -64,9 +64,12 @@ UNLIMITED_CLAIM = 100
 #: Broadcasts read at once for one queue.
 BROADCAST_BATCH = 200
 
-#: How long a broadcast's position stays open after it was first seen: a row whose id was taken
-#: before it but which committed later (concurrent publishers) is still read, once.
+#: How long a gap in broadcast positions is waited for, after the row behind it was first seen:
+#: a row whose id was taken before it but which committed later is still read, once.
 BROADCAST_REORDER_WINDOW = 2.0
+
+#: How often a broadcast queue with gaps reads them again.
+BROADCAST_RECHECK = 0.2
 
 logger = logging.getLogger(__name__)
 
@@ -107,32 +110,41 @@ def _flag(value: Any) -> bool:
 
 
 def _revocation(exchange: str, message: dict[str, Any]) -> dict[str, Any] | None:
-    """What a pidbox ``revoke`` or ``revoke_by_stamped_headers`` command revokes, to record it
-    durably with the broadcast; None for other commands."""
+    """What a pidbox ``revoke``, ``terminate`` or ``revoke_by_stamped_headers`` command revokes,
+    to record it durably with the broadcast; None for other commands (and for commands this
+    transport cannot read: they are broadcast unrecorded, with a warning)."""
     try:
         body = message["body"]
         if message.get("properties", {}).get("body_encoding") == "base64":
             body = base64.b64decode(body)
         if message.get("content-type") != "application/json":
+            logger.warning(
+                "celeriac: a %s control command is not recorded (only JSON commands are read)",
+                message.get("content-type"),
+            )
             return None
         command = loads(body)
         method = command.get("method")
         arguments = command.get("arguments") or {}
-    except Exception:  # not a command this transport can read: broadcast it unrecorded
-        return None
-    expires = float(os.environ.get("CELERY_WORKER_REVOKE_EXPIRES", 10800))
-    terminate = bool(arguments.get("terminate"))
-    signal = arguments.get("signal")
-    if method == "revoke":
-        ids = arguments.get("task_id")
-        ids = [ids] if isinstance(ids, str) else [str(i) for i in ids or ()]
-        return {"task_ids": ids, "terminate": terminate, "signal": signal, "expires": expires}
-    if method == "revoke_by_stamped_headers":
-        stamps = []
-        for header, values in (arguments.get("headers") or {}).items():
-            for value in values if isinstance(values, (list, tuple)) else [values]:
-                stamps.append((str(header), value if isinstance(value, str) else dumps(value)))
-        return {"stamps": stamps, "terminate": terminate, "signal": signal, "expires": expires}
+        expires = float(os.environ.get("CELERY_WORKER_REVOKE_EXPIRES", 10800))
+        signal = arguments.get("signal")
+        if method in ("revoke", "terminate"):
+            ids = arguments.get("task_id")
+            ids = [ids] if isinstance(ids, str) else [str(i) for i in ids or ()]
+            terminate = method == "terminate" or bool(arguments.get("terminate"))
+            return {"task_ids": ids, "terminate": terminate, "signal": signal, "expires": expires}
+        if method == "revoke_by_stamped_headers":
+            headers = arguments.get("headers") or {}
+            if isinstance(headers, list):  # the CLI's ``key=value`` form
+                headers = dict(h.split("=", 1) for h in headers if isinstance(h, str) and "=" in h)
+            stamps = []
+            for header, values in headers.items():
+                for value in values if isinstance(values, (list, tuple)) else [values]:
+                    stamps.append((str(header), value if isinstance(value, str) else dumps(value)))
+            terminate = bool(arguments.get("terminate"))
+            return {"stamps": stamps, "terminate": terminate, "signal": signal, "expires": expires}
+    except Exception as exc:  # not a command this transport can read: broadcast it unrecorded
+        logger.warning("celeriac: a control command on %r is not recorded: %r", exchange, exc)
     return None
 
 
@@ -148,29 +160,43 @@ def _mark_revoked(raw: dict[str, Any]) -> None:
 class _BroadcastQueue:
     """A queue that reads broadcasts: its bindings, and its position in ``celeriac.broadcast``.
 
-    Positions are consecutive ids. Reads start after the position, which moves past an id once
-    every id up to it was seen; a gap (a row of another exchange, a rolled-back publish, or one
-    whose publisher has not committed yet) is waited for ``BROADCAST_REORDER_WINDOW`` seconds,
-    so a row that commits after a later one is still read, once."""
+    Positions are consecutive ids. New rows are read after the highest id handed out; the rows
+    between the position and it are read again now and then (every ``BROADCAST_RECHECK``
+    seconds) while gaps remain, so a row whose publisher committed after a later one is still
+    handed out, once. A gap (a row of another exchange, a rolled-back publish) is given up
+    ``BROADCAST_REORDER_WINDOW`` seconds after the row behind it was first seen."""
 
-    def __init__(self, position: int) -> None:
-        #: Rows up to here were read, or are older than the queue.
-        self.position = position
-        #: Rows after ``position`` already read, with when they were first seen.
+    def __init__(self) -> None:
+        #: Rows up to here were handed out, or are older than the queue.
+        self.position = 0
+        #: Rows after ``position`` handed out, with when.
         self.seen: dict[int, float] = {}
         #: ``(exchange, kind, routing_key, compiled topic pattern)``.
         self.bindings: list[tuple[str, str, str, re.Pattern[str] | None]] = []
+        #: Per exchange, the newest row when it was bound (older ones are not for this queue).
+        self.since: dict[str, int] = {}
+        self.last_recheck = 0.0
+        self.lock = threading.Lock()
 
-    def bind(self, exchange: str, kind: str, routing_key: str, pattern: str | None) -> None:
+    def bind(
+        self, exchange: str, kind: str, routing_key: str, pattern: str | None, head: int
+    ) -> None:
         compiled = re.compile(pattern) if kind == "topic" and pattern else None
         binding = (exchange, kind, routing_key, compiled)
-        if binding not in self.bindings:
-            self.bindings.append(binding)
+        with self.lock:
+            if binding not in self.bindings:
+                self.bindings.append(binding)
+            if exchange not in self.since:
+                self.since[exchange] = head
+                if not self.seen and self.position < head and len(self.since) == 1:
+                    self.position = head
 
     def exchanges(self) -> list[str]:
-        return sorted({b[0] for b in self.bindings})
+        return sorted(self.since)
 
-    def takes(self, exchange: str, routing_key: str) -> bool:
+    def takes(self, row_id: int, exchange: str, routing_key: str) -> bool:
+        if row_id <= self.since.get(exchange, row_id):
+            return False
         for bound, kind, key, pattern in self.bindings:
             if bound != exchange:
                 continue
@@ -184,34 +210,52 @@ class _BroadcastQueue:
         return False
 
     def read(self, store: _native.Store, limit: int = BROADCAST_BATCH) -> list[dict[str, Any]]:
-        """The broadcasts for this queue published since the last read, at most ``limit``."""
-        now = monotonic()
-        out: list[dict[str, Any]] = []
-        after = self.position
-        exchanges = self.exchanges()
-        while len(out) < limit:
-            rows = store.broadcast_read(exchanges, after, BROADCAST_BATCH)
-            for row_id, exchange, routing_key, payload in rows:
-                after = row_id
-                if row_id in self.seen:
-                    continue
-                self.seen[row_id] = now
-                if not self.takes(exchange, routing_key):
-                    continue
-                try:
-                    out.append(loads(payload))
-                except Exception:
-                    logger.warning(
-                        "celeriac: broadcast %s on %r is not a kombu message", row_id, exchange
-                    )
-            if len(rows) < BROADCAST_BATCH:
-                break
-        for row_id in sorted(self.seen):
-            if row_id != self.position + 1 and now - self.seen[row_id] <= BROADCAST_REORDER_WINDOW:
-                break  # a gap not old enough to give up on
-            self.position = row_id
-            del self.seen[row_id]
-        return out
+        """The broadcasts for this queue not handed out yet, oldest first, at most ``limit``."""
+        with self.lock:
+            now = monotonic()
+            top = max(self.seen, default=self.position)
+            recheck = top > self.position and now - self.last_recheck >= BROADCAST_RECHECK
+            if recheck:
+                self.last_recheck = now
+            after = self.position if recheck else top
+            out: list[dict[str, Any]] = []
+            exchanges = self.exchanges()
+            while len(out) < limit:
+                rows = store.broadcast_read(exchanges, after, BROADCAST_BATCH)
+                for row_id, exchange, routing_key, payload in rows:
+                    after = row_id
+                    if row_id <= self.position or row_id in self.seen:
+                        continue
+                    if len(out) >= limit:
+                        break  # not handed out: read again next time
+                    self.seen[row_id] = now
+                    if not self.takes(row_id, exchange, routing_key):
+                        continue
+                    try:
+                        out.append(loads(payload))
+                    except Exception:
+                        logger.warning(
+                            "celeriac: broadcast %s on %r is not a kombu message", row_id, exchange
+                        )
+                if len(rows) < BROADCAST_BATCH:
+                    break
+            for row_id in sorted(self.seen):
+                if (
+                    row_id != self.position + 1
+                    and now - self.seen[row_id] <= BROADCAST_REORDER_WINDOW
+                ):
+                    break  # a gap not old enough to give up on
+                self.position = row_id
+                del self.seen[row_id]
+            return out
+
+
+#: Queues read from ``celeriac.broadcast``, by name, for the whole process (kombu keeps the
+#: bindings of virtual transports for the whole process too).
+_readers: dict[str, _BroadcastQueue] = {}
+#: Queues declared transient (``durable=False, auto_delete=True``).
+_transient: set[str] = set()
+_readers_lock = threading.Lock()
 
 
 def _delivery_tag(row_id: int, attempt: int) -> str:
@@ -242,10 +286,6 @@ class Channel(virtual.Channel):
         self._claimed: deque[tuple[dict[str, Any], str]] = deque()
         #: Since when claims fail because the database cannot be reached (None: they succeed).
         self._unreachable_since: float | None = None
-        #: Queues declared transient (``durable=False, auto_delete=True``): read from broadcasts.
-        self._transient: set[str] = set()
-        #: Queues read from ``celeriac.broadcast``, by name.
-        self._broadcast_queues: dict[str, _BroadcastQueue] = {}
 
     @property
     def store(self) -> _native.Store:
@@ -267,7 +307,7 @@ class Channel(virtual.Channel):
     # --- publishing -------------------------------------------------------------------------
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
-        if queue in self._broadcast_queues:
+        if queue in _readers:
             info = message.get("properties", {}).get("delivery_info", {})
             self._publish_broadcast(
                 info.get("exchange") or "", info.get("routing_key") or "", message
@@ -296,7 +336,7 @@ class Channel(virtual.Channel):
         except KeyError:
             table = []
         queues = self.typeof(exchange).lookup(table, exchange, routing_key, None)
-        return not queues or all(q in self._transient for q in queues)
+        return not queues or all(q in _transient or q in _readers for q in queues)
 
     def _put_fanout(
         self, exchange: str, message: dict[str, Any], routing_key: str, **kwargs: Any
@@ -322,13 +362,13 @@ class Channel(virtual.Channel):
         claimed message before shutting down instead of giving the unstarted ones back.
         """
         queues = list(queues)
-        if self._broadcast_queues:
-            for queue in queues:
-                reader = self._broadcast_queues.get(queue)
-                if reader is not None:
-                    for raw in self._read_broadcasts(reader):
+        readers = [q for q in queues if q in _readers]
+        if readers:
+            if not self._claimed:
+                for queue in readers:
+                    for raw in self._read_broadcasts(_readers[queue]):
                         self._claimed.append((raw, queue))
-            queues = [q for q in queues if q not in self._broadcast_queues]
+            queues = [q for q in queues if q not in _readers]
         if not self._claimed and queues:
             limit = self.qos.can_consume_max_estimate()
             if limit is None:
@@ -383,7 +423,7 @@ class Channel(virtual.Channel):
         return rows
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
-        reader = self._broadcast_queues.get(queue)
+        reader = _readers.get(queue)
         if reader is not None:
             for raw in self._read_broadcasts(reader, limit=1):
                 return raw
@@ -477,37 +517,50 @@ class Channel(virtual.Channel):
         """Gives an unacked message back (warm shutdown, ``basic_recover``): the same row is
         released, so it is neither lost nor duplicated."""
         lease = _lease(message.delivery_tag)
-        if lease is None or self._consumer is None:
+        if lease is None:
+            # A broadcast (a control command, a reply, an event): given to this queue once, not
+            # published again to every queue bound to its exchange.
+            return
+        if self._consumer is None:
             super()._restore(message)
             return
         self._consumer.restore(*lease)
 
     def _size(self, queue: str) -> int:
-        if queue in self._transient or queue in self._broadcast_queues:
+        if queue in _transient or queue in _readers:
             return 0
         return self.store.ready_count(queue)
 
     def _purge(self, queue: str) -> int:
-        if queue in self._transient or queue in self._broadcast_queues:
+        if queue in _transient or queue in _readers:
             return 0
         return self.store.purge(queue)
 
     def _new_queue(self, queue: str, **kwargs: Any) -> None:
         if kwargs.get("durable") is False and kwargs.get("auto_delete"):
-            self._transient.add(queue)
+            with _readers_lock:
+                _transient.add(queue)
 
     def _queue_bind(self, exchange: str, routing_key: str, pattern: str | None, queue: str) -> None:
-        """Called for every binding (the channel supports fanout): a queue bound to a fanout or
-        topic exchange, or declared transient, reads that exchange's broadcasts."""
+        """Called for every binding (the channel supports fanout): a queue bound to a fanout
+        exchange, or declared transient (a reply queue, a pidbox or event receiver's queue),
+        reads that exchange's broadcasts. Durable queues stay queues, whatever their exchange."""
         kind = self.typeof(exchange).type
-        if kind not in ("fanout", "topic") and queue not in self._transient:
+        if kind != "fanout" and queue not in _transient:
             return
-        reader = self._broadcast_queues.get(queue)
-        if reader is None:
-            reader = _BroadcastQueue(self.store.broadcast_head())
-            self._broadcast_queues[queue] = reader
-        reader.bind(exchange, kind, routing_key, pattern)
+        head = self.store.broadcast_head()
+        with _readers_lock:
+            reader = _readers.setdefault(queue, _BroadcastQueue())
+        reader.bind(exchange, kind, routing_key, pattern, head)
         self.connection.subscribe(reader.exchanges())
+
+    def basic_consume(
+        self, queue: str, no_ack: bool, callback: Any, consumer_tag: str, **kwargs: Any
+    ) -> Any:
+        reader = _readers.get(queue)
+        if reader is not None:  # bound on another connection of this process
+            self.connection.subscribe(reader.exchanges())
+        return super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
 
     def _has_queue(self, queue: str, **kwargs: Any) -> bool:
         return True
@@ -515,13 +568,14 @@ class Channel(virtual.Channel):
     def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
         # Queues exist only as the `queue` of their messages; deleting a queue's declaration
         # leaves its messages in place (use purge to drop them). A broadcast reader just stops.
-        self._broadcast_queues.pop(queue, None)
-        self._transient.discard(queue)
+        with _readers_lock:
+            _readers.pop(queue, None)
+            _transient.discard(queue)
 
     def wait(self, timeout: float) -> bool:
         """Blocks until a message may be ready for this channel, or ``timeout`` seconds."""
         subscriber = self.connection.subscriber
-        if any(q not in self._broadcast_queues for q in self._active_queues):
+        if any(q not in _readers for q in self._active_queues):
             return self.consumer().wait(timeout, subscriber)
         if subscriber is not None:
             return subscriber.wait(timeout)
@@ -629,7 +683,9 @@ class Transport(virtual.Transport):
             channel = self._waiting_channel()
             if channel is not None:
                 channel.wait(wait)
-            elif self.subscriber is not None and any(c._broadcast_queues for c in self.channels):
+            elif self.subscriber is not None and any(
+                q in _readers for c in self.channels for q in c._active_queues
+            ):
                 self.subscriber.wait(wait)
             else:
                 self.capacity_freed.wait(wait)

@@ -19,39 +19,28 @@ pub fn die_with_parent(expected_parent: Option<u32>) -> io::Result<bool> {
     Ok(expected_parent.is_none_or(|p| i64::from(parent) == i64::from(p)))
 }
 
-/// Whether the next SIGINT or SIGTERM is the worker's (a revoke with `terminate=True`), not the
-/// terminal's or a service manager's.
-static STOP_SIGNAL_ARMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 /// The signal that arms the stop signals (see [`ignore_stop_signals`]).
 pub const ARM_STOP_SIGNALS: i32 = libc::SIGUSR2;
 
-extern "C" fn on_stop_signal(sig: libc::c_int) {
-    if STOP_SIGNAL_ARMED.load(std::sync::atomic::Ordering::SeqCst) {
-        // SAFETY: signal and raise are async-signal-safe; the default action ends the process
-        // with `sig`, as billiard's `terminate_job` would.
-        unsafe {
-            libc::signal(sig, libc::SIG_DFL);
-            libc::raise(sig);
-        }
-    }
-}
-
 extern "C" fn on_arm_signal(_: libc::c_int) {
-    STOP_SIGNAL_ARMED.store(true, std::sync::atomic::Ordering::SeqCst);
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: signal is async-signal-safe; the default action ends the process with the
+        // signal that follows, as billiard's `terminate_job` would.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
 }
 
-/// Makes SIGINT and SIGTERM ignored, unless armed: a pool child is stopped by its parent, not
-/// by the terminal or a service manager signalling the whole group. The worker arms them with
-/// [`ARM_STOP_SIGNALS`] just before it terminates a task with one of them.
+/// Makes SIGINT and SIGTERM ignored: a pool child is stopped by its parent, not by the terminal
+/// or a service manager signalling the whole group (and what a task executes inherits that). The
+/// worker restores their default action with [`ARM_STOP_SIGNALS`] just before it terminates a
+/// task with one of them.
 pub fn ignore_stop_signals() {
-    let stop = on_stop_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    let arm = on_arm_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
     for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only touches an atomic and calls async-signal-safe functions.
-        unsafe { libc::signal(sig, stop) };
+        // SAFETY: installing SIG_IGN for a valid signal number has no memory effects.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
     }
-    // SAFETY: as above.
+    let arm = on_arm_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only calls an async-signal-safe function.
     unsafe { libc::signal(ARM_STOP_SIGNALS, arm) };
 }
 

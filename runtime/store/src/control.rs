@@ -229,10 +229,11 @@ impl Store {
         client
             .touch(
                 self.pooler,
+                // The oldest rows by id, then those of them old enough: the scan stops after
+                // `$2` rows however many recent ones the table holds.
                 "delete from celeriac.broadcast where id = any(array(
-                     select id from celeriac.broadcast
-                     where published_at < now() - make_interval(secs => $1)
-                     order by id limit $2))",
+                     select id from (select id, published_at from celeriac.broadcast order by id limit $2) oldest
+                     where published_at < now() - make_interval(secs => $1)))",
                 &[(&secs, Type::FLOAT8), (&batch, Type::INT8)],
             )
             .await
@@ -343,7 +344,8 @@ impl Store {
                      returning 1
                  ), over as (
                      delete from celeriac.revoked where task_id = any(array(
-                         select task_id from celeriac.revoked order by revoked_at desc offset $2 limit $1))
+                         select task_id from celeriac.revoked where expires_at > now()
+                         order by revoked_at desc offset $2 limit $1))
                      returning 1
                  )
                  delete from celeriac.revoked_stamp where (header, value) in (

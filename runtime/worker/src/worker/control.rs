@@ -66,6 +66,9 @@ impl ControlSettings {
     }
 }
 
+/// Revoked task ids a worker remembers from broadcasts (Celery's `REVOKES_MAX`).
+const REVOKED_IN_MEMORY: usize = 50_000;
+
 /// A delivery the worker holds: reserved (claimed, not started) or active (running).
 struct Tracked {
     id: String,
@@ -86,8 +89,9 @@ struct Tables {
     /// Tasks started, by name (Celery's `total`).
     total: BTreeMap<String, u64>,
     /// Task ids revoked since the worker started (a message claimed before its revoke is still
-    /// caught before it starts).
+    /// caught before it starts), at most [`REVOKED_IN_MEMORY`], the oldest forgotten first.
     revoked: HashSet<String>,
+    revoked_order: std::collections::VecDeque<String>,
     /// Revoked stamps: `(stamp, value)`.
     stamps: HashSet<(String, String)>,
 }
@@ -237,12 +241,14 @@ fn set_repr(ids: &[String]) -> String {
 pub(crate) fn signum(signal: Option<&Value>) -> Result<i32, String> {
     let text = match signal {
         None | Some(Value::Null) => return Ok(libc::SIGTERM),
-        Some(Value::Int(n)) => return i32::try_from(*n).map_err(|_| format!("Invalid signal specified: {n}")),
+        Some(Value::Int(n)) => {
+            return i32::try_from(*n).ok().filter(|n| *n >= 1).ok_or_else(|| format!("Invalid signal specified: {n}"))
+        }
         Some(Value::Str(s)) => s.trim().to_ascii_uppercase(),
         Some(other) => return Err(format!("Invalid signal specified: {}", celeriac_protocol::pyrepr::repr(other))),
     };
     if let Ok(n) = text.parse::<i32>() {
-        return Ok(n);
+        return if n >= 1 { Ok(n) } else { Err(format!("Invalid signal specified: {n}")) };
     }
     let name = text.strip_prefix("SIG").unwrap_or(&text);
     let number = match name {
@@ -580,11 +586,16 @@ async fn revoke(shared: &Arc<Shared>, ids: Vec<String>, terminate: Option<&Value
     let terminate = matches!(terminate, Some(Value::Bool(true)) | Some(Value::Int(1..)));
     let running: Vec<String> = {
         let mut tables = control.lock();
-        tables.revoked.extend(ids.iter().cloned());
-        // Bounded as Celery's in-memory set is; the database keeps them all.
-        if tables.revoked.len() > 50_000 {
-            tables.revoked.clear();
-            tables.revoked.extend(ids.iter().cloned());
+        for id in &ids {
+            if tables.revoked.insert(id.clone()) {
+                tables.revoked_order.push_back(id.clone());
+            }
+        }
+        // Bounded as Celery's in-memory set is (the database keeps them all, and claims see them).
+        while tables.revoked_order.len() > REVOKED_IN_MEMORY {
+            if let Some(old) = tables.revoked_order.pop_front() {
+                tables.revoked.remove(&old);
+            }
         }
         tables.held.values().filter(|t| t.started.is_some() && ids.contains(&t.id)).map(|t| t.id.clone()).collect()
     };
@@ -600,7 +611,10 @@ async fn revoke(shared: &Arc<Shared>, ids: Vec<String>, terminate: Option<&Value
         for t in control.lock().held.values().filter(|t| ids.contains(&t.id)) {
             if !terminated.contains(&t.id) {
                 tracing::info!("Terminating {} ({signal})", t.id);
-                t.control.terminate(signal);
+                // A reserved one never starts: it is revoked (Celery terminates it on accept).
+                if t.started.is_some() {
+                    t.control.terminate(signal);
+                }
                 terminated.push(t.id.clone());
             }
         }
@@ -740,6 +754,9 @@ pub(super) struct ControlService {
     pub(super) shared: Arc<Shared>,
     /// Cancelled by a `shutdown` command: the worker's own shutdown token.
     pub(super) shutdown_worker: CancellationToken,
+    /// The broadcast position read before the worker's first claim (a revoke committed after
+    /// it is heard, whatever the claims took meanwhile); `None`: read it at start.
+    pub(super) start: Option<i64>,
 }
 
 /// How long a gap in the broadcast positions is waited for (a publisher that took an earlier
@@ -767,6 +784,9 @@ impl Service for ControlService {
         }
         let mut backoff = Backoff::new();
         let mut position = loop {
+            if let Some(start) = self.start {
+                break start;
+            }
             match store.broadcast_head().await {
                 Ok(p) => break p,
                 Err(e) => {
@@ -789,7 +809,7 @@ impl Service for ControlService {
                 () = wake.notified() => {}
                 () = tokio::time::sleep(shared.config.poll_interval) => {}
             }
-            let rows = match store.broadcast_read(&exchanges, position, 200).await {
+            let rows = match store.broadcast_read(&exchanges, position, 1000).await {
                 Ok(rows) => rows,
                 Err(e) => {
                     tracing::warn!(error = %e, "remote control: cannot read commands");
@@ -798,9 +818,12 @@ impl Service for ControlService {
             };
             let now = Instant::now();
             for row in rows {
-                if seen.insert(row.id, now).is_some() {
+                // The first sighting counts: a gap is given up on 2 s after the row behind it
+                // was first seen, however often it is read again meanwhile.
+                if row.id <= position || seen.contains_key(&row.id) {
                     continue;
                 }
+                seen.insert(row.id, now);
                 if let Some(After::Shutdown) = dispatch(&shared, &row).await {
                     self.shutdown_worker.cancel();
                 }
@@ -830,7 +853,8 @@ async fn dispatch(shared: &Arc<Shared>, row: &BroadcastMessage) -> Option<After>
     let hostname = shared.hostname.as_ref();
     let addressed = match &command.pattern {
         Some((pattern, matcher)) if matcher == "pcre" && command.destination.as_ref().is_none_or(Vec::is_empty) => {
-            regex::Regex::new(pattern).is_ok_and(|r| r.is_match(hostname))
+            // kombu matches with `re.match`: anchored at the start.
+            regex::Regex::new(&format!("^(?:{pattern})")).is_ok_and(|r| r.is_match(hostname))
         }
         _ => command.addressed_to(hostname),
     };

@@ -56,7 +56,7 @@ pub(super) struct Events {
     worker_events: bool,
     exchange: String,
     hostname: Arc<str>,
-    buffer: Mutex<Vec<(String, String, Vec<u8>)>>,
+    buffer: Mutex<std::collections::VecDeque<(String, String, Vec<u8>)>>,
     wake: Notify,
 }
 
@@ -101,9 +101,9 @@ impl Events {
         let len = {
             let mut buffer = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);
             if buffer.len() >= MOST_BUFFERED {
-                buffer.remove(0);
+                buffer.pop_front();
             }
-            buffer.push((self.exchange.clone(), routing_key, payload));
+            buffer.push_back((self.exchange.clone(), routing_key, payload));
             buffer.len()
         };
         if len >= FLUSH_AT {
@@ -112,15 +112,18 @@ impl Events {
     }
 
     fn take(&self) -> Vec<(String, String, Vec<u8>)> {
-        std::mem::take(&mut *self.buffer.lock().unwrap_or_else(PoisonError::into_inner))
+        std::mem::take(&mut *self.buffer.lock().unwrap_or_else(PoisonError::into_inner)).into()
     }
 
-    fn put_back(&self, mut events: Vec<(String, String, Vec<u8>)>) {
+    fn put_back(&self, events: Vec<(String, String, Vec<u8>)>) {
         let mut buffer = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);
-        events.append(&mut buffer);
-        let excess = events.len().saturating_sub(MOST_BUFFERED);
-        events.drain(..excess);
-        *buffer = events;
+        let newer = std::mem::take(&mut *buffer);
+        let mut all: std::collections::VecDeque<_> = events.into();
+        all.extend(newer);
+        while all.len() > MOST_BUFFERED {
+            all.pop_front();
+        }
+        *buffer = all;
     }
 }
 

@@ -369,7 +369,9 @@ impl Worker {
             }));
         }
 
-        services.start(control::ControlService { shared: shared.clone(), shutdown_worker: shutdown.clone() });
+        // Before the first claim: a revoke committed from now on is heard by this worker.
+        let start = self.store.broadcast_head().await.ok();
+        services.start(control::ControlService { shared: shared.clone(), shutdown_worker: shutdown.clone(), start });
         services.start(events::EventService { shared: shared.clone() });
 
         // The scheduler (-B) stops first at shutdown: nothing fires once the worker is stopping.
