@@ -176,6 +176,9 @@ class _BroadcastQueue:
         #: Per exchange, the newest row when it was bound (older ones are not for this queue).
         self.since: dict[str, int] = {}
         self.last_recheck = 0.0
+        #: Messages of rows already read, beyond what the last read handed out (a row of
+        #: events holds many).
+        self.pending: deque[dict[str, Any]] = deque()
         self.lock = threading.Lock()
 
     def bind(
@@ -209,9 +212,34 @@ class _BroadcastQueue:
                 return True
         return False
 
+    def _messages(
+        self, row_id: int, exchange: str, routing_key: str, payload: bytes
+    ) -> list[dict[str, Any]]:
+        """The messages of one row this queue takes. A celeriac worker writes its events as one
+        row per flush: a list of messages, each routed by its own key."""
+        try:
+            decoded = loads(payload)
+        except Exception:
+            logger.warning("celeriac: broadcast %s on %r is not a kombu message", row_id, exchange)
+            return []
+        if not isinstance(decoded, list):
+            ok = isinstance(decoded, dict) and self.takes(row_id, exchange, routing_key)
+            return [decoded] if ok else []
+        out = []
+        for raw in decoded:
+            if not isinstance(raw, dict):
+                continue
+            info = raw.get("properties", {}).get("delivery_info", {})
+            key = info.get("routing_key", "") if isinstance(info, dict) else ""
+            if self.takes(row_id, exchange, key or ""):
+                out.append(raw)
+        return out
+
     def read(self, store: _native.Store, limit: int = BROADCAST_BATCH) -> list[dict[str, Any]]:
         """The broadcasts for this queue not handed out yet, oldest first, at most ``limit``."""
         with self.lock:
+            if self.pending:
+                return [self.pending.popleft() for _ in range(min(limit, len(self.pending)))]
             now = monotonic()
             top = max(self.seen, default=self.position)
             recheck = top > self.position and now - self.last_recheck >= BROADCAST_RECHECK
@@ -229,14 +257,7 @@ class _BroadcastQueue:
                     if len(out) >= limit:
                         break  # not handed out: read again next time
                     self.seen[row_id] = now
-                    if not self.takes(row_id, exchange, routing_key):
-                        continue
-                    try:
-                        out.append(loads(payload))
-                    except Exception:
-                        logger.warning(
-                            "celeriac: broadcast %s on %r is not a kombu message", row_id, exchange
-                        )
+                    out.extend(self._messages(row_id, exchange, routing_key, payload))
                 if len(rows) < BROADCAST_BATCH:
                     break
             for row_id in sorted(self.seen):
@@ -247,6 +268,9 @@ class _BroadcastQueue:
                     break  # a gap not old enough to give up on
                 self.position = row_id
                 del self.seen[row_id]
+            if len(out) > limit:
+                self.pending.extend(out[limit:])
+                del out[limit:]
             return out
 
 

@@ -171,6 +171,16 @@ fn class_match(pattern: &[u8], c: u8) -> Option<(bool, usize)> {
     None
 }
 
+/// A unique delivery tag in UUID form without a system call per message: a random prefix
+/// drawn once per process, then a counter.
+fn delivery_tag() -> String {
+    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    uuid::Uuid::from_u64_pair(prefix, n).to_string()
+}
+
 /// A kombu virtual-transport envelope around a JSON `body`, as kombu publishes it to `exchange`
 /// with `routing_key` (base64 body, `application/json`). `delivery_mode` 1 is transient (events,
 /// replies), 2 persistent.
@@ -185,7 +195,7 @@ pub fn envelope(exchange: &str, routing_key: &str, body: &Value, headers: Map, d
     properties.insert("delivery_info".into(), Value::Map(delivery_info));
     properties.insert("priority".into(), Value::Int(0));
     properties.insert("body_encoding".into(), "base64".into());
-    properties.insert("delivery_tag".into(), uuid::Uuid::new_v4().to_string().into());
+    properties.insert("delivery_tag".into(), delivery_tag().into());
     Envelope {
         body,
         content_type: crate::CONTENT_TYPE_JSON.to_owned(),

@@ -4,9 +4,9 @@
 //! to the event exchange (`celeryev`) through `celeriac.broadcast`. `celery events` and Flower
 //! read them there through the kombu transport.
 //!
-//! Events are buffered and written in batches (one statement per [`FLUSH_EVERY`] or
-//! [`FLUSH_AT`] events), never on a task's own path; a worker with task events off writes only
-//! its heartbeat every [`HEARTBEAT`].
+//! Events are buffered and written in batches (one row per [`FLUSH_EVERY`] or [`FLUSH_AT`]
+//! events, holding them all), never on a task's own path; a worker with task events off writes
+//! only its heartbeat every [`HEARTBEAT`].
 
 use std::{
     sync::{
@@ -56,6 +56,9 @@ pub(super) struct Events {
     worker_events: bool,
     exchange: String,
     hostname: Arc<str>,
+    /// Fields every event carries that do not change: `utcoffset`, `pid`.
+    utcoffset: i64,
+    pid: i64,
     buffer: Mutex<std::collections::VecDeque<(String, String, Vec<u8>)>>,
     wake: Notify,
 }
@@ -67,6 +70,8 @@ impl Events {
             worker_events: settings.worker_events,
             exchange: settings.exchange.clone(),
             hostname,
+            utcoffset: utcoffset(),
+            pid: i64::from(std::process::id()),
             buffer: Mutex::default(),
             wake: Notify::new(),
         }
@@ -88,8 +93,8 @@ impl Events {
         let now = Utc::now().timestamp_micros() as f64 / 1e6;
         let mut event = Map::with_capacity(fields.len() + 6);
         event.insert("hostname".into(), Value::Str(self.hostname.to_string()));
-        event.insert("utcoffset".into(), Value::Int(utcoffset()));
-        event.insert("pid".into(), Value::Int(i64::from(std::process::id())));
+        event.insert("utcoffset".into(), Value::Int(self.utcoffset));
+        event.insert("pid".into(), Value::Int(self.pid));
         event.insert("clock".into(), Value::Int(clock.fetch_add(1, Ordering::Relaxed) + 1));
         for (k, v) in fields {
             event.insert(k.to_owned(), v);
@@ -176,12 +181,34 @@ impl EventService {
         );
     }
 
+    /// Writes the buffered events: one row per exchange holding them all, a JSON array of
+    /// envelopes (the transport's readers take each with its own routing key), so a busy worker
+    /// adds one row per flush, not three per task.
     async fn flush(shared: &Shared) {
         let batch = shared.events.take();
         if batch.is_empty() {
             return;
         }
-        if let Err(e) = shared.store.broadcast_publish_many(&batch).await {
+        let mut rows: Vec<(String, String, Vec<u8>)> = Vec::new();
+        for (exchange, routing_key, payload) in &batch {
+            match rows.iter_mut().find(|(e, _, _)| e == exchange) {
+                Some((_, key, bundle)) => {
+                    key.clear();
+                    bundle.push(b',');
+                    bundle.extend_from_slice(payload);
+                }
+                None => {
+                    let mut bundle = Vec::with_capacity(payload.len() * batch.len() + 2);
+                    bundle.push(b'[');
+                    bundle.extend_from_slice(payload);
+                    rows.push((exchange.clone(), routing_key.clone(), bundle));
+                }
+            }
+        }
+        for (_, _, bundle) in &mut rows {
+            bundle.push(b']');
+        }
+        if let Err(e) = shared.store.broadcast_publish_many(&rows).await {
             tracing::debug!(error = %e, count = batch.len(), "events: cannot publish; keeping them for the next flush");
             shared.events.put_back(batch);
         }
