@@ -42,14 +42,25 @@ create index message_delayed_task on celeriac.message (task_id) where eta > crea
 -- events (`celeryev`, a topic). Every reader keeps its own position (the last id it read) and
 -- filters by exchange and routing key; nothing is consumed or locked. Rows live for a few
 -- minutes: the rescuers prune them in batches.
-create table celeriac.broadcast (
-    id           bigint      generated always as identity primary key,
+--
+-- Unlogged: what it carries is transient (as RabbitMQ's transient pidbox and event messages),
+-- so it writes no WAL; a PostgreSQL crash empties it (commands in flight are lost, their
+-- revocations are not: those live in `revoked`), and standbys do not have it. Its positions
+-- come from a logged sequence, so they keep growing across a crash and readers' positions stay
+-- valid. Payloads are stored uncompressed: a row of events is written once and read a few
+-- times within minutes.
+create sequence celeriac.broadcast_id;
+
+create unlogged table celeriac.broadcast (
+    id           bigint      primary key default nextval('celeriac.broadcast_id'),
     exchange     text        not null,
     routing_key  text        not null default '',
     -- The kombu envelope JSON, as for `message.payload`.
     payload      bytea       not null,
     published_at timestamptz not null default now()
 );
+
+alter table celeriac.broadcast alter column payload set storage external;
 
 alter table celeriac.broadcast set (
     autovacuum_vacuum_scale_factor = 0.01,
