@@ -185,22 +185,6 @@ impl Store {
             .collect())
     }
 
-    /// How many messages of `exchange` come after position `after`.
-    ///
-    /// # Errors
-    /// Connection errors.
-    pub async fn broadcast_count(&self, exchange: &str, after: i64) -> Result<i64> {
-        let client = self.pool.get().await?;
-        Ok(client
-            .row(
-                self.pooler,
-                "select count(*) from celeriac.broadcast where exchange = $1 and id > $2",
-                &[(&exchange, Type::TEXT), (&after, Type::INT8)],
-            )
-            .await?
-            .get(0))
-    }
-
     /// Deletes every revocation (a benchmark's or a test's reset).
     ///
     /// # Errors
@@ -283,26 +267,6 @@ impl Store {
                 "select task_id, terminate, signal from celeriac.revoked where expires_at > now()
                  order by revoked_at desc limit $1",
                 &[(&limit, Type::INT8)],
-            )
-            .await?;
-        Ok(rows.iter().map(|r| RevokedTask { task_id: r.get(0), terminate: r.get(1), signal: r.get(2) }).collect())
-    }
-
-    /// Which of `task_ids` are revoked now.
-    ///
-    /// # Errors
-    /// Connection errors.
-    pub async fn revoked_among(&self, task_ids: &[String]) -> Result<Vec<RevokedTask>> {
-        if task_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let client = self.pool.get().await?;
-        let rows = client
-            .rows(
-                self.pooler,
-                "select task_id, terminate, signal from celeriac.revoked
-                 where task_id = any($1::text[]) and expires_at > now()",
-                &[(&task_ids, Type::TEXT_ARRAY)],
             )
             .await?;
         Ok(rows.iter().map(|r| RevokedTask { task_id: r.get(0), terminate: r.get(1), signal: r.get(2) }).collect())

@@ -163,7 +163,13 @@ impl Control {
             #[allow(clippy::cast_precision_loss)]
             let now = Utc::now().timestamp_micros() as f64 / 1e6;
             t.started = Some(now);
-            *tables.total.entry(t.name.clone()).or_default() += 1;
+            // Counted without a new key (and its allocation) once the name is known.
+            match tables.total.get_mut(&t.name) {
+                Some(n) => *n += 1,
+                None => {
+                    tables.total.insert(t.name.clone(), 1);
+                }
+            }
         }
     }
 
