@@ -143,3 +143,65 @@ def test_ramping_back_and_forth_sends_every_slot_once(celeriac_bin: Path, databa
     assert [(o, n) for o, n, _ in owners] == [("beat", 8)], owners
     assert owners[0][2] > 0, owners
     assert "Sending due task every-2s-0" in beat.log()
+
+
+PROMISE_APP = """
+from celery import Celery
+
+app = Celery("promise", broker="celeriac+{url}")
+app.conf.update(
+    broker_connection_retry_on_startup=False,
+    timezone="UTC",
+    beat_max_loop_interval=1,
+    beat_schedule={{"every-10s": {{"task": "promise.tick", "schedule": 10.0}}}},
+)
+"""
+
+
+def test_a_slot_celeriac_promised_is_sent_by_beat_when_the_schedule_comes_back_first(
+    celeriac_bin: Path, database_url: str, tmp_path: Path
+) -> None:
+    """Beat asks, is told celeriac fires the next slot, and the schedule moves back to Beat
+    before celeriac fired it (here no celeriac ticker runs at all): Beat sends that slot itself,
+    not only its own next one a whole interval later."""
+    url = database_url
+    (tmp_path / "promise.py").write_text(PROMISE_APP.format(url=url))
+    env = {**os.environ, "CELERIAC_PYTHON": sys.executable, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run(
+        [str(celeriac_bin), "-A", "promise", "--database-url", url, "schedule", "import"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+
+    def sends() -> list[datetime.datetime]:
+        rows = _rows(url, "select created_at from celeriac.message where task_name = 'promise.tick' order by 1")
+        return [r[0] for r in rows]
+
+    beat = Process(
+        [
+            sys.executable, "-m", "celery", "-A", "promise", "beat", "-S", "celeriac.beat:Scheduler",
+            "-s", str(tmp_path / "celerybeat-schedule"), "--max-interval", "1", "-l", "debug",
+        ],
+        tmp_path / "celery-beat.log",
+        cwd=tmp_path,
+        env=env,
+    )  # fmt: skip
+    try:
+        beat.wait_for(lambda: len(sends()) >= 1, 30, "Beat's first send")
+        # Strict hand-over: celeriac takes the slot after Beat's send.
+        run_celeriac(celeriac_bin, "--database-url", url, "schedule", "pin", "every-10s", "--owner", "celeriac",
+                     "--margin", "5")  # fmt: skip
+        ((owner, promised),) = _rows(url, "select owner, next_run_at from celeriac.schedule where name = 'every-10s'")
+        assert owner == "celeriac"
+        assert promised is not None
+        # Beat falls due, asks, and is told celeriac fires `promised`.
+        beat.wait_for(lambda: "every-10s is fired by celeriac" in beat.log(), 30, "Beat to ask and skip")
+        run_celeriac(celeriac_bin, "--database-url", url, "schedule", "pin", "every-10s", "--owner", "beat")
+        beat.wait_for(lambda: len(sends()) >= 2, 30, "Beat's send of the promised slot")
+    finally:
+        stop_all([beat])
+    first, second, *_ = sends()
+    # The promised slot, sent late by Beat (it looks again within a second), not skipped for
+    # Beat's own next slot (`promised` + 10 s); and never before it (no double of the first).
+    assert (second - first).total_seconds() > 5, (first, second)
+    assert (second - promised).total_seconds() < 5, (promised, second)

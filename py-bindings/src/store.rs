@@ -131,8 +131,10 @@ impl PyStore {
 
     /// Before Celery Beat sends the periodic task `name` (celeriac's Beat scheduler classes):
     /// `("beat", None)` if Beat fires it (the send is recorded), `("celeriac", next_run)` if
-    /// celeriac does (Beat skips it; `next_run`, seconds since the epoch, is celeriac's next
-    /// slot), `("unknown", None)` if no schedule has that name (Beat keeps it).
+    /// celeriac does (Beat skips it; `next_run`, seconds since the epoch, is the slot celeriac
+    /// fires next), `("fenced", last_slot)` if it is back with Beat but celeriac already fired
+    /// the slot Beat is due for (Beat skips it; `last_slot`: that slot), `("unknown", None)` if
+    /// no schedule has that name (Beat keeps it).
     fn schedule_beat_claim(&self, py: Python<'_>, name: String) -> PyResult<(&'static str, Option<f64>)> {
         let store = self.store()?;
         let (owner, next) = block_on(py, async move { store.schedule_beat_claim(&name).await })?

@@ -1303,10 +1303,12 @@ impl Store {
     /// What celeriac's Beat scheduler classes ask before Beat sends `name`: whether Beat owns
     /// it (`beat`; the send is recorded as `last_beat_send_at` in the same transaction, under
     /// the row's lock, so a flip to celeriac knows whether Beat sent the current slot),
-    /// `celeriac` (Beat must skip it: celeriac fires it, or fired the slot Beat is due for
-    /// before the schedule came back to Beat; with celeriac's next run, so Beat can keep its own
-    /// entry in step and resume on that slot if the schedule comes back), or `unknown` (no such row:
-    /// Beat keeps it).
+    /// `celeriac` (Beat must skip it: celeriac fires it; with celeriac's next run, the slot
+    /// celeriac has promised to fire, so Beat can keep its own entry in step and look again
+    /// just after it, in case the schedule came back to Beat before celeriac fired it),
+    /// `fenced` (back with Beat, but celeriac fired the slot Beat is due for: Beat skips it;
+    /// with that slot, so Beat counts it as its own last run), or `unknown` (no such row: Beat
+    /// keeps it).
     ///
     /// # Errors
     /// Connection errors.
@@ -1315,18 +1317,19 @@ impl Store {
         let rows = client
             .rows(
                 self.pooler,
-                "with row as (select id, owner, next_run_at, owner = 'beat' and coalesce(beat_from <= now(), true) as send
+                "with row as (select id, owner, next_run_at, last_slot_at,
+                                     owner = 'beat' and coalesce(beat_from <= now(), true) as send
                               from celeriac.schedule where name = $1 for update),
                       sent as (update celeriac.schedule s set last_beat_send_at = now()
                                from row where s.id = row.id and row.send returning s.id)
-                 select owner, next_run_at, send from row",
+                 select owner, next_run_at, send, last_slot_at from row",
                 &[(&name, Type::TEXT)],
             )
             .await?;
         Ok(match rows.first() {
             Some(r) if r.get::<_, String>(0) == "celeriac" => ("celeriac", r.get(1)),
             // Back with Beat, but celeriac fired the slot Beat is due for: not again.
-            Some(r) if !r.get::<_, bool>(2) => ("celeriac", None),
+            Some(r) if !r.get::<_, bool>(2) => ("fenced", r.get(3)),
             Some(_) => ("beat", None),
             None => ("unknown", None),
         })
