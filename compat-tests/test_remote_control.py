@@ -138,6 +138,17 @@ def test_inspect_and_control_reach_every_worker_of_a_mixed_fleet(proj: Proj, fle
     assert replies(proj, "control", "rate_limit", "proj.tasks.add", "100/m") == {n: ok for n in fleet}
     ok = {"ok": "time limits set successfully"}
     assert replies(proj, "control", "time_limit", "proj.tasks.add", "30", "60") == {n: ok for n in fleet}
+
+    # Every prefork pool grows by a process and shrinks back; tasks run meanwhile.
+    def processes() -> dict[str, int]:
+        return {n: len(s["pool"]["processes"]) for n, s in replies(proj, "inspect", "stats").items()}
+
+    assert replies(proj, "control", "pool_grow", "1") == {n: {"ok": "pool will grow"} for n in fleet}
+    wait_for(lambda: processes() == {n: 3 for n in fleet}, RESULT_TIMEOUT, "every pool to grow to 3 processes")
+    assert [proj.get(proj.send("add", i, 1)) for i in range(6)] == [1, 2, 3, 4, 5, 6]
+    assert replies(proj, "control", "pool_shrink", "1") == {n: {"ok": "pool will shrink"} for n in fleet}
+    wait_for(lambda: processes() == {n: 2 for n in fleet}, RESULT_TIMEOUT, "every pool to shrink to 2 processes")
+    assert proj.get(proj.send("add", 2, 2)) == 4
     unknown = replies(proj, "control", "rate_limit", "proj.tasks.nope", "1/s")
     assert unknown == {n: {"error": "unknown task"} for n in fleet}
 
@@ -145,6 +156,15 @@ def test_inspect_and_control_reach_every_worker_of_a_mixed_fleet(proj: Proj, fle
     assert replies(proj, "control", "add_consumer", "extra") == {n: {"ok": "add consumer extra"} for n in fleet}
     queues = replies(proj, "inspect", "active_queues")
     assert {n: sorted(q["name"] for q in qs) for n, qs in queues.items()} == {n: ["celery", "extra"] for n in fleet}
+    # The worker table (`celeriac inspect workers`) says so too.
+    wait_for(
+        lambda: (
+            sorted(r[0] for r in proj.query("select queues from celeriac.worker where hostname like %s", "proj_@%"))
+            == [["celery", "extra"]] * 2
+        ),
+        RESULT_TIMEOUT,
+        "the celeriac workers' rows to list the queue",
+    )
     assert proj.get(proj.app.send_task("proj.tasks.add", args=(2, 3), queue="extra")) == 5
     cancelled = replies(proj, "control", "cancel_consumer", "extra")
     assert cancelled == {n: {"ok": "no longer consuming from extra"} for n in fleet}

@@ -181,6 +181,23 @@ impl Store {
         Ok(())
     }
 
+    /// Records the queues `worker` consumes now (`add_consumer` / `cancel_consumer`), for
+    /// `celeriac inspect workers`.
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn worker_set_queues(&self, worker: Uuid, queues: &[String]) -> Result<()> {
+        let client = self.pool.get().await?;
+        client
+            .touch(
+                self.pooler,
+                "update celeriac.worker set queues = $2 where id = $1",
+                &[(&worker, Type::UUID), (&queues, Type::TEXT_ARRAY)],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Removes a worker's row (graceful shutdown).
     ///
     /// # Errors

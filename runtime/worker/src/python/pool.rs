@@ -232,6 +232,9 @@ struct Inner {
     tasks: HashMap<String, TaskInfo>,
     /// The children in service (see [`Inner::take`]).
     children: Mutex<Vec<Option<Arc<Child>>>>,
+    /// Children retired by `pool_shrink` that may still be finishing a job: stopped with the
+    /// pool like the others.
+    shrunk: Mutex<Vec<Arc<Child>>>,
     /// Signalled whenever a child takes a job less, or joins.
     freed: tokio::sync::Notify,
     respawn: mpsc::UnboundedSender<usize>,
@@ -295,6 +298,7 @@ impl PythonPool {
             config,
             tasks: HashMap::new(),
             children: Mutex::new((0..children).map(|_| None).collect()),
+            shrunk: Mutex::new(Vec::new()),
             freed: tokio::sync::Notify::new(),
             respawn: respawn_tx,
             seq: AtomicU64::new(1),
@@ -370,7 +374,17 @@ impl PythonPool {
         config.concurrency = self.concurrency();
         config.pipeline = self.pipeline();
         config.control.pool_implementation = format!("celeriac:{}", self.inner.config.kind.name());
-        config.control.resizable = false;
+        config.control.resize = match self.inner.config.kind {
+            PoolKind::Prefork => {
+                let inner = self.inner.clone();
+                crate::worker::PoolResize::Pool(Arc::new(move |grow, n| inner.resize(grow, n)))
+            }
+            kind => crate::worker::PoolResize::Fixed(format!(
+                "NotImplementedError('celeriac's {} pool cannot grow or shrink; restart the worker with another \
+                 --concurrency')",
+                kind.name()
+            )),
+        };
         let inner = self.inner.clone();
         config.control.pool_processes = Some(Arc::new(move || inner.pids()));
         self.hello.config.apply_to_worker(config, explicit);
@@ -457,8 +471,11 @@ impl PythonPool {
         let mut services =
             std::mem::take(&mut *self.services.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         services.stop().await;
-        let children: Vec<Arc<Child>> =
+        let mut children: Vec<Arc<Child>> =
             self.inner.children.lock().map(|c| c.iter().flatten().cloned().collect()).unwrap_or_default();
+        if let Ok(mut shrunk) = self.inner.shrunk.lock() {
+            children.extend(shrunk.drain(..).filter(|c| !c.gone.is_cancelled()));
+        }
         for child in &children {
             let _ = child.send(&ToChild::Shutdown { announce_worker: child.index == 0 }, b"").await;
         }
@@ -566,15 +583,54 @@ impl Inner {
         self.children.lock().map(|c| c.iter().flatten().map(|c| c.pid).collect()).unwrap_or_default()
     }
 
-    /// Puts a started child in service: it can take jobs, and its reader runs.
+    /// Puts a started child in service: it can take jobs, and its reader runs. A child whose
+    /// place was removed meanwhile (the pool shrank) is shut down instead.
     fn adopt(self: &Arc<Self>, child: Arc<Child>, reader: ChildReader) {
-        if let Ok(mut children) = self.children.lock() {
-            if let Some(slot) = children.get_mut(child.index) {
-                *slot = Some(child.clone());
-            }
+        let placed = self
+            .children
+            .lock()
+            .is_ok_and(|mut children| children.get_mut(child.index).map(|slot| *slot = Some(child.clone())).is_some());
+        if placed {
+            self.freed.notify_waiters();
+        } else {
+            child.load().retiring = true;
+            child.shut_down_if_idle();
         }
-        self.freed.notify_waiters();
         tokio::spawn(read_replies(self.clone(), child, reader));
+    }
+
+    /// `pool_grow` / `pool_shrink` (prefork): starts `n` more children, or retires the `n`
+    /// newest (each finishes the job it holds, then exits; one child always stays). Returns
+    /// the worker's run slots added or removed: two per child, its task and the one queued
+    /// behind it (see [`Inner::take`]).
+    fn resize(self: &Arc<Self>, grow: bool, n: usize) -> Result<usize, String> {
+        let mut children = self.children.lock().map_err(|_| "the pool is unavailable".to_owned())?;
+        if grow {
+            let first = children.len();
+            children.resize_with(first + n, || None);
+            drop(children);
+            for index in first..first + n {
+                respawn(self.clone(), index);
+            }
+            return Ok(2 * n);
+        }
+        let wanted = n;
+        let n = n.min(children.len().saturating_sub(1));
+        if n == 0 && wanted > 0 {
+            return Err("ValueError(\"Can't shrink pool below one process\")".into());
+        }
+        let keep = children.len() - n;
+        let retired: Vec<Arc<Child>> = children.drain(keep..).flatten().collect();
+        drop(children);
+        for child in &retired {
+            child.load().retiring = true;
+            child.shut_down_if_idle();
+        }
+        if let Ok(mut shrunk) = self.shrunk.lock() {
+            shrunk.retain(|c| !c.gone.is_cancelled());
+            shrunk.extend(retired);
+        }
+        Ok(2 * n)
     }
 
     /// A child for a job, if one can take it now: an idle child first (the threads pool: the

@@ -38,9 +38,22 @@ pub struct ControlSettings {
     pub pool_implementation: String,
     /// `stats` → `pool.processes`: the pool's child processes (none: the worker's own pid).
     pub pool_processes: Option<Arc<dyn Fn() -> Vec<u32> + Send + Sync>>,
-    /// Whether `pool_grow`/`pool_shrink` can change how many tasks run at once (not with a pool
-    /// of a fixed number of processes).
-    pub resizable: bool,
+    /// What `pool_grow`/`pool_shrink` change (see [`PoolResize`]).
+    pub resize: PoolResize,
+}
+
+/// How `pool_grow`/`pool_shrink` change how many tasks run at once.
+#[derive(Clone, Default)]
+pub enum PoolResize {
+    /// The worker's own concurrency: handlers run on the worker's runtime.
+    #[default]
+    Concurrency,
+    /// A pool that grows or shrinks itself: given whether to grow and by how many processes,
+    /// it returns how many of the worker's run slots it added or removed (its pipeline
+    /// included), or why it cannot.
+    Pool(Arc<dyn Fn(bool, usize) -> Result<usize, String> + Send + Sync>),
+    /// Neither: the message says why.
+    Fixed(String),
 }
 
 impl std::fmt::Debug for ControlSettings {
@@ -61,7 +74,7 @@ impl ControlSettings {
             app_conf: None,
             pool_implementation: "celeriac:tokio".to_owned(),
             pool_processes: None,
-            resizable: true,
+            resize: PoolResize::Concurrency,
         }
     }
 }
@@ -737,20 +750,29 @@ fn time_limit(shared: &Shared, args: &Map) -> Value {
 }
 
 fn pool_resize(shared: &Shared, grow: bool, args: &Map) -> Value {
-    if !shared.config.control.resizable {
-        let verb = if grow { "growing" } else { "shrinking" };
-        return nok(format!(
-            "NotImplementedError('celeriac's {} pool does not support {verb} at run time; restart the worker with another --concurrency')",
-            shared.config.control.pool_implementation
-        ));
-    }
     let n = args.get("n").and_then(Value::as_i64).unwrap_or(1).clamp(0, 10_000);
     let n = usize::try_from(n).unwrap_or(0);
+    let slots = match &shared.config.control.resize {
+        PoolResize::Concurrency => n,
+        PoolResize::Pool(resize) => match resize(grow, n) {
+            Ok(slots) => slots,
+            Err(why) => return nok(why),
+        },
+        PoolResize::Fixed(why) => return nok(why.clone()),
+    };
     if grow {
-        shared.run_slots.add_permits(n);
+        shared.run_slots.add_permits(slots);
         ok("pool will grow")
     } else {
-        shared.run_slots.forget_permits(n);
+        // Slots in use are taken as their tasks end.
+        let run_slots = shared.run_slots.clone();
+        if let Ok(slots) = u32::try_from(slots) {
+            tokio::spawn(async move {
+                if let Ok(permits) = run_slots.acquire_many_owned(slots).await {
+                    permits.forget();
+                }
+            });
+        }
         ok("pool will shrink")
     }
 }

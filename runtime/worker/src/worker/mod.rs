@@ -52,7 +52,7 @@ use uuid::Uuid;
 
 use crate::{maintenance::RescuerConfig, registry::Registry, Error};
 use claim::{claim_loop, ClaimState};
-pub use control::ControlSettings;
+pub use control::{ControlSettings, PoolResize};
 pub use events::EventSettings;
 pub use stats::{WorkerReport, WorkerStats};
 
@@ -219,13 +219,19 @@ impl Shared {
         self.queues.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
-    /// Consumes `queues` from now on.
+    /// Consumes `queues` from now on (and says so in the worker's row).
     fn set_queues(&self, queues: Vec<String>) {
         let mut state = self.claim_state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         state.reset(queues.len());
-        *self.queues.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(queues);
+        *self.queues.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(queues.clone());
         drop(state);
         self.wake.notify_one();
+        let (store, id) = (self.store.clone(), self.worker_id);
+        tokio::spawn(async move {
+            if let Err(e) = store.worker_set_queues(id, &queues).await {
+                tracing::warn!("cannot record the worker's queues: {e}");
+            }
+        });
     }
 }
 
