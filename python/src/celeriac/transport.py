@@ -215,25 +215,19 @@ class _BroadcastQueue:
     def _messages(
         self, row_id: int, exchange: str, routing_key: str, payload: bytes
     ) -> list[dict[str, Any]]:
-        """The messages of one row this queue takes. A celeriac worker writes its events as one
-        row per flush: a list of messages, each routed by its own key."""
+        """The message of one row, if this queue takes it. (A celeriac worker's task events
+        come as one message per flush, routed ``task.multi``, its body the list of them, as
+        Celery's prefork worker sends its buffered task events.)"""
+        if not self.takes(row_id, exchange, routing_key):
+            return []
         try:
             decoded = loads(payload)
         except Exception:
+            decoded = None
+        if not isinstance(decoded, dict):
             logger.warning("celeriac: broadcast %s on %r is not a kombu message", row_id, exchange)
             return []
-        if not isinstance(decoded, list):
-            ok = isinstance(decoded, dict) and self.takes(row_id, exchange, routing_key)
-            return [decoded] if ok else []
-        out = []
-        for raw in decoded:
-            if not isinstance(raw, dict):
-                continue
-            info = raw.get("properties", {}).get("delivery_info", {})
-            key = info.get("routing_key", "") if isinstance(info, dict) else ""
-            if self.takes(row_id, exchange, key or ""):
-                out.append(raw)
-        return out
+        return [decoded]
 
     def read(self, store: _native.Store, limit: int = BROADCAST_BATCH) -> list[dict[str, Any]]:
         """The broadcasts for this queue not handed out yet, oldest first, at most ``limit``."""

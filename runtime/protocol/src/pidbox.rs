@@ -278,9 +278,16 @@ pub fn reply_envelope(
 #[must_use]
 pub fn event_envelope(exchange: &str, event: Map, hostname: &str) -> Vec<u8> {
     let routing_key = event.get("type").and_then(Value::as_str).unwrap_or("").replace('-', ".");
-    // The same document `envelope` builds, written straight out: events are the hot path of
-    // `-E` (three per task), and the intermediate maps cost more than the event itself.
-    let body = base64::engine::general_purpose::STANDARD.encode(json::to_vec(&Value::Map(event)));
+    events_envelope(exchange, &routing_key, &json::to_vec(&Value::Map(event)), hostname)
+}
+
+/// The envelope of events already encoded as JSON: one event (a JSON object), or a batch (a
+/// JSON array of them) routed `<group>.multi`, as Celery's dispatcher flushes its buffered
+/// `task` group (`celery events` and Flower take a list body as that many events).
+#[must_use]
+pub fn events_envelope(exchange: &str, routing_key: &str, body_json: &[u8], hostname: &str) -> Vec<u8> {
+    // The document `envelope` builds, written straight out: events are the hot path of `-E`.
+    let body = base64::engine::general_purpose::STANDARD.encode(body_json);
     let text = |s: &str| json::to_string(&Value::Str(s.to_owned()));
     let mut out = String::with_capacity(body.len() + 320);
     out.push_str("{\"body\": \"");
@@ -292,7 +299,7 @@ pub fn event_envelope(exchange: &str, event: Map, hostname: &str) -> Vec<u8> {
     out.push_str("}, \"properties\": {\"delivery_mode\": 1, \"delivery_info\": {\"exchange\": ");
     out.push_str(&text(exchange));
     out.push_str(", \"routing_key\": ");
-    out.push_str(&text(&routing_key));
+    out.push_str(&text(routing_key));
     out.push_str("}, \"priority\": 0, \"body_encoding\": \"base64\", \"delivery_tag\": \"");
     out.push_str(&delivery_tag());
     out.push_str("\"}}");
@@ -346,6 +353,12 @@ mod tests {
             e
         };
         assert_eq!(without_tag(fast), without_tag(slow));
+
+        let batch = Envelope::parse(&events_envelope("celeryev", "task.multi", b"[{\"a\": 1}, {}]", "h")).unwrap();
+        let info = batch.properties.get("delivery_info").and_then(Value::as_map).unwrap();
+        assert_eq!(info.get("routing_key").and_then(Value::as_str), Some("task.multi"));
+        let events = batch.decode_body(&crate::Limits::default()).unwrap();
+        assert_eq!(events.as_list().map(<[Value]>::len), Some(2));
     }
 
     #[test]

@@ -71,7 +71,8 @@ pub(super) async fn run(store: &Store, args: &BenchArgs) -> Result<(), BenchErro
     ping_latency(store, args).await
 }
 
-/// The `task-*` events published to `celeryev` after position `after` (a row may hold many).
+/// The `task-*` events published to `celeryev` after position `after` (a `task.multi`
+/// message holds many).
 async fn task_events(store: &Store, mut after: i64) -> Result<i64, BenchError> {
     let exchanges = ["celeryev".to_owned()];
     let mut count = 0;
@@ -79,24 +80,16 @@ async fn task_events(store: &Store, mut after: i64) -> Result<i64, BenchError> {
         let rows = store.broadcast_read(&exchanges, after, 1000).await?;
         for row in &rows {
             after = row.id;
-            let envelopes = match celeriac_protocol::json::from_slice(&row.payload) {
-                Ok(Value::List(items)) => items,
-                Ok(one) => vec![one],
-                Err(_) => continue,
+            if !row.routing_key.starts_with("task.") {
+                continue;
+            }
+            let body = celeriac_protocol::Envelope::parse(&row.payload)
+                .and_then(|e| e.decode_body(&celeriac_protocol::Limits::default()));
+            count += match body {
+                Ok(Value::List(events)) => events.len(),
+                Ok(_) => 1,
+                Err(_) => 0,
             };
-            count += envelopes
-                .iter()
-                .filter(|e| {
-                    let key = e
-                        .as_map()
-                        .and_then(|m| m.get("properties"))
-                        .and_then(Value::as_map)
-                        .and_then(|p| p.get("delivery_info"))
-                        .and_then(Value::as_map)
-                        .and_then(|d| d.get("routing_key"));
-                    key.and_then(Value::as_str).is_some_and(|k| k.starts_with("task."))
-                })
-                .count();
         }
         if rows.len() < 1000 {
             return Ok(i64::try_from(count).unwrap_or(i64::MAX));

@@ -4,9 +4,12 @@
 //! to the event exchange (`celeryev`) through `celeriac.broadcast`. `celery events` and Flower
 //! read them there through the kombu transport.
 //!
-//! Events are buffered and written in batches (one row per [`FLUSH_EVERY`] or [`FLUSH_AT`]
-//! events, holding them all), never on a task's own path; a worker with task events off writes
-//! only its heartbeat every [`HEARTBEAT`].
+//! Events are buffered and written in batches, never on a task's own path: every
+//! [`FLUSH_EVERY`] (or at [`FLUSH_AT`] events), the `task-*` events go out as one message whose
+//! body is the list of them, routed `task.multi`, as Celery's own prefork worker sends its
+//! buffered task events (`celery events` and Flower take a list body as that many events);
+//! `worker-*` events go one message each. A worker with task events off writes only its
+//! heartbeat every [`HEARTBEAT`].
 
 use std::{
     sync::{
@@ -16,7 +19,9 @@ use std::{
     time::Duration,
 };
 
-use celeriac_protocol::{pidbox, Map, Value};
+use std::collections::VecDeque;
+
+use celeriac_protocol::{json, pidbox, Map, Value};
 use celeriac_store::service::Service;
 use chrono::Utc;
 use tokio::sync::Notify;
@@ -27,7 +32,7 @@ use super::Shared;
 /// How often buffered events are written.
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// Buffered events beyond which they are written at once.
-const FLUSH_AT: usize = 500;
+const FLUSH_AT: usize = 1000;
 /// Events kept while the database cannot be reached; older ones are dropped beyond it.
 const MOST_BUFFERED: usize = 50_000;
 /// Celery's worker heartbeat interval (`freq`).
@@ -59,8 +64,37 @@ pub(super) struct Events {
     /// Fields every event carries that do not change: `utcoffset`, `pid`.
     utcoffset: i64,
     pid: i64,
-    buffer: Mutex<std::collections::VecDeque<(String, String, Vec<u8>)>>,
+    buffer: Mutex<Buffered>,
     wake: Notify,
+}
+
+/// Events waiting to be written.
+#[derive(Default)]
+struct Buffered {
+    /// `task-*` events, each a JSON object: written as one `task.multi` message.
+    tasks: VecDeque<Vec<u8>>,
+    /// `worker-*` events: their routing keys and envelopes.
+    others: VecDeque<(String, Vec<u8>)>,
+}
+
+impl Buffered {
+    fn len(&self) -> usize {
+        self.tasks.len() + self.others.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tasks.is_empty() && self.others.is_empty()
+    }
+
+    /// Keeps the newest [`MOST_BUFFERED`] of each kind.
+    fn trim(&mut self) {
+        while self.tasks.len() > MOST_BUFFERED {
+            self.tasks.pop_front();
+        }
+        while self.others.len() > MOST_BUFFERED {
+            self.others.pop_front();
+        }
+    }
 }
 
 impl Events {
@@ -101,14 +135,20 @@ impl Events {
         }
         event.insert("timestamp".into(), Value::Float(now));
         event.insert("type".into(), Value::Str(kind.to_owned()));
-        let routing_key = kind.replace('-', ".");
-        let payload = pidbox::event_envelope(&self.exchange, event, &self.hostname);
+        let task = kind.starts_with("task-");
+        let encoded = if task {
+            json::to_vec(&Value::Map(event))
+        } else {
+            pidbox::event_envelope(&self.exchange, event, &self.hostname)
+        };
         let len = {
             let mut buffer = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);
-            if buffer.len() >= MOST_BUFFERED {
-                buffer.pop_front();
+            if task {
+                buffer.tasks.push_back(encoded);
+            } else {
+                buffer.others.push_back((kind.replace('-', "."), encoded));
             }
-            buffer.push_back((self.exchange.clone(), routing_key, payload));
+            buffer.trim();
             buffer.len()
         };
         if len >= FLUSH_AT {
@@ -116,19 +156,18 @@ impl Events {
         }
     }
 
-    fn take(&self) -> Vec<(String, String, Vec<u8>)> {
-        std::mem::take(&mut *self.buffer.lock().unwrap_or_else(PoisonError::into_inner)).into()
+    fn take(&self) -> Buffered {
+        std::mem::take(&mut *self.buffer.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    fn put_back(&self, events: Vec<(String, String, Vec<u8>)>) {
+    /// Puts events that could not be written back, before those buffered since.
+    fn put_back(&self, mut events: Buffered) {
         let mut buffer = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);
         let newer = std::mem::take(&mut *buffer);
-        let mut all: std::collections::VecDeque<_> = events.into();
-        all.extend(newer);
-        while all.len() > MOST_BUFFERED {
-            all.pop_front();
-        }
-        *buffer = all;
+        events.tasks.extend(newer.tasks);
+        events.others.extend(newer.others);
+        events.trim();
+        *buffer = events;
     }
 }
 
@@ -181,36 +220,35 @@ impl EventService {
         );
     }
 
-    /// Writes the buffered events: one row per exchange holding them all, a JSON array of
-    /// envelopes (the transport's readers take each with its own routing key), so a busy worker
-    /// adds one row per flush, not three per task.
+    /// Writes the buffered events: the `task-*` events as one `task.multi` message (one row,
+    /// so a busy worker adds one row per flush, not three per task), the others one row each.
     async fn flush(shared: &Shared) {
-        let batch = shared.events.take();
+        let events = &shared.events;
+        let batch = events.take();
         if batch.is_empty() {
             return;
         }
-        let mut rows: Vec<(String, String, Vec<u8>)> = Vec::new();
-        for (exchange, routing_key, payload) in &batch {
-            match rows.iter_mut().find(|(e, _, _)| e == exchange) {
-                Some((_, key, bundle)) => {
-                    key.clear();
-                    bundle.push(b',');
-                    bundle.extend_from_slice(payload);
+        let mut rows: Vec<(String, String, Vec<u8>)> = Vec::with_capacity(batch.others.len() + 1);
+        if !batch.tasks.is_empty() {
+            let size = batch.tasks.iter().map(|e| e.len() + 1).sum::<usize>() + 1;
+            let mut body = Vec::with_capacity(size);
+            body.push(b'[');
+            for (i, event) in batch.tasks.iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
                 }
-                None => {
-                    let mut bundle = Vec::with_capacity(payload.len() * batch.len() + 2);
-                    bundle.push(b'[');
-                    bundle.extend_from_slice(payload);
-                    rows.push((exchange.clone(), routing_key.clone(), bundle));
-                }
+                body.extend_from_slice(event);
             }
+            body.push(b']');
+            let envelope = pidbox::events_envelope(&events.exchange, "task.multi", &body, &events.hostname);
+            rows.push((events.exchange.clone(), "task.multi".to_owned(), envelope));
         }
-        for (_, _, bundle) in &mut rows {
-            bundle.push(b']');
+        for (routing_key, envelope) in &batch.others {
+            rows.push((events.exchange.clone(), routing_key.clone(), envelope.clone()));
         }
         if let Err(e) = shared.store.broadcast_publish_many(&rows).await {
             tracing::debug!(error = %e, count = batch.len(), "events: cannot publish; keeping them for the next flush");
-            shared.events.put_back(batch);
+            events.put_back(batch);
         }
     }
 }
