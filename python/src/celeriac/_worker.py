@@ -123,6 +123,17 @@ def load_app(spec: str) -> Any:
     return app
 
 
+def _include(app: Any) -> None:
+    """``celeriac worker -I a,b`` (``CELERIAC_INCLUDE``): Celery's ``setup_includes``, which
+    adds the modules to ``include`` and imports them for their tasks."""
+    modules = [m.strip() for m in os.environ.get("CELERIAC_INCLUDE", "").split(",") if m.strip()]
+    if not modules:
+        return
+    app.conf.include = (*tuple(app.conf.include or ()), *modules)
+    for module in modules:
+        app.loader.import_task_module(module)
+
+
 def _limit(value: Any) -> float | None:
     try:
         f = float(value)
@@ -165,6 +176,7 @@ def init(
     if pool == "prefork":
         multiprocessing.current_process().name = f"ForkPoolWorker-{index + 1}"
     app = load_app(spec)
+    _include(app)
     level = mlevel(loglevel)
     stub = _WorkerStub(app, hostname, pool, concurrency, level)
     app.loader.init_worker()

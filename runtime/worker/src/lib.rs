@@ -48,7 +48,9 @@ pub use registry::{DeclaredRateLimits, Handler, HandlerFuture, Registry};
 pub use results::{DbValueFormat, RedisSsl, ResultsConfig, TaskResultSettings};
 pub use routes::{RouteMap, TaskRoutes};
 pub use task::{LeaseCheck, Outcome, Request, RetryBackoff, StateError, StateUpdater, TaskControl, TaskError};
-pub use worker::{ControlSettings, EventSettings, PoolResize, Worker, WorkerConfig, WorkerReport, WorkerStats};
+pub use worker::{
+    Autoscale, ControlSettings, EventSettings, PoolResize, Worker, WorkerConfig, WorkerReport, WorkerStats,
+};
 
 /// Errors of the worker runtime.
 #[derive(Debug, thiserror::Error)]

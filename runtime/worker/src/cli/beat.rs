@@ -29,15 +29,12 @@ pub struct BeatArgs {
     /// $VIRTUAL_ENV/bin/python, else python3 on PATH].
     #[arg(long, env = "CELERIAC_PYTHON", value_name = "PATH")]
     pub python: Option<String>,
-    /// Change to this directory before loading the app.
-    #[arg(long, value_name = "DIR")]
-    pub workdir: Option<std::path::PathBuf>,
+    /// Celery's daemon options.
+    #[command(flatten)]
+    pub daemon: super::DaemonArgs,
 }
 
 pub(super) async fn run(url: &str, app: Option<&str>, args: &BeatArgs) -> Result<(), CliError> {
-    if let Some(dir) = &args.workdir {
-        std::env::set_current_dir(dir).map_err(|source| CliError::Workdir { dir: dir.clone(), source })?;
-    }
     let secs = |flag: &'static str, v: f64| match Duration::try_from_secs_f64(v) {
         Ok(d) if v > 0.0 && d <= Duration::from_secs(86_400) => Ok(d),
         _ => Err(CliError::NotADuration { flag }),

@@ -12,6 +12,7 @@ use celeriac_store::{Store, StoreConfig};
 use clap::{Parser, Subcommand};
 
 mod beat;
+mod daemon;
 mod dead_letters;
 mod enqueue_envelopes;
 mod inspect;
@@ -23,6 +24,7 @@ mod send;
 mod worker;
 
 pub use beat::BeatArgs;
+pub use daemon::{DaemonArgs, DaemonError};
 pub use dead_letters::{DeadLetterAction, DeadLetterSelection};
 pub use enqueue_envelopes::EnvelopeArgs;
 pub use inspect::Inspect;
@@ -46,8 +48,48 @@ pub struct Cli {
     /// The Celery app whose tasks the worker runs, as `celery -A` takes it: `proj`,
     /// `proj.celery` or `proj.celery:app` (imported from the current directory, PYTHONPATH and
     /// the virtualenv). Its tasks run in a pool of Python children (the app's interpreter); Rust handlers of the same name win.
-    #[arg(short = 'A', long, global = true, value_name = "APP")]
+    #[arg(short = 'A', long, global = true, value_name = "APP", env = "CELERY_APP")]
     pub app: Option<String>,
+
+    /// The broker, as `celery -b` takes it: a celeriac+postgresql:// URL names the queue
+    /// database (as --database-url, which wins). Without either, with -A, the app's own
+    /// broker_url is used when it is a celeriac+postgresql:// URL.
+    #[arg(short = 'b', long, global = true, value_name = "URL")]
+    pub broker: Option<String>,
+
+    /// Store the results of Rust handlers (and the states the worker decides for any task:
+    /// unregistered, expired) in this Celery result backend: db+postgresql://…, django-db (the
+    /// queue database's django_celery_results tables), redis://… or rediss://… [default: with
+    /// -A, the app's result_backend; else none]. The app's children use it too, as with
+    /// `celery --result-backend`.
+    #[arg(long, global = true, env = "CELERIAC_RESULT_BACKEND", value_name = "URL")]
+    pub result_backend: Option<String>,
+
+    /// The app's loader class, as `celery --loader` (set as CELERY_LOADER for the app).
+    #[arg(long, global = true, value_name = "LOADER")]
+    pub loader: Option<String>,
+
+    /// The app's configuration module, as `celery --config` (set as CELERY_CONFIG_MODULE for
+    /// the app).
+    #[arg(long, global = true, value_name = "MODULE")]
+    pub config: Option<String>,
+
+    /// Change to this directory first (before loading the app, and before relative
+    /// --logfile and --pidfile paths are resolved).
+    #[arg(long, global = true, value_name = "DIR", env = "CELERY_WORKDIR")]
+    pub workdir: Option<std::path::PathBuf>,
+
+    /// No colours in the logs (as `celery -C`; never on a file or a pipe anyway).
+    #[arg(short = 'C', long, global = true, env = "NO_COLOR")]
+    pub no_color: bool,
+
+    /// Accepted for `celery -q`: celeriac prints no banner.
+    #[arg(short = 'q', long, global = true)]
+    pub quiet: bool,
+
+    /// Accepted for `celery --skip-checks` (Django's checks, which celeriac does not run).
+    #[arg(long, global = true, env = "CELERY_SKIP_CHECKS")]
+    pub skip_checks: bool,
 
     /// What to do.
     #[command(subcommand)]
@@ -61,7 +103,7 @@ pub enum Command {
     Migrate,
     /// Consume queues and run the registered Rust handlers and, with -A, a Celery app's Python
     /// tasks (like `celery worker`).
-    Worker(WorkerArgs),
+    Worker(Box<WorkerArgs>),
     /// Run the scheduler alone (like `celery beat`): fire the periodic schedules; with -A, sync
     /// the app's beat_schedule first.
     Beat(BeatArgs),
@@ -123,6 +165,23 @@ pub enum CliError {
         /// The flag, without its dashes.
         flag: &'static str,
     },
+    /// A daemon option (`--logfile`, `--pidfile`, `--uid`, …) could not be applied.
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    /// `-b/--broker` is not celeriac's.
+    #[error("-b/--broker must be a celeriac+postgresql:// URL (celeriac's queue is PostgreSQL), got {0:?}")]
+    NotCeleriacBroker(String),
+    /// A flag's value is not one celeriac takes.
+    #[error("--{flag}: {why}")]
+    BadFlag {
+        /// The flag, without its dashes.
+        flag: &'static str,
+        /// Why.
+        why: String,
+    },
+    /// `-X` left no queue to consume.
+    #[error("-X/--exclude-queues leaves no queue to consume")]
+    NoQueuesLeft,
     /// `--workdir` cannot be entered.
     #[error("--workdir {}: {source}", .dir.display())]
     Workdir {
@@ -211,12 +270,32 @@ pub enum CliError {
 #[must_use]
 pub fn main(registry: Registry) -> ExitCode {
     let cli = Cli::parse();
-    let loglevel = match &cli.command {
-        Command::Worker(w) => w.loglevel.clone(),
-        Command::Beat(b) => b.loglevel.clone(),
-        _ => "WARNING".to_owned(),
+    if let Some(dir) = &cli.workdir {
+        if let Err(source) = std::env::set_current_dir(dir) {
+            eprintln!("celeriac: {}", CliError::Workdir { dir: dir.clone(), source });
+            return ExitCode::FAILURE;
+        }
+    }
+    let (loglevel, daemon) = match &cli.command {
+        Command::Worker(w) => (w.loglevel.clone(), Some((&w.daemon, worker::nodename(w)))),
+        Command::Beat(b) => (b.loglevel.clone(), Some((&b.daemon, format!("beat@{}", crate::hostname())))),
+        _ => ("WARNING".to_owned(), None),
     };
-    if let Err(e) = init_logging(&loglevel) {
+    if let Err(e) = log_filter(&loglevel) {
+        eprintln!("celeriac: {e}");
+        return ExitCode::from(2);
+    }
+    // Detach, umask, drop privileges, log file, pid file: before anything else runs.
+    let daemon = match daemon.map(|(args, nodename)| args.apply(&nodename)).transpose() {
+        Ok(Some(None)) => return ExitCode::SUCCESS, // detached: the copy runs on
+        Ok(held) => held.flatten(),
+        Err(e) => {
+            eprintln!("celeriac: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let color = !cli.no_color && !daemon.as_ref().is_some_and(|d| d.logs_to_file);
+    if let Err(e) = init_logging(&loglevel, color) {
         eprintln!("celeriac: {e}");
         return ExitCode::from(2);
     }
@@ -247,25 +326,67 @@ fn log_filter(level: &str) -> Result<&'static str, CliError> {
     }
 }
 
-fn init_logging(level: &str) -> Result<(), CliError> {
+fn init_logging(level: &str, color: bool) -> Result<(), CliError> {
     let filter = log_filter(level)?;
     let filter = tracing_subscriber::EnvFilter::try_from_env("CELERIAC_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{filter},tokio_postgres=warn")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(color && std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     Ok(())
 }
 
+/// The queue database: `--database-url`, else `-b/--broker`, else `$CELERIAC_DATABASE_URL`,
+/// `$DATABASE_URL`, a celeriac `$CELERY_BROKER_URL`, and, for `worker` and `beat` with `-A`,
+/// the app's own `broker_url` when it is celeriac's (as `celery worker` would use it).
 fn database_url(cli: &Cli) -> Result<String, CliError> {
-    cli.database_url
-        .clone()
-        .or_else(|| std::env::var("CELERIAC_DATABASE_URL").ok().filter(|s| !s.is_empty()))
-        .or_else(|| std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()))
-        .ok_or(CliError::NoDatabaseUrl)
+    if let Some(url) = &cli.database_url {
+        return Ok(url.clone());
+    }
+    if let Some(broker) = &cli.broker {
+        return celeriac_broker(broker).ok_or_else(|| CliError::NotCeleriacBroker(broker.clone()));
+    }
+    let env = |name: &str| std::env::var(name).ok().filter(|s| !s.is_empty());
+    if let Some(url) = env("CELERIAC_DATABASE_URL").or_else(|| env("DATABASE_URL")) {
+        return Ok(url);
+    }
+    if let Some(url) = env("CELERY_BROKER_URL").as_deref().and_then(celeriac_broker) {
+        return Ok(url);
+    }
+    let python = match &cli.command {
+        Command::Worker(w) => Some(w.python.as_deref()),
+        Command::Beat(b) => Some(b.python.as_deref()),
+        _ => None,
+    };
+    if let (Some(app), Some(python)) = (&cli.app, python) {
+        if let Some(url) =
+            worker::app_broker_url(python, app, &app_environment(cli))?.as_deref().and_then(celeriac_broker)
+        {
+            return Ok(url);
+        }
+    }
+    Err(CliError::NoDatabaseUrl)
+}
+
+/// The database of a `celeriac+postgresql://…` broker URL.
+fn celeriac_broker(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("celeriac+")?;
+    (rest.starts_with("postgresql://") || rest.starts_with("postgres://")).then(|| rest.to_owned())
+}
+
+/// What `celery --loader/--config/--result-backend` put in the app's environment.
+fn app_environment(cli: &Cli) -> Vec<(String, String)> {
+    [
+        ("CELERY_LOADER", &cli.loader),
+        ("CELERY_CONFIG_MODULE", &cli.config),
+        ("CELERY_RESULT_BACKEND", &cli.result_backend),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| value.as_ref().map(|v| (name.to_owned(), v.clone())))
+    .collect()
 }
 
 /// A store on `url` with at most `connections` connections.
@@ -285,7 +406,14 @@ async fn run(cli: Cli, registry: Registry) -> Result<(), CliError> {
     let url = database_url(&cli)?;
     match cli.command {
         Command::Migrate => migrate::run(&url).await,
-        Command::Worker(args) => worker::run(&url, cli.app.as_deref(), &args, registry).await,
+        Command::Worker(ref args) => {
+            let globals = worker::Globals {
+                app: cli.app.as_deref(),
+                result_backend: cli.result_backend.as_deref(),
+                app_env: app_environment(&cli),
+            };
+            worker::run(&url, &globals, args, registry).await
+        }
         Command::Beat(args) => beat::run(&url, cli.app.as_deref(), &args).await,
         Command::Schedule { action } => schedule::run(&url, cli.app.as_deref(), action).await,
         Command::Send(args) => send::run(&url, &args).await,

@@ -84,6 +84,9 @@ pub struct PoolConfig {
     pub time_limit: Option<f64>,
     /// Soft time limit for tasks that set none (seconds).
     pub soft_time_limit: Option<f64>,
+    /// Environment for the children (Celery's `--loader`, `--config`, `--result-backend` and
+    /// `-I` reach the app this way); the broker URL is always the worker's database.
+    pub env: Vec<(String, String)>,
 }
 
 /// App settings the worker uses where no command-line flag was given.
@@ -323,6 +326,7 @@ mod tests {
             max_memory_per_child_kib: None,
             time_limit: None,
             soft_time_limit: None,
+            env: Vec::new(),
         }
     }
 

@@ -127,8 +127,9 @@ const MOST_UNWRITTEN: usize = 4096;
 pub(super) async fn claim_loop(shared: &Arc<Shared>, tracker: &TaskTracker) {
     let config = &shared.config;
     // As in Celery (early acks): `concurrency × prefetch_multiplier` messages reserved, plus
-    // the ones running.
-    let capacity = config.concurrency * (config.prefetch_multiplier + 1);
+    // the ones running; with --autoscale, for its maximum concurrency, as Celery sizes it.
+    let concurrency = config.autoscale.map_or(config.concurrency, |a| a.max.max(config.concurrency));
+    let capacity = concurrency * (config.prefetch_multiplier + 1);
     let slots = Arc::new(Semaphore::new(capacity));
     let tickets = Arc::new(Semaphore::new(CLAIMS_IN_FLIGHT));
     let mut pending: Vec<tokio::sync::oneshot::Receiver<ClaimResult>> = Vec::new();
@@ -137,7 +138,7 @@ pub(super) async fn claim_loop(shared: &Arc<Shared>, tracker: &TaskTracker) {
     // When the queue is busy, claim in batches to save round trips, but never let execution
     // slots idle for it: wait for at most the prefetched part of the capacity to free up.
     // When it is idle, claim as soon as one slot is free.
-    let batch_floor = (capacity / 2).min(capacity - config.concurrency).max(1);
+    let batch_floor = (capacity / 2).min(capacity - concurrency).max(1);
     let most_held = capacity + MOST_UNWRITTEN;
     loop {
         // Results of pipelined claims decide whether the queue is still busy.

@@ -186,6 +186,11 @@ impl Control {
         }
     }
 
+    /// Messages the worker holds now: running, and reserved to run.
+    pub(super) fn held(&self) -> usize {
+        self.lock().held.len()
+    }
+
     /// Tasks running now, and tasks started since the worker started (a heartbeat's `active`
     /// and `processed`).
     pub(super) fn counts(&self) -> (i64, i64) {
@@ -751,18 +756,23 @@ fn time_limit(shared: &Shared, args: &Map) -> Value {
 
 fn pool_resize(shared: &Shared, grow: bool, args: &Map) -> Value {
     let n = args.get("n").and_then(Value::as_i64).unwrap_or(1).clamp(0, 10_000);
-    let n = usize::try_from(n).unwrap_or(0);
+    match resize(shared, grow, usize::try_from(n).unwrap_or(0)) {
+        Ok(()) if grow => ok("pool will grow"),
+        Ok(()) => ok("pool will shrink"),
+        Err(why) => nok(why),
+    }
+}
+
+/// Grows or shrinks how many tasks run at once by `n` (`pool_grow`/`pool_shrink`, and
+/// `--autoscale`).
+pub(super) fn resize(shared: &Shared, grow: bool, n: usize) -> Result<(), String> {
     let slots = match &shared.config.control.resize {
         PoolResize::Concurrency => n,
-        PoolResize::Pool(resize) => match resize(grow, n) {
-            Ok(slots) => slots,
-            Err(why) => return nok(why),
-        },
-        PoolResize::Fixed(why) => return nok(why.clone()),
+        PoolResize::Pool(resize) => resize(grow, n)?,
+        PoolResize::Fixed(why) => return Err(why.clone()),
     };
     if grow {
         shared.run_slots.add_permits(slots);
-        ok("pool will grow")
     } else {
         // Slots in use are taken as their tasks end.
         let run_slots = shared.run_slots.clone();
@@ -773,8 +783,8 @@ fn pool_resize(shared: &Shared, grow: bool, args: &Map) -> Value {
                 }
             });
         }
-        ok("pool will shrink")
     }
+    Ok(())
 }
 
 /// Reads the control exchange and answers the commands addressed to this worker.

@@ -26,6 +26,7 @@
 //! finish, after which they are abandoned (their leases expire and the messages run again,
 //! marked redelivered); pending outcomes are flushed; the worker row is removed.
 
+mod autoscale;
 mod builtins;
 mod chords;
 mod claim;
@@ -108,6 +109,22 @@ pub struct WorkerConfig {
     pub control: ControlSettings,
     /// Celery's events (`-E`): default worker events only.
     pub events: EventSettings,
+    /// Celery's `--autoscale`: grow and shrink how many tasks run at once (see
+    /// [`Autoscale`]). Default: off.
+    pub autoscale: Option<Autoscale>,
+}
+
+/// Celery's `--autoscale MAX,MIN`: every second, while more messages are held than can run,
+/// the pool grows (up to `max`); once fewer are held, and no growth happened for 30 s, it
+/// shrinks back (down to `min`), through the same path as `pool_grow`/`pool_shrink`. The
+/// worker starts at its `concurrency`; reservations (`prefetch_multiplier`) are sized for
+/// `max`, as in Celery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Autoscale {
+    /// The fewest tasks at once.
+    pub min: usize,
+    /// The most tasks at once.
+    pub max: usize,
 }
 
 impl Default for WorkerConfig {
@@ -133,6 +150,7 @@ impl Default for WorkerConfig {
             task_routes: crate::TaskRoutes::default(),
             control: ControlSettings::new(),
             events: EventSettings::default(),
+            autoscale: None,
         }
     }
 }
@@ -170,6 +188,9 @@ impl WorkerConfig {
         }
         if self.max_redeliveries < 0 {
             return bad("max redeliveries must not be negative".into());
+        }
+        if self.autoscale.is_some_and(|a| a.max == 0 || a.min > a.max || a.max > 10_000) {
+            return bad("autoscale needs 0 <= min <= max, 1 <= max <= 10,000".into());
         }
         Ok(())
     }
@@ -379,6 +400,9 @@ impl Worker {
         let start = self.store.broadcast_head().await.ok();
         services.start(control::ControlService { shared: shared.clone(), shutdown_worker: shutdown.clone(), start });
         services.start(events::EventService { shared: shared.clone() });
+        if let Some(limits) = config.autoscale {
+            services.start(autoscale::Autoscaler { shared: shared.clone(), limits });
+        }
 
         // The scheduler (-B) stops first at shutdown: nothing fires once the worker is stopping.
         let mut scheduler = Supervisor::default();
