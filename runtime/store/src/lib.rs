@@ -36,7 +36,11 @@ pub mod testing;
 mod tests;
 mod worker;
 
-use std::{str::FromStr, time::Duration};
+use std::{
+    str::FromStr,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 pub use backoff::Backoff;
 pub use celeriac_protocol::DeadLetterReason;
@@ -241,6 +245,18 @@ impl Store {
         Store::new(&StoreConfig::new(database_url))
     }
 
+    /// The newest migration applied to the database (0: none), against
+    /// [`MIGRATIONS`]'s newest: the schema is current when it is at least that.
+    ///
+    /// # Errors
+    /// [`Error::SchemaMissing`] when `celeriac migrate` has not run; connection errors.
+    pub async fn schema_version(&self) -> Result<i32> {
+        let client = self.pool.get().await?;
+        let row =
+            client.row(self.pooler, "select coalesce(max(version), 0) from celeriac.schema_migration", &[]).await?;
+        Ok(row.get(0))
+    }
+
     /// Checks that the server answers and the schema is there.
     ///
     /// # Errors
@@ -295,4 +311,19 @@ impl Store {
     pub fn pooler(&self) -> Pooler {
         self.pooler
     }
+}
+
+static DATABASE_ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a failed database call (a claim, a heartbeat, a write of outcomes, a maintenance
+/// pass) for [`database_errors`].
+pub fn note_database_error() {
+    DATABASE_ERRORS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Failed database calls of this process's workers and services since it started (the
+/// `celeriac_database_errors_total` metric).
+#[must_use]
+pub fn database_errors() -> u64 {
+    DATABASE_ERRORS.load(Ordering::Relaxed)
 }

@@ -63,6 +63,24 @@ impl Store {
             .collect())
     }
 
+    /// Per queue with ready messages, the age in seconds of the oldest one (how long the
+    /// queue has kept work waiting).
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn queue_oldest_ready(&self) -> Result<Vec<(String, f64)>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .rows(
+                self.pooler,
+                "select queue, extract(epoch from now() - min(eta))::float8 from celeriac.message
+                 where leased_by is null and eta <= now() group by queue order by 1",
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// Number of rows in `message` (all states).
     ///
     /// # Errors

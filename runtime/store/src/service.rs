@@ -86,6 +86,7 @@ impl<P: Periodic> Service for Every<P> {
                 }
             };
             if let Err(e) = result {
+                crate::note_database_error();
                 tracing::debug!(service = name, error = %e, "pass failed");
             }
         }

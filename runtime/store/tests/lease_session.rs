@@ -77,7 +77,7 @@ async fn settles_in_the_background_and_now_then_closes() {
     let settled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let hook = {
         let settled = settled.clone();
-        Arc::new(move |batch: &[Settlement]| {
+        Arc::new(move |batch: &[Settlement], _took| {
             settled.fetch_add(batch.len(), std::sync::atomic::Ordering::Relaxed);
         })
     };

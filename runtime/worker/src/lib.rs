@@ -59,6 +59,14 @@ pub enum Error {
     /// A setting is invalid.
     #[error("configuration: {0}")]
     Config(String),
+    /// The metrics port cannot be bound.
+    #[error("metrics on {address}: {source}")]
+    MetricsPort {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The database failed.
     #[error(transparent)]
     Store(#[from] celeriac_store::Error),

@@ -130,6 +130,7 @@ impl Completer {
         if batch.is_empty() {
             return true;
         }
+        let started = std::time::Instant::now();
         let mut backoff = Backoff::new();
         let mut progress = WriteProgress::default();
         loop {
@@ -145,6 +146,7 @@ impl Completer {
             {
                 Ok(_) => break,
                 Err(e) if !e.is_connection() => {
+                    crate::note_database_error();
                     tracing::error!(error = %e, "the database refused a batch of outcomes; recording them one by one");
                     for item in batch {
                         // What the batch wrote already stays written.
@@ -189,6 +191,7 @@ impl Completer {
                     break;
                 }
                 Err(e) => {
+                    crate::note_database_error();
                     tracing::warn!(error = %e, pending = batch.len(), retry_in = ?backoff.peek(), "could not record outcomes; retrying");
                     if !backoff.wait(&self.give_up).await {
                         tracing::error!(
@@ -200,17 +203,17 @@ impl Completer {
                 }
             }
         }
-        written(&self.held, self.on_settled.as_ref(), batch);
+        written(&self.held, self.on_settled.as_ref(), batch, started.elapsed());
         true
     }
 }
 
-/// After `batch` was written (or refused by the fence): its leases are no longer held, and the
-/// hook hears of it.
-pub(crate) fn written(held: &Held, on_settled: Option<&SettledHook>, batch: &[Settlement]) {
+/// After `batch` was written (or refused by the fence) in `took`: its leases are no longer
+/// held, and the hook hears of it.
+pub(crate) fn written(held: &Held, on_settled: Option<&SettledHook>, batch: &[Settlement], took: std::time::Duration) {
     held.remove(batch.iter().map(Settlement::lease));
     if let Some(hook) = on_settled {
-        hook(batch);
+        hook(batch, took);
     }
 }
 

@@ -104,8 +104,9 @@ impl Settlement {
     }
 }
 
-/// Called with every batch of settlements once it is written (statistics, events).
-pub type SettledHook = Arc<dyn Fn(&[Settlement]) + Send + Sync>;
+/// Called with every batch of settlements once it is written, and how long the writing took
+/// (statistics, metrics).
+pub type SettledHook = Arc<dyn Fn(&[Settlement], std::time::Duration) + Send + Sync>;
 
 /// Settings of a [`LeaseSession`].
 #[derive(Debug, Clone)]
@@ -298,6 +299,7 @@ impl LeaseSession {
     /// The server refused the statement: the outcome is dropped (logged) and the lease no
     /// longer renewed, so the message is delivered again after it.
     pub async fn settle_now(&self, settlement: Settlement) -> crate::Result<SettledNow> {
+        let started = std::time::Instant::now();
         let batch = std::slice::from_ref(&settlement);
         let written = completer::write_batch(
             &self.store,
@@ -310,7 +312,7 @@ impl LeaseSession {
         .await;
         match written {
             Ok(n) => {
-                completer::written(&self.held, self.on_settled.as_ref(), batch);
+                completer::written(&self.held, self.on_settled.as_ref(), batch, started.elapsed());
                 Ok(SettledNow::Written { held: n == 1 })
             }
             Err(e) if e.is_connection() && self.settle(settlement.clone()) => {

@@ -170,6 +170,15 @@ pub struct WorkerArgs {
     /// django-celery-beat.
     #[arg(long, value_name = "CLASS", env = "CELERY_WORKER_SCHEDULER")]
     pub scheduler: Option<String>,
+    /// Serve Prometheus metrics (`/metrics`) and the health probes `/healthz` (the process
+    /// answers) and `/readyz` (the database answers, the schema is current, heartbeats succeed)
+    /// on this port.
+    #[arg(long, value_name = "PORT", env = "CELERIAC_METRICS_PORT")]
+    pub metrics_port: Option<u16>,
+    /// The address the metrics port listens on (all interfaces by default, for Prometheus and
+    /// Kubernetes probes; the endpoints only read).
+    #[arg(long, value_name = "ADDRESS", default_value = "0.0.0.0", requires = "metrics_port")]
+    pub metrics_host: std::net::IpAddr,
     /// Celery's daemon options.
     #[command(flatten)]
     pub daemon: super::DaemonArgs,
@@ -475,6 +484,7 @@ fn worker_config(args: &WorkerArgs, result_backend: Option<&str>) -> Result<Work
             ..defaults.events.clone()
         },
         autoscale: None,
+        metrics_address: args.metrics_port.map(|port| std::net::SocketAddr::new(args.metrics_host, port)),
     };
     config.validate()?;
     Ok(config)

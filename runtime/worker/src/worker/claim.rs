@@ -250,9 +250,13 @@ async fn claim_batch(
     shared.stats.claims.fetch_add(1, Ordering::Relaxed);
     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     shared.stats.claim_micros.fetch_add(micros, Ordering::Relaxed);
+    if let Some(metrics) = &shared.metrics {
+        metrics.claimed(started.elapsed());
+    }
     let claimed = match result {
         Ok(c) => c,
         Err(e) => {
+            celeriac_store::note_database_error();
             tracing::warn!(error = %e, "worker: claim failed; retrying with backoff");
             tracker.spawn(pass_turn(previous, claim_done));
             let _ = done.send(ClaimResult::Failed);

@@ -134,11 +134,41 @@ pub(super) fn dead_letter_undecodable(shared: &Shared, claimed: &ClaimedMessage,
     let lease = claimed.lease;
     tracing::error!(message_id = lease.id, queue = %claimed.queue, reason = %e, "Can't decode message body; moving it to dead_letter");
     shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    if let Some(metrics) = &shared.metrics {
+        metrics.dead_lettered("", &claimed.queue);
+    }
     shared.session.settle(Settlement::DeadLetter(DeadLetterParams {
         lease,
         reason_code: e.reason_code(),
         reason: e.to_string(),
     }));
+}
+
+/// Counts a delivery's outcome in the metrics (the same reading of it as [`outcome_event`]).
+fn record_outcome(
+    metrics: &super::metrics::Metrics,
+    task: &str,
+    queue: &str,
+    handled: Option<TaskState>,
+    verdict: &Verdict,
+    runtime: f64,
+) {
+    use super::metrics::Ended;
+    let ended = match (handled, &verdict.result, &verdict.event) {
+        (Some(TaskState::Success), _, _) | (None, Some(TaskResult::Success(_)), _) => Some(Ended::Succeeded),
+        (Some(TaskState::Failure), _, _) | (None, Some(TaskResult::Failure { .. }), _) => Some(Ended::Failed),
+        (Some(TaskState::Retry), _, _) | (None, Some(TaskResult::Retry { .. }), _) => Some(Ended::Retried),
+        (Some(TaskState::Revoked), _, _) => Some(Ended::Revoked),
+        (None, None, settle::Event::Rejected { .. }) => Some(Ended::Rejected),
+        _ => None,
+    };
+    if let Some(ended) = ended {
+        let ran = matches!(ended, Ended::Succeeded | Ended::Failed | Ended::Retried);
+        metrics.ended(task, queue, ended, ran.then_some(runtime));
+    }
+    if matches!(verdict.settlement, Settlement::DeadLetter(_)) {
+        metrics.dead_lettered(task, queue);
+    }
 }
 
 /// The `task-*` event of a delivery's outcome, with Celery's fields: from the result of a Rust
@@ -204,6 +234,9 @@ async fn discard_revoked(
     body_decoded: bool,
     reason: &str,
 ) {
+    if let Some(metrics) = &shared.metrics {
+        metrics.ended(message.headers.task.as_str(), queue, super::metrics::Ended::Revoked, None);
+    }
     if shared.events.tasks() {
         shared.events.send(
             &shared.control.clock,
@@ -288,6 +321,10 @@ async fn execute_inner(
             State::Exception { state: TaskState::Failure, exception: Exception::new("NotRegistered", task, None) };
         store_now(shared, &message, claimed.queue.as_str(), &state).await;
         shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        if let Some(metrics) = &shared.metrics {
+            metrics.received(task, &claimed.queue);
+            metrics.dead_lettered(task, &claimed.queue);
+        }
         shared.session.settle(Settlement::DeadLetter(DeadLetterParams {
             lease,
             reason_code: DeadLetterReason::NotRegistered,
@@ -315,6 +352,9 @@ async fn execute_inner(
     );
     if shared.events.tasks() {
         shared.events.send(&shared.control.clock, "task-received", events::task::received(&message));
+    }
+    if let Some(metrics) = &shared.metrics {
+        metrics.received(message.headers.task.as_str(), &claimed.queue);
     }
     let task = message.headers.task.as_str();
     let admission = shared.rate_limits.admit(task, from_parked, Instant::now());
@@ -474,6 +514,9 @@ async fn execute_inner(
         _ => None,
     };
     let mut verdict = settle::verdict(outcome, &delivery);
+    if let Some(metrics) = &shared.metrics {
+        record_outcome(metrics, message.headers.task.as_str(), &queue_name, handled, &verdict, delivery.runtime);
+    }
     if shared.events.tasks() {
         outcome_event(shared, &id, &verdict, handled, &task_control, delivery.runtime);
     }

@@ -34,6 +34,7 @@ mod control;
 mod effects;
 mod events;
 mod execute;
+mod metrics;
 mod rate_limit;
 mod settle;
 mod stats;
@@ -112,6 +113,9 @@ pub struct WorkerConfig {
     /// Celery's `--autoscale`: grow and shrink how many tasks run at once (see
     /// [`Autoscale`]). Default: off.
     pub autoscale: Option<Autoscale>,
+    /// Serve Prometheus metrics and the health probes (`/metrics`, `/healthz`, `/readyz`) on
+    /// this address. Default: off (no metrics are kept).
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// Celery's `--autoscale MAX,MIN`: every second, while more messages are held than can run,
@@ -151,6 +155,7 @@ impl Default for WorkerConfig {
             control: ControlSettings::new(),
             events: EventSettings::default(),
             autoscale: None,
+            metrics_address: None,
         }
     }
 }
@@ -229,6 +234,8 @@ pub(super) struct Shared {
     control: control::Control,
     /// Celery's events (events.rs).
     events: events::Events,
+    /// Prometheus metrics, with `metrics_address` (metrics.rs).
+    metrics: Option<Arc<metrics::Metrics>>,
     /// The queues consumed now (`add_consumer` and `cancel_consumer` change them; changed
     /// under the `claim_state` lock, with the cursors).
     queues: std::sync::RwLock<Arc<Vec<String>>>,
@@ -337,10 +344,22 @@ impl Worker {
         );
 
         let wake = Arc::new(Notify::new());
+        // The metrics port is bound before the first claim: a port in use fails the start.
+        let metrics_listener = match config.metrics_address {
+            Some(address) => {
+                Some(metrics::bind(address).await.map_err(|source| Error::MetricsPort { address, source })?)
+            }
+            None => None,
+        };
+        let metrics = metrics_listener.as_ref().map(|_| Arc::new(metrics::Metrics::new()));
         let settled: SettledHook = {
             let stats = self.stats.clone();
-            Arc::new(move |batch: &[Settlement]| {
+            let metrics = metrics.clone();
+            Arc::new(move |batch: &[Settlement], took| {
                 stats.settled.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                if let Some(metrics) = &metrics {
+                    metrics.settled(took);
+                }
             })
         };
         let session = LeaseSession::start(
@@ -381,6 +400,7 @@ impl Worker {
             results,
             control: control::Control::new(&config.control.namespace),
             events: events::Events::new(&config.events, config.hostname.as_str().into()),
+            metrics: metrics.clone(),
             queues: std::sync::RwLock::new(Arc::new(config.queues.clone())),
         });
 
@@ -402,6 +422,9 @@ impl Worker {
         services.start(events::EventService { shared: shared.clone() });
         if let Some(limits) = config.autoscale {
             services.start(autoscale::Autoscaler { shared: shared.clone(), limits });
+        }
+        if let (Some(listener), Some(metrics)) = (metrics_listener, metrics) {
+            services.start(metrics::MetricsService { shared: shared.clone(), metrics, listener });
         }
 
         // The scheduler (-B) stops first at shutdown: nothing fires once the worker is stopping.
