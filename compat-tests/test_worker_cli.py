@@ -143,10 +143,11 @@ def test_logfile_pidfile_umask_and_privileges(celeriac_bin: Path, proj: Proj, tm
 
 def test_detach_runs_in_the_background_until_signalled(celeriac_bin: Path, proj: Proj, tmp_path: Path) -> None:
     logfile, pidfile = tmp_path / "bg.log", tmp_path / "bg.pid"
+    # A relative --workdir (applied once, by the detached copy) and -D among other short flags.
     done = subprocess.run(
         [str(celeriac_bin), "worker", "-A", "proj", "--database-url", proj.database_url, "-c", "1", "-n", "bg@%h",
-         "-D", "--logfile", str(logfile), "--pidfile", str(pidfile)],
-        cwd=SAMPLE_PROJ, env=proj.env, capture_output=True, text=True, timeout=30, check=False,
+         "-ED", "--workdir", SAMPLE_PROJ.name, "--logfile", str(logfile), "--pidfile", str(pidfile)],
+        cwd=SAMPLE_PROJ.parent, env=proj.env, capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     wait_for(lambda: logfile.exists() and "ready." in logfile.read_text(), 60, "the detached worker to be ready")

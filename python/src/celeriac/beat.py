@@ -21,6 +21,7 @@ twice.
 from __future__ import annotations
 
 import datetime
+import heapq
 import logging
 import os
 import time
@@ -90,6 +91,34 @@ class OwnershipMixin:
         due, next_check = super().is_due(entry)  # type: ignore[misc]
         if not due:
             return due, next_check
+        due, next_check = self._decide(entry, next_check)
+        if not due:
+            next_check = self._requeue(entry, next_check)
+        return due, next_check
+
+    def _requeue(self, entry: ScheduleEntry, delay: float) -> float:
+        """Moves ``entry``, on top of Celery's heap, to its next look in ``delay`` seconds, and
+        returns how long the tick may sleep. Celery before 5.7 leaves an entry that is not due on
+        top of the heap with its old time (celery#7649): while celeriac fires that entry, no
+        other would get its turn. (5.7's tick, finding the top changed, leaves the heap as it
+        is and sleeps until the new top.)"""
+        heap = getattr(self, "_heap", None)
+        if not heap or heap[0][2] is not entry:
+            return delay
+        top = heap[0]
+        heapq.heapreplace(heap, type(top)(self._when(entry, delay), top[1], entry))  # type: ignore[attr-defined]
+        until_top = heap[0][0] - self._when(entry, 0)  # type: ignore[attr-defined]
+        return max(0.0, min(delay, until_top))
+
+    def _app_time(self, timestamp: float) -> datetime.datetime:
+        """A database time in the app's time zone (Celery 5.6's crontab reads an aware
+        ``last_run_at`` by its clock time)."""
+        utc = datetime.datetime.fromtimestamp(timestamp, tz=datetime.timezone.utc)
+        return utc.astimezone(self.app.timezone)
+
+    def _decide(self, entry: ScheduleEntry, next_check: float) -> tuple[bool, float]:
+        """Whether Beat sends ``entry``, which its schedule says is due, and when to look
+        again if not."""
         answer = self._ask(entry.name)
         if answer is None:
             # Asked again soon: the slot is sent late (once the database answers), never twice.
@@ -114,7 +143,7 @@ class OwnershipMixin:
         # or now, as its own last run, and looks again when its entry is next due.
         logger.debug("Scheduler: %s was fired by celeriac; skipped", entry.name)
         if owner == "fenced" and at is not None:
-            entry.last_run_at = datetime.datetime.fromtimestamp(at, tz=datetime.timezone.utc)
+            entry.last_run_at = self._app_time(at)
         else:
             entry.last_run_at = entry.default_now()
         due, next_check = super().is_due(entry)  # type: ignore[misc]
@@ -147,8 +176,7 @@ class Scheduler(OwnershipMixin, PersistentScheduler):
         run_every = getattr(entry.schedule, "run_every", None)
         if run_every is None:
             return
-        following = datetime.datetime.fromtimestamp(next_run, tz=datetime.timezone.utc)
-        entry.last_run_at = following - run_every
+        entry.last_run_at = self._app_time(next_run) - run_every
 
 
 def __getattr__(name: str) -> Any:

@@ -111,14 +111,27 @@ pub struct Daemon {
 }
 
 impl DaemonArgs {
-    /// Applies the options for a process named `nodename` (`name@host`). With `--detach` in
-    /// the parent, starts the detached copy and returns `None`: the parent exits.
+    /// Applies the options for a process named `nodename` (`name@host`), started in
+    /// `launched_from` (before `--workdir`). With `--detach` in the parent, starts the
+    /// detached copy and returns `None`: the parent exits.
     ///
     /// # Errors
     /// [`DaemonError`] (through [`CliError`]).
-    pub fn apply(&self, nodename: &str) -> Result<Option<Daemon>, CliError> {
-        if self.detach {
-            detach(self.logfile.as_deref().map(|p| node_format(p, nodename)))?;
+    pub fn apply(&self, nodename: &str, launched_from: Option<&Path>) -> Result<Option<Daemon>, CliError> {
+        if self.detach && std::env::var_os(DETACHED_ENV).is_none() {
+            // Refused now, on the terminal, rather than in the background.
+            if let Some(path) = &self.pidfile {
+                check_pidfile(&node_format(path, nodename))?;
+            }
+            // The copy opens the log file itself once it dropped privileges (a file the
+            // parent created as root would not be writable by it); until then its output is
+            // the log file only when no privileges are dropped.
+            let output = self
+                .logfile
+                .as_deref()
+                .filter(|_| self.uid.is_none() && self.gid.is_none())
+                .map(|p| node_format(p, nodename));
+            detach(output, launched_from)?;
             return Ok(None);
         }
         if let Some(mask) = &self.umask {
@@ -196,11 +209,16 @@ fn os(what: &'static str) -> DaemonError {
     DaemonError::Os { what, source: std::io::Error::last_os_error() }
 }
 
-/// Starts this command again without `-D/--detach`, in a new session, with no terminal
-/// (stdin from /dev/null; stdout and stderr to the log file, else /dev/null).
-fn detach(logfile: Option<PathBuf>) -> Result<(), DaemonError> {
+/// Set in the detached copy: it does not detach again (whatever form `-D` took on the
+/// command line, e.g. `-BD`).
+const DETACHED_ENV: &str = "CELERIAC_DETACHED";
+
+/// Starts this command again in a new session, with no terminal (stdin from /dev/null; stdout
+/// and stderr to `logfile`, else /dev/null), in the directory it was started in (the copy
+/// applies `--workdir` itself).
+fn detach(logfile: Option<PathBuf>, launched_from: Option<&Path>) -> Result<(), DaemonError> {
     let exe = std::env::current_exe().map_err(|source| DaemonError::Os { what: "finding this program", source })?;
-    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).filter(|a| a != "-D" && a != "--detach").collect();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let output = |path: &Option<PathBuf>| -> Result<std::process::Stdio, DaemonError> {
         Ok(match path {
             Some(path) => OpenOptions::new()
@@ -213,7 +231,15 @@ fn detach(logfile: Option<PathBuf>) -> Result<(), DaemonError> {
         })
     };
     let mut command = std::process::Command::new(exe);
-    command.args(args).stdin(std::process::Stdio::null()).stdout(output(&logfile)?).stderr(output(&logfile)?);
+    command
+        .args(args)
+        .env(DETACHED_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(output(&logfile)?)
+        .stderr(output(&logfile)?);
+    if let Some(dir) = launched_from {
+        command.current_dir(dir);
+    }
     // SAFETY: setsid is async-signal-safe; it only detaches the child from our session.
     unsafe {
         command.pre_exec(|| {
@@ -308,6 +334,23 @@ fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
+/// Whether the pid file names a live process other than this one.
+fn running_pid(path: &Path) -> Option<i32> {
+    let pid = read_pid(path)?;
+    // SAFETY: signal 0 only checks that the process exists.
+    let alive = pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM));
+    (alive && u32::try_from(pid).ok() != Some(std::process::id())).then_some(pid)
+}
+
+/// Refuses a start the pid file would refuse, without creating it.
+fn check_pidfile(path: &Path) -> Result<(), DaemonError> {
+    match running_pid(path) {
+        Some(pid) => Err(DaemonError::AlreadyRunning { path: path.to_owned(), pid }),
+        None => Ok(()),
+    }
+}
+
 /// Celery's `create_pidlock`: a pid file naming a live process refuses the start; a stale
 /// or unreadable one is replaced.
 fn create_pidfile(path: &Path) -> Result<PidFile, DaemonError> {
@@ -320,15 +363,7 @@ fn create_pidfile(path: &Path) -> Result<PidFile, DaemonError> {
                 return Ok(PidFile { path: path.to_owned() });
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                if let Some(pid) = read_pid(path) {
-                    // SAFETY: signal 0 only checks that the process exists.
-                    let alive = pid > 0
-                        && (unsafe { libc::kill(pid, 0) } == 0
-                            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM));
-                    if alive && u32::try_from(pid).ok() != Some(std::process::id()) {
-                        return Err(DaemonError::AlreadyRunning { path: path.to_owned(), pid });
-                    }
-                }
+                check_pidfile(path)?;
                 // Stale: Celery removes it and goes on.
                 std::fs::remove_file(path).map_err(file_error)?;
             }

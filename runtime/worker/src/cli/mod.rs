@@ -270,6 +270,7 @@ pub enum CliError {
 #[must_use]
 pub fn main(registry: Registry) -> ExitCode {
     let cli = Cli::parse();
+    let launched_from = std::env::current_dir().ok();
     if let Some(dir) = &cli.workdir {
         if let Err(source) = std::env::set_current_dir(dir) {
             eprintln!("celeriac: {}", CliError::Workdir { dir: dir.clone(), source });
@@ -286,7 +287,7 @@ pub fn main(registry: Registry) -> ExitCode {
         return ExitCode::from(2);
     }
     // Detach, umask, drop privileges, log file, pid file: before anything else runs.
-    let daemon = match daemon.map(|(args, nodename)| args.apply(&nodename)).transpose() {
+    let daemon = match daemon.map(|(args, nodename)| args.apply(&nodename, launched_from.as_deref())).transpose() {
         Ok(Some(None)) => return ExitCode::SUCCESS, // detached: the copy runs on
         Ok(held) => held.flatten(),
         Err(e) => {

@@ -602,9 +602,9 @@ impl Inner {
 
     /// `pool_grow` / `pool_shrink` (prefork): starts `n` more children, or retires the `n`
     /// newest (each finishes the job it holds, then exits; one child always stays). Returns
-    /// the worker's run slots added or removed: two per child, its task and the one queued
-    /// behind it (see [`Inner::take`]).
-    fn resize(self: &Arc<Self>, grow: bool, n: usize) -> Result<usize, String> {
+    /// the children added or retired, and the worker's run slots that is: two per child, its
+    /// task and the one queued behind it (see [`Inner::take`]).
+    fn resize(self: &Arc<Self>, grow: bool, n: usize) -> Result<(usize, usize), String> {
         let mut children = self.children.lock().map_err(|_| "the pool is unavailable".to_owned())?;
         if grow {
             let first = children.len();
@@ -613,7 +613,7 @@ impl Inner {
             for index in first..first + n {
                 respawn(self.clone(), index);
             }
-            return Ok(2 * n);
+            return Ok((n, 2 * n));
         }
         let wanted = n;
         let n = n.min(children.len().saturating_sub(1));
@@ -631,7 +631,7 @@ impl Inner {
             shrunk.retain(|c| !c.gone.is_cancelled());
             shrunk.extend(retired);
         }
-        Ok(2 * n)
+        Ok((n, 2 * n))
     }
 
     /// A child for a job, if one can take it now: an idle child first (the threads pool: the

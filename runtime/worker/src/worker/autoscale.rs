@@ -2,7 +2,7 @@
 //! on the messages the worker holds, once a second.
 
 use std::{
-    sync::Arc,
+    sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
@@ -30,21 +30,22 @@ impl Service for Autoscaler {
 
     async fn run(self, shutdown: CancellationToken) {
         let Autoscaler { shared, limits } = self;
-        let mut size = shared.config.concurrency;
         let mut grown_at = Instant::now();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(EVERY) => {}
             }
+            // The size now: pool_grow/pool_shrink change it too, as they go through Celery's
+            // autoscaler.
+            let size = shared.pool_size.load(Ordering::Relaxed);
             let held = shared.control.held();
             let wanted = held.min(limits.max);
             if wanted > size {
                 let n = wanted - size;
                 match control::resize(&shared, true, n) {
-                    Ok(()) => {
+                    Ok(n) => {
                         tracing::info!("Scaling up {n} processes.");
-                        size = wanted;
                         grown_at = Instant::now();
                     }
                     Err(why) => tracing::warn!("autoscale: cannot grow the pool: {why}"),
@@ -55,10 +56,7 @@ impl Service for Autoscaler {
             if wanted < size && grown_at.elapsed() > KEEPALIVE {
                 let n = size - wanted;
                 match control::resize(&shared, false, n) {
-                    Ok(()) => {
-                        tracing::info!("Scaling down {n} processes.");
-                        size = wanted;
-                    }
+                    Ok(n) => tracing::info!("Scaling down {n} processes."),
                     Err(why) => tracing::warn!("autoscale: cannot shrink the pool: {why}"),
                 }
             }

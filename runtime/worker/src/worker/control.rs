@@ -42,6 +42,9 @@ pub struct ControlSettings {
     pub resize: PoolResize,
 }
 
+/// A pool's resize function (see [`PoolResize::Pool`]): `(grow, n)` → `(tasks, run slots)`.
+pub type PoolResizer = dyn Fn(bool, usize) -> Result<(usize, usize), String> + Send + Sync;
+
 /// How `pool_grow`/`pool_shrink` change how many tasks run at once.
 #[derive(Clone, Default)]
 pub enum PoolResize {
@@ -49,9 +52,10 @@ pub enum PoolResize {
     #[default]
     Concurrency,
     /// A pool that grows or shrinks itself: given whether to grow and by how many processes,
-    /// it returns how many of the worker's run slots it added or removed (its pipeline
-    /// included), or why it cannot.
-    Pool(Arc<dyn Fn(bool, usize) -> Result<usize, String> + Send + Sync>),
+    /// it returns by how many tasks at once it grew or shrank (it may shrink less than asked),
+    /// and how many of the worker's run slots that is (its pipeline included), or why it
+    /// cannot.
+    Pool(Arc<PoolResizer>),
     /// Neither: the message says why.
     Fixed(String),
 }
@@ -757,23 +761,32 @@ fn time_limit(shared: &Shared, args: &Map) -> Value {
 fn pool_resize(shared: &Shared, grow: bool, args: &Map) -> Value {
     let n = args.get("n").and_then(Value::as_i64).unwrap_or(1).clamp(0, 10_000);
     match resize(shared, grow, usize::try_from(n).unwrap_or(0)) {
-        Ok(()) if grow => ok("pool will grow"),
-        Ok(()) => ok("pool will shrink"),
+        Ok(_) if grow => ok("pool will grow"),
+        Ok(_) => ok("pool will shrink"),
         Err(why) => nok(why),
     }
 }
 
 /// Grows or shrinks how many tasks run at once by `n` (`pool_grow`/`pool_shrink`, and
-/// `--autoscale`).
-pub(super) fn resize(shared: &Shared, grow: bool, n: usize) -> Result<(), String> {
-    let slots = match &shared.config.control.resize {
-        PoolResize::Concurrency => n,
+/// `--autoscale`); never below one. Returns by how many it changed.
+pub(super) fn resize(shared: &Shared, grow: bool, n: usize) -> Result<usize, String> {
+    let (tasks, slots) = match &shared.config.control.resize {
+        PoolResize::Concurrency if grow => (n, n),
+        PoolResize::Concurrency => {
+            let fewer = n.min(shared.pool_size.load(Ordering::Relaxed).saturating_sub(1));
+            if fewer == 0 && n > 0 {
+                return Err("ValueError(\"Can't shrink pool below one process\")".into());
+            }
+            (fewer, fewer)
+        }
         PoolResize::Pool(resize) => resize(grow, n)?,
         PoolResize::Fixed(why) => return Err(why.clone()),
     };
     if grow {
+        shared.pool_size.fetch_add(tasks, Ordering::Relaxed);
         shared.run_slots.add_permits(slots);
     } else {
+        let _ = shared.pool_size.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| Some(s.saturating_sub(tasks)));
         // Slots in use are taken as their tasks end.
         let run_slots = shared.run_slots.clone();
         if let Ok(slots) = u32::try_from(slots) {
@@ -784,7 +797,7 @@ pub(super) fn resize(shared: &Shared, grow: bool, n: usize) -> Result<(), String
             });
         }
     }
-    Ok(())
+    Ok(tasks)
 }
 
 /// Reads the control exchange and answers the commands addressed to this worker.

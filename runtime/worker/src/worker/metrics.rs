@@ -326,7 +326,11 @@ async fn queue_stats(shared: &Shared, metrics: &Metrics, shutdown: &Cancellation
             Some(t) => store.lease_renew(QUEUE_STATS_LEASE, shared.worker_id, t, ttl).await,
             None => store.lease_acquire(QUEUE_STATS_LEASE, shared.worker_id, &shared.config.hostname, ttl).await,
         };
-        term = held.ok().flatten().map(|t| t.term);
+        match held {
+            Ok(held) => term = held.map(|t| t.term),
+            // Not lost for a failed call: renewed (or given up) next time.
+            Err(e) => tracing::debug!("metrics: the queue statistics lease: {e}"),
+        }
         if term.is_some() {
             match tokio::try_join!(store.queue_stats(), store.queue_oldest_ready()) {
                 Ok(stats) => metrics.set_queues(Some(stats)),

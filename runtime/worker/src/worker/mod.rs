@@ -236,6 +236,12 @@ pub(super) struct Shared {
     events: events::Events,
     /// Prometheus metrics, with `metrics_address` (metrics.rs).
     metrics: Option<Arc<metrics::Metrics>>,
+    /// Tasks that run at once now: `concurrency`, changed by `pool_grow`/`pool_shrink` and
+    /// `--autoscale` (control.rs).
+    pool_size: std::sync::atomic::AtomicUsize,
+    /// The last `add_consumer`/`cancel_consumer` change, and the lock its row write takes: only
+    /// the newest list is written, whatever order the writes run in.
+    queues_written: Arc<(tokio::sync::Mutex<()>, std::sync::atomic::AtomicU64)>,
     /// The queues consumed now (`add_consumer` and `cancel_consumer` change them; changed
     /// under the `claim_state` lock, with the cursors).
     queues: std::sync::RwLock<Arc<Vec<String>>>,
@@ -254,8 +260,13 @@ impl Shared {
         *self.queues.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(queues.clone());
         drop(state);
         self.wake.notify_one();
-        let (store, id) = (self.store.clone(), self.worker_id);
+        let (store, id, written) = (self.store.clone(), self.worker_id, self.queues_written.clone());
+        let change = written.1.fetch_add(1, Ordering::Relaxed) + 1;
         tokio::spawn(async move {
+            let _turn = written.0.lock().await;
+            if written.1.load(Ordering::Relaxed) != change {
+                return; // a newer list is on its way
+            }
             if let Err(e) = store.worker_set_queues(id, &queues).await {
                 tracing::warn!("cannot record the worker's queues: {e}");
             }
@@ -401,6 +412,8 @@ impl Worker {
             control: control::Control::new(&config.control.namespace),
             events: events::Events::new(&config.events, config.hostname.as_str().into()),
             metrics: metrics.clone(),
+            pool_size: std::sync::atomic::AtomicUsize::new(config.concurrency),
+            queues_written: Arc::default(),
             queues: std::sync::RwLock::new(Arc::new(config.queues.clone())),
         });
 
