@@ -43,6 +43,19 @@ class Process(LoggedProcess):
     KIND = "beat"
 
 
+def _celery_beat(app: str, tmp_path: Path, env: dict[str, str], loglevel: str) -> Process:
+    """``celery -A APP beat -S celeriac.beat:Scheduler`` waking at least every second."""
+    return Process(
+        [
+            sys.executable, "-m", "celery", "-A", app, "beat", "-S", "celeriac.beat:Scheduler",
+            "-s", str(tmp_path / "celerybeat-schedule"), "--max-interval", "1", "-l", loglevel,
+        ],
+        tmp_path / "celery-beat.log",
+        cwd=tmp_path,
+        env=env,
+    )  # fmt: skip
+
+
 def _rows(url: str, sql: str, *params: object) -> list[tuple]:
     with psycopg.connect(url, autocommit=True) as conn:
         return conn.execute(sql, params).fetchall()
@@ -72,15 +85,7 @@ def test_ramping_back_and_forth_sends_every_slot_once(celeriac_bin: Path, databa
     owners = {r[0] for r in _rows(url, "select owner from celeriac.schedule")}
     assert owners == {"beat"}
 
-    beat = Process(
-        [
-            sys.executable, "-m", "celery", "-A", "ramp", "beat", "-S", "celeriac.beat:Scheduler",
-            "-s", str(tmp_path / "celerybeat-schedule"), "--max-interval", "1", "-l", "info",
-        ],
-        tmp_path / "celery-beat.log",
-        cwd=tmp_path,
-        env=env,
-    )  # fmt: skip
+    beat = _celery_beat("ramp", tmp_path, env, "info")
     tickers = [
         Process(
             [str(celeriac_bin), "beat", "--database-url", url, "--max-interval", "1", "--lease-seconds", "3"],
@@ -177,15 +182,7 @@ def test_a_slot_celeriac_promised_is_sent_by_beat_when_the_schedule_comes_back_f
         rows = _rows(url, "select created_at from celeriac.message where task_name = 'promise.tick' order by 1")
         return [r[0] for r in rows]
 
-    beat = Process(
-        [
-            sys.executable, "-m", "celery", "-A", "promise", "beat", "-S", "celeriac.beat:Scheduler",
-            "-s", str(tmp_path / "celerybeat-schedule"), "--max-interval", "1", "-l", "debug",
-        ],
-        tmp_path / "celery-beat.log",
-        cwd=tmp_path,
-        env=env,
-    )  # fmt: skip
+    beat = _celery_beat("promise", tmp_path, env, "debug")
     try:
         beat.wait_for(lambda: len(sends()) >= 1, 30, "Beat's first send")
         # Strict hand-over: celeriac takes the slot after Beat's send.

@@ -94,6 +94,22 @@ with ids as (
 )
 insert into celeriac.broadcast (exchange, routing_key, payload) values ($1, $2, $3) returning id";
 
+/// Revocations recorded at once from which `celeriac.revoked` is analyzed straight away.
+const BULK_REVOKE: usize = 1000;
+
+/// After a bulk revoke, analyzes `celeriac.revoked`, so the claim's revocation probe is
+/// planned on its real size (not on statistics from when it was nearly empty, with which
+/// PostgreSQL scans it whole for every claim) before autovacuum gets to it. A role that may
+/// not analyze it only loses that (logged).
+async fn analyze_after_bulk_revoke(client: &deadpool_postgres::Object, pooler: crate::Pooler, revoked: usize) {
+    if revoked < BULK_REVOKE {
+        return;
+    }
+    if let Err(e) = client.touch(pooler, "analyze celeriac.revoked", &[]).await {
+        tracing::debug!("cannot analyze celeriac.revoked after a bulk revoke: {e}");
+    }
+}
+
 impl Store {
     /// Publishes `payload` (a kombu envelope) to `exchange` with `routing_key`, and records
     /// `revocation` in the same statement: every reader of that exchange sees the message once,
@@ -134,7 +150,9 @@ impl Store {
             (&headers as _, Type::TEXT_ARRAY),
             (&values as _, Type::TEXT_ARRAY),
         ];
-        Ok(client.row(self.pooler, PUBLISH_SQL, &params).await?.get(0))
+        let position = client.row(self.pooler, PUBLISH_SQL, &params).await?.get(0);
+        analyze_after_bulk_revoke(&client, self.pooler, ids.len()).await;
+        Ok(position)
     }
 
     /// Publishes many messages (events) in one statement.
@@ -252,6 +270,7 @@ impl Store {
                 ],
             )
             .await?;
+        analyze_after_bulk_revoke(&client, self.pooler, ids.len()).await;
         Ok(())
     }
 
