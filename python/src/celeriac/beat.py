@@ -83,8 +83,10 @@ class OwnershipMixin:
             self._celeriac_store = _native.Store(database_url(self.app), max_connections=1)
         try:
             return self._celeriac_store.schedule_beat_claim(name)
-        except Exception as exc:  # any database failure: skip rather than risk a double
-            logger.error("Scheduler: cannot ask celeriac who fires %s; skipped: %s", name, exc)
+        except Exception as exc:  # any database failure: not sent now rather than risk a double
+            logger.error(
+                "Scheduler: cannot ask celeriac who fires %s; asking again shortly: %s", name, exc
+            )
             return None
 
     def is_due(self, entry: ScheduleEntry) -> tuple[bool, float]:
