@@ -45,20 +45,23 @@ impl Store {
                 &[(&limit, Type::INT8)],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| DeadLetter {
-                id: r.get(0),
-                queue: r.get(1),
-                task_name: r.get(2),
-                task_id: r.get(3),
-                reason_code: r.get(4),
-                reason: r.get(5),
-                payload: r.get(6),
-                attempt: r.get(7),
-                failed_at: r.get(8),
-            })
-            .collect())
+        Ok(rows.iter().map(from_row).collect())
+    }
+}
+
+/// A dead letter from `id, queue, task_name, task_id, reason_code, reason, payload, attempt,
+/// failed_at`.
+pub(crate) fn from_row(r: &tokio_postgres::Row) -> DeadLetter {
+    DeadLetter {
+        id: r.get(0),
+        queue: r.get(1),
+        task_name: r.get(2),
+        task_id: r.get(3),
+        reason_code: r.get(4),
+        reason: r.get(5),
+        payload: r.get(6),
+        attempt: r.get(7),
+        failed_at: r.get(8),
     }
 }
 

@@ -77,6 +77,12 @@ impl Error {
         }
     }
 
+    /// Whether a statement was cancelled by its `statement_timeout` (or a cancel request).
+    #[must_use]
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Postgres(e) if e.code() == Some(&SqlState::QUERY_CANCELED))
+    }
+
     /// Turns "relation/schema does not exist" into [`Error::SchemaMissing`].
     pub(crate) fn from_pg(e: tokio_postgres::Error) -> Self {
         match e.code() {

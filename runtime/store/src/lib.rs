@@ -24,6 +24,7 @@ mod listener;
 pub mod maintenance;
 mod message;
 mod migrate;
+mod operations;
 mod queue_stats;
 mod rate_limit;
 mod results;
@@ -55,6 +56,10 @@ pub use message::{
     NewMessage, RequeueReport, RescueReport, MESSAGE_INSERT_DBAPI_SQL, ORPHAN_AFTER_HEALTHY_SECONDS,
 };
 pub use migrate::{migrations_fingerprint, MigrateReport, Migration, MIGRATIONS};
+pub use operations::{
+    Count, DeadLetterSearch, MessageFilter, MessageRow, MessageState, MinuteCounts, PausedQueue, QueueOverview,
+    TaskCountDelta, COUNT_BOUND, SEARCH_TIMEOUT,
+};
 pub use queue_stats::QueueStats;
 pub use rate_limit::{global_burst, RateLimitRow, RateLimitScope, RateValue, TokenGrant, GLOBAL_BURST_SECONDS, PARKED};
 pub use results::{Finish, ResultRow, ResultTable, ResultTableConfig, ResultTableKind};

@@ -225,7 +225,8 @@ pub struct RequeueReport {
 /// rows of the task names in `$5` are parked instead (same attempt, see [`ClaimParams::park`]).
 /// Fresh rows (`redeliveries = 0`) come from each queue's head, or after its cursor
 /// (`condition`); at most `$<suspects>` suspects (rows that came back after a lost lease, see
-/// `migrations/0002_claim_suspects.sql`) come from the head of all queues together. The outer
+/// `migrations/0002_claim_suspects.sql`) come from the head of all queues together. Paused queues
+/// (`queue_paused`, see `migrations/0008_operations.sql`) give nothing. The outer
 /// `= any(array(…))` keeps the plan a primary-key lookup even as a generic plan.
 fn claim_sql(queues: &str, condition: &str, suspects: u8) -> String {
     format!(
@@ -243,6 +244,7 @@ fn claim_sql(queues: &str, condition: &str, suspects: u8) -> String {
                      select id, priority, eta
                      from celeriac.message
                      where queue = q.name and leased_by is null and redeliveries = 0 and eta <= now() {condition}
+                       and not exists (select from celeriac.queue_paused p where p.queue = q.name)
                      order by priority desc, eta, id
                      limit $2
                      for update skip locked
@@ -256,6 +258,7 @@ fn claim_sql(queues: &str, condition: &str, suspects: u8) -> String {
                          select id, priority, eta
                          from celeriac.message
                          where queue = sq.name and leased_by is null and redeliveries > 0 and eta <= now()
+                       and not exists (select from celeriac.queue_paused p where p.queue = sq.name)
                          order by priority desc, eta, id
                          limit ${suspects}
                          for update skip locked

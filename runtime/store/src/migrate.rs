@@ -28,6 +28,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 5, name: "schedules", sql: include_str!("../../../migrations/0005_schedules.sql") },
     Migration { version: 6, name: "chords", sql: include_str!("../../../migrations/0006_chords.sql") },
     Migration { version: 7, name: "control", sql: include_str!("../../../migrations/0007_control.sql") },
+    Migration { version: 8, name: "operations", sql: include_str!("../../../migrations/0008_operations.sql") },
 ];
 
 /// What the runner itself creates before applying migrations.
