@@ -684,3 +684,82 @@ impl Store {
         }
     }
 }
+
+impl Store {
+    /// The result table's row of `task_id`, as the JSON text of the whole row (`to_jsonb`:
+    /// every column of either layout by its own name; `bytea` as `\x…` hex).
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn result_row_json(&self, table: &crate::ResultTable, task_id: &str) -> Result<Option<String>> {
+        let client = self.pool.get().await?;
+        let sql = format!("select to_jsonb(t)::text from {} t where t.task_id = $1", table.qualified());
+        let rows = client.rows(self.pooler, &sql, &[(&task_id, Type::TEXT)]).await?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    /// Result rows, newest (highest id) first, `limit` of them with ids below `before`, as the
+    /// JSON text of each row; only `status` and only task `name` when given (the name needs
+    /// Celery's extended columns or django-celery-results). Cut after [`SEARCH_TIMEOUT`]:
+    /// `Ok(None)` then.
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn result_search(
+        &self,
+        table: &crate::ResultTable,
+        status: Option<&str>,
+        name: Option<&str>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Option<Vec<(i64, String)>>> {
+        let name_column = match table.kind() {
+            crate::ResultTableKind::Django => "task_name",
+            crate::ResultTableKind::Celery if table.extended() => "name",
+            crate::ResultTableKind::Celery => "null::text",
+        };
+        let sql = format!(
+            "select t.id::int8, to_jsonb(t)::text from {} t
+             where ($1::int8 is null or t.id < $1)
+               and ($2::text is null or t.status = $2)
+               and ($3::text is null or t.{name_column} = $3)
+             order by t.id desc limit $4",
+            table.qualified()
+        );
+        let rows = self
+            .rows_within(
+                SEARCH_TIMEOUT,
+                &sql,
+                &[(&before, Type::INT8), (&status, Type::TEXT), (&name, Type::TEXT), (&limit, Type::INT8)],
+            )
+            .await?;
+        Ok(rows.map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
+    }
+
+    /// The result table to show beside the queue, when the queue database has one: Celery's
+    /// `table` (default `celery_taskmeta`), else django-celery-results'. Never creates one.
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn result_table_find(&self, table: Option<&str>) -> Result<Option<crate::ResultTable>> {
+        let mut celery = crate::ResultTableConfig::celery();
+        celery.create = false;
+        if let Some(name) = table {
+            match name.split_once('.') {
+                Some((schema, name)) => {
+                    celery.schema = Some(schema.to_owned());
+                    name.clone_into(&mut celery.table);
+                }
+                None => name.clone_into(&mut celery.table),
+            }
+        }
+        for config in [celery, crate::ResultTableConfig::django()] {
+            match self.result_table_open(&config).await {
+                Ok(t) => return Ok(Some(t)),
+                Err(Error::Config(_) | Error::NotFound(_) | Error::SchemaMissing(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+}

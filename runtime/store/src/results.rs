@@ -306,6 +306,12 @@ impl ResultTable {
         &self.kind
     }
 
+    /// The quoted, schema-qualified table name.
+    #[must_use]
+    pub fn qualified(&self) -> &str {
+        &self.qualified
+    }
+
     /// The upsert of the rows `unnest`ed from parameters `$first…`. With `key` (the message id's
     /// alias and type), each row carries its message's id first, and only rows of messages the
     /// statement's `done` deleted are stored, the last per task id.

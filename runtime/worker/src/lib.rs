@@ -30,6 +30,7 @@ mod canvas;
 mod chord;
 pub mod cli;
 mod client;
+pub mod dashboard;
 pub mod examples;
 #[cfg(feature = "python")]
 pub mod python;

@@ -3,8 +3,8 @@
 //!
 //! This module holds the argument definitions shared by every command ([`Cli`], [`Command`]),
 //! the dispatch and [`CliError`]; each command's options and body live in a file of their own
-//! (`worker.rs`, `send.rs`, `enqueue_envelopes.rs`, `inspect.rs`, `dead_letters.rs`,
-//! `migrate.rs`, `rate_limit.rs`; `bench` is [`crate::bench`]).
+//! (`worker.rs`, `dashboard.rs`, `send.rs`, `enqueue_envelopes.rs`, `inspect.rs`, `dead_letters.rs`,
+//! `migrate.rs`, `queue.rs`, `rate_limit.rs`; `bench` is [`crate::bench`]).
 
 use std::process::ExitCode;
 
@@ -13,10 +13,12 @@ use clap::{Parser, Subcommand};
 
 mod beat;
 mod daemon;
+mod dashboard;
 mod dead_letters;
 mod enqueue_envelopes;
 mod inspect;
 mod migrate;
+mod queue;
 mod rate_limit;
 mod revoke;
 mod schedule;
@@ -25,10 +27,13 @@ mod worker;
 
 pub use beat::BeatArgs;
 pub use daemon::{DaemonArgs, DaemonError};
+pub use dashboard::{DashboardAccess, DashboardArgs};
 pub use dead_letters::{DeadLetterAction, DeadLetterSelection};
 pub use enqueue_envelopes::EnvelopeArgs;
 pub use inspect::Inspect;
+pub use queue::QueueAction;
 pub use rate_limit::RateLimitAction;
+pub(crate) use schedule::timing as schedule_timing;
 pub use schedule::{AddArgs, EditArgs, ImportArgs, PinArgs, RampArgs, ScheduleAction, SpecArgs};
 pub use send::SendArgs;
 pub use worker::WorkerArgs;
@@ -117,6 +122,12 @@ pub enum Command {
     Send(SendArgs),
     /// Enqueue kombu envelopes as they are, one JSON document per line (from a file or `-`).
     EnqueueEnvelopes(EnvelopeArgs),
+    /// Pause, resume, list or purge queues (a paused queue's messages wait; no worker takes them).
+    Queue {
+        /// What to do.
+        #[command(subcommand)]
+        action: QueueAction,
+    },
     /// Show the state of queues.
     Inspect {
         /// What to show.
@@ -138,6 +149,9 @@ pub enum Command {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+    /// Serve the web dashboard: queues (pause, resume, purge), tasks, dead letters, schedules,
+    /// workers, with Prometheus queue gauges and health probes (localhost:5555 by default).
+    Dashboard(DashboardArgs),
     /// Measure enqueue rate, drain rate and idle pickup latency against the database.
     Bench(crate::bench::BenchArgs),
 }
@@ -147,6 +161,9 @@ pub enum Command {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CliError {
+    /// The dashboard cannot start.
+    #[error(transparent)]
+    Dashboard(#[from] crate::dashboard::DashboardError),
     /// `-l/--loglevel` names no level.
     #[error("unknown log level {0:?} (use DEBUG, INFO, WARNING, ERROR or CRITICAL)")]
     UnknownLogLevel(String),
@@ -419,10 +436,12 @@ async fn run(cli: Cli, registry: Registry) -> Result<(), CliError> {
         Command::Schedule { action } => schedule::run(&url, cli.app.as_deref(), action).await,
         Command::Send(args) => send::run(&url, &args).await,
         Command::EnqueueEnvelopes(args) => enqueue_envelopes::run(&url, &args).await,
+        Command::Queue { action } => queue::run(&url, action).await,
         Command::Inspect { what } => inspect::run(&url, what).await,
         Command::Revoke(args) => revoke::run(&url, args).await,
         Command::RateLimit { action } => rate_limit::run(&url, action).await,
         Command::DeadLetters { action } => dead_letters::run(&url, action).await,
+        Command::Dashboard(args) => dashboard::run(&url, &args).await,
         Command::Bench(args) => Ok(crate::bench::run(&url, &args).await?),
     }
 }

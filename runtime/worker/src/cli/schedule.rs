@@ -429,7 +429,8 @@ fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-fn timing(d: &ScheduleDefinition) -> String {
+/// How a schedule's timing reads: `crontab(…) zone`, `every Ns`, `at …`.
+pub(crate) fn timing(d: &ScheduleDefinition) -> String {
     match &d.when {
         When::Crontab(f) => format!("crontab({} {} {} {} {}) {}", f[0], f[1], f[3], f[4], f[2], d.tz),
         When::Interval { seconds, relative } => {

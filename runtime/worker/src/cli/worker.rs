@@ -179,6 +179,16 @@ pub struct WorkerArgs {
     /// Kubernetes probes; the endpoints only read).
     #[arg(long, value_name = "ADDRESS", default_value = "0.0.0.0", requires = "metrics_port")]
     pub metrics_host: std::net::IpAddr,
+    /// Also serve the web dashboard on this port (as `celeriac dashboard`, in this process).
+    #[arg(long, value_name = "PORT")]
+    pub dashboard: Option<u16>,
+    /// The address the dashboard listens on (a non-loopback address needs
+    /// --basic-auth, --token or --read-only).
+    #[arg(long, value_name = "ADDRESS", default_value = "127.0.0.1", requires = "dashboard")]
+    pub dashboard_host: std::net::IpAddr,
+    /// The dashboard's access options.
+    #[command(flatten)]
+    pub dashboard_access: super::DashboardAccess,
     /// Celery's daemon options.
     #[command(flatten)]
     pub daemon: super::DaemonArgs,
@@ -304,6 +314,17 @@ pub(super) async fn run(
         config.validate()?;
     }
     let store = store(url, if args.beat { 8 } else { 6 })?;
+    // The dashboard's port is bound before the first claim: a port in use fails the start.
+    let dashboard = match args.dashboard {
+        Some(port) => {
+            let config = args.dashboard_access.config(std::net::SocketAddr::new(args.dashboard_host, port));
+            let listener = crate::dashboard::bind(&config).await?;
+            let stop = CancellationToken::new();
+            let served = tokio::spawn(crate::dashboard::serve(super::store(url, 4)?, config, listener, stop.clone()));
+            Some((stop, served))
+        }
+        None => None,
+    };
     if args.purge {
         let mut erased = 0;
         for queue in &config.queues {
@@ -331,6 +352,10 @@ pub(super) async fn run(
     };
     if let Some(pool) = pool {
         pool.shutdown(config.shutdown_timeout.min(Duration::from_secs(10))).await;
+    }
+    if let Some((stop, served)) = dashboard {
+        stop.cancel();
+        let _ = served.await;
     }
     result
 }

@@ -14,6 +14,7 @@
 
 mod meta;
 mod read;
+pub(crate) use read::decode_value;
 mod redis;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};

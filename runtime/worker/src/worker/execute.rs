@@ -137,6 +137,7 @@ pub(super) fn dead_letter_undecodable(shared: &Shared, claimed: &ClaimedMessage,
     if let Some(metrics) = &shared.metrics {
         metrics.dead_lettered("", &claimed.queue);
     }
+    shared.task_counts.dead_lettered(&claimed.queue, "");
     shared.session.settle(Settlement::DeadLetter(DeadLetterParams {
         lease,
         reason_code: e.reason_code(),
@@ -144,9 +145,10 @@ pub(super) fn dead_letter_undecodable(shared: &Shared, claimed: &ClaimedMessage,
     }));
 }
 
-/// Counts a delivery's outcome in the metrics (the same reading of it as [`outcome_event`]).
+/// Counts a delivery's outcome in the task counts and the metrics (the same reading of it as
+/// [`outcome_event`]).
 fn record_outcome(
-    metrics: &super::metrics::Metrics,
+    shared: &Shared,
     task: &str,
     queue: &str,
     handled: Option<TaskState>,
@@ -162,11 +164,18 @@ fn record_outcome(
         (None, None, settle::Event::Rejected { .. }) => Some(Ended::Rejected),
         _ => None,
     };
+    let dead_lettered = matches!(verdict.settlement, Settlement::DeadLetter(_));
+    match ended {
+        Some(ended) => shared.task_counts.add(queue, task, ended),
+        None if dead_lettered => shared.task_counts.dead_lettered(queue, task),
+        None => {}
+    }
+    let Some(metrics) = &shared.metrics else { return };
     if let Some(ended) = ended {
         let ran = matches!(ended, Ended::Succeeded | Ended::Failed | Ended::Retried);
         metrics.ended(task, queue, ended, ran.then_some(runtime));
     }
-    if matches!(verdict.settlement, Settlement::DeadLetter(_)) {
+    if dead_lettered {
         metrics.dead_lettered(task, queue);
     }
 }
@@ -234,6 +243,7 @@ async fn discard_revoked(
     body_decoded: bool,
     reason: &str,
 ) {
+    shared.task_counts.add(queue, message.headers.task.as_str(), super::metrics::Ended::Revoked);
     if let Some(metrics) = &shared.metrics {
         metrics.ended(message.headers.task.as_str(), queue, super::metrics::Ended::Revoked, None);
     }
@@ -321,6 +331,7 @@ async fn execute_inner(
             State::Exception { state: TaskState::Failure, exception: Exception::new("NotRegistered", task, None) };
         store_now(shared, &message, claimed.queue.as_str(), &state).await;
         shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        shared.task_counts.dead_lettered(&claimed.queue, task);
         if let Some(metrics) = &shared.metrics {
             metrics.received(task, &claimed.queue);
             metrics.dead_lettered(task, &claimed.queue);
@@ -514,9 +525,7 @@ async fn execute_inner(
         _ => None,
     };
     let mut verdict = settle::verdict(outcome, &delivery);
-    if let Some(metrics) = &shared.metrics {
-        record_outcome(metrics, message.headers.task.as_str(), &queue_name, handled, &verdict, delivery.runtime);
-    }
+    record_outcome(shared, message.headers.task.as_str(), &queue_name, handled, &verdict, delivery.runtime);
     if shared.events.tasks() {
         outcome_event(shared, &id, &verdict, handled, &task_control, delivery.runtime);
     }

@@ -38,6 +38,7 @@ mod metrics;
 mod rate_limit;
 mod settle;
 mod stats;
+mod task_counts;
 
 use std::{
     sync::{atomic::Ordering, Arc},
@@ -236,6 +237,8 @@ pub(super) struct Shared {
     events: events::Events,
     /// Prometheus metrics, with `metrics_address` (metrics.rs).
     metrics: Option<Arc<metrics::Metrics>>,
+    /// Ended deliveries per queue and task, for `celeriac.task_count` (task_counts.rs).
+    task_counts: task_counts::TaskCounts,
     /// Tasks that run at once now: `concurrency`, changed by `pool_grow`/`pool_shrink` and
     /// `--autoscale` (control.rs).
     pool_size: std::sync::atomic::AtomicUsize,
@@ -412,6 +415,7 @@ impl Worker {
             control: control::Control::new(&config.control.namespace),
             events: events::Events::new(&config.events, config.hostname.as_str().into()),
             metrics: metrics.clone(),
+            task_counts: task_counts::TaskCounts::default(),
             pool_size: std::sync::atomic::AtomicUsize::new(config.concurrency),
             queues_written: Arc::default(),
             queues: std::sync::RwLock::new(Arc::new(config.queues.clone())),
@@ -433,6 +437,7 @@ impl Worker {
         let start = self.store.broadcast_head().await.ok();
         services.start(control::ControlService { shared: shared.clone(), shutdown_worker: shutdown.clone(), start });
         services.start(events::EventService { shared: shared.clone() });
+        services.start(task_counts::TaskCountService { shared: shared.clone() });
         if let Some(limits) = config.autoscale {
             services.start(autoscale::Autoscaler { shared: shared.clone(), limits });
         }
