@@ -560,20 +560,21 @@ impl Store {
         Ok(rows.first().map(|r| message_from_row(r, true)))
     }
 
-    /// The ids of the queued messages of `task_id` (delayed ones found through their index,
-    /// the others by a scan cut after [`SEARCH_TIMEOUT`]: `Ok(None)` then).
+    /// The ids of the queued messages of `task_id`: delayed ones (and retries waiting for
+    /// their countdown) through their index; with `scan`, the others too, by a scan of the
+    /// table cut after [`SEARCH_TIMEOUT`] (`Ok(None)` then). A task whose result is stored has
+    /// no message left but a retry's, so callers scan only when they found nothing else.
     ///
     /// # Errors
     /// Connection errors.
-    pub async fn message_ids_of_task(&self, task_id: &str) -> Result<Option<Vec<i64>>> {
-        let rows = self
-            .rows_within(
-                SEARCH_TIMEOUT,
-                "select id from celeriac.message where task_id = $1 and eta > created_at
-                 union select id from celeriac.message where task_id = $1 order by 1",
-                &[(&task_id, Type::TEXT)],
-            )
-            .await?;
+    pub async fn message_ids_of_task(&self, task_id: &str, scan: bool) -> Result<Option<Vec<i64>>> {
+        let sql = if scan {
+            "select id from celeriac.message where task_id = $1 and eta > created_at
+             union select id from celeriac.message where task_id = $1 order by 1"
+        } else {
+            "select id from celeriac.message where task_id = $1 and eta > created_at order by 1"
+        };
+        let rows = self.rows_within(SEARCH_TIMEOUT, sql, &[(&task_id, Type::TEXT)]).await?;
         Ok(rows.map(|rows| rows.iter().map(|r| r.get(0)).collect()))
     }
 

@@ -167,7 +167,8 @@ async fn searches_page_by_keyset_and_filter() {
     assert_eq!(one.task_name.as_deref(), Some("t.odd"));
     assert!(one.payload.is_some_and(|p| !p.is_empty()));
     let task_id = one.task_id.clone().unwrap();
-    assert_eq!(store.message_ids_of_task(&task_id).await.unwrap(), Some(vec![ids[1]]));
+    assert_eq!(store.message_ids_of_task(&task_id, true).await.unwrap(), Some(vec![ids[1]]));
+    assert_eq!(store.message_ids_of_task(&task_id, false).await.unwrap(), Some(vec![]), "not delayed");
     assert!(store.message_delete_unheld(ids[1]).await.unwrap());
     assert!(store.message_get(ids[1]).await.unwrap().is_none());
 

@@ -471,7 +471,16 @@ pub(super) async fn task(State(d): D, Path(id): Path<String>, Query(q): Params) 
     let mut body = String::new();
     let mut found = false;
     let mut lineage_ids = Vec::new();
-    let queued = db!(d.store.message_ids_of_task(&id).await);
+    let search = DeadLetterSearch { task_id: Some(id.clone()), ..Default::default() };
+    let dead = db!(d.store.dead_letter_search(&search, None, 20).await).unwrap_or_default();
+    let result = match &d.results {
+        Some(results) => db!(d.store.result_row_json(results, &id).await),
+        None => None,
+    };
+    // A task with a result or a dead letter has no message left but a delayed retry's: the
+    // table is scanned for a ready or running one only when nothing else was found.
+    let scan = dead.is_empty() && result.is_none();
+    let queued = db!(d.store.message_ids_of_task(&id, scan).await);
     match &queued {
         None => body.push_str(TIMED_OUT),
         Some(ids) => {
@@ -504,8 +513,6 @@ pub(super) async fn task(State(d): D, Path(id): Path<String>, Query(q): Params) 
             }
         }
     }
-    let search = DeadLetterSearch { task_id: Some(id.clone()), ..Default::default() };
-    let dead = db!(d.store.dead_letter_search(&search, None, 20).await).unwrap_or_default();
     for dl in &dead {
         found = true;
         let _ = write!(
@@ -524,11 +531,10 @@ pub(super) async fn task(State(d): D, Path(id): Path<String>, Query(q): Params) 
         }
         body.push_str(&envelope_html(&dl.payload));
     }
-    if let Some(results) = &d.results {
-        if let Some(json) = db!(d.store.result_row_json(results, &id).await) {
-            found = true;
-            let r = ResultView::parse(&json);
-            let _ = write!(
+    if let Some(json) = &result {
+        found = true;
+        let r = ResultView::parse(json);
+        let _ = write!(
                 body,
                 "<h2>Result</h2><table id=\"result\"><tr><th>state</th><td id=\"result-state\">{}</td></tr>\
                  <tr><th>task</th><td>{}</td></tr><tr><th>done</th><td>{}</td></tr>\
@@ -546,9 +552,8 @@ pub(super) async fn task(State(d): D, Path(id): Path<String>, Query(q): Params) 
                 esc(r.children.as_deref().unwrap_or("—")),
                 esc(r.result.as_deref().unwrap_or("None")),
             );
-            if let Some(tb) = r.traceback.filter(|t| !t.is_empty()) {
-                let _ = write!(body, "<h3>Traceback</h3><pre id=\"traceback\">{}</pre>", esc(&tb));
-            }
+        if let Some(tb) = r.traceback.filter(|t| !t.is_empty()) {
+            let _ = write!(body, "<h3>Traceback</h3><pre id=\"traceback\">{}</pre>", esc(&tb));
         }
     }
     if !lineage_ids.is_empty() {
