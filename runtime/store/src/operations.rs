@@ -33,7 +33,7 @@ pub struct Count {
 }
 
 /// Counts above this are estimated (the count stops there).
-pub const COUNT_BOUND: i64 = 100_000;
+pub const COUNT_BOUND: i64 = 10_000;
 /// How long one bounded count may take before the estimate is used instead.
 const COUNT_TIMEOUT: Duration = Duration::from_millis(150);
 /// How long a search may run before it is cut (and the page says so).

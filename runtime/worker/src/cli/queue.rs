@@ -22,7 +22,7 @@ pub enum QueueAction {
         /// The queue.
         name: String,
     },
-    /// Every queue with its counts (estimated above 100,000, marked ~) and whether it is paused.
+    /// Every queue with its counts (estimated above 10,000, marked ~) and whether it is paused.
     List,
     /// Delete every message of the queue that no worker holds (as `celery purge -Q NAME`).
     Purge {

@@ -147,7 +147,7 @@ pub(super) async fn queues(State(d): D, Query(q): Params) -> Response {
     let mut body = queue_table(&d, &queues, true);
     body.push_str(
         "<p class=\"muted\">A paused queue's messages wait: no worker (celeriac's or a Celery worker on the \
-         transport) takes them until it is resumed. Counts above 100,000 are the planner's estimates (~).</p>",
+         transport) takes them until it is resumed. Counts above 10,000 are the planner's estimates (~).</p>",
     );
     frame(&d, &q, "Queues", "/queues", &body)
 }
@@ -911,7 +911,7 @@ pub(super) async fn metrics(State(d): D) -> Response {
     let mut registry = Registry::default();
     let mut families = Vec::new();
     for (name, help) in [
-        ("celeriac_queue_ready", "Messages ready to run, per queue (estimated above 100,000)"),
+        ("celeriac_queue_ready", "Messages ready to run, per queue (estimated above 10,000)"),
         ("celeriac_queue_delayed", "Messages waiting for their ETA, per queue"),
         ("celeriac_queue_leased", "Messages held by workers, per queue"),
         ("celeriac_queue_rate_limited", "Messages waiting for a rate limit's token, per queue"),
