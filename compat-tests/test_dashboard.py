@@ -214,6 +214,17 @@ def test_every_page_and_action_in_a_browser(
     task_png = tmp_path / "dashboard-task.png"
     browser.save_screenshot(str(task_png))
 
+    # Retry the failure: sent again under its id, it runs (and fails) again.
+    ((done_before,),) = proj.query("select date_done from celery_taskmeta where task_id = %s", failed.id)
+    resent = _click(browser, "//button[starts-with(text(), 'Retry')]")
+    assert resent == f"Sent proj.tasks.fail[{failed.id}] again to celery."
+    ran_again = "select date_done > %s, status from celery_taskmeta where task_id = %s"
+    wait_for(
+        lambda: proj.query(ran_again, done_before, failed.id) == [(True, "FAILURE")],
+        RESULT_TIMEOUT,
+        "the failed task to run again",
+    )
+
     # The delayed message: its envelope and body; revoking it records the revocation.
     browser.get(f"{authed}/tasks?id={later.id}")
     wait_for(lambda: browser.find_elements(By.ID, "state"), 10, "the delayed message's page")
@@ -247,6 +258,22 @@ def test_every_page_and_action_in_a_browser(
     browser.find_element(By.CSS_SELECTOR, "#purge input[name=confirm]").click()
     assert _click(browser, "//form[@id='purge']//button") == "Deleted 1 dead letter(s)."
     assert proj.query("select count(*) from celeriac.dead_letter") == [(0,)]
+
+    # One dead letter redriven from its own page: only it goes back to its queue.
+    proj.query(
+        """insert into celeriac.dead_letter (queue, task_name, task_id, payload, reason_code, reason)
+           select 'parked_q', task_name, task_id, payload, 'rejected', 'seeded ' || g
+           from celeriac.message, generate_series(1, 2) g where task_id = %s returning id""",
+        later.id,
+    )
+    (one, other) = [
+        r[0] for r in proj.query("select id from celeriac.dead_letter where queue = 'parked_q' order by id")
+    ]
+    browser.get(f"{authed}/dead-letters/{one}")
+    assert "seeded 1" in browser.page_source
+    assert _click(browser, "//button[text()='Redrive this one']") == "Put 1 dead letter(s) back in their queues."
+    assert proj.query("select id from celeriac.dead_letter where queue = 'parked_q'") == [(other,)]
+    assert proj.query("select count(*) from celeriac.message where queue = 'parked_q'") == [(1,)]
 
     # Schedules: pause, resume, run now.
     browser.get(f"{authed}/schedules")

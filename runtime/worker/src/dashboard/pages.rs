@@ -7,7 +7,7 @@ use axum::{
     http::StatusCode,
     response::{Html, IntoResponse, Response},
 };
-use celeriac_protocol::{pidbox, pyrepr, DeadLetterReason, Envelope, Limits};
+use celeriac_protocol::{pidbox, pyrepr, DeadLetterReason, Envelope, Limits, TaskOptions};
 use celeriac_store::{DeadLetterFilter, DeadLetterSearch, MessageFilter, MessageState, Revocation, REVOKE_EXPIRES};
 use chrono::{DateTime, Utc};
 
@@ -409,10 +409,14 @@ impl ResultView {
     }
 }
 
+/// The bytes of PostgreSQL's hex form of a `bytea` (after its `\x`).
+fn hex_bytes(hex: &str) -> Option<Vec<u8>> {
+    (0..hex.len() / 2).map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()).collect()
+}
+
+/// A `bytea` result column's value (JSON or pickle) as Python would print it.
 fn decode_hex_value(hex: &str) -> String {
-    let bytes: Option<Vec<u8>> =
-        (0..hex.len() / 2).map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()).collect();
-    match bytes {
+    match hex_bytes(hex) {
         None => hex.to_owned(),
         Some(bytes) => match crate::results::decode_value(&bytes) {
             Ok(v) => pyrepr::repr(&v),
@@ -577,6 +581,9 @@ pub(super) async fn task(State(d): D, Path(id): Path<String>, Query(q): Params) 
     if !dead.is_empty() {
         body.push(' ');
         body.push_str(&button(ro, &format!("{path}/retry"), "Retry (put the dead letter back in its queue)", &[]));
+    } else if result.as_deref().is_some_and(|json| failed_call(json).is_ok()) {
+        body.push(' ');
+        body.push_str(&button(ro, &format!("{path}/retry"), "Retry (send it again, same id and arguments)", &[]));
     }
     body.push_str("</p>");
     let title = format!("Task {id}");
@@ -602,17 +609,75 @@ pub(super) async fn task_revoke(State(d): D, Path(id): Path<String>, Form(f): Fo
     done(&format!("/tasks/{}", url(&id)), &format!("Revoked {id}{}.", if terminate { " (terminate)" } else { "" }))
 }
 
-/// `POST /tasks/{id}/retry`: the task's dead letters go back to their queue.
+/// `POST /tasks/{id}/retry`: the task's dead letters go back to their queue; a task that
+/// failed (its result row says FAILURE, with Celery's extended columns: name, args, kwargs,
+/// queue) is sent again under the same id, so its `AsyncResult` sees the new run.
 pub(super) async fn task_retry(State(d): D, Path(id): Path<String>) -> Response {
+    let page = format!("/tasks/{}", url(&id));
     let search = DeadLetterSearch { task_id: Some(id.clone()), ..Default::default() };
     let dead = db!(d.store.dead_letter_search(&search, None, 100).await).unwrap_or_default();
-    if dead.is_empty() {
-        return done(&format!("/tasks/{}", url(&id)), "Nothing to retry: the task has no dead letter.");
+    if !dead.is_empty() {
+        let filter = DeadLetterFilter { ids: Some(dead.iter().map(|dl| dl.id).collect()), ..Default::default() };
+        let n = db!(d.store.dead_letter_redrive(&filter).await);
+        d.invalidate().await;
+        return done(&page, &format!("Put {n} message(s) of {id} back in their queue."));
     }
-    let filter = DeadLetterFilter { ids: Some(dead.iter().map(|dl| dl.id).collect()), ..Default::default() };
-    let n = db!(d.store.dead_letter_redrive(&filter).await);
+    let Some(results) = &d.results else {
+        return done(&page, "Nothing to retry: the task has no dead letter, and no result table is known.");
+    };
+    let Some(json) = db!(d.store.result_row_json(results, &id).await) else {
+        return done(&page, "Nothing to retry: the task has no dead letter and no result.");
+    };
+    let call = match failed_call(&json) {
+        Ok(call) => call,
+        Err(why) => return done(&page, &format!("Cannot retry: {why}.")),
+    };
+    let options = TaskOptions { task_id: Some(id.clone()), queue: call.queue.clone(), ..TaskOptions::default() };
+    let message = match celeriac_protocol::encode_task(&call.name, &call.args, &call.kwargs, &options, Utc::now()) {
+        Ok(encoded) => celeriac_store::NewMessage::from(encoded),
+        Err(e) => return done(&page, &format!("Cannot retry: {e}.")),
+    };
+    db!(d.store.message_insert(&message).await);
     d.invalidate().await;
-    done(&format!("/tasks/{}", url(&id)), &format!("Put {n} message(s) of {id} back in their queue."))
+    done(&page, &format!("Sent {}[{id}] again to {}.", call.name, call.queue))
+}
+
+/// What a failed task was called with, from its result row.
+struct FailedCall {
+    name: String,
+    args: Vec<celeriac_protocol::Value>,
+    kwargs: celeriac_protocol::Map,
+    queue: String,
+}
+
+/// The call of a failed task from its result row's JSON: only a FAILURE with Celery's extended
+/// columns (`result_extended`), whose args and kwargs are stored as values.
+fn failed_call(json: &str) -> Result<FailedCall, String> {
+    let Ok(serde_json::Value::Object(row)) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Err("its result row cannot be read".into());
+    };
+    let text = |k: &str| row.get(k).and_then(serde_json::Value::as_str);
+    if text("status") != Some("FAILURE") {
+        return Err(format!("it did not fail (state {})", text("status").unwrap_or("unknown")));
+    }
+    let Some(name) = text("name").filter(|n| !n.is_empty()) else {
+        return Err("its result row has no task name and arguments (the app's result_extended is off)".into());
+    };
+    let value = |k: &str| -> Result<celeriac_protocol::Value, String> {
+        let hex = text(k).and_then(|s| s.strip_prefix("\\x")).ok_or_else(|| format!("no {k} stored"))?;
+        crate::results::decode_value(&hex_bytes(hex).ok_or_else(|| format!("{k} is not hex"))?)
+    };
+    let args = match value("args")? {
+        celeriac_protocol::Value::List(items) => items,
+        other => return Err(format!("args is a {}, not a list", other.kind())),
+    };
+    let kwargs = match value("kwargs")? {
+        celeriac_protocol::Value::Map(map) => map,
+        celeriac_protocol::Value::Null => celeriac_protocol::Map::new(),
+        other => return Err(format!("kwargs is a {}, not a dict", other.kind())),
+    };
+    let queue = text("queue").filter(|q| !q.is_empty()).unwrap_or(celeriac_protocol::DEFAULT_QUEUE).to_owned();
+    Ok(FailedCall { name: name.to_owned(), args, kwargs, queue })
 }
 
 /// `/messages/{id}`: one queued message.
@@ -720,21 +785,29 @@ fn dead_filter(form: &HashMap<String, String>) -> Result<DeadLetterFilter, Strin
         Some(code) => Some(code.parse::<DeadLetterReason>().map_err(|e| e.to_string())?),
         None => None,
     };
+    let ids = match param(form, "id") {
+        Some(id) => Some(vec![id.parse::<i64>().map_err(|_| format!("not a dead letter id: {id}"))?]),
+        None => None,
+    };
     Ok(DeadLetterFilter {
-        ids: None,
+        ids,
         queue: param(form, "queue").map(str::to_owned),
         reason_code,
         task_name: param(form, "task").map(str::to_owned),
     })
 }
 
-/// Where to go back after a dead-letter action.
+/// Where to go back after a dead-letter action: the list with the same filter.
 fn dead_page(form: &HashMap<String, String>) -> String {
-    with(form, "x", "")
-        .replacen("/tasks", "/dead-letters", 1)
-        .trim_end_matches("&x=")
-        .trim_end_matches("?x=")
-        .to_owned()
+    let query: Vec<String> = ["queue", "reason", "task"]
+        .into_iter()
+        .filter_map(|k| param(form, k).map(|v| format!("{k}={}", url(v))))
+        .collect();
+    if query.is_empty() {
+        "/dead-letters".to_owned()
+    } else {
+        format!("/dead-letters?{}", query.join("&"))
+    }
 }
 
 /// `POST /dead-letters/redrive`.

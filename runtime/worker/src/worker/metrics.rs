@@ -52,8 +52,8 @@ struct QueueLabels {
 type TaskCounter = Family<TaskLabels, Counter>;
 type QueueGauge = Family<QueueLabels, Gauge>;
 type QueueGaugeF64 = Family<QueueLabels, Gauge<f64, AtomicU64>>;
-/// The per-queue counts, and the age of each queue's oldest ready message.
-type QueueReadings = (Vec<celeriac_store::QueueStats>, Vec<(String, f64)>);
+/// The per-queue counts (exact up to a bound, estimated beyond it) and oldest ready ages.
+type QueueReadings = Vec<celeriac_store::QueueOverview>;
 
 /// How a delivery ended, for the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,17 +239,14 @@ impl Metrics {
             family.clear();
         }
         self.queue_oldest_ready.clear();
-        let Some((stats, oldest)) = stats else { return };
+        let Some(stats) = stats else { return };
         for s in stats {
             let labels = QueueLabels { queue: s.queue.clone() };
-            self.queue_ready.get_or_create(&labels).set(s.ready);
-            self.queue_delayed.get_or_create(&labels).set(s.delayed);
-            self.queue_leased.get_or_create(&labels).set(s.leased);
-            self.queue_dead.get_or_create(&labels).set(s.dead_lettered);
-            self.queue_oldest_ready.get_or_create(&labels).set(0.0);
-        }
-        for (queue, age) in oldest {
-            self.queue_oldest_ready.get_or_create(&QueueLabels { queue }).set(age);
+            self.queue_ready.get_or_create(&labels).set(s.ready.value);
+            self.queue_delayed.get_or_create(&labels).set(s.delayed.value);
+            self.queue_leased.get_or_create(&labels).set(s.leased.value);
+            self.queue_dead.get_or_create(&labels).set(s.dead_lettered.value);
+            self.queue_oldest_ready.get_or_create(&labels).set(s.oldest_ready_age.unwrap_or(0.0));
         }
     }
 }
@@ -332,7 +329,7 @@ async fn queue_stats(shared: &Shared, metrics: &Metrics, shutdown: &Cancellation
             Err(e) => tracing::debug!("metrics: the queue statistics lease: {e}"),
         }
         if term.is_some() {
-            match tokio::try_join!(store.queue_stats(), store.queue_oldest_ready()) {
+            match queue_readings(store).await {
                 Ok(stats) => metrics.set_queues(Some(stats)),
                 Err(e) => tracing::debug!("metrics: queue statistics failed: {e}"),
             }
@@ -347,6 +344,17 @@ async fn queue_stats(shared: &Shared, metrics: &Metrics, shutdown: &Cancellation
     if let Some(term) = term {
         let _ = store.lease_release(QUEUE_STATS_LEASE, shared.worker_id, term).await;
     }
+}
+
+/// Every queue's counts, as the dashboard reads them: exact up to
+/// [`celeriac_store::COUNT_BOUND`] rows, the planner's estimate beyond (no `count(*)` over a
+/// queue of millions).
+async fn queue_readings(store: &celeriac_store::Store) -> celeriac_store::Result<QueueReadings> {
+    let mut readings = Vec::new();
+    for name in store.queue_names().await? {
+        readings.push(store.queue_overview(&name).await?);
+    }
+    Ok(readings)
 }
 
 /// Binds the metrics port.
