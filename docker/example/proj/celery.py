@@ -6,7 +6,8 @@ import os
 
 from celery import Celery
 
-DATABASE_URL = os.environ["CELERIAC_DATABASE_URL"]
+# DATABASE_URL: the worker reads it too (it passes the app no CELERIAC_DATABASE_URL).
+DATABASE_URL = os.environ["DATABASE_URL"]
 
 app = Celery(
     "proj",
