@@ -219,14 +219,28 @@ fn message_from_row(r: &tokio_postgres::Row, payload: bool) -> MessageRow {
 }
 
 /// The rows each count of [`QueueOverview`] counts, in its field order; `{q}` stands for the
-/// queue (`$1` in the count, `%L` in the estimate's copy).
+/// queue (`$1` in the count, `%L` in the estimate's copy). Ready and delayed messages are
+/// counted per priority (`{by_priority}`): each priority's rows are one range of the claim index
+/// (queue, priority, eta), so counting the few delayed messages of a queue of millions of ready
+/// ones does not walk the ready ones.
 const COUNTED: [&str; 5] = [
-    "select 1 from celeriac.message where queue = {q} and leased_by is null and eta <= now()",
-    "select 1 from celeriac.message where queue = {q} and leased_by is null and eta > now()",
+    "{by_priority} and m.eta <= now()",
+    "{by_priority} and m.eta > now()",
     "select 1 from celeriac.message where leased_by is not null and leased_by <> {PARKED} and queue = {q}",
     "select 1 from celeriac.message where leased_by = {PARKED} and queue = {q}",
     "select 1 from celeriac.dead_letter where queue = {q}",
 ];
+
+/// A queue's priorities with unleased messages, found by skipping through the claim index.
+const PRIORITIES: &str = "with recursive p(priority) as (
+         (select priority from celeriac.message where queue = {q} and leased_by is null
+          order by priority desc limit 1)
+         union all
+         select (select m.priority from celeriac.message m
+                 where m.queue = {q} and m.leased_by is null and m.priority < p.priority
+                 order by m.priority desc limit 1)
+         from p where p.priority is not null
+     )";
 
 impl Store {
     /// Pauses `queue`: no claim takes its messages until [`Store::queue_resume`]. Returns false
@@ -369,13 +383,28 @@ impl Store {
     /// Counts the rows of `query` (with `{q}` for the queue) up to [`COUNT_BOUND`] within
     /// [`COUNT_TIMEOUT`]; past either, asks the planner.
     async fn bounded_count(&self, query: &str, queue: &str) -> Result<Count> {
-        let query = query.replace("{PARKED}", PARKED_SQL);
+        let limit = COUNT_BOUND + 1;
+        let (count_sql, estimate) = match query.strip_prefix("{by_priority}") {
+            Some(condition) => (
+                format!(
+                    "{PRIORITIES} select count(*) from (
+                         select 1 from p cross join lateral (
+                             select 1 from celeriac.message m
+                             where m.queue = {{q}} and m.leased_by is null and m.priority = p.priority {condition}
+                             limit {limit}) x
+                         where p.priority is not null limit {limit}) s"
+                ),
+                format!("select 1 from celeriac.message m where m.queue = {{q}} and m.leased_by is null {condition}"),
+            ),
+            None => (format!("select count(*) from ({query} limit {limit}) s"), query.to_owned()),
+        };
+        let estimate = estimate.replace("{PARKED}", PARKED_SQL);
         let mut client = self.pool.get().await?;
         let counted: Result<i64> = async {
             let tx = client.transaction().await.map_err(Error::from_pg)?;
             let timeout = COUNT_TIMEOUT.as_millis().to_string();
             tx.row(self.pooler, "select set_config('statement_timeout', $1, true)", &[(&timeout, Type::TEXT)]).await?;
-            let sql = format!("select count(*) from ({} limit {}) s", query.replace("{q}", "$1"), COUNT_BOUND + 1);
+            let sql = count_sql.replace("{PARKED}", PARKED_SQL).replace("{q}", "$1");
             let n: i64 = tx.row(self.pooler, &sql, &[(&queue, Type::TEXT)]).await?.get(0);
             tx.commit().await.map_err(Error::from_pg)?;
             Ok(n)
@@ -391,7 +420,7 @@ impl Store {
             .row(
                 self.pooler,
                 "select celeriac.plan_rows(format($1, $2::text))",
-                &[(&query.replace("{q}", "%L"), Type::TEXT), (&queue, Type::TEXT)],
+                &[(&estimate.replace("{q}", "%L"), Type::TEXT), (&queue, Type::TEXT)],
             )
             .await?
             .get(0);
@@ -517,7 +546,7 @@ impl Store {
         let state = filter.state.map(MessageState::as_str);
         let sql = format!(
             "select {MESSAGE_COLUMNS} from celeriac.message m
-             where ($1::int8 is null or m.id < $1)
+             where m.id < coalesce($1::int8, 9223372036854775807)
                and ($2::text is null or m.queue = $2)
                and ($3::text is null or m.task_name = $3)
                and ($4::text is null or m.task_id = $4)
@@ -613,7 +642,7 @@ impl Store {
                 SEARCH_TIMEOUT,
                 "select id, queue, task_name, task_id, reason_code, reason, payload, attempt, failed_at
                  from celeriac.dead_letter
-                 where ($1::int8 is null or id < $1)
+                 where id < coalesce($1::int8, 9223372036854775807)
                    and ($2::text is null or queue = $2)
                    and ($3::text is null or reason_code = $3)
                    and ($4::text is null or task_name = $4)
@@ -721,7 +750,7 @@ impl Store {
         };
         let sql = format!(
             "select t.id::int8, to_jsonb(t)::text from {} t
-             where ($1::int8 is null or t.id < $1)
+             where t.id < coalesce($1::int8, 9223372036854775807)
                and ($2::text is null or t.status = $2)
                and ($3::text is null or t.{name_column} = $3)
              order by t.id desc limit $4",

@@ -217,18 +217,35 @@ pub(super) async fn tasks(State(d): D, Query(q): Params) -> Response {
     let since = param(&q, "since").and_then(parse_time);
     let until = param(&q, "until").and_then(parse_time);
     let mut body = search_form(&q);
-    if state.is_none() || queued_state.is_some() {
-        let filter = MessageFilter {
-            queue: param(&q, "queue").map(str::to_owned),
-            task_name: param(&q, "name").map(str::to_owned),
-            task_id: None,
-            state: queued_state,
-            since,
-            until,
-        };
-        let before = param(&q, "before").and_then(|s| s.parse().ok());
+    let filter = (state.is_none() || queued_state.is_some()).then(|| MessageFilter {
+        queue: param(&q, "queue").map(str::to_owned),
+        task_name: param(&q, "name").map(str::to_owned),
+        task_id: None,
+        state: queued_state,
+        since,
+        until,
+    });
+    let results_table = d.results.as_ref().filter(|_| state.is_none() || result_state.is_some());
+    let before = param(&q, "before").and_then(|s| s.parse().ok());
+    let rbefore = param(&q, "rbefore").and_then(|s| s.parse().ok());
+    // Both searches at once: a page waits for the slower, not for their sum.
+    let (queued, results) = tokio::join!(
+        async {
+            match &filter {
+                Some(f) => Some(d.store.message_search(f, before, PAGE).await),
+                None => None,
+            }
+        },
+        async {
+            match results_table {
+                Some(t) => Some(d.store.result_search(t, result_state, param(&q, "name"), rbefore, PAGE).await),
+                None => None,
+            }
+        },
+    );
+    if let Some(queued) = queued {
         body.push_str("<h2>Queued</h2>");
-        match db!(d.store.message_search(&filter, before, PAGE).await) {
+        match db!(queued) {
             None => body.push_str(TIMED_OUT),
             Some(rows) => {
                 let next =
@@ -276,10 +293,9 @@ pub(super) async fn tasks(State(d): D, Query(q): Params) -> Response {
             }
         }
     }
-    if let (Some(table_), true) = (&d.results, state.is_none() || result_state.is_some()) {
-        let before = param(&q, "rbefore").and_then(|s| s.parse().ok());
+    if let (Some(results), Some(table_)) = (results, results_table) {
         body.push_str(&format!("<h2>Results <span class=\"muted\">({})</span></h2>", esc(table_.qualified())));
-        match db!(d.store.result_search(table_, result_state, param(&q, "name"), before, PAGE).await) {
+        match db!(results) {
             None => body.push_str(TIMED_OUT),
             Some(rows) => {
                 let next =
@@ -483,8 +499,10 @@ pub(super) async fn task(State(d): D, Path(id): Path<String>, Query(q): Params) 
     };
     // A task with a result or a dead letter has no message left but a delayed retry's: the
     // table is scanned for a ready or running one only when nothing else was found.
-    let scan = dead.is_empty() && result.is_none();
-    let queued = db!(d.store.message_ids_of_task(&id, scan).await);
+    let mut queued = db!(d.store.message_ids_of_task(&id, false).await);
+    if queued.as_ref().is_some_and(Vec::is_empty) && dead.is_empty() && result.is_none() {
+        queued = db!(d.store.message_ids_of_task(&id, true).await);
+    }
     match &queued {
         None => body.push_str(TIMED_OUT),
         Some(ids) => {
