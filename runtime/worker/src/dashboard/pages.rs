@@ -33,10 +33,16 @@ fn frame(d: &Dashboard, q: &HashMap<String, String>, title: &str, here: &str, bo
     Html(page(title, here, d.config.read_only, param(q, "done"), None, body)).into_response()
 }
 
-/// A database error as a page (503: the database is the dependency that failed).
+/// A store error as a page: 503 when the database did not answer, 404 for something that does
+/// not exist (a schedule removed meanwhile), else 500 with the server's reason.
 fn failed(e: &celeriac_store::Error) -> Response {
-    let body = format!("<p class=\"error\">The database did not answer: {}</p>", esc(&e.to_string()));
-    (StatusCode::SERVICE_UNAVAILABLE, Html(page("Error", "", false, None, None, &body))).into_response()
+    let (status, what) = match e {
+        e if e.is_connection() => (StatusCode::SERVICE_UNAVAILABLE, "The database did not answer"),
+        celeriac_store::Error::NotFound(_) => (StatusCode::NOT_FOUND, "Not found"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "The database refused"),
+    };
+    let body = format!("<p class=\"error\">{what}: {}</p>", esc(&e.to_string()));
+    (status, Html(page("Error", "", false, None, None, &body))).into_response()
 }
 
 /// The page a refused action gets.
