@@ -204,7 +204,11 @@ def test_every_page_and_action_in_a_browser(
     browser.save_screenshot(str(overview_png))
 
     # Tasks: search by name finds the results; a failed task shows its traceback.
-    browser.get(f"{authed}/tasks?name=proj.tasks.fail")
+    browser.get(f"{authed}/tasks?name=proj.tasks.fail&state=FAILURE&until=2999-01-01T00:00")
+    assert browser.find_elements(By.ID, "queued") == []  # a result state searches results only
+    browser.get(f"{authed}/tasks?name=proj.tasks.fail&since=2999-01-01T00:00")
+    assert _cell_texts(browser, "results") == []
+    browser.get(f"{authed}/tasks?name=proj.tasks.fail&since=2000-01-01T00:00")
     assert any(r[0] == failed.id and r[1] == "FAILURE" for r in _cell_texts(browser, "results"))
     browser.find_element(By.LINK_TEXT, failed.id).click()
     wait_for(lambda: browser.find_elements(By.ID, "result-state"), 10, "the task page")

@@ -58,7 +58,7 @@ pub use message::{
 pub use migrate::{migrations_fingerprint, MigrateReport, Migration, MIGRATIONS};
 pub use operations::{
     Count, DeadLetterSearch, MessageFilter, MessageRow, MessageState, MinuteCounts, PausedQueue, QueueOverview,
-    TaskCountDelta, COUNT_BOUND, SEARCH_TIMEOUT,
+    ResultSearch, TaskCountDelta, COUNT_BOUND, SEARCH_TIMEOUT,
 };
 pub use queue_stats::QueueStats;
 pub use rate_limit::{global_burst, RateLimitRow, RateLimitScope, RateValue, TokenGrant, GLOBAL_BURST_SECONDS, PARKED};

@@ -189,6 +189,19 @@ pub struct DeadLetterSearch {
     pub task_id: Option<String>,
 }
 
+/// Which result rows a search returns; every given condition must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResultSearch {
+    /// Only this state (`SUCCESS`, `FAILURE`, …).
+    pub status: Option<String>,
+    /// Only this task name.
+    pub name: Option<String>,
+    /// Done at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Done before.
+    pub until: Option<DateTime<Utc>>,
+}
+
 /// The leading columns of [`MessageRow`], as `MESSAGE_COLUMNS` selects them from `m`.
 const MESSAGE_COLUMNS: &str = "m.id, m.queue, m.task_name, m.task_id, m.priority, m.eta, m.expires, m.created_at,
      case when m.leased_by is null and m.eta <= now() then 'ready'
@@ -728,39 +741,47 @@ impl Store {
         Ok(rows.first().map(|r| r.get(0)))
     }
 
-    /// Result rows, newest (highest id) first, `limit` of them with ids below `before`, as the
-    /// JSON text of each row; only `status` and only task `name` when given (the name needs
-    /// Celery's extended columns or django-celery-results). Cut after [`SEARCH_TIMEOUT`]:
-    /// `Ok(None)` then.
+    /// Result rows matching `search`, newest (highest id) first, `limit` of them with ids
+    /// below `before`, as the JSON text of each row (the task name needs Celery's extended
+    /// columns or django-celery-results). Cut after [`SEARCH_TIMEOUT`]: `Ok(None)` then.
     ///
     /// # Errors
     /// Connection errors.
     pub async fn result_search(
         &self,
         table: &crate::ResultTable,
-        status: Option<&str>,
-        name: Option<&str>,
+        search: &ResultSearch,
         before: Option<i64>,
         limit: i64,
     ) -> Result<Option<Vec<(i64, String)>>> {
-        let name_column = match table.kind() {
-            crate::ResultTableKind::Django => "task_name",
-            crate::ResultTableKind::Celery if table.extended() => "name",
-            crate::ResultTableKind::Celery => "null::text",
+        let (name_column, done) = match table.kind() {
+            crate::ResultTableKind::Django => ("task_name", "t.date_done"),
+            // Celery's date_done is a naive UTC timestamp.
+            crate::ResultTableKind::Celery if table.extended() => ("name", "(t.date_done at time zone 'UTC')"),
+            crate::ResultTableKind::Celery => ("null::text", "(t.date_done at time zone 'UTC')"),
         };
         let sql = format!(
             "select t.id::int8, to_jsonb(t)::text from {} t
              where t.id < coalesce($1::int8, 9223372036854775807)
                and ($2::text is null or t.status = $2)
                and ($3::text is null or t.{name_column} = $3)
-             order by t.id desc limit $4",
+               and ($4::timestamptz is null or {done} >= $4)
+               and ($5::timestamptz is null or {done} < $5)
+             order by t.id desc limit $6",
             table.qualified()
         );
         let rows = self
             .rows_within(
                 SEARCH_TIMEOUT,
                 &sql,
-                &[(&before, Type::INT8), (&status, Type::TEXT), (&name, Type::TEXT), (&limit, Type::INT8)],
+                &[
+                    (&before, Type::INT8),
+                    (&search.status, Type::TEXT),
+                    (&search.name, Type::TEXT),
+                    (&search.since, Type::TIMESTAMPTZ),
+                    (&search.until, Type::TIMESTAMPTZ),
+                    (&limit, Type::INT8),
+                ],
             )
             .await?;
         Ok(rows.map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect()))

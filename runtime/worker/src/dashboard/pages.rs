@@ -8,7 +8,9 @@ use axum::{
     response::{Html, IntoResponse, Response},
 };
 use celeriac_protocol::{pidbox, pyrepr, DeadLetterReason, Envelope, Limits, TaskOptions};
-use celeriac_store::{DeadLetterFilter, DeadLetterSearch, MessageFilter, MessageState, Revocation, REVOKE_EXPIRES};
+use celeriac_store::{
+    DeadLetterFilter, DeadLetterSearch, MessageFilter, MessageState, ResultSearch, Revocation, REVOKE_EXPIRES,
+};
 use chrono::{DateTime, Utc};
 
 use super::{
@@ -232,6 +234,12 @@ pub(super) async fn tasks(State(d): D, Query(q): Params) -> Response {
         until,
     });
     let results_table = d.results.as_ref().filter(|_| state.is_none() || result_state.is_some());
+    let result_search = ResultSearch {
+        status: result_state.map(str::to_owned),
+        name: param(&q, "name").map(str::to_owned),
+        since,
+        until,
+    };
     let before = param(&q, "before").and_then(|s| s.parse().ok());
     let rbefore = param(&q, "rbefore").and_then(|s| s.parse().ok());
     // Both searches at once: a page waits for the slower, not for their sum.
@@ -244,7 +252,7 @@ pub(super) async fn tasks(State(d): D, Query(q): Params) -> Response {
         },
         async {
             match results_table {
-                Some(t) => Some(d.store.result_search(t, result_state, param(&q, "name"), rbefore, PAGE).await),
+                Some(t) => Some(d.store.result_search(t, &result_search, rbefore, PAGE).await),
                 None => None,
             }
         },
@@ -371,7 +379,8 @@ fn search_form(q: &HashMap<String, String>) -> String {
          <datalist id=\"states\"><option>ready<option>delayed<option>leased<option>rate_limited\
          <option>SUCCESS<option>FAILURE<option>RETRY<option>STARTED<option>REVOKED</datalist></form>\
          <p class=\"muted\">Queued messages are searched by queue, name, state (ready, delayed, leased, rate_limited) \
-         and enqueue time; results by state (SUCCESS, FAILURE, …) and name. Newest first.</p>",
+         and enqueue time; results by state (SUCCESS, FAILURE, …), name and time done. Newest first; times in \
+         UTC, as 2026-12-01T18:05 or RFC 3339.</p>",
         v("id"),
         v("name"),
         v("queue"),
