@@ -339,6 +339,12 @@ def test_a_worker_serves_a_read_only_dashboard(
     assert proj.query("select count(*) from celeriac.message where queue = 'waiting'") == [(1,)]
     browser.get(f"{base}/")
     assert browser.find_element(By.ID, "workers-alive").text.startswith("Workers alive: 1")
+    # Without credentials only a loopback Host is served (a DNS name re-pointed at 127.0.0.1
+    # gets nothing), and no page may be framed by another site's.
+    assert _request(f"{base}/queues", headers={"Host": f"evil.example:{port}"})[0] == 403
+    with urllib.request.urlopen(f"{base}/queues", timeout=10) as response:
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
 
 
 def test_the_queue_command_pauses_resumes_and_lists(proj: Proj, celeriac_bin: Path) -> None:

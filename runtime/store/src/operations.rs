@@ -305,7 +305,9 @@ impl Store {
     }
 
     /// Every queue the database knows of: with messages or dead letters, paused, or consumed
-    /// by a registered worker. Found by skipping through the indexes, one probe per queue.
+    /// by a registered worker. Found by skipping through the indexes, one probe per queue; of
+    /// the held (leased or parked) messages only the first 100,000 are looked at, so a queue
+    /// whose every message is held beyond those may be missing.
     ///
     /// # Errors
     /// Connection errors.
@@ -328,7 +330,8 @@ impl Store {
                  )
                  select queue from ready where queue is not null
                  union select queue from dead where queue is not null
-                 union select distinct queue from celeriac.message where leased_by is not null
+                 union select distinct queue from (
+                     select queue from celeriac.message where leased_by is not null limit 100000) held
                  union select queue from celeriac.queue_paused
                  union select unnest(queues) from celeriac.worker
                  order by 1",
@@ -754,17 +757,17 @@ impl Store {
         before: Option<i64>,
         limit: i64,
     ) -> Result<Option<Vec<(i64, String)>>> {
-        let (name_column, done) = match table.kind() {
-            crate::ResultTableKind::Django => ("task_name", "t.date_done"),
-            // Celery's date_done is a naive UTC timestamp.
-            crate::ResultTableKind::Celery if table.extended() => ("name", "(t.date_done at time zone 'UTC')"),
+        let (name, done) = match table.kind() {
+            crate::ResultTableKind::Django => ("t.task_name", "t.date_done"),
+            // Celery's date_done is a naive UTC timestamp; without result_extended, no name.
+            crate::ResultTableKind::Celery if table.extended() => ("t.name", "(t.date_done at time zone 'UTC')"),
             crate::ResultTableKind::Celery => ("null::text", "(t.date_done at time zone 'UTC')"),
         };
         let sql = format!(
             "select t.id::int8, to_jsonb(t)::text from {} t
              where t.id < coalesce($1::int8, 9223372036854775807)
                and ($2::text is null or t.status = $2)
-               and ($3::text is null or t.{name_column} = $3)
+               and ($3::text is null or {name} = $3)
                and ($4::timestamptz is null or {done} >= $4)
                and ($5::timestamptz is null or {done} < $5)
              order by t.id desc limit $6",

@@ -388,6 +388,7 @@ impl Store {
                              cross join lateral (
                                  select id, priority, eta from celeriac.message
                                  where task_name = $5 and queue = q.name and leased_by = {PARKED_SQL} and redeliveries = 0
+                                   and not exists (select from celeriac.queue_paused p where p.queue = q.name)
                                  order by priority desc, eta, id
                                  limit $2
                                  for update skip locked) f
@@ -399,6 +400,7 @@ impl Store {
                                      select id, priority, eta from celeriac.message
                                      where task_name = $5 and queue = sq.name and leased_by = {PARKED_SQL}
                                        and redeliveries > 0
+                                       and not exists (select from celeriac.queue_paused p where p.queue = sq.name)
                                      order by priority desc, eta, id
                                      limit $6
                                      for update skip locked) x

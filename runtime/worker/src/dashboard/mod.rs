@@ -5,9 +5,10 @@
 //!
 //! Access: bound to localhost unless told otherwise. With `--basic-auth` or `--token`, every
 //! page but the probes and `/metrics` needs them; without, actions are allowed only on a
-//! loopback address (a public address needs credentials or `--read-only`). Actions are POSTs
-//! from the dashboard's own pages: a request whose `Origin` or `Sec-Fetch-Site` says another
-//! site sent it is refused.
+//! loopback address (a public address needs credentials or `--read-only`), and then only to a
+//! loopback `Host` (against DNS rebinding). Actions are POSTs from the dashboard's own pages: a
+//! request whose `Origin` or `Sec-Fetch-Site` says another site sent it is refused, and no page
+//! may be framed by another (`X-Frame-Options`, CSP `frame-ancestors`).
 
 mod html;
 mod pages;
@@ -180,13 +181,37 @@ fn router(dashboard: Arc<Dashboard>) -> Router {
         .route("/readyz", get(pages::ready))
         .route("/metrics", get(pages::metrics))
         .merge(guarded)
+        .layer(axum::middleware::map_response(protect))
         .with_state(dashboard)
+}
+
+/// Every response: never framed by another page (a click in a frame would be a same-origin
+/// POST), no script, no resource from elsewhere, forms only to the dashboard itself.
+async fn protect(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::X_FRAME_OPTIONS, header::HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, header::HeaderValue::from_static("same-origin"));
+    response
 }
 
 /// Access control for every page and action: credentials when configured, no actions in
 /// read-only mode or from another site, none without credentials off loopback.
 async fn guard(State(d): State<Arc<Dashboard>>, request: Request, next: Next) -> Response {
     let needs_credentials = d.config.basic_auth.is_some() || d.config.token.is_some();
+    // Without credentials the dashboard trusts whoever reaches its loopback address; a page
+    // elsewhere could reach it through a DNS name re-pointed at 127.0.0.1 (DNS rebinding), so
+    // only a loopback Host is served then.
+    if !needs_credentials && d.config.address.ip().is_loopback() && !loopback_host(request.headers()) {
+        return (StatusCode::FORBIDDEN, pages::refusal("Refused: this dashboard answers only to localhost."))
+            .into_response();
+    }
     if needs_credentials && !authenticated(&d.config, request.headers()) {
         return (
             StatusCode::UNAUTHORIZED,
@@ -224,6 +249,17 @@ fn authenticated(config: &DashboardConfig, headers: &HeaderMap) -> bool {
     let basic_ok = config.basic_auth.as_ref().is_some_and(|b| same(&decoded, b.as_bytes()));
     let token_ok = config.token.as_ref().is_some_and(|t| same(password, t.as_bytes()));
     basic_ok || token_ok
+}
+
+/// Whether the request's `Host` names the loopback interface (`localhost`, `127.x.x.x`,
+/// `[::1]`, with any port).
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else { return false };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Byte strings compared in time independent of where they differ.
@@ -293,6 +329,17 @@ mod tests {
         h.insert(header::HOST, "127.0.0.1:5555".parse().unwrap());
         assert!(!cross_site(&h));
         assert!(!cross_site(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn only_a_loopback_host_is_trusted_without_credentials() {
+        for host in ["localhost:5555", "127.0.0.1:5555", "[::1]:5555", "LOCALHOST", "127.0.0.2"] {
+            assert!(loopback_host(&with(header::HOST, host)), "{host}");
+        }
+        for host in ["evil.example:5555", "evil.example", "10.0.0.1:5555", "[fe80::1]:80", "localhost.evil.example"] {
+            assert!(!loopback_host(&with(header::HOST, host)), "{host}");
+        }
+        assert!(!loopback_host(&HeaderMap::new()));
     }
 
     #[tokio::test]

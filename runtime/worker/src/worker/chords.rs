@@ -56,7 +56,7 @@ pub(super) async fn chord_unlock(
     let lease = claimed.lease;
     if !body_decoded {
         if let Err(e) = message.decode_body(&Limits::default()) {
-            dead_letter_undecodable(shared, claimed, &e);
+            dead_letter_undecodable(shared, claimed, message.headers.task.as_str(), &e);
             return;
         }
     }

@@ -129,15 +129,16 @@ impl RunLimits {
     }
 }
 
-/// Moves a message to `dead_letter` because it cannot be decoded.
-pub(super) fn dead_letter_undecodable(shared: &Shared, claimed: &ClaimedMessage, e: &DecodeError) {
+/// Moves a message to `dead_letter` because it cannot be decoded (`task`: its name, when the
+/// headers could be read).
+pub(super) fn dead_letter_undecodable(shared: &Shared, claimed: &ClaimedMessage, task: &str, e: &DecodeError) {
     let lease = claimed.lease;
     tracing::error!(message_id = lease.id, queue = %claimed.queue, reason = %e, "Can't decode message body; moving it to dead_letter");
     shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
     if let Some(metrics) = &shared.metrics {
-        metrics.dead_lettered("", &claimed.queue);
+        metrics.dead_lettered(task, &claimed.queue);
     }
-    shared.task_counts.dead_lettered(&claimed.queue, "");
+    shared.task_counts.dead_lettered(&claimed.queue, task);
     shared.session.settle(Settlement::DeadLetter(DeadLetterParams {
         lease,
         reason_code: e.reason_code(),
@@ -301,7 +302,7 @@ async fn execute_inner(
             if let DecodeError::ContentDisallowed { content_type, .. } = &e {
                 store_content_disallowed(shared, &claimed, content_type).await;
             }
-            dead_letter_undecodable(shared, &claimed, &e);
+            dead_letter_undecodable(shared, &claimed, "", &e);
             return;
         }
     };
@@ -460,7 +461,7 @@ async fn execute_inner(
     if !body_decoded && !managed {
         // The envelope parsed at claim time is reused: only the body is read now.
         if let Err(e) = message.decode_body(&Limits::default()) {
-            dead_letter_undecodable(shared, &claimed, &e);
+            dead_letter_undecodable(shared, &claimed, message.headers.task.as_str(), &e);
             return;
         }
     }

@@ -1,6 +1,7 @@
 //! Per-minute counts of ended deliveries, by queue and task, written to `celeriac.task_count`
 //! for the dashboard's charts: the worker adds up in memory and one upsert every
-//! [`FLUSH_EVERY`] carries them (kept for the next flush when the database is away).
+//! [`FLUSH_EVERY`] carries them (kept for the next flush when no connection can be had; dropped,
+//! never doubled, when a write fails after it was sent).
 
 use std::{
     collections::HashMap,
@@ -96,9 +97,15 @@ impl TaskCountService {
         if deltas.is_empty() {
             return;
         }
-        if let Err(e) = self.shared.store.task_count_add(&deltas).await {
-            tracing::debug!("task counts: not written this time ({e}); kept for the next");
-            self.shared.task_counts.restore(deltas);
+        match self.shared.store.task_count_add(&deltas).await {
+            Ok(()) => {}
+            // No connection: nothing was sent, the counts go with the next flush.
+            Err(e @ celeriac_store::Error::Pool(_)) => {
+                tracing::debug!("task counts: not written this time ({e}); kept for the next");
+                self.shared.task_counts.restore(deltas);
+            }
+            // Sent, and maybe committed: dropped rather than counted twice.
+            Err(e) => tracing::debug!("task counts: {e}; these counts are dropped"),
         }
     }
 }
