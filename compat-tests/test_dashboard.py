@@ -20,11 +20,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support import expected_conditions
-from selenium.webdriver.support.wait import WebDriverWait
 
 from tools.celeriac_testkit import LoggedProcess, wait_for
 from tools.sample_proj import RESULT_TIMEOUT, Proj, ProjWorker
@@ -108,7 +107,17 @@ def _submit(driver: WebDriver, element: WebElement) -> str:
     """Clicks `element` (a form's button) and returns the message of the page it leads to."""
     page = driver.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(page))
+
+    def left() -> bool:
+        # The old page's root is gone once the next page has loaded. Chromium reports that as a
+        # stale element, or, mid-navigation, as an inspector error: both mean the same here.
+        try:
+            page.is_enabled()
+        except WebDriverException:
+            return True
+        return False
+
+    wait_for(left, 10, "the page the action leads to")
     flash = wait_for(lambda: driver.find_elements(By.ID, "flash"), 10, "the action's message")
     text: str = flash[0].text
     return text
