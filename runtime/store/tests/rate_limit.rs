@@ -258,3 +258,26 @@ async fn a_claim_parks_the_messages_of_the_types_it_is_told_to() {
     let rest = store.message_claim(&claim(worker, &qs, 10)).await.unwrap();
     assert_eq!(rest.len(), 1, "the other fast message, never parked");
 }
+
+#[tokio::test]
+async fn a_parked_claim_skips_a_paused_queue_until_it_is_resumed() {
+    let db = TestDatabase::new().await;
+    let store = db.store();
+    let worker = register(&store, &["slow"]).await;
+    let qs = queues();
+    for _ in 0..4 {
+        store.message_insert(&message("slow")).await.unwrap();
+    }
+    let claimed = store.message_claim(&claim(worker, &qs, 4)).await.unwrap();
+    assert_eq!(store.message_park_many(worker, &parks(&claimed)).await.unwrap().len(), 4);
+    // Two of them redelivered: the suspects' branch of the claim must skip the queue too.
+    db.client().await.batch_execute("update celeriac.message set redeliveries = 1 where id in (select id from celeriac.message order by id limit 2)").await.unwrap();
+    assert!(store.queue_pause(QUEUES[0], None).await.unwrap());
+    let params = ClaimParams { suspects: 4, ..claim(worker, &qs, 4) };
+    assert!(store.message_claim_parked(&params, "slow").await.unwrap().is_empty());
+    assert_eq!(store.message_parked_counts().await.unwrap(), vec![("slow".to_owned(), 4)]);
+
+    assert!(store.queue_resume(QUEUES[0]).await.unwrap());
+    let back = store.message_claim_parked(&params, "slow").await.unwrap();
+    assert_eq!(back.len(), 4, "fresh and redelivered parked messages come back once resumed");
+}
