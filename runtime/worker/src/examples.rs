@@ -21,7 +21,17 @@ use crate::{Outcome, Registry, Request, RetryBackoff, TaskError};
 /// | `examples.echo` | `(value,)` | returns `value` unchanged (any type kombu's JSON carries) |
 /// | `examples.progress` | `(steps,)` | stores `PROGRESS` with `{"done": i, "total": steps}` after each step (10 ms apart), returns `steps` |
 /// | `examples.flaky` | `(succeed_after, max_retries)` | retries with Celery's backoff (1 s, 2 s, …, no jitter) until retried `succeed_after` times, then returns the retries; past `max_retries` it fails with `MaxRetriesExceededError` |
+/// | `examples.record` | `(n,)` | appends the line `n unix_nanoseconds` to the file named by the worker's `CELERIAC_RECORD_FILE` (what the benchmark suite counts), returns `None` |
 pub fn register(registry: &mut Registry) {
+    registry.register_raw("examples.record", |req: Request| async move {
+        match req.args() {
+            [n] => match record(n) {
+                Ok(()) => Outcome::Success(Value::Null),
+                Err(e) => Outcome::failure("OSError", e),
+            },
+            args => Outcome::failure("TypeError", format!("examples.record() takes 1 argument ({} given)", args.len())),
+        }
+    });
     registry.register_raw("examples.echo", |req: Request| async move {
         match req.args() {
             [value] => Outcome::Success(value.clone()),
@@ -82,4 +92,28 @@ pub fn register(registry: &mut Registry) {
         }
     });
     registry.register("examples.reject", |(reason,): (String,)| async move { Err::<(), _>(TaskError::Reject(reason)) });
+}
+
+/// The file `examples.record` appends to, opened once (append mode) from `CELERIAC_RECORD_FILE`.
+static RECORD_FILE: std::sync::OnceLock<Result<std::fs::File, String>> = std::sync::OnceLock::new();
+
+/// Appends `n` and the time now (nanoseconds since the Unix epoch) as one line, with one write.
+fn record(n: &Value) -> Result<(), String> {
+    use std::io::Write as _;
+    let file = RECORD_FILE.get_or_init(|| {
+        let path = std::env::var_os("CELERIAC_RECORD_FILE").ok_or("CELERIAC_RECORD_FILE is not set")?;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", std::path::Path::new(&path).display()))
+    });
+    let mut file = file.as_ref().map_err(Clone::clone)?;
+    let n = match n {
+        Value::Int(i) => i.to_string(),
+        Value::Str(s) if !s.contains(['\n', ' ']) => s.clone(),
+        other => return Err(format!("examples.record() wants an integer or a word, not {other:?}")),
+    };
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    file.write_all(format!("{n} {nanos}\n").as_bytes()).map_err(|e| e.to_string())
 }

@@ -1,0 +1,1 @@
+"""The systems under test: one module per family, each exporting ``SYSTEMS``."""
