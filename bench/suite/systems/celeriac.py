@@ -45,7 +45,7 @@ class Celeriac(System):
 
     def versions(self, ctx: Ctx) -> dict[str, str]:
         out = subprocess.run(
-            [ctx.celeriac_bin, "--version"], capture_output=True, text=True
+            [ctx.celeriac_bin, "--version"], check=False, capture_output=True, text=True
         )
         return {
             "celeriac": out.stdout.strip().rpartition(" ")[2],
