@@ -3,6 +3,7 @@
 - ``burn_down``: N tasks enqueued before the worker starts; the worker drains them.
 - ``steady``: a producer sends at a fixed rate for a fixed time to a running worker;
   end-to-end latency per task (send to record).
+- ``steady_max``: the highest rate of a ladder the system sustains, and its latency there.
 - ``enqueue``: N tasks one at a time, then N in batches, into an idle queue (no worker).
 - ``bloat``: N tasks through one queue in a rolling window; the queue's tables afterwards, then
   again once autovacuum has had a chance.
@@ -21,6 +22,7 @@ from typing import Any, Self
 from .common import (
     CpuMeter,
     Ctx,
+    Producer,
     Records,
     System,
     postgres_pids,
@@ -142,59 +144,76 @@ def burn_down(
     }
 
 
+def _percentile(values: list[float], p: float) -> float:
+    return (
+        values[min(len(values) - 1, int(p * len(values)))] if values else float("nan")
+    )
+
+
+def _produce(
+    producer: Producer, rate: int, seconds: float, first: int, sent_at: dict[int, int]
+) -> tuple[int, float]:
+    """Sends ``rate`` tasks/s (numbers from ``first`` on) in batches every 10 ms for ``seconds``,
+    noting each one's send time; returns (tasks sent, seconds it took)."""
+    total = int(rate * seconds)
+    next_i = 0
+    start = time.monotonic()
+    while next_i < total:
+        due = min(total, int((time.monotonic() - start) * rate) + 1)
+        if due > next_i:
+            batch = range(first + next_i, first + due)
+            now = time.time_ns()
+            producer.send(batch)
+            for n in batch:
+                sent_at[n] = now
+            next_i = due
+        sleep = start + next_i / rate - time.monotonic()
+        if sleep > 0:
+            time.sleep(min(sleep, 0.01))
+    return total, time.monotonic() - start
+
+
+def _warm_up(system: System, producer: Producer, records: Records) -> range:
+    """100 tasks before the clock starts: the worker is up and running tasks."""
+    warm = range(-100, 0)
+    producer.send(warm)
+    _settle(records, len(warm), 120.0, f"{system.name}: warm-up records")
+    return warm
+
+
 def steady(
-    system: System, ctx: Ctx, rate: int, seconds: float, timeout: float = 120.0
+    system: System, ctx: Ctx, rate: int, seconds: float, drain_seconds: float = 30.0
 ) -> dict[str, Any]:
-    """Sends ``rate`` tasks/s in batches every 10 ms for ``seconds`` to a running worker."""
+    """Sends ``rate`` tasks/s in batches every 10 ms for ``seconds`` to a running worker. A
+    system that has not run them all ``drain_seconds`` after the last send did not keep up: its
+    row says how many it ran, and no latency (what it would show is the backlog's age)."""
     system.prepare(ctx)
     producer = system.producer(ctx)
     records = Records(ctx.record_dir)
     procs = system.start_worker(ctx)
     sent_at: dict[int, int] = {}
     try:
-        # Warm up: the worker is up and running tasks before the clock starts.
-        warm = range(-100, 0)
-        producer.send(warm)
-        _settle(records, len(warm), 120.0, f"{system.name}: warm-up records")
-        tick = 0.01
-        total = int(rate * seconds)
-        next_n = 0
-        behind = 0.0
-        start = time.monotonic()
+        warm = _warm_up(system, producer, records)
         with Watch(
             ctx, system, [p.pid for p in procs], server_pids_of(ctx, system)
         ) as watch:
-            while next_n < total:
-                due = min(total, int((time.monotonic() - start) * rate) + 1)
-                if due > next_n:
-                    batch = range(next_n, due)
-                    now = time.time_ns()
-                    producer.send(batch)
-                    for n in batch:
-                        sent_at[n] = now
-                    next_n = due
-                sleep = start + next_n / rate - time.monotonic()
-                if sleep > 0:
-                    time.sleep(min(sleep, tick))
-                else:
-                    behind = max(behind, -sleep)
-            produced = time.monotonic() - start
+            total, produced = _produce(producer, rate, seconds, 0, sent_at)
             try:
                 _settle(
                     records,
                     len(warm) + total,
-                    timeout,
+                    drain_seconds,
                     f"{system.name}: steady-state records",
                 )
+                kept_up = True
             except TimeoutError:
-                pass
+                kept_up = False
         time.sleep(0.5)
     finally:
         producer.close()
         system.stop_worker(ctx, procs)
     records.poll()
-    numbers = list(warm) + list(range(total))
-    missing, extra = records.check(numbers)
+    missing, extra = records.check(list(warm) + list(range(total)))
     latencies = sorted(
         (records.times[n] - sent_at[n]) / 1e6
         for n in range(total)
@@ -205,29 +224,95 @@ def steady(
         if system.server == "postgres"
         else {}
     )
-
-    def pct(p: float) -> float:
-        return (
-            latencies[min(len(latencies) - 1, int(p * len(latencies)))]
-            if latencies
-            else float("nan")
-        )
-
+    nan = float("nan")
     return {
         "rate": rate,
         "seconds": seconds,
         "sent_per_s": total / produced,
-        "producer_behind_ms": behind * 1e3,
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
-        "max_ms": latencies[-1] if latencies else float("nan"),
-        "mean_ms": statistics.fmean(latencies) if latencies else float("nan"),
+        "kept_up": "yes" if kept_up else "no",
+        "ran": total - missing,
+        "p50_ms": _percentile(latencies, 0.50) if kept_up else nan,
+        "p99_ms": _percentile(latencies, 0.99) if kept_up else nan,
+        "max_ms": latencies[-1] if latencies and kept_up else nan,
+        "mean_ms": statistics.fmean(latencies) if latencies and kept_up else nan,
         "worker_cpu_ms_per_1k": watch.worker_cpu.total() * 1e6 / max(total, 1),
         "server_cpu_ms_per_1k": watch.server_cpu.total() * 1e6 / max(total, 1),
         "peak_rss_mib": watch.peak_rss / 2**20,
-        "missing": missing,
+        # A system that did not keep up has tasks still queued: not lost, not counted missing.
+        "missing": missing if kept_up else 0,
         "extra": extra,
         **figures,
+    }
+
+
+#: The rates ``steady_max`` tries, in order, until one is not sustained.
+LADDER = (250, 500, 1000, 2000, 4000, 8000, 16000, 32000)
+
+
+def steady_max(
+    system: System, ctx: Ctx, step_seconds: float, drain_seconds: float = 1.0
+) -> dict[str, Any]:
+    """The highest rate of ``LADDER`` the system sustains: one running worker, each rate for
+    ``step_seconds``; a rate is sustained when the producer reached it and every task of the step
+    ran within ``drain_seconds`` of the step's last send."""
+    system.prepare(ctx)
+    producer = system.producer(ctx)
+    records = Records(ctx.record_dir)
+    procs = system.start_worker(ctx)
+    sent_at: dict[int, int] = {}
+    best: dict[str, Any] = {
+        "max_rate": 0,
+        "p50_ms": float("nan"),
+        "p99_ms": float("nan"),
+    }
+    first = 0
+    tried = []
+    try:
+        warm = _warm_up(system, producer, records)
+        expected = len(warm)
+        for rate in LADDER:
+            total, produced = _produce(producer, rate, step_seconds, first, sent_at)
+            expected += total
+            tried.append(rate)
+            try:
+                _settle(records, expected, drain_seconds, f"{system.name}: {rate}/s")
+                kept_up = total / produced >= 0.95 * rate
+            except TimeoutError:
+                kept_up = False
+            if not kept_up:
+                break
+            step = sorted(
+                (records.times[n] - sent_at[n]) / 1e6
+                for n in range(first, first + total)
+            )
+            best = {
+                "max_rate": rate,
+                "p50_ms": _percentile(step, 0.5),
+                "p99_ms": _percentile(step, 0.99),
+            }
+            first += total
+        # Whatever is still queued must run, once, before the worker stops.
+        try:
+            _settle(records, expected, 120.0, f"{system.name}: the ladder's last tasks")
+            drained = True
+        except TimeoutError:
+            drained = False
+        time.sleep(0.5)
+    finally:
+        producer.close()
+        system.stop_worker(ctx, procs)
+    records.poll()
+    missing, extra = records.check(list(warm) + sorted(sent_at))
+    if not drained:
+        # Still queued 120 s after the last send (the system fell far behind): not counted lost.
+        missing = 0
+    return {
+        "step_seconds": step_seconds,
+        "rates_tried": " ".join(map(str, tried)),
+        "drained": "yes" if drained else "no",
+        **best,
+        "missing": missing,
+        "extra": extra,
     }
 
 

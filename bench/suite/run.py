@@ -31,13 +31,14 @@ from typing import Any
 from . import measure, systems
 from .common import REPO, Ctx, System, connect, with_database
 
-WORKLOADS = ("burn-down", "steady", "enqueue", "bloat")
+WORKLOADS = ("burn-down", "steady", "steady-max", "enqueue", "bloat")
 
 #: Sizes: (full, quick).
 SIZES = {
     "burn_down_tasks": (100_000, 10_000),
     "steady_rate": (2000, 2000),
     "steady_seconds": (60.0, 10.0),
+    "ladder_seconds": (15.0, 5.0),
     "enqueue_one": (5_000, 1_000),
     "enqueue_batched": (100_000, 20_000),
     "bloat_tasks": (1_000_000, 100_000),
@@ -138,6 +139,8 @@ class Run:
                 result = measure.steady(
                     system, ctx, self.size("steady_rate"), self.size("steady_seconds")
                 )
+            elif workload == "steady-max":
+                result = measure.steady_max(system, ctx, self.size("ladder_seconds"))
             elif workload == "enqueue":
                 result = measure.enqueue(
                     system, ctx, self.size("enqueue_one"), self.size("enqueue_batched")
