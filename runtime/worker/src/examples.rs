@@ -117,3 +117,32 @@ fn record(n: &Value) -> Result<(), String> {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     file.write_all(format!("{n} {nanos}\n").as_bytes()).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_appends_one_line_per_call_and_refuses_what_would_break_a_line() {
+        let dir = std::env::temp_dir().join(format!("celeriac-record-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("rust.log");
+        // The only test in this binary that touches the variable (the file is opened once).
+        std::env::set_var("CELERIAC_RECORD_FILE", &path);
+        record(&Value::Int(7)).unwrap();
+        record(&Value::Str("word".into())).unwrap();
+        assert!(record(&Value::Str("two words".into())).is_err());
+        assert!(record(&Value::Float(1.5)).is_err());
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<(&str, u128)> = text
+            .lines()
+            .map(|l| {
+                let (n, t) = l.split_once(' ').unwrap();
+                (n, t.parse().unwrap())
+            })
+            .collect();
+        assert_eq!(lines.iter().map(|(n, _)| *n).collect::<Vec<_>>(), ["7", "word"]);
+        assert!(lines[0].1 > 1_700_000_000_000_000_000 && lines[0].1 <= lines[1].1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
