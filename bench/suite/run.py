@@ -20,6 +20,7 @@ import json
 import os
 import pkgutil
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -212,7 +213,7 @@ class Run:
             "postgres": postgres_settings(self.args.admin_url),
             "versions": {},
             "sizes": {k: str(self.size(k)) for k in SIZES},
-            "command": " ".join(sys.argv[1:]),
+            "command": re.sub(r"postgresql://\S+|amqp://\S+|redis://\S+", "URL", " ".join(sys.argv[1:])),
         }
         runnable = []
         for system in chosen:
