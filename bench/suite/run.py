@@ -213,7 +213,11 @@ class Run:
             "postgres": postgres_settings(self.args.admin_url),
             "versions": {},
             "sizes": {k: str(self.size(k)) for k in SIZES},
-            "command": re.sub(r"postgresql://\S+|amqp://\S+|redis://\S+", "URL", " ".join(sys.argv[1:])),
+            "command": re.sub(
+                r"postgresql://\S+|amqp://\S+|redis://\S+",
+                "URL",
+                " ".join(sys.argv[1:]),
+            ),
         }
         runnable = []
         for system in chosen:
