@@ -11,7 +11,9 @@ use celeriac_protocol::Accept;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use super::{store, CliError};
+use celeriac_store::{Store, StoreConfig};
+
+use super::CliError;
 use crate::{Registry, Worker, WorkerConfig};
 
 /// `celeriac worker` options (named like `celery worker`'s where one exists).
@@ -313,7 +315,11 @@ pub(super) async fn run(
         config.autoscale = Some(crate::Autoscale { min: min as usize, max: max as usize });
         config.validate()?;
     }
-    let store = store(url, if args.beat { 8 } else { 6 })?;
+    let store = Store::new(&StoreConfig {
+        max_connections: if args.beat { 8 } else { 6 },
+        connect_timeout: connect_timeout_for(config.lease),
+        ..StoreConfig::new(url)
+    })?;
     // The dashboard's port is bound before the first claim: a port in use fails the start.
     let dashboard = match args.dashboard {
         Some(port) => {
@@ -684,5 +690,26 @@ mod tests {
         let host = crate::hostname();
         let (name, domain) = host.split_once('.').unwrap_or((&host, ""));
         assert_eq!(expand_hostname("x@%n.%d|%h"), format!("x@{name}.{domain}|{host}"));
+    }
+}
+
+/// How long the worker waits for a connection (to open, or to come free in its pool): a fifth of
+/// the lease, between 1 and 5 s. The heartbeat renews leases through the same pool, and a pass
+/// stuck that long is retried on the next beat; a wait as long as a short lease (the chaos suite
+/// runs 4 s leases) let a stuck connection attempt during a 0.9 s restart cost every lease.
+fn connect_timeout_for(lease: Duration) -> Duration {
+    (lease / 5).clamp(Duration::from_secs(1), Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod connect_timeout_tests {
+    use std::time::Duration;
+
+    #[test]
+    fn the_connect_timeout_is_a_fifth_of_the_lease_within_one_and_five_seconds() {
+        assert_eq!(super::connect_timeout_for(Duration::from_secs(4)), Duration::from_secs(1));
+        assert_eq!(super::connect_timeout_for(Duration::from_secs(10)), Duration::from_secs(2));
+        assert_eq!(super::connect_timeout_for(Duration::from_secs(30)), Duration::from_secs(5));
+        assert_eq!(super::connect_timeout_for(Duration::from_secs(300)), Duration::from_secs(5));
     }
 }
