@@ -42,8 +42,9 @@ SIZES = {
     "ladder_seconds": (15.0, 5.0),
     "enqueue_one": (5_000, 1_000),
     "enqueue_batched": (100_000, 20_000),
-    "bloat_tasks": (1_000_000, 100_000),
-    "bloat_seconds": (600.0, 120.0),
+    "bloat_tasks": (1_000_000, 20_000),
+    "bloat_seconds": (600.0, 60.0),
+    "bloat_wait_seconds": (75.0, 75.0),
 }
 
 
@@ -148,7 +149,11 @@ class Run:
                 )
             elif workload == "bloat":
                 result = measure.bloat(
-                    system, ctx, self.size("bloat_tasks"), self.size("bloat_seconds")
+                    system,
+                    ctx,
+                    self.size("bloat_tasks"),
+                    self.size("bloat_seconds"),
+                    vacuum_wait=self.size("bloat_wait_seconds"),
                 )
             else:
                 raise ValueError(workload)
@@ -230,7 +235,12 @@ class Run:
                 print(f"bench-suite: skipping {system.name}: {reason}", file=sys.stderr)
                 self.meta.setdefault("skipped", {})[system.name] = reason
             self.drop(probe)
-        workloads = [w for w in self.args.workloads.split(",") if w]
+        default = [w for w in WORKLOADS if not (self.quick and w == "bloat")]
+        workloads = (
+            [w for w in self.args.workloads.split(",") if w]
+            if self.args.workloads
+            else default
+        )
         for round_no in range(1, self.args.rounds + 1):
             for workload in workloads:
                 shift = (round_no - 1) % max(1, len(runnable))
@@ -267,7 +277,11 @@ def main() -> int:
     parser.add_argument(
         "--systems", default="", help="comma-separated names (default: all)"
     )
-    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument(
+        "--workloads",
+        default="",
+        help=f"comma-separated, of {','.join(WORKLOADS)} (default: all; --quick leaves bloat out)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument(
