@@ -150,26 +150,41 @@ def _percentile(values: list[float], p: float) -> float:
     )
 
 
+#: The producer's tick: each tick it sends, in one call, every task that fell due since the last.
+TICK = 0.01
+
+
 def _produce(
-    producer: Producer, rate: int, seconds: float, first: int, sent_at: dict[int, int]
+    producer: Producer,
+    rate: int,
+    seconds: float,
+    first: int,
+    sent_at: dict[int, int],
+    send_ms: list[float] | None = None,
 ) -> tuple[int, float]:
-    """Sends ``rate`` tasks/s (numbers from ``first`` on) in batches every 10 ms for ``seconds``,
-    noting each one's send time; returns (tasks sent, seconds it took)."""
+    """Sends ``rate`` tasks/s (numbers from ``first`` on) for ``seconds``: every ``TICK`` the
+    tasks due by then, in one call, each noted with the time just before that call. A producer
+    that falls behind sends larger batches (and the row's rate shows it); returns (tasks sent,
+    seconds it took)."""
     total = int(rate * seconds)
     next_i = 0
     start = time.monotonic()
+    tick = 0
     while next_i < total:
-        due = min(total, int((time.monotonic() - start) * rate) + 1)
+        tick += 1
+        wait = start + tick * TICK - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        due = min(total, int((time.monotonic() - start) * rate))
         if due > next_i:
             batch = range(first + next_i, first + due)
             now = time.time_ns()
             producer.send(batch)
+            if send_ms is not None:
+                send_ms.append((time.time_ns() - now) / 1e6)
             for n in batch:
                 sent_at[n] = now
             next_i = due
-        sleep = start + next_i / rate - time.monotonic()
-        if sleep > 0:
-            time.sleep(min(sleep, 0.01))
     return total, time.monotonic() - start
 
 
@@ -192,12 +207,13 @@ def steady(
     records = Records(ctx.record_dir)
     procs = system.start_worker(ctx)
     sent_at: dict[int, int] = {}
+    send_ms: list[float] = []
     try:
         warm = _warm_up(system, producer, records)
         with Watch(
             ctx, system, [p.pid for p in procs], server_pids_of(ctx, system)
         ) as watch:
-            total, produced = _produce(producer, rate, seconds, 0, sent_at)
+            total, produced = _produce(producer, rate, seconds, 0, sent_at, send_ms)
             try:
                 _settle(
                     records,
@@ -230,6 +246,9 @@ def steady(
         "seconds": seconds,
         "sent_per_s": total / produced,
         "kept_up": "yes" if kept_up else "no",
+        # How long the producer's calls took (the enqueue's commit): part of every latency.
+        "send_p50_ms": _percentile(sorted(send_ms), 0.50),
+        "send_p99_ms": _percentile(sorted(send_ms), 0.99),
         "ran": total - missing,
         "p50_ms": _percentile(latencies, 0.50) if kept_up else nan,
         "p99_ms": _percentile(latencies, 0.99) if kept_up else nan,

@@ -150,6 +150,7 @@ def steady_table(rows: list[Row]) -> str:
                 _fmt(med("p99_ms", kept), 1),
                 ", ".join(_fmt(_num(r.get("p99_ms")), 1) for r in good),
                 _fmt(med("max_ms", kept), 1),
+                _fmt(med("send_p99_ms"), 1),
                 _fmt(med("worker_cpu_ms_per_1k")),
                 _fmt(size, 1),
                 _fmt(med("dead_tuples")),
@@ -164,6 +165,7 @@ def steady_table(rows: list[Row]) -> str:
         "p99 ms",
         "p99 per round",
         "max ms",
+        "enqueue call p99 ms",
         "worker CPU ms / 1k",
         "queue tables MiB at end",
         "dead tuples at end",
@@ -364,7 +366,8 @@ def write_report(out: Path, rows: list[Row], meta: dict[str, Any]) -> None:
             "Steady state: a producer at a fixed rate",
             steady_table,
             (
-                "Latency from just before the producer's call to the task's record. Table size and dead tuples of the "
+                "Latency from just before the producer's call to the task's record; the producer sends what fell due every "
+                "10 ms in one call, whose own p99 (the enqueue's commit, part of every latency) has a column. Table size and dead tuples of the "
                 "queue's tables right after the run (PostgreSQL systems)."
             ),
         ),
