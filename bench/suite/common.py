@@ -324,25 +324,26 @@ def postgres_pids(admin_url: str) -> list[int]:
 
 
 def table_figures(db_url: str, tables: Sequence[str]) -> dict[str, int]:
-    """Heap bytes, index bytes, live and dead tuples of the tables, summed (with TOAST)."""
+    """Heap bytes, index bytes, live and dead tuples of the tables, summed (with TOAST); a
+    partitioned table counts as all its partitions."""
     out = {"table_bytes": 0, "index_bytes": 0, "live_tuples": 0, "dead_tuples": 0}
     if not tables:
         return out
     with connect(db_url) as conn:
         for table in tables:
-            row = conn.execute(
+            rows = conn.execute(
                 """select pg_table_size(c.oid), pg_indexes_size(c.oid),
                           coalesce(s.n_live_tup, 0), coalesce(s.n_dead_tup, 0)
                    from pg_class c left join pg_stat_user_tables s on s.relid = c.oid
-                   where c.oid = to_regclass(%s)""",
+                   where c.oid in (select relid from pg_partition_tree(to_regclass(%s)))
+                     and c.relkind = 'r'""",
                 (table,),
-            ).fetchone()
-            if row is None:
-                continue
-            out["table_bytes"] += row[0]
-            out["index_bytes"] += row[1]
-            out["live_tuples"] += row[2]
-            out["dead_tuples"] += row[3]
+            ).fetchall()
+            for row in rows:
+                out["table_bytes"] += row[0]
+                out["index_bytes"] += row[1]
+                out["live_tuples"] += row[2]
+                out["dead_tuples"] += row[3]
     return out
 
 
