@@ -10,16 +10,20 @@
 -- * `message_delayed` (slot -1): messages due later than a minute, moved there out of a slot
 --   about to be emptied, so a countdown does not hold a ring partition for its whole wait.
 --
--- Any consumer's maintenance calls `celeriac.message_rotate` about once a second. When the current
--- slot has had enough new messages, or enough time, it makes another slot current, but only one
--- in which no message is left: that partition is TRUNCATEd (its heap and indexes start from
--- nothing) under an ACCESS EXCLUSIVE lock, waited for at most 50 ms, after the emptiness check
--- made under that lock. A transaction that inserted into the slot and has not committed holds a
--- lock that makes the rotation wait and try again later, so nothing is ever truncated away.
--- Rows that stay long (running tasks, rate-limited rows, a parked chord unlock, a message due
--- within a minute) keep their slot from being emptied; the ring then goes round the others, and
--- if every other slot is held too, it waits: the table is then only as bloated as autovacuum
--- alone leaves it, as before.
+-- Any consumer's maintenance calls `celeriac.message_rotate` about once a second. Each pass
+-- empties every other slot that all its messages have left with TRUNCATE (its heap and indexes
+-- start from nothing), under an ACCESS EXCLUSIVE lock waited for at most 50 ms, after an
+-- emptiness check made under that lock: a transaction that inserted into the slot and has not
+-- committed holds a lock that makes the pass wait and try again later, so nothing is ever
+-- truncated away. When the current slot has had enough new messages, or has been current long
+-- enough with anything in it, the pass makes an emptied slot current. Rows that stay long
+-- (running tasks, rate-limited rows, a parked chord unlock, a message due within a minute) keep
+-- their slot from being emptied; new messages go round the others, and if no other slot is
+-- empty, the current one takes them: the table is then only as bloated as autovacuum alone
+-- leaves it, as before.
+--
+-- The same pass analyzes a partition that has grown well past its statistics (the current slot
+-- fills from empty): the store's generic plans would otherwise keep scanning it as if empty.
 --
 -- Queries keep using `celeriac.message`; a row's id is still unique (one identity), the primary
 -- key is (id, slot) because PostgreSQL requires the partition key in it.
@@ -35,10 +39,7 @@ create table celeriac.message_ring (
     slots        smallint    not null default 3 check (slots between 2 and 32),
     rotated_at   timestamptz not null default now(),
     -- The identity's last value when the slot became current: what it has had since.
-    rotated_id   bigint      not null default 0,
-    -- Rotations in a row that found no message inserted since the one before: after slots - 1
-    -- of them every slot has been emptied since its last insert, and an idle ring stops rotating.
-    quiet        integer     not null default 0
+    rotated_id   bigint      not null default 0
 );
 insert into celeriac.message_ring default values;
 
@@ -115,42 +116,71 @@ create trigger chord_unlock_park_update before update of eta on celeriac.message
     for each row when (new.task_name = 'celery.chord_unlock')
     execute function celeriac.chord_unlock_park();
 
--- One rotation step, if one is due (see the top of this file): returns the new current slot, or
--- null when none is due, another consumer is rotating, or no other slot can be emptied now.
--- `fill`: rotate once the current slot has had this many new messages; `age`: or once it has
--- been current this long (while anything was inserted in the last `slots` rotations).
+-- One pass of the ring (see the top of this file). Returns the slot it made current, or null
+-- (no step due, no clean slot to step to, or another consumer's pass under way).
+-- `fill`: step once the current slot has had this many new messages; `age`: or once it has been
+-- current this long with anything in it.
 create function celeriac.message_rotate(fill bigint, age interval) returns smallint
 language plpgsql as $$
 declare
-    ring      celeriac.message_ring;
-    issued    bigint;
+    ring     celeriac.message_ring;
+    issued   bigint;
+    due      boolean;
+    clean    smallint;
     candidate smallint;
-    part      text;
-    occupied  boolean;
+    part     text;
+    heap     bigint;
+    live     bigint;
+    occupied boolean;
 begin
     select * into ring from celeriac.message_ring for update skip locked;
     if not found then
-        return null; -- another consumer is rotating
-    end if;
-    select case when is_called then last_value else last_value - 1 end into issued from celeriac.message_id_seq;
-    if issued - ring.rotated_id < fill
-       and (now() - ring.rotated_at < age or (issued = ring.rotated_id and ring.quiet >= ring.slots - 1)) then
-        return null;
+        return null; -- another consumer's pass
     end if;
     perform set_config('lock_timeout', '50ms', true);
+    -- Statistics first. The store's connections keep generic plans, made with what the planner
+    -- knew then: a plan made while a partition was empty scans it whole, so a partition that has
+    -- grown well past what its statistics say (the current slot, message_delayed) is analyzed,
+    -- which also makes every connection plan its statements again.
+    foreach part in array array[format('celeriac.%I', 'message_' || ring.slot), 'celeriac.message_delayed'] loop
+        if (select pg_relation_size(c.oid) / current_setting('block_size')::int > 2 * greatest(c.relpages, 0) + 8
+            from pg_class c where c.oid = part::regclass) then
+            begin
+                execute format('analyze %s', part);
+            exception when lock_not_available then
+                null; -- autovacuum is at it
+            end;
+        end if;
+    end loop;
+    select case when is_called then last_value else last_value - 1 end into issued from celeriac.message_id_seq;
+    due := issued - ring.rotated_id >= fill
+        or (now() - ring.rotated_at >= age
+            and pg_relation_size(format('celeriac.%I', 'message_' || ring.slot)::regclass) > 0);
+    -- Every other slot, oldest first: empty it if every message has left it.
     for k in 1 .. ring.slots - 1 loop
         candidate := (ring.slot + k) % ring.slots;
         part := format('celeriac.%I', 'message_' || candidate);
-        -- Messages due later than a minute leave the slot for message_delayed (at most 10,000 a
-        -- pass, those no one holds): claims never lock them, so moving them races with nothing
-        -- but an operator's change to the same row. A chord unlock stays: its row is updated by
-        -- the result store's trigger.
-        execute format(
-            'update celeriac.message set slot = -1 where slot = %s and id in (
-                 select id from %s where leased_by is null and eta > now() + interval ''1 minute''
-                     and task_name is distinct from ''celery.chord_unlock''
-                 limit 10000 for update skip locked)', candidate, part);
-        -- Cheap look first, without the lock: most passes over a held slot end here.
+        heap := pg_relation_size(part::regclass);
+        if heap = 0 then
+            clean := coalesce(clean, candidate); -- emptied already, nothing inserted since
+            continue;
+        end if;
+        live := pg_stat_get_live_tuples(part::regclass);
+        -- Messages due later than a minute leave the oldest slot for message_delayed once few are
+        -- left in it (at most 10,000 a pass, those no one holds): claims never lock them, so
+        -- moving them races with nothing but an operator's change to the same row. A chord
+        -- unlock stays: the result store's trigger updates its row.
+        if k = 1 and live <= 10000 then
+            execute format(
+                'update celeriac.message set slot = -1 where slot = %s and id in (
+                     select id from %s where leased_by is null and eta > now() + interval ''1 minute''
+                         and task_name is distinct from ''celery.chord_unlock''
+                     limit 10000 for update skip locked)', candidate, part);
+            live := greatest(live - 10000, 0);
+        end if;
+        -- Messages are left: the statistics say so (for a heap too big to read each pass), or a
+        -- look without the lock finds one. The hot path never waits for a slot in use.
+        continue when live > 0 and heap > 1048576;
         execute format('select exists (select from %s)', part) into occupied;
         continue when occupied;
         begin
@@ -161,14 +191,15 @@ begin
                 raise exception using errcode = 'object_in_use';
             end if;
             execute format('truncate %s', part);
-            update celeriac.message_ring
-               set slot = candidate, rotated_at = now(), rotated_id = issued,
-                   quiet = case when issued = ring.rotated_id then quiet + 1 else 0 end;
-            return candidate;
+            clean := coalesce(clean, candidate);
         exception when lock_not_available or object_in_use then
-            null; -- busy or refilled: the next candidate, or the next pass
+            null; -- busy or not empty: the next pass looks again
         end;
     end loop;
-    return null;
+    if not due or clean is null then
+        return null;
+    end if;
+    update celeriac.message_ring set slot = clean, rotated_at = now(), rotated_id = issued;
+    return clean;
 end
 $$;
