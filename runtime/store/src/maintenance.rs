@@ -1,8 +1,7 @@
 //! Background maintenance that is safe to run in every consumer at once (celeriac workers and
 //! Python Celery workers on the kombu transport): redelivering the messages of dead workers,
-//! returning to their queue the parked messages of task types no live worker rate-limits,
-//! pruning old broadcasts and expired revocations, and stepping the message table's ring of
-//! partitions ([`MessageRing`]).
+//! returning to their queue the parked messages of task types no live worker rate-limits, and
+//! pruning old broadcasts and expired revocations.
 
 use std::{
     sync::{
@@ -200,55 +199,5 @@ impl Periodic for Rescuer {
             self.store.revoked_prune(self.config.revokes_max, PRUNE_BATCH).await?;
         }
         Ok(report)
-    }
-}
-
-/// Steps the message table's ring of partitions (`migrations/0010_message_ring.sql`) about once
-/// a second: a slot that every message has left is emptied by TRUNCATE and takes the new
-/// messages, so the table and its indexes stay about `slots × fill` messages big under any
-/// load and shrink to nothing when the queues are idle, with no VACUUM needed. Runs beside the
-/// rescuer in every consumer; the database lets one step at a time through.
-#[derive(Debug, Clone)]
-pub struct MessageRing {
-    store: Store,
-    /// Step once the current slot has had this many new messages.
-    pub fill: i64,
-    /// Or once it has been current this long (while anything was inserted lately).
-    pub age: Duration,
-    /// Time between passes.
-    pub interval: Duration,
-}
-
-impl MessageRing {
-    /// New messages a slot takes before the ring steps: a second or two of the fastest
-    /// traffic, a few MB of rows.
-    pub const FILL: i64 = 10_000;
-    /// How long a slot stays current at most while messages arrive.
-    pub const AGE: Duration = Duration::from_secs(10);
-
-    /// The ring stepper over `store`, with the defaults.
-    #[must_use]
-    pub fn new(store: Store) -> Self {
-        MessageRing { store, fill: Self::FILL, age: Self::AGE, interval: Duration::from_secs(1) }
-    }
-}
-
-impl Periodic for MessageRing {
-    type Report = Option<i16>;
-
-    fn name(&self) -> &'static str {
-        "message ring"
-    }
-
-    fn interval(&self) -> Duration {
-        self.interval
-    }
-
-    async fn run_once(&mut self) -> crate::Result<Option<i16>> {
-        let slot = self.store.message_rotate(self.fill, self.age).await?;
-        if let Some(slot) = slot {
-            tracing::debug!(slot, "message ring: emptied a slot and made it current");
-        }
-        Ok(slot)
     }
 }

@@ -116,25 +116,4 @@ impl Store {
         client.touch(self.pooler, "vacuum (analyze) celeriac.message", &[]).await?;
         Ok(())
     }
-
-    /// One step of the message ring (`migrations/0010_message_ring.sql`): if the current slot
-    /// has had `fill` new messages, or has been current for `age` (while anything was
-    /// inserted lately), makes a slot current that no message is left in, after emptying it
-    /// with TRUNCATE. Returns the new current slot, or `None` when no step was due, another
-    /// consumer was stepping, or every other slot still holds messages (it waits for them; a
-    /// later call tries again). Safe to call from any number of consumers at once.
-    ///
-    /// # Errors
-    /// Connection errors.
-    pub async fn message_rotate(&self, fill: i64, age: std::time::Duration) -> Result<Option<i16>> {
-        let client = self.pool.get().await?;
-        let row = client
-            .row(
-                self.pooler,
-                "select celeriac.message_rotate($1, make_interval(secs => $2))",
-                &[(&fill, Type::INT8), (&age.as_secs_f64(), Type::FLOAT8)],
-            )
-            .await?;
-        Ok(row.get(0))
-    }
 }
