@@ -574,6 +574,21 @@ async fn a_rescuer_judges_by_its_own_rows_health_when_the_rescue_runs() {
     assert_eq!(store.message_rescue(Some(rescuer), 3, false, f64::MAX).await.unwrap().rescued, 1);
 }
 
+/// Pool connections plan generically and never JIT-compile: behind a large backlog a generic
+/// plan's estimate passes the JIT thresholds, and compiling cost ~240 ms a claim.
+#[tokio::test]
+async fn pooled_connections_plan_generically_without_jit() {
+    let db = TestDatabase::new().await;
+    let store = db.store();
+    assert_eq!(store.testing_setting("jit").await.unwrap(), "off");
+    assert_eq!(store.testing_setting("plan_cache_mode").await.unwrap(), "force_generic_plan");
+    // The server's own default is not what the pool sets (so the check above can fail).
+    let client = db.client().await;
+    let default: String =
+        client.query_one("select boot_val from pg_settings where name = 'jit'", &[]).await.unwrap().get(0);
+    assert_eq!(default, "on");
+}
+
 /// Behind a transaction-mode pooler (`?pooler=transaction`) no statement may leave session
 /// state: every operation runs, on a single pooled session, and that session holds no prepared
 /// statement afterwards (the same operations without the option leave several, which shows the
