@@ -1,7 +1,8 @@
 //! Background maintenance that is safe to run in every consumer at once (celeriac workers and
 //! Python Celery workers on the kombu transport): redelivering the messages of dead workers,
-//! returning to their queue the parked messages of task types no live worker rate-limits, and
-//! pruning old broadcasts and expired revocations.
+//! returning to their queue the parked messages of task types no live worker rate-limits,
+//! pruning old broadcasts and expired revocations, and rebuilding the message table's indexes
+//! after a burst has left them bloated ([`Reindexer`]).
 
 use std::{
     sync::{
@@ -199,5 +200,45 @@ impl Periodic for Rescuer {
             self.store.revoked_prune(self.config.revokes_max, PRUNE_BATCH).await?;
         }
         Ok(report)
+    }
+}
+
+/// Rebuilds the message table's indexes once a burst has left them bloated over a table that
+/// holds few messages again (see [`Store::message_reindex_bloated`]): autovacuum gives the
+/// heap's empty pages back, but never an index's. One consumer at a time; every consumer runs it.
+#[derive(Debug, Clone)]
+pub struct Reindexer {
+    store: Store,
+    /// An index bigger than this is rebuilt (while the table holds few messages).
+    pub min_bytes: i64,
+    /// "Few messages": fewer live ones than this.
+    pub few_rows: i64,
+    /// Time between looks.
+    pub interval: Duration,
+}
+
+impl Reindexer {
+    /// An index over 8 MiB (about 100,000 entries) is rebuilt while fewer than 10,000
+    /// messages are live, looked at once a minute (autovacuum's default naptime: the heap is
+    /// given back on that rhythm too).
+    #[must_use]
+    pub fn new(store: Store) -> Self {
+        Reindexer { store, min_bytes: 8 << 20, few_rows: 10_000, interval: Duration::from_secs(60) }
+    }
+}
+
+impl Periodic for Reindexer {
+    type Report = Vec<String>;
+
+    fn name(&self) -> &'static str {
+        "reindexer"
+    }
+
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    async fn run_once(&mut self) -> crate::Result<Vec<String>> {
+        self.store.message_reindex_bloated(self.min_bytes, self.few_rows).await
     }
 }

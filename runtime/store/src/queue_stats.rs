@@ -116,4 +116,79 @@ impl Store {
         client.touch(self.pooler, "vacuum (analyze) celeriac.message", &[]).await?;
         Ok(())
     }
+
+    /// Rebuilds, with `REINDEX INDEX CONCURRENTLY`, each index of the message table that has
+    /// grown past `min_bytes` while the table holds few messages (fewer than `few_rows` live
+    /// ones): VACUUM makes the space of finished messages reusable but never gives an index's
+    /// pages back, so after a burst (1,000,000 messages drained left 100 MB of indexes over an
+    /// empty table) they stay that big. Rebuilding does not block enqueues or claims. Runs on a
+    /// connection of its own (outside any transaction, as `CONCURRENTLY` requires), only while
+    /// it holds a session advisory lock, so one consumer at a time rebuilds; first it drops the
+    /// invalid leftovers of a rebuild that was interrupted. Returns the names of the indexes
+    /// rebuilt; none behind a transaction-mode pooler (the lock is session state).
+    ///
+    /// # Errors
+    /// Connection errors, or the rebuild's own (the next call drops what it left).
+    pub async fn message_reindex_bloated(&self, min_bytes: i64, few_rows: i64) -> Result<Vec<String>> {
+        if self.pooler == crate::Pooler::Transaction {
+            return Ok(Vec::new());
+        }
+        let (client, connection) = self.pg_config.connect(tokio_postgres::NoTls).await?;
+        let driver = tokio::spawn(connection);
+        let result = reindex_bloated(&client, min_bytes, few_rows).await;
+        drop(client);
+        let _ = driver.await;
+        result
+    }
+}
+
+/// A fixed advisory-lock key for the message table's index rebuilds ("reindex!" in ASCII).
+const REINDEX_LOCK_KEY: i64 = 0x7265_696e_6465_7821;
+
+async fn reindex_bloated(client: &tokio_postgres::Client, min_bytes: i64, few_rows: i64) -> Result<Vec<String>> {
+    let locked: bool = client.query_one("select pg_try_advisory_lock($1)", &[&REINDEX_LOCK_KEY]).await?.get(0);
+    if !locked {
+        return Ok(Vec::new());
+    }
+    let rebuilt = reindex_locked(client, min_bytes, few_rows).await;
+    client.execute("select pg_advisory_unlock($1)", &[&REINDEX_LOCK_KEY]).await?;
+    rebuilt
+}
+
+async fn reindex_locked(client: &tokio_postgres::Client, min_bytes: i64, few_rows: i64) -> Result<Vec<String>> {
+    // A rebuild bounded in time: one that waits longer (on a long transaction) is cancelled
+    // and its leftover dropped next time.
+    client.batch_execute("set statement_timeout = '10min'").await?;
+    let leftovers = client
+        .query(
+            "select format('%I.%I', n.nspname, c.relname) from pg_index i
+             join pg_class c on c.oid = i.indexrelid join pg_namespace n on n.oid = c.relnamespace
+             where i.indrelid = 'celeriac.message'::regclass and not i.indisvalid and c.relname like '%\\_ccnew%'",
+            &[],
+        )
+        .await?;
+    for row in leftovers {
+        let name: String = row.get(0);
+        client.batch_execute(&format!("drop index concurrently if exists {name}")).await?;
+    }
+    let bloated = client
+        .query(
+            "select format('%I.%I', n.nspname, c.relname) from pg_index i
+             join pg_class c on c.oid = i.indexrelid join pg_namespace n on n.oid = c.relnamespace
+             where i.indrelid = 'celeriac.message'::regclass and i.indisvalid
+               and pg_relation_size(c.oid) > $1
+               and pg_stat_get_live_tuples('celeriac.message'::regclass) < $2
+             order by pg_relation_size(c.oid) desc",
+            &[&min_bytes, &few_rows],
+        )
+        .await?;
+    let mut rebuilt = Vec::new();
+    for row in bloated {
+        let name: String = row.get(0);
+        // The name comes from the catalog, quoted by format('%I').
+        client.batch_execute(&format!("reindex index concurrently {name}")).await?;
+        tracing::info!(index = %name, "rebuilt a bloated index of the message table");
+        rebuilt.push(name);
+    }
+    Ok(rebuilt)
 }
