@@ -133,6 +133,21 @@ impl Store {
         if self.pooler == crate::Pooler::Transaction {
             return Ok(Vec::new());
         }
+        // A look through the pool first: most minutes there is nothing to do, and no
+        // connection is opened for it.
+        let client = self.pool.get().await?;
+        let due: bool = client
+            .row(
+                self.pooler,
+                &format!("select exists ({BLOATED_INDEXES_SQL}) or exists ({LEFTOVER_INDEXES_SQL})"),
+                &[(&min_bytes, Type::INT8), (&few_rows, Type::INT8)],
+            )
+            .await?
+            .get(0);
+        drop(client);
+        if !due {
+            return Ok(Vec::new());
+        }
         let (client, connection) = self.pg_config.connect(tokio_postgres::NoTls).await?;
         let driver = tokio::spawn(connection);
         let result = reindex_bloated(&client, min_bytes, few_rows).await;
@@ -144,6 +159,25 @@ impl Store {
 
 /// A fixed advisory-lock key for the message table's index rebuilds ("reindex!" in ASCII).
 const REINDEX_LOCK_KEY: i64 = 0x7265_696e_6465_7821;
+
+/// The valid message-table indexes bigger than `$1` bytes while fewer than `$2` messages are
+/// live, by the server's statistics and by the table's last vacuum or analyze both (statistics
+/// are reset by a crash: a backlog they miss is not rebuilt under), biggest first; quoted names.
+const BLOATED_INDEXES_SQL: &str = "
+    select format('%I.%I', n.nspname, c.relname) from pg_index i
+    join pg_class c on c.oid = i.indexrelid join pg_namespace n on n.oid = c.relnamespace
+    join pg_class t on t.oid = i.indrelid
+    where i.indrelid = 'celeriac.message'::regclass and i.indisvalid
+      and pg_relation_size(c.oid) > $1
+      and pg_stat_get_live_tuples(t.oid) < $2 and t.reltuples < $2
+    order by pg_relation_size(c.oid) desc";
+
+/// What an interrupted `REINDEX CONCURRENTLY` of the message table left: invalid `*_ccnew`
+/// indexes; quoted names.
+const LEFTOVER_INDEXES_SQL: &str = "
+    select format('%I.%I', n.nspname, c.relname) from pg_index i
+    join pg_class c on c.oid = i.indexrelid join pg_namespace n on n.oid = c.relnamespace
+    where i.indrelid = 'celeriac.message'::regclass and not i.indisvalid and c.relname like '%\\_ccnew%'";
 
 async fn reindex_bloated(client: &tokio_postgres::Client, min_bytes: i64, few_rows: i64) -> Result<Vec<String>> {
     let locked: bool = client.query_one("select pg_try_advisory_lock($1)", &[&REINDEX_LOCK_KEY]).await?.get(0);
@@ -159,29 +193,12 @@ async fn reindex_locked(client: &tokio_postgres::Client, min_bytes: i64, few_row
     // A rebuild bounded in time: one that waits longer (on a long transaction) is cancelled
     // and its leftover dropped next time.
     client.batch_execute("set statement_timeout = '10min'").await?;
-    let leftovers = client
-        .query(
-            "select format('%I.%I', n.nspname, c.relname) from pg_index i
-             join pg_class c on c.oid = i.indexrelid join pg_namespace n on n.oid = c.relnamespace
-             where i.indrelid = 'celeriac.message'::regclass and not i.indisvalid and c.relname like '%\\_ccnew%'",
-            &[],
-        )
-        .await?;
+    let leftovers = client.query(LEFTOVER_INDEXES_SQL, &[]).await?;
     for row in leftovers {
         let name: String = row.get(0);
         client.batch_execute(&format!("drop index concurrently if exists {name}")).await?;
     }
-    let bloated = client
-        .query(
-            "select format('%I.%I', n.nspname, c.relname) from pg_index i
-             join pg_class c on c.oid = i.indexrelid join pg_namespace n on n.oid = c.relnamespace
-             where i.indrelid = 'celeriac.message'::regclass and i.indisvalid
-               and pg_relation_size(c.oid) > $1
-               and pg_stat_get_live_tuples('celeriac.message'::regclass) < $2
-             order by pg_relation_size(c.oid) desc",
-            &[&min_bytes, &few_rows],
-        )
-        .await?;
+    let bloated = client.query(BLOATED_INDEXES_SQL, &[&min_bytes, &few_rows]).await?;
     let mut rebuilt = Vec::new();
     for row in bloated {
         let name: String = row.get(0);
