@@ -225,6 +225,7 @@ def init(
             "queues": list(app.amqp.queues.keys()),
             "worker_concurrency": conf.worker_concurrency,
             "worker_prefetch_multiplier": conf.worker_prefetch_multiplier,
+            "worker_disable_prefetch": bool(conf.get("worker_disable_prefetch")),
             "task_time_limit": _limit(conf.task_time_limit),
             "task_soft_time_limit": _limit(conf.task_soft_time_limit),
             "worker_max_tasks_per_child": conf.worker_max_tasks_per_child,

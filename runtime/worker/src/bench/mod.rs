@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// Prefetch multiplier of the draining worker.
     #[arg(long, default_value_t = 4)]
     pub prefetch_multiplier: usize,
+    /// Keep the draining worker's prefetch window at Celery's count (the worker's
+    /// --fixed-prefetch).
+    #[arg(long)]
+    pub fixed_prefetch: bool,
     /// Single-message round trips for the idle pickup latency.
     #[arg(long, default_value_t = 200)]
     pub latency_samples: usize,
@@ -167,10 +171,11 @@ pub async fn run(url: &str, args: &BenchArgs) -> Result<(), BenchError> {
     }
     let purged = store.message_purge(&args.queue).await?;
     println!(
-        "celeriac bench: {} no-op tasks per run, {} per insert, prefetch multiplier {}, queue {:?}{}",
+        "celeriac bench: {} no-op tasks per run, {} per insert, prefetch multiplier {}{}, queue {:?}{}",
         args.tasks,
         args.batch,
         args.prefetch_multiplier,
+        if args.fixed_prefetch { " (fixed window)" } else { "" },
         args.queue,
         if purged > 0 { format!(" ({purged} stale messages purged)") } else { String::new() }
     );
@@ -188,7 +193,10 @@ pub async fn run(url: &str, args: &BenchArgs) -> Result<(), BenchError> {
             rate(args.tasks, enqueue)
         );
 
-        let config = quiet_config(&args.queue, concurrency, args.prefetch_multiplier);
+        let config = WorkerConfig {
+            adaptive_prefetch: !args.fixed_prefetch,
+            ..quiet_config(&args.queue, concurrency, args.prefetch_multiplier)
+        };
         let (drain, stats) = drain_noop(&store, config, args.tasks).await?;
         let claims = stats.claims.load(Ordering::Relaxed).max(1);
         #[allow(clippy::cast_precision_loss)]

@@ -44,10 +44,16 @@ pub struct WorkerArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000), env = "CELERY_WORKER_PREFETCH_MULTIPLIER")]
     pub prefetch_multiplier: Option<u32>,
     /// Reserve nothing ahead: claim a message only for a free execution slot (Celery's
-    /// --disable-prefetch; here the same as --prefetch-multiplier 1, the least celeriac
-    /// reserves).
+    /// --disable-prefetch; here the same as --prefetch-multiplier 1 with --fixed-prefetch, the
+    /// least celeriac reserves).
     #[arg(long, env = "CELERY_WORKER_DISABLE_PREFETCH")]
     pub disable_prefetch: bool,
+    /// Never reserve more than concurrency × prefetch multiplier. Without it, while tasks
+    /// finish before a claim comes back (the worker waits on the database, not on its tasks),
+    /// the window of messages held grows up to 16 times that (at most 1,024), and shrinks back
+    /// as soon as a reserved message waits 50 ms for a free slot.
+    #[arg(long, env = "CELERIAC_FIXED_PREFETCH")]
+    pub fixed_prefetch: bool,
     /// Seconds a claim lasts without a heartbeat; after that the message runs elsewhere.
     #[arg(long, default_value_t = 30.0)]
     pub lease_seconds: f64,
@@ -303,6 +309,7 @@ pub(super) async fn run(
     }
     if args.disable_prefetch {
         config.prefetch_multiplier = 1;
+        config.adaptive_prefetch = false;
     }
     if let Some((max, min)) = args.autoscale {
         if matches!(config.control.resize, crate::PoolResize::Fixed(_)) {
@@ -488,6 +495,7 @@ fn worker_config(args: &WorkerArgs, result_backend: Option<&str>) -> Result<Work
         },
         concurrency: args.concurrency.map_or(defaults.concurrency, |c| c as usize),
         prefetch_multiplier: args.prefetch_multiplier.map_or(defaults.prefetch_multiplier, |p| p as usize),
+        adaptive_prefetch: !args.fixed_prefetch,
         hostname: expand_hostname(&args.hostname),
         lease: secs("lease-seconds", args.lease_seconds)?,
         heartbeat_interval: secs("heartbeat-interval", args.heartbeat_interval)?,

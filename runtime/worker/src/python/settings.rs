@@ -11,6 +11,7 @@
 //! | accept content | `--accept-content` | `accept_content`, if not empty | JSON |
 //! | max tasks per child | `--max-tasks-per-child` | `worker_max_tasks_per_child`, if above 0 | none |
 //! | max memory per child | `--max-memory-per-child` | `worker_max_memory_per_child`, if above 0 | none |
+//! | prefetch off (multiplier 1, window fixed) | `--disable-prefetch` | `worker_disable_prefetch` | on |
 //! | per-worker rate limits off | `--disable-rate-limits` | `worker_disable_rate_limits` | on |
 //! | the queue of chain links and callbacks Rust handlers publish | — | `task_routes` (map routers), then `task_default_queue` | `celery` |
 //! | result backend (Rust handlers, worker-decided states) | `--result-backend` | `result_backend` and the `result_*` settings | none |
@@ -104,6 +105,9 @@ pub struct AppConfig {
     pub worker_concurrency: Option<u64>,
     /// `worker_prefetch_multiplier`.
     pub worker_prefetch_multiplier: Option<u64>,
+    /// `worker_disable_prefetch` (Celery 5.6+).
+    #[serde(default)]
+    pub worker_disable_prefetch: bool,
     /// `worker_max_tasks_per_child`.
     pub worker_max_tasks_per_child: Option<u64>,
     /// `worker_max_memory_per_child` (KiB).
@@ -262,6 +266,11 @@ impl AppConfig {
             config.accept = celeriac_protocol::Accept::new(&self.accept_content);
         }
         config.disable_rate_limits |= self.worker_disable_rate_limits;
+        if self.worker_disable_prefetch {
+            // As `--disable-prefetch`, which this setting is Celery's default for.
+            config.prefetch_multiplier = 1;
+            config.adaptive_prefetch = false;
+        }
         if let Some(namespace) = self.control_exchange.as_ref().filter(|n| !n.is_empty()) {
             config.control.namespace.clone_from(namespace);
         }
@@ -337,6 +346,7 @@ mod tests {
             queues: vec!["default".into(), "hipri".into()],
             worker_concurrency: Some(8),
             worker_prefetch_multiplier: Some(2),
+            worker_disable_prefetch: false,
             worker_max_tasks_per_child: Some(100),
             worker_max_memory_per_child: Some(200_000),
             worker_disable_rate_limits: false,
@@ -400,6 +410,7 @@ mod tests {
         app().apply_to_worker(&mut config, ExplicitSettings::default());
         assert_eq!(config.queues, ["default", "hipri"]);
         assert_eq!(config.prefetch_multiplier, 2);
+        assert!(config.adaptive_prefetch);
         assert_eq!(config.accept, celeriac_protocol::Accept::new(["json", "pickle"]));
         // Routes: the task's own queue, the map's exact name, its glob, then the default queue.
         let queue = |task: &str| config.task_routes.queue_for(task).unwrap_or(&config.default_queue).to_owned();
@@ -421,5 +432,9 @@ mod tests {
         AppConfig { worker_prefetch_multiplier: Some(5_000), ..AppConfig::default() }
             .apply_to_worker(&mut config, ExplicitSettings::default());
         assert_eq!(config.prefetch_multiplier, 1_000);
+        // worker_disable_prefetch: one reserved per slot, and the window never grows.
+        let mut config = defaults.clone();
+        AppConfig { worker_disable_prefetch: true, ..app() }.apply_to_worker(&mut config, ExplicitSettings::default());
+        assert_eq!((config.prefetch_multiplier, config.adaptive_prefetch), (1, false));
     }
 }

@@ -11,7 +11,7 @@ use celeriac_store::{Backoff, ClaimCursor, ClaimParams, ClaimedMessage};
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
-use super::{execute::execute, Shared};
+use super::{execute::execute, window::Reserved, Shared};
 
 /// Where the next claim starts. Under load most claims continue from the last row claimed in
 /// each queue (a keyset cursor), which keeps their cost flat however many rows were consumed
@@ -126,21 +126,20 @@ const MOST_UNWRITTEN: usize = 4096;
 
 pub(super) async fn claim_loop(shared: &Arc<Shared>, tracker: &TaskTracker) {
     let config = &shared.config;
-    // As in Celery (early acks): `concurrency × prefetch_multiplier` messages reserved, plus
-    // the ones running; with --autoscale, for its maximum concurrency, as Celery sizes it.
     let concurrency = config.autoscale.map_or(config.concurrency, |a| a.max.max(config.concurrency));
-    let capacity = concurrency * (config.prefetch_multiplier + 1);
-    let slots = Arc::new(Semaphore::new(capacity));
+    let slots = shared.window.slots().clone();
     let tickets = Arc::new(Semaphore::new(CLAIMS_IN_FLIGHT));
     let mut pending: Vec<tokio::sync::oneshot::Receiver<ClaimResult>> = Vec::new();
     let mut backoff = Backoff::new();
     let mut busy = false;
-    // When the queue is busy, claim in batches to save round trips, but never let execution
-    // slots idle for it: wait for at most the prefetched part of the capacity to free up.
-    // When it is idle, claim as soon as one slot is free.
-    let batch_floor = (capacity / 2).min(capacity - concurrency).max(1);
-    let most_held = capacity + MOST_UNWRITTEN;
     loop {
+        // When the queue is busy, claim in batches to save round trips, but never let execution
+        // slots idle for it: wait for at most the prefetched part of the window to free up.
+        // When it is idle, claim as soon as one slot is free.
+        shared.window.settle_shrink();
+        let window = shared.window.size();
+        let batch_floor = (window / 2).min(window.saturating_sub(concurrency)).max(1);
+        let most_held = window + MOST_UNWRITTEN;
         // Results of pipelined claims decide whether the queue is still busy.
         pending.retain_mut(|rx| match rx.try_recv() {
             Ok(result) => {
@@ -265,6 +264,8 @@ async fn claim_batch(
     };
     let got = claimed.len();
     let full_claim = cursors.is_none();
+    // Before this claim's messages count as reserved: did the worker wait on this claim?
+    shared.window.claim_returned(got == want, shared.run_slots.available_permits() > 0);
     if let Ok(mut state) =
         shared.claim_state.lock().map_err(drop).and_then(|s| if s.generation == generation { Ok(s) } else { Err(()) })
     {
@@ -287,7 +288,7 @@ async fn claim_batch(
     for message in claimed {
         let Some(slot) = permits.split(1) else { break };
         let (started, next) = oneshot::channel();
-        let turn = Turn { previous: previous.replace(next), started };
+        let turn = Turn { previous: previous.replace(next), started, reserved: Some(shared.window.reserve()) };
         let suspect = if message.redeliveries > 0 {
             suspect.take().map(|permit| SuspectPermit { _permit: permit, wake: shared.wake.clone() })
         } else {
@@ -314,6 +315,10 @@ async fn pass_turn(previous: Option<oneshot::Receiver<()>>, claim_done: oneshot:
 pub(super) struct Turn {
     pub(super) previous: Option<oneshot::Receiver<()>>,
     pub(super) started: oneshot::Sender<()>,
+    /// Counts the message as reserved in the prefetch window until the turn is dropped
+    /// (`None` for parked messages taken back, which hold no place in the window).
+    #[allow(dead_code, reason = "a guard: dropping it ends the reservation")]
+    pub(super) reserved: Option<Reserved>,
 }
 
 #[cfg(test)]

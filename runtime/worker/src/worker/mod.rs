@@ -15,9 +15,11 @@
 //!  statistics (stats.rs): counters read by `celeriac bench` and the final report
 //! ```
 //!
-//! Messages claimed but not started never exceed `concurrency × prefetch_multiplier` (Celery's
+//! Messages claimed but not started do not exceed `concurrency × prefetch_multiplier` (Celery's
 //! prefetch count; with the running ones, at most `concurrency × (prefetch_multiplier + 1)` are
-//! held); ETA tasks stay in the database until due, so nothing is hoarded.
+//! held) unless tasks finish faster than a claim comes back: then the window grows until they
+//! no longer wait for claims, and shrinks back as soon as they wait for run slots (window.rs);
+//! ETA tasks stay in the database until due, so nothing is hoarded.
 //! Outcomes are flushed in batches by the completer, and every write is fenced by the lease,
 //! so a worker that lost its lease cannot overwrite a newer delivery.
 //!
@@ -39,6 +41,7 @@ mod rate_limit;
 mod settle;
 mod stats;
 mod task_counts;
+mod window;
 
 use std::{
     sync::{atomic::Ordering, Arc},
@@ -68,6 +71,9 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     /// Messages claimed per execution slot (Celery's `worker_prefetch_multiplier`). Default: 4.
     pub prefetch_multiplier: usize,
+    /// Let the prefetch window grow beyond Celery's count while tasks finish faster than a claim
+    /// comes back, and shrink back when they wait (window.rs). Default: true.
+    pub adaptive_prefetch: bool,
     /// Worker name for logs and the `worker` table. Default: `celeriac@<host>`.
     pub hostname: String,
     /// How long a claim stays valid without a heartbeat. Default: 30 s.
@@ -138,6 +144,7 @@ impl Default for WorkerConfig {
             queues: vec![celeriac_protocol::DEFAULT_QUEUE.to_owned()],
             concurrency: std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
             prefetch_multiplier: 4,
+            adaptive_prefetch: true,
             hostname: format!("celeriac@{}", crate::hostname()),
             lease: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(5),
@@ -212,6 +219,8 @@ pub(super) struct Shared {
     /// Held leases, their renewal and the completer.
     session: Arc<LeaseSession>,
     run_slots: Arc<Semaphore>,
+    /// The prefetch window: messages held from their claim until their outcome is handed over.
+    window: Arc<window::Window>,
     /// Signalled when the last claim issued has started all its messages: the next claim's
     /// first message waits for it, so messages start in claim order across claims too.
     last_turn: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
@@ -403,6 +412,14 @@ impl Worker {
             stats: self.stats.clone(),
             session: session.clone(),
             run_slots: Arc::new(Semaphore::new(config.concurrency + config.pipeline)),
+            // As in Celery (early acks): `concurrency × prefetch_multiplier` messages reserved,
+            // plus the ones running; with --autoscale, for its maximum concurrency, as Celery
+            // sizes it.
+            window: Arc::new(window::Window::new(
+                config.autoscale.map_or(config.concurrency, |a| a.max.max(config.concurrency))
+                    * (config.prefetch_multiplier + 1),
+                config.adaptive_prefetch,
+            )),
             last_turn: std::sync::Mutex::new(None),
             stopping: shutdown.clone(),
             abandon: CancellationToken::new(),

@@ -633,7 +633,7 @@ async fn parked_claimer(shared: Arc<Shared>, tracker: TaskTracker, task: String)
             // has a run slot): only then does the next claim know what room is left.
             let (decided, decision) = oneshot::channel();
             admitted.push(decision);
-            let turn = Turn { previous: None, started: decided };
+            let turn = Turn { previous: None, started: decided, reserved: None };
             tracker.spawn(execute(shared.clone(), message, None, turn, suspect));
         }
         for decision in admitted {

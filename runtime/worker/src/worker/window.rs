@@ -1,0 +1,186 @@
+//! The prefetch window: how many messages the worker may hold between claiming them and handing
+//! their outcomes to the completer.
+//!
+//! It starts at Celery's count, `concurrency × (prefetch_multiplier + 1)` (the reserved ones
+//! plus the running ones), and stays there while tasks take longer than a claim's round trip:
+//! then the reserved messages are still waiting when the next claim comes back. Only when a
+//! claim that filled up comes back to a worker with nothing left to start and a run slot idle
+//! (the worker sat waiting for the database, not for its tasks) does the window double, up to
+//! [`GROWTH`] times Celery's count (at most [`MOST`], never below Celery's count). A message
+//! that waits [`SLOW_START`] or more for its run slot halves it again, down to Celery's count.
+//! So a reserved message starts within a few round trips (milliseconds) as in Celery; without
+//! it, Rust handlers at `-c 2` ran at the pace of claim round trips of 5 messages
+//! (`docs/delivery.md`, "Prefetch"). `--fixed-prefetch` keeps Celery's count.
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::sync::Semaphore;
+
+/// How many times Celery's count the window may grow to.
+pub(super) const GROWTH: usize = 16;
+/// The most messages the window grows to (unless Celery's count is more).
+pub(super) const MOST: usize = 1024;
+/// A message that waits this long between its claim and its run slot shrinks the window.
+pub(super) const SLOW_START: Duration = Duration::from_millis(50);
+
+/// See the module docs.
+pub(super) struct Window {
+    /// One permit per message the window still has room for.
+    slots: Arc<Semaphore>,
+    /// Celery's count: the window never shrinks below it.
+    base: usize,
+    /// The window never grows beyond it.
+    most: usize,
+    /// The current size, and the permits still to take out of circulation after a shrink
+    /// (they were held by messages when it shrank).
+    size: Mutex<(usize, usize)>,
+    /// Messages claimed and not started yet (nor given up).
+    reserved: Arc<AtomicUsize>,
+}
+
+impl Window {
+    /// A window of `base` messages that grows to `base × GROWTH` (at most [`MOST`]) when
+    /// `adaptive`, and stays at `base` otherwise.
+    pub(super) fn new(base: usize, adaptive: bool) -> Window {
+        let base = base.max(1);
+        let most = if adaptive { (base * GROWTH).min(MOST).max(base) } else { base };
+        Window {
+            slots: Arc::new(Semaphore::new(base)),
+            base,
+            most,
+            size: Mutex::new((base, 0)),
+            reserved: Arc::default(),
+        }
+    }
+
+    /// The permits: one per message held, from its claim until its outcome is handed over.
+    pub(super) fn slots(&self) -> &Arc<Semaphore> {
+        &self.slots
+    }
+
+    /// The window's size now.
+    pub(super) fn size(&self) -> usize {
+        self.size.lock().unwrap_or_else(PoisonError::into_inner).0
+    }
+
+    /// Takes out of circulation the permits a shrink could not take at once (before the claim
+    /// loop asks for more).
+    pub(super) fn settle_shrink(&self) {
+        let mut size = self.size.lock().unwrap_or_else(PoisonError::into_inner);
+        if size.1 > 0 {
+            size.1 -= self.slots.forget_permits(size.1);
+        }
+    }
+
+    /// A claim that filled up came back: when the worker had nothing to start and
+    /// `idle_run_slots`, it waited on the database, and the window doubles.
+    pub(super) fn claim_returned(&self, filled: bool, idle_run_slots: bool) {
+        if !filled || !idle_run_slots || self.reserved.load(Ordering::Relaxed) > 0 {
+            return;
+        }
+        let mut size = self.size.lock().unwrap_or_else(PoisonError::into_inner);
+        let grown = (size.0 * 2).min(self.most);
+        let added = grown - size.0;
+        size.0 = grown;
+        // Permits still owed by a shrink are simply not taken.
+        let owed = added.min(size.1);
+        size.1 -= owed;
+        self.slots.add_permits(added - owed);
+    }
+
+    /// A message waited too long for its run slot: the window halves (not below Celery's count).
+    fn slow_start(&self) {
+        let mut size = self.size.lock().unwrap_or_else(PoisonError::into_inner);
+        let shrunk = (size.0 / 2).max(self.base);
+        let removed = size.0 - shrunk;
+        if removed == 0 {
+            return;
+        }
+        size.0 = shrunk;
+        let taken = self.slots.forget_permits(removed);
+        size.1 += removed - taken;
+    }
+
+    /// Counts a claimed message as reserved until the returned guard is dropped (it started, or
+    /// gave up its place in the start order).
+    pub(super) fn reserve(self: &Arc<Self>) -> Reserved {
+        self.reserved.fetch_add(1, Ordering::Relaxed);
+        Reserved { window: self.clone(), since: Instant::now() }
+    }
+}
+
+/// A message claimed and not started yet; see [`Window::reserve`].
+pub(super) struct Reserved {
+    window: Arc<Window>,
+    since: Instant,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.window.reserved.fetch_sub(1, Ordering::Relaxed);
+        if self.window.most > self.window.base && self.since.elapsed() >= SLOW_START {
+            self.window.slow_start();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grows_only_when_the_worker_waited_on_a_full_claim_and_shrinks_back() {
+        let window = Arc::new(Window::new(10, true));
+        assert_eq!((window.size(), window.slots().available_permits()), (10, 10));
+        // A short claim, a busy run slot, or a reserved message left: not starved.
+        window.claim_returned(false, true);
+        window.claim_returned(true, false);
+        let reserved = window.reserve();
+        window.claim_returned(true, true);
+        assert_eq!(window.size(), 10);
+        drop(reserved);
+        window.claim_returned(true, true);
+        assert_eq!((window.size(), window.slots().available_permits()), (20, 20));
+        for _ in 0..10 {
+            window.claim_returned(true, true);
+        }
+        assert_eq!((window.size(), window.slots().available_permits()), (160, 160), "at most 16 × Celery's count");
+
+        // Shrinking while messages hold permits: what is free goes at once, the rest later.
+        let held = window.slots().clone().try_acquire_many_owned(150).unwrap();
+        window.slow_start();
+        assert_eq!((window.size(), window.slots().available_permits()), (80, 0));
+        drop(held);
+        assert_eq!(window.slots().available_permits(), 150);
+        window.settle_shrink();
+        assert_eq!(window.slots().available_permits(), 80);
+        for _ in 0..5 {
+            window.slow_start();
+        }
+        assert_eq!((window.size(), window.slots().available_permits()), (10, 10), "never below Celery's count");
+
+        // Growing again first cancels what a shrink still owed.
+        window.claim_returned(true, true);
+        let held = window.slots().clone().try_acquire_many_owned(20).unwrap();
+        window.slow_start();
+        assert_eq!((window.size(), window.slots().available_permits()), (10, 0));
+        window.claim_returned(true, true);
+        assert_eq!((window.size(), window.slots().available_permits()), (20, 0));
+        drop(held);
+        window.settle_shrink();
+        assert_eq!(window.slots().available_permits(), 20);
+    }
+
+    #[test]
+    fn a_fixed_window_keeps_celerys_count() {
+        let window = Window::new(10, false);
+        window.claim_returned(true, true);
+        assert_eq!((window.size(), window.slots().available_permits()), (10, 10));
+    }
+}
