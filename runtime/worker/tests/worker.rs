@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{atomic::Ordering, Arc, Mutex},
     time::Duration,
 };
 
@@ -581,4 +581,65 @@ async fn msgpack_bodies_run_when_accepted() {
     let report = worker.stop().await;
     assert_eq!(report.succeeded, 1, "{report:?}");
     assert_eq!(*sums.lock().unwrap(), vec![4]);
+}
+
+/// Tasks that finish before a claim comes back grow the prefetch window beyond Celery's count;
+/// when tasks turn slow, it shrinks back and the reserved messages beyond it go back to the
+/// queue unstarted; `adaptive_prefetch: false` keeps Celery's count.
+#[tokio::test]
+async fn the_prefetch_window_grows_for_fast_tasks_and_gives_back_when_they_turn_slow() {
+    let db = TestDatabase::new().await;
+    let store = db.store();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let runs: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let registry = || {
+        let mut registry = Registry::new();
+        registry.register_raw("tasks.fast", |_req: Request| async { Outcome::Success(Value::Null) });
+        let (gate, runs) = (gate.clone(), runs.clone());
+        registry.register_raw("tasks.gated", move |req: Request| {
+            *runs.lock().unwrap().entry(req.id().to_owned()).or_default() += 1;
+            let gate = gate.clone();
+            async move {
+                let _ = gate.acquire().await.unwrap();
+                Outcome::Success(Value::Null)
+            }
+        });
+        registry
+    };
+    // Celery's count at -c 1 with prefetch multiplier 1: one running, one reserved.
+    let celery = WorkerConfig { concurrency: 1, prefetch_multiplier: 1, ..config() };
+
+    for _ in 0..400 {
+        send(&store, "tasks.fast", vec![]).await;
+    }
+    let fixed = start(&store, registry(), WorkerConfig { adaptive_prefetch: false, ..celery.clone() });
+    wait_for(60, "the fixed window's drain", || async { fixed.stats.succeeded.load(Ordering::Relaxed) == 400 }).await;
+    let (received, claims) = (fixed.stats.received.load(Ordering::Relaxed), fixed.stats.claims.load(Ordering::Relaxed));
+    fixed.stop().await;
+    assert!(received <= 2 * claims, "at most 2 per claim with a fixed window: {received} in {claims} claims");
+
+    for _ in 0..2000 {
+        send(&store, "tasks.fast", vec![]).await;
+    }
+    let worker = start(&store, registry(), celery);
+    wait_for(60, "the drain", || async { worker.stats.succeeded.load(Ordering::Relaxed) == 2000 }).await;
+    let (received, claims) =
+        (worker.stats.received.load(Ordering::Relaxed), worker.stats.claims.load(Ordering::Relaxed));
+    assert!(received > 4 * claims, "claims grew beyond Celery's 2 messages: {received} in {claims} claims");
+
+    // Now slow tasks: the grown window takes many, then keeps one running and one reserved.
+    for _ in 0..40 {
+        send(&store, "tasks.gated", vec![]).await;
+    }
+    wait_for(30, "the gated tasks to be given back down to Celery's count", || async {
+        let stats = store.queue_stats().await.unwrap();
+        runs.lock().unwrap().len() == 1 && stats[0].leased == 2 && stats[0].ready == 38
+    })
+    .await;
+    assert!(worker.stats.released.load(Ordering::Relaxed) > 0, "reserved messages were given back");
+    gate.add_permits(1000);
+    wait_for(60, "every gated task", || async { runs.lock().unwrap().len() == 40 }).await;
+    worker.stop().await;
+    let runs = runs.lock().unwrap();
+    assert!(runs.values().all(|&n| n == 1), "each gated task ran once: {runs:?}");
 }

@@ -11,7 +11,11 @@ use celeriac_store::{Backoff, ClaimCursor, ClaimParams, ClaimedMessage};
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
-use super::{execute::execute, window::Reserved, Shared};
+use super::{
+    execute::execute,
+    window::{Reserved, SLOW_START},
+    Shared,
+};
 
 /// Where the next claim starts. Under load most claims continue from the last row claimed in
 /// each queue (a keyset cursor), which keeps their cost flat however many rows were consumed
@@ -182,6 +186,7 @@ pub(super) async fn claim_loop(shared: &Arc<Shared>, tracker: &TaskTracker) {
         if shared.stopping.is_cancelled() {
             return;
         }
+        let Some(permits) = shared.window.pay_owed(permits) else { continue };
         let (tx, rx) = tokio::sync::oneshot::channel();
         tracker.spawn(claim_batch(shared.clone(), tracker.clone(), permits, ticket, tx));
         if busy {
@@ -224,8 +229,10 @@ async fn claim_batch(
     // This claim's place in the start order is taken now, when it is issued (claims run two at
     // a time and may answer out of order): its messages start after the previous claim's.
     let (claim_done, after_this_claim) = oneshot::channel::<()>();
-    let mut previous =
-        shared.last_turn.lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace(after_this_claim);
+    let (mut previous, first_place) = {
+        let mut last_turn = shared.last_turn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (last_turn.replace(after_this_claim), shared.window.places(want))
+    };
     // The queues and their cursors, read together (the queues change under this lock).
     let (queues, cursors, generation) = match shared.claim_state.lock() {
         Ok(mut s) => (shared.queues(), s.next(), s.generation),
@@ -285,10 +292,10 @@ async fn claim_batch(
     // The claim is sorted (priority desc, eta, id); each message waits for its predecessor (in
     // this claim or the one before) to take a run slot, or give up, before asking for one, so
     // they start in claim order.
-    for message in claimed {
+    for (place, message) in (first_place..).zip(claimed) {
         let Some(slot) = permits.split(1) else { break };
         let (started, next) = oneshot::channel();
-        let turn = Turn { previous: previous.replace(next), started, reserved: Some(shared.window.reserve()) };
+        let turn = Turn { previous: previous.replace(next), started, reserved: Some(shared.window.reserve(place)) };
         let suspect = if message.redeliveries > 0 {
             suspect.take().map(|permit| SuspectPermit { _permit: permit, wake: shared.wake.clone() })
         } else {
@@ -300,9 +307,9 @@ async fn claim_batch(
     let _ = done.send(if got == want || !full_claim { ClaimResult::Full } else { ClaimResult::Short });
 }
 
-/// Lets the next claim's messages start once this claim's last message has started (or this
-/// claim brought none).
-async fn pass_turn(previous: Option<oneshot::Receiver<()>>, claim_done: oneshot::Sender<()>) {
+/// Lets the next message (or the next claim's messages) go once `previous` has started, or
+/// given up (or there is none).
+pub(super) async fn pass_turn(previous: Option<oneshot::Receiver<()>>, claim_done: oneshot::Sender<()>) {
     if let Some(previous) = previous {
         let _ = previous.await;
     }
@@ -317,8 +324,52 @@ pub(super) struct Turn {
     pub(super) started: oneshot::Sender<()>,
     /// Counts the message as reserved in the prefetch window until the turn is dropped
     /// (`None` for parked messages taken back, which hold no place in the window).
-    #[allow(dead_code, reason = "a guard: dropping it ends the reservation")]
     pub(super) reserved: Option<Reserved>,
+}
+
+impl Turn {
+    /// Waits until the previous message in the start order has started or given up; then this
+    /// one is at the head of the line. While the window may shrink, a message still waiting
+    /// after [`SLOW_START`] shrinks it, and `false` means it waits further back than the
+    /// smaller window leaves room for: it should give its message back and pass its place on
+    /// ([`Turn::pass_on`]) rather than sit on it.
+    pub(super) async fn wait(&mut self) -> bool {
+        let Some(mut previous) = self.previous.take() else {
+            self.at_front();
+            return true;
+        };
+        match self.reserved.as_ref().filter(|r| r.adaptive()) {
+            None => {
+                // Err: the previous message was settled without running; our turn either way.
+                let _ = previous.await;
+            }
+            Some(reserved) => loop {
+                tokio::select! {
+                    _ = &mut previous => break,
+                    () = tokio::time::sleep(SLOW_START) => {
+                        reserved.slow_start();
+                        if reserved.beyond_window() {
+                            self.previous = Some(previous);
+                            return false;
+                        }
+                    }
+                }
+            },
+        }
+        self.at_front();
+        true
+    }
+
+    fn at_front(&self) {
+        if let Some(reserved) = &self.reserved {
+            reserved.at_front();
+        }
+    }
+
+    /// Gives up this place in the line: the next message goes once the previous one has.
+    pub(super) fn pass_on(self) {
+        tokio::spawn(pass_turn(self.previous, self.started));
+    }
 }
 
 #[cfg(test)]

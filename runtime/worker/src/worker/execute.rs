@@ -415,9 +415,17 @@ async fn execute_inner(
             }
         }
     }
-    if let Some(previous) = turn.as_mut().and_then(|t| t.previous.take()) {
-        // Err: the previous message was settled without running; either way it is our turn.
-        let _ = previous.await;
+    if let Some(mut waiting) = turn.take() {
+        if !waiting.wait().await {
+            // The window shrank (tasks turned slow) and this one waits beyond it: back to the
+            // queue, where another worker (or this one, later) takes it.
+            waiting.pass_on();
+            tracing::debug!("Task {name}[{id}] given back unstarted: the prefetch window shrank");
+            shared.stats.released.fetch_add(1, Ordering::Relaxed);
+            shared.session.settle(Settlement::Release(lease));
+            return;
+        }
+        turn = Some(waiting);
     }
     let run_slot = tokio::select! {
         biased;

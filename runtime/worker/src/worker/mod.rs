@@ -418,6 +418,7 @@ impl Worker {
             window: Arc::new(window::Window::new(
                 config.autoscale.map_or(config.concurrency, |a| a.max.max(config.concurrency))
                     * (config.prefetch_multiplier + 1),
+                config.concurrency + config.pipeline,
                 config.adaptive_prefetch,
             )),
             last_turn: std::sync::Mutex::new(None),

@@ -7,20 +7,23 @@
 //! claim that filled up comes back to a worker with nothing left to start and a run slot idle
 //! (the worker sat waiting for the database, not for its tasks) does the window double, up to
 //! [`GROWTH`] times Celery's count (at most [`MOST`], never below Celery's count). A message
-//! that waits [`SLOW_START`] or more for its run slot halves it again, down to Celery's count.
-//! So a reserved message starts within a few round trips (milliseconds) as in Celery; without
-//! it, Rust handlers at `-c 2` ran at the pace of claim round trips of 5 messages
-//! (`docs/delivery.md`, "Prefetch"). `--fixed-prefetch` keeps Celery's count.
+//! that waits [`SLOW_START`] or more for its turn or its run slot halves it again, down to
+//! Celery's count, and reserved messages beyond the smaller window go back to the queue (the
+//! last in the start order first), so a worker whose tasks turned slow does not sit on what
+//! other workers could run. So a reserved message starts within a few round trips
+//! (milliseconds) as in Celery; without the growth, Rust handlers at `-c 2` ran at the pace of
+//! claim round trips of 5 messages (`docs/delivery.md`, "Prefetch"). `--fixed-prefetch` keeps
+//! Celery's count.
 
 use std::{
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, PoisonError,
     },
     time::{Duration, Instant},
 };
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// How many times Celery's count the window may grow to.
 pub(super) const GROWTH: usize = 16;
@@ -42,12 +45,18 @@ pub(super) struct Window {
     size: Mutex<(usize, usize)>,
     /// Messages claimed and not started yet (nor given up).
     reserved: Arc<AtomicUsize>,
+    /// Of the window, the part not taken by the messages running: how many may wait.
+    running: usize,
+    /// The next place in the start order a claim may hand out ([`Window::places`]).
+    next_place: AtomicU64,
+    /// The place of the message whose turn came last: the head of the line.
+    front: AtomicU64,
 }
 
 impl Window {
-    /// A window of `base` messages that grows to `base × GROWTH` (at most [`MOST`]) when
-    /// `adaptive`, and stays at `base` otherwise.
-    pub(super) fn new(base: usize, adaptive: bool) -> Window {
+    /// A window of `base` messages, of which `running` run at once, that grows to
+    /// `base × GROWTH` (at most [`MOST`]) when `adaptive`, and stays at `base` otherwise.
+    pub(super) fn new(base: usize, running: usize, adaptive: bool) -> Window {
         let base = base.max(1);
         let most = if adaptive { (base * GROWTH).min(MOST).max(base) } else { base };
         Window {
@@ -56,7 +65,21 @@ impl Window {
             most,
             size: Mutex::new((base, 0)),
             reserved: Arc::default(),
+            running,
+            next_place: AtomicU64::new(0),
+            front: AtomicU64::new(0),
         }
+    }
+
+    /// Whether the window may change size at all.
+    pub(super) fn adaptive(&self) -> bool {
+        self.most > self.base
+    }
+
+    /// `n` consecutive places in the start order, for a claim of `n` messages (taken when the
+    /// claim takes its turn, so places follow the start order).
+    pub(super) fn places(&self, n: usize) -> u64 {
+        self.next_place.fetch_add(n as u64, Ordering::Relaxed)
     }
 
     /// The permits: one per message held, from its claim until its outcome is handed over.
@@ -78,6 +101,25 @@ impl Window {
         }
     }
 
+    /// Takes what a shrink still owes out of `permits` the claim loop just acquired (a permit
+    /// given back goes to the waiting claim loop first, before [`Window::settle_shrink`] can
+    /// take it); `None` when none are left to claim with.
+    pub(super) fn pay_owed(&self, mut permits: OwnedSemaphorePermit) -> Option<OwnedSemaphorePermit> {
+        let mut size = self.size.lock().unwrap_or_else(PoisonError::into_inner);
+        let pay = size.1.min(permits.num_permits());
+        if pay > 0 {
+            size.1 -= pay;
+            if pay == permits.num_permits() {
+                permits.forget();
+                return None;
+            }
+            if let Some(owed) = permits.split(pay) {
+                owed.forget();
+            }
+        }
+        Some(permits)
+    }
+
     /// A claim that filled up came back: when the worker had nothing to start and
     /// `idle_run_slots`, it waited on the database, and the window doubles.
     pub(super) fn claim_returned(&self, filled: bool, idle_run_slots: bool) {
@@ -94,8 +136,9 @@ impl Window {
         self.slots.add_permits(added - owed);
     }
 
-    /// A message waited too long for its run slot: the window halves (not below Celery's count).
-    fn slow_start(&self) {
+    /// A message waited too long for its turn or its run slot: the window halves (not below
+    /// Celery's count).
+    pub(super) fn slow_start(&self) {
         let mut size = self.size.lock().unwrap_or_else(PoisonError::into_inner);
         let shrunk = (size.0 / 2).max(self.base);
         let removed = size.0 - shrunk;
@@ -107,11 +150,11 @@ impl Window {
         size.1 += removed - taken;
     }
 
-    /// Counts a claimed message as reserved until the returned guard is dropped (it started, or
-    /// gave up its place in the start order).
-    pub(super) fn reserve(self: &Arc<Self>) -> Reserved {
+    /// Counts a claimed message, at `place` in the start order, as reserved until the returned
+    /// guard is dropped (it started, or gave up its place in the start order).
+    pub(super) fn reserve(self: &Arc<Self>, place: u64) -> Reserved {
         self.reserved.fetch_add(1, Ordering::Relaxed);
-        Reserved { window: self.clone(), since: Instant::now() }
+        Reserved { window: self.clone(), since: Instant::now(), place }
     }
 }
 
@@ -119,12 +162,37 @@ impl Window {
 pub(super) struct Reserved {
     window: Arc<Window>,
     since: Instant,
+    place: u64,
+}
+
+impl Reserved {
+    /// Whether its window may change size at all.
+    pub(super) fn adaptive(&self) -> bool {
+        self.window.adaptive()
+    }
+
+    /// It has waited [`SLOW_START`] for its turn: the window halves.
+    pub(super) fn slow_start(&self) {
+        self.window.slow_start();
+    }
+
+    /// Its turn came: it is at the head of the line.
+    pub(super) fn at_front(&self) {
+        self.window.front.fetch_max(self.place, Ordering::Relaxed);
+    }
+
+    /// Whether it waits further back in the line than the window leaves room for (places of
+    /// messages a claim did not find count too, so this errs towards giving back).
+    pub(super) fn beyond_window(&self) -> bool {
+        let room = self.window.size().saturating_sub(self.window.running).max(1) as u64;
+        self.place.saturating_sub(self.window.front.load(Ordering::Relaxed)) > room
+    }
 }
 
 impl Drop for Reserved {
     fn drop(&mut self) {
         self.window.reserved.fetch_sub(1, Ordering::Relaxed);
-        if self.window.most > self.window.base && self.since.elapsed() >= SLOW_START {
+        if self.window.adaptive() && self.since.elapsed() >= SLOW_START {
             self.window.slow_start();
         }
     }
@@ -136,12 +204,12 @@ mod tests {
 
     #[test]
     fn grows_only_when_the_worker_waited_on_a_full_claim_and_shrinks_back() {
-        let window = Arc::new(Window::new(10, true));
+        let window = Arc::new(Window::new(10, 2, true));
         assert_eq!((window.size(), window.slots().available_permits()), (10, 10));
         // A short claim, a busy run slot, or a reserved message left: not starved.
         window.claim_returned(false, true);
         window.claim_returned(true, false);
-        let reserved = window.reserve();
+        let reserved = window.reserve(0);
         window.claim_returned(true, true);
         assert_eq!(window.size(), 10);
         drop(reserved);
@@ -178,8 +246,43 @@ mod tests {
     }
 
     #[test]
+    fn what_a_shrink_owes_is_taken_from_the_next_permits_acquired() {
+        let window = Window::new(10, 2, true);
+        window.claim_returned(true, true);
+        let held = window.slots().clone().try_acquire_many_owned(20).unwrap();
+        window.slow_start();
+        assert_eq!((window.size(), window.slots().available_permits()), (10, 0));
+        drop(held);
+        let mut acquired = window.slots().clone().try_acquire_many_owned(4).unwrap();
+        assert!(window.pay_owed(acquired).is_none(), "all 4 were owed");
+        acquired = window.slots().clone().try_acquire_many_owned(16).unwrap();
+        let left = window.pay_owed(acquired).expect("6 were owed, 10 are left");
+        assert_eq!(left.num_permits(), 10);
+        drop(left);
+        window.settle_shrink();
+        assert_eq!(window.slots().available_permits(), 10);
+    }
+
+    #[test]
+    fn messages_further_back_than_the_window_leaves_room_for_are_beyond_it() {
+        let window = Arc::new(Window::new(10, 2, true));
+        window.claim_returned(true, true);
+        let first = window.places(20);
+        let line: Vec<Reserved> = (first..first + 20).map(|p| window.reserve(p)).collect();
+        line[0].at_front();
+        // A window of 20 with 2 running leaves room for 18 waiting behind the front.
+        assert_eq!(line.iter().filter(|r| r.beyond_window()).count(), 1);
+        window.slow_start();
+        assert_eq!(line.iter().filter(|r| r.beyond_window()).count(), 11, "room for 8 behind the front");
+        line[5].at_front();
+        assert_eq!(line.iter().filter(|r| r.beyond_window()).count(), 6);
+        line[2].at_front();
+        assert_eq!(line.iter().filter(|r| r.beyond_window()).count(), 6, "the front only moves back");
+    }
+
+    #[test]
     fn a_fixed_window_keeps_celerys_count() {
-        let window = Window::new(10, false);
+        let window = Window::new(10, 2, false);
         window.claim_returned(true, true);
         assert_eq!((window.size(), window.slots().available_permits()), (10, 10));
     }
