@@ -335,9 +335,10 @@ def table_figures(db_url: str, tables: Sequence[str]) -> dict[str, int]:
                 """select pg_table_size(c.oid), pg_indexes_size(c.oid),
                           coalesce(s.n_live_tup, 0), coalesce(s.n_dead_tup, 0)
                    from pg_class c left join pg_stat_user_tables s on s.relid = c.oid
-                   where c.oid in (select relid from pg_partition_tree(to_regclass(%s)))
+                   where (c.oid = to_regclass(%s)
+                          or c.oid in (select relid from pg_partition_tree(to_regclass(%s))))
                      and c.relkind = 'r'""",
-                (table,),
+                (table, table),
             ).fetchall()
             for row in rows:
                 out["table_bytes"] += row[0]
