@@ -51,6 +51,10 @@ pub(super) struct Window {
     next_place: AtomicU64,
     /// The place of the message whose turn came last: the head of the line.
     front: AtomicU64,
+    /// Reserved messages that have left the line (started, or given up), ever.
+    departures: AtomicU64,
+    /// `departures` when the last claim came back.
+    departures_seen: AtomicU64,
 }
 
 impl Window {
@@ -68,6 +72,8 @@ impl Window {
             running,
             next_place: AtomicU64::new(0),
             front: AtomicU64::new(0),
+            departures: AtomicU64::new(0),
+            departures_seen: AtomicU64::new(0),
         }
     }
 
@@ -120,10 +126,14 @@ impl Window {
         Some(permits)
     }
 
-    /// A claim that filled up came back: when the worker had nothing to start and
-    /// `idle_run_slots`, it waited on the database, and the window doubles.
+    /// A claim that filled up came back: when the worker has started messages since the
+    /// previous claim came back, and now has nothing left to start and `idle_run_slots`, it ran
+    /// out of work waiting on the database, and the window doubles. (A worker that has run
+    /// nothing since, as at start, proves nothing about how fast its tasks are.)
     pub(super) fn claim_returned(&self, filled: bool, idle_run_slots: bool) {
-        if !filled || !idle_run_slots || self.reserved.load(Ordering::Relaxed) > 0 {
+        let departures = self.departures.load(Ordering::Relaxed);
+        let ran = self.departures_seen.swap(departures, Ordering::Relaxed) != departures;
+        if !filled || !idle_run_slots || !ran || self.reserved.load(Ordering::Relaxed) > 0 {
             return;
         }
         let mut size = self.size.lock().unwrap_or_else(PoisonError::into_inner);
@@ -181,17 +191,20 @@ impl Reserved {
         self.window.front.fetch_max(self.place, Ordering::Relaxed);
     }
 
-    /// Whether it waits further back in the line than the window leaves room for (places of
-    /// messages a claim did not find count too, so this errs towards giving back).
+    /// Whether it waits further back in the line than the window leaves room for: the line
+    /// starts at the front (whose turn came, waiting for a run slot) and holds the window less
+    /// the messages running (places of messages a claim did not find count too, so this errs
+    /// towards giving back).
     pub(super) fn beyond_window(&self) -> bool {
         let room = self.window.size().saturating_sub(self.window.running).max(1) as u64;
-        self.place.saturating_sub(self.window.front.load(Ordering::Relaxed)) > room
+        self.place.saturating_sub(self.window.front.load(Ordering::Relaxed)) >= room
     }
 }
 
 impl Drop for Reserved {
     fn drop(&mut self) {
         self.window.reserved.fetch_sub(1, Ordering::Relaxed);
+        self.window.departures.fetch_add(1, Ordering::Relaxed);
         if self.window.adaptive() && self.since.elapsed() >= SLOW_START {
             self.window.slow_start();
         }
@@ -202,21 +215,32 @@ impl Drop for Reserved {
 mod tests {
     use super::*;
 
+    /// A full claim comes back after the worker ran what it had.
+    fn starve(window: &Arc<Window>) {
+        drop(window.reserve(0));
+        window.claim_returned(true, true);
+    }
+
     #[test]
     fn grows_only_when_the_worker_waited_on_a_full_claim_and_shrinks_back() {
         let window = Arc::new(Window::new(10, 2, true));
         assert_eq!((window.size(), window.slots().available_permits()), (10, 10));
-        // A short claim, a busy run slot, or a reserved message left: not starved.
+        // Nothing run since the last claim came back (as at start), a short claim, a busy run
+        // slot, or a reserved message left: not starved.
+        window.claim_returned(true, true);
+        drop(window.reserve(0));
         window.claim_returned(false, true);
+        drop(window.reserve(0));
         window.claim_returned(true, false);
-        let reserved = window.reserve(0);
+        drop(window.reserve(0));
+        let reserved = window.reserve(1);
         window.claim_returned(true, true);
         assert_eq!(window.size(), 10);
         drop(reserved);
         window.claim_returned(true, true);
         assert_eq!((window.size(), window.slots().available_permits()), (20, 20));
         for _ in 0..10 {
-            window.claim_returned(true, true);
+            starve(&window);
         }
         assert_eq!((window.size(), window.slots().available_permits()), (160, 160), "at most 16 × Celery's count");
 
@@ -234,11 +258,11 @@ mod tests {
         assert_eq!((window.size(), window.slots().available_permits()), (10, 10), "never below Celery's count");
 
         // Growing again first cancels what a shrink still owed.
-        window.claim_returned(true, true);
+        starve(&window);
         let held = window.slots().clone().try_acquire_many_owned(20).unwrap();
         window.slow_start();
         assert_eq!((window.size(), window.slots().available_permits()), (10, 0));
-        window.claim_returned(true, true);
+        starve(&window);
         assert_eq!((window.size(), window.slots().available_permits()), (20, 0));
         drop(held);
         window.settle_shrink();
@@ -247,8 +271,8 @@ mod tests {
 
     #[test]
     fn what_a_shrink_owes_is_taken_from_the_next_permits_acquired() {
-        let window = Window::new(10, 2, true);
-        window.claim_returned(true, true);
+        let window = Arc::new(Window::new(10, 2, true));
+        starve(&window);
         let held = window.slots().clone().try_acquire_many_owned(20).unwrap();
         window.slow_start();
         assert_eq!((window.size(), window.slots().available_permits()), (10, 0));
@@ -266,24 +290,24 @@ mod tests {
     #[test]
     fn messages_further_back_than_the_window_leaves_room_for_are_beyond_it() {
         let window = Arc::new(Window::new(10, 2, true));
-        window.claim_returned(true, true);
+        starve(&window);
         let first = window.places(20);
         let line: Vec<Reserved> = (first..first + 20).map(|p| window.reserve(p)).collect();
         line[0].at_front();
-        // A window of 20 with 2 running leaves room for 18 waiting behind the front.
-        assert_eq!(line.iter().filter(|r| r.beyond_window()).count(), 1);
+        // A window of 20 with 2 running leaves room for 18 waiting, the front included.
+        assert_eq!(line.iter().filter(|r| r.beyond_window()).count(), 2);
         window.slow_start();
-        assert_eq!(line.iter().filter(|r| r.beyond_window()).count(), 11, "room for 8 behind the front");
+        assert_eq!(line.iter().filter(|r| r.beyond_window()).count(), 12, "room for 8");
         line[5].at_front();
-        assert_eq!(line.iter().filter(|r| r.beyond_window()).count(), 6);
+        assert_eq!(line.iter().filter(|r| r.beyond_window()).count(), 7);
         line[2].at_front();
-        assert_eq!(line.iter().filter(|r| r.beyond_window()).count(), 6, "the front only moves back");
+        assert_eq!(line.iter().filter(|r| r.beyond_window()).count(), 7, "the front only moves back");
     }
 
     #[test]
     fn a_fixed_window_keeps_celerys_count() {
-        let window = Window::new(10, 2, false);
-        window.claim_returned(true, true);
+        let window = Arc::new(Window::new(10, 2, false));
+        starve(&window);
         assert_eq!((window.size(), window.slots().available_permits()), (10, 10));
     }
 }
