@@ -217,7 +217,8 @@ pub async fn run(url: &str, args: &BenchArgs) -> Result<(), BenchError> {
     Ok(())
 }
 
-/// Runs a worker with the no-op handler (returning `None`) until it settled `tasks` messages,
+/// Runs a worker with the no-op handler (returning `None`) until `tasks` messages are settled
+/// (and not merely given back),
 /// then stops it. Returns how long that took and the worker's counters.
 async fn drain_noop(
     store: &Store,
@@ -232,7 +233,8 @@ async fn drain_noop(
     let started = Instant::now();
     let handle = tokio::spawn(worker.run(shutdown.clone()));
     let target = tasks as u64;
-    while stats.settled.load(Ordering::Relaxed) < target {
+    // Messages given back unstarted (the prefetch window shrank) are settled but not done.
+    while stats.settled.load(Ordering::Relaxed).saturating_sub(stats.released.load(Ordering::Relaxed)) < target {
         if handle.is_finished() {
             return Err(BenchError::StoppedEarly);
         }

@@ -330,9 +330,9 @@ pub(super) struct Turn {
 impl Turn {
     /// Waits until the previous message in the start order has started or given up; then this
     /// one is at the head of the line. While the window may shrink, a message still waiting
-    /// after [`SLOW_START`] shrinks it, and `false` means it waits further back than the
-    /// smaller window leaves room for: it should give its message back and pass its place on
-    /// ([`Turn::pass_on`]) rather than sit on it.
+    /// after [`SLOW_START`] while every run slot is busy shrinks it, and `false` means it waits
+    /// further back than the smaller window leaves room for: it should give its message back
+    /// and pass its place on ([`Turn::pass_on`]) rather than sit on it.
     pub(super) async fn wait(&mut self) -> bool {
         let Some(mut previous) = self.previous.take() else {
             self.at_front();
@@ -347,8 +347,7 @@ impl Turn {
                 tokio::select! {
                     _ = &mut previous => break,
                     () = tokio::time::sleep(SLOW_START) => {
-                        reserved.slow_start();
-                        if reserved.beyond_window() {
+                        if reserved.slow_start() && reserved.beyond_window() {
                             self.previous = Some(previous);
                             return false;
                         }

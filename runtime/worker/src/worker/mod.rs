@@ -404,6 +404,7 @@ impl Worker {
             },
             Some(settled),
         );
+        let run_slots = Arc::new(Semaphore::new(config.concurrency + config.pipeline));
         let shared = Arc::new(Shared {
             store: self.store.clone(),
             registry: self.registry.clone(),
@@ -411,7 +412,7 @@ impl Worker {
             worker_id: self.id,
             stats: self.stats.clone(),
             session: session.clone(),
-            run_slots: Arc::new(Semaphore::new(config.concurrency + config.pipeline)),
+            run_slots: run_slots.clone(),
             // As in Celery (early acks): `concurrency × prefetch_multiplier` messages reserved,
             // plus the ones running; with --autoscale, for its maximum concurrency, as Celery
             // sizes it.
@@ -419,6 +420,7 @@ impl Worker {
                 config.autoscale.map_or(config.concurrency, |a| a.max.max(config.concurrency))
                     * (config.prefetch_multiplier + 1),
                 config.concurrency + config.pipeline,
+                run_slots,
                 config.adaptive_prefetch,
             )),
             last_turn: std::sync::Mutex::new(None),

@@ -7,8 +7,8 @@
 //! claim that filled up comes back to a worker with nothing left to start and a run slot idle
 //! (the worker sat waiting for the database, not for its tasks) does the window double, up to
 //! [`GROWTH`] times Celery's count (at most [`MOST`], never below Celery's count). A message
-//! that waits [`SLOW_START`] or more for its turn or its run slot halves it again, down to
-//! Celery's count, and reserved messages beyond the smaller window go back to the queue (the
+//! that has waited [`SLOW_START`] for its turn while every run slot was busy (its tasks, not a
+//! claim on its way, held it up) halves it again, down to Celery's count, and reserved messages beyond the smaller window go back to the queue (the
 //! last in the start order first), so a worker whose tasks turned slow does not sit on what
 //! other workers could run. So a reserved message starts within a few round trips
 //! (milliseconds) as in Celery; without the growth, Rust handlers at `-c 2` ran at the pace of
@@ -20,7 +20,7 @@ use std::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, PoisonError,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -47,6 +47,8 @@ pub(super) struct Window {
     reserved: Arc<AtomicUsize>,
     /// Of the window, the part not taken by the messages running: how many may wait.
     running: usize,
+    /// The worker's run slots: all taken means the tasks hold the line up.
+    run_slots: Arc<Semaphore>,
     /// The next place in the start order a claim may hand out ([`Window::places`]).
     next_place: AtomicU64,
     /// The place of the message whose turn came last: the head of the line.
@@ -58,9 +60,9 @@ pub(super) struct Window {
 }
 
 impl Window {
-    /// A window of `base` messages, of which `running` run at once, that grows to
-    /// `base × GROWTH` (at most [`MOST`]) when `adaptive`, and stays at `base` otherwise.
-    pub(super) fn new(base: usize, running: usize, adaptive: bool) -> Window {
+    /// A window of `base` messages, of which `running` run at once (in `run_slots`), that grows
+    /// to `base × GROWTH` (at most [`MOST`]) when `adaptive`, and stays at `base` otherwise.
+    pub(super) fn new(base: usize, running: usize, run_slots: Arc<Semaphore>, adaptive: bool) -> Window {
         let base = base.max(1);
         let most = if adaptive { (base * GROWTH).min(MOST).max(base) } else { base };
         Window {
@@ -70,6 +72,7 @@ impl Window {
             size: Mutex::new((base, 0)),
             reserved: Arc::default(),
             running,
+            run_slots,
             next_place: AtomicU64::new(0),
             front: AtomicU64::new(0),
             departures: AtomicU64::new(0),
@@ -164,14 +167,13 @@ impl Window {
     /// guard is dropped (it started, or gave up its place in the start order).
     pub(super) fn reserve(self: &Arc<Self>, place: u64) -> Reserved {
         self.reserved.fetch_add(1, Ordering::Relaxed);
-        Reserved { window: self.clone(), since: Instant::now(), place }
+        Reserved { window: self.clone(), place }
     }
 }
 
 /// A message claimed and not started yet; see [`Window::reserve`].
 pub(super) struct Reserved {
     window: Arc<Window>,
-    since: Instant,
     place: u64,
 }
 
@@ -181,9 +183,15 @@ impl Reserved {
         self.window.adaptive()
     }
 
-    /// It has waited [`SLOW_START`] for its turn: the window halves.
-    pub(super) fn slow_start(&self) {
+    /// It has waited [`SLOW_START`] for its turn: if every run slot is busy, its tasks are
+    /// what it waits for, and the window halves. (Behind a claim still on its way, as when the
+    /// database is slow, it is not.) Returns whether it did.
+    pub(super) fn slow_start(&self) -> bool {
+        if self.window.run_slots.available_permits() > 0 {
+            return false;
+        }
         self.window.slow_start();
+        true
     }
 
     /// Its turn came: it is at the head of the line.
@@ -205,9 +213,6 @@ impl Drop for Reserved {
     fn drop(&mut self) {
         self.window.reserved.fetch_sub(1, Ordering::Relaxed);
         self.window.departures.fetch_add(1, Ordering::Relaxed);
-        if self.window.adaptive() && self.since.elapsed() >= SLOW_START {
-            self.window.slow_start();
-        }
     }
 }
 
@@ -223,7 +228,7 @@ mod tests {
 
     #[test]
     fn grows_only_when_the_worker_waited_on_a_full_claim_and_shrinks_back() {
-        let window = Arc::new(Window::new(10, 2, true));
+        let window = Arc::new(Window::new(10, 2, Arc::new(Semaphore::new(0)), true));
         assert_eq!((window.size(), window.slots().available_permits()), (10, 10));
         // Nothing run since the last claim came back (as at start), a short claim, a busy run
         // slot, or a reserved message left: not starved.
@@ -271,7 +276,7 @@ mod tests {
 
     #[test]
     fn what_a_shrink_owes_is_taken_from_the_next_permits_acquired() {
-        let window = Arc::new(Window::new(10, 2, true));
+        let window = Arc::new(Window::new(10, 2, Arc::new(Semaphore::new(0)), true));
         starve(&window);
         let held = window.slots().clone().try_acquire_many_owned(20).unwrap();
         window.slow_start();
@@ -289,7 +294,7 @@ mod tests {
 
     #[test]
     fn messages_further_back_than_the_window_leaves_room_for_are_beyond_it() {
-        let window = Arc::new(Window::new(10, 2, true));
+        let window = Arc::new(Window::new(10, 2, Arc::new(Semaphore::new(0)), true));
         starve(&window);
         let first = window.places(20);
         let line: Vec<Reserved> = (first..first + 20).map(|p| window.reserve(p)).collect();
@@ -305,8 +310,21 @@ mod tests {
     }
 
     #[test]
+    fn a_wait_behind_a_claim_with_a_run_slot_free_does_not_shrink_it() {
+        let run_slots = Arc::new(Semaphore::new(1));
+        let window = Arc::new(Window::new(10, 2, run_slots.clone(), true));
+        starve(&window);
+        let waiting = window.reserve(window.places(1));
+        assert!(!waiting.slow_start(), "a run slot is free: the line waits for a claim");
+        assert_eq!(window.size(), 20);
+        let _busy = run_slots.try_acquire().unwrap();
+        assert!(waiting.slow_start(), "every run slot is busy: the tasks hold the line up");
+        assert_eq!(window.size(), 10);
+    }
+
+    #[test]
     fn a_fixed_window_keeps_celerys_count() {
-        let window = Arc::new(Window::new(10, 2, false));
+        let window = Arc::new(Window::new(10, 2, Arc::new(Semaphore::new(0)), false));
         starve(&window);
         assert_eq!((window.size(), window.slots().available_permits()), (10, 10));
     }
