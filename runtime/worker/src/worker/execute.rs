@@ -420,6 +420,7 @@ async fn execute_inner(
             // The window shrank (tasks turned slow) and this one waits beyond it: back to the
             // queue, where another worker (or this one, later) takes it.
             waiting.pass_on();
+            shared.window.repay(slot.take());
             tracing::debug!("Task {name}[{id}] given back unstarted: the prefetch window shrank");
             shared.stats.released.fetch_add(1, Ordering::Relaxed);
             shared.session.settle(Settlement::Release(lease));

@@ -4,13 +4,15 @@
 //! It starts at Celery's count, `concurrency × (prefetch_multiplier + 1)` (the reserved ones
 //! plus the running ones), and stays there while tasks take longer than a claim's round trip:
 //! then the reserved messages are still waiting when the next claim comes back. Only when a
-//! claim that filled up comes back to a worker with nothing left to start and a run slot idle
-//! (the worker sat waiting for the database, not for its tasks) does the window double, up to
-//! [`GROWTH`] times Celery's count (at most [`MOST`], never below Celery's count). A message
-//! that has waited [`SLOW_START`] for its turn while every run slot was busy (its tasks, not a
-//! claim on its way, held it up) halves it again, down to Celery's count, and reserved messages beyond the smaller window go back to the queue (the
-//! last in the start order first), so a worker whose tasks turned slow does not sit on what
-//! other workers could run. So a reserved message starts within a few round trips
+//! claim that filled up comes back to a worker that has started messages since the previous
+//! claim came back and now has nothing left to start and a run slot idle (it ran out of work
+//! waiting for the database, not for its tasks) does the window double, up to [`GROWTH`]
+//! times Celery's count (at most [`MOST`], never below Celery's count). A message that has
+//! waited [`SLOW_START`] for its turn while every run slot was busy (its tasks, not a claim on
+//! its way, held it up) halves it again, down to Celery's count; while the worker then holds
+//! more than the smaller window, reserved messages beyond it go back to the queue (the last in
+//! the start order first), so a worker whose tasks turned slow does not sit on what other
+//! workers could run. So a reserved message starts within a few round trips
 //! (milliseconds) as in Celery; without the growth, Rust handlers at `-c 2` ran at the pace of
 //! claim round trips of 5 messages (`docs/delivery.md`, "Prefetch"). `--fixed-prefetch` keeps
 //! Celery's count.
@@ -29,7 +31,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub(super) const GROWTH: usize = 16;
 /// The most messages the window grows to (unless Celery's count is more).
 pub(super) const MOST: usize = 1024;
-/// A message that waits this long between its claim and its run slot shrinks the window.
+/// A message that waits this long for its turn, behind busy run slots, shrinks the window.
 pub(super) const SLOW_START: Duration = Duration::from_millis(50);
 
 /// See the module docs.
@@ -110,6 +112,17 @@ impl Window {
         }
     }
 
+    /// Takes `permit`, of a message given back, out of circulation if a shrink still owes one
+    /// (so the next [`Reserved::beyond_window`] sees the worker hold one message less).
+    pub(super) fn repay(&self, permit: Option<OwnedSemaphorePermit>) {
+        let Some(permit) = permit else { return };
+        let mut size = self.size.lock().unwrap_or_else(PoisonError::into_inner);
+        if size.1 > 0 {
+            size.1 -= permit.num_permits().min(size.1);
+            permit.forget();
+        }
+    }
+
     /// Takes what a shrink still owes out of `permits` the claim loop just acquired (a permit
     /// given back goes to the waiting claim loop first, before [`Window::settle_shrink`] can
     /// take it); `None` when none are left to claim with.
@@ -149,8 +162,7 @@ impl Window {
         self.slots.add_permits(added - owed);
     }
 
-    /// A message waited too long for its turn or its run slot: the window halves (not below
-    /// Celery's count).
+    /// A message waited too long for its turn: the window halves (not below Celery's count).
     pub(super) fn slow_start(&self) {
         let mut size = self.size.lock().unwrap_or_else(PoisonError::into_inner);
         let shrunk = (size.0 / 2).max(self.base);
@@ -199,13 +211,16 @@ impl Reserved {
         self.window.front.fetch_max(self.place, Ordering::Relaxed);
     }
 
-    /// Whether it waits further back in the line than the window leaves room for: the line
+    /// Whether it should go back to the queue: the worker holds more than its window since a
+    /// shrink, and this message waits further back in the line than the window leaves room for
+    /// (the line
     /// starts at the front (whose turn came, waiting for a run slot) and holds the window less
     /// the messages running (places of messages a claim did not find count too, so this errs
-    /// towards giving back).
+    /// towards giving back, which the first condition bounds)).
     pub(super) fn beyond_window(&self) -> bool {
-        let room = self.window.size().saturating_sub(self.window.running).max(1) as u64;
-        self.place.saturating_sub(self.window.front.load(Ordering::Relaxed)) >= room
+        let (size, owed) = *self.window.size.lock().unwrap_or_else(PoisonError::into_inner);
+        let room = size.saturating_sub(self.window.running).max(1) as u64;
+        owed > 0 && self.place.saturating_sub(self.window.front.load(Ordering::Relaxed)) >= room
     }
 }
 
@@ -299,14 +314,26 @@ mod tests {
         let first = window.places(20);
         let line: Vec<Reserved> = (first..first + 20).map(|p| window.reserve(p)).collect();
         line[0].at_front();
-        // A window of 20 with 2 running leaves room for 18 waiting, the front included.
-        assert_eq!(line.iter().filter(|r| r.beyond_window()).count(), 2);
+        let mut held = window.slots().clone().try_acquire_many_owned(20).unwrap();
+        let beyond = || line.iter().filter(|r| r.beyond_window()).count();
+        assert_eq!(beyond(), 0, "no shrink: the worker holds no more than its window");
         window.slow_start();
-        assert_eq!(line.iter().filter(|r| r.beyond_window()).count(), 12, "room for 8");
+        // A window of 10 with 2 running leaves room for 8 waiting, the front included.
+        assert_eq!(beyond(), 12);
         line[5].at_front();
-        assert_eq!(line.iter().filter(|r| r.beyond_window()).count(), 7);
+        assert_eq!(beyond(), 7);
         line[2].at_front();
-        assert_eq!(line.iter().filter(|r| r.beyond_window()).count(), 7, "the front only moves back");
+        assert_eq!(beyond(), 7, "the front only moves back");
+        // Each message given back repays the shrink; once it is repaid, none is beyond.
+        for _ in 0..9 {
+            window.repay(held.split(1));
+        }
+        assert_eq!(beyond(), 7);
+        window.repay(held.split(1));
+        assert_eq!(beyond(), 0);
+        assert_eq!(window.slots().available_permits(), 0);
+        drop(held);
+        assert_eq!(window.slots().available_permits(), 10);
     }
 
     #[test]
