@@ -137,6 +137,10 @@ pub(super) async fn claim_loop(shared: &Arc<Shared>, tracker: &TaskTracker) {
     let mut backoff = Backoff::new();
     let mut busy = false;
     loop {
+        // A shrink wakes the wait for permits below: the batch it waits for may no longer fit.
+        let shrunk = shared.window.shrunk.notified();
+        tokio::pin!(shrunk);
+        shrunk.as_mut().enable();
         // When the queue is busy, claim in batches to save round trips, but never let execution
         // slots idle for it: wait for at most the prefetched part of the window to free up.
         // When it is idle, claim as soon as one slot is free.
@@ -176,6 +180,7 @@ pub(super) async fn claim_loop(shared: &Arc<Shared>, tracker: &TaskTracker) {
                 Ok(p) => p,
                 Err(_) => return,
             },
+            () = &mut shrunk => continue,
         };
         let extra = slots.available_permits();
         if extra > 0 {

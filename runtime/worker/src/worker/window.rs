@@ -59,6 +59,9 @@ pub(super) struct Window {
     departures: AtomicU64,
     /// `departures` when the last claim came back.
     departures_seen: AtomicU64,
+    /// Signalled when the window shrinks (the claim loop may wait for more permits than the
+    /// smaller window will ever have free).
+    pub(super) shrunk: tokio::sync::Notify,
 }
 
 impl Window {
@@ -79,6 +82,7 @@ impl Window {
             front: AtomicU64::new(0),
             departures: AtomicU64::new(0),
             departures_seen: AtomicU64::new(0),
+            shrunk: tokio::sync::Notify::new(),
         }
     }
 
@@ -173,6 +177,8 @@ impl Window {
         size.0 = shrunk;
         let taken = self.slots.forget_permits(removed);
         size.1 += removed - taken;
+        drop(size);
+        self.shrunk.notify_waiters();
     }
 
     /// Counts a claimed message, at `place` in the start order, as reserved until the returned
