@@ -343,7 +343,10 @@ impl Turn {
             self.at_front();
             return true;
         };
-        match self.reserved.as_ref().filter(|r| r.adaptive()) {
+        // Usually the previous message has started already: no timer then.
+        let waits = matches!(previous.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+        match self.reserved.as_ref().filter(|r| r.adaptive() && waits) {
+            None if !waits => {}
             None => {
                 // Err: the previous message was settled without running; our turn either way.
                 let _ = previous.await;
