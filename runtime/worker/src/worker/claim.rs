@@ -1,6 +1,6 @@
 //! Claiming: one claim statement for as many messages as there are free prefetch slots, two
 //! in flight while the queue is busy, keyset cursors between full claims, at most one suspect
-//! held; and the start order that makes claimed messages start in claim order.
+//! held; the claimed messages join the start line (line.rs).
 
 use std::{
     sync::{atomic::Ordering, Arc},
@@ -8,14 +8,10 @@ use std::{
 };
 
 use celeriac_store::{Backoff, ClaimCursor, ClaimParams, ClaimedMessage};
-use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
-use super::{
-    execute::execute,
-    window::{Reserved, SLOW_START},
-    Shared,
-};
+use super::{execute::execute, Shared};
 
 /// Where the next claim starts. Under load most claims continue from the last row claimed in
 /// each queue (a keyset cursor), which keeps their cost flat however many rows were consumed
@@ -231,13 +227,6 @@ async fn claim_batch(
     done: tokio::sync::oneshot::Sender<ClaimResult>,
 ) {
     let want = permits.num_permits();
-    // This claim's place in the start order is taken now, when it is issued (claims run two at
-    // a time and may answer out of order): its messages start after the previous claim's.
-    let (claim_done, after_this_claim) = oneshot::channel::<()>();
-    let (mut previous, first_place) = {
-        let mut last_turn = shared.last_turn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        (last_turn.replace(after_this_claim), shared.window.places(want))
-    };
     // The queues and their cursors, read together (the queues change under this lock).
     let (queues, cursors, generation) = match shared.claim_state.lock() {
         Ok(mut s) => (shared.queues(), s.next(), s.generation),
@@ -269,7 +258,6 @@ async fn claim_batch(
         Err(e) => {
             celeriac_store::note_database_error();
             tracing::warn!(error = %e, "worker: claim failed; retrying with backoff");
-            tracker.spawn(pass_turn(previous, claim_done));
             let _ = done.send(ClaimResult::Failed);
             return;
         }
@@ -294,13 +282,10 @@ async fn claim_batch(
     shared.stats.parked.fetch_add(parked.len() as u64, Ordering::Relaxed);
     shared.session.hold(&claimed, started);
     shared.stats.received.fetch_add(claimed.len() as u64, Ordering::Relaxed);
-    // The claim is sorted (priority desc, eta, id); each message waits for its predecessor (in
-    // this claim or the one before) to take a run slot, or give up, before asking for one, so
-    // they start in claim order.
-    for (place, message) in (first_place..).zip(claimed) {
+    // Each message waits in the start line for its turn to ask for a run slot.
+    for message in claimed {
         let Some(slot) = permits.split(1) else { break };
-        let (started, next) = oneshot::channel();
-        let turn = Turn { previous: previous.replace(next), started, reserved: Some(shared.window.reserve(place)) };
+        let turn = shared.line.join(&message);
         let suspect = if message.redeliveries > 0 {
             suspect.take().map(|permit| SuspectPermit { _permit: permit, wake: shared.wake.clone() })
         } else {
@@ -308,75 +293,7 @@ async fn claim_batch(
         };
         tracker.spawn(execute(shared.clone(), message, Some(slot), turn, suspect));
     }
-    tracker.spawn(pass_turn(previous, claim_done));
     let _ = done.send(if got == want || !full_claim { ClaimResult::Full } else { ClaimResult::Short });
-}
-
-/// Lets the next message (or the next claim's messages) go once `previous` has started, or
-/// given up (or there is none).
-pub(super) async fn pass_turn(previous: Option<oneshot::Receiver<()>>, claim_done: oneshot::Sender<()>) {
-    if let Some(previous) = previous {
-        let _ = previous.await;
-    }
-    let _ = claim_done.send(());
-}
-
-/// A message's place in its claim's start order: it asks for a run slot once `previous` has
-/// one (or was settled without running), and then lets the next one ask. Dropping it, on any
-/// path, lets the next one go.
-pub(super) struct Turn {
-    pub(super) previous: Option<oneshot::Receiver<()>>,
-    pub(super) started: oneshot::Sender<()>,
-    /// Counts the message as reserved in the prefetch window until the turn is dropped
-    /// (`None` for parked messages taken back, which hold no place in the window).
-    pub(super) reserved: Option<Reserved>,
-}
-
-impl Turn {
-    /// Waits until the previous message in the start order has started or given up; then this
-    /// one is at the head of the line. While the window may shrink, a message still waiting
-    /// after [`SLOW_START`] while every run slot is busy shrinks it, and `false` means it waits
-    /// further back than the smaller window leaves room for: it should give its message back
-    /// and pass its place on ([`Turn::pass_on`]) rather than sit on it.
-    pub(super) async fn wait(&mut self) -> bool {
-        let Some(mut previous) = self.previous.take() else {
-            self.at_front();
-            return true;
-        };
-        // Usually the previous message has started already: no timer then.
-        let waits = matches!(previous.try_recv(), Err(oneshot::error::TryRecvError::Empty));
-        match self.reserved.as_ref().filter(|r| r.adaptive() && waits) {
-            None if !waits => {}
-            None => {
-                // Err: the previous message was settled without running; our turn either way.
-                let _ = previous.await;
-            }
-            Some(reserved) => loop {
-                tokio::select! {
-                    _ = &mut previous => break,
-                    () = tokio::time::sleep(SLOW_START) => {
-                        if reserved.slow_start() && reserved.beyond_window() {
-                            self.previous = Some(previous);
-                            return false;
-                        }
-                    }
-                }
-            },
-        }
-        self.at_front();
-        true
-    }
-
-    fn at_front(&self) {
-        if let Some(reserved) = &self.reserved {
-            reserved.at_front();
-        }
-    }
-
-    /// Gives up this place in the line: the next message goes once the previous one has.
-    pub(super) fn pass_on(self) {
-        tokio::spawn(pass_turn(self.previous, self.started));
-    }
 }
 
 #[cfg(test)]

@@ -16,11 +16,13 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::{
     builtins, chords,
-    claim::{SuspectPermit, Turn},
+    claim::SuspectPermit,
     effects::{effects, finish, state_updater, store_content_disallowed, store_final, store_now},
     events,
+    line::Turn,
     rate_limit::{Admission, Admitted},
     settle::{self, Delivery, Level, TaskResult, Verdict},
+    window::SLOW_START,
     Shared,
 };
 use crate::{
@@ -57,7 +59,7 @@ impl Drop for Unsettled<'_> {
 
 /// Runs one claimed message to its settlement. `slot` is its place in the prefetch window
 /// (`None` for a message its type's parked claimer took back: the claimer sized its claim by the
-/// rate limit, outside the window) and `turn` its place in the start order.
+/// rate limit, outside the window) and `turn` its place in the start line.
 pub(super) async fn execute(
     shared: Arc<Shared>,
     claimed: ClaimedMessage,
@@ -278,6 +280,31 @@ async fn discard_revoked(
     shared.session.settle(finish(lease, row, Vec::new()));
 }
 
+/// A run slot for the message at the head of the line, or `None` when the worker stops first.
+/// While the window may shrink, waiting [`SLOW_START`] for one (every slot busy: the tasks hold
+/// the line up) halves it, and what then waits beyond it goes back (window.rs).
+async fn run_slot(shared: &Shared) -> Option<OwnedSemaphorePermit> {
+    if shared.stopping.is_cancelled() {
+        return None;
+    }
+    if let Ok(slot) = shared.run_slots.clone().try_acquire_owned() {
+        return Some(slot);
+    }
+    let acquire = shared.run_slots.clone().acquire_owned();
+    tokio::pin!(acquire);
+    loop {
+        tokio::select! {
+            biased;
+            () = shared.stopping.cancelled() => return None,
+            slot = &mut acquire => return slot.ok(),
+            () = tokio::time::sleep(SLOW_START), if shared.window.adaptive() => {
+                shared.window.slow_start();
+                shared.line.give_back(shared.window.excess(shared.line.len()));
+            }
+        }
+    }
+}
+
 async fn execute_inner(
     shared: &Arc<Shared>,
     mut claimed: ClaimedMessage,
@@ -387,14 +414,9 @@ async fn execute_inner(
     if admission != Admission::Unlimited {
         loop {
             if let Some(at) = wait_until {
-                // Its token is reserved: it leaves the start order and the prefetch window, so
+                // Its token is reserved: it leaves the start line and the prefetch window, so
                 // other messages go on while it waits.
-                if let Some(mut turn) = turn.take() {
-                    if let Some(previous) = turn.previous.take() {
-                        let _ = previous.await;
-                    }
-                    let _ = turn.started.send(());
-                }
+                drop(turn.take());
                 drop(slot.take());
                 let due = tokio::select! {
                     biased;
@@ -415,27 +437,21 @@ async fn execute_inner(
             }
         }
     }
-    if let Some(mut waiting) = turn.take() {
+    if let Some(waiting) = turn.as_mut() {
         if !waiting.wait().await {
             // The window shrank (tasks turned slow) and this one waits beyond it: back to the
             // queue, where another worker (or this one, later) takes it.
-            waiting.pass_on();
+            drop(turn);
             shared.window.repay(slot.take());
             tracing::debug!("Task {name}[{id}] given back unstarted: the prefetch window shrank");
             shared.stats.released.fetch_add(1, Ordering::Relaxed);
             shared.session.settle(Settlement::Release(lease));
             return;
         }
-        turn = Some(waiting);
     }
-    let run_slot = tokio::select! {
-        biased;
-        () = shared.stopping.cancelled() => None,
-        p = shared.run_slots.clone().acquire_owned() => p.ok(),
-    };
-    if let Some(turn) = turn {
-        let _ = turn.started.send(());
-    }
+    let run_slot = run_slot(shared).await;
+    // It has its run slot (or will not run): the next in line goes.
+    drop(turn);
     drop(admitted);
     let Some(run_slot) = run_slot else {
         shared.stats.released.fetch_add(1, Ordering::Relaxed);

@@ -7,7 +7,7 @@
 //!                   ▼
 //!  claim loop ── claims ≤ free prefetch slots ──► execute (one task per message)
 //!  (claim.rs)                                        │ decode head → handler? → expired?
-//!                                                    │ → turn, run slot → decode body
+//!                                                    │ → turn in line (line.rs), run slot → decode body
 //!                                                    │ → handler (own task: panics caught)
 //!                                                    ▼ (execute.rs)
 //!  lease session ◄──────────── settle: outcome → settlement (settle.rs, pure)
@@ -36,6 +36,7 @@ mod control;
 mod effects;
 mod events;
 mod execute;
+mod line;
 mod metrics;
 mod rate_limit;
 mod settle;
@@ -52,7 +53,7 @@ use celeriac_protocol::Accept;
 use celeriac_store::{
     service::Supervisor, Backoff, LeaseSession, LeaseSessionConfig, SettledHook, Settlement, Store, WorkerInfo,
 };
-use tokio::sync::{oneshot, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 
@@ -221,9 +222,8 @@ pub(super) struct Shared {
     run_slots: Arc<Semaphore>,
     /// The prefetch window: messages held from their claim until their outcome is handed over.
     window: Arc<window::Window>,
-    /// Signalled when the last claim issued has started all its messages: the next claim's
-    /// first message waits for it, so messages start in claim order across claims too.
-    last_turn: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
+    /// Claimed messages waiting for a run slot, in the claim statement's order.
+    line: Arc<line::Line>,
     /// Cancelled on shutdown: stop claiming, do not start claimed tasks.
     stopping: CancellationToken,
     /// Cancelled when the shutdown timeout ran out: abandon running tasks.
@@ -405,6 +405,14 @@ impl Worker {
             Some(settled),
         );
         let run_slots = Arc::new(Semaphore::new(config.concurrency + config.pipeline));
+        // As in Celery (early acks): `concurrency × prefetch_multiplier` messages reserved, plus
+        // the ones running; with --autoscale, for its maximum concurrency, as Celery sizes it.
+        let window = Arc::new(window::Window::new(
+            config.autoscale.map_or(config.concurrency, |a| a.max.max(config.concurrency))
+                * (config.prefetch_multiplier + 1),
+            config.concurrency + config.pipeline,
+            config.adaptive_prefetch,
+        ));
         let shared = Arc::new(Shared {
             store: self.store.clone(),
             registry: self.registry.clone(),
@@ -413,17 +421,8 @@ impl Worker {
             stats: self.stats.clone(),
             session: session.clone(),
             run_slots: run_slots.clone(),
-            // As in Celery (early acks): `concurrency × prefetch_multiplier` messages reserved,
-            // plus the ones running; with --autoscale, for its maximum concurrency, as Celery
-            // sizes it.
-            window: Arc::new(window::Window::new(
-                config.autoscale.map_or(config.concurrency, |a| a.max.max(config.concurrency))
-                    * (config.prefetch_multiplier + 1),
-                config.concurrency + config.pipeline,
-                run_slots,
-                config.adaptive_prefetch,
-            )),
-            last_turn: std::sync::Mutex::new(None),
+            window: window.clone(),
+            line: Arc::new(line::Line::new(window)),
             stopping: shutdown.clone(),
             abandon: CancellationToken::new(),
             claim_state: std::sync::Mutex::new(ClaimState::new(config.queues.len())),

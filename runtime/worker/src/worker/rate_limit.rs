@@ -28,11 +28,7 @@ use celeriac_store::{ClaimParams, RateLimitRow, RateLimitScope, RateValue, Token
 use tokio::sync::{oneshot, Notify};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::{
-    claim::{SuspectPermit, Turn},
-    execute::execute,
-    Shared,
-};
+use super::{claim::SuspectPermit, execute::execute, line::Turn, Shared};
 use crate::registry::Registry;
 
 /// A worker holds a limited type's messages that it may start within this long; it parks the
@@ -633,7 +629,7 @@ async fn parked_claimer(shared: Arc<Shared>, tracker: TaskTracker, task: String)
             // has a run slot): only then does the next claim know what room is left.
             let (decided, decision) = oneshot::channel();
             admitted.push(decision);
-            let turn = Turn { previous: None, started: decided, reserved: None };
+            let turn = Turn::outside(decided);
             tracker.spawn(execute(shared.clone(), message, None, turn, suspect));
         }
         for decision in admitted {

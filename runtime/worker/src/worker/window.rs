@@ -7,11 +7,11 @@
 //! claim that filled up comes back to a worker that has started messages since the previous
 //! claim came back and now has nothing left to start and a run slot idle (it ran out of work
 //! waiting for the database, not for its tasks) does the window double, up to [`GROWTH`]
-//! times Celery's count (at most [`MOST`], never below Celery's count). A message that has
-//! waited [`SLOW_START`] for its turn while every run slot was busy (its tasks, not a claim on
-//! its way, held it up) halves it again, down to Celery's count; while the worker then holds
+//! times Celery's count (at most [`MOST`], never below Celery's count). When the head of the
+//! start line (line.rs) has waited [`SLOW_START`] for a run slot (its tasks, not a claim on
+//! its way, held it up), it halves again, down to Celery's count; while the worker then holds
 //! more than the smaller window, reserved messages beyond it go back to the queue (the last in
-//! the start order first), so a worker whose tasks turned slow does not sit on what other
+//! line first), so a worker whose tasks turned slow does not sit on what other
 //! workers could run. So a reserved message starts within a few round trips
 //! (milliseconds) as in Celery; without the growth, Rust handlers at `-c 2` ran at the pace of
 //! claim round trips of 5 messages (`docs/delivery.md`, "Prefetch"). `--fixed-prefetch` keeps
@@ -49,12 +49,6 @@ pub(super) struct Window {
     reserved: Arc<AtomicUsize>,
     /// Of the window, the part not taken by the messages running: how many may wait.
     running: usize,
-    /// The worker's run slots: all taken means the tasks hold the line up.
-    run_slots: Arc<Semaphore>,
-    /// The next place in the start order a claim may hand out ([`Window::places`]).
-    next_place: AtomicU64,
-    /// The place of the message whose turn came last: the head of the line.
-    front: AtomicU64,
     /// Reserved messages that have left the line (started, or given up), ever.
     departures: AtomicU64,
     /// `departures` when the last claim came back.
@@ -65,9 +59,9 @@ pub(super) struct Window {
 }
 
 impl Window {
-    /// A window of `base` messages, of which `running` run at once (in `run_slots`), that grows
-    /// to `base × GROWTH` (at most [`MOST`]) when `adaptive`, and stays at `base` otherwise.
-    pub(super) fn new(base: usize, running: usize, run_slots: Arc<Semaphore>, adaptive: bool) -> Window {
+    /// A window of `base` messages, of which `running` run at once, that grows to
+    /// `base × GROWTH` (at most [`MOST`]) when `adaptive`, and stays at `base` otherwise.
+    pub(super) fn new(base: usize, running: usize, adaptive: bool) -> Window {
         let base = base.max(1);
         let most = if adaptive { (base * GROWTH).min(MOST).max(base) } else { base };
         Window {
@@ -77,9 +71,6 @@ impl Window {
             size: Mutex::new((base, 0)),
             reserved: Arc::default(),
             running,
-            run_slots,
-            next_place: AtomicU64::new(0),
-            front: AtomicU64::new(0),
             departures: AtomicU64::new(0),
             departures_seen: AtomicU64::new(0),
             shrunk: tokio::sync::Notify::new(),
@@ -89,12 +80,6 @@ impl Window {
     /// Whether the window may change size at all.
     pub(super) fn adaptive(&self) -> bool {
         self.most > self.base
-    }
-
-    /// `n` consecutive places in the start order, for a claim of `n` messages (taken when the
-    /// claim takes its turn, so places follow the start order).
-    pub(super) fn places(&self, n: usize) -> u64 {
-        self.next_place.fetch_add(n as u64, Ordering::Relaxed)
     }
 
     /// The permits: one per message held, from its claim until its outcome is handed over.
@@ -117,7 +102,7 @@ impl Window {
     }
 
     /// Takes `permit`, of a message given back, out of circulation if a shrink still owes one
-    /// (so the next [`Reserved::beyond_window`] sees the worker hold one message less).
+    /// (so the next [`Window::excess`] sees the worker hold one message less).
     pub(super) fn repay(&self, permit: Option<OwnedSemaphorePermit>) {
         let Some(permit) = permit else { return };
         let mut size = self.size.lock().unwrap_or_else(PoisonError::into_inner);
@@ -166,7 +151,8 @@ impl Window {
         self.slots.add_permits(added - owed);
     }
 
-    /// A message waited too long for its turn: the window halves (not below Celery's count).
+    /// The head of the line waited [`SLOW_START`] for a run slot (the tasks, not a claim on its
+    /// way, hold the line up): the window halves (not below Celery's count).
     pub(super) fn slow_start(&self) {
         let mut size = self.size.lock().unwrap_or_else(PoisonError::into_inner);
         let shrunk = (size.0 / 2).max(self.base);
@@ -181,53 +167,26 @@ impl Window {
         self.shrunk.notify_waiters();
     }
 
-    /// Counts a claimed message, at `place` in the start order, as reserved until the returned
-    /// guard is dropped (it started, or gave up its place in the start order).
-    pub(super) fn reserve(self: &Arc<Self>, place: u64) -> Reserved {
+    /// Counts a claimed message as reserved until the returned guard is dropped (it started, or
+    /// left the line without running).
+    pub(super) fn reserve(self: &Arc<Self>) -> Reserved {
         self.reserved.fetch_add(1, Ordering::Relaxed);
-        Reserved { window: self.clone(), place }
+        Reserved { window: self.clone() }
+    }
+
+    /// Of `waiting` messages in line (the head included), how many to give back: while the
+    /// worker holds more than its window since a shrink, those further back than the window
+    /// leaves room for (the window less the messages running), at most as many as it owes.
+    pub(super) fn excess(&self, waiting: usize) -> usize {
+        let (size, owed) = *self.size.lock().unwrap_or_else(PoisonError::into_inner);
+        let room = size.saturating_sub(self.running).max(1);
+        waiting.saturating_sub(room).min(owed)
     }
 }
 
 /// A message claimed and not started yet; see [`Window::reserve`].
 pub(super) struct Reserved {
     window: Arc<Window>,
-    place: u64,
-}
-
-impl Reserved {
-    /// Whether its window may change size at all.
-    pub(super) fn adaptive(&self) -> bool {
-        self.window.adaptive()
-    }
-
-    /// It has waited [`SLOW_START`] for its turn: if every run slot is busy, its tasks are
-    /// what it waits for, and the window halves. (Behind a claim still on its way, as when the
-    /// database is slow, it is not.) Returns whether it did.
-    pub(super) fn slow_start(&self) -> bool {
-        if self.window.run_slots.available_permits() > 0 {
-            return false;
-        }
-        self.window.slow_start();
-        true
-    }
-
-    /// Its turn came: it is at the head of the line.
-    pub(super) fn at_front(&self) {
-        self.window.front.fetch_max(self.place, Ordering::Relaxed);
-    }
-
-    /// Whether it should go back to the queue: the worker holds more than its window since a
-    /// shrink, and this message waits further back in the line than the window leaves room for
-    /// (the line
-    /// starts at the front (whose turn came, waiting for a run slot) and holds the window less
-    /// the messages running (places of messages a claim did not find count too, so this errs
-    /// towards giving back, which the first condition bounds)).
-    pub(super) fn beyond_window(&self) -> bool {
-        let (size, owed) = *self.window.size.lock().unwrap_or_else(PoisonError::into_inner);
-        let room = size.saturating_sub(self.window.running).max(1) as u64;
-        owed > 0 && self.place.saturating_sub(self.window.front.load(Ordering::Relaxed)) >= room
-    }
 }
 
 impl Drop for Reserved {
@@ -243,23 +202,23 @@ mod tests {
 
     /// A full claim comes back after the worker ran what it had.
     fn starve(window: &Arc<Window>) {
-        drop(window.reserve(0));
+        drop(window.reserve());
         window.claim_returned(true, true);
     }
 
     #[test]
     fn grows_only_when_the_worker_waited_on_a_full_claim_and_shrinks_back() {
-        let window = Arc::new(Window::new(10, 2, Arc::new(Semaphore::new(0)), true));
+        let window = Arc::new(Window::new(10, 2, true));
         assert_eq!((window.size(), window.slots().available_permits()), (10, 10));
         // Nothing run since the last claim came back (as at start), a short claim, a busy run
         // slot, or a reserved message left: not starved.
         window.claim_returned(true, true);
-        drop(window.reserve(0));
+        drop(window.reserve());
         window.claim_returned(false, true);
-        drop(window.reserve(0));
+        drop(window.reserve());
         window.claim_returned(true, false);
-        drop(window.reserve(0));
-        let reserved = window.reserve(1);
+        drop(window.reserve());
+        let reserved = window.reserve();
         window.claim_returned(true, true);
         assert_eq!(window.size(), 10);
         drop(reserved);
@@ -297,7 +256,7 @@ mod tests {
 
     #[test]
     fn what_a_shrink_owes_is_taken_from_the_next_permits_acquired() {
-        let window = Arc::new(Window::new(10, 2, Arc::new(Semaphore::new(0)), true));
+        let window = Arc::new(Window::new(10, 2, true));
         starve(&window);
         let held = window.slots().clone().try_acquire_many_owned(20).unwrap();
         window.slow_start();
@@ -314,50 +273,30 @@ mod tests {
     }
 
     #[test]
-    fn messages_further_back_than_the_window_leaves_room_for_are_beyond_it() {
-        let window = Arc::new(Window::new(10, 2, Arc::new(Semaphore::new(0)), true));
+    fn the_excess_is_what_waits_beyond_the_room_while_a_shrink_is_owed() {
+        let window = Arc::new(Window::new(10, 2, true));
         starve(&window);
-        let first = window.places(20);
-        let line: Vec<Reserved> = (first..first + 20).map(|p| window.reserve(p)).collect();
-        line[0].at_front();
         let mut held = window.slots().clone().try_acquire_many_owned(20).unwrap();
-        let beyond = || line.iter().filter(|r| r.beyond_window()).count();
-        assert_eq!(beyond(), 0, "no shrink: the worker holds no more than its window");
+        assert_eq!(window.excess(20), 0, "no shrink: the worker holds no more than its window");
         window.slow_start();
-        // A window of 10 with 2 running leaves room for 8 waiting, the front included.
-        assert_eq!(beyond(), 12);
-        line[5].at_front();
-        assert_eq!(beyond(), 7);
-        line[2].at_front();
-        assert_eq!(beyond(), 7, "the front only moves back");
-        // Each message given back repays the shrink; once it is repaid, none is beyond.
+        // A window of 10 with 2 running leaves room for 8 waiting, the head included; 10 owed.
+        assert_eq!(window.excess(20), 10);
+        assert_eq!(window.excess(15), 7);
+        // Each message given back repays the shrink; once it is repaid, none is in excess.
         for _ in 0..9 {
             window.repay(held.split(1));
         }
-        assert_eq!(beyond(), 7);
+        assert_eq!(window.excess(11), 1);
         window.repay(held.split(1));
-        assert_eq!(beyond(), 0);
+        assert_eq!(window.excess(10), 0);
         assert_eq!(window.slots().available_permits(), 0);
         drop(held);
         assert_eq!(window.slots().available_permits(), 10);
     }
 
     #[test]
-    fn a_wait_behind_a_claim_with_a_run_slot_free_does_not_shrink_it() {
-        let run_slots = Arc::new(Semaphore::new(1));
-        let window = Arc::new(Window::new(10, 2, run_slots.clone(), true));
-        starve(&window);
-        let waiting = window.reserve(window.places(1));
-        assert!(!waiting.slow_start(), "a run slot is free: the line waits for a claim");
-        assert_eq!(window.size(), 20);
-        let _busy = run_slots.try_acquire().unwrap();
-        assert!(waiting.slow_start(), "every run slot is busy: the tasks hold the line up");
-        assert_eq!(window.size(), 10);
-    }
-
-    #[test]
     fn a_fixed_window_keeps_celerys_count() {
-        let window = Arc::new(Window::new(10, 2, Arc::new(Semaphore::new(0)), false));
+        let window = Arc::new(Window::new(10, 2, false));
         starve(&window);
         assert_eq!((window.size(), window.slots().available_permits()), (10, 10));
     }
