@@ -265,7 +265,8 @@ async fn claim_batch(
     let got = claimed.len();
     let full_claim = cursors.is_none();
     // Before this claim's messages count as reserved: did the worker wait on this claim?
-    shared.window.claim_returned(got == want, shared.run_slots.available_permits() > 0);
+    let (waiting, departures) = shared.line.census();
+    shared.window.claim_returned(got == want, shared.run_slots.available_permits() > 0, waiting, departures);
     if let Ok(mut state) =
         shared.claim_state.lock().map_err(drop).and_then(|s| if s.generation == generation { Ok(s) } else { Err(()) })
     {

@@ -21,8 +21,6 @@ use celeriac_store::ClaimedMessage;
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
-use super::window::{Reserved, Window};
-
 /// Where a message stands in the line: the claim statement's order, then the order it joined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Key {
@@ -42,14 +40,16 @@ enum Go {
 }
 
 /// See the module docs.
+#[derive(Default)]
 pub(super) struct Line {
     state: Mutex<LineState>,
-    window: Arc<Window>,
 }
 
 #[derive(Default)]
 struct LineState {
     joined: u64,
+    /// Messages that have left the line (started, or will not run now), ever.
+    departures: u64,
     /// The message whose turn it is (it asks for a run slot), if any.
     head: Option<Key>,
     /// The others, each with the way to tell it.
@@ -69,18 +69,12 @@ impl LineState {
 }
 
 impl Line {
-    /// An empty line whose messages count as reserved in `window` while they wait.
-    pub(super) fn new(window: Arc<Window>) -> Line {
-        Line { state: Mutex::new(LineState::default()), window }
-    }
-
     fn state(&self) -> std::sync::MutexGuard<'_, LineState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Puts a claimed message in line; it waits for its turn with [`Turn::wait`].
     pub(super) fn join(self: &Arc<Self>, message: &ClaimedMessage) -> Turn {
-        let reserved = self.window.reserve();
         let (tell, go) = oneshot::channel();
         let mut state = self.state();
         state.joined += 1;
@@ -89,13 +83,19 @@ impl Line {
         state.waiting.insert(key, tell);
         state.advance();
         drop(state);
-        Turn { place: Some(Place { line: self.clone(), key, go: Some(go), _reserved: reserved }), decided: None }
+        Turn::InLine(Place { line: self.clone(), key, go: Some(go) })
     }
 
     /// Messages in line, the head included.
     pub(super) fn len(&self) -> usize {
+        self.census().0
+    }
+
+    /// Messages in line, and how many have left it ever (read together for the window's
+    /// growth, `Window::claim_returned`).
+    pub(super) fn census(&self) -> (usize, u64) {
         let state = self.state();
-        state.waiting.len() + usize::from(state.head.is_some())
+        (state.waiting.len() + usize::from(state.head.is_some()), state.departures)
     }
 
     /// Sends the last `n` waiting messages (never the head) back to the queue; returns how many.
@@ -111,6 +111,7 @@ impl Line {
 
     fn leave(&self, key: Key) {
         let mut state = self.state();
+        state.departures += 1;
         if state.head == Some(key) {
             state.head = None;
         } else {
@@ -122,12 +123,10 @@ impl Line {
 
 /// A message's place in the line; dropping it, on any path (it has a run slot, or will not
 /// run now), lets the next one go.
-struct Place {
+pub(super) struct Place {
     line: Arc<Line>,
     key: Key,
     go: Option<oneshot::Receiver<Go>>,
-    /// Counts the message as reserved in the prefetch window while it is in line.
-    _reserved: Reserved,
 }
 
 impl Drop for Place {
@@ -136,36 +135,24 @@ impl Drop for Place {
     }
 }
 
-/// What a message holds until it starts: its place in the line, and for a parked message taken
-/// back (which starts at once, outside the line) the signal its claim waits for.
-pub(super) struct Turn {
-    place: Option<Place>,
-    decided: Option<oneshot::Sender<()>>,
+/// What a message holds until it starts (or will not run now); dropping it lets the next one
+/// go.
+pub(super) enum Turn {
+    /// Its place in the line.
+    InLine(Place),
+    /// A parked message taken back starts outside the line, at once; its claim waits for this
+    /// to be dropped (it has a run slot, or will not run now).
+    Outside { _decided: oneshot::Sender<()> },
 }
 
 impl Turn {
-    /// A turn outside the line, for a parked message taken back: `decided` is told (or
-    /// dropped) once the message has a run slot or will not run now.
-    pub(super) fn outside(decided: oneshot::Sender<()>) -> Turn {
-        Turn { place: None, decided: Some(decided) }
-    }
-
     /// Waits until the message is at the head of the line; `false` when it is to go back to
     /// the queue instead (the window shrank and it waits beyond it). It then has left the line.
     pub(super) async fn wait(&mut self) -> bool {
-        let Some(go) = self.place.as_mut().and_then(|p| p.go.take()) else { return true };
+        let Turn::InLine(Place { go, .. }) = self else { return true };
+        let Some(go) = go.take() else { return true };
         // An error cannot happen (the line tells or gives back every message it drops): go.
         go.await.unwrap_or(Go::Start) == Go::Start
-    }
-}
-
-impl Drop for Turn {
-    fn drop(&mut self) {
-        // The place first: the next message's turn comes before the claim hears of this one.
-        drop(self.place.take());
-        if let Some(decided) = self.decided.take() {
-            let _ = decided.send(());
-        }
     }
 }
 
@@ -192,12 +179,13 @@ mod tests {
     }
 
     fn line() -> Arc<Line> {
-        Arc::new(Line::new(Arc::new(Window::new(10, 2, true))))
+        Arc::new(Line::default())
     }
 
     /// Whether `turn` is told to go (start or go back) without waiting.
     fn told(turn: &mut Turn) -> Option<Go> {
-        turn.place.as_mut()?.go.as_mut()?.try_recv().ok()
+        let Turn::InLine(place) = turn else { return None };
+        place.go.as_mut()?.try_recv().ok()
     }
 
     #[test]
@@ -221,7 +209,7 @@ mod tests {
         drop(low.remove(1));
         assert_eq!(line.len(), 1);
         drop(low.remove(0));
-        assert_eq!(line.len(), 0);
+        assert_eq!(line.census(), (0, 5), "five left the line");
         // Equal keys go in the order they joined.
         let mut same: Vec<Turn> = (0..3).map(|_| line.join(&message(5, 7))).collect();
         assert_eq!(told(&mut same[0]), Some(Go::Start));
@@ -245,10 +233,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_parked_message_tells_its_claim_when_it_goes() {
-        let (decided, decision) = oneshot::channel();
-        let mut turn = Turn::outside(decided);
+        let (decided, mut decision) = oneshot::channel::<()>();
+        let mut turn = Turn::Outside { _decided: decided };
         assert!(turn.wait().await, "outside the line: no wait");
+        assert_eq!(decision.try_recv(), Err(oneshot::error::TryRecvError::Empty), "not yet");
         drop(turn);
-        assert!(decision.await.is_ok());
+        // The claim waits on the channel: its sender gone, the wait ends.
+        assert_eq!(decision.try_recv(), Err(oneshot::error::TryRecvError::Closed));
     }
 }

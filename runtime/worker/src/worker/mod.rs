@@ -221,7 +221,7 @@ pub(super) struct Shared {
     session: Arc<LeaseSession>,
     run_slots: Arc<Semaphore>,
     /// The prefetch window: messages held from their claim until their outcome is handed over.
-    window: Arc<window::Window>,
+    window: window::Window,
     /// Claimed messages waiting for a run slot, in the claim statement's order.
     line: Arc<line::Line>,
     /// Cancelled on shutdown: stop claiming, do not start claimed tasks.
@@ -404,15 +404,15 @@ impl Worker {
             },
             Some(settled),
         );
-        let run_slots = Arc::new(Semaphore::new(config.concurrency + config.pipeline));
+        let running = config.concurrency + config.pipeline;
         // As in Celery (early acks): `concurrency × prefetch_multiplier` messages reserved, plus
         // the ones running; with --autoscale, for its maximum concurrency, as Celery sizes it.
-        let window = Arc::new(window::Window::new(
+        let window = window::Window::new(
             config.autoscale.map_or(config.concurrency, |a| a.max.max(config.concurrency))
                 * (config.prefetch_multiplier + 1),
-            config.concurrency + config.pipeline,
+            running,
             config.adaptive_prefetch,
-        ));
+        );
         let shared = Arc::new(Shared {
             store: self.store.clone(),
             registry: self.registry.clone(),
@@ -420,9 +420,9 @@ impl Worker {
             worker_id: self.id,
             stats: self.stats.clone(),
             session: session.clone(),
-            run_slots: run_slots.clone(),
-            window: window.clone(),
-            line: Arc::new(line::Line::new(window)),
+            run_slots: Arc::new(Semaphore::new(running)),
+            window,
+            line: Arc::default(),
             stopping: shutdown.clone(),
             abandon: CancellationToken::new(),
             claim_state: std::sync::Mutex::new(ClaimState::new(config.queues.len())),

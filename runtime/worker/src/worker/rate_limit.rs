@@ -629,7 +629,7 @@ async fn parked_claimer(shared: Arc<Shared>, tracker: TaskTracker, task: String)
             // has a run slot): only then does the next claim know what room is left.
             let (decided, decision) = oneshot::channel();
             admitted.push(decision);
-            let turn = Turn::outside(decided);
+            let turn = Turn::Outside { _decided: decided };
             tracker.spawn(execute(shared.clone(), message, None, turn, suspect));
         }
         for decision in admitted {

@@ -19,7 +19,7 @@
 
 use std::{
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, Ordering},
         Arc, Mutex, PoisonError,
     },
     time::Duration,
@@ -45,13 +45,9 @@ pub(super) struct Window {
     /// The current size, and the permits still to take out of circulation after a shrink
     /// (they were held by messages when it shrank).
     size: Mutex<(usize, usize)>,
-    /// Messages claimed and not started yet (nor given up).
-    reserved: Arc<AtomicUsize>,
     /// Of the window, the part not taken by the messages running: how many may wait.
     running: usize,
-    /// Reserved messages that have left the line (started, or given up), ever.
-    departures: AtomicU64,
-    /// `departures` when the last claim came back.
+    /// The line's departures when the last claim came back.
     departures_seen: AtomicU64,
     /// Signalled when the window shrinks (the claim loop may wait for more permits than the
     /// smaller window will ever have free).
@@ -69,9 +65,7 @@ impl Window {
             base,
             most,
             size: Mutex::new((base, 0)),
-            reserved: Arc::default(),
             running,
-            departures: AtomicU64::new(0),
             departures_seen: AtomicU64::new(0),
             shrunk: tokio::sync::Notify::new(),
         }
@@ -131,14 +125,14 @@ impl Window {
         Some(permits)
     }
 
-    /// A claim that filled up came back: when the worker has started messages since the
-    /// previous claim came back, and now has nothing left to start and `idle_run_slots`, it ran
-    /// out of work waiting on the database, and the window doubles. (A worker that has run
-    /// nothing since, as at start, proves nothing about how fast its tasks are.)
-    pub(super) fn claim_returned(&self, filled: bool, idle_run_slots: bool) {
-        let departures = self.departures.load(Ordering::Relaxed);
+    /// A claim that filled up came back to a worker with `waiting` messages in line, whose line
+    /// has seen `departures` messages leave ever: when some left since the previous claim came
+    /// back, and none waits now and it has `idle_run_slots`, it ran out of work waiting on the
+    /// database, and the window doubles. (A worker that has run nothing since, as at start,
+    /// proves nothing about how fast its tasks are.)
+    pub(super) fn claim_returned(&self, filled: bool, idle_run_slots: bool, waiting: usize, departures: u64) {
         let ran = self.departures_seen.swap(departures, Ordering::Relaxed) != departures;
-        if !filled || !idle_run_slots || !ran || self.reserved.load(Ordering::Relaxed) > 0 {
+        if !filled || !idle_run_slots || !ran || waiting > 0 {
             return;
         }
         let mut size = self.size.lock().unwrap_or_else(PoisonError::into_inner);
@@ -167,13 +161,6 @@ impl Window {
         self.shrunk.notify_waiters();
     }
 
-    /// Counts a claimed message as reserved until the returned guard is dropped (it started, or
-    /// left the line without running).
-    pub(super) fn reserve(self: &Arc<Self>) -> Reserved {
-        self.reserved.fetch_add(1, Ordering::Relaxed);
-        Reserved { window: self.clone() }
-    }
-
     /// Of `waiting` messages in line (the head included), how many to give back: while the
     /// worker holds more than its window since a shrink, those further back than the window
     /// leaves room for (the window less the messages running), at most as many as it owes.
@@ -184,48 +171,32 @@ impl Window {
     }
 }
 
-/// A message claimed and not started yet; see [`Window::reserve`].
-pub(super) struct Reserved {
-    window: Arc<Window>,
-}
-
-impl Drop for Reserved {
-    fn drop(&mut self) {
-        self.window.reserved.fetch_sub(1, Ordering::Relaxed);
-        self.window.departures.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A full claim comes back after the worker ran what it had.
-    fn starve(window: &Arc<Window>) {
-        drop(window.reserve());
-        window.claim_returned(true, true);
+    /// A full claim comes back after the worker ran what it had (one more departure).
+    fn starve(window: &Window, departures: &mut u64) {
+        *departures += 1;
+        window.claim_returned(true, true, 0, *departures);
     }
 
     #[test]
     fn grows_only_when_the_worker_waited_on_a_full_claim_and_shrinks_back() {
-        let window = Arc::new(Window::new(10, 2, true));
+        let window = Window::new(10, 2, true);
         assert_eq!((window.size(), window.slots().available_permits()), (10, 10));
         // Nothing run since the last claim came back (as at start), a short claim, a busy run
         // slot, or a reserved message left: not starved.
-        window.claim_returned(true, true);
-        drop(window.reserve());
-        window.claim_returned(false, true);
-        drop(window.reserve());
-        window.claim_returned(true, false);
-        drop(window.reserve());
-        let reserved = window.reserve();
-        window.claim_returned(true, true);
+        window.claim_returned(true, true, 0, 0);
+        window.claim_returned(false, true, 0, 1);
+        window.claim_returned(true, false, 0, 2);
+        window.claim_returned(true, true, 1, 3);
         assert_eq!(window.size(), 10);
-        drop(reserved);
-        window.claim_returned(true, true);
+        window.claim_returned(true, true, 0, 4);
+        let mut departures = 4;
         assert_eq!((window.size(), window.slots().available_permits()), (20, 20));
         for _ in 0..10 {
-            starve(&window);
+            starve(&window, &mut departures);
         }
         assert_eq!((window.size(), window.slots().available_permits()), (160, 160), "at most 16 × Celery's count");
 
@@ -243,11 +214,11 @@ mod tests {
         assert_eq!((window.size(), window.slots().available_permits()), (10, 10), "never below Celery's count");
 
         // Growing again first cancels what a shrink still owed.
-        starve(&window);
+        starve(&window, &mut departures);
         let held = window.slots().clone().try_acquire_many_owned(20).unwrap();
         window.slow_start();
         assert_eq!((window.size(), window.slots().available_permits()), (10, 0));
-        starve(&window);
+        starve(&window, &mut departures);
         assert_eq!((window.size(), window.slots().available_permits()), (20, 0));
         drop(held);
         window.settle_shrink();
@@ -256,8 +227,9 @@ mod tests {
 
     #[test]
     fn what_a_shrink_owes_is_taken_from_the_next_permits_acquired() {
-        let window = Arc::new(Window::new(10, 2, true));
-        starve(&window);
+        let window = Window::new(10, 2, true);
+        let mut departures = 0;
+        starve(&window, &mut departures);
         let held = window.slots().clone().try_acquire_many_owned(20).unwrap();
         window.slow_start();
         assert_eq!((window.size(), window.slots().available_permits()), (10, 0));
@@ -274,8 +246,9 @@ mod tests {
 
     #[test]
     fn the_excess_is_what_waits_beyond_the_room_while_a_shrink_is_owed() {
-        let window = Arc::new(Window::new(10, 2, true));
-        starve(&window);
+        let window = Window::new(10, 2, true);
+        let mut departures = 0;
+        starve(&window, &mut departures);
         let mut held = window.slots().clone().try_acquire_many_owned(20).unwrap();
         assert_eq!(window.excess(20), 0, "no shrink: the worker holds no more than its window");
         window.slow_start();
@@ -296,8 +269,9 @@ mod tests {
 
     #[test]
     fn a_fixed_window_keeps_celerys_count() {
-        let window = Arc::new(Window::new(10, 2, false));
-        starve(&window);
+        let window = Window::new(10, 2, false);
+        let mut departures = 0;
+        starve(&window, &mut departures);
         assert_eq!((window.size(), window.slots().available_permits()), (10, 10));
     }
 }
