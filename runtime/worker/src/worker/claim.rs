@@ -264,9 +264,15 @@ async fn claim_batch(
     };
     let got = claimed.len();
     let full_claim = cursors.is_none();
-    // Before this claim's messages count as reserved: did the worker wait on this claim?
+    // Before this claim's messages join the line: did the worker wait on this claim? Only a
+    // claim of one priority counts: two claims in flight can split rows of mixed priorities
+    // between them, and the one with the lower rows may come back first, so a grown window
+    // (bigger claims) would let lower priorities start further ahead of higher ones than
+    // Celery's prefetch count does (`docs/delivery.md`, "Priority").
+    let one_priority = claimed.windows(2).all(|pair| pair[0].priority == pair[1].priority);
     let (waiting, departures) = shared.line.census();
-    shared.window.claim_returned(got == want, shared.run_slots.available_permits() > 0, waiting, departures);
+    let idle = shared.run_slots.available_permits() > 0;
+    shared.window.claim_returned(got == want && one_priority, idle, waiting, departures);
     if let Ok(mut state) =
         shared.claim_state.lock().map_err(drop).and_then(|s| if s.generation == generation { Ok(s) } else { Err(()) })
     {
