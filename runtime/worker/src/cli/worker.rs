@@ -49,9 +49,10 @@ pub struct WorkerArgs {
     #[arg(long, env = "CELERY_WORKER_DISABLE_PREFETCH")]
     pub disable_prefetch: bool,
     /// Never reserve more than concurrency × prefetch multiplier. Without it, while tasks
-    /// finish before a claim comes back (the worker waits on the database, not on its tasks),
-    /// the window of messages held grows up to 16 times that (at most 1,024), and shrinks back
-    /// (giving back what it holds beyond) once a reserved message waits 50 ms behind busy slots.
+    /// finish before a claim comes back (the worker waits on the database, not on its tasks)
+    /// and claims bring messages of one priority, the window of messages held grows up to 16
+    /// times that (at most 1,024), and shrinks back (giving back what it holds beyond) once a
+    /// reserved message waits 50 ms behind busy slots.
     #[arg(long, env = "CELERIAC_FIXED_PREFETCH")]
     pub fixed_prefetch: bool,
     /// Seconds a claim lasts without a heartbeat; after that the message runs elsewhere.
