@@ -334,6 +334,46 @@ impl Store {
         count.ok_or(Error::UnexpectedRows(0))
     }
 
+    /// The generic plan of every statement the session of a pooled connection has prepared
+    /// (with `max_connections = 1`, every statement the store ran), as `(statement, plan)`:
+    /// `EXPLAIN EXECUTE` with null parameters, which the session's `force_generic_plan` plans
+    /// as it plans every execution.
+    ///
+    /// # Errors
+    /// Connection errors.
+    #[cfg(feature = "testing")]
+    pub async fn testing_generic_plans(&self) -> Result<Vec<(String, String)>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .simple_query("select name, statement, cardinality(parameter_types) from pg_prepared_statements")
+            .await?;
+        let prepared: Vec<(String, String, usize)> = rows
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => Some((
+                    row.get(0)?.to_owned(),
+                    row.get(1)?.to_owned(),
+                    row.get(2).and_then(|n| n.parse().ok()).unwrap_or(0),
+                )),
+                _ => None,
+            })
+            .collect();
+        let mut plans = Vec::with_capacity(prepared.len());
+        for (name, statement, params) in prepared {
+            let args = if params == 0 { String::new() } else { format!("({})", vec!["null"; params].join(", ")) };
+            let explained = client.simple_query(&format!("explain execute {name}{args}")).await?;
+            let plan: Vec<&str> = explained
+                .iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
+                    _ => None,
+                })
+                .collect();
+            plans.push((statement, plan.join("\n")));
+        }
+        Ok(plans)
+    }
+
     /// What the connection string says sits between celeriac and PostgreSQL.
     #[must_use]
     pub fn pooler(&self) -> Pooler {

@@ -545,7 +545,7 @@ impl Store {
                 self.pooler,
                 "delete from celeriac.message m
                  using unnest($1::int8[], $2::int4[]) as c(id, attempt)
-                 where m.id = c.id and m.attempt = c.attempt and m.leased_by = $3 and celeriac.relaxed_commit()
+                 where m.id = c.id and m.attempt = c.attempt and m.leased_by is not distinct from $3 and celeriac.relaxed_commit()
                  returning m.id",
                 &lease_params(&ids, &attempts, &worker_id),
             )
@@ -578,7 +578,7 @@ impl Store {
                 "update celeriac.message m
                  set leased_by = null, lease_expires = null, redelivered = m.redelivered or $4
                  from unnest($1::int8[], $2::int4[]) as c(id, attempt)
-                 where m.id = c.id and m.attempt = c.attempt and m.leased_by = $3 and celeriac.relaxed_commit()
+                 where m.id = c.id and m.attempt = c.attempt and m.leased_by is not distinct from $3 and celeriac.relaxed_commit()
                  returning m.id",
                 &params,
             )
@@ -620,7 +620,7 @@ impl Store {
             "with held as (
                  select m.id from celeriac.message m
                  join unnest($1::int8[], $2::int4[]) as c(id, attempt) on m.id = c.id and m.attempt = c.attempt
-                 where m.leased_by = $3
+                 where m.leased_by is not distinct from $3
                  for update of m
              ), {bury}, requeued as (
                  update celeriac.message m
@@ -658,7 +658,7 @@ impl Store {
                 "update celeriac.message
                  set payload = $4, eta = $5, leased_by = null, lease_expires = null, redelivered = false,
                      redeliveries = 0
-                 where id = $1 and attempt = $2 and leased_by = $3 and celeriac.relaxed_commit()",
+                 where id = $1 and attempt = $2 and leased_by is not distinct from $3 and celeriac.relaxed_commit()",
                 &[
                     (&lease.id, Type::INT8),
                     (&lease.attempt, Type::INT4),
@@ -689,7 +689,7 @@ impl Store {
             "with gone as (
                  delete from celeriac.message m
                  using unnest($1::int8[], $2::int4[], $3::text[], $4::text[]) as c(id, attempt, code, reason)
-                 where m.id = c.id and m.attempt = c.attempt and m.leased_by = $5 and celeriac.relaxed_commit()
+                 where m.id = c.id and m.attempt = c.attempt and m.leased_by is not distinct from $5 and celeriac.relaxed_commit()
                  returning m.*, c.code, c.reason
              )
              insert into celeriac.dead_letter ({DEAD_LETTER_COLUMNS})

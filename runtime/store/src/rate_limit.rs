@@ -352,7 +352,7 @@ impl Store {
                     "update celeriac.message m
                      set leased_by = {PARKED_SQL}, lease_expires = 'infinity', task_name = coalesce(m.task_name, c.name)
                      from unnest($1::int8[], $2::int4[], $4::text[]) as c(id, attempt, name)
-                     where m.id = c.id and m.attempt = c.attempt and m.leased_by = $3 and celeriac.relaxed_commit()
+                     where m.id = c.id and m.attempt = c.attempt and m.leased_by is not distinct from $3 and celeriac.relaxed_commit()
                      returning m.id"
                 ),
                 &[

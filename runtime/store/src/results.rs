@@ -699,7 +699,7 @@ impl Store {
             "with done as (
                  delete from celeriac.message m
                  using unnest($1::int8[], $2::int4[]) as c(id, attempt)
-                 where m.id = c.id and m.attempt = c.attempt and m.leased_by = $3 and celeriac.relaxed_commit()
+                 where m.id = c.id and m.attempt = c.attempt and m.leased_by is not distinct from $3 and celeriac.relaxed_commit()
                  returning m.id)",
         );
         // Two rows of one task id are narrowed to one in the statement, among the messages it

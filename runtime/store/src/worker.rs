@@ -45,7 +45,7 @@ static HEARTBEAT_SQL: LazyLock<String> = LazyLock::new(|| {
                      where id = any(array(
                          select m.id from celeriac.message m
                          join unnest($2::int8[], $3::int4[]) as l(id, attempt) on m.id = l.id and m.attempt = l.attempt
-                         where m.leased_by = $1
+                         where m.leased_by is not distinct from $1
                          for no key update of m skip locked
                      ))
                        and celeriac.relaxed_commit()

@@ -589,6 +589,59 @@ async fn pooled_connections_plan_generically_without_jit() {
     assert_eq!(default, "on");
 }
 
+/// The statements that settle, renew or park held messages find them by primary key, whatever
+/// the statistics say. Analyzed while no row was leased, they estimate one row per worker for
+/// `leased_by = $n`; fenced with `=`, their generic plans scanned `message_leased` instead:
+/// every row the worker held, and the dead entries of every row it had finished since the last
+/// vacuum, for each settle and heartbeat (a 100,000-task drain fell from ~20,000 to ~1,500
+/// tasks/s, the server's CPU per task twenty times as high).
+#[tokio::test]
+async fn settling_finds_held_rows_by_primary_key_whatever_the_statistics() {
+    let db = TestDatabase::new().await;
+    let config = celeriac_store::StoreConfig { max_connections: 1, ..celeriac_store::StoreConfig::new(db.url.clone()) };
+    let store = Store::new(&config).unwrap();
+    store.migrate().await.unwrap();
+    let queue = "plans".to_owned();
+    let batch: Vec<_> = (0..2_000).map(|i| message(&queue, i % 3, None)).collect();
+    store.message_insert_many(&batch).await.unwrap();
+    db.client().await.batch_execute("analyze celeriac.message").await.unwrap();
+
+    let worker = register(&store).await;
+    let queues = vec![queue];
+    let claimed = store.message_claim(&claim(worker, &queues, 2_000)).await.unwrap();
+    assert_eq!(claimed.len(), 2_000);
+    let leases: Vec<_> = claimed.iter().map(|m| m.lease).collect();
+    assert_eq!(store.worker_heartbeat(&info(worker), &leases[..10]).await.unwrap().len(), 10);
+    assert_eq!(store.message_complete_many(worker, &leases[..10]).await.unwrap().len(), 10);
+    assert_eq!(store.message_release_many(worker, &leases[10..20], false).await.unwrap().len(), 10);
+    assert_eq!(store.message_requeue_many(worker, &leases[20..30], 5).await.unwrap().requeued.len(), 10);
+    let dl = DeadLetterParams {
+        lease: leases[30],
+        reason_code: celeriac_store::DeadLetterReason::Rejected,
+        reason: "test".into(),
+    };
+    assert_eq!(store.message_dead_letter_many(worker, &[dl]).await.unwrap().len(), 1);
+    assert!(store.message_retry(worker, leases[31], &claimed[31].payload, Utc::now()).await.unwrap());
+    let parks: Vec<_> = leases[32..42].iter().map(|l| (*l, "tasks.add".to_owned())).collect();
+    assert_eq!(store.message_park_many(worker, &parks).await.unwrap().len(), 10);
+    let finish = celeriac_store::Finish { lease: leases[42], result: None, publish: Vec::new() };
+    assert_eq!(store.message_finish_many(worker, None, &[&finish]).await.unwrap().len(), 1);
+
+    let plans = store.testing_generic_plans().await.unwrap();
+    let by_lease: Vec<_> = plans
+        .iter()
+        .filter(|(sql, _)| {
+            ["c(id, attempt", "l(id, attempt", "id = $1 and attempt = $2"].iter().any(|s| sql.contains(s))
+        })
+        .collect();
+    // complete, release, requeue, dead-letter, retry, park, finish, and the heartbeat.
+    assert!(by_lease.len() >= 8, "only {} lease-fenced statements prepared", by_lease.len());
+    for (sql, plan) in by_lease {
+        assert!(plan.contains("message_pkey"), "not by primary key:\n{sql}\n{plan}");
+        assert!(!plan.contains("message_leased"), "scans the worker's leases:\n{sql}\n{plan}");
+    }
+}
+
 /// Behind a transaction-mode pooler (`?pooler=transaction`) no statement may leave session
 /// state: every operation runs, on a single pooled session, and that session holds no prepared
 /// statement afterwards (the same operations without the option leave several, which shows the
