@@ -13,7 +13,10 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg
@@ -101,6 +104,42 @@ def test_rust_handlers_take_precedence(proj: Proj, proj_worker: Callable[..., Pr
 
 
 # --- task semantics (prefork) -----------------------------------------------------------------
+
+
+def test_arguments_arrive_as_kombu_decodes_them(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
+    # Plain JSON bodies skip kombu's object hook; bodies with its type markers (datetimes,
+    # decimals, UUIDs), or text that merely mentions one, go through kombu as before.
+    proj_worker(concurrency=1)
+    when = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    typed = proj.send("types_of", when, Decimal("1.5"), uuid.UUID(int=7), kwargs={"at": when})
+    plain = proj.send("types_of", 1, "__type__", [1.5], {"a": None}, kwargs={"k": "\u00e9"})
+    assert proj.get(typed) == ["datetime", "Decimal", "UUID", "at=datetime"]
+    assert proj.get(plain) == ["int", "str", "list", "dict", "k=str"]
+
+
+def test_plain_json_is_decoded_as_kombu_decodes_it() -> None:
+    from celeriac import _worker
+    from kombu.utils.json import dumps, loads
+
+    samples = [
+        dumps([[1, "two", 3.5, None, True], {"k": [{"x": -1}]}, {"callbacks": None}]),
+        dumps(["\u00e9t\u00e9", {"nested": {"deep": [[]]}}]),
+        '{"\\u005f_type__": "datetime", "__value__": "2030-01-02T03:04:05"}',
+        dumps({"at": datetime(2030, 1, 2)}),
+    ]
+    for text in samples:
+        for data in (text, text.encode()):
+            decoded = _worker._plain_json(data)
+            if decoded is not _worker._KOMBU:
+                assert decoded == loads(data), text
+            assert _worker._json_loads(text.encode()) == loads(text), text
+    # Marked types, even spelled with escapes, are left to kombu.
+    assert _worker._plain_json(samples[2]) is _worker._KOMBU
+    assert _worker._plain_json(samples[3]) is _worker._KOMBU
+    assert isinstance(_worker._json_loads(samples[2].encode()), datetime)
+    # So is what the C decoder cannot read, so kombu's errors stay its own.
+    for bad in (b"", b"{", b"\xff\xfe", b"[" * 100_000):
+        assert _worker._plain_json(bad) is _worker._KOMBU
 
 
 @pytest.mark.wheel

@@ -175,6 +175,12 @@ def request_info(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     }
 
 
+@app.task
+def types_of(*args: Any, **kwargs: Any) -> list[str]:
+    """The type names of its arguments as the task received them (keyword ones as ``k=type``)."""
+    return [type(a).__name__ for a in args] + [f"{k}={type(v).__name__}" for k, v in sorted(kwargs.items())]
+
+
 @app.task(bind=True)
 def fan_out(self: Task, n: int) -> list[str]:
     """Publishes subtasks: n ``add`` calls and a chain; returns their ids."""

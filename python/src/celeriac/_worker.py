@@ -18,6 +18,7 @@ together; the worker and the extension agree on ``celeriac._native.POOL_PROTOCOL
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import resource
@@ -51,10 +52,20 @@ class _ChildState:
         self.fast_trace_task = fast_trace_task
         self.revoked_tasks = worker_state.revoked
         self.accept = _prepare_accept(app)
+        # Bodies Celery would decode with kombu's own JSON decoder (an app may register
+        # another for the content type): the common case decodes them without it.
+        self.plain_json_bodies = "application/json" in self.accept and _kombu_decodes_json()
         self.request_classes: dict[str, Any] = {}
         # Set while a task runs on this process's main thread: the soft time limit signal
         # raises only then (a late signal for a finished task is ignored).
         self.running = False
+
+
+def _kombu_decodes_json() -> bool:
+    from kombu.serialization import registry
+    from kombu.utils import json as kombu_json
+
+    return registry._decoders.get("application/json") is kombu_json.loads
 
 
 def _prepare_accept(app: Any) -> set[str]:
@@ -599,6 +610,12 @@ def run(
     }
     content_type = payload.get("content-type")
     encoding = payload.get("content-encoding")
+    if content_type == "application/json" and st.plain_json_bodies:
+        decoded = _plain_json(body)
+        if decoded is not _KOMBU:
+            # What kombu's decoder returns for it; without a content type, ``fast_trace_task``
+            # takes the body as decoded.
+            body, content_type = decoded, None
     trace_args = (name, task_id, request, body, content_type, encoding)
     settled, result, time_accepted = _trace(envelope, queue, redelivered, trace_args)
     if settled is not None:
@@ -676,9 +693,48 @@ def _trace(
 
 
 def _json_loads(data: bytes) -> Any:
+    """``kombu.utils.json.loads(data)``."""
+    decoded = _plain_json(data)
+    if decoded is not _KOMBU:
+        return decoded
     from kombu.utils.json import loads
 
     return loads(data)
+
+
+#: What :func:`_plain_json` returns when kombu's JSON decoder must decode the text.
+_KOMBU: Any = object()
+
+#: The escapes that can spell a character of ``__type__`` in a JSON string (``\u005f`` is
+#: ``_``, ``\u0074`` is ``t``).
+_NAME_ESCAPES = ("\\u005", "\\u006", "\\u007")
+
+
+def _plain_json(data: Any) -> Any:
+    """``data`` (UTF-8 bytes or text) decoded by the C JSON decoder alone, when kombu's
+    decoder would give the same: the text names no ``__type__`` key (kombu's object hook turns
+    ``{"__type__": …, "__value__": …}`` into datetimes, UUIDs, decimals and registered types),
+    not even with escapes, and decodes without error. Else :data:`_KOMBU`, and kombu decodes it
+    (its errors included).
+
+    The hook runs in Python for every object of the text, so this is most of the cost of
+    reading a message.
+    """
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return _KOMBU
+    elif isinstance(data, str):
+        text = data
+    else:
+        return _KOMBU
+    if not text or "__type__" in text or any(e in text for e in _NAME_ESCAPES):
+        return _KOMBU
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return _KOMBU
 
 
 def _settle_failure(

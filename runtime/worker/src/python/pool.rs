@@ -6,8 +6,12 @@
 //! A job goes to an idle child if there is one. Otherwise (prefork and solo) it may queue behind
 //! the job a child is running, so the child goes from one task to the next without waiting for
 //! the worker, but only behind a job that started moments ago ([`QUEUE_BEHIND_AT_MOST`]): a job
-//! never waits behind a long task while another child could take it. The threads pool runs one
-//! job per thread.
+//! never waits behind a long task while another child could take it. A child whose recent tasks
+//! were short holds up to [`MAX_QUEUED_BEHIND`] such jobs, as many as its recent run times say
+//! it finishes within [`QUEUE_BUDGET`]: on two busy cores the worker is not always scheduled
+//! in the tenth of a millisecond a no-op task takes, and a child with nothing queued waits for
+//! it. Jobs wait for a child in the order they asked for one. The threads pool runs one job per
+//! thread.
 
 use std::{
     collections::HashMap,
@@ -148,6 +152,13 @@ enum Reply {
 /// A job queues behind the one a child runs only if that one started less than this long ago.
 const QUEUE_BEHIND_AT_MOST: Duration = Duration::from_millis(20);
 
+/// Jobs a prefork or solo child holds queued behind the one it runs, at most.
+const MAX_QUEUED_BEHIND: usize = crate::worker::MAX_PIPELINE_PER_SLOT;
+
+/// A second and later job queues behind the running one only if the child's recent run times
+/// say the jobs queued ahead of it, and it, finish within this.
+const QUEUE_BUDGET: Duration = Duration::from_millis(5);
+
 struct Child {
     index: usize,
     pid: u32,
@@ -173,6 +184,8 @@ struct Load {
     limited: bool,
     /// When the job it runs now started (prefork and solo).
     busy_since: Option<Instant>,
+    /// Its recent run times, a moving average (`None` until its first job is answered).
+    recent_run_time: Option<Duration>,
     /// Being replaced: takes no new jobs; its exit is expected.
     retiring: bool,
     /// Its shutdown frame is on its way.
@@ -239,7 +252,45 @@ struct Inner {
     freed: tokio::sync::Notify,
     respawn: mpsc::UnboundedSender<usize>,
     seq: AtomicU64,
+    /// The jobs waiting for a child, by ticket, first come first (see [`Inner::checkout`]).
+    waiting: Mutex<std::collections::VecDeque<u64>>,
+    tickets: AtomicU64,
     stopping: CancellationToken,
+}
+
+/// A job's place among those waiting for a child; leaving (with a child, or dropped on any
+/// other path) lets the next one go.
+struct WaitingTurn<'a> {
+    inner: &'a Inner,
+    ticket: u64,
+}
+
+impl<'a> WaitingTurn<'a> {
+    fn new(inner: &'a Inner) -> Self {
+        let ticket = inner.tickets.fetch_add(1, Ordering::Relaxed);
+        inner.waiting().push_back(ticket);
+        WaitingTurn { inner, ticket }
+    }
+
+    fn is_first(&self) -> bool {
+        self.inner.waiting().front() == Some(&self.ticket)
+    }
+}
+
+impl Drop for WaitingTurn<'_> {
+    fn drop(&mut self) {
+        let was_first = {
+            let mut waiting = self.inner.waiting();
+            let at = waiting.iter().position(|t| *t == self.ticket);
+            if let Some(at) = at {
+                waiting.remove(at);
+            }
+            at == Some(0)
+        };
+        if was_first {
+            self.inner.freed.notify_waiters();
+        }
+    }
 }
 
 /// A running pool of Python children. Cheap to clone.
@@ -302,6 +353,8 @@ impl PythonPool {
             freed: tokio::sync::Notify::new(),
             respawn: respawn_tx,
             seq: AtomicU64::new(1),
+            waiting: Mutex::default(),
+            tickets: AtomicU64::new(0),
             stopping: CancellationToken::new(),
         };
         // The first child alone: a bad -A fails once, with one message.
@@ -357,13 +410,13 @@ impl PythonPool {
         }
     }
 
-    /// Tasks queued in children beyond [`PythonPool::concurrency`]: one per prefork or solo
-    /// child (see `Inner::take`).
+    /// Tasks queued in children beyond [`PythonPool::concurrency`]: up to
+    /// [`MAX_QUEUED_BEHIND`] per prefork or solo child (see `Inner::take`).
     #[must_use]
     pub fn pipeline(&self) -> usize {
         match self.inner.config.kind {
             PoolKind::Threads => 0,
-            PoolKind::Prefork | PoolKind::Solo => self.concurrency(),
+            PoolKind::Prefork | PoolKind::Solo => self.concurrency() * MAX_QUEUED_BEHIND,
         }
     }
 
@@ -602,8 +655,8 @@ impl Inner {
 
     /// `pool_grow` / `pool_shrink` (prefork): starts `n` more children, or retires the `n`
     /// newest (each finishes the job it holds, then exits; one child always stays). Returns
-    /// the children added or retired, and the worker's run slots that is: two per child, its
-    /// task and the one queued behind it (see [`Inner::take`]).
+    /// the children added or retired, and the worker's run slots that is: per child, its task
+    /// and the [`MAX_QUEUED_BEHIND`] that may queue behind it (see [`Inner::take`]).
     fn resize(self: &Arc<Self>, grow: bool, n: usize) -> Result<(usize, usize), String> {
         let mut children = self.children.lock().map_err(|_| "the pool is unavailable".to_owned())?;
         if grow {
@@ -613,7 +666,7 @@ impl Inner {
             for index in first..first + n {
                 respawn(self.clone(), index);
             }
-            return Ok((n, 2 * n));
+            return Ok((n, (1 + MAX_QUEUED_BEHIND) * n));
         }
         let wanted = n;
         let n = n.min(children.len().saturating_sub(1));
@@ -631,15 +684,17 @@ impl Inner {
             shrunk.retain(|c| !c.gone.is_cancelled());
             shrunk.extend(retired);
         }
-        Ok((n, 2 * n))
+        Ok((n, (1 + MAX_QUEUED_BEHIND) * n))
     }
 
-    /// A child for a job, if one can take it now: an idle child first (the threads pool: the
-    /// child with the fewest jobs, one per thread). prefork and solo may also queue one job
+    /// A child for a job, if one can take it now: an idle child first, else the one with the
+    /// fewest jobs (the threads pool: one per thread). prefork and solo may also queue jobs
     /// behind the running one, so the child goes from one task to the next without waiting for
     /// the worker, but only behind a job that started less than [`QUEUE_BEHIND_AT_MOST`] ago,
     /// and neither a job with a time limit nor one behind it (its timers start when it is sent,
-    /// and a hard limit kills the whole child).
+    /// and a hard limit kills the whole child). The first queues behind any such job; up to
+    /// [`MAX_QUEUED_BEHIND`] do when the child's recent run times say they all finish within
+    /// [`QUEUE_BUDGET`].
     fn take(&self, limited: bool) -> Option<Arc<Child>> {
         let children = self.children.lock().ok()?;
         let threads = self.config.concurrency.max(1);
@@ -658,7 +713,12 @@ impl Inner {
                         // max-tasks-per-child too): a limit on the solo child would stall it.
                         let room = kind == PoolKind::Solo
                             || max_tasks.is_none_or(|max| done + (load.outstanding as u64) < max);
-                        let queue_behind = load.outstanding == 1
+                        let queued = load.outstanding.saturating_sub(1);
+                        let short_enough = queued == 0
+                            || (queued < MAX_QUEUED_BEHIND
+                                && load.recent_run_time.is_some_and(|t| t * (queued as u32 + 1) <= QUEUE_BUDGET));
+                        let queue_behind = load.outstanding >= 1
+                            && short_enough
                             && !load.limited
                             && !limited
                             && load.busy_since.is_some_and(|t| now.saturating_duration_since(t) < QUEUE_BEHIND_AT_MOST);
@@ -686,29 +746,47 @@ impl Inner {
             if limited {
                 load.limited = false;
             }
+            let now = Instant::now();
+            if let Some(started) = load.busy_since {
+                // Answered jobs weigh a quarter each in the average.
+                let took = now.saturating_duration_since(started);
+                load.recent_run_time = Some(load.recent_run_time.map_or(took, |average| (average * 3 + took) / 4));
+            }
             // The job queued behind the answered one starts now.
-            load.busy_since = (load.outstanding > 0).then(Instant::now);
+            load.busy_since = (load.outstanding > 0).then_some(now);
         }
         child.shut_down_if_idle();
         self.freed.notify_waiters();
     }
 
-    /// A child that can take the job, waiting until one can. A job queued behind another is
-    /// not taken later than [`QUEUE_BEHIND_AT_MOST`] after that one started, so this also
-    /// wakes up then.
+    /// A child that can take the job, waiting until one can; jobs that wait get a child in the
+    /// order they asked (the worker's start order). A job queued behind another is not taken
+    /// later than [`QUEUE_BEHIND_AT_MOST`] after that one started, so this also wakes up then.
     async fn checkout(&self, limited: bool) -> Taken<'_> {
+        if self.waiting().is_empty() {
+            if let Some(child) = self.take(limited) {
+                return Taken { inner: self, child, limited };
+            }
+        }
+        let turn = WaitingTurn::new(self);
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if let Some(child) = self.take(limited) {
-                return Taken { inner: self, child, limited };
+            if turn.is_first() {
+                if let Some(child) = self.take(limited) {
+                    return Taken { inner: self, child, limited };
+                }
             }
             tokio::select! {
                 () = freed => {}
                 () = tokio::time::sleep(QUEUE_BEHIND_AT_MOST) => {}
             }
         }
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<u64>> {
+        self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Sends a job to a child and waits for its reply, enforcing the time limits. A job the

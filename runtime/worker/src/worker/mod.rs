@@ -63,6 +63,9 @@ pub use control::{ControlSettings, PoolResize};
 pub use events::EventSettings;
 pub use stats::{WorkerReport, WorkerStats};
 
+/// [`WorkerConfig::pipeline`] is at most this many per unit of concurrency.
+pub const MAX_PIPELINE_PER_SLOT: usize = 3;
+
 /// Worker settings. Every field has a default (see [`WorkerConfig::default`]).
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -93,10 +96,11 @@ pub struct WorkerConfig {
     pub accept: Accept,
     /// Use LISTEN/NOTIFY wake-ups (off behind PgBouncer in transaction mode). Default: true.
     pub listen: bool,
-    /// Handler calls started beyond `concurrency`, at most `concurrency`, for handlers that
-    /// queue their work in a pool which itself runs `concurrency` at a time (the embedded
-    /// Python pool keeps one task queued behind the running one in each child). They come out
-    /// of the prefetched messages, not on top of them. Default: 0.
+    /// Handler calls started beyond `concurrency`, at most [`MAX_PIPELINE_PER_SLOT`] ×
+    /// `concurrency`, for handlers that queue their work in a pool which itself runs
+    /// `concurrency` at a time (the embedded Python pool keeps up to three short tasks queued
+    /// behind the running one in each child). They come out of the prefetched messages, not on
+    /// top of them. Default: 0.
     pub pipeline: usize,
     /// Ignore per-worker rate limits (Celery's `worker_disable_rate_limits`); fleet-wide limits
     /// still apply. Default: false.
@@ -197,8 +201,8 @@ impl WorkerConfig {
         if self.poll_interval.is_zero() || self.rescue_interval.is_zero() {
             return bad("poll and rescue intervals must be positive".into());
         }
-        if self.pipeline > self.concurrency {
-            return bad("pipeline must not exceed concurrency".into());
+        if self.pipeline > self.concurrency.saturating_mul(MAX_PIPELINE_PER_SLOT) {
+            return bad(format!("pipeline must not exceed {MAX_PIPELINE_PER_SLOT} x concurrency"));
         }
         if self.max_redeliveries < 0 {
             return bad("max redeliveries must not be negative".into());
