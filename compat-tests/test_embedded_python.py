@@ -540,6 +540,24 @@ def test_warm_shutdown_lets_the_running_task_finish(proj: Proj, proj_worker: Cal
     assert proj.query("select count(*) from celeriac.message") == [(0,)]
 
 
+def test_warm_shutdown_gives_back_tasks_waiting_for_a_child(proj: Proj, proj_worker: Callable[..., ProjWorker]) -> None:
+    # As Celery gives back the requests it reserved and did not start: the adds hold the
+    # worker's run slots, waiting for its one busy child, when the warm shutdown begins.
+    worker = proj_worker(concurrency=1)
+    r = proj.send("sleep", 2.0)
+    wait_for(lambda: any(e.get("task_id") == r.id for e in proj.events("signal:task_prerun")), 30, "the task")
+    time.sleep(0.1)  # past the 20 ms in which a job may still queue behind the running one
+    adds = [proj.send("add", i, 1) for i in range(3)]
+    unleased = "select count(*) from celeriac.message where leased_by is null"
+    wait_for(lambda: proj.query(unleased) == [(0,)], 30, "the adds to be claimed")
+    assert worker.stop() == 0  # one SIGTERM: a warm shutdown
+    assert proj.get(r) == 2.0
+    assert [a.state for a in adds] == ["PENDING"] * 3, "a task started after the warm shutdown began"
+    assert proj.query(unleased) == [(3,)]
+    proj_worker(concurrency=1)
+    assert [proj.get(a) for a in adds] == [1, 2, 3]
+
+
 def test_killed_worker_takes_its_children_and_the_task_runs_again(
     proj: Proj, proj_worker: Callable[..., ProjWorker]
 ) -> None:

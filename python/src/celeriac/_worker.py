@@ -717,8 +717,8 @@ def _plain_json(data: Any) -> Any:
     not even with escapes, and decodes without error. Else :data:`_KOMBU`, and kombu decodes it
     (its errors included).
 
-    The hook runs in Python for every object of the text, so this is most of the cost of
-    reading a message.
+    The hook runs in Python for every object of the text: with it, decoding was about a fifth
+    of a no-op task's time in the child.
     """
     if isinstance(data, bytes):
         try:

@@ -293,6 +293,10 @@ pub enum Outcome {
     /// Not started: the lease ran out before the task could start (see [`Request::lease_check`]). The
     /// message is given back without counting a redelivery (a no-op if another worker has it).
     NotStarted,
+    /// Not started: the worker began a warm shutdown while the task waited to start (in the
+    /// Python pool, for a child). Given back without counting a redelivery, as Celery gives
+    /// back the requests it reserved and did not start.
+    StoppedBeforeStart,
     /// Put the message back in its queue, marked redelivered, to run again (Celery's
     /// `Reject(requeue=True)`, or `reject_on_worker_lost`). Each requeue counts as a redelivery:
     /// past `--max-redeliveries` the message goes to `dead_letter` instead.

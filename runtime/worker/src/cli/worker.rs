@@ -294,7 +294,7 @@ pub(super) async fn run(
     let shutdown = CancellationToken::new();
     tokio::spawn(handle_signals(shutdown.clone()));
     let pool = match app {
-        Some(app) => Some(start_python_pool(app, args, globals, url, &mut config, &mut registry).await?),
+        Some(app) => Some(start_python_pool(app, args, globals, url, &mut config, &mut registry, &shutdown).await?),
         None => None,
     };
     // The flags also apply to the app's own result backend.
@@ -384,6 +384,7 @@ async fn start_python_pool(
     url: &str,
     config: &mut WorkerConfig,
     registry: &mut Registry,
+    shutdown: &CancellationToken,
 ) -> Result<crate::python::PythonPool, CliError> {
     use crate::python::{interp, ExplicitSettings, PoolConfig, PoolKind, PythonPool};
     if matches!(args.pool, PoolFlag::Eventlet | PoolFlag::Gevent) {
@@ -424,6 +425,7 @@ async fn start_python_pool(
         env,
     };
     let pool = PythonPool::start(pool_config).await?;
+    pool.stop_sending_at(shutdown);
     let hello = pool.hello();
     let names = pool.register_tasks(registry)?;
     tracing::info!(
@@ -465,6 +467,7 @@ async fn start_python_pool(
     _url: &str,
     _config: &mut WorkerConfig,
     _registry: &mut Registry,
+    _shutdown: &CancellationToken,
 ) -> Result<NoPool, CliError> {
     Err(CliError::NoEmbeddedPython)
 }

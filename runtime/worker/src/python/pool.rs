@@ -252,6 +252,8 @@ struct Inner {
     freed: tokio::sync::Notify,
     respawn: mpsc::UnboundedSender<usize>,
     seq: AtomicU64,
+    /// The worker's warm shutdown (see [`PythonPool::stop_sending_at`]).
+    worker_stopping: std::sync::OnceLock<CancellationToken>,
     /// The jobs waiting for a child, by ticket, first come first (see [`Inner::checkout`]).
     waiting: Mutex<std::collections::VecDeque<u64>>,
     tickets: AtomicU64,
@@ -353,6 +355,7 @@ impl PythonPool {
             freed: tokio::sync::Notify::new(),
             respawn: respawn_tx,
             seq: AtomicU64::new(1),
+            worker_stopping: std::sync::OnceLock::new(),
             waiting: Mutex::default(),
             tickets: AtomicU64::new(0),
             stopping: CancellationToken::new(),
@@ -408,6 +411,13 @@ impl PythonPool {
             PoolKind::Solo => 1,
             PoolKind::Prefork | PoolKind::Threads => self.inner.config.concurrency.max(1),
         }
+    }
+
+    /// From `shutdown` on (the worker's warm shutdown), a task still waiting for a child is not
+    /// sent to one: it ends [`Outcome::StoppedBeforeStart`] and goes back to the queue, as the
+    /// requests Celery reserved and had not started do. Jobs already queued in a child run.
+    pub fn stop_sending_at(&self, shutdown: &CancellationToken) {
+        let _ = self.inner.worker_stopping.set(shutdown.clone());
     }
 
     /// Tasks queued in children beyond [`PythonPool::concurrency`]: up to
@@ -790,8 +800,9 @@ impl Inner {
     }
 
     /// Sends a job to a child and waits for its reply, enforcing the time limits. A job the
-    /// child had not started when it died is sent again (to another child). `None` if `lease`
-    /// ran out while the job waited for a child: it was not sent.
+    /// child had not started when it died is sent again (to another child). [`Unsent`] if the
+    /// request's lease ran out, or the worker began a warm shutdown, while the job waited for a
+    /// child.
     async fn dispatch(
         &self,
         msg: ToChild,
@@ -800,14 +811,26 @@ impl Inner {
         limits: Limits,
         what: &str,
         request: Option<&Request>,
-    ) -> Option<(Arc<Child>, Reply)> {
+    ) -> Result<(Arc<Child>, Reply), Unsent> {
         let lease = request.map(|r| &r.lease_check);
         let control = request.map(|r| &*r.control);
         let limited = self.config.kind.enforces_limits() && (limits.soft.is_some() || limits.hard.is_some());
+        // Post-mortems run whatever happens; tasks do not start once the worker is stopping.
+        let stopping = self.worker_stopping.get().filter(|_| request.is_some());
         loop {
-            let taken = self.checkout(limited).await;
+            if stopping.is_some_and(CancellationToken::is_cancelled) {
+                return Err(Unsent::WorkerStopping);
+            }
+            let taken = match stopping {
+                Some(stopping) => tokio::select! {
+                    biased;
+                    () = stopping.cancelled() => return Err(Unsent::WorkerStopping),
+                    taken = self.checkout(limited) => taken,
+                },
+                None => self.checkout(limited).await,
+            };
             if lease.is_some_and(LeaseCheck::expired) {
-                return None;
+                return Err(Unsent::LeaseRanOut);
             }
             let child = taken.child.clone();
             let (tx, rx) = oneshot::channel();
@@ -836,7 +859,7 @@ impl Inner {
             if matches!(reply, Reply::NotStarted) {
                 continue;
             }
-            return Some((child, reply));
+            return Ok((child, reply));
         }
     }
 
@@ -965,8 +988,10 @@ impl Inner {
             redelivered: request.redelivered,
             revoked: request.control.is_revoked(),
         };
-        let Some((_, reply)) = self.dispatch(job, seq, &request.payload, limits, &what, Some(&request)).await else {
-            return Outcome::NotStarted;
+        let reply = match self.dispatch(job, seq, &request.payload, limits, &what, Some(&request)).await {
+            Ok((_, reply)) => reply,
+            Err(Unsent::LeaseRanOut) => return Outcome::NotStarted,
+            Err(Unsent::WorkerStopping) => return Outcome::StoppedBeforeStart,
         };
         let (cause, detail) = match reply {
             Reply::Done { decision: Decision::Ack, state, detail, .. } => {
@@ -995,7 +1020,7 @@ impl Inner {
         let settled = self
             .dispatch(post_mortem, seq, &request.payload, Limits::default(), &format!("post-mortem of {what}"), None)
             .await;
-        let Some((_, reply)) = settled else { return Outcome::Requeue { reason: "its child process exited".into() } };
+        let Ok((_, reply)) = settled else { return Outcome::Requeue { reason: "its child process exited".into() } };
         match reply {
             Reply::Done { decision, state, detail, .. } => outcome(decision, state, detail),
             Reply::NotStarted => Outcome::Requeue { reason: "its child process exited".into() },
@@ -1004,6 +1029,15 @@ impl Inner {
             },
         }
     }
+}
+
+/// Why a job was not sent to a child.
+#[derive(Debug, Clone, Copy)]
+enum Unsent {
+    /// Its lease ran out while it waited.
+    LeaseRanOut,
+    /// The worker began a warm shutdown while it waited.
+    WorkerStopping,
 }
 
 #[derive(Debug, Clone, Copy, Default)]

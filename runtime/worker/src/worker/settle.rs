@@ -74,6 +74,9 @@ pub(crate) enum Event {
     /// Celery's own code logged it.
     Handled,
     NotStarted,
+    /// Given back at a warm shutdown, unstarted: nothing to log (Celery logs nothing for the
+    /// requests it gives back).
+    StoppedBeforeStart,
     Requeued {
         reason: String,
     },
@@ -106,7 +109,7 @@ impl Verdict {
     /// How loud its log line is; `None`: nothing to log.
     pub(crate) fn level(&self) -> Option<Level> {
         match (&self.event, &self.result) {
-            (Event::Handled, _) => None,
+            (Event::Handled | Event::StoppedBeforeStart, _) => None,
             (Event::Finished, Some(TaskResult::Failure { .. })) | (Event::RequeueExhausted { .. }, _) => {
                 Some(Level::Error)
             }
@@ -194,6 +197,12 @@ pub(crate) fn verdict(outcome: Outcome, d: &Delivery<'_>) -> Verdict {
             result: None,
         },
         Outcome::NotStarted => not_started(lease),
+        Outcome::StoppedBeforeStart => Verdict {
+            settlement: Settlement::Release(lease),
+            counter: Some(Counter::Released),
+            event: Event::StoppedBeforeStart,
+            result: None,
+        },
         Outcome::Requeue { reason } if d.redeliveries >= d.max_redeliveries => Verdict {
             settlement: Settlement::DeadLetter(DeadLetterParams {
                 lease,
