@@ -361,7 +361,9 @@ impl Store {
         let mut plans = Vec::with_capacity(prepared.len());
         for (name, statement, params) in prepared {
             let args = if params == 0 { String::new() } else { format!("({})", vec!["null"; params].join(", ")) };
-            let explained = client.simple_query(&format!("explain execute {name}{args}")).await?;
+            // A statement name cannot be a parameter: quoted as an identifier instead.
+            let name = name.replace('"', "\"\"");
+            let explained = client.simple_query(&format!("explain execute \"{name}\"{args}")).await?;
             let plan: Vec<&str> = explained
                 .iter()
                 .filter_map(|m| match m {
