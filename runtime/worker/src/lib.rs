@@ -51,6 +51,7 @@ pub use routes::{RouteMap, TaskRoutes};
 pub use task::{LeaseCheck, Outcome, Request, RetryBackoff, StateError, StateUpdater, TaskControl, TaskError};
 pub use worker::{
     Autoscale, ControlSettings, EventSettings, PoolResize, Worker, WorkerConfig, WorkerReport, WorkerStats,
+    MAX_PIPELINE_PER_SLOT,
 };
 
 /// Errors of the worker runtime.
