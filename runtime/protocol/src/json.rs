@@ -142,12 +142,13 @@ impl Reader<'_, '_> {
 
     fn object(&mut self, depth: usize) -> Result<Value, JsonError> {
         self.pos += 1;
-        let mut map = Map::new();
         self.skip_ws();
         if self.peek() == Some(b'}') {
             self.pos += 1;
-            return Ok(Value::Map(map));
+            return Ok(Value::Map(Map::new()));
         }
+        // The entries are gathered first, so the map is built at its final size in one go.
+        let mut entries: Vec<(String, Value)> = Vec::new();
         loop {
             self.skip_ws();
             if self.peek() != Some(b'"') {
@@ -162,13 +163,18 @@ impl Reader<'_, '_> {
             self.pos += 1;
             self.skip_ws();
             let value = self.value(depth + 1)?;
-            // Python keeps the last of duplicate keys, in the first key's position.
-            map.insert(key, value);
+            entries.push((key, value));
             self.skip_ws();
             match self.peek() {
                 Some(b',') => self.pos += 1,
                 Some(b'}') => {
                     self.pos += 1;
+                    // Python keeps the last of duplicate keys, in the first key's position:
+                    // `IndexMap::insert` does the same.
+                    let mut map = Map::with_capacity(entries.len());
+                    for (key, value) in entries {
+                        map.insert(key, value);
+                    }
                     return Ok(decode_marker(map));
                 }
                 _ => return Err(self.error("expected ',' or '}' in an object")),
@@ -616,6 +622,13 @@ mod tests {
     fn surrogates() {
         let v = from_slice(br#""\ud83d\ude00 \ud800""#).unwrap();
         assert_eq!(v, Value::Str("\u{1F600} \u{FFFD}".into()));
+    }
+
+    #[test]
+    fn duplicate_keys_keep_the_last_value_in_the_first_place() {
+        // As Python's json.loads('{"a": 1, "b": 2, "a": 3}') == {'a': 3, 'b': 2}.
+        let Value::Map(map) = from_slice(br#"{"a": 1, "b": 2, "a": 3}"#).unwrap() else { panic!("not a map") };
+        assert_eq!(map.into_iter().collect::<Vec<_>>(), [("a".into(), Value::Int(3)), ("b".into(), Value::Int(2))]);
     }
 
     #[test]
