@@ -55,6 +55,11 @@ from kombu_decode import Decoder  # noqa: E402 - needs TOOLS_DIR on sys.path
 
 __all__ = ["wait_for"]
 
+#: The workers and schedulers the tests start log at INFO (their default is WARNING, as
+#: Celery's): the tests wait for ``… ready.`` and read the tasks' outcomes in their logs.
+os.environ.setdefault("CELERY_WORKER_LOGLEVEL", "INFO")
+os.environ.setdefault("CELERY_BEAT_LOGLEVEL", "INFO")
+
 #: The sample project's ``proj`` and ``proj_worker`` fixtures.
 pytest_plugins = ["tools.sample_proj"]
 

@@ -1193,6 +1193,8 @@ class Suite:
             str(MAX_REDELIVERIES),
             "--shutdown-timeout",
             "30",
+            "--loglevel",
+            "INFO",
         ]
         if kind == "rust":
             return [str(self.chaos_bin), *common], env, CHAOS_DIR

@@ -33,7 +33,9 @@ impl WorkerProcess {
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(BIN)
             .args(["worker", "--example-handlers", "--database-url", &db.url, "--poll-interval", "0.2"])
+            .args(["-l", "INFO"])
             .args(extra)
+            .env_remove("CELERY_WORKER_LOGLEVEL")
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -216,6 +218,30 @@ async fn sigterm_is_a_warm_shutdown() {
     assert_eq!(scalar(&db, "select count(*) from celeriac.message where leased_by is not null").await, 0);
     assert_eq!(scalar(&db, "select count(*) from celeriac.message").await, 6 - i64::try_from(done).unwrap());
     assert_eq!(scalar(&db, "select count(*) from celeriac.worker").await, 0);
+}
+
+#[tokio::test]
+async fn the_default_log_level_is_warning_as_celery_workers() {
+    let db = TestDatabase::new().await;
+    ok_stdout(&celeriac(&db, &["send", "examples.add", "--args", "[20, 22]"]));
+    ok_stdout(&celeriac(&db, &["send", "examples.fail", "--args", "[\"on purpose\"]"]));
+    let log = std::env::temp_dir().join(format!("celeriac-worker-{}.log", uuid::Uuid::new_v4().simple()));
+    let mut worker = Command::new(BIN)
+        .args(["worker", "--example-handlers", "--database-url", &db.url, "--poll-interval", "0.2"])
+        .env_remove("CELERY_WORKER_LOGLEVEL")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for(30, "both tasks to run", || async { scalar(&db, "select count(*) from celeriac.message").await == 0 })
+        .await;
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    // INFO lines (the start, a success) are not shown; a failure is logged at ERROR, as Celery's.
+    assert!(!text.contains("ready.") && !text.contains("succeeded in"), "{text}");
+    assert!(text.contains("examples.fail") && text.contains("on purpose"), "{text}");
 }
 
 #[tokio::test]

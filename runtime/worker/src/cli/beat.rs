@@ -14,8 +14,9 @@ use crate::scheduler::SchedulerConfig;
 /// `celeriac beat` options.
 #[derive(Debug, Args)]
 pub struct BeatArgs {
-    /// Log level: DEBUG, INFO, WARNING, ERROR, CRITICAL.
-    #[arg(short = 'l', long, default_value = "INFO")]
+    /// Log level: DEBUG, INFO, WARNING, ERROR, CRITICAL. WARNING by default, as for `celery
+    /// beat`: `-l INFO` shows every schedule it sends.
+    #[arg(short = 'l', long, default_value = "WARNING", env = "CELERY_BEAT_LOGLEVEL")]
     pub loglevel: String,
     /// Longest sleep between two looks at the schedule (Celery beat's --max-interval): how soon
     /// a new or edited schedule is noticed. Due schedules are fired on time regardless.

@@ -31,8 +31,9 @@ pub struct WorkerArgs {
     /// with -A -P prefork, the app's worker_concurrency if set].
     #[arg(short = 'c', long, value_parser = parse_concurrency, env = "CELERY_WORKER_CONCURRENCY")]
     pub concurrency: Option<u32>,
-    /// Log level: DEBUG, INFO, WARNING, ERROR, CRITICAL.
-    #[arg(short = 'l', long, default_value = "INFO", env = "CELERY_WORKER_LOGLEVEL")]
+    /// Log level: DEBUG, INFO, WARNING, ERROR, CRITICAL. WARNING by default, as for `celery
+    /// worker`: `-l INFO` shows the worker's start ("… ready.") and every task's outcome.
+    #[arg(short = 'l', long, default_value = "WARNING", env = "CELERY_WORKER_LOGLEVEL")]
     pub loglevel: String,
     /// Worker name; %h = host name, %n = its first label, %d = its domain.
     #[arg(short = 'n', long, default_value = "celeriac@%h", env = "CELERY_WORKER_HOSTNAME")]
