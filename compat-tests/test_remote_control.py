@@ -257,7 +257,7 @@ def test_celery_events_dump_sees_one_task_in_order(
     argv = [sys.executable, "-m", "celery", "-A", "proj", "events", "--dump"]
     dump = Monitor(argv, tmp_path / "events.log", cwd=SAMPLE_PROJ, env=_env(proj))
     try:
-        proj_worker(extra_args=["-E"])
+        worker = proj_worker(extra_args=["-E"])
         dump.wait_for(lambda: "heartbeat" in dump.log(), RESULT_TIMEOUT, "a worker heartbeat")
         result = proj.send("add", 20, 22)
         assert proj.get(result) == 42
@@ -265,6 +265,11 @@ def test_celery_events_dump_sees_one_task_in_order(
         lines = [line for line in dump.log().splitlines() if result.id in line]
         kinds = [line.split("] ", 1)[1].split(":", 1)[0] for line in lines]
         assert kinds == ["task received", "task started", "task succeeded"], lines
+        # As billiard's: the pid of the pool child that ran it, not the worker's own.
+        pid = int(lines[1].rsplit("pid=", 1)[1].split(",")[0].split()[0])
+        assert pid != worker.proc.pid, lines[1]
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        assert int(stat.rsplit(")", 1)[1].split()[1]) == worker.proc.pid, (lines[1], stat)
         assert "result=42" in lines[-1]
         assert "runtime=" in lines[-1]
     finally:

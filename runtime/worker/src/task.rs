@@ -49,9 +49,13 @@ pub(crate) fn time_limits(task: &str) -> Option<(Option<f64>, Option<f64>)> {
 }
 
 /// Remote control of one running delivery (Celery's `revoke(..., terminate=True)` and the
-/// `worker_pid` that `inspect active` shows).
+/// `worker_pid` that `inspect active` shows), and when it started.
 #[derive(Debug, Default)]
 pub struct TaskControl {
+    /// What runs once when the task starts (see [`TaskControl::mark_started`]).
+    on_start: std::sync::Mutex<Option<StartHook>>,
+    /// When it started, for a handler that reports it (see [`TaskControl::mark_started`]).
+    started_at: std::sync::OnceLock<std::time::Instant>,
     terminate: tokio::sync::Notify,
     /// The signal asked for (0: none yet).
     signal: std::sync::atomic::AtomicI32,
@@ -115,6 +119,32 @@ impl TaskControl {
         self.summary.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
+    /// Sets what runs once when the task starts: the worker marks it active and sends
+    /// `task-started` then, with the pid of the process that runs it.
+    pub fn on_start(&self, hook: impl FnOnce(u32) + Send + 'static) {
+        *self.on_start.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(StartHook(Box::new(hook)));
+    }
+
+    /// Reports that process `pid` began running the task now (a handler that queues tasks before
+    /// running them, the Python pool, calls it when the task leaves its queue, as billiard's
+    /// child acknowledges a job it starts). The first call counts; later ones do nothing.
+    pub fn mark_started(&self, pid: u32) {
+        if self.started_at.set(std::time::Instant::now()).is_err() {
+            return;
+        }
+        self.set_pid(pid);
+        let hook = self.on_start.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(StartHook(hook)) = hook {
+            hook(pid);
+        }
+    }
+
+    /// When [`TaskControl::mark_started`] reported the start, if it did.
+    #[must_use]
+    pub fn started_at(&self) -> Option<std::time::Instant> {
+        self.started_at.get().copied()
+    }
+
     /// Records the process that runs the task.
     pub fn set_pid(&self, pid: u32) {
         self.pid.store(pid, std::sync::atomic::Ordering::Relaxed);
@@ -127,6 +157,15 @@ impl TaskControl {
             0 => None,
             p => Some(p),
         }
+    }
+}
+
+/// [`TaskControl::on_start`]'s hook.
+struct StartHook(Box<dyn FnOnce(u32) + Send>);
+
+impl std::fmt::Debug for StartHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StartHook")
     }
 }
 
@@ -495,5 +534,18 @@ mod tests {
                 "{countdown}: {outcome:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_task_starts_once_with_the_pid_that_reported_it() {
+        let control = TaskControl::default();
+        assert!(control.started_at().is_none() && control.pid().is_none());
+        let (tx, rx) = std::sync::mpsc::channel();
+        control.on_start(move |pid| tx.send(pid).unwrap());
+        control.mark_started(41);
+        let first = control.started_at().expect("started");
+        control.mark_started(42);
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), [41], "the hook runs once");
+        assert_eq!((control.pid(), control.started_at()), (Some(41), Some(first)));
     }
 }

@@ -166,8 +166,8 @@ struct Child {
     pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
     jobs_done: AtomicU64,
     /// Jobs sent and not answered, in the order they were written (a child with one task
-    /// thread runs them in that order).
-    sent: Mutex<std::collections::VecDeque<u64>>,
+    /// thread runs them in that order), with the control of a task's job (to report its start).
+    sent: Mutex<std::collections::VecDeque<(u64, Option<Arc<TaskControl>>)>>,
     /// The jobs it holds, and whether it is being replaced (see [`Inner::take`]).
     load: Mutex<Load>,
     killed_for_timeout: AtomicBool,
@@ -230,11 +230,25 @@ impl Child {
         frame::write(&mut *w, msg, raw).await
     }
 
-    /// Sends a job, recording its place in the child's queue.
-    async fn send_job(&self, seq: u64, msg: &ToChild, raw: &[u8]) -> std::io::Result<()> {
+    /// Sends a job, recording its place in the child's queue. A task's job starts now if the
+    /// child runs it at once (a threads child, or one with no job ahead of it); else when the
+    /// job ahead of it is answered (see `read_replies`).
+    async fn send_job(
+        &self,
+        seq: u64,
+        msg: &ToChild,
+        raw: &[u8],
+        control: Option<&Arc<TaskControl>>,
+        kind: PoolKind,
+    ) -> std::io::Result<()> {
         let mut w = self.writer.lock().await;
-        if let Ok(mut sent) = self.sent.lock() {
-            sent.push_back(seq);
+        let starts_now = self.sent.lock().is_ok_and(|mut sent| {
+            let first = sent.is_empty();
+            sent.push_back((seq, control.cloned()));
+            first || kind == PoolKind::Threads
+        });
+        if let Some(control) = control.filter(|_| starts_now) {
+            control.mark_started(self.pid);
         }
         frame::write(&mut *w, msg, raw).await
     }
@@ -813,7 +827,7 @@ impl Inner {
         request: Option<&Request>,
     ) -> Result<(Arc<Child>, Reply), Unsent> {
         let lease = request.map(|r| &r.lease_check);
-        let control = request.map(|r| &*r.control);
+        let control = request.map(|r| &r.control);
         let limited = self.config.kind.enforces_limits() && (limits.soft.is_some() || limits.hard.is_some());
         // Post-mortems run whatever happens; tasks do not start once the worker is stopping.
         let stopping = self.worker_stopping.get().filter(|_| request.is_some());
@@ -848,8 +862,8 @@ impl Inner {
                 control.set_pid(child.pid);
             }
             // A failed write means the child died; its reader then answers this job.
-            let _ = child.send_job(seq, &msg, raw).await;
-            let reply = self.await_reply(&child, rx, limits, what, control).await;
+            let _ = child.send_job(seq, &msg, raw, control, self.config.kind).await;
+            let reply = self.await_reply(&child, rx, limits, what, control.map(|c| &**c)).await;
             if let Reply::Done { max_rss_kib, .. } = &reply {
                 // Counted (and the child retired if it reached a limit) before its capacity is
                 // given back, so no job is handed to a child past its limit.
@@ -1068,10 +1082,15 @@ async fn read_replies(inner: Arc<Inner>, child: Arc<Child>, mut reader: ChildRea
     loop {
         match frame::read::<FromChild>(&mut reader.read).await {
             Ok(Some((FromChild::Result { seq, decision, state, detail, max_rss_kib }, _))) => {
-                if let Ok(mut sent) = child.sent.lock() {
-                    if let Some(at) = sent.iter().position(|s| *s == seq) {
-                        sent.remove(at);
-                    }
+                // With one task thread, the job after the answered one starts now.
+                let next = child.sent.lock().ok().and_then(|mut sent| {
+                    let at = sent.iter().position(|(s, _)| *s == seq)?;
+                    sent.remove(at);
+                    let one_thread = inner.config.kind != PoolKind::Threads;
+                    (at == 0 && one_thread).then(|| sent.front().and_then(|(_, control)| control.clone())).flatten()
+                });
+                if let Some(control) = next {
+                    control.mark_started(child.pid);
                 }
                 let tx = child.pending.lock().ok().and_then(|mut p| p.remove(&seq));
                 if let Some(tx) = tx {
@@ -1100,7 +1119,7 @@ async fn read_replies(inner: Arc<Inner>, child: Arc<Child>, mut reader: ChildRea
     // was running, the others had not started. With several threads, any may have started.
     let running = match inner.config.kind {
         PoolKind::Threads => None,
-        PoolKind::Prefork | PoolKind::Solo => child.sent.lock().ok().and_then(|s| s.front().copied()),
+        PoolKind::Prefork | PoolKind::Solo => child.sent.lock().ok().and_then(|s| s.front().map(|(seq, _)| *seq)),
     };
     for (seq, tx) in pending {
         let reply = match running {

@@ -183,6 +183,12 @@ fn record_outcome(
     }
 }
 
+/// `task-started`: process `pid` runs the task now.
+fn task_started_event(shared: &Shared, id: &str, pid: u32) {
+    let fields = vec![("uuid", id.into()), ("pid", Value::Int(i64::from(pid)))];
+    shared.events.send(&shared.control.clock, "task-started", fields);
+}
+
 /// The `task-*` event of a delivery's outcome, with Celery's fields: from the result of a Rust
 /// handler, or from what the pool reported of a Python task's.
 fn outcome_event(
@@ -475,10 +481,23 @@ async fn execute_inner(
             return;
         }
     }
-    shared.control.started(lease.id);
-    if shared.events.tasks() {
-        let pid = Value::Int(i64::from(std::process::id()));
-        shared.events.send(&shared.control.clock, "task-started", vec![("uuid", id.as_str().into()), ("pid", pid)]);
+    if managed {
+        // The pool reports when a child begins it (it may wait in the child's queue first), as
+        // billiard's child acknowledges a job: active from then, `task-started` with the
+        // child's pid. A task revoked before it started is discarded without one, as Celery's.
+        let (on_start, control) = (shared.clone(), task_control.clone());
+        let (lease_id, task_id) = (lease.id, id.clone());
+        task_control.on_start(move |pid| {
+            on_start.control.started(lease_id);
+            if on_start.events.tasks() && !control.is_revoked() {
+                task_started_event(&on_start, &task_id, pid);
+            }
+        });
+    } else {
+        shared.control.started(lease.id);
+        if shared.events.tasks() {
+            task_started_event(shared, &id, std::process::id());
+        }
     }
     // A handler that decodes the body itself (embedded Python, which reads the stored envelope
     // as Celery would) gets the headers only.
@@ -543,7 +562,8 @@ async fn execute_inner(
         id: &id,
         redeliveries,
         max_redeliveries: shared.config.max_redeliveries,
-        runtime: started.elapsed().as_secs_f64(),
+        // A pooled task's run starts when its child begins it.
+        runtime: task_control.started_at().unwrap_or(started).elapsed().as_secs_f64(),
         now: Utc::now(),
     };
     let handled = match &outcome {
