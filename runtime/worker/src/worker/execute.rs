@@ -485,11 +485,13 @@ async fn execute_inner(
         // The pool reports when a child begins it (it may wait in the child's queue first), as
         // billiard's child acknowledges a job: active from then, `task-started` with the
         // child's pid. A task revoked before it started is discarded without one, as Celery's.
-        let (on_start, control) = (shared.clone(), task_control.clone());
+        // (The hook lives in the control: a weak reference back, so an unstarted task frees it.)
+        let (on_start, control) = (shared.clone(), Arc::downgrade(&task_control));
         let (lease_id, task_id) = (lease.id, id.clone());
         task_control.on_start(move |pid| {
             on_start.control.started(lease_id);
-            if on_start.events.tasks() && !control.is_revoked() {
+            let revoked = control.upgrade().is_some_and(|c| c.is_revoked());
+            if on_start.events.tasks() && !revoked {
                 task_started_event(&on_start, &task_id, pid);
             }
         });
