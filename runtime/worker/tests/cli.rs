@@ -28,12 +28,17 @@ struct WorkerProcess {
 }
 
 impl WorkerProcess {
+    /// A worker with the example handlers, logging at INFO.
     fn start(db: &TestDatabase, extra: &[&str]) -> WorkerProcess {
+        WorkerProcess::start_at_default_level(db, &[&["-l", "INFO"], extra].concat())
+    }
+
+    /// The same, at the default log level unless `extra` sets one.
+    fn start_at_default_level(db: &TestDatabase, extra: &[&str]) -> WorkerProcess {
         let log = std::env::temp_dir().join(format!("celeriac-worker-{}.log", uuid::Uuid::new_v4().simple()));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(BIN)
             .args(["worker", "--example-handlers", "--database-url", &db.url, "--poll-interval", "0.2"])
-            .args(["-l", "INFO"])
             .args(extra)
             .env_remove("CELERY_WORKER_LOGLEVEL")
             .stdout(Stdio::null())
@@ -225,23 +230,16 @@ async fn the_default_log_level_is_warning_as_celery_workers() {
     let db = TestDatabase::new().await;
     ok_stdout(&celeriac(&db, &["send", "examples.add", "--args", "[20, 22]"]));
     ok_stdout(&celeriac(&db, &["send", "examples.fail", "--args", "[\"on purpose\"]"]));
-    let log = std::env::temp_dir().join(format!("celeriac-worker-{}.log", uuid::Uuid::new_v4().simple()));
-    let mut worker = Command::new(BIN)
-        .args(["worker", "--example-handlers", "--database-url", &db.url, "--poll-interval", "0.2"])
-        .env_remove("CELERY_WORKER_LOGLEVEL")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    wait_for(30, "both tasks to run", || async { scalar(&db, "select count(*) from celeriac.message").await == 0 })
-        .await;
-    worker.kill().unwrap();
-    worker.wait().unwrap();
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let _ = std::fs::remove_file(&log);
-    // INFO lines (the start, a success) are not shown; a failure is logged at ERROR, as Celery's.
+    let worker = WorkerProcess::start_at_default_level(&db, &[]);
+    // A failure is logged at ERROR, as Celery's.
+    wait_for(30, "both tasks to run and the failure to be logged", || async {
+        scalar(&db, "select count(*) from celeriac.message").await == 0 && worker.log().contains("on purpose")
+    })
+    .await;
+    // INFO lines (the start, a success) are not shown.
+    let text = worker.log();
     assert!(!text.contains("ready.") && !text.contains("succeeded in"), "{text}");
-    assert!(text.contains("examples.fail") && text.contains("on purpose"), "{text}");
+    assert!(text.contains("examples.fail"), "{text}");
 }
 
 #[tokio::test]

@@ -298,4 +298,9 @@ pub(super) mod task {
             ("expires", h.expires.map_or(Value::Null, |t| Value::Str(t.to_rfc3339()))),
         ]
     }
+
+    /// `task-started`: process `pid` (the worker, or the pool child) runs task `id` now.
+    pub(in crate::worker) fn started(id: &str, pid: u32) -> Vec<(&'static str, Value)> {
+        vec![("uuid", id.into()), ("pid", Value::Int(i64::from(pid)))]
+    }
 }

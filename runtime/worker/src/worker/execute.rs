@@ -183,12 +183,6 @@ fn record_outcome(
     }
 }
 
-/// `task-started`: process `pid` runs the task now.
-fn task_started_event(shared: &Shared, id: &str, pid: u32) {
-    let fields = vec![("uuid", id.into()), ("pid", Value::Int(i64::from(pid)))];
-    shared.events.send(&shared.control.clock, "task-started", fields);
-}
-
 /// The `task-*` event of a delivery's outcome, with Celery's fields: from the result of a Rust
 /// handler, or from what the pool reported of a Python task's.
 fn outcome_event(
@@ -492,13 +486,13 @@ async fn execute_inner(
             on_start.control.started(lease_id);
             let revoked = control.upgrade().is_some_and(|c| c.is_revoked());
             if on_start.events.tasks() && !revoked {
-                task_started_event(&on_start, &task_id, pid);
+                on_start.events.send(&on_start.control.clock, "task-started", events::task::started(&task_id, pid));
             }
         });
     } else {
         shared.control.started(lease.id);
         if shared.events.tasks() {
-            task_started_event(shared, &id, std::process::id());
+            shared.events.send(&shared.control.clock, "task-started", events::task::started(&id, std::process::id()));
         }
     }
     // A handler that decodes the body itself (embedded Python, which reads the stored envelope
