@@ -117,11 +117,46 @@ impl Store {
         Ok(())
     }
 
+    /// Vacuums the message table (`VACUUM (SKIP_LOCKED)`) when the server's statistics count at
+    /// least `min_dead` dead rows in it, and at least a quarter as many as live ones; returns
+    /// the dead rows counted when it did. Autovacuum looks at a table at most once per
+    /// `autovacuum_naptime` (a server setting, one minute by default), and a queue draining
+    /// 20,000 messages a second leaves over a gigabyte of dead rows (each message's insert and its
+    /// claim write its envelope) in that minute; vacuuming as soon as they pass `min_dead` keeps
+    /// the table about that many rows big instead, and it stops growing once vacuum has made
+    /// room (inserts reuse it). Does nothing when this role may not vacuum the table (not its
+    /// owner, the database's owner or a superuser: VACUUM would only warn), or when another
+    /// vacuum of it (autovacuum's, another consumer's) is running. The look goes through the
+    /// pool; the vacuum runs on a connection of its own.
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn message_vacuum_when_dead(&self, min_dead: i64) -> Result<Option<i64>> {
+        let client = self.pool.get().await?;
+        let row = client.row(self.pooler, VACUUM_DUE_SQL, &[(&min_dead, Type::INT8)]).await?;
+        let (due, dead): (bool, i64) = (row.get(0), row.get(1));
+        drop(client);
+        if !due {
+            return Ok(None);
+        }
+        // On a connection of its own: a vacuum takes a while and the pool's are for messages.
+        let (client, connection) = self.pg_config.connect(tokio_postgres::NoTls).await?;
+        let driver = tokio::spawn(connection);
+        let result = client.batch_execute("vacuum (skip_locked) celeriac.message").await;
+        drop(client);
+        let _ = driver.await;
+        result?;
+        Ok(Some(dead))
+    }
+
     /// Rebuilds, with `REINDEX INDEX CONCURRENTLY`, each index of the message table that has
-    /// grown past `min_bytes` while the table holds few messages (fewer than `few_rows` live
-    /// ones): VACUUM makes the space of finished messages reusable but never gives an index's
-    /// pages back, so after a burst (1,000,000 messages drained left 100 MB of indexes over an
-    /// empty table) they stay that big. Rebuilding does not block enqueues or claims. Runs on a
+    /// grown past `min_bytes` and past the table's own heap while the table holds few messages
+    /// (fewer than `few_rows` live ones): VACUUM makes the space of finished messages reusable
+    /// but never gives an index's pages back, so after a burst (1,000,000 messages drained left
+    /// 100 MB of indexes over an empty table) they stay that big. An index entry is a few
+    /// dozen bytes where its message is about a kilobyte, so an index bigger than the heap is
+    /// bloated; under a steady load, where vacuum keeps the index's pages in use, the heap
+    /// stays bigger and nothing is rebuilt over and over. Rebuilding does not block enqueues or claims. Runs on a
     /// connection of its own (outside any transaction, as `CONCURRENTLY` requires), only while
     /// it holds a session advisory lock, so one consumer at a time rebuilds; first it drops the
     /// invalid leftovers of a rebuild that was interrupted. Returns the names of the indexes
@@ -157,18 +192,30 @@ impl Store {
     }
 }
 
+/// Whether the message table is due a vacuum by [`Store::message_vacuum_when_dead`] (at least
+/// `$1` dead rows, at least a quarter of the live ones, and a role allowed to vacuum it), and its
+/// dead rows.
+const VACUUM_DUE_SQL: &str = "
+    select pg_stat_get_dead_tuples(c.oid) >= greatest($1, pg_stat_get_live_tuples(c.oid) / 4)
+           and (pg_has_role(c.relowner, 'USAGE') or pg_has_role(d.datdba, 'USAGE')
+                or (select rolsuper from pg_roles where rolname = current_user)),
+           pg_stat_get_dead_tuples(c.oid)
+    from pg_class c, pg_database d
+    where c.oid = 'celeriac.message'::regclass and d.datname = current_database()";
+
 /// A fixed advisory-lock key for the message table's index rebuilds ("reindex!" in ASCII).
 const REINDEX_LOCK_KEY: i64 = 0x7265_696e_6465_7821;
 
-/// The valid message-table indexes bigger than `$1` bytes while fewer than `$2` messages are
-/// live, by the server's statistics and by the table's last vacuum or analyze both (statistics
-/// are reset by a crash: a backlog they miss is not rebuilt under), biggest first; quoted names.
+/// The valid message-table indexes bigger than `$1` bytes and than the table's heap while fewer
+/// than `$2` messages are live, by the server's statistics and by the table's last vacuum or
+/// analyze both (statistics are reset by a crash: a backlog they miss is not rebuilt under),
+/// biggest first; quoted names.
 const BLOATED_INDEXES_SQL: &str = "
     select format('%I.%I', n.nspname, c.relname) from pg_index i
     join pg_class c on c.oid = i.indexrelid join pg_namespace n on n.oid = c.relnamespace
     join pg_class t on t.oid = i.indrelid
     where i.indrelid = 'celeriac.message'::regclass and i.indisvalid
-      and pg_relation_size(c.oid) > $1
+      and pg_relation_size(c.oid) > greatest($1, pg_relation_size(t.oid))
       and pg_stat_get_live_tuples(t.oid) < $2 and t.reltuples < $2
     order by pg_relation_size(c.oid) desc";
 

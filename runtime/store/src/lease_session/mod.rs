@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    maintenance::{HeartbeatHealth, Reindexer, Rescuer, RescuerConfig},
+    maintenance::{HeartbeatHealth, Reindexer, Rescuer, RescuerConfig, Vacuumer},
     service::{Every, Supervisor},
     ClaimedMessage, DeadLetterParams, Finish, Lease, ResultTable, Store, WorkerInfo,
 };
@@ -207,6 +207,7 @@ impl LeaseSession {
             // outage longer than the lease, nobody's leases are freed before they could be renewed.
             let config = RescuerConfig { max_redeliveries: config.max_redeliveries, ..rescuer };
             services.start(Every(Rescuer::new(store.clone(), config).with_health(health.clone()).for_worker(info.id)));
+            services.start(Every(Vacuumer::new(store.clone())));
             services.start(Every(Reindexer::new(store.clone())));
         }
         services.start(Completer {
