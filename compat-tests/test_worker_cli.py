@@ -8,11 +8,13 @@ warned about in one line where they do not. The README's table lists them all.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tools.celeriac_testkit import wait_for
 from tools.sample_proj import RESULT_TIMEOUT, SAMPLE_PROJ, Proj, ProjWorker, child_pids
@@ -61,6 +63,38 @@ def test_flags_without_a_meaning_here_are_accepted_with_one_warning_each(
                  "-s/--schedule-filename", "--scheduler"):  # fmt: skip
         assert sum(1 for line in log.splitlines() if "WARN" in line and flag in line) == 1, (flag, log)
     assert not os.path.exists(tmp_path / "state.db")
+    assert "[config]" not in log, "-q: no banner"
+
+
+def test_the_start_up_banner_shows_what_celerys_does(celeriac_bin: Path, proj: Proj, tmp_path: Path) -> None:
+    worker = _worker(
+        celeriac_bin, proj, tmp_path, "banner",
+        "-A", "proj", "--database-url", proj.database_url, "-c", "2", "-Q", "celery,extra", "-l", "INFO",
+    )  # fmt: skip
+    try:
+        log = worker.log()
+    finally:
+        worker.stop()
+    banner = log.split("ready.")[0]
+    top = next(line for line in banner.splitlines() if line.startswith(" -------------- banner@"))
+    assert "(celeriac; Celery 5." in top, banner
+    assert re.search(r"^- \*\* ---------- \.> app:         proj:0x[0-9a-f]+$", banner, re.MULTILINE), banner
+    assert ".> transport:   postgresql://" in banner, banner
+    # The app's backend as Celery names it (`as_uri()`), its password masked.
+    results = r"^- \*\* ---------- \.> results:     postgresql\+psycopg://\w+:\*\*@"
+    assert re.search(results, banner, re.MULTILINE), banner
+    assert ".> concurrency: 2 (prefork)\n" in banner, banner
+    assert ".> task events: OFF (enable -E to monitor tasks in this worker)\n" in banner, banner
+    assert ".> celery           exchange=celery(direct) key=celery\n" in banner, banner
+    assert ".> extra            exchange=extra(direct) key=extra\n" in banner, banner
+    # At INFO the app's tasks, not Celery's own.
+    tasks = banner.split("[tasks]\n")[1].split("\n\n")[0].splitlines()
+    assert "  . proj.tasks.add" in tasks, banner
+    assert tasks == sorted(tasks), banner
+    assert not any(t.startswith("  . celery.") for t in tasks), banner
+    password = urlsplit(proj.database_url).password
+    assert password, proj.database_url
+    assert password not in log, "the banner shows no password"
 
 
 def test_queues_purge_include_broker_and_environment(celeriac_bin: Path, proj: Proj, tmp_path: Path) -> None:
@@ -131,7 +165,10 @@ def test_logfile_pidfile_umask_and_privileges(celeriac_bin: Path, proj: Proj, tm
     finally:
         worker.stop()
     assert not pidfile.exists()
-    assert worker.log() == ""
+    # Only the start-up banner (Celery prints it to standard output whatever the log file).
+    out = worker.log()
+    assert "[config]" in out, out
+    assert not any(word in out for word in ("ready.", "WARN", "ERROR")), out
     # A user that does not exist: refused before anything starts.
     done = subprocess.run(
         [str(celeriac_bin), "worker", "--database-url", proj.database_url, "--uid", "no-such-user-celeriac"],

@@ -230,6 +230,7 @@ def init(
         "celeriac": celeriac.__version__,
         "app": str(app.main or spec),
         "tasks": tasks,
+        "banner": _banner(app),
         "config": {
             "accept_content": list(conf.accept_content or ()),
             "task_default_queue": conf.task_default_queue,
@@ -254,6 +255,38 @@ def init(
             "worker_send_task_events": bool(conf.worker_send_task_events),
             "conf": _conf_tables(app),
         },
+    }
+
+
+def _banner(app: Any) -> dict[str, Any]:
+    """What ``celery worker``'s start-up banner shows of the app, as Celery formats it."""
+    import platform
+
+    from celery.loaders.app import AppLoader
+    from celery.utils.imports import qualname
+
+    described = f"{app.main or '__main__'}:{id(app):#x}"
+    if not isinstance(app.loader, AppLoader):
+        loader = qualname(app.loader)
+        # As Celery: the package's name cut off, its dot kept (``(.default.Loader)``).
+        described += f" ({loader[14:] if loader.startswith('celery.loaders') else loader})"
+    try:
+        results = str(app.backend.as_uri())
+    except Exception as exc:  # a backend that cannot load says so when the first task stores
+        results = f"(cannot load: {exc!r})"
+    queues = {}
+    for name, queue in app.amqp.queues.items():
+        exchange = queue.exchange
+        queues[str(name)] = (
+            str(exchange.name if exchange is not None else ""),
+            str(exchange.type if exchange is not None else "direct"),
+            str(queue.routing_key),
+        )
+    return {
+        "app": described,
+        "platform": platform.platform(),
+        "results": results,
+        "queues": queues,
     }
 
 

@@ -41,7 +41,7 @@ impl WorkerProcess {
             .args(["worker", "--example-handlers", "--database-url", &db.url, "--poll-interval", "0.2"])
             .args(extra)
             .env_remove("CELERY_WORKER_LOGLEVEL")
-            .stdout(Stdio::null())
+            .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
             .unwrap();
@@ -236,10 +236,41 @@ async fn the_default_log_level_is_warning_as_celery_workers() {
         scalar(&db, "select count(*) from celeriac.message").await == 0 && worker.log().contains("on purpose")
     })
     .await;
-    // INFO lines (the start, a success) are not shown.
+    // INFO lines (the start, a success) are not shown; the banner is, without the task list.
     let text = worker.log();
     assert!(!text.contains("ready.") && !text.contains("succeeded in"), "{text}");
     assert!(text.contains("examples.fail"), "{text}");
+    assert!(text.contains("[config]") && !text.contains("[tasks]"), "{text}");
+}
+
+#[tokio::test]
+async fn workers_print_celerys_start_up_banner_unless_quiet() {
+    let db = TestDatabase::new().await;
+    let worker = WorkerProcess::start(&db, &["-Q", "celery,hipri", "-c", "3", "-E"]);
+    wait_for(30, "the worker to be ready", || async { worker.log().contains("ready.") }).await;
+    let text = worker.log();
+    let banner = text.split("ready.").next().unwrap();
+    for line in [
+        &format!(".> transport:   {}", celeriac_store::redact_url(&db.url)),
+        ".> results:     disabled://",
+        ".> concurrency: 3 (Rust handlers)",
+        ".> task events: ON",
+        "[queues]",
+        ".> celery           exchange=celery(direct) key=celery",
+        ".> hipri            exchange=hipri(direct) key=hipri",
+        "[tasks]\n  . examples.add\n",
+    ] {
+        assert!(banner.contains(line), "{line:?} not in the banner:\n{text}");
+    }
+    let password = db.url.split_once("://").and_then(|(_, rest)| rest.split_once('@')).map(|(auth, _)| auth);
+    if let Some((_, password)) = password.and_then(|auth| auth.split_once(':')) {
+        assert!(!text.contains(password), "the password is shown:\n{text}");
+    }
+    drop(worker);
+
+    let quiet = WorkerProcess::start(&db, &["-q"]);
+    wait_for(30, "the quiet worker to be ready", || async { quiet.log().contains("ready.") }).await;
+    assert!(!quiet.log().contains("[config]"), "{}", quiet.log());
 }
 
 #[tokio::test]
@@ -250,6 +281,7 @@ async fn unregistered_tasks_can_be_redriven_once_a_handler_exists() {
     // A worker without the example handlers dead-letters both as NotRegistered.
     let mut bare = Command::new(BIN)
         .args(["worker", "--database-url", &db.url, "--poll-interval", "0.2"])
+        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();

@@ -35,7 +35,7 @@ pub struct BeatArgs {
     pub daemon: super::DaemonArgs,
 }
 
-pub(super) async fn run(url: &str, app: Option<&str>, args: &BeatArgs) -> Result<(), CliError> {
+pub(super) async fn run(url: &str, app: Option<&str>, quiet: bool, args: &BeatArgs) -> Result<(), CliError> {
     let secs = |flag: &'static str, v: f64| match Duration::try_from_secs_f64(v) {
         Ok(d) if v > 0.0 && d <= Duration::from_secs(86_400) => Ok(d),
         _ => Err(CliError::NotADuration { flag }),
@@ -45,6 +45,11 @@ pub(super) async fn run(url: &str, app: Option<&str>, args: &BeatArgs) -> Result
         lease_ttl: secs("lease-seconds", args.lease_seconds)?,
         ..SchedulerConfig::default()
     };
+    if !quiet {
+        let logfile = args.daemon.logfile.as_ref().map(|p| p.display().to_string());
+        let transport = celeriac_store::redact_url(url);
+        println!("{}", super::banner::beat(&transport, app, logfile.as_deref(), &args.loglevel, args.max_interval));
+    }
     let store = store(url, 3)?;
     if let Some(app) = app {
         sync(&store, app, args).await?;

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use celeriac_store::{Store, StoreConfig};
 use clap::{Parser, Subcommand};
 
+mod banner;
 mod beat;
 mod daemon;
 mod dashboard;
@@ -88,7 +89,7 @@ pub struct Cli {
     #[arg(short = 'C', long, global = true, env = "NO_COLOR")]
     pub no_color: bool,
 
-    /// Accepted for `celery -q`: celeriac prints no banner.
+    /// Print no start-up banner (`worker`, `beat`; as `celery -q`).
     #[arg(short = 'q', long, global = true)]
     pub quiet: bool,
 
@@ -429,10 +430,11 @@ async fn run(cli: Cli, registry: Registry) -> Result<(), CliError> {
                 app: cli.app.as_deref(),
                 result_backend: cli.result_backend.as_deref(),
                 app_env: app_environment(&cli),
+                quiet: cli.quiet,
             };
             worker::run(&url, &globals, args, registry).await
         }
-        Command::Beat(args) => beat::run(&url, cli.app.as_deref(), &args).await,
+        Command::Beat(args) => beat::run(&url, cli.app.as_deref(), cli.quiet, &args).await,
         Command::Schedule { action } => schedule::run(&url, cli.app.as_deref(), action).await,
         Command::Send(args) => send::run(&url, &args).await,
         Command::EnqueueEnvelopes(args) => enqueue_envelopes::run(&url, &args).await,

@@ -13,7 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use celeriac_store::{Store, StoreConfig};
 
-use super::CliError;
+use super::{
+    banner::{self, Banner, QueueLine},
+    CliError,
+};
 use crate::{Registry, Worker, WorkerConfig};
 
 /// `celeriac worker` options (named like `celery worker`'s where one exists).
@@ -272,6 +275,8 @@ pub(super) struct Globals<'a> {
     /// What `--loader`, `--config` and `--result-backend` set in the app's environment.
     #[cfg_attr(not(feature = "python"), allow(dead_code))]
     pub app_env: Vec<(String, String)>,
+    /// `-q`: no start-up banner.
+    pub quiet: bool,
 }
 
 /// The worker's node name (`-n` expanded).
@@ -355,6 +360,17 @@ pub(super) async fn run(
         }
         config.scheduler = Some(crate::scheduler::SchedulerConfig::default());
     }
+    if !globals.quiet {
+        let mut task_names = registry.names();
+        #[cfg(feature = "python")]
+        if let Some(pool) = &pool {
+            // Celery's own tasks that celeriac runs natively are registered with the worker.
+            task_names.extend(pool.hello().tasks.keys().map(String::as_str));
+        }
+        task_names.sort_unstable();
+        task_names.dedup();
+        println!("{}", startup_banner(url, args, &config, pool.as_ref(), &task_names).render());
+    }
     let worker = Worker::new(store, registry, config.clone()).map_err(CliError::from);
     let result = match worker {
         Ok(worker) => {
@@ -373,6 +389,101 @@ pub(super) async fn run(
         let _ = served.await;
     }
     result
+}
+
+/// What the start-up banner shows of this worker.
+#[cfg(feature = "python")]
+fn startup_banner(
+    url: &str,
+    args: &WorkerArgs,
+    config: &WorkerConfig,
+    pool: Option<&crate::python::PythonPool>,
+    task_names: &[&str],
+) -> Banner {
+    let mut banner = rust_banner(url, args, config, task_names);
+    if let Some(pool) = pool {
+        let hello = pool.hello();
+        let app = &hello.banner;
+        banner.celery = Some(hello.celery.clone());
+        if !app.platform.is_empty() {
+            banner.platform.clone_from(&app.platform);
+        }
+        banner.app.clone_from(&app.app);
+        if !app.results.is_empty() {
+            banner.results.clone_from(&app.results);
+        }
+        banner.queues = config
+            .queues
+            .iter()
+            .map(|name| match app.queues.get(name) {
+                Some((exchange, kind, key)) => QueueLine {
+                    name: name.clone(),
+                    exchange: exchange.clone(),
+                    exchange_type: kind.clone(),
+                    routing_key: key.clone(),
+                },
+                None => QueueLine::undeclared(name),
+            })
+            .collect();
+        banner.concurrency = concurrency_text(config, args.pool.kind().name());
+    }
+    banner
+}
+
+#[cfg(not(feature = "python"))]
+fn startup_banner(
+    url: &str,
+    args: &WorkerArgs,
+    config: &WorkerConfig,
+    _pool: Option<&NoPool>,
+    task_names: &[&str],
+) -> Banner {
+    rust_banner(url, args, config, task_names)
+}
+
+/// The banner of a worker of Rust handlers alone.
+fn rust_banner(url: &str, args: &WorkerArgs, config: &WorkerConfig, task_names: &[&str]) -> Banner {
+    Banner {
+        hostname: config.hostname.clone(),
+        celery: None,
+        platform: banner::kernel_platform(),
+        timestamp: banner::now(),
+        app: "none (Rust handlers)".to_owned(),
+        transport: celeriac_store::redact_url(url),
+        results: config.results.as_ref().map_or_else(|| "disabled://".to_owned(), |r| redact_backend(&r.backend)),
+        concurrency: concurrency_text(config, "Rust handlers"),
+        task_events: config.events.task_events,
+        queues: config.queues.iter().map(|q| QueueLine::undeclared(q)).collect(),
+        tasks: banner::listed_tasks(&args.loglevel, task_names),
+    }
+}
+
+/// `2 (prefork)`, or with `--autoscale` `{min=1, max=4} (prefork)`, as Celery shows it.
+fn concurrency_text(config: &WorkerConfig, pool: &str) -> String {
+    match &config.autoscale {
+        Some(a) => format!("{{min={}, max={}}} ({pool})", a.min, a.max),
+        None => format!("{} ({pool})", config.concurrency),
+    }
+}
+
+/// A result backend URL with its password masked (`scheme://user:**@host/…`), as kombu's
+/// `as_uri()` shows it.
+fn redact_backend(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
+    let masked = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:**@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    match path {
+        Some(path) => format!("{scheme}://{masked}/{}", path.split('?').next().unwrap_or_default()),
+        None => format!("{scheme}://{masked}"),
+    }
 }
 
 /// Starts the Python pool for `-A app` and registers the app's tasks; adjusts `config` to the

@@ -129,6 +129,26 @@ pub struct Hello {
     pub tasks: HashMap<String, TaskInfo>,
     /// App settings.
     pub config: AppConfig,
+    /// What Celery's start-up banner shows of the app.
+    #[serde(default)]
+    pub banner: AppBanner,
+}
+
+/// What Celery's start-up banner shows of the app, as Celery formats it.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AppBanner {
+    /// The app (`proj:0x7f…`, with the loader if not the default).
+    #[serde(default)]
+    pub app: String,
+    /// `platform.platform()`.
+    #[serde(default)]
+    pub platform: String,
+    /// `app.backend.as_uri()`: the result backend, password masked.
+    #[serde(default)]
+    pub results: String,
+    /// The app's declared queues: name → (exchange, exchange type, routing key).
+    #[serde(default)]
+    pub queues: HashMap<String, (String, String, String)>,
 }
 
 /// A reply to a job.
