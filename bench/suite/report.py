@@ -185,6 +185,7 @@ def ladder_table(rows: list[Row]) -> str:
                     _fmt(_num(r.get("p50_ms")), 1),
                     _fmt(_num(r.get("p99_ms")), 1),
                     str(r.get("rates_tried", "")),
+                    str(r.get("stopped", "")) or "–",
                     _verified([r]),
                 ]
             )
@@ -194,7 +195,8 @@ def ladder_table(rows: list[Row]) -> str:
             "highest rate sustained, tasks/s",
             "p50 ms there",
             "p99 ms there",
-            "rates tried",
+            "rates tried (✗: not sustained)",
+            "why the climb stopped",
             "every task once",
         ],
         lines,
@@ -376,9 +378,10 @@ def write_report(out: Path, rows: list[Row], meta: dict[str, Any]) -> None:
             "The highest rate sustained",
             ladder_table,
             (
-                "One running worker; the producer steps through 250, 500, 1,000, 2,000, … tasks/s, each for "
-                "`ladder_seconds`; a rate is sustained when the producer reached it and every task of the step ran "
-                "within 1 s of the step's last send. The first round only."
+                "One running worker; the producer climbs 250, 500, 1,000, 1,500, 2,000, 3,000, … 64,000 tasks/s, "
+                "each for `ladder_seconds`; a rate is sustained when the producer reached it and every task of the "
+                "step ran within 1 s of the step's last send. A rate not sustained is tried once more (after the "
+                "backlog has run); a second failure ends the climb. The first round only."
             ),
         ),
         (
