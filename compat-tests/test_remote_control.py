@@ -12,6 +12,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,22 @@ def test_inspect_and_control_reach_every_worker_of_a_mixed_fleet(proj: Proj, fle
         got = replies(proj, "inspect", command)
         assert sorted(got) == sorted(fleet), command
         assert all(isinstance(v, list) for v in got.values()), (command, got)
+
+    # An ETA task waits in the database. One celeriac worker lists it (the oldest live one of
+    # its queue), as the one worker holding it in its timer does on RabbitMQ; the Celery worker
+    # on the transport never holds it, and lists nothing.
+    later = proj.send("add", 40, 2, countdown=600)
+    scheduled = replies(proj, "inspect", "scheduled")
+    listed = {n: [e for e in es if e["request"]["id"] == later.id] for n, es in scheduled.items()}
+    [(lister, [entry])] = [(n, es) for n, es in listed.items() if es]
+    assert lister in fleet[:2], scheduled
+    assert entry["priority"] == 6, entry
+    assert datetime.fromisoformat(entry["eta"]) > datetime.now(UTC) + timedelta(seconds=500), entry
+    request = entry["request"]
+    assert (request["name"], request["args"], request["kwargs"]) == ("proj.tasks.add", [40, 2], {}), request
+    assert (request["hostname"], request["acknowledged"], request["time_start"]) == (lister, False, None), request
+    assert request["delivery_info"]["routing_key"] == "celery", request
+    later.revoke()
     registered = replies(proj, "inspect", "registered")
     assert sorted(registered) == sorted(fleet)
     for node in fleet:

@@ -108,6 +108,7 @@ impl Consumer {
             concurrency,
             lease_seconds,
             rate_limited: Vec::new(),
+            kind: celeriac_store::ConsumerKind::Kombu,
         };
         {
             let (pg, info) = (pg.clone(), info.clone());

@@ -72,7 +72,7 @@ pub use schedule::{TickFailpoint, TickStage};
 pub use sql::Pooler;
 use sql::Session;
 use tokio_postgres::NoTls;
-pub use worker::{WorkerInfo, WorkerRow};
+pub use worker::{ConsumerKind, ScheduledMessage, WorkerInfo, WorkerRow};
 
 /// How to reach the database.
 #[derive(Debug, Clone)]

@@ -30,6 +30,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 7, name: "control", sql: include_str!("../../../migrations/0007_control.sql") },
     Migration { version: 8, name: "operations", sql: include_str!("../../../migrations/0008_operations.sql") },
     Migration { version: 9, name: "notify_queues", sql: include_str!("../../../migrations/0009_notify_queues.sql") },
+    Migration { version: 10, name: "worker_kind", sql: include_str!("../../../migrations/0010_worker_kind.sql") },
 ];
 
 /// What the runner itself creates before applying migrations.

@@ -24,6 +24,45 @@ pub struct WorkerInfo {
     pub lease_seconds: f64,
     /// Task types it rate-limits (see [`Store::worker_set_rate_limited`]).
     pub rate_limited: Vec<String>,
+    /// A `celeriac worker`, or a kombu consumer (a Celery worker on celeriac's transport).
+    pub kind: ConsumerKind,
+}
+
+/// What kind of consumer a worker row is (`celeriac.worker.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumerKind {
+    /// A `celeriac worker`: it answers Celery's `inspect scheduled` from the message table.
+    Worker,
+    /// A consumer on celeriac's kombu transport (a Celery worker, or any kombu app).
+    Kombu,
+}
+
+impl ConsumerKind {
+    /// As the column stores it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsumerKind::Worker => "worker",
+            ConsumerKind::Kombu => "kombu",
+        }
+    }
+}
+
+/// An ETA message as Celery's `inspect scheduled` shows it (see [`Store::message_scheduled`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduledMessage {
+    /// Its row id.
+    pub id: i64,
+    /// Its queue.
+    pub queue: String,
+    /// Its priority.
+    pub priority: i16,
+    /// When it is due.
+    pub eta: chrono::DateTime<chrono::Utc>,
+    /// The envelope.
+    pub payload: Vec<u8>,
+    /// Whether it was delivered before (a retry, or a lease that expired).
+    pub redelivered: bool,
 }
 
 /// The worker row's new `healthy_since` at a heartbeat: unchanged while heartbeats keep coming,
@@ -36,8 +75,8 @@ const HEALTHY_SINCE: &str =
 static HEARTBEAT_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "with beat as (
-                     insert into celeriac.worker (id, hostname, pid, queues, concurrency, lease_seconds)
-                     values ($1, $4, $5, $6, $7, $8)
+                     insert into celeriac.worker (id, hostname, pid, queues, concurrency, lease_seconds, kind)
+                     values ($1, $4, $5, $6, $7, $8, $9)
                      on conflict (id) do update
                      set heartbeat_at = now(), lease_seconds = excluded.lease_seconds, healthy_since = {HEALTHY_SINCE}
                  ), renewed as (
@@ -115,8 +154,8 @@ impl Store {
             .touch(
                 self.pooler,
                 &format!(
-                    "insert into celeriac.worker (id, hostname, pid, queues, concurrency, lease_seconds, rate_limited)
-                 values ($1, $2, $3, $4, $5, $6, $7)
+                    "insert into celeriac.worker (id, hostname, pid, queues, concurrency, lease_seconds, rate_limited, kind)
+                 values ($1, $2, $3, $4, $5, $6, $7, $8)
                  on conflict (id) do update
                  set heartbeat_at = now(), healthy_since = {HEALTHY_SINCE}, rate_limited = excluded.rate_limited"
                 ),
@@ -128,6 +167,7 @@ impl Store {
                     (&w.concurrency, Type::INT4),
                     (&w.lease_seconds, Type::FLOAT8),
                     (&w.rate_limited, Type::TEXT_ARRAY),
+                    (&w.kind.as_str(), Type::TEXT),
                 ],
             )
             .await?;
@@ -158,10 +198,61 @@ impl Store {
                     (&worker.queues, Type::TEXT_ARRAY),
                     (&worker.concurrency, Type::INT4),
                     (&worker.lease_seconds, Type::FLOAT8),
+                    (&worker.kind.as_str(), Type::TEXT),
                 ],
             )
             .await?;
         Ok(row.get(0))
+    }
+
+    /// The ETA messages `worker` shows for Celery's `inspect scheduled`: those of `queues` not
+    /// yet due and not held, soonest first, at most `limit`, in the queues it answers for. A
+    /// queue is answered for by its oldest live `celeriac worker` (by registration, then id), so
+    /// a fleet shows each ETA message once; a worker not registered yet answers for all of its
+    /// queues.
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn message_scheduled(
+        &self,
+        worker: Uuid,
+        queues: &[String],
+        limit: i64,
+    ) -> Result<Vec<ScheduledMessage>> {
+        let client = self.pool.get().await?;
+        // `eta > created_at` lets the plan read the partial index of delayed messages
+        // (message_delayed_task, migration 0007): messages that run now are never scanned.
+        let rows = client
+            .rows(
+                self.pooler,
+                "with me as (select started_at, id from celeriac.worker where id = $1),
+                 answered as (
+                     select q from unnest($2::text[]) as q
+                     where not exists (
+                         select 1 from celeriac.worker w, me
+                         where w.kind = 'worker' and q = any(w.queues)
+                           and w.heartbeat_at > now() - make_interval(secs => w.lease_seconds)
+                           and (w.started_at, w.id) < (me.started_at, me.id)))
+                 select m.id, m.queue, m.priority, m.eta, m.payload, m.redelivered
+                 from celeriac.message m
+                 where m.queue in (select q from answered)
+                   and m.eta > m.created_at and m.eta > now() and m.leased_by is null
+                 order by m.eta, m.id
+                 limit $3",
+                &[(&worker, Type::UUID), (&queues, Type::TEXT_ARRAY), (&limit, Type::INT8)],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ScheduledMessage {
+                id: r.get(0),
+                queue: r.get(1),
+                priority: r.get(2),
+                eta: r.get(3),
+                payload: r.get(4),
+                redelivered: r.get(5),
+            })
+            .collect())
     }
 
     /// Records the task types `worker` rate-limits now: messages of those types that it parked

@@ -21,6 +21,7 @@ async fn claim(store: &Store) -> Vec<celeriac_store::ClaimedMessage> {
         concurrency: 4,
         lease_seconds: 30.0,
         rate_limited: Vec::new(),
+        kind: celeriac_store::ConsumerKind::Worker,
     };
     store.worker_register(&info).await.unwrap();
     let queues = vec!["celery".to_owned()];
@@ -129,4 +130,71 @@ async fn broadcasts_are_read_per_exchange_in_order_and_pruned() {
     client.execute("update celeriac.broadcast set published_at = now() - interval '10 minutes'", &[]).await.unwrap();
     assert_eq!(store.broadcast_prune(Duration::from_secs(60), 2).await.unwrap(), 2, "in batches");
     assert_eq!(store.broadcast_prune(Duration::from_secs(60), 2).await.unwrap(), 1);
+}
+
+fn consumer(queues: &[&str], kind: celeriac_store::ConsumerKind) -> WorkerInfo {
+    WorkerInfo {
+        id: Uuid::new_v4(),
+        hostname: "scheduled@test".into(),
+        pid: 1,
+        queues: queues.iter().map(|q| (*q).to_owned()).collect(),
+        concurrency: 2,
+        lease_seconds: 30.0,
+        rate_limited: Vec::new(),
+        kind,
+    }
+}
+
+fn queued(id: &str, queue: &str, countdown: Option<f64>) -> NewMessage {
+    let opts = TaskOptions { task_id: Some(id.into()), countdown, queue: queue.into(), ..TaskOptions::default() };
+    encode_task("tasks.add", &[], &Map::new(), &opts, Utc::now()).unwrap().into()
+}
+
+async fn scheduled_ids(store: &Store, worker: &WorkerInfo) -> Vec<String> {
+    let rows = store.message_scheduled(worker.id, &worker.queues, 100).await.unwrap();
+    rows.iter()
+        .map(|m| {
+            let head = celeriac_protocol::TaskMessage::decode_head(&m.payload, &celeriac_protocol::Accept::default());
+            format!("{}:{}", m.queue, head.unwrap().headers.id)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn each_eta_message_is_listed_by_the_oldest_live_celeriac_worker_of_its_queue() {
+    use celeriac_store::ConsumerKind::{Kombu, Worker};
+    let db = TestDatabase::new().await;
+    let store = db.store();
+    store.message_insert(&queued("now", "a", None)).await.unwrap();
+    store.message_insert(&queued("later", "a", Some(7200.0))).await.unwrap();
+    store.message_insert(&queued("soon", "a", Some(3600.0))).await.unwrap();
+    store.message_insert(&queued("b-later", "b", Some(3600.0))).await.unwrap();
+    // A Celery worker on the kombu transport, registered first, lists nothing for celeriac.
+    let kombu = consumer(&["a", "b"], Kombu);
+    store.worker_register(&kombu).await.unwrap();
+    let oldest = consumer(&["a"], Worker);
+    store.worker_register(&oldest).await.unwrap();
+    let client = db.client().await;
+    // Registered a second later (rows registered in one transaction would tie on started_at).
+    let newer = consumer(&["a", "b"], Worker);
+    store.worker_register(&newer).await.unwrap();
+    client
+        .execute("update celeriac.worker set started_at = started_at + interval '1 s' where id = $1", &[&newer.id])
+        .await
+        .unwrap();
+    // Soonest first; a message due now is not scheduled.
+    assert_eq!(scheduled_ids(&store, &oldest).await, ["a:soon", "a:later"]);
+    assert_eq!(scheduled_ids(&store, &newer).await, ["b:b-later"], "queue a is the oldest worker's");
+    // A worker not registered yet answers for its queues.
+    let fresh = consumer(&["a"], Worker);
+    assert_eq!(scheduled_ids(&store, &fresh).await, ["a:soon", "a:later"]);
+    // Once the oldest is dead (no heartbeat for its lease), the next one answers.
+    client
+        .execute("update celeriac.worker set heartbeat_at = now() - interval '1 hour' where id = $1", &[&oldest.id])
+        .await
+        .unwrap();
+    assert_eq!(scheduled_ids(&store, &newer).await, ["a:soon", "b:b-later", "a:later"]);
+    // A message that came due is not scheduled any more.
+    client.execute("update celeriac.message set eta = now() where task_id = 'soon'", &[]).await.unwrap();
+    assert_eq!(scheduled_ids(&store, &newer).await, ["b:b-later", "a:later"]);
 }

@@ -22,6 +22,7 @@ fn info(lease_seconds: f64) -> WorkerInfo {
         concurrency: 1,
         lease_seconds,
         rate_limited: Vec::new(),
+        kind: celeriac_store::ConsumerKind::Worker,
     }
 }
 

@@ -37,6 +37,7 @@ async fn register(store: &Store, rate_limited: &[&str]) -> Uuid {
         concurrency: 1,
         lease_seconds: 30.0,
         rate_limited: rate_limited.iter().map(|t| (*t).to_owned()).collect(),
+        kind: celeriac_store::ConsumerKind::Worker,
     };
     store.worker_register(&info).await.unwrap();
     id

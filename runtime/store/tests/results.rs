@@ -22,6 +22,7 @@ async fn worker(store: &Store) -> Uuid {
         concurrency: 1,
         lease_seconds: 30.0,
         rate_limited: Vec::new(),
+        kind: celeriac_store::ConsumerKind::Worker,
     };
     store.worker_register(&info).await.unwrap();
     info.id

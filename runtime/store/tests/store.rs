@@ -25,6 +25,7 @@ fn info(id: Uuid) -> WorkerInfo {
         concurrency: 1,
         lease_seconds: 30.0,
         rate_limited: Vec::new(),
+        kind: celeriac_store::ConsumerKind::Worker,
     }
 }
 

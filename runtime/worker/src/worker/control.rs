@@ -304,44 +304,122 @@ fn ids_of(v: Option<&Value>) -> Vec<String> {
 
 /// `Request.info()`: what `inspect active|reserved|query_task` shows of a delivery.
 fn info(t: &Tracked, hostname: &str, safe: bool) -> Value {
-    let (args, kwargs) = match TaskMessage::decode(&t.payload, &Accept::new(["json", "msgpack"])) {
-        Ok(m) if !safe => (Value::List(m.args), Value::Map(m.kwargs)),
-        Ok(m) => (
-            Value::Str(m.headers.argsrepr.clone().unwrap_or_default()),
-            Value::Str(m.headers.kwargsrepr.clone().unwrap_or_default()),
-        ),
-        // A body celeriac does not decode (pickle, yaml): its repr, as `safe` shows it.
-        Err(_) => match TaskMessage::decode_head(&t.payload, &Accept::new(["json", "msgpack", "pickle", "yaml"])) {
+    let shown = Shown {
+        id: &t.id,
+        name: &t.name,
+        queue: &t.queue,
+        priority: t.priority,
+        redelivered: t.redelivered,
+        payload: &t.payload,
+        started: t.started,
+        worker_pid: t.started.map(|_| t.control.pid().unwrap_or_else(std::process::id)),
+    };
+    shown.info(hostname, safe)
+}
+
+/// A delivery as `Request.info()` shows it: held by the worker, or waiting for its ETA.
+struct Shown<'a> {
+    id: &'a str,
+    name: &'a str,
+    queue: &'a str,
+    priority: i16,
+    redelivered: bool,
+    payload: &'a [u8],
+    /// When it started (seconds since the epoch).
+    started: Option<f64>,
+    /// The process running it.
+    worker_pid: Option<u32>,
+}
+
+impl Shown<'_> {
+    fn info(&self, hostname: &str, safe: bool) -> Value {
+        let (args, kwargs) = match TaskMessage::decode(self.payload, &Accept::new(["json", "msgpack"])) {
+            Ok(m) if !safe => (Value::List(m.args), Value::Map(m.kwargs)),
             Ok(m) => (
                 Value::Str(m.headers.argsrepr.clone().unwrap_or_default()),
                 Value::Str(m.headers.kwargsrepr.clone().unwrap_or_default()),
             ),
-            Err(_) => (Value::Null, Value::Null),
-        },
-    };
-    map([
-        ("id", t.id.as_str().into()),
-        ("name", t.name.as_str().into()),
-        ("args", args),
-        ("kwargs", kwargs),
-        ("type", t.name.as_str().into()),
-        ("hostname", hostname.into()),
-        ("time_start", t.started.map_or(Value::Null, Value::Float)),
-        ("acknowledged", Value::Bool(t.started.is_some())),
-        (
-            "delivery_info",
-            map([
-                ("exchange", "".into()),
-                ("routing_key", t.queue.as_str().into()),
-                ("priority", Value::Int(i64::from(t.priority))),
-                ("redelivered", Value::Bool(t.redelivered)),
-            ]),
+            // A body celeriac does not decode (pickle, yaml): its repr, as `safe` shows it.
+            Err(_) => match TaskMessage::decode_head(self.payload, &Accept::new(["json", "msgpack", "pickle", "yaml"]))
+            {
+                Ok(m) => (
+                    Value::Str(m.headers.argsrepr.clone().unwrap_or_default()),
+                    Value::Str(m.headers.kwargsrepr.clone().unwrap_or_default()),
+                ),
+                Err(_) => (Value::Null, Value::Null),
+            },
+        };
+        map([
+            ("id", self.id.into()),
+            ("name", self.name.into()),
+            ("args", args),
+            ("kwargs", kwargs),
+            ("type", self.name.into()),
+            ("hostname", hostname.into()),
+            ("time_start", self.started.map_or(Value::Null, Value::Float)),
+            ("acknowledged", Value::Bool(self.started.is_some())),
+            (
+                "delivery_info",
+                map([
+                    ("exchange", "".into()),
+                    ("routing_key", self.queue.into()),
+                    ("priority", Value::Int(i64::from(self.priority))),
+                    ("redelivered", Value::Bool(self.redelivered)),
+                ]),
+            ),
+            ("worker_pid", self.worker_pid.map_or(Value::Null, |pid| Value::Int(i64::from(pid)))),
+        ])
+    }
+}
+
+/// The most ETA messages one `inspect scheduled` reply lists.
+pub(super) const SCHEDULED_MAX: i64 = 10_000;
+
+/// `inspect scheduled`: the ETA messages of the queues this worker answers for
+/// ([`celeriac_store::Store::message_scheduled`]), as Celery lists the ones its timer holds.
+async fn scheduled(shared: &Shared) -> Value {
+    let queues = shared.queues();
+    match shared.store.message_scheduled(shared.worker_id, &queues[..], SCHEDULED_MAX).await {
+        Ok(rows) => Value::List(
+            rows.iter()
+                .map(|m| {
+                    let Ok(head) =
+                        TaskMessage::decode_head(&m.payload, &Accept::new(["json", "msgpack", "pickle", "yaml"]))
+                    else {
+                        // Undecodable: dead-lettered when due; nothing to show of it meanwhile.
+                        return Value::Null;
+                    };
+                    let shown = Shown {
+                        id: &head.headers.id,
+                        name: &head.headers.task,
+                        queue: &m.queue,
+                        priority: m.priority,
+                        redelivered: m.redelivered,
+                        payload: &m.payload,
+                        started: None,
+                        worker_pid: None,
+                    };
+                    map([
+                        ("eta", Value::Str(iso_eta(m.eta))),
+                        // The priority of Celery's timer entry for an ETA task.
+                        ("priority", Value::Int(6)),
+                        ("request", shown.info(&shared.hostname, false)),
+                    ])
+                })
+                .filter(|v| !matches!(v, Value::Null))
+                .collect(),
         ),
-        (
-            "worker_pid",
-            t.started.map_or(Value::Null, |_| Value::Int(i64::from(t.control.pid().unwrap_or_else(std::process::id)))),
-        ),
-    ])
+        Err(e) => nok(format!("cannot read the scheduled tasks: {e}")),
+    }
+}
+
+/// A due time as Python's `datetime.isoformat()` writes an aware UTC one.
+fn iso_eta(eta: chrono::DateTime<Utc>) -> String {
+    if eta.timestamp_subsec_micros() == 0 {
+        eta.format("%Y-%m-%dT%H:%M:%S+00:00").to_string()
+    } else {
+        eta.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
+    }
 }
 
 /// `stats` → `rusage` (only where the pool's process helpers are built in).
@@ -389,8 +467,8 @@ async fn handle(shared: &Arc<Shared>, command: &ControlCommand) -> (Option<Value
                 tables.held.values().filter(|t| t.started.is_none()).map(|t| info(t, hostname, false)).collect(),
             )
         }
-        // ETA tasks wait in the database, not in a worker: none is scheduled here.
-        "scheduled" | "dump_schedule" => Value::List(Vec::new()),
+        // ETA tasks wait in the database: the oldest worker of each queue lists its ones.
+        "scheduled" | "dump_schedule" => scheduled(shared).await,
         "query_task" => {
             let ids = ids_of(args.get("ids"));
             let tables = control.lock();

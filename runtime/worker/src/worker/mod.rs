@@ -342,6 +342,7 @@ impl Worker {
             concurrency: i32::try_from(config.concurrency).unwrap_or(i32::MAX),
             lease_seconds: config.lease.as_secs_f64(),
             rate_limited: Vec::new(),
+            kind: celeriac_store::ConsumerKind::Worker,
         };
         // The result backend first: a worker that cannot use the one it was told to does not start.
         let results = match config.results.clone() {
