@@ -273,6 +273,12 @@ def write_chart(path: Path, rows: list[Row]) -> None:
             "steady state: p99 latency, ms (lower is better)",
             _median,
         ),
+        (
+            "steady-max",
+            "max_rate",
+            "highest rate sustained: tasks/s (higher is better)",
+            _median,
+        ),
     ]
     panels = [p for p in panels if any(r["workload"] == p[0] for r in rows)]
     if not panels:
