@@ -160,11 +160,18 @@ def test_inspect_and_control_reach_every_worker_of_a_mixed_fleet(proj: Proj, fle
     def processes() -> dict[str, int]:
         return {n: len(s["pool"]["processes"]) for n, s in replies(proj, "inspect", "stats").items()}
 
+    def prefetch_counts() -> dict[str, int]:
+        return {n: s["prefetch_count"] for n, s in replies(proj, "inspect", "stats").items()}
+
+    assert prefetch_counts() == {n: 8 for n in fleet}
     assert replies(proj, "control", "pool_grow", "1") == {n: {"ok": "pool will grow"} for n in fleet}
     wait_for(lambda: processes() == {n: 3 for n in fleet}, RESULT_TIMEOUT, "every pool to grow to 3 processes")
+    # Each worker reserves for the new process too (4 messages a process, Celery's default).
+    assert prefetch_counts() == {n: 12 for n in fleet}
     assert [proj.get(proj.send("add", i, 1)) for i in range(6)] == [1, 2, 3, 4, 5, 6]
     assert replies(proj, "control", "pool_shrink", "1") == {n: {"ok": "pool will shrink"} for n in fleet}
     wait_for(lambda: processes() == {n: 2 for n in fleet}, RESULT_TIMEOUT, "every pool to shrink to 2 processes")
+    assert prefetch_counts() == {n: 8 for n in fleet}
     assert proj.get(proj.send("add", 2, 2)) == 4
     unknown = replies(proj, "control", "rate_limit", "proj.tasks.nope", "1/s")
     assert unknown == {n: {"error": "unknown task"} for n in fleet}

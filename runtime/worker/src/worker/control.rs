@@ -641,12 +641,19 @@ fn stats(shared: &Shared) -> Value {
             ("alternates", Value::List(Vec::new())),
         ]),
     );
-    reply.insert(
-        "prefetch_count".into(),
-        Value::Int(i64::try_from(config.concurrency * config.prefetch_multiplier).unwrap_or(i64::MAX)),
-    );
+    reply.insert("prefetch_count".into(), Value::Int(i64::try_from(celery_prefetch_count(shared)).unwrap_or(i64::MAX)));
     reply.insert("rusage".into(), rusage());
     Value::Map(reply)
+}
+
+/// What Celery's `stats` calls the prefetch count: the messages reserved beyond the running
+/// ones, `prefetch_multiplier` per process (of the pool now, or of `--autoscale`'s maximum).
+fn celery_prefetch_count(shared: &Shared) -> usize {
+    let processes = match shared.config.autoscale {
+        Some(limits) => limits.max.max(shared.config.concurrency),
+        None => shared.pool_size.load(Ordering::Relaxed),
+    };
+    processes * shared.config.prefetch_multiplier
 }
 
 /// A queue as kombu's `Queue.as_dict(recurse=True)` describes it.
@@ -860,6 +867,11 @@ pub(super) fn resize(shared: &Shared, grow: bool, n: usize) -> Result<usize, Str
         PoolResize::Pool(resize) => resize(grow, n)?,
         PoolResize::Fixed(why) => return Err(why.clone()),
     };
+    // As Celery's prefetch count follows `pool_grow`/`pool_shrink`; with `--autoscale` the
+    // window was sized for its maximum, as Celery's is.
+    if shared.config.autoscale.is_none() {
+        shared.window.pool_resized(grow, tasks * shared.config.prefetch_multiplier + slots, slots);
+    }
     if grow {
         shared.pool_size.fetch_add(tasks, Ordering::Relaxed);
         shared.run_slots.add_permits(slots);

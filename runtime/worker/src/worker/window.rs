@@ -15,7 +15,8 @@
 //! workers could run. So a reserved message starts within a few round trips
 //! (milliseconds) as in Celery; without the growth, Rust handlers at `-c 2` ran at the pace of
 //! claim round trips of 5 messages (`docs/delivery.md`, "Prefetch"). `--fixed-prefetch` keeps
-//! Celery's count.
+//! Celery's count. `pool_grow`/`pool_shrink` change Celery's count by the processes' share
+//! (their run slots and what they reserve), as Celery changes its prefetch count.
 
 use std::{
     sync::{
@@ -38,15 +39,10 @@ pub(super) const SLOW_START: Duration = Duration::from_millis(50);
 pub(super) struct Window {
     /// One permit per message the window still has room for.
     slots: Arc<Semaphore>,
-    /// Celery's count: the window never shrinks below it.
-    base: usize,
-    /// The window never grows beyond it.
-    most: usize,
-    /// The current size, and the permits still to take out of circulation after a shrink
-    /// (they were held by messages when it shrank).
-    size: Mutex<(usize, usize)>,
-    /// Of the window, the part not taken by the messages running: how many may wait.
-    running: usize,
+    /// Whether the window grows beyond Celery's count (`--fixed-prefetch` says no).
+    adaptive: bool,
+    /// The sizes, changed together.
+    sizes: Mutex<Sizes>,
     /// The line's departures when the last claim came back.
     departures_seen: AtomicU64,
     /// Signalled when the window shrinks (the claim loop may wait for more permits than the
@@ -54,26 +50,49 @@ pub(super) struct Window {
     pub(super) shrunk: tokio::sync::Notify,
 }
 
+/// A [`Window`]'s sizes, in messages.
+struct Sizes {
+    /// The current size.
+    size: usize,
+    /// The permits still to take out of circulation after a shrink (they were held by messages
+    /// when it shrank).
+    owed: usize,
+    /// Celery's count: the window never shrinks below it. `pool_grow`/`pool_shrink` change it.
+    base: usize,
+    /// The window never grows beyond it.
+    most: usize,
+    /// Of the window, the part taken by the messages running (the rest may wait).
+    running: usize,
+}
+
+impl Sizes {
+    /// The most a window of `base` messages grows to.
+    fn most(base: usize, adaptive: bool) -> usize {
+        if adaptive {
+            (base * GROWTH).min(MOST).max(base)
+        } else {
+            base
+        }
+    }
+}
+
 impl Window {
     /// A window of `base` messages, of which `running` run at once, that grows to
     /// `base × GROWTH` (at most [`MOST`]) when `adaptive`, and stays at `base` otherwise.
     pub(super) fn new(base: usize, running: usize, adaptive: bool) -> Window {
         let base = base.max(1);
-        let most = if adaptive { (base * GROWTH).min(MOST).max(base) } else { base };
         Window {
             slots: Arc::new(Semaphore::new(base)),
-            base,
-            most,
-            size: Mutex::new((base, 0)),
-            running,
+            adaptive,
+            sizes: Mutex::new(Sizes { size: base, owed: 0, base, most: Sizes::most(base, adaptive), running }),
             departures_seen: AtomicU64::new(0),
             shrunk: tokio::sync::Notify::new(),
         }
     }
 
-    /// Whether the window may change size at all.
+    /// Whether the window may grow beyond Celery's count.
     pub(super) fn adaptive(&self) -> bool {
-        self.most > self.base
+        self.adaptive
     }
 
     /// The permits: one per message held, from its claim until its outcome is handed over.
@@ -81,17 +100,21 @@ impl Window {
         &self.slots
     }
 
+    fn sizes(&self) -> std::sync::MutexGuard<'_, Sizes> {
+        self.sizes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The window's size now.
     pub(super) fn size(&self) -> usize {
-        self.size.lock().unwrap_or_else(PoisonError::into_inner).0
+        self.sizes().size
     }
 
     /// Takes out of circulation the permits a shrink could not take at once (before the claim
     /// loop asks for more).
     pub(super) fn settle_shrink(&self) {
-        let mut size = self.size.lock().unwrap_or_else(PoisonError::into_inner);
-        if size.1 > 0 {
-            size.1 -= self.slots.forget_permits(size.1);
+        let mut sizes = self.sizes();
+        if sizes.owed > 0 {
+            sizes.owed -= self.slots.forget_permits(sizes.owed);
         }
     }
 
@@ -99,9 +122,9 @@ impl Window {
     /// (so the next [`Window::excess`] sees the worker hold one message less).
     pub(super) fn repay(&self, permit: Option<OwnedSemaphorePermit>) {
         let Some(permit) = permit else { return };
-        let mut size = self.size.lock().unwrap_or_else(PoisonError::into_inner);
-        if size.1 > 0 {
-            size.1 -= permit.num_permits().min(size.1);
+        let mut sizes = self.sizes();
+        if sizes.owed > 0 {
+            sizes.owed -= permit.num_permits().min(sizes.owed);
             permit.forget();
         }
     }
@@ -110,10 +133,10 @@ impl Window {
     /// given back goes to the waiting claim loop first, before [`Window::settle_shrink`] can
     /// take it); `None` when none are left to claim with.
     pub(super) fn pay_owed(&self, mut permits: OwnedSemaphorePermit) -> Option<OwnedSemaphorePermit> {
-        let mut size = self.size.lock().unwrap_or_else(PoisonError::into_inner);
-        let pay = size.1.min(permits.num_permits());
+        let mut sizes = self.sizes();
+        let pay = sizes.owed.min(permits.num_permits());
         if pay > 0 {
-            size.1 -= pay;
+            sizes.owed -= pay;
             if pay == permits.num_permits() {
                 permits.forget();
                 return None;
@@ -135,29 +158,55 @@ impl Window {
         if !filled || !idle_run_slots || !ran || waiting > 0 {
             return;
         }
-        let mut size = self.size.lock().unwrap_or_else(PoisonError::into_inner);
-        let grown = (size.0 * 2).min(self.most);
-        let added = grown - size.0;
-        size.0 = grown;
-        // Permits still owed by a shrink are simply not taken.
-        let owed = added.min(size.1);
-        size.1 -= owed;
-        self.slots.add_permits(added - owed);
+        let sizes = self.sizes();
+        let grown = (sizes.size * 2).min(sizes.most);
+        self.resize_to(sizes, grown);
     }
 
     /// The head of the line waited [`SLOW_START`] for a run slot (the tasks, not a claim on its
     /// way, hold the line up): the window halves (not below Celery's count).
     pub(super) fn slow_start(&self) {
-        let mut size = self.size.lock().unwrap_or_else(PoisonError::into_inner);
-        let shrunk = (size.0 / 2).max(self.base);
-        let removed = size.0 - shrunk;
-        if removed == 0 {
+        let sizes = self.sizes();
+        let shrunk = (sizes.size / 2).max(sizes.base);
+        self.resize_to(sizes, shrunk);
+    }
+
+    /// The pool grew or shrank by `running` run slots (`pool_grow`/`pool_shrink`): Celery's
+    /// count, and the window with it, changes by `messages`, those slots and what they reserve,
+    /// as Celery's prefetch count changes by the processes' reservations.
+    pub(super) fn pool_resized(&self, grow: bool, messages: usize, running: usize) {
+        let mut sizes = self.sizes();
+        let size = if grow {
+            sizes.base += messages;
+            sizes.running += running;
+            sizes.size + messages
+        } else {
+            let messages = messages.min(sizes.base - 1);
+            sizes.base -= messages;
+            sizes.running = sizes.running.saturating_sub(running);
+            sizes.size.saturating_sub(messages)
+        };
+        sizes.most = Sizes::most(sizes.base, self.adaptive);
+        let size = size.clamp(sizes.base, sizes.most);
+        self.resize_to(sizes, size);
+    }
+
+    /// Makes the window `size` messages: permits added (less what a shrink still owes), or
+    /// taken out of circulation (those held now are owed).
+    fn resize_to(&self, mut sizes: std::sync::MutexGuard<'_, Sizes>, size: usize) {
+        if size >= sizes.size {
+            let added = size - sizes.size;
+            sizes.size = size;
+            let owed = added.min(sizes.owed);
+            sizes.owed -= owed;
+            self.slots.add_permits(added - owed);
             return;
         }
-        size.0 = shrunk;
+        let removed = sizes.size - size;
+        sizes.size = size;
         let taken = self.slots.forget_permits(removed);
-        size.1 += removed - taken;
-        drop(size);
+        sizes.owed += removed - taken;
+        drop(sizes);
         self.shrunk.notify_waiters();
     }
 
@@ -165,9 +214,9 @@ impl Window {
     /// worker holds more than its window since a shrink, those further back than the window
     /// leaves room for (the window less the messages running), at most as many as it owes.
     pub(super) fn excess(&self, waiting: usize) -> usize {
-        let (size, owed) = *self.size.lock().unwrap_or_else(PoisonError::into_inner);
-        let room = size.saturating_sub(self.running).max(1);
-        waiting.saturating_sub(room).min(owed)
+        let sizes = self.sizes();
+        let room = sizes.size.saturating_sub(sizes.running).max(1);
+        waiting.saturating_sub(room).min(sizes.owed)
     }
 }
 
@@ -265,6 +314,47 @@ mod tests {
         assert_eq!(window.slots().available_permits(), 0);
         drop(held);
         assert_eq!(window.slots().available_permits(), 10);
+    }
+
+    #[test]
+    fn growing_the_pool_raises_celerys_count_and_shrinking_lowers_it() {
+        // -c 2, prefetch multiplier 4: 10 messages, 2 of them running.
+        let window = Window::new(10, 2, true);
+        window.pool_resized(true, 5, 1);
+        assert_eq!((window.size(), window.slots().available_permits()), (15, 15));
+        // Halving never goes below the new count.
+        window.slow_start();
+        assert_eq!(window.size(), 15);
+        let mut departures = 0;
+        starve(&window, &mut departures);
+        assert_eq!(window.size(), 30);
+        // Shrinking by a process: the window loses its messages; held ones are owed.
+        let held = window.slots().clone().try_acquire_many_owned(30).unwrap();
+        window.pool_resized(false, 5, 1);
+        assert_eq!((window.size(), window.slots().available_permits()), (25, 0));
+        // 25 messages with 2 running leave room for 23 waiting; 5 are owed.
+        assert_eq!(window.excess(28), 5);
+        drop(held);
+        window.settle_shrink();
+        assert_eq!(window.slots().available_permits(), 25);
+        for _ in 0..3 {
+            window.slow_start();
+        }
+        assert_eq!(window.size(), 10, "back to -c 2's count");
+        // Never below one message, however much is asked.
+        window.pool_resized(false, 100, 100);
+        assert_eq!((window.size(), window.slots().available_permits()), (1, 1));
+    }
+
+    #[test]
+    fn a_fixed_window_follows_the_pool() {
+        let window = Window::new(10, 2, false);
+        window.pool_resized(true, 5, 1);
+        let mut departures = 0;
+        starve(&window, &mut departures);
+        assert_eq!((window.size(), window.slots().available_permits()), (15, 15));
+        window.pool_resized(false, 5, 1);
+        assert_eq!((window.size(), window.slots().available_permits()), (10, 10));
     }
 
     #[test]
