@@ -408,9 +408,9 @@ def bloat(
     vacuum_wait: float = 75.0,
 ) -> dict[str, Any]:
     """Runs ``tasks`` tasks through one queue, never more than ``window`` waiting, then reads the
-    queue's tables at once and after ``vacuum_wait`` seconds (autovacuum only). A system too
-    slow to run them all in ``most_seconds`` stops being sent more then: the row says how many
-    it ran."""
+    queue's tables at once and after ``vacuum_wait`` seconds (no manual VACUUM: autovacuum and
+    the system's own upkeep). A system too slow to run them all in ``most_seconds`` stops being
+    sent more then: the row says how many it ran."""
     system.prepare(ctx)
     producer = system.producer(ctx)
     records = Records(ctx.record_dir)
