@@ -207,6 +207,49 @@ def test_inspect_and_control_reach_every_worker_of_a_mixed_fleet(proj: Proj, fle
     assert "terminated" in str(running.result)
 
 
+def pool_children(pid: int) -> set[int]:
+    """The worker's live child processes (its pool), from /proc."""
+    children: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            children.add(int(entry.name))
+    return children
+
+
+def test_a_grow_shrink_grow_while_a_child_starts_leaves_one_child_per_place(
+    proj: Proj, proj_worker: Callable[..., ProjWorker]
+) -> None:
+    worker = proj_worker(extra_args=["-l", "INFO"])
+    node = f"proj1@{os.uname().nodename}"
+    # Three commands at once: the second removes the place the first is still starting a child
+    # for, the third adds it again and starts another. One of the two children takes the place.
+    for command in ("pool_grow", "pool_shrink", "pool_grow"):
+        proj.app.control.broadcast(command, arguments={"n": 1}, destination=[node])
+    worker.wait_for(
+        lambda: "started for a place no longer free; shutting it down" in worker.log(),
+        RESULT_TIMEOUT,
+        "the second child to be turned away",
+    )
+
+    def listed() -> set[int]:
+        return set(replies(proj, "inspect", "stats")[node]["pool"]["processes"])
+
+    # The one turned away exits; the pool's three are all the worker's children.
+    wait_for(
+        lambda: len(listed()) == 3 and pool_children(worker.proc.pid) == listed(),
+        RESULT_TIMEOUT,
+        "three children, each in the pool",
+    )
+    assert [proj.get(proj.send("add", i, 1)) for i in range(6)] == [1, 2, 3, 4, 5, 6]
+
+
 def test_revoked_tasks_never_start_queued_ahead_or_before_any_worker_runs(
     proj: Proj, celeriac_bin: Path, proj_worker: Callable[..., ProjWorker]
 ) -> None:

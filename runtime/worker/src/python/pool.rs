@@ -681,16 +681,22 @@ impl Inner {
         self.children.lock().map(|c| c.iter().flatten().map(|c| c.pid).collect()).unwrap_or_default()
     }
 
-    /// Puts a started child in service: it can take jobs, and its reader runs. A child whose
-    /// place was removed meanwhile (the pool shrank) is shut down instead.
+    /// Puts a started child in service: it can take jobs, and its reader runs. It takes the place
+    /// of a child that exited or is being replaced (recycled); a child whose place was removed
+    /// meanwhile (the pool shrank), or was taken by another child in service (two starts for one
+    /// place: a shrink and a grow while one was starting), is shut down instead.
     fn adopt(self: &Arc<Self>, child: Arc<Child>, reader: ChildReader) {
-        let placed = self
-            .children
-            .lock()
-            .is_ok_and(|mut children| children.get_mut(child.index).map(|slot| *slot = Some(child.clone())).is_some());
+        let placed = self.children.lock().is_ok_and(|mut children| match children.get_mut(child.index) {
+            Some(slot) if slot.as_ref().is_none_or(|c| c.gone.is_cancelled() || c.retiring()) => {
+                *slot = Some(child.clone());
+                true
+            }
+            _ => false,
+        });
         if placed {
             self.freed.notify_waiters();
         } else {
+            tracing::info!("child process {} started for a place no longer free; shutting it down", child.pid);
             child.load().retiring = true;
             child.shut_down_if_idle();
         }

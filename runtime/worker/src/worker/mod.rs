@@ -366,6 +366,9 @@ impl Worker {
             None => None,
         };
         self.register(&info, &shutdown).await?;
+        // Before "ready." (as Celery's pidbox consumes before it says so) and before the first
+        // claim: a command or revoke committed from now on is heard by this worker.
+        let broadcasts_from = self.store.broadcast_head().await.ok();
         tracing::info!(
             hostname = %config.hostname, queues = %config.queues.join(","), concurrency = config.concurrency,
             tasks = %self.registry.names().join(", "), "{} ready.", config.hostname
@@ -457,9 +460,11 @@ impl Worker {
             }));
         }
 
-        // Before the first claim: a revoke committed from now on is heard by this worker.
-        let start = self.store.broadcast_head().await.ok();
-        services.start(control::ControlService { shared: shared.clone(), shutdown_worker: shutdown.clone(), start });
+        services.start(control::ControlService {
+            shared: shared.clone(),
+            shutdown_worker: shutdown.clone(),
+            start: broadcasts_from,
+        });
         services.start(events::EventService { shared: shared.clone() });
         services.start(task_counts::TaskCountService { shared: shared.clone() });
         if let Some(limits) = config.autoscale {
