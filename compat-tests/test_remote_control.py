@@ -226,10 +226,11 @@ def pool_children(pid: int) -> set[int]:
 def test_a_grow_shrink_grow_while_a_child_starts_leaves_one_child_per_place(
     proj: Proj, proj_worker: Callable[..., ProjWorker]
 ) -> None:
-    worker = proj_worker(extra_args=["-l", "INFO"])
+    worker = proj_worker(extra_args=["-l", "INFO"], env={"PROJ_CHILD_START_DELAY": "1"})
     node = f"proj1@{os.uname().nodename}"
     # Three commands at once: the second removes the place the first is still starting a child
-    # for, the third adds it again and starts another. One of the two children takes the place.
+    # for (children take a second to start here), the third adds it again and starts another.
+    # One of the two children takes the place.
     for command in ("pool_grow", "pool_shrink", "pool_grow"):
         proj.app.control.broadcast(command, arguments={"n": 1}, destination=[node])
     worker.wait_for(

@@ -363,6 +363,15 @@ for _name in (
     _connect(getattr(signals, _name), _name)
 
 
+if os.environ.get("PROJ_CHILD_START_DELAY"):
+    # A slow app start in pool children (a fault the tests inject): each child is that much
+    # longer between its start and its first task.
+    def _start_slowly(**_: Any) -> None:
+        time.sleep(float(os.environ["PROJ_CHILD_START_DELAY"]))
+
+    signals.worker_process_init.connect(_start_slowly, weak=False)
+
+
 # --- rate limits (test_rate_limits.py) ---------------------------------------------------------
 
 
