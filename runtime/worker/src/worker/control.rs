@@ -379,16 +379,13 @@ pub(super) const SCHEDULED_MAX: i64 = 10_000;
 /// ([`celeriac_store::Store::message_scheduled`]), as Celery lists the ones its timer holds.
 async fn scheduled(shared: &Shared) -> Value {
     let queues = shared.queues();
+    let heads = Accept::new(["json", "msgpack", "pickle", "yaml"]);
     match shared.store.message_scheduled(shared.worker_id, &queues[..], SCHEDULED_MAX).await {
         Ok(rows) => Value::List(
             rows.iter()
-                .map(|m| {
-                    let Ok(head) =
-                        TaskMessage::decode_head(&m.payload, &Accept::new(["json", "msgpack", "pickle", "yaml"]))
-                    else {
-                        // Undecodable: dead-lettered when due; nothing to show of it meanwhile.
-                        return Value::Null;
-                    };
+                // Undecodable: dead-lettered when due; nothing to show of it meanwhile.
+                .filter_map(|m| Some((m, TaskMessage::decode_head(&m.payload, &heads).ok()?)))
+                .map(|(m, head)| {
                     let shown = Shown {
                         id: &head.headers.id,
                         name: &head.headers.task,
@@ -406,7 +403,6 @@ async fn scheduled(shared: &Shared) -> Value {
                         ("request", shown.info(&shared.hostname, false)),
                     ])
                 })
-                .filter(|v| !matches!(v, Value::Null))
                 .collect(),
         ),
         Err(e) => nok(format!("cannot read the scheduled tasks: {e}")),
